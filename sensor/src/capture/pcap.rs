@@ -1,0 +1,471 @@
+//! Streaming reader for classic pcap (both byte orders, micro- and nanosecond
+//! variants) and pcapng (any number of sections and interfaces). The format is
+//! chosen from the first four bytes of the file.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use super::RawPacket;
+
+/// Largest block or record we accept; anything larger is a corrupt file.
+const MAX_RECORD: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("cannot open capture {path}: {source}")]
+    Open { path: String, source: io::Error },
+    #[error("read error: {0}")]
+    Io(#[from] io::Error),
+    #[error("not a pcap or pcapng file (magic bytes {0:02x?})")]
+    UnknownFormat([u8; 4]),
+    #[error("corrupt capture at byte {offset}: {reason}")]
+    Corrupt { offset: u64, reason: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endian {
+    Little,
+    Big,
+}
+
+impl Endian {
+    fn u16(self, b: &[u8]) -> u16 {
+        let a = [b[0], b[1]];
+        match self {
+            Endian::Little => u16::from_le_bytes(a),
+            Endian::Big => u16::from_be_bytes(a),
+        }
+    }
+    fn u32(self, b: &[u8]) -> u32 {
+        let a = [b[0], b[1], b[2], b[3]];
+        match self {
+            Endian::Little => u32::from_le_bytes(a),
+            Endian::Big => u32::from_be_bytes(a),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Interface {
+    linktype: u32,
+    /// Timestamp units per second.
+    ts_units_per_sec: u64,
+}
+
+enum Format {
+    Pcap {
+        endian: Endian,
+        nanos: bool,
+        linktype: u32,
+    },
+    PcapNg {
+        endian: Endian,
+        interfaces: Vec<Interface>,
+    },
+}
+
+/// Reads packets one at a time; memory use is one record, whatever the file size.
+pub struct PcapReader<R: Read> {
+    input: R,
+    format: Format,
+    buf: Vec<u8>,
+    offset: u64,
+}
+
+impl PcapReader<BufReader<File>> {
+    pub fn open(path: &Path) -> Result<Self, CaptureError> {
+        let file = File::open(path).map_err(|source| CaptureError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::new(BufReader::with_capacity(256 * 1024, file))
+    }
+}
+
+impl<R: Read> PcapReader<R> {
+    pub fn new(mut input: R) -> Result<Self, CaptureError> {
+        let mut magic = [0u8; 4];
+        input.read_exact(&mut magic)?;
+        let mut reader = PcapReader {
+            input,
+            format: Format::Pcap {
+                endian: Endian::Little,
+                nanos: false,
+                linktype: 0,
+            },
+            buf: Vec::with_capacity(65536),
+            offset: 4,
+        };
+        match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1] => reader.read_pcap_header(Endian::Little, false)?,
+            [0xa1, 0xb2, 0xc3, 0xd4] => reader.read_pcap_header(Endian::Big, false)?,
+            [0x4d, 0x3c, 0xb2, 0xa1] => reader.read_pcap_header(Endian::Little, true)?,
+            [0xa1, 0xb2, 0x3c, 0x4d] => reader.read_pcap_header(Endian::Big, true)?,
+            [0x0a, 0x0d, 0x0d, 0x0a] => {
+                reader.format = Format::PcapNg {
+                    endian: Endian::Little,
+                    interfaces: Vec::new(),
+                };
+                reader.read_section_header()?;
+            }
+            other => return Err(CaptureError::UnknownFormat(other)),
+        }
+        Ok(reader)
+    }
+
+    /// Whether the file is pcapng (as opposed to classic pcap).
+    pub fn is_pcapng(&self) -> bool {
+        matches!(self.format, Format::PcapNg { .. })
+    }
+
+    fn corrupt(&self, reason: impl Into<String>) -> CaptureError {
+        CaptureError::Corrupt {
+            offset: self.offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn read_pcap_header(&mut self, endian: Endian, nanos: bool) -> Result<(), CaptureError> {
+        let mut hdr = [0u8; 20];
+        self.input.read_exact(&mut hdr)?;
+        self.offset += 20;
+        // version (4), thiszone (4), sigfigs (4), snaplen (4), network (4)
+        let linktype = endian.u32(&hdr[16..20]) & 0x0fff_ffff;
+        self.format = Format::Pcap {
+            endian,
+            nanos,
+            linktype,
+        };
+        Ok(())
+    }
+
+    /// Called with the 4-byte block type already consumed.
+    fn read_section_header(&mut self) -> Result<(), CaptureError> {
+        let mut head = [0u8; 8];
+        self.input.read_exact(&mut head)?;
+        let endian = match [head[4], head[5], head[6], head[7]] {
+            [0x4d, 0x3c, 0x2b, 0x1a] => Endian::Little,
+            [0x1a, 0x2b, 0x3c, 0x4d] => Endian::Big,
+            _ => return Err(self.corrupt("bad pcapng byte-order magic")),
+        };
+        let total = endian.u32(&head[0..4]) as usize;
+        if !(28..=MAX_RECORD).contains(&total) || total % 4 != 0 {
+            return Err(self.corrupt(format!("bad section header length {total}")));
+        }
+        // Skip the rest of the SHB (version, section length, options, trailer).
+        self.skip(total - 12)?;
+        self.offset += total as u64 - 4;
+        self.format = Format::PcapNg {
+            endian,
+            interfaces: Vec::new(),
+        };
+        Ok(())
+    }
+
+    fn skip(&mut self, n: usize) -> Result<(), CaptureError> {
+        let copied = io::copy(&mut (&mut self.input).take(n as u64), &mut io::sink())?;
+        if copied as usize != n {
+            return Err(self.corrupt("truncated block"));
+        }
+        Ok(())
+    }
+
+    /// Fills `self.buf` with exactly `n` bytes. Returns false on clean EOF at
+    /// the first byte when `eof_ok`.
+    fn fill(&mut self, n: usize, eof_ok: bool) -> Result<bool, CaptureError> {
+        self.buf.resize(n, 0);
+        let mut got = 0;
+        while got < n {
+            match self.input.read(&mut self.buf[got..]) {
+                Ok(0) => {
+                    if got == 0 && eof_ok {
+                        return Ok(false);
+                    }
+                    return Err(self.corrupt(format!("truncated record ({got} of {n} bytes)")));
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.offset += n as u64;
+        Ok(true)
+    }
+
+    /// The next packet, or `None` at the end of the file.
+    pub fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, CaptureError> {
+        match self.format {
+            Format::Pcap {
+                endian,
+                nanos,
+                linktype,
+            } => {
+                if !self.fill(16, true)? {
+                    return Ok(None);
+                }
+                let secs = endian.u32(&self.buf[0..4]) as i64;
+                let frac = endian.u32(&self.buf[4..8]) as i64;
+                let incl = endian.u32(&self.buf[8..12]) as usize;
+                let orig = endian.u32(&self.buf[12..16]);
+                if incl > MAX_RECORD {
+                    return Err(self.corrupt(format!("record length {incl} too large")));
+                }
+                let ts_ns = secs * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
+                self.fill(incl, false)?;
+                Ok(Some(RawPacket {
+                    ts_ns,
+                    linktype,
+                    orig_len: orig,
+                    data: &self.buf[..incl],
+                }))
+            }
+            Format::PcapNg { .. } => self.next_pcapng(),
+        }
+    }
+
+    fn next_pcapng(&mut self) -> Result<Option<RawPacket<'_>>, CaptureError> {
+        loop {
+            let block_start = self.offset;
+            if !self.fill(4, true)? {
+                return Ok(None);
+            }
+            let raw_type = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
+            if raw_type == [0x0a, 0x0d, 0x0d, 0x0a] {
+                self.read_section_header()?;
+                continue;
+            }
+            let endian = match &self.format {
+                Format::PcapNg { endian, .. } => *endian,
+                Format::Pcap { .. } => unreachable!("pcapng reader in pcap mode"),
+            };
+            let btype = endian.u32(&raw_type);
+            self.fill(4, false)?;
+            let total = endian.u32(&self.buf[0..4]) as usize;
+            if !(12..=MAX_RECORD).contains(&total) || total % 4 != 0 {
+                return Err(CaptureError::Corrupt {
+                    offset: block_start,
+                    reason: format!("bad block length {total} (type {btype:#x})"),
+                });
+            }
+            // Body + trailing length.
+            self.fill(total - 8, false)?;
+            let body_len = total - 12;
+            match btype {
+                1 => {
+                    // Interface Description Block
+                    if body_len < 8 {
+                        return Err(self.corrupt("short interface description block"));
+                    }
+                    let linktype = endian.u16(&self.buf[0..2]) as u32;
+                    let ts_units_per_sec = parse_tsresol(&self.buf[8..body_len], endian);
+                    if let Format::PcapNg { interfaces, .. } = &mut self.format {
+                        interfaces.push(Interface {
+                            linktype,
+                            ts_units_per_sec,
+                        });
+                    }
+                }
+                6 | 2 => {
+                    // Enhanced Packet Block (6) / obsolete Packet Block (2)
+                    if body_len < 20 {
+                        return Err(self.corrupt("short packet block"));
+                    }
+                    let iface = if btype == 6 {
+                        endian.u32(&self.buf[0..4]) as usize
+                    } else {
+                        endian.u16(&self.buf[0..2]) as usize
+                    };
+                    let ts = ((endian.u32(&self.buf[4..8]) as u64) << 32)
+                        | endian.u32(&self.buf[8..12]) as u64;
+                    let cap = endian.u32(&self.buf[12..16]) as usize;
+                    let orig = endian.u32(&self.buf[16..20]);
+                    if 20 + cap > body_len {
+                        return Err(self.corrupt("packet data overruns its block"));
+                    }
+                    let ifc = self.interface(iface)?;
+                    let ts_ns = ts_to_ns(ts, ifc.ts_units_per_sec);
+                    return Ok(Some(RawPacket {
+                        ts_ns,
+                        linktype: ifc.linktype,
+                        orig_len: orig,
+                        data: &self.buf[20..20 + cap],
+                    }));
+                }
+                3 => {
+                    // Simple Packet Block: interface 0, no timestamp.
+                    if body_len < 4 {
+                        return Err(self.corrupt("short simple packet block"));
+                    }
+                    let orig = endian.u32(&self.buf[0..4]);
+                    let cap = (orig as usize).min(body_len - 4);
+                    let ifc = self.interface(0)?;
+                    return Ok(Some(RawPacket {
+                        ts_ns: 0,
+                        linktype: ifc.linktype,
+                        orig_len: orig,
+                        data: &self.buf[4..4 + cap],
+                    }));
+                }
+                _ => {} // statistics, name resolution, custom blocks: skipped
+            }
+        }
+    }
+
+    fn interface(&self, idx: usize) -> Result<Interface, CaptureError> {
+        match &self.format {
+            Format::PcapNg { interfaces, .. } => interfaces
+                .get(idx)
+                .copied()
+                .ok_or_else(|| self.corrupt(format!("packet for undeclared interface {idx}"))),
+            Format::Pcap { .. } => unreachable!(),
+        }
+    }
+}
+
+fn ts_to_ns(ts: u64, units_per_sec: u64) -> i64 {
+    let secs = ts / units_per_sec;
+    let frac = ts % units_per_sec;
+    let ns = (frac as u128 * 1_000_000_000u128 / units_per_sec as u128) as u64;
+    (secs as i64).saturating_mul(1_000_000_000).saturating_add(ns as i64)
+}
+
+/// Finds `if_tsresol` (option 9) in IDB options; default is microseconds.
+fn parse_tsresol(mut opts: &[u8], endian: Endian) -> u64 {
+    while opts.len() >= 4 {
+        let code = endian.u16(&opts[0..2]);
+        let len = endian.u16(&opts[2..4]) as usize;
+        let padded = (len + 3) & !3;
+        if code == 0 || opts.len() < 4 + len {
+            break;
+        }
+        if code == 9 && len >= 1 {
+            let v = opts[4];
+            let exp = (v & 0x7f) as u32;
+            let units = if v & 0x80 != 0 {
+                2u64.checked_pow(exp)
+            } else {
+                10u64.checked_pow(exp)
+            };
+            return units.filter(|u| *u > 0).unwrap_or(1_000_000);
+        }
+        if opts.len() < 4 + padded {
+            break;
+        }
+        opts = &opts[4 + padded..];
+    }
+    1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pcap_file(nanos: bool, big: bool, packets: &[(u32, u32, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        let magic: u32 = if nanos { 0xa1b23c4d } else { 0xa1b2c3d4 };
+        let w32 = |v: &mut Vec<u8>, x: u32| {
+            if big {
+                v.extend_from_slice(&x.to_be_bytes())
+            } else {
+                v.extend_from_slice(&x.to_le_bytes())
+            }
+        };
+        w32(&mut v, magic);
+        let (maj, min): (u16, u16) = (2, 4);
+        if big {
+            v.extend_from_slice(&maj.to_be_bytes());
+            v.extend_from_slice(&min.to_be_bytes());
+        } else {
+            v.extend_from_slice(&maj.to_le_bytes());
+            v.extend_from_slice(&min.to_le_bytes());
+        }
+        w32(&mut v, 0);
+        w32(&mut v, 0);
+        w32(&mut v, 65535);
+        w32(&mut v, 1);
+        for (s, f, d) in packets {
+            w32(&mut v, *s);
+            w32(&mut v, *f);
+            w32(&mut v, d.len() as u32);
+            w32(&mut v, d.len() as u32);
+            v.extend_from_slice(d);
+        }
+        v
+    }
+
+    #[test]
+    fn reads_pcap_both_orders_and_resolutions() {
+        for (nanos, big) in [(false, false), (false, true), (true, false), (true, true)] {
+            let f = pcap_file(nanos, big, &[(10, 5, b"abc"), (11, 7, b"defg")]);
+            let mut r = PcapReader::new(&f[..]).unwrap();
+            let p = r.next_packet().unwrap().unwrap();
+            assert_eq!(p.data, b"abc");
+            assert_eq!(p.linktype, 1);
+            let mult = if nanos { 1 } else { 1000 };
+            assert_eq!(p.ts_ns, 10_000_000_000 + 5 * mult);
+            let p = r.next_packet().unwrap().unwrap();
+            assert_eq!(p.data, b"defg");
+            assert!(r.next_packet().unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_an_error_not_a_panic() {
+        let mut f = pcap_file(false, false, &[(1, 0, b"abcdef")]);
+        f.truncate(f.len() - 2);
+        let mut r = PcapReader::new(&f[..]).unwrap();
+        assert!(matches!(r.next_packet(), Err(CaptureError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn unknown_magic_is_rejected() {
+        let f = b"GIF89a-------------------------";
+        assert!(matches!(
+            PcapReader::new(&f[..]),
+            Err(CaptureError::UnknownFormat(_))
+        ));
+    }
+
+    #[test]
+    fn reads_pcapng_with_tsresol() {
+        let mut v = Vec::new();
+        // SHB
+        v.extend_from_slice(&[0x0a, 0x0d, 0x0d, 0x0a]);
+        v.extend_from_slice(&28u32.to_le_bytes());
+        v.extend_from_slice(&0x1a2b3c4du32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&0u16.to_le_bytes());
+        v.extend_from_slice(&(-1i64).to_le_bytes());
+        v.extend_from_slice(&28u32.to_le_bytes());
+        // IDB with if_tsresol = 9 (ns)
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(&32u32.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes()); // ethernet
+        v.extend_from_slice(&0u16.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes()); // snaplen
+        v.extend_from_slice(&9u16.to_le_bytes());
+        v.extend_from_slice(&1u16.to_le_bytes());
+        v.extend_from_slice(&[9, 0, 0, 0]);
+        v.extend_from_slice(&0u16.to_le_bytes()); // opt_endofopt
+        v.extend_from_slice(&0u16.to_le_bytes());
+        v.extend_from_slice(&32u32.to_le_bytes());
+        // EPB with 5 bytes of data (padded to 8)
+        let ts: u64 = 1_600_000_000_123_456_789;
+        v.extend_from_slice(&6u32.to_le_bytes());
+        v.extend_from_slice(&40u32.to_le_bytes());
+        v.extend_from_slice(&0u32.to_le_bytes());
+        v.extend_from_slice(&((ts >> 32) as u32).to_le_bytes());
+        v.extend_from_slice(&(ts as u32).to_le_bytes());
+        v.extend_from_slice(&5u32.to_le_bytes());
+        v.extend_from_slice(&5u32.to_le_bytes());
+        v.extend_from_slice(b"hello\0\0\0");
+        v.extend_from_slice(&40u32.to_le_bytes());
+        let mut r = PcapReader::new(&v[..]).unwrap();
+        assert!(r.is_pcapng());
+        let p = r.next_packet().unwrap().unwrap();
+        assert_eq!(p.data, b"hello");
+        assert_eq!(p.ts_ns, ts as i64);
+        assert!(r.next_packet().unwrap().is_none());
+    }
+}

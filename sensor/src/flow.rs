@@ -1,0 +1,508 @@
+//! The flow table: turns decoded packets into bidirectional flow records.
+//!
+//! A flow is keyed by (VLAN, IP protocol, the two endpoints) in canonical
+//! order, so both directions land in one entry. Orientation (who is the
+//! client) is fixed when the flow starts:
+//! 1. a TCP SYN without ACK: its sender is the client (SYN+ACK: its sender is
+//!    the server);
+//! 2. otherwise, if one side uses a well-known server port (below 1024 or a
+//!    registered OT/maritime port such as 502, 20000, 102, 44818, 47808, 2404,
+//!    4840, 10110) that side is the server; if both do, the lower port;
+//! 3. otherwise the sender of the first packet seen is the client.
+//!
+//! Records leave the table on idle timeout, on active timeout (the flow goes on
+//! and the next record counts from there, like IPFIX), shortly after a TCP
+//! close (FIN both ways or RST, with a short linger for the last ACKs), when the
+//! table is full (the least recently seen flows are evicted and counted), and
+//! at end of input. All times are capture times, never the wall clock.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
+
+use crate::decode::PacketInfo;
+
+/// Flow table settings.
+#[derive(Debug, Clone)]
+pub struct FlowConfig {
+    /// A flow with no packet for this long is emitted.
+    pub idle_timeout_us: i64,
+    /// A flow older than this is emitted and restarted.
+    pub active_timeout_us: i64,
+    /// Hard cap on concurrent flows.
+    pub max_flows: usize,
+    /// Time a closed TCP flow stays to collect trailing ACKs/retransmissions.
+    pub close_linger_us: i64,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            idle_timeout_us: 120_000_000,
+            active_timeout_us: 1_800_000_000,
+            max_flows: 262_144,
+            close_linger_us: 2_000_000,
+        }
+    }
+}
+
+/// Counters of what the table saw and did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub flows_created: u64,
+    pub records_emitted: u64,
+    pub flows_evicted: u64,
+    pub fragments_unmatched: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Endpoint {
+    ip: IpAddr,
+    port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    vlan: u16,
+    proto: u8,
+    /// The lower endpoint (by address, then port).
+    a: Endpoint,
+    b: Endpoint,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Dir {
+    packets: u64,
+    ip_bytes: u64,
+    payload_bytes: u64,
+    tcp_flags: u8,
+    fin: bool,
+}
+
+impl Dir {
+    fn to_proto(self) -> DirectionCounters {
+        DirectionCounters {
+            packets: self.packets,
+            ip_bytes: self.ip_bytes,
+            payload_bytes: self.payload_bytes,
+            tcp_flags: self.tcp_flags as u32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Flow {
+    client_is_a: bool,
+    first_us: i64,
+    last_us: i64,
+    a2b: Dir,
+    b2a: Dir,
+    closed_at: Option<i64>,
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Ports treated as "server side" for orientation when no handshake is seen.
+const SERVER_PORTS: &[u16] = &[
+    502,   // Modbus/TCP
+    1883,  // MQTT
+    2222,  // EtherNet/IP implicit I/O
+    2404,  // IEC 60870-5-104
+    4840,  // OPC UA
+    8883,  // MQTT over TLS
+    10110, // NMEA 0183 over TCP/UDP
+    20000, // DNP3
+    44818, // EtherNet/IP
+    47808, // BACnet/IP
+    60001, // IEC 61162-450 multicast groups start around here
+];
+
+fn is_server_port(p: u16) -> bool {
+    (p != 0 && p < 1024) || SERVER_PORTS.contains(&p)
+}
+
+/// Which endpoint of the first packet is the client: `true` = the sender.
+fn sender_is_client(info: &PacketInfo<'_>) -> bool {
+    if info.ip_protocol == 6 {
+        let f = info.tcp_flags;
+        if f & TCP_SYN != 0 && f & TCP_ACK == 0 {
+            return true;
+        }
+        if f & TCP_SYN != 0 && f & TCP_ACK != 0 {
+            return false;
+        }
+    }
+    let (s, d) = (is_server_port(info.src_port), is_server_port(info.dst_port));
+    match (s, d) {
+        (true, false) => false,
+        (false, true) => true,
+        (true, true) if info.src_port != info.dst_port => info.src_port > info.dst_port,
+        _ => true,
+    }
+}
+
+pub struct FlowTable {
+    cfg: FlowConfig,
+    flows: HashMap<FlowKey, Flow>,
+    /// First IPv4/IPv6 fragment's ports, so later fragments join its flow.
+    fragments: HashMap<(IpAddr, IpAddr, u8, u32), (u16, u16, i64)>,
+    emitted: Vec<FlowRecord>,
+    now_us: i64,
+    last_sweep_us: i64,
+    stats: FlowStats,
+}
+
+impl FlowTable {
+    pub fn new(cfg: FlowConfig) -> Self {
+        FlowTable {
+            cfg,
+            flows: HashMap::new(),
+            fragments: HashMap::new(),
+            emitted: Vec::new(),
+            now_us: i64::MIN,
+            last_sweep_us: i64::MIN,
+            stats: FlowStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> FlowStats {
+        self.stats
+    }
+
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Records emitted since the last call.
+    pub fn take_emitted(&mut self) -> Vec<FlowRecord> {
+        std::mem::take(&mut self.emitted)
+    }
+
+    /// Number of records waiting in [`FlowTable::take_emitted`].
+    pub fn emitted_len(&self) -> usize {
+        self.emitted.len()
+    }
+
+    /// Accounts one decoded packet.
+    pub fn process(&mut self, info: &PacketInfo<'_>) {
+        self.stats.packets += 1;
+        if info.ts_us > self.now_us {
+            self.now_us = info.ts_us;
+        }
+        if self.now_us.saturating_sub(self.last_sweep_us) >= 1_000_000 {
+            self.sweep();
+            self.last_sweep_us = self.now_us;
+        }
+
+        let (mut sport, mut dport) = (info.src_port, info.dst_port);
+        if let Some(frag) = info.fragment {
+            let fk = (info.src, info.dst, info.ip_protocol, frag.id);
+            if frag.first {
+                self.fragments.insert(fk, (sport, dport, info.ts_us));
+            } else if let Some((s, d, _)) = self.fragments.get(&fk) {
+                (sport, dport) = (*s, *d);
+            } else {
+                self.stats.fragments_unmatched += 1;
+            }
+        }
+
+        let src = Endpoint {
+            ip: info.src,
+            port: sport,
+        };
+        let dst = Endpoint {
+            ip: info.dst,
+            port: dport,
+        };
+        let src_is_a = (src.ip, src.port) <= (dst.ip, dst.port);
+        let (a, b) = if src_is_a { (src, dst) } else { (dst, src) };
+        let key = FlowKey {
+            vlan: info.vlan,
+            proto: info.ip_protocol,
+            a,
+            b,
+        };
+        let flags = info.tcp_flags;
+        let is_tcp = info.ip_protocol == 6;
+
+        // A new handshake on a closed flow starts a new flow.
+        if is_tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+            if let Some(f) = self.flows.get(&key) {
+                if f.closed_at.is_some() {
+                    let f = self.flows.remove(&key).expect("present");
+                    self.emit(&key, f, FlowEnd::TcpClose);
+                }
+            }
+        }
+
+        if !self.flows.contains_key(&key) {
+            if self.flows.len() >= self.cfg.max_flows {
+                self.evict();
+            }
+            let sender_client = sender_is_client(info);
+            self.flows.insert(
+                key,
+                Flow {
+                    client_is_a: sender_client == src_is_a,
+                    first_us: info.ts_us,
+                    last_us: info.ts_us,
+                    a2b: Dir::default(),
+                    b2a: Dir::default(),
+                    closed_at: None,
+                },
+            );
+            self.stats.flows_created += 1;
+        }
+        let flow = self.flows.get_mut(&key).expect("inserted above");
+        flow.last_us = flow.last_us.max(info.ts_us);
+        flow.first_us = flow.first_us.min(info.ts_us);
+        let dir = if src_is_a {
+            &mut flow.a2b
+        } else {
+            &mut flow.b2a
+        };
+        dir.packets += 1;
+        dir.ip_bytes += info.ip_bytes as u64;
+        dir.payload_bytes += info.payload_len as u64;
+        if is_tcp {
+            dir.tcp_flags |= flags;
+            if flags & TCP_FIN != 0 {
+                dir.fin = true;
+            }
+            if flow.closed_at.is_none()
+                && (flags & TCP_RST != 0 || (flow.a2b.fin && flow.b2a.fin))
+            {
+                flow.closed_at = Some(info.ts_us);
+            }
+        }
+    }
+
+    /// Emits every flow whose timeout has passed at the current capture time.
+    fn sweep(&mut self) {
+        let now = self.now_us;
+        let cfg = &self.cfg;
+        let mut done: Vec<(FlowKey, FlowEnd)> = Vec::new();
+        let mut restart: Vec<FlowKey> = Vec::new();
+        for (k, f) in &self.flows {
+            if let Some(c) = f.closed_at {
+                if now - c >= cfg.close_linger_us {
+                    done.push((*k, FlowEnd::TcpClose));
+                    continue;
+                }
+            }
+            if now - f.last_us >= cfg.idle_timeout_us {
+                done.push((*k, FlowEnd::IdleTimeout));
+            } else if now - f.first_us >= cfg.active_timeout_us {
+                restart.push(*k);
+            }
+        }
+        // Deterministic output order: by first packet time, then key.
+        done.sort_by_key(|(k, _)| (self.flows[k].first_us, *k));
+        for (k, end) in done {
+            let f = self.flows.remove(&k).expect("listed");
+            self.emit(&k, f, end);
+        }
+        restart.sort_by_key(|k| (self.flows[k].first_us, *k));
+        for k in restart {
+            let f = self.flows.get_mut(&k).expect("listed");
+            let snapshot = f.clone();
+            f.first_us = now;
+            f.a2b = Dir::default();
+            f.b2a = Dir::default();
+            self.emit(&k, snapshot, FlowEnd::ActiveTimeout);
+        }
+        let frag_horizon = now - 30_000_000;
+        self.fragments.retain(|_, (_, _, ts)| *ts >= frag_horizon);
+    }
+
+    /// Evicts the least recently seen tenth of the table (at least one flow).
+    fn evict(&mut self) {
+        let mut last: Vec<i64> = self.flows.values().map(|f| f.last_us).collect();
+        if last.is_empty() {
+            return;
+        }
+        let idx = (last.len() / 10).min(last.len() - 1);
+        let (_, cutoff, _) = last.select_nth_unstable(idx);
+        let cutoff = *cutoff;
+        let mut victims: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.last_us <= cutoff)
+            .map(|(k, _)| *k)
+            .collect();
+        victims.sort_by_key(|k| (self.flows[k].first_us, *k));
+        for k in victims {
+            let f = self.flows.remove(&k).expect("listed");
+            self.stats.flows_evicted += 1;
+            self.emit(&k, f, FlowEnd::Evicted);
+        }
+    }
+
+    /// Emits every remaining flow (end of a capture file, or shutdown).
+    pub fn flush_all(&mut self) {
+        let mut keys: Vec<FlowKey> = self.flows.keys().copied().collect();
+        keys.sort_by_key(|k| (self.flows[k].first_us, *k));
+        for k in keys {
+            let f = self.flows.remove(&k).expect("listed");
+            self.emit(&k, f, FlowEnd::EndOfInput);
+        }
+        self.fragments.clear();
+    }
+
+    fn emit(&mut self, key: &FlowKey, f: Flow, end: FlowEnd) {
+        let (client, server, c2s, s2c) = if f.client_is_a {
+            (key.a, key.b, f.a2b, f.b2a)
+        } else {
+            (key.b, key.a, f.b2a, f.a2b)
+        };
+        self.stats.records_emitted += 1;
+        self.emitted.push(FlowRecord {
+            first_seen_us: f.first_us,
+            last_seen_us: f.last_us,
+            client_ip: ip_bytes(client.ip),
+            server_ip: ip_bytes(server.ip),
+            client_port: client.port as u32,
+            server_port: server.port as u32,
+            ip_protocol: key.proto as u32,
+            c2s: Some(c2s.to_proto()),
+            s2c: Some(s2c.to_proto()),
+            app_protocol: String::new(),
+            vlan: key.vlan as u32,
+            end: end as i32,
+            operations: Vec::new(),
+            indicators: Vec::new(),
+        });
+    }
+}
+
+impl PartialOrd for Endpoint {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Endpoint {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.ip, self.port).cmp(&(other.ip, other.port))
+    }
+}
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for FlowKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.vlan, self.proto, self.a, self.b).cmp(&(other.vlan, other.proto, other.a, other.b))
+    }
+}
+
+/// Network-order bytes of an address: 4 for IPv4, 16 for IPv6.
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pkt(ts: i64, src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, flags: u8) -> PacketInfo<'static> {
+        PacketInfo {
+            ts_us: ts,
+            vlan: 0,
+            src: IpAddr::from(src),
+            dst: IpAddr::from(dst),
+            ip_protocol: 6,
+            src_port: sp,
+            dst_port: dp,
+            tcp_flags: flags,
+            ip_bytes: 60,
+            payload_len: 20,
+            payload: &[],
+            fragment: None,
+        }
+    }
+
+    const C: [u8; 4] = [10, 0, 0, 9];
+    const S: [u8; 4] = [10, 0, 0, 1];
+
+    #[test]
+    fn handshake_sets_orientation_even_from_high_address() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        t.process(&pkt(1, C, 40000, S, 502, TCP_SYN));
+        t.process(&pkt(2, S, 502, C, 40000, TCP_SYN | TCP_ACK));
+        t.process(&pkt(3, C, 40000, S, 502, TCP_ACK));
+        t.flush_all();
+        let r = t.take_emitted();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].client_ip, C.to_vec());
+        assert_eq!(r[0].server_port, 502);
+        assert_eq!(r[0].c2s.unwrap().packets, 2);
+        assert_eq!(r[0].s2c.unwrap().packets, 1);
+        assert_eq!(r[0].c2s.unwrap().ip_bytes, 120);
+    }
+
+    #[test]
+    fn without_handshake_well_known_port_is_server() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        // First packet seen is the server's answer.
+        t.process(&pkt(1, S, 502, C, 40000, TCP_ACK));
+        t.flush_all();
+        let r = t.take_emitted();
+        assert_eq!(r[0].client_ip, C.to_vec());
+        assert_eq!(r[0].server_port, 502);
+        assert_eq!(r[0].s2c.unwrap().packets, 1);
+    }
+
+    #[test]
+    fn idle_and_active_timeouts_and_close() {
+        let cfg = FlowConfig {
+            idle_timeout_us: 10_000_000,
+            active_timeout_us: 100_000_000,
+            max_flows: 100,
+            close_linger_us: 1_000_000,
+        };
+        let mut t = FlowTable::new(cfg);
+        t.process(&pkt(0, C, 40000, S, 502, TCP_ACK));
+        // 20 s later: the first flow idled out, a new one starts.
+        t.process(&pkt(20_000_000, C, 40000, S, 502, TCP_ACK));
+        assert_eq!(t.take_emitted().len(), 1);
+        // Keep it busy past the active timeout.
+        for i in 1..=12 {
+            t.process(&pkt(20_000_000 + i * 9_000_000, C, 40000, S, 502, TCP_ACK));
+        }
+        let r = t.take_emitted();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end, FlowEnd::ActiveTimeout as i32);
+        // RST closes; after the linger the flow is emitted as closed.
+        t.process(&pkt(130_000_000, S, 502, C, 40000, TCP_RST));
+        t.process(&pkt(133_000_000, C, 1, S, 2, TCP_ACK));
+        let r = t.take_emitted();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].end, FlowEnd::TcpClose as i32);
+    }
+
+    #[test]
+    fn cap_evicts_and_counts() {
+        let cfg = FlowConfig {
+            max_flows: 50,
+            ..FlowConfig::default()
+        };
+        let mut t = FlowTable::new(cfg);
+        for i in 0..200u16 {
+            t.process(&pkt(i as i64, C, 10000 + i, S, 502, TCP_ACK));
+        }
+        assert!(t.active_flows() <= 50);
+        assert!(t.stats().flows_evicted >= 150);
+        t.flush_all();
+        let total: u64 = t.take_emitted().iter().map(|r| r.c2s.unwrap().packets).sum();
+        assert_eq!(total, 200, "no packet lost to eviction");
+    }
+}

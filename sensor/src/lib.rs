@@ -1,0 +1,16 @@
+//! tidewatch sensor: capture -> decode -> flow table -> batcher -> uplink.
+//!
+//! - [`capture`]: packet sources (capture files; live capture later).
+//! - [`decode`]: link/IP/transport header decoding.
+//! - [`flow`]: the bidirectional flow table and its timeouts.
+//! - [`batch`]: batches with persistent, strictly increasing sequence numbers.
+//! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
+//! - [`output`]: the JSON form of records for local inspection.
+
+pub mod batch;
+pub mod capture;
+pub mod decode;
+pub mod flow;
+pub mod output;
+pub mod pipeline;
+pub mod uplink;

@@ -1,0 +1,297 @@
+//! `tidewatch-sensor`: meters OT traffic into flow records and uploads them to
+//! the tidewatch collector over mutually authenticated gRPC.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use tidewatch_proto::v1::SensorStatus;
+use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::flow::FlowConfig;
+use tidewatch_sensor::output::flow_json;
+use tidewatch_sensor::pipeline::meter_file;
+use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "tidewatch-sensor",
+    version,
+    about = "Meters OT network traffic into bidirectional flow records and uploads them to the tidewatch collector",
+    long_about = "Meters OT network traffic into bidirectional flow records and uploads them to the \
+tidewatch collector over mutually authenticated gRPC.\n\n\
+`read` inspects a capture locally (no upload); `run` meters a capture and uploads the flows, \
+waiting until the collector has acknowledged every batch (an ack means the batch is in Kafka).\n\n\
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct MeterArgs {
+    /// Seconds without a packet after which a flow is emitted.
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    idle_timeout: f64,
+    /// Seconds after which a long flow is emitted and restarted (delta records).
+    #[arg(long, default_value_t = 1800.0, value_name = "SECS")]
+    active_timeout: f64,
+    /// Hard cap on concurrent flows; the least recently seen are evicted beyond it.
+    #[arg(long, default_value_t = 262_144)]
+    max_flows: usize,
+}
+
+impl MeterArgs {
+    fn flow_config(&self) -> anyhow::Result<FlowConfig> {
+        for (name, v) in [("--idle-timeout", self.idle_timeout), ("--active-timeout", self.active_timeout)] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number of seconds, got {v}");
+            }
+        }
+        if self.max_flows == 0 {
+            bail!("--max-flows must be at least 1");
+        }
+        Ok(FlowConfig {
+            idle_timeout_us: (self.idle_timeout * 1e6) as i64,
+            active_timeout_us: (self.active_timeout * 1e6) as i64,
+            max_flows: self.max_flows,
+            ..FlowConfig::default()
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// One JSON object per flow, one per line.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Meter a capture file (pcap or pcapng) and print its flows; nothing is uploaded.
+    Read {
+        /// Capture file; the format is detected from its magic bytes.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+        #[command(flatten)]
+        meter: MeterArgs,
+    },
+    /// Meter a capture file and upload its flows to the collector.
+    Run {
+        /// Capture file to replay (pcap or pcapng).
+        #[arg(long, value_name = "FILE")]
+        pcap: PathBuf,
+        /// Collector ingest endpoint.
+        #[arg(long, env = "TIDEWATCH_COLLECTOR", value_name = "URL", default_value = "https://127.0.0.1:4443")]
+        collector: String,
+        /// Name the collector certificate must carry (default: host of --collector).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Fleet CA certificate (PEM) that signed the collector's certificate.
+        #[arg(long, env = "TIDEWATCH_CA", value_name = "PEM")]
+        ca: PathBuf,
+        /// This sensor's certificate (PEM), issued by `tidewatch-collector pki issue-sensor`.
+        #[arg(long, env = "TIDEWATCH_CERT", value_name = "PEM")]
+        cert: PathBuf,
+        /// This sensor's private key (PEM).
+        #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
+        key: PathBuf,
+        /// Directory for persistent state (batch sequence counter).
+        #[arg(long, env = "TIDEWATCH_STATE_DIR", default_value = "/var/lib/tidewatch-sensor")]
+        state_dir: PathBuf,
+        /// Maximum flow records per batch.
+        #[arg(long, default_value_t = 2000)]
+        batch_flows: usize,
+        /// Batches in flight before waiting for acks.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Send batches uncompressed (default: zstd).
+        #[arg(long)]
+        no_compress: bool,
+        /// Seconds to wait for an ack before reconnecting and resending.
+        #[arg(long, default_value_t = 30.0)]
+        ack_timeout: f64,
+        #[command(flatten)]
+        meter: MeterArgs,
+        /// Fault injection for tests: after every batch is acked, send them all
+        /// again with their original seq (the shore must drop the duplicates).
+        #[arg(long, hide = true)]
+        resend_acked: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Read { file, format, meter } => read(file, format, meter),
+        Cmd::Run { .. } => run(cli.cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("tidewatch-sensor: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read(file: PathBuf, _format: Format, meter: MeterArgs) -> anyhow::Result<()> {
+    let cfg = meter.flow_config()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let (cap, flows) = meter_file(&file, cfg, |recs| {
+        for r in &recs {
+            serde_json::to_writer(&mut out, &flow_json(r))?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("reading {}", file.display()))?;
+    out.flush()?;
+    info!(
+        frames = cap.frames,
+        ip_packets = cap.ip_packets,
+        non_ip = cap.non_ip_frames + cap.arp_frames,
+        malformed = cap.malformed,
+        flows = flows.records_emitted,
+        "capture metered"
+    );
+    Ok(())
+}
+
+fn read_file(what: &str, p: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    let Cmd::Run {
+        pcap,
+        collector,
+        server_name,
+        ca,
+        cert,
+        key,
+        state_dir,
+        batch_flows,
+        window,
+        no_compress,
+        ack_timeout,
+        meter,
+        resend_acked,
+    } = cmd
+    else {
+        unreachable!()
+    };
+    let flow_cfg = meter.flow_config()?;
+    if batch_flows == 0 || window == 0 {
+        bail!("--batch-flows and --window must be at least 1");
+    }
+    if !(ack_timeout.is_finite() && ack_timeout > 0.0) {
+        bail!("--ack-timeout must be a positive number of seconds");
+    }
+    let uplink_cfg = UplinkConfig {
+        endpoint: collector,
+        server_name,
+        ca_pem: read_file("CA certificate", &ca)?,
+        cert_pem: read_file("sensor certificate", &cert)?,
+        key_pem: read_file("sensor key", &key)?,
+        window,
+        connect_timeout: Duration::from_secs(10),
+        ack_timeout: Duration::from_secs_f64(ack_timeout),
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(10),
+        backoff_initial: Duration::from_millis(200),
+        backoff_max: Duration::from_secs(30),
+    };
+    let seqs = SeqStore::open(&state_dir)?;
+    let mut batcher = Batcher::new(
+        BatchConfig {
+            max_flows: batch_flows,
+            compress: !no_compress,
+            ..BatchConfig::default()
+        },
+        seqs,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
+    let uplink = Uplink::new(uplink_cfg.clone())?;
+    let upload = rt.spawn(uplink.run(rx));
+
+    // Metering runs on this thread and blocks when the uplink falls behind.
+    let keep = resend_acked;
+    let mut sent: Vec<PreparedBatch> = Vec::new();
+    let mut total_flows = 0u64;
+    let mut push = |b: PreparedBatch| -> anyhow::Result<()> {
+        total_flows += b.flows as u64;
+        if keep {
+            sent.push(b.clone());
+        }
+        tx.blocking_send(b).map_err(|_| anyhow::anyhow!("uplink stopped"))
+    };
+    let (cap, fstats) = meter_file(&pcap, flow_cfg, |recs| {
+        for b in batcher.push(recs)? {
+            push(b)?;
+        }
+        Ok(())
+    })
+    .with_context(|| format!("replaying {}", pcap.display()))?;
+    let status = SensorStatus {
+        observed_us: now_us(),
+        capture_packets: cap.frames,
+        capture_drops: 0,
+        flows_evicted: fstats.flows_evicted,
+        software_version: env!("CARGO_PKG_VERSION").to_string(),
+        ..SensorStatus::default()
+    };
+    if let Some(b) = batcher.flush(Some(status))? {
+        push(b)?;
+    }
+    drop(tx);
+    let stats = rt.block_on(upload)?;
+    info!(
+        frames = cap.frames,
+        flows = total_flows,
+        batches_acked = stats.batches_acked,
+        flows_acked = stats.flows_acked,
+        batches_rejected = stats.batches_rejected,
+        resent = stats.resent,
+        reconnects = stats.reconnects,
+        "upload complete"
+    );
+    if resend_acked {
+        info!(batches = sent.len(), "fault injection: resending every acked batch with its original seq");
+        let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
+        let again = rt.spawn(Uplink::new(uplink_cfg)?.run(rx));
+        for b in sent {
+            tx.blocking_send(b).map_err(|_| anyhow::anyhow!("uplink stopped"))?;
+        }
+        drop(tx);
+        let s2 = rt.block_on(again)?;
+        info!(batches_acked = s2.batches_acked, "duplicate batches acked");
+    }
+    if stats.batches_rejected > 0 {
+        bail!(
+            "the collector refused {} batch(es) ({} flows); see the log above",
+            stats.batches_rejected,
+            stats.flows_rejected
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! capture -> decode -> flow table: the metering half of the sensor, shared by
+//! `read` (local inspection) and `run` (upload).
+
+use std::path::Path;
+
+use tidewatch_proto::v1::FlowRecord;
+
+use crate::capture::{CaptureError, PcapReader};
+use crate::decode::{decode, Undecoded};
+use crate::flow::{FlowConfig, FlowStats, FlowTable};
+
+/// Frame-level counters of one capture.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CaptureStats {
+    pub frames: u64,
+    pub ip_packets: u64,
+    pub arp_frames: u64,
+    pub non_ip_frames: u64,
+    pub unsupported_link: u64,
+    pub malformed: u64,
+}
+
+/// Meters a capture file, handing records to `sink` as they are emitted
+/// (in chunks), and flushing every flow at the end of the file.
+pub fn meter_file(
+    path: &Path,
+    cfg: FlowConfig,
+    mut sink: impl FnMut(Vec<FlowRecord>) -> anyhow::Result<()>,
+) -> Result<(CaptureStats, FlowStats), MeterError> {
+    let mut reader = PcapReader::open(path)?;
+    let mut table = FlowTable::new(cfg);
+    let mut stats = CaptureStats::default();
+    while let Some(pkt) = reader.next_packet()? {
+        stats.frames += 1;
+        match decode(&pkt) {
+            Ok(info) => {
+                stats.ip_packets += 1;
+                table.process(&info);
+            }
+            Err(Undecoded::Arp) => stats.arp_frames += 1,
+            Err(Undecoded::NonIp) => stats.non_ip_frames += 1,
+            Err(Undecoded::UnsupportedLink) => stats.unsupported_link += 1,
+            Err(Undecoded::Malformed) => stats.malformed += 1,
+        }
+        if table.emitted_len() >= 1024 {
+            sink(table.take_emitted()).map_err(MeterError::Sink)?;
+        }
+    }
+    table.flush_all();
+    let rest = table.take_emitted();
+    if !rest.is_empty() {
+        sink(rest).map_err(MeterError::Sink)?;
+    }
+    Ok((stats, table.stats()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeterError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("downstream stopped: {0}")]
+    Sink(anyhow::Error),
+}

@@ -1,0 +1,249 @@
+//! The uplink: streams batches to the collector over mutually authenticated
+//! gRPC and forgets a batch only when the collector has acked it (an ack
+//! means "durably in Kafka").
+//!
+//! Up to `window` batches are in flight on one stream. Acks come back in
+//! request order. On any failure (connect error, stream reset, a retryable
+//! negative ack, no ack within `ack_timeout`) the stream is dropped and, after
+//! an exponential backoff with jitter, a new one resends every unacked batch
+//! from the first. The shore drops the duplicates this creates. HTTP/2
+//! keepalive pings detect a link that silently drops everything.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand::Rng;
+use tidewatch_proto::v1::uplink_client::UplinkClient;
+use tidewatch_proto::v1::{AckStatus, UploadAck, UploadRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::{debug, error, info, warn};
+
+use crate::batch::PreparedBatch;
+
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// `https://host:port` of the collector's ingest.
+    pub endpoint: String,
+    /// Name the collector's certificate must carry (defaults to the host).
+    pub server_name: Option<String>,
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub window: usize,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UplinkStats {
+    pub batches_acked: u64,
+    pub flows_acked: u64,
+    pub batches_rejected: u64,
+    pub flows_rejected: u64,
+    pub resent: u64,
+    pub reconnects: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("invalid collector endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+}
+
+enum StreamEnd {
+    /// Source exhausted and everything acked.
+    Done,
+    /// Stream broke; reconnect and resend.
+    Retry(String),
+}
+
+pub struct Uplink {
+    cfg: UplinkConfig,
+    endpoint: Endpoint,
+    stats: UplinkStats,
+}
+
+impl Uplink {
+    pub fn new(cfg: UplinkConfig) -> Result<Self, UplinkError> {
+        let bad = |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
+            .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem));
+        if let Some(name) = &cfg.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+            .map_err(|e| bad(&e))?
+            .tls_config(tls)
+            .map_err(|e| bad(&e))?
+            .connect_timeout(cfg.connect_timeout)
+            .http2_keep_alive_interval(cfg.keepalive_interval)
+            .keep_alive_timeout(cfg.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        Ok(Uplink {
+            cfg,
+            endpoint,
+            stats: UplinkStats::default(),
+        })
+    }
+
+    /// Uploads every batch from `source` until it closes and all are acked.
+    pub async fn run(mut self, mut source: mpsc::Receiver<PreparedBatch>) -> UplinkStats {
+        let mut unacked: VecDeque<PreparedBatch> = VecDeque::new();
+        let mut source_done = false;
+        let mut backoff = self.cfg.backoff_initial;
+        let mut first = true;
+        loop {
+            if source_done && unacked.is_empty() {
+                return self.stats;
+            }
+            if !first {
+                self.stats.reconnects += 1;
+                let jitter = rand::rng().random_range(0.5..1.5);
+                let wait = backoff.mul_f64(jitter);
+                debug!(?wait, "backing off before reconnecting");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(self.cfg.backoff_max);
+            }
+            first = false;
+            let channel = match self.endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(endpoint = %self.cfg.endpoint, error = %error_chain(&e), "cannot connect to collector");
+                    continue;
+                }
+            };
+            match self
+                .stream(channel, &mut unacked, &mut source, &mut source_done, &mut backoff)
+                .await
+            {
+                StreamEnd::Done => return self.stats,
+                StreamEnd::Retry(why) => {
+                    warn!(unacked = unacked.len(), reason = %why, "upload stream interrupted; will resend unacked batches")
+                }
+            }
+        }
+    }
+
+    async fn stream(
+        &mut self,
+        channel: Channel,
+        unacked: &mut VecDeque<PreparedBatch>,
+        source: &mut mpsc::Receiver<PreparedBatch>,
+        source_done: &mut bool,
+        backoff: &mut Duration,
+    ) -> StreamEnd {
+        let window = self.cfg.window.max(1);
+        let (tx, rx) = mpsc::channel::<UploadRequest>(window);
+        let mut sent = 0usize;
+        // Queue the resends before opening the stream.
+        while sent < unacked.len() && sent < window {
+            let _ = tx.try_send(unacked[sent].request.clone());
+            sent += 1;
+        }
+        if sent > 0 {
+            self.stats.resent += sent as u64;
+        }
+        let mut client = UplinkClient::new(channel);
+        let mut acks = match client.upload(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return StreamEnd::Retry(format!("open stream: {status}")),
+        };
+        info!(endpoint = %self.cfg.endpoint, resending = sent, "upload stream open");
+        loop {
+            while sent < unacked.len() && sent < window {
+                if tx.send(unacked[sent].request.clone()).await.is_err() {
+                    return StreamEnd::Retry("request stream closed".into());
+                }
+                sent += 1;
+            }
+            if *source_done && unacked.is_empty() {
+                drop(tx);
+                return StreamEnd::Done;
+            }
+            let can_take = !*source_done && unacked.len() < window;
+            let waiting = !unacked.is_empty();
+            tokio::select! {
+                b = source.recv(), if can_take => match b {
+                    Some(b) => unacked.push_back(b),
+                    None => *source_done = true,
+                },
+                m = acks.message() => match m {
+                    Ok(Some(ack)) => {
+                        if let Err(why) = self.on_ack(ack, unacked, &mut sent) {
+                            return StreamEnd::Retry(why);
+                        }
+                        *backoff = self.cfg.backoff_initial;
+                    }
+                    Ok(None) => return StreamEnd::Retry("collector closed the stream".into()),
+                    Err(status) => return StreamEnd::Retry(format!("stream error: {status}")),
+                },
+                _ = tokio::time::sleep(self.cfg.ack_timeout), if waiting => {
+                    return StreamEnd::Retry(format!("no ack within {:?}", self.cfg.ack_timeout));
+                }
+            }
+        }
+    }
+
+    fn on_ack(
+        &mut self,
+        ack: UploadAck,
+        unacked: &mut VecDeque<PreparedBatch>,
+        sent: &mut usize,
+    ) -> Result<(), String> {
+        let Some(front) = unacked.front() else {
+            return Err(format!("ack for seq {} with nothing in flight", ack.seq));
+        };
+        if front.seq != ack.seq || *sent == 0 {
+            return Err(format!(
+                "ack for seq {} but the oldest batch in flight is {}",
+                ack.seq, front.seq
+            ));
+        }
+        let status = AckStatus::try_from(ack.status).unwrap_or(AckStatus::Unspecified);
+        match status {
+            AckStatus::Accepted => {
+                let b = unacked.pop_front().expect("front checked");
+                *sent -= 1;
+                self.stats.batches_acked += 1;
+                self.stats.flows_acked += b.flows as u64;
+                debug!(seq = b.seq, flows = b.flows, "batch acked");
+                Ok(())
+            }
+            _ if ack.retryable => Err(format!(
+                "collector could not take seq {} now ({}): {}",
+                ack.seq,
+                status.as_str_name(),
+                ack.detail
+            )),
+            _ => {
+                let b = unacked.pop_front().expect("front checked");
+                *sent -= 1;
+                self.stats.batches_rejected += 1;
+                self.stats.flows_rejected += b.flows as u64;
+                error!(seq = b.seq, flows = b.flows, status = status.as_str_name(), detail = %ack.detail,
+                    "collector refused batch permanently; dropping it");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `e` and its sources, joined, for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
