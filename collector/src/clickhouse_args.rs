@@ -1,0 +1,54 @@
+//! ClickHouse connection settings shared by `sink`, `migrate` and `query`.
+
+use clickhouse::{Client, Compression};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP endpoint.
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    /// ClickHouse user.
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    /// ClickHouse password (prefer the environment variable).
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    pub clickhouse_password: String,
+    /// Database holding the tidewatch tables.
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_DATABASE", default_value = "tidewatch")]
+    pub clickhouse_database: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid database name {0:?}: use letters, digits and underscores")]
+pub struct BadDatabaseName(pub String);
+
+impl ClickHouseArgs {
+    pub fn validate(&self) -> Result<(), BadDatabaseName> {
+        let db = &self.clickhouse_database;
+        if db.is_empty()
+            || db.len() > 64
+            || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(BadDatabaseName(db.clone()));
+        }
+        Ok(())
+    }
+
+    /// A client without a default database (for DDL that names it).
+    pub fn server_client(&self) -> Client {
+        // Schema validation needs RowBinaryWithNamesAndTypes, which old
+        // servers (18.16) lack; rows are checked by our own tests instead.
+        Client::default()
+            .with_url(&self.clickhouse_url)
+            .with_user(&self.clickhouse_user)
+            .with_password(&self.clickhouse_password)
+            .with_compression(Compression::None)
+            .with_validation(false)
+    }
+
+    /// A client whose default database is the tidewatch database.
+    pub fn client(&self) -> Client {
+        self.server_client()
+            .with_database(&self.clickhouse_database)
+    }
+}

@@ -1,0 +1,150 @@
+//! `tidewatch-collector ingest`: the mTLS gRPC endpoint sensors upload to.
+//!
+//! Lifecycle: load TLS material and check that Kafka and the topic answer,
+//! then serve. On SIGTERM/SIGINT the health service turns NOT_SERVING, every
+//! upload stream stops reading new batches, finishes the ones already being
+//! written to Kafka and sends their acks, then ends with UNAVAILABLE so the
+//! sensor reconnects elsewhere; the producer is flushed and the process exits.
+
+pub mod service;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use rdkafka::producer::Producer;
+use tidewatch_proto::v1::uplink_server::UplinkServer;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{info, warn};
+
+use crate::kafka::KafkaArgs;
+use crate::metrics::Counters;
+use service::{IngestService, Limits};
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Address to listen on for sensors.
+    #[arg(long, env = "TIDEWATCH_LISTEN", default_value = "0.0.0.0:4443")]
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    #[arg(long, env = "TIDEWATCH_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, env = "TIDEWATCH_TLS_KEY", value_name = "PEM")]
+    pub tls_key: PathBuf,
+    /// Fleet CA (PEM); sensors must present a certificate it signed.
+    #[arg(long, env = "TIDEWATCH_CLIENT_CA", value_name = "PEM")]
+    pub client_ca: PathBuf,
+    /// Certificate revocation list (PEM) of the fleet CA.
+    #[arg(long, env = "TIDEWATCH_CRL", value_name = "PEM")]
+    pub crl: Option<PathBuf>,
+    /// Largest batch payload accepted, in bytes. Keep it below the Kafka
+    /// topic's max.message.bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_batch_bytes: usize,
+    /// Largest number of records in one batch.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_batch_records: usize,
+    /// Milliseconds a batch may wait for Kafka before the sensor is told to retry.
+    #[arg(long, default_value_t = 30_000)]
+    pub kafka_timeout_ms: u64,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received; draining"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received; draining"),
+    }
+}
+
+pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
+    if args.max_batch_bytes == 0 || args.max_batch_records == 0 {
+        bail!("--max-batch-bytes and --max-batch-records must be at least 1");
+    }
+    let tls_cfg = tls::server_config(&tls::TlsFiles {
+        cert: &args.tls_cert,
+        key: &args.tls_key,
+        client_ca: &args.client_ca,
+        crl: args.crl.as_deref(),
+    })
+    .context("loading TLS material")?;
+
+    let producer = args.kafka.producer(args.kafka_timeout_ms)?;
+    crate::kafka::wait_for_topic(&producer, &args.kafka.kafka_brokers, &args.kafka.kafka_topic).await?;
+
+    let counters = Arc::new(Counters::default());
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = Limits {
+        max_batch_bytes: args.max_batch_bytes,
+        max_records: args.max_batch_records,
+        ..Limits::default()
+    };
+    let svc = IngestService::new(
+        producer.clone(),
+        args.kafka.kafka_topic.clone(),
+        limits,
+        counters.clone(),
+        shutdown_rx,
+    );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<UplinkServer<IngestService>>()
+        .await;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let (conn_tx, conn_rx) = mpsc::channel(64);
+    let accept = tokio::spawn(tls::accept_loop(
+        listener,
+        tls_cfg,
+        conn_tx,
+        counters.clone(),
+        Duration::from_secs(10),
+    ));
+    info!(listen = %local, topic = %args.kafka.kafka_topic, brokers = %args.kafka.kafka_brokers, "ingest listening");
+
+    // gRPC-level limit: a little above the payload limit so that an oversized
+    // payload still reaches validation and gets a TOO_LARGE ack; anything far
+    // larger is cut off by tonic with RESOURCE_EXHAUSTED.
+    let grpc_limit = args.max_batch_bytes.saturating_mul(2).max(64 * 1024);
+    let uplink = UplinkServer::new(svc).max_decoding_message_size(grpc_limit);
+    let hr = health_reporter.clone();
+    let signal = async move {
+        shutdown_signal().await;
+        hr.set_not_serving::<UplinkServer<IngestService>>().await;
+        let _ = shutdown_tx.send(true);
+        // shutdown_tx lives until here: streams see the flag, drain and end.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(uplink)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), signal)
+        .await
+        .context("gRPC server failed")?;
+    accept.abort();
+    let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)));
+    if let Ok(Err(e)) = flush.await {
+        warn!(error = %e, "producer flush at shutdown incomplete");
+    }
+    info!(
+        batches_received = Counters::get(&counters.batches_received),
+        batches_acked = Counters::get(&counters.batches_acked),
+        records_acked = Counters::get(&counters.records_acked),
+        refused = ?counters.refused(),
+        "ingest stopped"
+    );
+    Ok(())
+}

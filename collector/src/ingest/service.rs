@@ -1,0 +1,322 @@
+//! The `tidewatch.v1.Uplink` service: validates each batch against the
+//! sensor's certificate identity and the size limits, writes it to Kafka and
+//! answers with an ack only once Kafka has confirmed delivery.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use prost::Message;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tidewatch_proto::v1::uplink_server::Uplink;
+use tidewatch_proto::v1::{AckStatus, Batch, Encoding, IngestedBatch, UploadAck, UploadRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::tls::PeerInfo;
+use crate::identity::SensorIdentity;
+use crate::metrics::Counters;
+
+/// Limits applied to every batch.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest encoded payload accepted (the Kafka record adds ~100 bytes).
+    pub max_batch_bytes: usize,
+    /// Largest payload after decompression.
+    pub max_decoded_bytes: usize,
+    /// Largest number of records (flows + assets + status) in one batch.
+    pub max_records: usize,
+    /// Batches of one stream being written to Kafka at once.
+    pub max_inflight_per_stream: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_batch_bytes: 1_000_000,
+            max_decoded_bytes: 16 * 1024 * 1024,
+            max_records: 50_000,
+            max_inflight_per_stream: 32,
+        }
+    }
+}
+
+/// Why a batch was refused.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: AckStatus,
+    pub retryable: bool,
+    /// Short label for counters.
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(status: AckStatus, reason: &'static str, detail: String) -> Self {
+        Refusal {
+            status,
+            retryable: false,
+            reason,
+            detail,
+        }
+    }
+}
+
+/// Decodes a payload according to its encoding, bounded in size.
+pub fn decode_payload(
+    encoding: i32,
+    payload: &[u8],
+    max_decoded: usize,
+) -> Result<Batch, (&'static str, String)> {
+    let raw;
+    let bytes: &[u8] = match Encoding::try_from(encoding) {
+        Ok(Encoding::Protobuf) => payload,
+        Ok(Encoding::ProtobufZstd) => {
+            raw = zstd::bulk::decompress(payload, max_decoded)
+                .map_err(|e| ("bad_compression", format!("zstd payload cannot be decompressed within {max_decoded} bytes: {e}")))?;
+            &raw
+        }
+        _ => return Err(("bad_encoding", format!("unknown payload encoding {encoding}"))),
+    };
+    Batch::decode(bytes).map_err(|e| ("bad_protobuf", format!("payload is not a valid Batch: {e}")))
+}
+
+struct Inner {
+    producer: FutureProducer,
+    topic: String,
+    limits: Limits,
+    counters: Arc<Counters>,
+    node: String,
+}
+
+#[derive(Clone)]
+pub struct IngestService {
+    inner: Arc<Inner>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    pub fn new(
+        producer: FutureProducer,
+        topic: String,
+        limits: Limits,
+        counters: Arc<Counters>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        IngestService {
+            inner: Arc::new(Inner {
+                producer,
+                topic,
+                limits,
+                counters,
+                node: crate::kafka::node_name(),
+            }),
+            shutdown,
+        }
+    }
+}
+
+impl Inner {
+    /// Checks one request; returns the number of records on success.
+    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<u32, Refusal> {
+        if req.payload.len() > self.limits.max_batch_bytes {
+            return Err(Refusal::new(
+                AckStatus::TooLarge,
+                "too_large",
+                format!(
+                    "payload of {} bytes exceeds the limit of {} bytes; send smaller batches",
+                    req.payload.len(),
+                    self.limits.max_batch_bytes
+                ),
+            ));
+        }
+        if req.seq == 0 {
+            return Err(Refusal::new(AckStatus::Malformed, "bad_seq", "seq must be at least 1".into()));
+        }
+        let batch = decode_payload(req.encoding, &req.payload, self.limits.max_decoded_bytes)
+            .map_err(|(reason, detail)| Refusal::new(AckStatus::Malformed, reason, detail))?;
+        if batch.seq != req.seq {
+            return Err(Refusal::new(
+                AckStatus::Malformed,
+                "seq_mismatch",
+                format!("request seq {} differs from the batch's seq {}", req.seq, batch.seq),
+            ));
+        }
+        if !batch.sensor_id.is_empty() && batch.sensor_id != id.sensor_id {
+            return Err(Refusal::new(
+                AckStatus::Unauthorized,
+                "identity_mismatch",
+                format!(
+                    "batch claims sensor {:?} but the client certificate is sensor {:?}",
+                    batch.sensor_id, id.sensor_id
+                ),
+            ));
+        }
+        let records = batch.flows.len() + batch.assets.len() + batch.status.len();
+        if records == 0 {
+            return Err(Refusal::new(AckStatus::Empty, "empty", "batch contains no records".into()));
+        }
+        if records > self.limits.max_records {
+            return Err(Refusal::new(
+                AckStatus::TooLarge,
+                "too_many_records",
+                format!("{records} records exceed the limit of {}", self.limits.max_records),
+            ));
+        }
+        Ok(records as u32)
+    }
+
+    async fn handle(self: Arc<Self>, req: UploadRequest, peer: Arc<PeerInfo>) -> UploadAck {
+        let c = &self.counters;
+        Counters::add(&c.batches_received, 1);
+        Counters::add(&c.bytes_received, req.payload.len() as u64);
+        let id = &peer.identity;
+        let records = match self.validate(&req, id) {
+            Ok(n) => n,
+            Err(r) => {
+                c.inc_refused(r.reason);
+                warn!(peer = %peer.remote, sensor = %id.sensor_id, seq = req.seq, status = r.status.as_str_name(),
+                    reason = r.reason, detail = %r.detail, "batch refused");
+                return UploadAck {
+                    seq: req.seq,
+                    status: r.status as i32,
+                    retryable: r.retryable,
+                    detail: r.detail,
+                    records: 0,
+                };
+            }
+        };
+        let received_us = now_us();
+        let envelope = IngestedBatch {
+            sensor_id: id.sensor_id.clone(),
+            vessel: id.vessel.clone(),
+            seq: req.seq,
+            received_us,
+            encoding: req.encoding,
+            payload: req.payload,
+            ingest_node: self.node.clone(),
+        }
+        .encode_to_vec();
+        let seq_text = req.seq.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "tidewatch-sensor",
+                value: Some(id.sensor_id.as_bytes()),
+            })
+            .insert(Header {
+                key: "tidewatch-seq",
+                value: Some(seq_text.as_bytes()),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(id.sensor_id.as_bytes())
+            .payload(&envelope)
+            .headers(headers);
+        // Bounded by the producer's message.timeout.ms.
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(delivery) => {
+                Counters::add(&c.batches_acked, 1);
+                Counters::add(&c.records_acked, records as u64);
+                debug!(sensor = %id.sensor_id, seq = req.seq, records, ?delivery, "batch in Kafka");
+                UploadAck {
+                    seq: req.seq,
+                    status: AckStatus::Accepted as i32,
+                    retryable: false,
+                    detail: String::new(),
+                    records,
+                }
+            }
+            Err((e, _)) => {
+                c.inc_refused("kafka_unavailable");
+                warn!(sensor = %id.sensor_id, seq = req.seq, error = %e, "Kafka did not take the batch; sensor will retry");
+                UploadAck {
+                    seq: req.seq,
+                    status: AckStatus::Unavailable as i32,
+                    retryable: true,
+                    detail: format!("Kafka unavailable: {e}"),
+                    records: 0,
+                }
+            }
+        }
+    }
+}
+
+type AckFuture = Pin<Box<dyn Future<Output = UploadAck> + Send>>;
+
+#[tonic::async_trait]
+impl Uplink for IngestService {
+    type UploadStream = ReceiverStream<Result<UploadAck, Status>>;
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<UploadRequest>>,
+    ) -> Result<Response<Self::UploadStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+        let peer = Arc::new(peer);
+        if *self.shutdown.borrow() {
+            return Err(Status::unavailable("collector is shutting down"));
+        }
+        let mut inbound = request.into_inner();
+        let inner = self.inner.clone();
+        let mut shutdown = self.shutdown.clone();
+        let max_inflight = inner.limits.max_inflight_per_stream.max(1);
+        let (tx, rx) = mpsc::channel(max_inflight + 1);
+        info!(peer = %peer.remote, sensor = %peer.identity.sensor_id, vessel = %peer.identity.vessel, "upload stream opened");
+        tokio::spawn(async move {
+            let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            let mut reading = true;
+            let mut final_status: Option<Status> = None;
+            loop {
+                if !reading && inflight.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    biased;
+                    Some(ack) = inflight.next(), if !inflight.is_empty() => {
+                        if tx.send(Ok(ack)).await.is_err() {
+                            // Sensor went away; unacked batches will be resent.
+                            return;
+                        }
+                    }
+                    r = shutdown.changed(), if reading => {
+                        if r.is_err() || *shutdown.borrow() {
+                            reading = false;
+                            final_status = Some(Status::unavailable("collector is shutting down; reconnect"));
+                        }
+                    }
+                    m = inbound.message(), if reading && inflight.len() < max_inflight => match m {
+                        Ok(Some(req)) => inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone()))),
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            inner.counters.inc_refused("bad_grpc_message");
+                            warn!(peer = %peer.remote, sensor = %peer.identity.sensor_id, code = ?status.code(),
+                                message = %status.message(), "upload stream broken by an invalid message");
+                            reading = false;
+                            final_status = Some(status);
+                        }
+                    }
+                }
+            }
+            if let Some(s) = final_status {
+                let _ = tx.send(Err(s)).await;
+            }
+            debug!(peer = %peer.remote, "upload stream closed");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,129 @@
+//! Kafka clients (librdkafka through rdkafka), configured for the delivery
+//! contract: the producer is idempotent with `acks=all`, so a batch acked to a
+//! sensor is on every in-sync replica; the consumer never auto-commits, so an
+//! offset is committed only after its rows are in ClickHouse.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::StreamConsumer;
+use std::time::Duration;
+
+use anyhow::bail;
+use rdkafka::producer::{FutureProducer, Producer};
+use tracing::warn;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("invalid --kafka-option {0:?}: expected KEY=VALUE")]
+    Option(String),
+    #[error("cannot create Kafka client: {0}")]
+    Client(#[from] rdkafka::error::KafkaError),
+}
+
+/// Common connection settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers (comma-separated host:port).
+    #[arg(long, env = "TIDEWATCH_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic of ingested batches.
+    #[arg(long, env = "TIDEWATCH_KAFKA_TOPIC", default_value = tidewatch_proto::BATCHES_TOPIC)]
+    pub kafka_topic: String,
+    /// Extra librdkafka settings, e.g. security.protocol=SASL_SSL (repeatable).
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    pub kafka_options: Vec<String>,
+}
+
+impl KafkaArgs {
+    /// Connection settings, then `defaults`, then the operator's
+    /// `--kafka-option`s (which win over the defaults).
+    fn config(&self, defaults: &[(&str, String)]) -> Result<ClientConfig, KafkaSetupError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka_brokers)
+            .set("client.id", format!("tidewatch-{}", node_name()))
+            .set("log_level", "4");
+        for (k, v) in defaults {
+            c.set(*k, v);
+        }
+        for opt in &self.kafka_options {
+            let (k, v) = opt
+                .split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .ok_or_else(|| KafkaSetupError::Option(opt.clone()))?;
+            c.set(k.trim(), v.trim());
+        }
+        Ok(c)
+    }
+
+    /// An idempotent producer. `message_timeout_ms` bounds how long a batch
+    /// may wait for Kafka before the sensor gets a retryable refusal.
+    pub fn producer(&self, message_timeout_ms: u64) -> Result<FutureProducer, KafkaSetupError> {
+        let c = self.config(&[
+            ("enable.idempotence", "true".into()),
+            ("acks", "all".into()),
+            ("max.in.flight.requests.per.connection", "5".into()),
+            ("linger.ms", "5".into()),
+            ("message.max.bytes", "2097152".into()),
+            ("message.timeout.ms", message_timeout_ms.to_string()),
+        ])?;
+        Ok(c.create()?)
+    }
+
+    /// A consumer in `group` with manual commits.
+    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, KafkaSetupError> {
+        let c = self.config(&[
+            ("group.id", group.to_string()),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("auto.offset.reset", "earliest".into()),
+            // Inserts may be retried for a long time while ClickHouse is down;
+            // staying in the group meanwhile avoids needless rebalances.
+            ("max.poll.interval.ms", "86400000".into()),
+            ("session.timeout.ms", "30000".into()),
+            ("isolation.level", "read_committed".into()),
+        ])?;
+        Ok(c.create()?)
+    }
+}
+
+/// Host name of this process, for client ids and tracing.
+pub fn node_name() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Waits (up to a minute) until the brokers answer and `topic` exists.
+pub async fn wait_for_topic(
+    producer: &FutureProducer,
+    brokers: &str,
+    topic: &str,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = producer.clone();
+        let t = topic.to_string();
+        let md = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(Some(&t), Duration::from_secs(5))
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|x| x.name() == t && x.error().is_none() && !x.partitions().is_empty())
+                })
+        })
+        .await?;
+        let late = std::time::Instant::now() > deadline;
+        match md {
+            Ok(true) => return Ok(()),
+            Ok(false) if late => bail!(
+                "Kafka topic {topic:?} does not exist on {brokers}; create it first \
+                 (deploy/local/stack.sh creates it for the local stack)"
+            ),
+            Err(e) if late => bail!("Kafka brokers {brokers} unreachable: {e}"),
+            Ok(false) => warn!(topic, "Kafka topic not found yet; retrying"),
+            Err(e) => warn!(error = %e, brokers, "Kafka not reachable yet; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,455 @@
+//! Fleet PKI: a private CA that issues the collector's server certificate and
+//! one client certificate per sensor, plus a CRL for revoked sensors.
+//!
+//! Identity convention (read back by ingest, see [`crate::identity`]): a sensor
+//! certificate carries the SAN URIs `urn:tidewatch:sensor:<ID>` and
+//! `urn:tidewatch:vessel:<VESSEL>`, and its subject CN is the sensor id.
+//!
+//! Files in the PKI directory (keys are written with mode 0600):
+//! `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
+//! `sensors/<ID>.pem`, `sensors/<ID>-key.pem`, `index.tsv` (every certificate
+//! issued: serial, kind, id, vessel, not-after, revoked-at) and `crl.pem`.
+
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::identity::{SENSOR_URI_PREFIX, VESSEL_URI_PREFIX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate error: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{0} already exists; refusing to overwrite it (remove it first if you mean to)")]
+    Exists(PathBuf),
+    #[error("no CA in {0}; run `tidewatch-collector pki init-ca --dir {0}` first")]
+    NoCa(PathBuf),
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        why: &'static str,
+    },
+    #[error("no certificate issued for sensor {0:?} in the index")]
+    UnknownSensor(String),
+    #[error("corrupt index line {line}: {content:?}")]
+    Index { line: usize, content: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `data` to `path`, creating parent dirs; `secret` files get 0600.
+fn write_file(path: &Path, data: &str, secret: bool, overwrite: bool) -> Result<(), PkiError> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    if !overwrite && path.exists() {
+        return Err(PkiError::Exists(path.to_path_buf()));
+    }
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(data.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))?;
+    Ok(())
+}
+
+/// An id or vessel name: 1-64 chars of `[A-Za-z0-9._-]` so it is safe in a
+/// URI, a file name and a Kafka key.
+pub fn validate_name(what: &'static str, v: &str) -> Result<(), PkiError> {
+    let ok_chars = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if v.is_empty() || v.len() > 64 || !ok_chars || v.starts_with('.') {
+        return Err(PkiError::Invalid {
+            what,
+            value: v.to_string(),
+            why: "use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with '.')",
+        });
+    }
+    Ok(())
+}
+
+pub struct Pki {
+    dir: PathBuf,
+}
+
+/// Validity of an issued certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From now for `days` days, or ending at `not_after` if given.
+    pub fn new(days: u32, not_after: Option<OffsetDateTime>) -> Self {
+        let now = OffsetDateTime::now_utc();
+        match not_after {
+            Some(end) => Validity {
+                not_before: (end - Duration::days(30)).min(now - Duration::minutes(5)),
+                not_after: end,
+            },
+            None => Validity {
+                not_before: now - Duration::minutes(5),
+                not_after: now + Duration::days(days as i64),
+            },
+        }
+    }
+}
+
+impl Pki {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Pki { dir: dir.into() }
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn ca_key_path(&self) -> PathBuf {
+        self.dir.join("ca-key.pem")
+    }
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join("crl.pem")
+    }
+    fn index_path(&self) -> PathBuf {
+        self.dir.join("index.tsv")
+    }
+
+    /// Creates the fleet CA (refuses to overwrite an existing one).
+    pub fn init_ca(&self, name: &str, days: u32) -> Result<(PathBuf, PathBuf), PkiError> {
+        let (cert_p, key_p) = (self.ca_cert_path(), self.ca_key_path());
+        for p in [&cert_p, &key_p] {
+            if p.exists() {
+                return Err(PkiError::Exists(p.clone()));
+            }
+        }
+        let key = KeyPair::generate()?;
+        let params = ca_params(name, Validity::new(days, None));
+        let cert = params.self_signed(&key)?;
+        write_file(&key_p, &key.serialize_pem(), true, false)?;
+        write_file(&cert_p, &cert.pem(), false, false)?;
+        // An empty CRL so ingest can be started with --crl from day one.
+        self.write_crl(&[])?;
+        Ok((cert_p, key_p))
+    }
+
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+        let (cert_p, key_p) = (self.ca_cert_path(), self.ca_key_path());
+        if !cert_p.exists() || !key_p.exists() {
+            return Err(PkiError::NoCa(self.dir.clone()));
+        }
+        let key_pem = fs::read_to_string(&key_p).map_err(io_err(&key_p))?;
+        let cert_pem = fs::read_to_string(&cert_p).map_err(io_err(&cert_p))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        Ok(Issuer::from_ca_cert_pem(&cert_pem, key)?)
+    }
+
+    /// Issues the collector's server certificate for the given DNS names / IPs.
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        if names.is_empty() {
+            return Err(PkiError::Invalid {
+                what: "server names",
+                value: String::new(),
+                why: "give at least one --dns or --ip the sensors will connect to",
+            });
+        }
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(&names[0], validity);
+        for n in names {
+            params.subject_alt_names.push(match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.clone().try_into()?),
+            });
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serial = params.serial_number.clone().expect("set by leaf_params");
+        let cert = params.signed_by(&key, &issuer)?;
+        let (cert_p, key_p) = (self.dir.join("server.pem"), self.dir.join("server-key.pem"));
+        write_file(&key_p, &key.serialize_pem(), true, true)?;
+        write_file(&cert_p, &cert.pem(), false, true)?;
+        self.append_index(&serial, "server", &names[0], "-", validity.not_after)?;
+        Ok((cert_p, key_p))
+    }
+
+    /// Issues a sensor client certificate carrying its identity.
+    pub fn issue_sensor(
+        &self,
+        id: &str,
+        vessel: &str,
+        validity: Validity,
+        out_dir: Option<&Path>,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        validate_name("sensor id", id)?;
+        validate_name("vessel", vessel)?;
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(id, validity);
+        params.subject_alt_names = vec![
+            SanType::URI(format!("{SENSOR_URI_PREFIX}{id}").try_into()?),
+            SanType::URI(format!("{VESSEL_URI_PREFIX}{vessel}").try_into()?),
+        ];
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, vessel);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = params.serial_number.clone().expect("set by leaf_params");
+        let cert = params.signed_by(&key, &issuer)?;
+        let dir = out_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.join("sensors"));
+        let (cert_p, key_p) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}-key.pem")));
+        write_file(&key_p, &key.serialize_pem(), true, true)?;
+        write_file(&cert_p, &cert.pem(), false, true)?;
+        self.append_index(&serial, "sensor", id, vessel, validity.not_after)?;
+        Ok((cert_p, key_p))
+    }
+
+    fn append_index(
+        &self,
+        serial: &SerialNumber,
+        kind: &str,
+        id: &str,
+        vessel: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<(), PkiError> {
+        let p = self.index_path();
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        writeln!(
+            f,
+            "{}\t{kind}\t{id}\t{vessel}\t{}\t-",
+            hex(serial.as_ref()),
+            not_after.unix_timestamp()
+        )
+        .map_err(io_err(&p))?;
+        Ok(())
+    }
+
+    fn read_index(&self) -> Result<Vec<Vec<String>>, PkiError> {
+        let p = self.index_path();
+        let text = match fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                let cols: Vec<String> = l.split('\t').map(str::to_string).collect();
+                if cols.len() != 6 {
+                    return Err(PkiError::Index {
+                        line: i + 1,
+                        content: l.to_string(),
+                    });
+                }
+                Ok(cols)
+            })
+            .collect()
+    }
+
+    /// Revokes every certificate issued to sensor `id` and rewrites the CRL.
+    /// Returns how many certificates were newly revoked.
+    pub fn revoke_sensor(&self, id: &str) -> Result<usize, PkiError> {
+        let mut rows = self.read_index()?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let mut found = false;
+        let mut newly = 0;
+        for r in rows.iter_mut() {
+            if r[1] == "sensor" && r[2] == id {
+                found = true;
+                if r[5] == "-" {
+                    r[5] = now.to_string();
+                    newly += 1;
+                }
+            }
+        }
+        if !found {
+            return Err(PkiError::UnknownSensor(id.to_string()));
+        }
+        let text: String = rows.iter().map(|r| r.join("\t") + "\n").collect();
+        write_file(&self.index_path(), &text, false, true)?;
+        self.write_crl(&rows)?;
+        Ok(newly)
+    }
+
+    fn write_crl(&self, rows: &[Vec<String>]) -> Result<(), PkiError> {
+        let issuer = self.issuer()?;
+        let mut revoked = Vec::new();
+        for r in rows.iter().filter(|r| r[5] != "-") {
+            let serial = unhex(&r[0]).ok_or_else(|| PkiError::Index {
+                line: 0,
+                content: r.join("\t"),
+            })?;
+            let at = r[5].parse::<i64>().ok().and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+            revoked.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&serial),
+                revocation_time: at.unwrap_or_else(OffsetDateTime::now_utc),
+                reason_code: Some(RevocationReason::CessationOfOperation),
+                invalidity_date: None,
+            });
+        }
+        let now = OffsetDateTime::now_utc();
+        let crl = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)?;
+        write_file(&self.crl_path(), &crl.pem()?, false, true)
+    }
+}
+
+fn ca_params(name: &str, v: Validity) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "tidewatch fleet");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.serial_number = Some(random_serial());
+    p
+}
+
+fn leaf_params(cn: &str, v: Validity) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.distinguished_name
+        .push(DnType::OrganizationName, "tidewatch fleet");
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = v.not_before;
+    p.not_after = v.not_after;
+    p.serial_number = Some(random_serial());
+    p
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Parses `YYYY-MM-DD` (UTC midnight).
+pub fn parse_date(s: &str) -> Result<OffsetDateTime, PkiError> {
+    let bad = || PkiError::Invalid {
+        what: "date",
+        value: s.to_string(),
+        why: "expected YYYY-MM-DD",
+    };
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let y: i32 = parts[0].parse().map_err(|_| bad())?;
+    let m: u8 = parts[1].parse().map_err(|_| bad())?;
+    let d: u8 = parts[2].parse().map_err(|_| bad())?;
+    let month = time::Month::try_from(m).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(y, month, d).map_err(|_| bad())?;
+    Ok(date.midnight().assume_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("id", "crane-07.port_a").is_ok());
+        for bad in ["", "a b", "x/y", ".hidden", &"x".repeat(65), "ü"] {
+            assert!(validate_name("id", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn issue_and_revoke_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.init_ca("test CA", 30).unwrap();
+        assert!(matches!(pki.init_ca("again", 30), Err(PkiError::Exists(_))));
+        let (c, k) = pki
+            .issue_sensor("s1", "mv-aurora", Validity::new(10, None), None)
+            .unwrap();
+        assert!(c.exists() && k.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&k).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let pem = fs::read(&c).unwrap();
+        let id = crate::identity::identity_from_pem(&pem).unwrap();
+        assert_eq!(id.sensor_id, "s1");
+        assert_eq!(id.vessel, "mv-aurora");
+        assert_eq!(pki.revoke_sensor("s1").unwrap(), 1);
+        assert_eq!(pki.revoke_sensor("s1").unwrap(), 0);
+        assert!(matches!(pki.revoke_sensor("nobody"), Err(PkiError::UnknownSensor(_))));
+        assert!(fs::read_to_string(pki.crl_path()).unwrap().contains("X509 CRL"));
+    }
+
+    #[test]
+    fn dates_parse() {
+        assert!(parse_date("2024-02-29").is_ok());
+        assert!(parse_date("2023-02-29").is_err());
+        assert!(parse_date("yesterday").is_err());
+    }
+}

@@ -1,0 +1,253 @@
+//! `tidewatch-collector query`: analyst queries over the de-duplicated views.
+
+use std::io::Write;
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+
+use crate::clickhouse_args::ClickHouseArgs;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum QueryCmd {
+    /// Top talkers per vessel: client -> server:port pairs by bytes over a time window.
+    TopTalkers {
+        #[command(flatten)]
+        window: Window,
+        /// Only this vessel.
+        #[arg(long)]
+        vessel: Option<String>,
+        /// Rows per vessel.
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+/// A time window on the flows' capture time (first_seen).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Window {
+    /// Start: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SS (UTC), Unix seconds, or a
+    /// duration back from now such as 30m, 24h, 7d.
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// End (exclusive), same forms as --since; default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+/// Parses a time argument into Unix seconds.
+pub fn parse_time(s: &str, now: i64) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Some((num, unit)) = s
+        .char_indices()
+        .last()
+        .filter(|(_, c)| matches!(c, 's' | 'm' | 'h' | 'd' | 'w'))
+        .map(|(i, c)| (&s[..i], c))
+    {
+        if let Ok(n) = num.parse::<i64>() {
+            let mult = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => 7 * 86400,
+            };
+            return Ok(now - n * mult);
+        }
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
+    let d = crate::pki::parse_date(date).with_context(|| format!("cannot parse time {s:?}"))?;
+    let hms: Vec<&str> = time.trim_end_matches('Z').split(':').collect();
+    let part = |i: usize| -> anyhow::Result<i64> {
+        match hms.get(i) {
+            None => Ok(0),
+            Some(x) => x.parse::<i64>().with_context(|| format!("cannot parse time {s:?}")),
+        }
+    };
+    let (h, m, sec) = (part(0)?, part(1)?, part(2)?);
+    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..61).contains(&sec) {
+        bail!("cannot parse time {s:?}: hour, minute or second out of range");
+    }
+    Ok(d.unix_timestamp() + h * 3600 + m * 60 + sec)
+}
+
+impl Window {
+    pub fn resolve(&self) -> anyhow::Result<(i64, i64)> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let since = parse_time(&self.since, now)?;
+        let until = match &self.until {
+            Some(u) => parse_time(u, now)?,
+            None => now + 1,
+        };
+        if since >= until {
+            bail!("--since must be before --until");
+        }
+        if since < 0 || until > u32::MAX as i64 {
+            bail!("time window outside the range ClickHouse DateTime can hold");
+        }
+        Ok((since, until))
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize, Serialize)]
+pub struct TopTalker {
+    pub vessel: String,
+    pub sensor_id: String,
+    pub client_ip: String,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub transport: String,
+    pub app_protocol: String,
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub const TOP_TALKERS_SQL: &str = "\
+SELECT vessel, sensor_id, client_ip, server_ip, server_port, transport, app_protocol,
+       count() AS flows,
+       sum(c2s_packets + s2c_packets) AS packets,
+       sum(c2s_bytes + s2c_bytes) AS bytes
+FROM flows
+WHERE first_seen >= toDateTime(?) AND first_seen < toDateTime(?) AND (? = '' OR vessel = ?)
+GROUP BY vessel, sensor_id, client_ip, server_ip, server_port, transport, app_protocol
+ORDER BY vessel, bytes DESC, client_ip, server_ip, server_port
+LIMIT ? BY vessel";
+
+pub async fn top_talkers(
+    ch: &ClickHouseArgs,
+    since: i64,
+    until: i64,
+    vessel: Option<&str>,
+    limit: u32,
+) -> anyhow::Result<Vec<TopTalker>> {
+    let v = vessel.unwrap_or("");
+    Ok(ch
+        .client()
+        .query(TOP_TALKERS_SQL)
+        .bind(since)
+        .bind(until)
+        .bind(v)
+        .bind(v)
+        .bind(limit)
+        .fetch_all()
+        .await
+        .context("top-talkers query failed")?)
+}
+
+pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
+    ch.validate()?;
+    match cmd {
+        QueryCmd::TopTalkers {
+            window,
+            vessel,
+            limit,
+            format,
+        } => {
+            let (since, until) = window.resolve()?;
+            let rows = top_talkers(&ch, since, until, vessel.as_deref(), limit).await?;
+            print_rows(&rows, format)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints serialisable rows as an aligned table, a JSON array or CSV.
+pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let values: Vec<serde_json::Map<String, serde_json::Value>> = rows
+        .iter()
+        .map(|r| match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => bail!("row is not an object"),
+            Err(e) => Err(e.into()),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    match format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut out, &values)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Csv | OutputFormat::Table => {
+            let Some(first) = values.first() else {
+                if matches!(format, OutputFormat::Table) {
+                    writeln!(out, "(no rows)")?;
+                }
+                return Ok(());
+            };
+            let headers: Vec<String> = first.keys().cloned().collect();
+            let cell = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let table: Vec<Vec<String>> = values
+                .iter()
+                .map(|m| headers.iter().map(|h| m.get(h).map(cell).unwrap_or_default()).collect())
+                .collect();
+            if matches!(format, OutputFormat::Csv) {
+                let esc = |s: &str| {
+                    if s.contains([',', '"', '\n']) {
+                        format!("\"{}\"", s.replace('"', "\"\""))
+                    } else {
+                        s.to_string()
+                    }
+                };
+                writeln!(out, "{}", headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(","))?;
+                for r in &table {
+                    writeln!(out, "{}", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(","))?;
+                }
+            } else {
+                let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+                for r in &table {
+                    for (i, c) in r.iter().enumerate() {
+                        w[i] = w[i].max(c.chars().count());
+                    }
+                }
+                let line = |cells: &[String]| {
+                    cells
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                };
+                writeln!(out, "{}", line(&headers).trim_end())?;
+                writeln!(out, "{}", w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "))?;
+                for r in &table {
+                    writeln!(out, "{}", line(r).trim_end())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_forms() {
+        let now = 1_000_000;
+        assert_eq!(parse_time("24h", now).unwrap(), now - 86400);
+        assert_eq!(parse_time("30m", now).unwrap(), now - 1800);
+        assert_eq!(parse_time("12345", now).unwrap(), 12345);
+        assert_eq!(parse_time("1970-01-02", now).unwrap(), 86400);
+        assert_eq!(parse_time("1970-01-01T01:00:00Z", now).unwrap(), 3600);
+        assert!(parse_time("yesterday-ish", now).is_err());
+        assert!(parse_time("1970-01-01T25:00:00", now).is_err());
+    }
+}

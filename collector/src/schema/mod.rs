@@ -1,0 +1,337 @@
+//! Schema ownership: versioned migrations (SQL files under
+//! `deploy/clickhouse/migrations/`, compiled into the binary), rendered for the
+//! server version that `migrate` detects, applied in order, and recorded in
+//! `<db>.schema_migrations`. Running `migrate` again is a no-op.
+//!
+//! Modern features are used only where the server has them: LowCardinality,
+//! column codecs, TTL and the IPv6 type need ClickHouse 21.8 or later (the
+//! oldest LTS that has them all, which production runs); older servers such
+//! as Debian's 18.16 get plain types, no codecs and no TTL (retention there is
+//! done by dropping partitions).
+
+use std::fmt;
+
+use clickhouse::Client;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("cannot parse ClickHouse version {0:?}")]
+    Version(String),
+    #[error("migration {version} ({name}) failed in statement {index}: {source}\n{statement}")]
+    Statement {
+        version: u32,
+        name: &'static str,
+        index: usize,
+        statement: String,
+        source: clickhouse::error::Error,
+    },
+    #[error("migration {0}: unbalanced -- @modern/-- @legacy/-- @end markers")]
+    Markers(u32),
+    #[error("migration {0}: unknown placeholder {1}")]
+    Placeholder(u32, String),
+}
+
+/// A server version such as 18.16.1 or 24.8.4.13.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    pub fn parse(s: &str) -> Result<Self, SchemaError> {
+        let mut it = s.trim().split('.');
+        let major = it.next().and_then(|x| x.parse().ok());
+        let minor = it.next().and_then(|x| x.parse().ok());
+        match (major, minor) {
+            (Some(major), Some(minor)) => Ok(ServerVersion { major, minor }),
+            _ => Err(SchemaError::Version(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What the server supports, derived from its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub version: ServerVersion,
+    pub modern: bool,
+}
+
+impl Caps {
+    pub fn for_version(version: ServerVersion) -> Self {
+        let modern = version >= ServerVersion { major: 21, minor: 8 };
+        Caps { version, modern }
+    }
+
+    pub fn variant(&self) -> &'static str {
+        if self.modern {
+            "modern"
+        } else {
+            "legacy"
+        }
+    }
+}
+
+/// Options that shape the rendered schema.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub database: String,
+    /// Raw flow retention in days (TTL on modern servers).
+    pub flow_retention_days: u32,
+}
+
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in order. Never edit one that has shipped: add a new one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../../../deploy/clickhouse/migrations/0001_initial.sql"),
+}];
+
+/// Renders a migration into its statements for the given capabilities.
+pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<String>, SchemaError> {
+    let mut kept = String::new();
+    let mut block: Option<bool> = None; // Some(keep?) inside a marker block
+    for line in m.sql.lines() {
+        let t = line.trim();
+        match t {
+            "-- @modern" | "-- @legacy" => {
+                if block.is_some() {
+                    return Err(SchemaError::Markers(m.version));
+                }
+                block = Some((t == "-- @modern") == caps.modern);
+                continue;
+            }
+            "-- @end" => {
+                if block.take().is_none() {
+                    return Err(SchemaError::Markers(m.version));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if block == Some(false) || t.starts_with("--") {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    if block.is_some() {
+        return Err(SchemaError::Markers(m.version));
+    }
+    let subst = |name: &str| -> Option<String> {
+        Some(match (name, caps.modern) {
+            ("db", _) => opts.database.clone(),
+            ("string_lc", true) => "LowCardinality(String)".into(),
+            ("string_lc", false) => "String".into(),
+            ("codec_delta", true) => "CODEC(Delta, ZSTD(1))".into(),
+            ("codec_zstd", true) => "CODEC(ZSTD(1))".into(),
+            ("codec_delta" | "codec_zstd", false) => String::new(),
+            ("flows_ttl", true) => format!(
+                "TTL toDateTime(intDiv(first_seen_us, 1000000)) + INTERVAL {} DAY",
+                opts.flow_retention_days
+            ),
+            ("flows_ttl", false) => String::new(),
+            _ => return None,
+        })
+    };
+    let mut out = String::with_capacity(kept.len());
+    let mut rest = kept.as_str();
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| SchemaError::Placeholder(m.version, "unterminated {{".into()))?;
+        let name = after[..end].trim();
+        out.push_str(
+            &subst(name).ok_or_else(|| SchemaError::Placeholder(m.version, name.to_string()))?,
+        );
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out
+        .split(";\n")
+        .map(str::trim)
+        .map(|s| s.trim_end_matches(';').trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// FNV-1a of a migration's source, recorded to notice edited migrations.
+fn checksum(sql: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The server's version.
+pub async fn server_version(client: &Client) -> Result<ServerVersion, SchemaError> {
+    let v: String = client.query("SELECT version()").fetch_one().await?;
+    ServerVersion::parse(&v)
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Applied {
+    version: u32,
+    checksum: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize)]
+struct AppliedRow {
+    version: u32,
+    name: String,
+    variant: String,
+    server_version: String,
+    checksum: String,
+    applied_at: u32,
+}
+
+/// What a migrate run did.
+#[derive(Debug)]
+pub struct MigrateReport {
+    pub caps: Caps,
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+}
+
+/// Applies every pending migration.
+pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateReport, SchemaError> {
+    let version = server_version(server).await?;
+    let caps = Caps::for_version(version);
+    let db = &opts.database;
+    info!(server = %version, variant = caps.variant(), database = %db, "migrating schema");
+    server
+        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
+        .execute()
+        .await?;
+    server
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, \
+             variant String, server_version String, checksum String, applied_at DateTime) \
+             ENGINE = MergeTree ORDER BY version"
+        ))
+        .execute()
+        .await?;
+    let done: Vec<Applied> = server
+        .query(&format!("SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"))
+        .fetch_all()
+        .await?;
+    let mut report = MigrateReport {
+        caps,
+        applied: Vec::new(),
+        already: Vec::new(),
+    };
+    for m in MIGRATIONS {
+        if let Some(a) = done.iter().find(|a| a.version == m.version) {
+            if a.checksum != checksum(m.sql) {
+                warn!(version = m.version, name = m.name, "migration source changed after it was applied; not re-applying");
+            }
+            report.already.push(m.version);
+            continue;
+        }
+        let statements = render(m, caps, opts)?;
+        for (i, s) in statements.iter().enumerate() {
+            server
+                .query(s)
+                .execute()
+                .await
+                .map_err(|source| SchemaError::Statement {
+                    version: m.version,
+                    name: m.name,
+                    index: i + 1,
+                    statement: s.clone(),
+                    source,
+                })?;
+        }
+        let mut ins = server
+            .clone()
+            .with_database(db)
+            .insert::<AppliedRow>("schema_migrations")
+            .await?;
+        ins.write(&AppliedRow {
+            version: m.version,
+            name: m.name.to_string(),
+            variant: caps.variant().to_string(),
+            server_version: version.to_string(),
+            checksum: checksum(m.sql),
+            applied_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(0),
+        })
+        .await?;
+        ins.end().await?;
+        info!(version = m.version, name = m.name, statements = statements.len(), "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> RenderOptions {
+        RenderOptions {
+            database: "tw".into(),
+            flow_retention_days: 30,
+        }
+    }
+
+    #[test]
+    fn versions_parse_and_order() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        let new = ServerVersion::parse("26.9.1.1").unwrap();
+        assert!(!Caps::for_version(old).modern);
+        assert!(Caps::for_version(new).modern);
+        assert!(ServerVersion::parse("banana").is_err());
+    }
+
+    #[test]
+    fn legacy_render_has_no_modern_features() {
+        let caps = Caps::for_version(ServerVersion { major: 18, minor: 16 });
+        let all = render(&MIGRATIONS[0], caps, &opts()).unwrap().join("\n");
+        for word in ["LowCardinality", "CODEC", "TTL", "IPv6", "{{", "@modern"] {
+            assert!(!all.contains(word), "legacy schema contains {word}");
+        }
+        assert!(all.contains("CREATE TABLE IF NOT EXISTS tw.flows_raw"));
+    }
+
+    #[test]
+    fn modern_render_uses_modern_features() {
+        let caps = Caps::for_version(ServerVersion { major: 24, minor: 8 });
+        let stmts = render(&MIGRATIONS[0], caps, &opts()).unwrap();
+        let all = stmts.join("\n");
+        for word in ["LowCardinality(String)", "CODEC(Delta, ZSTD(1))", "INTERVAL 30 DAY", "IPv6"] {
+            assert!(all.contains(word), "modern schema lacks {word}");
+        }
+        assert!(stmts.iter().all(|s| !s.ends_with(';')));
+    }
+
+    #[test]
+    fn bad_markers_and_placeholders_are_errors() {
+        let caps = Caps::for_version(ServerVersion { major: 24, minor: 8 });
+        let m = Migration { version: 9, name: "x", sql: "-- @modern\nSELECT 1;\n" };
+        assert!(matches!(render(&m, caps, &opts()), Err(SchemaError::Markers(9))));
+        let m = Migration { version: 9, name: "x", sql: "SELECT {{nope}};\n" };
+        assert!(matches!(render(&m, caps, &opts()), Err(SchemaError::Placeholder(9, _))));
+    }
+}
