@@ -75,10 +75,11 @@ impl KafkaArgs {
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
             ("auto.offset.reset", "earliest".into()),
-            // Inserts may be retried for a long time while ClickHouse is down;
-            // staying in the group meanwhile avoids needless rebalances.
-            ("max.poll.interval.ms", "86400000".into()),
-            ("session.timeout.ms", "30000".into()),
+            // While ClickHouse is down the sink retries an insert without
+            // polling; past this it leaves the group, and rejoins (consuming
+            // again from the last commit) once the insert went through.
+            ("max.poll.interval.ms", "600000".into()),
+            ("session.timeout.ms", "10000".into()),
             ("isolation.level", "read_committed".into()),
         ])?;
         Ok(c.create()?)

@@ -112,6 +112,8 @@ struct Sink {
     seen: SeenBatches,
     stats: SinkStats,
     shutdown: watch::Receiver<bool>,
+    /// Set when fault injection stopped the sink.
+    fault_exit: bool,
 }
 
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
@@ -147,9 +149,16 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         seen: SeenBatches::new(100_000),
         stats: SinkStats::default(),
         shutdown: rx,
+        fault_exit: false,
     };
     sink.wait_for_schema().await;
     sink.run().await;
+    if sink.fault_exit {
+        // Close the consumer (leaving the group, committing nothing) so the
+        // next sink gets the partitions at once, then exit as a crash would.
+        drop(sink);
+        std::process::exit(70);
+    }
     let s = sink.stats;
     info!(records = s.records, batches = s.batches_stored, rows = s.rows_inserted,
         duplicates_skipped = s.duplicates_skipped, dead_lettered = s.dead_lettered,
@@ -348,7 +357,8 @@ impl Sink {
         }
         if self.args.fault_exit_after_insert {
             error!(rows = n_rows, "fault injection: exiting after insert, before ledger and commit");
-            std::process::exit(70);
+            self.fault_exit = true;
+            return false;
         }
         if !self.retry(Stage::Ledger, &chunk.rows).await {
             return false;

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# tidewatch local stack: ClickHouse and a Kafka-protocol broker on 127.0.0.1,
+# each with its own data directory and free ports. Used by the demo and by the
+# tests (which start one stack per test, so tests can run in parallel).
+#
+#   stack.sh install                 install what is missing (ClickHouse, tansu, Python test deps)
+#   stack.sh start DIR               start both, create topics, write DIR/stack.env
+#   stack.sh stop DIR                stop both
+#   stack.sh start-clickhouse DIR    (re)start ClickHouse only, same ports and data
+#   stack.sh stop-clickhouse DIR
+#   stack.sh start-kafka DIR         (re)start the broker only, same ports and data
+#   stack.sh stop-kafka DIR
+#
+# Tests run against tansu (an Apache-Kafka-compatible broker written in Rust)
+# because Apache Kafka cannot be installed offline here; tidewatch itself only
+# speaks the Kafka protocol, and production targets Apache Kafka.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BATCHES_TOPIC="${TIDEWATCH_KAFKA_TOPIC:-tidewatch.batches.v1}"
+DLQ_TOPIC="${TIDEWATCH_DEADLETTER_TOPIC:-tidewatch.deadletter.v1}"
+PARTITIONS="${TIDEWATCH_PARTITIONS:-3}"
+
+log() { echo "stack: $*" >&2; }
+die() { echo "stack: error: $*" >&2; exit 1; }
+
+tansu_bin() {
+  if command -v tansu >/dev/null 2>&1; then command -v tansu
+  elif [ -x "$HOME/.cargo/bin/tansu" ]; then echo "$HOME/.cargo/bin/tansu"
+  else return 1; fi
+}
+
+install() {
+  if ! command -v clickhouse-server >/dev/null 2>&1; then
+    log "installing clickhouse-server (Debian package)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  fi
+  if ! tansu_bin >/dev/null; then
+    log "installing tansu (cargo install, takes ~10 minutes)"
+    cargo install tansu --locked --no-default-features --features libsql
+  fi
+  local missing=()
+  python3 -c 'import grpc' 2>/dev/null || missing+=(grpcio)
+  python3 -c 'import grpc_tools' 2>/dev/null || missing+=(grpcio-tools)
+  python3 -c 'import chdb' 2>/dev/null || missing+=(chdb)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Python packages: ${missing[*]}"
+    python3 -m pip install -q --disable-pip-version-check "${missing[@]}"
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_port() { # port seconds what
+  local i
+  for ((i = 0; i < $2 * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+stop_pid() { # pidfile what
+  local f=$1 pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$2 did not stop in 10 s; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$f"
+}
+
+load_env() {
+  [ -f "$DIR/stack.env" ] || die "$DIR/stack.env not found; run: stack.sh start $DIR"
+  # shellcheck disable=SC1091
+  . "$DIR/stack.env"
+}
+
+start_clickhouse() {
+  load_env
+  local d="$DIR/clickhouse"
+  mkdir -p "$d/log" "$d/data" "$d/tmp" "$d/user_files" "$d/format_schemas"
+  sed -e "s#@DIR@#$d#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" -e "s#@TCP_PORT@#$CH_TCP_PORT#g" \
+    "$HERE/clickhouse-config.xml.in" > "$d/config.xml"
+  cp "$HERE/clickhouse-users.xml" "$d/users.xml"
+  # exec: the background subshell becomes the server (no shell left holding
+  # our stdout), so $! is the server's pid.
+  (cd "$d" && exec setsid clickhouse-server --config-file="$d/config.xml" \
+      >"$d/log/stdout.log" 2>&1 </dev/null) &
+  echo $! > "$d/pid"
+  local i
+  for ((i = 0; i < 600; i++)); do
+    if curl -sf "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" >/dev/null 2>&1; then
+      log "ClickHouse $(curl -s "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()") on 127.0.0.1:$CH_HTTP_PORT (data $d)"
+      return 0
+    fi
+    kill -0 "$(cat "$d/pid")" 2>/dev/null || { tail -20 "$d/log/"*.log >&2; die "ClickHouse exited during start"; }
+    sleep 0.1
+  done
+  tail -20 "$d/log/"*.log >&2
+  die "ClickHouse did not answer within 60 s"
+}
+
+start_kafka() {
+  load_env
+  local d="$DIR/kafka" bin
+  bin=$(tansu_bin) || die "tansu not installed; run: stack.sh install"
+  mkdir -p "$d"
+  (cd "$d" && exec setsid "$bin" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine "sqlite://tansu.db" >>"$d/broker.log" 2>&1 </dev/null) &
+  echo $! > "$d/pid"
+  wait_port "$KAFKA_PORT" 60 || { tail -20 "$d/broker.log" >&2; die "broker did not listen within 60 s"; }
+  local existing
+  existing=$("$bin" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || true)
+  local t p
+  for t in "$BATCHES_TOPIC" "$DLQ_TOPIC"; do
+    if grep -q "$t" <<<"$existing"; then continue; fi
+    p=$PARTITIONS; [ "$t" = "$DLQ_TOPIC" ] && p=1
+    "$bin" topic create "$t" --partitions "$p" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null \
+      || die "cannot create topic $t"
+  done
+  log "Kafka-protocol broker (tansu) on 127.0.0.1:$KAFKA_PORT, topics $BATCHES_TOPIC ($PARTITIONS partitions), $DLQ_TOPIC"
+}
+
+cmd=${1:-}
+DIR=${2:-}
+case "$cmd" in
+  install) install ;;
+  start)
+    [ -n "$DIR" ] || die "usage: stack.sh start DIR"
+    mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
+    command -v clickhouse-server >/dev/null || die "clickhouse-server not installed; run: stack.sh install"
+    tansu_bin >/dev/null || die "tansu not installed; run: stack.sh install"
+    if [ ! -f "$DIR/stack.env" ]; then
+      ch_http=${CH_HTTP_PORT:-$(free_port)}; ch_tcp=${CH_TCP_PORT:-$(free_port)}; kp=${KAFKA_PORT:-$(free_port)}
+      cat > "$DIR/stack.env" <<ENV
+CH_HTTP_PORT=$ch_http
+CH_TCP_PORT=$ch_tcp
+KAFKA_PORT=$kp
+TIDEWATCH_CLICKHOUSE_URL=http://127.0.0.1:$ch_http
+TIDEWATCH_KAFKA_BROKERS=127.0.0.1:$kp
+ENV
+    fi
+    start_clickhouse
+    start_kafka
+    ;;
+  stop)
+    [ -n "$DIR" ] || die "usage: stack.sh stop DIR"
+    stop_pid "$DIR/kafka/pid" broker
+    stop_pid "$DIR/clickhouse/pid" ClickHouse
+    ;;
+  start-clickhouse) start_clickhouse ;;
+  stop-clickhouse) stop_pid "$DIR/clickhouse/pid" ClickHouse ;;
+  start-kafka) start_kafka ;;
+  stop-kafka) stop_pid "$DIR/kafka/pid" broker ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

@@ -1,0 +1,103 @@
+//! A direct gRPC client for tests that need to send exactly what they want
+//! (bad payloads, foreign certificates, identity claims), bypassing the sensor.
+
+use std::path::Path;
+use std::time::Duration;
+
+use prost::Message;
+use tidewatch_proto::v1::uplink_client::UplinkClient;
+use tidewatch_proto::v1::{Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+/// A plausible flow record.
+pub fn flow(i: u32) -> FlowRecord {
+    FlowRecord {
+        first_seen_us: 1_700_000_000_000_000 + i as i64 * 1000,
+        last_seen_us: 1_700_000_000_500_000 + i as i64 * 1000,
+        client_ip: vec![10, 1, 0, 5],
+        server_ip: vec![10, 1, 0, 10],
+        client_port: 40000 + (i % 20000),
+        server_port: 502,
+        ip_protocol: 6,
+        c2s: Some(DirectionCounters { packets: 4, ip_bytes: 300, payload_bytes: 100, tcp_flags: 0x1b }),
+        s2c: Some(DirectionCounters { packets: 3, ip_bytes: 200, payload_bytes: 50, tcp_flags: 0x1b }),
+        app_protocol: String::new(),
+        vlan: 0,
+        end: 3,
+        operations: Vec::new(),
+        indicators: Vec::new(),
+    }
+}
+
+/// A request carrying `flows` flows with the given seq and identity claim.
+pub fn request(seq: u64, flows: u32, claim: &str) -> UploadRequest {
+    let batch = Batch {
+        seq,
+        sensor_id: claim.to_string(),
+        created_us: 0,
+        flows: (0..flows).map(flow).collect(),
+        assets: Vec::new(),
+        status: Vec::new(),
+    };
+    UploadRequest {
+        seq,
+        encoding: Encoding::Protobuf as i32,
+        payload: batch.encode_to_vec(),
+    }
+}
+
+/// Client identity: `None` connects without a client certificate.
+pub struct ClientCert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// Opens one upload stream, sends `reqs`, and collects the acks until the
+/// server ends the stream. Any transport or gRPC error is returned as text.
+pub fn upload(
+    port: u16,
+    ca: &Path,
+    client: Option<ClientCert<'_>>,
+    reqs: Vec<UploadRequest>,
+) -> Result<Vec<UploadAck>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name("localhost");
+        if let Some(c) = client {
+            let cert = std::fs::read(c.cert).map_err(|e| e.to_string())?;
+            let key = std::fs::read(c.key).map_err(|e| e.to_string())?;
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .map_err(|e| e.to_string())?
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        let mut client = UplinkClient::new(ch);
+        let n = reqs.len();
+        let stream = tokio_stream::iter(reqs);
+        let resp = tokio::time::timeout(Duration::from_secs(30), client.upload(stream))
+            .await
+            .map_err(|_| "timeout opening stream".to_string())?
+            .map_err(|s| format!("status: {s}"))?;
+        let mut acks = Vec::new();
+        let mut inbound = resp.into_inner();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
+                Err(_) => return Err(format!("timeout after {} of {n} acks", acks.len())),
+                Ok(Ok(Some(a))) => acks.push(a),
+                Ok(Ok(None)) => return Ok(acks),
+                Ok(Err(s)) => return Err(format!("status: {s} (after {} acks)", acks.len())),
+            }
+        }
+    })
+}

@@ -1,0 +1,214 @@
+//! The spine end to end: sensors -> mTLS gRPC -> ingest -> Kafka -> sink ->
+//! ClickHouse, with real processes and real services.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tidewatch_tests::*;
+
+/// Sum of packets and IP bytes over tshark's conversations for a capture
+/// (the independent oracle in `NAME.expected.json`).
+fn tshark_totals(pcap: &std::path::Path) -> (u64, u64) {
+    let stem = pcap.file_stem().unwrap().to_str().unwrap();
+    let exp = pcap.with_file_name(format!("{stem}.expected.json"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&exp).unwrap()).unwrap();
+    let mut p = 0;
+    let mut b = 0;
+    for c in v["conversations"].as_array().unwrap() {
+        for d in ["c2s", "s2c"] {
+            p += c[d]["packets"].as_u64().unwrap();
+            b += c[d]["ip_bytes"].as_u64().unwrap();
+        }
+    }
+    (p, b)
+}
+
+/// Flow identity + counters, for comparing sets of flows.
+type FlowKey = (String, u64, String, u64, String, u64, u64, u64, u64, i64);
+
+fn json_key(f: &serde_json::Value) -> FlowKey {
+    (
+        f["client_ip"].as_str().unwrap().to_string(),
+        f["client_port"].as_u64().unwrap(),
+        f["server_ip"].as_str().unwrap().to_string(),
+        f["server_port"].as_u64().unwrap(),
+        f["transport"].as_str().unwrap().to_string(),
+        f["c2s_packets"].as_u64().unwrap(),
+        f["c2s_bytes"].as_u64().unwrap(),
+        f["s2c_packets"].as_u64().unwrap(),
+        f["s2c_bytes"].as_u64().unwrap(),
+        (f["first_seen"].as_f64().unwrap() * 1e6).round() as i64,
+    )
+}
+
+fn ch_keys(stack: &Stack, sensor: &str) -> Vec<FlowKey> {
+    let out = stack
+        .query(&format!(
+            "SELECT client_ip, client_port, server_ip, server_port, transport, c2s_packets, c2s_bytes, \
+             s2c_packets, s2c_bytes, first_seen_us FROM tidewatch.flows WHERE sensor_id = '{sensor}'"
+        ))
+        .unwrap();
+    let mut v: Vec<FlowKey> = out
+        .lines()
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (
+                c[0].into(),
+                c[1].parse().unwrap(),
+                c[2].into(),
+                c[3].parse().unwrap(),
+                c[4].into(),
+                c[5].parse().unwrap(),
+                c[6].parse().unwrap(),
+                c[7].parse().unwrap(),
+                c[8].parse().unwrap(),
+                c[9].parse().unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_sensors_every_flow_exactly_once() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let a = pki.sensor("crane-a", "port-of-kiel");
+    let b = pki.sensor("bridge-b", "mv-aurora");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+
+    let corpus = pcaps();
+    let plan: [(&str, &SensorCert, Vec<PathBuf>); 2] = [
+        (
+            "crane-a",
+            &a,
+            vec![corpus.join("modbus/modbus_example.pcap"), corpus.join("enip/enip_cip_example.pcap")],
+        ),
+        (
+            "bridge-b",
+            &b,
+            vec![
+                corpus.join("dnp3/dnp3_example.pcap"),
+                corpus.join("bacnet/bacnet_example.pcap"),
+                corpus.join("nmea0183/second.pcapng"),
+            ],
+        ),
+    ];
+    let mut expected: BTreeMap<String, Totals> = BTreeMap::new();
+    let mut expected_keys: BTreeMap<String, Vec<FlowKey>> = BTreeMap::new();
+    for (id, cert, files) in &plan {
+        let state = stack.path().join(format!("state-{id}"));
+        for (i, f) in files.iter().enumerate() {
+            let flows = read_flows(f);
+            let t = totals(&flows);
+            // The sensor's metering agrees with tshark on every capture used.
+            assert_eq!((t.packets, t.bytes), tshark_totals(f), "metering of {} differs from tshark", f.display());
+            let e = expected.entry(id.to_string()).or_default();
+            e.flows += t.flows;
+            e.packets += t.packets;
+            e.bytes += t.bytes;
+            expected_keys.entry(id.to_string()).or_default().extend(flows.iter().map(json_key));
+            // Small batches so that each capture spans several batches.
+            let mut s = sensor_run(&format!("sensor-{id}-{i}"), stack.path(), cert, port, f, &state, &["--batch-flows", "25"]);
+            let st = s.wait(Duration::from_secs(120));
+            assert!(st.success(), "sensor {id} failed:\n{}", s.log_text());
+            assert!(s.log_text().contains("upload complete"));
+        }
+    }
+    for v in expected_keys.values_mut() {
+        v.sort();
+    }
+    let got = wait_until(Duration::from_secs(120), "all flows in ClickHouse", || {
+        let t = ch_totals(&stack, "flows");
+        (t == expected).then_some(t)
+    });
+    // Nothing more arrives afterwards, and nothing was stored twice.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ch_totals(&stack, "flows"), got);
+    assert_eq!(ch_totals(&stack, "flows_raw"), expected, "duplicates in the raw table without any resend");
+    for (id, keys) in &expected_keys {
+        assert_eq!(&ch_keys(&stack, id), keys, "flows of {id} differ from what the sensor metered");
+    }
+    // Identity comes from the certificate: vessels are the ones issued.
+    let vessels = stack
+        .query("SELECT DISTINCT sensor_id, vessel FROM tidewatch.flows ORDER BY sensor_id")
+        .unwrap();
+    assert_eq!(vessels, "bridge-b\tmv-aurora\ncrane-a\tport-of-kiel\n");
+    // Each sensor sent its status at the end of every run.
+    assert_eq!(stack.query_u64("SELECT count() FROM tidewatch.sensor_status"), 5);
+    // The top-talkers query works on the data.
+    let out = run_ok(stack.collector().args(["query", "top-talkers", "--since", "2000-01-01", "--limit", "3", "--format", "csv"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("vessel,sensor_id,client_ip"), "{out}");
+    assert_eq!(lines.len(), 1 + 3 * 2, "3 rows per vessel expected:\n{out}");
+}
+
+#[test]
+fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-dup");
+    // Keep duplicate parts visible: without merges, the raw table shows every
+    // insert, and only the FINAL view may hide the duplicates.
+    stack.query("SYSTEM STOP MERGES tidewatch.flows_raw").unwrap();
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let pcap = pcaps().join("dnp3/dnp3_example.pcap");
+    let expected = totals(&read_flows(&pcap));
+
+    // Every batch goes to Kafka twice: the sensor resends all acked batches.
+    let mut s = sensor_run("sensor", stack.path(), &s1, port, &pcap, &stack.path().join("state"),
+        &["--batch-flows", "3", "--resend-acked"]);
+    assert!(s.wait(Duration::from_secs(120)).success(), "{}", s.log_text());
+    assert!(s.log_text().contains("duplicate batches acked"));
+    let sent_batches: u64 = s
+        .log_text()
+        .split("batches_acked=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("batches_acked in sensor log");
+
+    // A sink that dies after inserting, before writing the ledger and
+    // committing: the next sink consumes the same records again.
+    let mut crashing = stack.sink("sink-crash", &["--fault-exit-after-insert"]);
+    let st = crashing.wait(Duration::from_secs(120));
+    assert_eq!(st.code(), Some(70), "{}", crashing.log_text());
+    let raw_after_crash = stack.query_u64("SELECT count() FROM tidewatch.flows_raw");
+    assert!(raw_after_crash > 0, "the crashing sink inserted nothing");
+
+    let sink = stack.sink("sink", &[]);
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    // Only the second sink writes the ledger: wait until it stored every batch
+    // (it first waits for the crashed member's Kafka session to expire).
+    wait_until(Duration::from_secs(120), "ledger rows of the restarted sink", || {
+        (stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches") == sent_batches).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ch_totals(&stack, "flows"), want, "query results count a flow twice");
+    // The duplicates really reached storage (so the view, not luck, removed them).
+    let raw = stack.query_u64("SELECT count() FROM tidewatch.flows_raw");
+    assert!(
+        raw > expected.flows,
+        "raw rows {raw} (after crash {raw_after_crash}) show no duplicate insert\ncrash:\n{}\nsink:\n{}",
+        crashing.log_text(),
+        sink.log_text()
+    );
+    // Every batch is in the ledger once.
+    let batches = stack.query_u64("SELECT count() FROM (SELECT * FROM tidewatch.batches FINAL)");
+    let distinct = stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches");
+    assert_eq!(batches, distinct);
+    // After merging, the raw table itself holds each flow once.
+    stack.query("SYSTEM START MERGES tidewatch.flows_raw").unwrap();
+    for p in stack.query("SELECT DISTINCT partition FROM system.parts WHERE database='tidewatch' AND table='flows_raw' AND active").unwrap().lines() {
+        stack.query(&format!("OPTIMIZE TABLE tidewatch.flows_raw PARTITION {p} FINAL")).unwrap();
+    }
+    assert_eq!(ch_totals(&stack, "flows_raw"), want);
+}
