@@ -340,8 +340,12 @@ pub struct Pki {
 
 impl Pki {
     pub fn new(dir: PathBuf) -> Pki {
+        Pki::with_ca_name(dir, "tidewatch fleet CA")
+    }
+
+    pub fn with_ca_name(dir: PathBuf, name: &str) -> Pki {
         let p = Pki { dir };
-        p.run(&["init-ca"]);
+        p.run(&["init-ca", "--name", name]);
         p.run(&["issue-server", "--dns", "localhost", "--ip", "127.0.0.1"]);
         p
     }

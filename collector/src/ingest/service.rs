@@ -180,8 +180,8 @@ impl Inner {
             Ok(n) => n,
             Err(r) => {
                 c.inc_refused(r.reason);
-                warn!(peer = %peer.remote, sensor = %id.sensor_id, seq = req.seq, status = r.status.as_str_name(),
-                    reason = r.reason, detail = %r.detail, "batch refused");
+                warn!(peer = %peer.remote, sensor = %id.sensor_id, seq = req.seq, status = %r.status.as_str_name(),
+                    reason = %r.reason, detail = %r.detail, "batch refused");
                 return UploadAck {
                     seq: req.seq,
                     status: r.status as i32,

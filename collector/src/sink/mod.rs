@@ -324,12 +324,15 @@ impl Sink {
                 .await;
             match r {
                 Ok(seqs) => {
+                    if backoff > Duration::from_millis(200) {
+                        info!(sensor, "ClickHouse read succeeded after retries");
+                    }
                     debug!(sensor, n = seqs.len(), "loaded stored batch seqs");
                     self.seen.load(sensor, seqs);
                     return;
                 }
                 Err(e) => {
-                    warn!(sensor, error = %e, "cannot read the batch ledger; retrying");
+                    warn!(sensor, error = %e, retry_in = ?backoff, "ClickHouse read of the batch ledger failed; offsets stay uncommitted");
                     if self.stopping() {
                         // Nothing will be committed; dedup falls back to the schema.
                         self.seen.load(sensor, []);
