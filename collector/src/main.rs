@@ -155,6 +155,9 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             if print {
                 let v = ServerVersion::parse(server_version.as_deref().unwrap_or_default())?;
                 let caps = Caps::for_version(v);
+                for s in schema::bootstrap_statements(&opts.database) {
+                    println!("{s};\n");
+                }
                 for m in MIGRATIONS {
                     println!("-- migration {} ({}) for ClickHouse {v} [{}]", m.version, m.name, caps.variant());
                     for s in schema::render(m, caps, &opts)? {

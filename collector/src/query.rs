@@ -29,7 +29,41 @@ pub enum QueryCmd {
         limit: u32,
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
+        /// Print the SQL (with the values filled in) instead of running it,
+        /// e.g. to paste into clickhouse-client.
+        #[arg(long)]
+        print_sql: bool,
     },
+}
+
+/// A value bound to a `?` placeholder.
+#[derive(Debug, Clone)]
+pub enum SqlValue {
+    Int(i64),
+    Str(String),
+}
+
+/// Fills `?` placeholders in order (strings quoted and escaped), for
+/// `--print-sql`. Execution binds the same values through the client.
+pub fn render_sql(sql: &str, values: &[SqlValue]) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut it = values.iter();
+    for ch in sql.chars() {
+        if ch == '?' {
+            match it.next() {
+                Some(SqlValue::Int(i)) => out.push_str(&i.to_string()),
+                Some(SqlValue::Str(s)) => {
+                    out.push('\'');
+                    out.push_str(&s.replace('\\', "\\\\").replace('\'', "\\'"));
+                    out.push('\'');
+                }
+                None => out.push('?'),
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// A time window on the flows' capture time (first_seen).
@@ -126,6 +160,18 @@ GROUP BY vessel, sensor_id, client_ip, server_ip, server_port, transport, app_pr
 ORDER BY vessel, bytes DESC, client_ip, server_ip, server_port
 LIMIT ? BY vessel";
 
+/// Values for [`TOP_TALKERS_SQL`]'s placeholders.
+pub fn top_talkers_values(since: i64, until: i64, vessel: Option<&str>, limit: u32) -> Vec<SqlValue> {
+    let v = vessel.unwrap_or("").to_string();
+    vec![
+        SqlValue::Int(since),
+        SqlValue::Int(until),
+        SqlValue::Str(v.clone()),
+        SqlValue::Str(v),
+        SqlValue::Int(limit as i64),
+    ]
+}
+
 pub async fn top_talkers(
     ch: &ClickHouseArgs,
     since: i64,
@@ -133,18 +179,14 @@ pub async fn top_talkers(
     vessel: Option<&str>,
     limit: u32,
 ) -> anyhow::Result<Vec<TopTalker>> {
-    let v = vessel.unwrap_or("");
-    Ok(ch
-        .client()
-        .query(TOP_TALKERS_SQL)
-        .bind(since)
-        .bind(until)
-        .bind(v)
-        .bind(v)
-        .bind(limit)
-        .fetch_all()
-        .await
-        .context("top-talkers query failed")?)
+    let mut q = ch.client().query(TOP_TALKERS_SQL);
+    for v in top_talkers_values(since, until, vessel, limit) {
+        q = match v {
+            SqlValue::Int(i) => q.bind(i),
+            SqlValue::Str(s) => q.bind(s),
+        };
+    }
+    Ok(q.fetch_all().await.context("top-talkers query failed")?)
 }
 
 pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
@@ -155,8 +197,14 @@ pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
             vessel,
             limit,
             format,
+            print_sql,
         } => {
             let (since, until) = window.resolve()?;
+            if print_sql {
+                let values = top_talkers_values(since, until, vessel.as_deref(), limit);
+                println!("{};", render_sql(TOP_TALKERS_SQL, &values));
+                return Ok(());
+            }
             let rows = top_talkers(&ch, since, until, vessel.as_deref(), limit).await?;
             print_rows(&rows, format)?;
         }
@@ -249,5 +297,11 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T01:00:00Z", now).unwrap(), 3600);
         assert!(parse_time("yesterday-ish", now).is_err());
         assert!(parse_time("1970-01-01T25:00:00", now).is_err());
+    }
+
+    #[test]
+    fn sql_rendering_quotes_strings() {
+        let sql = render_sql("a = ? AND b = ? AND c = ?", &[SqlValue::Int(5), SqlValue::Str("it's".into())]);
+        assert_eq!(sql, "a = 5 AND b = 'it\\'s' AND c = ?");
     }
 }

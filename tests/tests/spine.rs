@@ -212,3 +212,42 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     }
     assert_eq!(ch_totals(&stack, "flows_raw"), want);
 }
+
+#[test]
+fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-drain");
+    let port = free_port();
+    let mut ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let pcap = stack.path().join("many.pcap");
+    pcapgen::write_udp_flows(&pcap, 3000, 2, 1_700_000_000).unwrap();
+    let expected = totals(&read_flows(&pcap));
+    assert_eq!(expected.flows, 3000);
+
+    // One flow per batch: thousands of batches, so the upload is in full
+    // swing when ingest is told to stop.
+    let mut s = sensor_run("sensor", stack.path(), &s1, port, &pcap, &stack.path().join("state"),
+        &["--batch-flows", "1", "--window", "16"]);
+    ingest.wait_log("upload stream opened", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let st = ingest.terminate().expect("ingest stopped on SIGTERM");
+    assert!(st.success(), "ingest exit {st}:\n{}", ingest.log_text());
+    let log = ingest.log_text();
+    assert!(log.contains("SIGTERM received; draining") && log.contains("ingest stopped"), "{log}");
+    assert!(s.try_wait().is_none(), "sensor finished before the restart; the test did not interrupt anything");
+
+    let _ingest2 = stack.ingest(&pki, port, &[]);
+    assert!(s.wait(Duration::from_secs(180)).success(), "{}", s.log_text());
+    assert!(s.log_text().contains("upload stream interrupted"), "{}", s.log_text());
+
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    wait_until(Duration::from_secs(120), "all flows after the ingest restart", || {
+        (ch_totals(&stack, "flows") == want).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ch_totals(&stack, "flows"), want);
+}

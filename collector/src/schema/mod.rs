@@ -172,6 +172,19 @@ pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<Str
         .collect())
 }
 
+/// The database and the migration bookkeeping table, created before any
+/// migration runs.
+pub fn bootstrap_statements(db: &str) -> Vec<String> {
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, \
+             variant String, server_version String, checksum String, applied_at DateTime) \
+             ENGINE = MergeTree ORDER BY version"
+        ),
+    ]
+}
+
 /// FNV-1a of a migration's source, recorded to notice edited migrations.
 fn checksum(sql: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -218,18 +231,9 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
     let caps = Caps::for_version(version);
     let db = &opts.database;
     info!(server = %version, variant = caps.variant(), database = %db, "migrating schema");
-    server
-        .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
-        .execute()
-        .await?;
-    server
-        .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, \
-             variant String, server_version String, checksum String, applied_at DateTime) \
-             ENGINE = MergeTree ORDER BY version"
-        ))
-        .execute()
-        .await?;
+    for stmt in bootstrap_statements(db) {
+        server.query(&stmt).execute().await?;
+    }
     let done: Vec<Applied> = server
         .query(&format!("SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"))
         .fetch_all()

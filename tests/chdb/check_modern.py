@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Checks tidewatch's modern-ClickHouse schema and queries on chDB (an
+in-process modern ClickHouse engine from PyPI), since only the old 18.16
+server can run here.
+
+  check_modern.py SCHEMA.sql TOP_TALKERS.sql
+
+SCHEMA.sql is `tidewatch-collector migrate --print --server-version 26.9`,
+TOP_TALKERS.sql is `tidewatch-collector query top-talkers --print-sql ...`.
+Prints a JSON report; exits 1 if any check fails.
+"""
+import json
+import sys
+
+from chdb import session
+
+
+def statements(text):
+    body = "\n".join(l for l in text.splitlines() if not l.strip().startswith("--"))
+    return [s.strip() for s in body.split(";\n") if s.strip().rstrip(";").strip()]
+
+
+def main():
+    schema, query = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+    s = session.Session()
+    version = s.query("SELECT version()", "CSV").bytes().decode().strip().strip('"')
+    for st in statements(schema):
+        s.query(st.rstrip(";"))
+
+    def one(sql):
+        return s.query(sql, "TabSeparated").bytes().decode().strip()
+
+    checks = {}
+    checks["sensor_id_lowcardinality"] = one(
+        "SELECT type FROM system.columns WHERE database='tidewatch' AND table='flows_raw' AND name='sensor_id'"
+    ) == "LowCardinality(String)"
+    checks["ipv6_column"] = one(
+        "SELECT type FROM system.columns WHERE database='tidewatch' AND table='flows_raw' AND name='client_ip6'"
+    ) == "IPv6"
+    checks["codec"] = "Delta" in one(
+        "SELECT compression_codec FROM system.columns WHERE database='tidewatch' AND table='flows_raw' AND name='first_seen_us'"
+    )
+    checks["ttl"] = "TTL" in one("SELECT engine_full FROM system.tables WHERE database='tidewatch' AND name='flows_raw'")
+
+    cols = ("sensor_id, vessel, batch_seq, record_idx, received_at, first_seen_us, last_seen_us, client_ip, server_ip, "
+            "client_port, server_port, ip_protocol, transport, app_protocol, vlan, c2s_packets, c2s_bytes, "
+            "c2s_payload_bytes, c2s_tcp_flags, s2c_packets, s2c_bytes, s2c_payload_bytes, s2c_tcp_flags, end_reason, "
+            "op_codes, op_names, op_classes, op_counts, op_errors, indicators")
+    now_us = int(one("SELECT toUnixTimestamp(now())")) * 1_000_000
+
+    def row(seq, idx, client, nbytes):
+        return (f"('s1', 'mv-chdb', {seq}, {idx}, now(), {now_us - 60_000_000}, {now_us - 30_000_000}, '{client}', "
+                f"'10.0.0.1', 40000, 502, 6, 'tcp', 'modbus', 0, 4, {nbytes}, 10, 27, 3, 100, 5, 27, 'tcp_close', "
+                f"[3], ['read_holding_registers'], ['read'], [2], [0], [])")
+
+    # The same batch stored twice (resend / sink restart), plus another flow.
+    s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES {row(1, 0, '10.0.0.9', 500)}")
+    s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES {row(1, 0, '10.0.0.9', 500)}")
+    s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES {row(2, 0, '10.0.0.8', 900)}")
+    checks["raw_has_duplicate"] = one("SELECT count() FROM tidewatch.flows_raw") == "3"
+    checks["view_counts_once"] = one("SELECT count() FROM tidewatch.flows") == "2"
+    checks["ipv6_materialized"] = one(
+        "SELECT toString(client_ip6) FROM tidewatch.flows_raw WHERE batch_seq = 2") == "::ffff:10.0.0.8"
+    s.query("USE tidewatch")  # the query, like the collector, uses the default database
+    top = one(query.strip().rstrip(";"))
+    lines = top.splitlines()
+    checks["top_talkers_rows"] = len(lines) == 2
+    checks["top_talkers_order"] = bool(lines) and lines[0].split("\t")[2] == "10.0.0.8" and lines[0].split("\t")[-1] == "1000"
+    print(json.dumps({"chdb_version": version, "checks": checks, "top_talkers": lines}))
+    sys.exit(0 if all(checks.values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
