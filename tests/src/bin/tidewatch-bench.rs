@@ -1,0 +1,162 @@
+//! `tidewatch-bench`: throughput of the collector on this machine.
+//!
+//! 1. ingest: synthetic batches (zstd-compressed, as the sensor sends them)
+//!    are uploaded over several mTLS streams with a window of unacked
+//!    batches; measured: acked flows/s (an ack means "in Kafka") and flows per
+//!    CPU-second of the ingest process;
+//! 2. sink: started once everything is in Kafka; measured: rows/s until every
+//!    row is in ClickHouse, and rows per CPU-second of the sink process.
+//!
+//! Run it with `deploy/local/bench.sh` (release build). Options:
+//! `--batches N --flows-per-batch N --streams N --window N`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use tidewatch_proto::v1::uplink_client::UplinkClient;
+use tidewatch_proto::v1::{AckStatus, Batch, Encoding, UploadRequest};
+use tidewatch_tests::grpc::flow;
+use tidewatch_tests::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .unwrap_or(default)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn pid_of(p: &Proc) -> u32 {
+    p.pid()
+}
+
+fn main() {
+    let batches = arg("--batches", 400);
+    let per_batch = arg("--flows-per-batch", 1000);
+    let streams = arg("--streams", 2).max(1);
+    let window = arg("--window", 16).max(1);
+    let total_flows = (batches * per_batch) as u64;
+    println!("tidewatch-bench: {batches} batches x {per_batch} flows = {total_flows} flows, {streams} streams, window {window}");
+
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let certs: Vec<SensorCert> = (0..streams).map(|i| pki.sensor(&format!("bench-{i}"), "mv-bench")).collect();
+    let port = free_port();
+    let ingest = stack.ingest(&pki, port, &[]);
+
+    // Pre-encode every request (not part of the measurement).
+    let mut per_stream: Vec<Vec<UploadRequest>> = vec![Vec::new(); streams];
+    let mut wire_bytes = 0usize;
+    for b in 0..batches {
+        let seq = (b / streams + 1) as u64;
+        let batch = Batch {
+            seq,
+            sensor_id: String::new(),
+            created_us: 0,
+            flows: (0..per_batch as u32).map(|i| flow(b as u32 * per_batch as u32 + i)).collect(),
+            assets: Vec::new(),
+            status: Vec::new(),
+        };
+        let payload = zstd::bulk::compress(&batch.encode_to_vec(), 3).expect("zstd");
+        wire_bytes += payload.len();
+        per_stream[b % streams].push(UploadRequest {
+            seq,
+            encoding: Encoding::ProtobufZstd as i32,
+            payload,
+        });
+    }
+    println!("wire: {:.1} bytes/flow (zstd protobuf)", wire_bytes as f64 / total_flows as f64);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let cpu0 = cpu_seconds(pid_of(&ingest));
+    let t0 = Instant::now();
+    let acked: u64 = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for (i, reqs) in per_stream.into_iter().enumerate() {
+            let c = certs[i].clone();
+            tasks.push(tokio::spawn(async move { upload_windowed(port, &c, reqs, window).await }));
+        }
+        let mut n = 0;
+        for t in tasks {
+            n += t.await.unwrap();
+        }
+        n
+    });
+    let ingest_s = t0.elapsed().as_secs_f64();
+    let ingest_cpu = cpu_seconds(pid_of(&ingest)) - cpu0;
+    assert_eq!(acked, batches as u64, "not every batch was acked");
+    println!(
+        "ingest: {total_flows} flows acked in {ingest_s:.2} s = {:.0} flows/s; ingest CPU {ingest_cpu:.2} s = {:.0} flows per CPU-second",
+        total_flows as f64 / ingest_s,
+        total_flows as f64 / ingest_cpu.max(0.001)
+    );
+
+    let sink = stack.sink("sink", &["--max-rows", "200000", "--max-wait-ms", "1000"]);
+    let cpu0 = cpu_seconds(pid_of(&sink));
+    let t0 = Instant::now();
+    wait_until(Duration::from_secs(1800), "sink to store every row", || {
+        (stack.query_u64("SELECT count() FROM tidewatch.flows_raw") >= total_flows).then_some(())
+    });
+    let sink_s = t0.elapsed().as_secs_f64();
+    let sink_cpu = cpu_seconds(pid_of(&sink)) - cpu0;
+    println!(
+        "sink: {total_flows} rows in ClickHouse in {sink_s:.2} s = {:.0} rows/s; sink CPU {sink_cpu:.2} s = {:.0} rows per CPU-second (ClickHouse 18.16 on the same 2 cores)",
+        total_flows as f64 / sink_s,
+        total_flows as f64 / sink_cpu.max(0.001)
+    );
+    let dedup = stack.query_u64("SELECT count() FROM tidewatch.flows");
+    assert_eq!(dedup, total_flows, "exactly-once view disagrees");
+    println!("check: tidewatch.flows holds {dedup} flows (= sent)");
+}
+
+/// Streams `reqs` keeping at most `window` unacked; returns batches acked.
+async fn upload_windowed(port: u16, c: &SensorCert, reqs: Vec<UploadRequest>, window: usize) -> u64 {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&c.ca).unwrap()))
+        .identity(Identity::from_pem(std::fs::read(&c.cert).unwrap(), std::fs::read(&c.key).unwrap()))
+        .domain_name("localhost");
+    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = UplinkClient::new(ch).max_decoding_message_size(64 << 20);
+    let (tx, rx) = mpsc::channel::<UploadRequest>(window);
+    let reqs = Arc::new(reqs);
+    let n = reqs.len();
+    let mut next = 0;
+    while next < n.min(window) {
+        tx.send(reqs[next].clone()).await.unwrap();
+        next += 1;
+    }
+    let mut acks = client.upload(ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    let mut acked = 0u64;
+    while (acked as usize) < n {
+        let a = acks.message().await.expect("ack").expect("stream ended early");
+        assert_eq!(a.status, AckStatus::Accepted as i32, "{a:?}");
+        acked += 1;
+        if next < n {
+            tx.send(reqs[next].clone()).await.unwrap();
+            next += 1;
+        }
+    }
+    acked
+}
