@@ -5,16 +5,29 @@ use clickhouse::{Client, Compression};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClickHouseArgs {
     /// ClickHouse HTTP endpoint.
-    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
     pub clickhouse_url: String,
     /// ClickHouse user.
     #[arg(long, env = "TIDEWATCH_CLICKHOUSE_USER", default_value = "default")]
     pub clickhouse_user: String,
     /// ClickHouse password (prefer the environment variable).
-    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_PASSWORD", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "TIDEWATCH_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub clickhouse_password: String,
     /// Database holding the tidewatch tables.
-    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_DATABASE", default_value = "tidewatch")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_CLICKHOUSE_DATABASE",
+        default_value = "tidewatch"
+    )]
     pub clickhouse_database: String,
 }
 

@@ -28,7 +28,9 @@ pub struct SensorIdentity {
 pub enum IdentityError {
     #[error("client certificate cannot be parsed: {0}")]
     Parse(String),
-    #[error("client certificate carries no sensor identity (no {SENSOR_URI_PREFIX}* SAN and no CN)")]
+    #[error(
+        "client certificate carries no sensor identity (no {SENSOR_URI_PREFIX}* SAN and no CN)"
+    )]
     Missing,
     #[error("client certificate identity {0:?} is not a valid sensor id")]
     Invalid(String),
@@ -80,7 +82,7 @@ pub fn identity_from_der(der: &[u8]) -> Result<SensorIdentity, IdentityError> {
 
 /// Reads the identity from the first certificate of a PEM file.
 pub fn identity_from_pem(pem: &[u8]) -> Result<SensorIdentity, IdentityError> {
-    let (_, p) = x509_parser::pem::parse_x509_pem(pem)
-        .map_err(|e| IdentityError::Parse(e.to_string()))?;
+    let (_, p) =
+        x509_parser::pem::parse_x509_pem(pem).map_err(|e| IdentityError::Parse(e.to_string()))?;
     identity_from_der(&p.contents)
 }

@@ -23,7 +23,11 @@ pub enum KafkaSetupError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers (comma-separated host:port).
-    #[arg(long, env = "TIDEWATCH_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092"
+    )]
     pub kafka_brokers: String,
     /// Topic of ingested batches.
     #[arg(long, env = "TIDEWATCH_KAFKA_TOPIC", default_value = tidewatch_proto::BATCHES_TOPIC)]

@@ -121,7 +121,10 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tidewatch-collector: cannot start runtime: {e}");
@@ -159,7 +162,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                     println!("{s};\n");
                 }
                 for m in MIGRATIONS {
-                    println!("-- migration {} ({}) for ClickHouse {v} [{}]", m.version, m.name, caps.variant());
+                    println!(
+                        "-- migration {} ({}) for ClickHouse {v} [{}]",
+                        m.version,
+                        m.name,
+                        caps.variant()
+                    );
                     for s in schema::render(m, caps, &opts)? {
                         println!("{s};\n");
                     }
@@ -197,7 +205,13 @@ fn pki(dir: PathBuf, cmd: PkiCmd) -> anyhow::Result<()> {
             let (c, k) = p.issue_server(&names, Validity::new(days, None))?;
             println!("issued server certificate for {}\n  ingest --tls-cert {} --tls-key {} --client-ca {}", names.join(", "), c.display(), k.display(), p.ca_cert_path().display());
         }
-        PkiCmd::IssueSensor { id, vessel, days, not_after, out } => {
+        PkiCmd::IssueSensor {
+            id,
+            vessel,
+            days,
+            not_after,
+            out,
+        } => {
             let end = not_after.as_deref().map(parse_date).transpose()?;
             let (c, k) = p.issue_sensor(&id, &vessel, Validity::new(days, end), out.as_deref())?;
             println!("issued sensor certificate {id} (vessel {vessel})\n  copy to the sensor: {} {} {}\n  tidewatch-sensor run --ca ca.pem --cert {id}.pem --key {id}-key.pem ...", p.ca_cert_path().display(), c.display(), k.display());

@@ -226,7 +226,10 @@ impl Pki {
         let dir = out_dir
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.dir.join("sensors"));
-        let (cert_p, key_p) = (dir.join(format!("{id}.pem")), dir.join(format!("{id}-key.pem")));
+        let (cert_p, key_p) = (
+            dir.join(format!("{id}.pem")),
+            dir.join(format!("{id}-key.pem")),
+        );
         write_file(&key_p, &key.serialize_pem(), true, true)?;
         write_file(&cert_p, &cert.pem(), false, true)?;
         self.append_index(&serial, "sensor", id, vessel, validity.not_after)?;
@@ -313,7 +316,10 @@ impl Pki {
                 line: 0,
                 content: r.join("\t"),
             })?;
-            let at = r[5].parse::<i64>().ok().and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+            let at = r[5]
+                .parse::<i64>()
+                .ok()
+                .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
             revoked.push(RevokedCertParams {
                 serial_number: SerialNumber::from_slice(&serial),
                 revocation_time: at.unwrap_or_else(OffsetDateTime::now_utc),
@@ -380,7 +386,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -442,8 +448,13 @@ mod tests {
         assert_eq!(id.vessel, "mv-aurora");
         assert_eq!(pki.revoke_sensor("s1").unwrap(), 1);
         assert_eq!(pki.revoke_sensor("s1").unwrap(), 0);
-        assert!(matches!(pki.revoke_sensor("nobody"), Err(PkiError::UnknownSensor(_))));
-        assert!(fs::read_to_string(pki.crl_path()).unwrap().contains("X509 CRL"));
+        assert!(matches!(
+            pki.revoke_sensor("nobody"),
+            Err(PkiError::UnknownSensor(_))
+        ));
+        assert!(fs::read_to_string(pki.crl_path())
+            .unwrap()
+            .contains("X509 CRL"));
     }
 
     #[test]

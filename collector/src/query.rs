@@ -107,7 +107,9 @@ pub fn parse_time(s: &str, now: i64) -> anyhow::Result<i64> {
     let part = |i: usize| -> anyhow::Result<i64> {
         match hms.get(i) {
             None => Ok(0),
-            Some(x) => x.parse::<i64>().with_context(|| format!("cannot parse time {s:?}")),
+            Some(x) => x
+                .parse::<i64>()
+                .with_context(|| format!("cannot parse time {s:?}")),
         }
     };
     let (h, m, sec) = (part(0)?, part(1)?, part(2)?);
@@ -161,7 +163,12 @@ ORDER BY vessel, bytes DESC, client_ip, server_ip, server_port
 LIMIT ? BY vessel";
 
 /// Values for [`TOP_TALKERS_SQL`]'s placeholders.
-pub fn top_talkers_values(since: i64, until: i64, vessel: Option<&str>, limit: u32) -> Vec<SqlValue> {
+pub fn top_talkers_values(
+    since: i64,
+    until: i64,
+    vessel: Option<&str>,
+    limit: u32,
+) -> Vec<SqlValue> {
     let v = vessel.unwrap_or("").to_string();
     vec![
         SqlValue::Int(since),
@@ -186,7 +193,7 @@ pub async fn top_talkers(
             SqlValue::Str(s) => q.bind(s),
         };
     }
-    Ok(q.fetch_all().await.context("top-talkers query failed")?)
+    q.fetch_all().await.context("top-talkers query failed")
 }
 
 pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
@@ -243,7 +250,12 @@ pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Res
             };
             let table: Vec<Vec<String>> = values
                 .iter()
-                .map(|m| headers.iter().map(|h| m.get(h).map(cell).unwrap_or_default()).collect())
+                .map(|m| {
+                    headers
+                        .iter()
+                        .map(|h| m.get(h).map(cell).unwrap_or_default())
+                        .collect()
+                })
                 .collect();
             if matches!(format, OutputFormat::Csv) {
                 let esc = |s: &str| {
@@ -253,9 +265,17 @@ pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Res
                         s.to_string()
                     }
                 };
-                writeln!(out, "{}", headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(","))?;
+                writeln!(
+                    out,
+                    "{}",
+                    headers.iter().map(|h| esc(h)).collect::<Vec<_>>().join(",")
+                )?;
                 for r in &table {
-                    writeln!(out, "{}", r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(","))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(",")
+                    )?;
                 }
             } else {
                 let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -273,7 +293,14 @@ pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Res
                         .join("  ")
                 };
                 writeln!(out, "{}", line(&headers).trim_end())?;
-                writeln!(out, "{}", w.iter().map(|n| "-".repeat(*n)).collect::<Vec<_>>().join("  "))?;
+                writeln!(
+                    out,
+                    "{}",
+                    w.iter()
+                        .map(|n| "-".repeat(*n))
+                        .collect::<Vec<_>>()
+                        .join("  ")
+                )?;
                 for r in &table {
                     writeln!(out, "{}", line(r).trim_end())?;
                 }
@@ -301,7 +328,10 @@ mod tests {
 
     #[test]
     fn sql_rendering_quotes_strings() {
-        let sql = render_sql("a = ? AND b = ? AND c = ?", &[SqlValue::Int(5), SqlValue::Str("it's".into())]);
+        let sql = render_sql(
+            "a = ? AND b = ? AND c = ?",
+            &[SqlValue::Int(5), SqlValue::Str("it's".into())],
+        );
         assert_eq!(sql, "a = 5 AND b = 'it\\'s' AND c = ?");
     }
 }

@@ -44,13 +44,10 @@ impl SeqStore {
         fs::create_dir_all(dir).map_err(io)?;
         let path = dir.join("seq");
         let next = match fs::read_to_string(&path) {
-            Ok(s) => s
-                .trim()
-                .parse::<u64>()
-                .map_err(|_| StateError::Corrupt {
-                    path: path.clone(),
-                    content: s.clone(),
-                })?,
+            Ok(s) => s.trim().parse::<u64>().map_err(|_| StateError::Corrupt {
+                path: path.clone(),
+                content: s.clone(),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(io(e)),
         };

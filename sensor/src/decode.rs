@@ -279,7 +279,20 @@ mod tests {
         }
         f.extend_from_slice(&ETH_IPV4.to_be_bytes());
         let total = 20 + 8 + payload.len();
-        f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (total >> 8) as u8,
+            total as u8,
+            0,
+            1,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
         f.extend_from_slice(&1234u16.to_be_bytes());
         f.extend_from_slice(&10110u16.to_be_bytes());

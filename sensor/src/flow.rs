@@ -146,11 +146,16 @@ fn sender_is_client(info: &PacketInfo<'_>) -> bool {
     }
 }
 
+/// (source, destination, IP protocol, fragment id) of a fragmented datagram.
+type FragmentKey = (IpAddr, IpAddr, u8, u32);
+/// (source port, destination port, time of the first fragment in µs).
+type FragmentPorts = (u16, u16, i64);
+
 pub struct FlowTable {
     cfg: FlowConfig,
     flows: HashMap<FlowKey, Flow>,
     /// First IPv4/IPv6 fragment's ports, so later fragments join its flow.
-    fragments: HashMap<(IpAddr, IpAddr, u8, u32), (u16, u16, i64)>,
+    fragments: HashMap<FragmentKey, FragmentPorts>,
     emitted: Vec<FlowRecord>,
     now_us: i64,
     last_sweep_us: i64,
@@ -274,8 +279,7 @@ impl FlowTable {
             if flags & TCP_FIN != 0 {
                 dir.fin = true;
             }
-            if flow.closed_at.is_none()
-                && (flags & TCP_RST != 0 || (flow.a2b.fin && flow.b2a.fin))
+            if flow.closed_at.is_none() && (flags & TCP_RST != 0 || (flow.a2b.fin && flow.b2a.fin))
             {
                 flow.closed_at = Some(info.ts_us);
             }
@@ -413,7 +417,14 @@ pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn pkt(ts: i64, src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, flags: u8) -> PacketInfo<'static> {
+    fn pkt(
+        ts: i64,
+        src: [u8; 4],
+        sp: u16,
+        dst: [u8; 4],
+        dp: u16,
+        flags: u8,
+    ) -> PacketInfo<'static> {
         PacketInfo {
             ts_us: ts,
             vlan: 0,
@@ -502,7 +513,11 @@ mod tests {
         assert!(t.active_flows() <= 50);
         assert!(t.stats().flows_evicted >= 150);
         t.flush_all();
-        let total: u64 = t.take_emitted().iter().map(|r| r.c2s.unwrap().packets).sum();
+        let total: u64 = t
+            .take_emitted()
+            .iter()
+            .map(|r| r.c2s.unwrap().packets)
+            .sum();
         assert_eq!(total, 200, "no packet lost to eviction");
     }
 }

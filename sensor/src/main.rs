@@ -48,7 +48,10 @@ struct MeterArgs {
 
 impl MeterArgs {
     fn flow_config(&self) -> anyhow::Result<FlowConfig> {
-        for (name, v) in [("--idle-timeout", self.idle_timeout), ("--active-timeout", self.active_timeout)] {
+        for (name, v) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--active-timeout", self.active_timeout),
+        ] {
             if !(v.is_finite() && v > 0.0) {
                 bail!("{name} must be a positive number of seconds, got {v}");
             }
@@ -88,7 +91,12 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         pcap: PathBuf,
         /// Collector ingest endpoint.
-        #[arg(long, env = "TIDEWATCH_COLLECTOR", value_name = "URL", default_value = "https://127.0.0.1:4443")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_COLLECTOR",
+            value_name = "URL",
+            default_value = "https://127.0.0.1:4443"
+        )]
         collector: String,
         /// Name the collector certificate must carry (default: host of --collector).
         #[arg(long)]
@@ -103,7 +111,11 @@ enum Cmd {
         #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
         key: PathBuf,
         /// Directory for persistent state (batch sequence counter).
-        #[arg(long, env = "TIDEWATCH_STATE_DIR", default_value = "/var/lib/tidewatch-sensor")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_STATE_DIR",
+            default_value = "/var/lib/tidewatch-sensor"
+        )]
         state_dir: PathBuf,
         /// Maximum flow records per batch.
         #[arg(long, default_value_t = 2000)]
@@ -137,7 +149,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Read { file, format, meter } => read(file, format, meter),
+        Cmd::Read {
+            file,
+            format,
+            meter,
+        } => read(file, format, meter),
         Cmd::Run { .. } => run(cli.cmd),
     };
     match result {
@@ -244,7 +260,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         if keep {
             sent.push(b.clone());
         }
-        tx.blocking_send(b).map_err(|_| anyhow::anyhow!("uplink stopped"))
+        tx.blocking_send(b)
+            .map_err(|_| anyhow::anyhow!("uplink stopped"))
     };
     let (cap, fstats) = meter_file(&pcap, flow_cfg, |recs| {
         for b in batcher.push(recs)? {
@@ -277,11 +294,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         "upload complete"
     );
     if resend_acked {
-        info!(batches = sent.len(), "fault injection: resending every acked batch with its original seq");
+        info!(
+            batches = sent.len(),
+            "fault injection: resending every acked batch with its original seq"
+        );
         let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
         let again = rt.spawn(Uplink::new(uplink_cfg)?.run(rx));
         for b in sent {
-            tx.blocking_send(b).map_err(|_| anyhow::anyhow!("uplink stopped"))?;
+            tx.blocking_send(b)
+                .map_err(|_| anyhow::anyhow!("uplink stopped"))?;
         }
         drop(tx);
         let s2 = rt.block_on(again)?;

@@ -71,7 +71,8 @@ pub struct Uplink {
 
 impl Uplink {
     pub fn new(cfg: UplinkConfig) -> Result<Self, UplinkError> {
-        let bad = |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
+        let bad =
+            |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
             .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem));
@@ -121,7 +122,13 @@ impl Uplink {
                 }
             };
             match self
-                .stream(channel, &mut unacked, &mut source, &mut source_done, &mut backoff)
+                .stream(
+                    channel,
+                    &mut unacked,
+                    &mut source,
+                    &mut source_done,
+                    &mut backoff,
+                )
                 .await
             {
                 StreamEnd::Done => return self.stats,

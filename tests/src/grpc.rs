@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use prost::Message;
 use tidewatch_proto::v1::uplink_client::UplinkClient;
-use tidewatch_proto::v1::{Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest};
+use tidewatch_proto::v1::{
+    Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest,
+};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// A plausible flow record.
@@ -19,8 +21,18 @@ pub fn flow(i: u32) -> FlowRecord {
         client_port: 40000 + (i % 20000),
         server_port: 502,
         ip_protocol: 6,
-        c2s: Some(DirectionCounters { packets: 4, ip_bytes: 300, payload_bytes: 100, tcp_flags: 0x1b }),
-        s2c: Some(DirectionCounters { packets: 3, ip_bytes: 200, payload_bytes: 50, tcp_flags: 0x1b }),
+        c2s: Some(DirectionCounters {
+            packets: 4,
+            ip_bytes: 300,
+            payload_bytes: 100,
+            tcp_flags: 0x1b,
+        }),
+        s2c: Some(DirectionCounters {
+            packets: 3,
+            ip_bytes: 200,
+            payload_bytes: 50,
+            tcp_flags: 0x1b,
+        }),
         app_protocol: String::new(),
         vlan: 0,
         end: 3,

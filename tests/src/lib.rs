@@ -63,7 +63,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -130,7 +133,9 @@ impl Proc {
     }
 
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the process to exit by itself.
@@ -183,7 +188,9 @@ impl Drop for Proc {
 /// Runs a command to completion and returns stdout; panics with its output
 /// on failure.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -208,7 +215,11 @@ impl Stack {
             .tempdir()
             .expect("temp dir");
         let stack_dir = dir.path().join("stack");
-        run_ok(Command::new(root().join("deploy/local/stack.sh")).arg("start").arg(&stack_dir));
+        run_ok(
+            Command::new(root().join("deploy/local/stack.sh"))
+                .arg("start")
+                .arg(&stack_dir),
+        );
         let env = fs::read_to_string(stack_dir.join("stack.env")).expect("stack.env");
         let get = |k: &str| -> u16 {
             env.lines()

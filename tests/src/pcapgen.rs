@@ -7,7 +7,12 @@ use std::path::Path;
 /// Writes `flows` UDP flows of `packets` packets each (requests one way,
 /// replies the other), 1 ms apart, starting at `start_s` (Unix seconds).
 /// Returns the number of packets written.
-pub fn write_udp_flows(path: &Path, flows: u32, packets: u32, start_s: u32) -> std::io::Result<u64> {
+pub fn write_udp_flows(
+    path: &Path,
+    flows: u32,
+    packets: u32,
+    start_s: u32,
+) -> std::io::Result<u64> {
     let mut w = BufWriter::new(std::fs::File::create(path)?);
     // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
     w.write_all(&0xa1b2c3d4u32.to_le_bytes())?;

@@ -12,7 +12,8 @@ fn python(args: &[&str]) -> serde_json::Value {
             .arg(root().join("tests/interop/upload.py"))
             .args(args),
     );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad JSON from upload.py ({e}): {out}"))
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("bad JSON from upload.py ({e}): {out}"))
 }
 
 #[test]
@@ -45,9 +46,11 @@ fn python_grpcio_uploads_over_mtls_and_gets_its_ack() {
     assert_eq!(acks[0]["status"], "ACK_STATUS_ACCEPTED");
     assert_eq!(acks[0]["records"], 3);
 
-    wait_until(Duration::from_secs(60), "python flows in ClickHouse", || {
-        (stack.query_u64("SELECT count() FROM tidewatch.flows") == 3).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "python flows in ClickHouse",
+        || (stack.query_u64("SELECT count() FROM tidewatch.flows") == 3).then_some(()),
+    );
     let rows = stack
         .query("SELECT sensor_id, vessel, batch_seq, client_ip, server_port, app_protocol, c2s_packets, s2c_bytes FROM tidewatch.flows ORDER BY client_ip")
         .unwrap();
@@ -64,7 +67,10 @@ fn python_grpcio_uploads_over_mtls_and_gets_its_ack() {
     args.extend(["--mode", "garbage"]);
     let v = python(&args);
     assert_eq!(v["status"], "INTERNAL", "{v}");
-    ingest.wait_log("upload stream broken by an invalid message", Duration::from_secs(10));
+    ingest.wait_log(
+        "upload stream broken by an invalid message",
+        Duration::from_secs(10),
+    );
     let mut args = common.to_vec();
     args.extend(["--seq", "43"]);
     let v = python(&args);

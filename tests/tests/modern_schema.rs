@@ -9,11 +9,33 @@ use tidewatch_tests::*;
 #[test]
 fn modern_schema_and_queries_run_on_chdb() {
     let dir = tempfile::tempdir().unwrap();
-    let schema = run_ok(Command::new(bin("tidewatch-collector")).args(["migrate", "--print", "--server-version", "26.9"]));
-    assert!(schema.contains("LowCardinality(String)") && schema.contains("TTL"), "{schema}");
-    let legacy = run_ok(Command::new(bin("tidewatch-collector")).args(["migrate", "--print", "--server-version", "18.16"]));
-    assert!(!legacy.contains("LowCardinality") && !legacy.contains("TTL"), "{legacy}");
-    let query = run_ok(Command::new(bin("tidewatch-collector")).args(["query", "top-talkers", "--since", "1h", "--print-sql"]));
+    let schema = run_ok(Command::new(bin("tidewatch-collector")).args([
+        "migrate",
+        "--print",
+        "--server-version",
+        "26.9",
+    ]));
+    assert!(
+        schema.contains("LowCardinality(String)") && schema.contains("TTL"),
+        "{schema}"
+    );
+    let legacy = run_ok(Command::new(bin("tidewatch-collector")).args([
+        "migrate",
+        "--print",
+        "--server-version",
+        "18.16",
+    ]));
+    assert!(
+        !legacy.contains("LowCardinality") && !legacy.contains("TTL"),
+        "{legacy}"
+    );
+    let query = run_ok(Command::new(bin("tidewatch-collector")).args([
+        "query",
+        "top-talkers",
+        "--since",
+        "1h",
+        "--print-sql",
+    ]));
     assert!(query.contains("LIMIT 10 BY vessel"), "{query}");
     std::fs::write(dir.path().join("schema.sql"), &schema).unwrap();
     std::fs::write(dir.path().join("query.sql"), &query).unwrap();

@@ -18,15 +18,22 @@ fn offsets(brokers: &str, group: &str) -> (i64, i64) {
         .set("enable.auto.commit", "false")
         .create()
         .expect("consumer");
-    let md = c.fetch_metadata(Some(TOPIC), Duration::from_secs(10)).expect("metadata");
+    let md = c
+        .fetch_metadata(Some(TOPIC), Duration::from_secs(10))
+        .expect("metadata");
     let parts: Vec<i32> = md.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut tpl = TopicPartitionList::new();
     let mut high = 0;
     for p in &parts {
         tpl.add_partition(TOPIC, *p);
-        high += c.fetch_watermarks(TOPIC, *p, Duration::from_secs(10)).expect("watermarks").1;
+        high += c
+            .fetch_watermarks(TOPIC, *p, Duration::from_secs(10))
+            .expect("watermarks")
+            .1;
     }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+    let committed = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
     let sum = committed
         .elements()
         .iter()
@@ -52,13 +59,28 @@ fn clickhouse_down_sink_retries_and_commits_only_after_insert() {
     stack.stop_clickhouse();
     let pcap = pcaps().join("dnp3/dnp3_example.pcap");
     let expected = totals(&read_flows(&pcap));
-    let mut s = sensor_run("sensor", stack.path(), &s1, port, &pcap, &stack.path().join("state"), &["--batch-flows", "2"]);
-    assert!(s.wait(Duration::from_secs(120)).success(), "acks must not depend on ClickHouse:\n{}", s.log_text());
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &stack.path().join("state"),
+        &["--batch-flows", "2"],
+    );
+    assert!(
+        s.wait(Duration::from_secs(120)).success(),
+        "acks must not depend on ClickHouse:\n{}",
+        s.log_text()
+    );
 
     // The sink is failing and retrying; nothing is committed meanwhile.
     wait_until(Duration::from_secs(60), "sink retries", || {
         let log = sink.log_text();
-        let failures = log.matches("ClickHouse write failed").count() + log.matches("ClickHouse read of the batch ledger failed").count();
+        let failures = log.matches("ClickHouse write failed").count()
+            + log
+                .matches("ClickHouse read of the batch ledger failed")
+                .count();
         (failures >= 3).then_some(())
     });
     let (committed, high) = offsets(&brokers, "tidewatch-sink");
@@ -69,13 +91,19 @@ fn clickhouse_down_sink_retries_and_commits_only_after_insert() {
     stack.start_clickhouse();
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    wait_until(Duration::from_secs(120), "flows after ClickHouse is back", || {
-        (ch_totals(&stack, "flows") == want).then_some(())
-    });
-    wait_until(Duration::from_secs(60), "offsets committed after the insert", || {
-        let (c, h) = offsets(&brokers, "tidewatch-sink");
-        (c == h).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "flows after ClickHouse is back",
+        || (ch_totals(&stack, "flows") == want).then_some(()),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "offsets committed after the insert",
+        || {
+            let (c, h) = offsets(&brokers, "tidewatch-sink");
+            (c == h).then_some(())
+        },
+    );
     sink.wait_log("succeeded after retries", Duration::from_secs(10));
     // The batches stayed in Kafka through the outage and were stored once each.
     assert_eq!(

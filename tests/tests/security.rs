@@ -28,7 +28,15 @@ fn mtls_refusals_and_identity_claims() {
     let pki = Pki::new(stack.path().join("pki"));
     let good = pki.sensor("good", "mv-ok");
     // Expired: validity ended in 2020.
-    pki.run(&["issue-sensor", "--id", "old", "--vessel", "mv-ok", "--not-after", "2020-01-01"]);
+    pki.run(&[
+        "issue-sensor",
+        "--id",
+        "old",
+        "--vessel",
+        "mv-ok",
+        "--not-after",
+        "2020-01-01",
+    ]);
     let expired = pki.cert("old");
     // Revoked before ingest starts (ingest loads the CRL at start).
     let revoked = pki.sensor("gone", "mv-ok");
@@ -44,9 +52,16 @@ fn mtls_refusals_and_identity_claims() {
 
     // No client certificate.
     let r = upload(port, &ca, None, vec![request(1, 2, "")]);
-    assert!(r.is_err(), "upload without client certificate succeeded: {r:?}");
+    assert!(
+        r.is_err(),
+        "upload without client certificate succeeded: {r:?}"
+    );
     ingest.wait_log("TLS handshake refused", Duration::from_secs(10));
-    assert!(ingest.log_text().contains("peer sent no certificates"), "{}", ingest.log_text());
+    assert!(
+        ingest.log_text().contains("peer sent no certificates"),
+        "{}",
+        ingest.log_text()
+    );
 
     // Certificate from another CA.
     let r = upload(port, &ca, Some(cc(&foreign)), vec![request(1, 2, "")]);
@@ -64,18 +79,39 @@ fn mtls_refusals_and_identity_claims() {
     ingest.wait_log("Revoked", Duration::from_secs(10));
 
     // A valid certificate whose batch claims another sensor's identity.
-    let acks = upload(port, &ca, Some(cc(&good)), vec![request(1, 2, "someone-else")]).unwrap();
+    let acks = upload(
+        port,
+        &ca,
+        Some(cc(&good)),
+        vec![request(1, 2, "someone-else")],
+    )
+    .unwrap();
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].status, AckStatus::Unauthorized as i32);
     assert!(!acks[0].retryable);
-    assert!(acks[0].detail.contains("someone-else"), "{}", acks[0].detail);
+    assert!(
+        acks[0].detail.contains("someone-else"),
+        "{}",
+        acks[0].detail
+    );
     ingest.wait_log("identity_mismatch", Duration::from_secs(10));
 
     // Positive control on the same ingest: the good sensor, claiming itself
     // (or nothing), is accepted and its flows are stored under its identity.
-    let acks = upload(port, &ca, Some(cc(&good)), vec![request(2, 3, "good"), request(3, 4, "")]).unwrap();
-    assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32), "{acks:?}");
-    wait_until(Duration::from_secs(60), "good flows stored", || (stored_flows(&stack) == 7).then_some(()));
+    let acks = upload(
+        port,
+        &ca,
+        Some(cc(&good)),
+        vec![request(2, 3, "good"), request(3, 4, "")],
+    )
+    .unwrap();
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{acks:?}"
+    );
+    wait_until(Duration::from_secs(60), "good flows stored", || {
+        (stored_flows(&stack) == 7).then_some(())
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(stored_flows(&stack), 7, "refused uploads wrote something");
     assert_eq!(
@@ -97,7 +133,8 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
 
     // Garbage on the port (not TLS at all).
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02 garbage").unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01\x02 garbage")
+        .unwrap();
     drop(tcp);
     ingest.wait_log("TLS handshake refused", Duration::from_secs(10));
 
@@ -117,8 +154,17 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
     let too_large = request(5, 400, ""); // ~ 25 KB > 20000
     assert!(too_large.payload.len() > 20_000);
     let ok = request(6, 5, "");
-    let acks = upload(port, &ca, Some(cc(&s)), vec![garbage, bad_zstd, mismatched, empty, too_large, ok]).unwrap();
-    let got: Vec<(u64, i32, bool)> = acks.iter().map(|a| (a.seq, a.status, a.retryable)).collect();
+    let acks = upload(
+        port,
+        &ca,
+        Some(cc(&s)),
+        vec![garbage, bad_zstd, mismatched, empty, too_large, ok],
+    )
+    .unwrap();
+    let got: Vec<(u64, i32, bool)> = acks
+        .iter()
+        .map(|a| (a.seq, a.status, a.retryable))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -135,20 +181,34 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
         assert!(!a.detail.is_empty(), "refusal without a reason: {a:?}");
     }
     let log = ingest.log_text();
-    for reason in ["bad_protobuf", "bad_compression", "seq_mismatch", "empty", "too_large"] {
-        assert!(log.contains(&format!("reason={reason}")), "no log line for {reason}:\n{log}");
+    for reason in [
+        "bad_protobuf",
+        "bad_compression",
+        "seq_mismatch",
+        "empty",
+        "too_large",
+    ] {
+        assert!(
+            log.contains(&format!("reason={reason}")),
+            "no log line for {reason}:\n{log}"
+        );
     }
 
     // A message far beyond the gRPC limit ends the stream with a gRPC error.
     let huge = request(7, 2000, "");
     let r = upload(port, &ca, Some(cc(&s)), vec![huge]);
     let e = r.expect_err("oversized gRPC message accepted");
-    assert!(e.contains("ResourceExhausted") || e.contains("too large") || e.contains("message length"), "{e}");
+    assert!(
+        e.contains("ResourceExhausted") || e.contains("too large") || e.contains("message length"),
+        "{e}"
+    );
 
     // And ingest still serves: a normal batch after all of that.
     let acks = upload(port, &ca, Some(cc(&s)), vec![request(8, 3, "")]).unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32);
-    wait_until(Duration::from_secs(60), "accepted flows stored", || (stored_flows(&stack) == 8).then_some(()));
+    wait_until(Duration::from_secs(60), "accepted flows stored", || {
+        (stored_flows(&stack) == 8).then_some(())
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(stored_flows(&stack), 8);
     assert!(ingest.try_wait().is_none(), "ingest exited");

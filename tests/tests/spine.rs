@@ -12,7 +12,8 @@ use tidewatch_tests::*;
 fn tshark_totals(pcap: &std::path::Path) -> (u64, u64) {
     let stem = pcap.file_stem().unwrap().to_str().unwrap();
     let exp = pcap.with_file_name(format!("{stem}.expected.json"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&exp).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&exp).unwrap()).unwrap();
     let mut p = 0;
     let mut b = 0;
     for c in v["conversations"].as_array().unwrap() {
@@ -87,7 +88,10 @@ fn two_sensors_every_flow_exactly_once() {
         (
             "crane-a",
             &a,
-            vec![corpus.join("modbus/modbus_example.pcap"), corpus.join("enip/enip_cip_example.pcap")],
+            vec![
+                corpus.join("modbus/modbus_example.pcap"),
+                corpus.join("enip/enip_cip_example.pcap"),
+            ],
         ),
         (
             "bridge-b",
@@ -107,14 +111,30 @@ fn two_sensors_every_flow_exactly_once() {
             let flows = read_flows(f);
             let t = totals(&flows);
             // The sensor's metering agrees with tshark on every capture used.
-            assert_eq!((t.packets, t.bytes), tshark_totals(f), "metering of {} differs from tshark", f.display());
+            assert_eq!(
+                (t.packets, t.bytes),
+                tshark_totals(f),
+                "metering of {} differs from tshark",
+                f.display()
+            );
             let e = expected.entry(id.to_string()).or_default();
             e.flows += t.flows;
             e.packets += t.packets;
             e.bytes += t.bytes;
-            expected_keys.entry(id.to_string()).or_default().extend(flows.iter().map(json_key));
+            expected_keys
+                .entry(id.to_string())
+                .or_default()
+                .extend(flows.iter().map(json_key));
             // Small batches so that each capture spans several batches.
-            let mut s = sensor_run(&format!("sensor-{id}-{i}"), stack.path(), cert, port, f, &state, &["--batch-flows", "25"]);
+            let mut s = sensor_run(
+                &format!("sensor-{id}-{i}"),
+                stack.path(),
+                cert,
+                port,
+                f,
+                &state,
+                &["--batch-flows", "25"],
+            );
             let st = s.wait(Duration::from_secs(120));
             assert!(st.success(), "sensor {id} failed:\n{}", s.log_text());
             assert!(s.log_text().contains("upload complete"));
@@ -130,9 +150,17 @@ fn two_sensors_every_flow_exactly_once() {
     // Nothing more arrives afterwards, and nothing was stored twice.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(ch_totals(&stack, "flows"), got);
-    assert_eq!(ch_totals(&stack, "flows_raw"), expected, "duplicates in the raw table without any resend");
+    assert_eq!(
+        ch_totals(&stack, "flows_raw"),
+        expected,
+        "duplicates in the raw table without any resend"
+    );
     for (id, keys) in &expected_keys {
-        assert_eq!(&ch_keys(&stack, id), keys, "flows of {id} differ from what the sensor metered");
+        assert_eq!(
+            &ch_keys(&stack, id),
+            keys,
+            "flows of {id} differ from what the sensor metered"
+        );
     }
     // Identity comes from the certificate: vessels are the ones issued.
     let vessels = stack
@@ -140,9 +168,21 @@ fn two_sensors_every_flow_exactly_once() {
         .unwrap();
     assert_eq!(vessels, "bridge-b\tmv-aurora\ncrane-a\tport-of-kiel\n");
     // Each sensor sent its status at the end of every run.
-    assert_eq!(stack.query_u64("SELECT count() FROM tidewatch.sensor_status"), 5);
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM tidewatch.sensor_status"),
+        5
+    );
     // The top-talkers query works on the data.
-    let out = run_ok(stack.collector().args(["query", "top-talkers", "--since", "2000-01-01", "--limit", "3", "--format", "csv"]));
+    let out = run_ok(stack.collector().args([
+        "query",
+        "top-talkers",
+        "--since",
+        "2000-01-01",
+        "--limit",
+        "3",
+        "--format",
+        "csv",
+    ]));
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("vessel,sensor_id,client_ip"), "{out}");
     assert_eq!(lines.len(), 1 + 3 * 2, "3 rows per vessel expected:\n{out}");
@@ -156,16 +196,29 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     let s1 = pki.sensor("s1", "mv-dup");
     // Keep duplicate parts visible: without merges, the raw table shows every
     // insert, and only the FINAL view may hide the duplicates.
-    stack.query("SYSTEM STOP MERGES tidewatch.flows_raw").unwrap();
+    stack
+        .query("SYSTEM STOP MERGES tidewatch.flows_raw")
+        .unwrap();
     let port = free_port();
     let _ingest = stack.ingest(&pki, port, &[]);
     let pcap = pcaps().join("dnp3/dnp3_example.pcap");
     let expected = totals(&read_flows(&pcap));
 
     // Every batch goes to Kafka twice: the sensor resends all acked batches.
-    let mut s = sensor_run("sensor", stack.path(), &s1, port, &pcap, &stack.path().join("state"),
-        &["--batch-flows", "3", "--resend-acked"]);
-    assert!(s.wait(Duration::from_secs(120)).success(), "{}", s.log_text());
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &stack.path().join("state"),
+        &["--batch-flows", "3", "--resend-acked"],
+    );
+    assert!(
+        s.wait(Duration::from_secs(120)).success(),
+        "{}",
+        s.log_text()
+    );
     assert!(s.log_text().contains("duplicate batches acked"));
     let sent_batches: u64 = s
         .log_text()
@@ -188,11 +241,20 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     want.insert("s1".to_string(), expected);
     // Only the second sink writes the ledger: wait until it stored every batch
     // (it first waits for the crashed member's Kafka session to expire).
-    wait_until(Duration::from_secs(120), "ledger rows of the restarted sink", || {
-        (stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches") == sent_batches).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "ledger rows of the restarted sink",
+        || {
+            (stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches") == sent_batches)
+                .then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(ch_totals(&stack, "flows"), want, "query results count a flow twice");
+    assert_eq!(
+        ch_totals(&stack, "flows"),
+        want,
+        "query results count a flow twice"
+    );
     // The duplicates really reached storage (so the view, not luck, removed them).
     let raw = stack.query_u64("SELECT count() FROM tidewatch.flows_raw");
     assert!(
@@ -206,7 +268,9 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     let distinct = stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches");
     assert_eq!(batches, distinct);
     // After merging, the raw table itself holds each flow once.
-    stack.query("SYSTEM START MERGES tidewatch.flows_raw").unwrap();
+    stack
+        .query("SYSTEM START MERGES tidewatch.flows_raw")
+        .unwrap();
     for p in stack.query("SELECT DISTINCT partition FROM system.parts WHERE database='tidewatch' AND table='flows_raw' AND active").unwrap().lines() {
         stack.query(&format!("OPTIMIZE TABLE tidewatch.flows_raw PARTITION {p} FINAL")).unwrap();
     }
@@ -229,25 +293,48 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
 
     // One flow per batch: thousands of batches, so the upload is in full
     // swing when ingest is told to stop.
-    let mut s = sensor_run("sensor", stack.path(), &s1, port, &pcap, &stack.path().join("state"),
-        &["--batch-flows", "1", "--window", "16"]);
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &stack.path().join("state"),
+        &["--batch-flows", "1", "--window", "16"],
+    );
     ingest.wait_log("upload stream opened", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     let st = ingest.terminate().expect("ingest stopped on SIGTERM");
     assert!(st.success(), "ingest exit {st}:\n{}", ingest.log_text());
     let log = ingest.log_text();
-    assert!(log.contains("SIGTERM received; draining") && log.contains("ingest stopped"), "{log}");
-    assert!(s.try_wait().is_none(), "sensor finished before the restart; the test did not interrupt anything");
+    assert!(
+        log.contains("SIGTERM received; draining") && log.contains("ingest stopped"),
+        "{log}"
+    );
+    assert!(
+        s.try_wait().is_none(),
+        "sensor finished before the restart; the test did not interrupt anything"
+    );
 
     let _ingest2 = stack.ingest(&pki, port, &[]);
-    assert!(s.wait(Duration::from_secs(180)).success(), "{}", s.log_text());
-    assert!(s.log_text().contains("upload stream interrupted"), "{}", s.log_text());
+    assert!(
+        s.wait(Duration::from_secs(180)).success(),
+        "{}",
+        s.log_text()
+    );
+    assert!(
+        s.log_text().contains("upload stream interrupted"),
+        "{}",
+        s.log_text()
+    );
 
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    wait_until(Duration::from_secs(120), "all flows after the ingest restart", || {
-        (ch_totals(&stack, "flows") == want).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(120),
+        "all flows after the ingest restart",
+        || (ch_totals(&stack, "flows") == want).then_some(()),
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(ch_totals(&stack, "flows"), want);
 }

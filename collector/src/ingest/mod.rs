@@ -78,7 +78,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     .context("loading TLS material")?;
 
     let producer = args.kafka.producer(args.kafka_timeout_ms)?;
-    crate::kafka::wait_for_topic(&producer, &args.kafka.kafka_brokers, &args.kafka.kafka_topic).await?;
+    crate::kafka::wait_for_topic(
+        &producer,
+        &args.kafka.kafka_brokers,
+        &args.kafka.kafka_topic,
+    )
+    .await?;
 
     let counters = Arc::new(Counters::default());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

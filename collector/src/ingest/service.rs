@@ -77,11 +77,20 @@ pub fn decode_payload(
     let bytes: &[u8] = match Encoding::try_from(encoding) {
         Ok(Encoding::Protobuf) => payload,
         Ok(Encoding::ProtobufZstd) => {
-            raw = zstd::bulk::decompress(payload, max_decoded)
-                .map_err(|e| ("bad_compression", format!("zstd payload cannot be decompressed within {max_decoded} bytes: {e}")))?;
+            raw = zstd::bulk::decompress(payload, max_decoded).map_err(|e| {
+                (
+                    "bad_compression",
+                    format!("zstd payload cannot be decompressed within {max_decoded} bytes: {e}"),
+                )
+            })?;
             &raw
         }
-        _ => return Err(("bad_encoding", format!("unknown payload encoding {encoding}"))),
+        _ => {
+            return Err((
+                "bad_encoding",
+                format!("unknown payload encoding {encoding}"),
+            ))
+        }
     };
     Batch::decode(bytes).map_err(|e| ("bad_protobuf", format!("payload is not a valid Batch: {e}")))
 }
@@ -136,7 +145,11 @@ impl Inner {
             ));
         }
         if req.seq == 0 {
-            return Err(Refusal::new(AckStatus::Malformed, "bad_seq", "seq must be at least 1".into()));
+            return Err(Refusal::new(
+                AckStatus::Malformed,
+                "bad_seq",
+                "seq must be at least 1".into(),
+            ));
         }
         let batch = decode_payload(req.encoding, &req.payload, self.limits.max_decoded_bytes)
             .map_err(|(reason, detail)| Refusal::new(AckStatus::Malformed, reason, detail))?;
@@ -144,7 +157,10 @@ impl Inner {
             return Err(Refusal::new(
                 AckStatus::Malformed,
                 "seq_mismatch",
-                format!("request seq {} differs from the batch's seq {}", req.seq, batch.seq),
+                format!(
+                    "request seq {} differs from the batch's seq {}",
+                    req.seq, batch.seq
+                ),
             ));
         }
         if !batch.sensor_id.is_empty() && batch.sensor_id != id.sensor_id {
@@ -159,13 +175,20 @@ impl Inner {
         }
         let records = batch.flows.len() + batch.assets.len() + batch.status.len();
         if records == 0 {
-            return Err(Refusal::new(AckStatus::Empty, "empty", "batch contains no records".into()));
+            return Err(Refusal::new(
+                AckStatus::Empty,
+                "empty",
+                "batch contains no records".into(),
+            ));
         }
         if records > self.limits.max_records {
             return Err(Refusal::new(
                 AckStatus::TooLarge,
                 "too_many_records",
-                format!("{records} records exceed the limit of {}", self.limits.max_records),
+                format!(
+                    "{records} records exceed the limit of {}",
+                    self.limits.max_records
+                ),
             ));
         }
         Ok(records as u32)

@@ -68,7 +68,11 @@ pub struct Caps {
 
 impl Caps {
     pub fn for_version(version: ServerVersion) -> Self {
-        let modern = version >= ServerVersion { major: 21, minor: 8 };
+        let modern = version
+            >= ServerVersion {
+                major: 21,
+                minor: 8,
+            };
         Caps { version, modern }
     }
 
@@ -235,7 +239,9 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
         server.query(&stmt).execute().await?;
     }
     let done: Vec<Applied> = server
-        .query(&format!("SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"))
+        .query(&format!(
+            "SELECT version, checksum FROM {db}.schema_migrations ORDER BY version"
+        ))
         .fetch_all()
         .await?;
     let mut report = MigrateReport {
@@ -246,7 +252,11 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
     for m in MIGRATIONS {
         if let Some(a) = done.iter().find(|a| a.version == m.version) {
             if a.checksum != checksum(m.sql) {
-                warn!(version = m.version, name = m.name, "migration source changed after it was applied; not re-applying");
+                warn!(
+                    version = m.version,
+                    name = m.name,
+                    "migration source changed after it was applied; not re-applying"
+                );
             }
             report.already.push(m.version);
             continue;
@@ -283,7 +293,12 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
         })
         .await?;
         ins.end().await?;
-        info!(version = m.version, name = m.name, statements = statements.len(), "migration applied");
+        info!(
+            version = m.version,
+            name = m.name,
+            statements = statements.len(),
+            "migration applied"
+        );
         report.applied.push(m.version);
     }
     Ok(report)
@@ -311,7 +326,10 @@ mod tests {
 
     #[test]
     fn legacy_render_has_no_modern_features() {
-        let caps = Caps::for_version(ServerVersion { major: 18, minor: 16 });
+        let caps = Caps::for_version(ServerVersion {
+            major: 18,
+            minor: 16,
+        });
         let all = render(&MIGRATIONS[0], caps, &opts()).unwrap().join("\n");
         for word in ["LowCardinality", "CODEC", "TTL", "IPv6", "{{", "@modern"] {
             assert!(!all.contains(word), "legacy schema contains {word}");
@@ -321,10 +339,18 @@ mod tests {
 
     #[test]
     fn modern_render_uses_modern_features() {
-        let caps = Caps::for_version(ServerVersion { major: 24, minor: 8 });
+        let caps = Caps::for_version(ServerVersion {
+            major: 24,
+            minor: 8,
+        });
         let stmts = render(&MIGRATIONS[0], caps, &opts()).unwrap();
         let all = stmts.join("\n");
-        for word in ["LowCardinality(String)", "CODEC(Delta, ZSTD(1))", "INTERVAL 30 DAY", "IPv6"] {
+        for word in [
+            "LowCardinality(String)",
+            "CODEC(Delta, ZSTD(1))",
+            "INTERVAL 30 DAY",
+            "IPv6",
+        ] {
             assert!(all.contains(word), "modern schema lacks {word}");
         }
         assert!(stmts.iter().all(|s| !s.ends_with(';')));
@@ -332,10 +358,27 @@ mod tests {
 
     #[test]
     fn bad_markers_and_placeholders_are_errors() {
-        let caps = Caps::for_version(ServerVersion { major: 24, minor: 8 });
-        let m = Migration { version: 9, name: "x", sql: "-- @modern\nSELECT 1;\n" };
-        assert!(matches!(render(&m, caps, &opts()), Err(SchemaError::Markers(9))));
-        let m = Migration { version: 9, name: "x", sql: "SELECT {{nope}};\n" };
-        assert!(matches!(render(&m, caps, &opts()), Err(SchemaError::Placeholder(9, _))));
+        let caps = Caps::for_version(ServerVersion {
+            major: 24,
+            minor: 8,
+        });
+        let m = Migration {
+            version: 9,
+            name: "x",
+            sql: "-- @modern\nSELECT 1;\n",
+        };
+        assert!(matches!(
+            render(&m, caps, &opts()),
+            Err(SchemaError::Markers(9))
+        ));
+        let m = Migration {
+            version: 9,
+            name: "x",
+            sql: "SELECT {{nope}};\n",
+        };
+        assert!(matches!(
+            render(&m, caps, &opts()),
+            Err(SchemaError::Placeholder(9, _))
+        ));
     }
 }

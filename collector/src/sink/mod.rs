@@ -160,9 +160,15 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         std::process::exit(70);
     }
     let s = sink.stats;
-    info!(records = s.records, batches = s.batches_stored, rows = s.rows_inserted,
-        duplicates_skipped = s.duplicates_skipped, dead_lettered = s.dead_lettered,
-        insert_retries = s.insert_retries, "sink stopped");
+    info!(
+        records = s.records,
+        batches = s.batches_stored,
+        rows = s.rows_inserted,
+        duplicates_skipped = s.duplicates_skipped,
+        dead_lettered = s.dead_lettered,
+        insert_retries = s.insert_retries,
+        "sink stopped"
+    );
     Ok(())
 }
 
@@ -185,14 +191,18 @@ impl Sink {
         while !self.stopping() {
             let r: Result<u64, _> = self
                 .ch
-                .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'flows_raw'")
+                .query(
+                    "SELECT count() FROM system.tables WHERE database = ? AND name = 'flows_raw'",
+                )
                 .bind(&self.args.clickhouse.clickhouse_database)
                 .fetch_one()
                 .await;
             match r {
                 Ok(1) => return,
                 Ok(_) if !logged => {
-                    warn!("tidewatch schema not found; run `tidewatch-collector migrate` (waiting)");
+                    warn!(
+                        "tidewatch schema not found; run `tidewatch-collector migrate` (waiting)"
+                    );
                     logged = true;
                 }
                 Err(e) if !logged => {
@@ -216,8 +226,14 @@ impl Sink {
             }
             if last_log.elapsed() > Duration::from_secs(30) {
                 let s = self.stats;
-                info!(records = s.records, batches = s.batches_stored, rows = s.rows_inserted,
-                    duplicates_skipped = s.duplicates_skipped, dead_lettered = s.dead_lettered, "sink progress");
+                info!(
+                    records = s.records,
+                    batches = s.batches_stored,
+                    rows = s.rows_inserted,
+                    duplicates_skipped = s.duplicates_skipped,
+                    dead_lettered = s.dead_lettered,
+                    "sink progress"
+                );
                 last_log = Instant::now();
             }
         }
@@ -261,7 +277,10 @@ impl Sink {
     /// Decodes one record into the chunk (rows, duplicate, or dead letter).
     async fn accept(&mut self, m: Detached, chunk: &mut Chunk) {
         self.stats.records += 1;
-        let e = chunk.offsets.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+        let e = chunk
+            .offsets
+            .entry((m.topic.clone(), m.partition))
+            .or_insert(m.offset);
         *e = (*e).max(m.offset);
         let dead = |reason: String| DeadLetter {
             topic: m.topic.clone(),
@@ -279,7 +298,9 @@ impl Sink {
         let env = match IngestedBatch::decode(payload) {
             Ok(e) if !e.sensor_id.is_empty() && e.seq > 0 => e,
             Ok(_) => {
-                chunk.dead.push(dead("envelope lacks sensor_id or seq".into()));
+                chunk
+                    .dead
+                    .push(dead("envelope lacks sensor_id or seq".into()));
                 return;
             }
             Err(e) => {
@@ -359,7 +380,10 @@ impl Sink {
             return false;
         }
         if self.args.fault_exit_after_insert {
-            error!(rows = n_rows, "fault injection: exiting after insert, before ledger and commit");
+            error!(
+                rows = n_rows,
+                "fault injection: exiting after insert, before ledger and commit"
+            );
             self.fault_exit = true;
             return false;
         }
@@ -368,7 +392,8 @@ impl Sink {
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in &chunk.offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1)) {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+            {
                 error!(error = %e, "cannot build offset list");
             }
         }
@@ -381,8 +406,13 @@ impl Sink {
         }
         self.stats.batches_stored += chunk.batches.len() as u64;
         self.stats.rows_inserted += n_rows as u64;
-        debug!(rows = n_rows, batches = chunk.batches.len(), dead = chunk.dead.len(),
-            ms = started.elapsed().as_millis() as u64, "chunk stored and committed");
+        debug!(
+            rows = n_rows,
+            batches = chunk.batches.len(),
+            dead = chunk.dead.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "chunk stored and committed"
+        );
         true
     }
 
@@ -402,7 +432,11 @@ impl Sink {
             match r {
                 Ok(()) => {
                     if attempt > 0 {
-                        info!(what, attempts = attempt + 1, "ClickHouse write succeeded after retries");
+                        info!(
+                            what,
+                            attempts = attempt + 1,
+                            "ClickHouse write succeeded after retries"
+                        );
                     }
                     return true;
                 }
@@ -473,7 +507,11 @@ fn detach(m: &BorrowedMessage<'_>) -> Detached {
     }
 }
 
-async fn insert_table<T>(ch: &Client, table: &str, rows: &[T]) -> Result<(), clickhouse::error::Error>
+async fn insert_table<T>(
+    ch: &Client,
+    table: &str,
+    rows: &[T],
+) -> Result<(), clickhouse::error::Error>
 where
     T: clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
     for<'b> T: clickhouse::Row<Value<'b> = T>,
@@ -481,10 +519,10 @@ where
     if rows.is_empty() {
         return Ok(());
     }
-    let mut ins = ch
-        .insert::<T>(table)
-        .await?
-        .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(120)));
+    let mut ins = ch.insert::<T>(table).await?.with_timeouts(
+        Some(Duration::from_secs(30)),
+        Some(Duration::from_secs(120)),
+    );
     for r in rows {
         ins.write(r).await?;
     }
@@ -496,4 +534,3 @@ async fn insert_rows(ch: &Client, rows: &Rows) -> Result<(), clickhouse::error::
     insert_table(ch, "assets_raw", &rows.assets).await?;
     insert_table(ch, "sensor_status_raw", &rows.statuses).await
 }
-

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use tidewatch_proto::v1::{AssetObservation, Batch, FlowEnd, FlowRecord, IngestedBatch, OperationClass, SensorStatus};
+use tidewatch_proto::v1::{
+    AssetObservation, Batch, FlowEnd, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
+};
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct FlowRow {
@@ -212,7 +214,12 @@ fn asset_row(env: &IngestedBatch, idx: usize, a: &AssetObservation) -> AssetRow 
         batch_seq: env.seq,
         record_idx: idx as u32,
         received_at: secs(env.received_us),
-        mac: a.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        mac: a
+            .mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
         ips: a.ips.iter().filter_map(|b| ip_text(b)).collect(),
         vendor: a.vendor.clone(),
         first_seen_us: a.first_seen_us,
@@ -258,10 +265,20 @@ pub fn append_rows(
         .map(|(i, f)| flow_row(env, i, f))
         .collect::<Result<Vec<_>, _>>()?;
     out.flows.extend(flows);
-    out.assets
-        .extend(batch.assets.iter().enumerate().map(|(i, a)| asset_row(env, i, a)));
-    out.statuses
-        .extend(batch.status.iter().enumerate().map(|(i, s)| status_row(env, i, s)));
+    out.assets.extend(
+        batch
+            .assets
+            .iter()
+            .enumerate()
+            .map(|(i, a)| asset_row(env, i, a)),
+    );
+    out.statuses.extend(
+        batch
+            .status
+            .iter()
+            .enumerate()
+            .map(|(i, s)| status_row(env, i, s)),
+    );
     out.batches.push(BatchRow {
         sensor_id: env.sensor_id.clone(),
         vessel: env.vessel.clone(),

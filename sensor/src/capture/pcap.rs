@@ -150,7 +150,7 @@ impl<R: Read> PcapReader<R> {
             _ => return Err(self.corrupt("bad pcapng byte-order magic")),
         };
         let total = endian.u32(&head[0..4]) as usize;
-        if !(28..=MAX_RECORD).contains(&total) || total % 4 != 0 {
+        if !(28..=MAX_RECORD).contains(&total) || !total.is_multiple_of(4) {
             return Err(self.corrupt(format!("bad section header length {total}")));
         }
         // Skip the rest of the SHB (version, section length, options, trailer).
@@ -242,7 +242,7 @@ impl<R: Read> PcapReader<R> {
             let btype = endian.u32(&raw_type);
             self.fill(4, false)?;
             let total = endian.u32(&self.buf[0..4]) as usize;
-            if !(12..=MAX_RECORD).contains(&total) || total % 4 != 0 {
+            if !(12..=MAX_RECORD).contains(&total) || !total.is_multiple_of(4) {
                 return Err(CaptureError::Corrupt {
                     offset: block_start,
                     reason: format!("bad block length {total} (type {btype:#x})"),
@@ -327,7 +327,9 @@ fn ts_to_ns(ts: u64, units_per_sec: u64) -> i64 {
     let secs = ts / units_per_sec;
     let frac = ts % units_per_sec;
     let ns = (frac as u128 * 1_000_000_000u128 / units_per_sec as u128) as u64;
-    (secs as i64).saturating_mul(1_000_000_000).saturating_add(ns as i64)
+    (secs as i64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ns as i64)
 }
 
 /// Finds `if_tsresol` (option 9) in IDB options; default is microseconds.

@@ -27,7 +27,10 @@ fn arg(name: &str, default: usize) -> usize {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -56,7 +59,9 @@ fn main() {
     let stack = Stack::start();
     stack.migrate();
     let pki = Pki::new(stack.path().join("pki"));
-    let certs: Vec<SensorCert> = (0..streams).map(|i| pki.sensor(&format!("bench-{i}"), "mv-bench")).collect();
+    let certs: Vec<SensorCert> = (0..streams)
+        .map(|i| pki.sensor(&format!("bench-{i}"), "mv-bench"))
+        .collect();
     let port = free_port();
     let ingest = stack.ingest(&pki, port, &[]);
 
@@ -69,7 +74,9 @@ fn main() {
             seq,
             sensor_id: String::new(),
             created_us: 0,
-            flows: (0..per_batch as u64).map(|i| bench_flow(b as u64 * per_batch as u64 + i)).collect(),
+            flows: (0..per_batch as u64)
+                .map(|i| bench_flow(b as u64 * per_batch as u64 + i))
+                .collect(),
             assets: Vec::new(),
             status: Vec::new(),
         };
@@ -81,16 +88,24 @@ fn main() {
             payload,
         });
     }
-    println!("wire: {:.1} bytes/flow (zstd protobuf)", wire_bytes as f64 / total_flows as f64);
+    println!(
+        "wire: {:.1} bytes/flow (zstd protobuf)",
+        wire_bytes as f64 / total_flows as f64
+    );
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let cpu0 = cpu_seconds(pid_of(&ingest));
     let t0 = Instant::now();
     let acked: u64 = rt.block_on(async {
         let mut tasks = Vec::new();
         for (i, reqs) in per_stream.into_iter().enumerate() {
             let c = certs[i].clone();
-            tasks.push(tokio::spawn(async move { upload_windowed(port, &c, reqs, window).await }));
+            tasks.push(tokio::spawn(async move {
+                upload_windowed(port, &c, reqs, window).await
+            }));
         }
         let mut n = 0;
         for t in tasks {
@@ -149,17 +164,37 @@ fn bench_flow(i: u64) -> FlowRecord {
     FlowRecord {
         first_seen_us: t,
         last_seen_us: t + (next() % 60_000_000) as i64,
-        client_ip: vec![10, (next() % 4) as u8, (next() % 256) as u8, (next() % 254 + 1) as u8],
+        client_ip: vec![
+            10,
+            (next() % 4) as u8,
+            (next() % 256) as u8,
+            (next() % 254 + 1) as u8,
+        ],
         server_ip: if next() % 3 == 0 {
-            vec![(next() % 223 + 1) as u8, (next() % 256) as u8, (next() % 256) as u8, (next() % 254 + 1) as u8]
+            vec![
+                (next() % 223 + 1) as u8,
+                (next() % 256) as u8,
+                (next() % 256) as u8,
+                (next() % 254 + 1) as u8,
+            ]
         } else {
             vec![10, 0, 0, (next() % 64 + 1) as u8]
         },
         client_port: (1024 + next() % 64000) as u32,
         server_port: [502u32, 20000, 102, 44818, 47808, 443, 53, 10110][(next() % 8) as usize],
         ip_protocol: if next() % 4 == 0 { 17 } else { 6 },
-        c2s: Some(DirectionCounters { packets: pk, ip_bytes: pk * (40 + next() % 300), payload_bytes: pk * (next() % 260), tcp_flags: 0x1b }),
-        s2c: Some(DirectionCounters { packets: sk, ip_bytes: sk * (40 + next() % 1400), payload_bytes: sk * (next() % 1360), tcp_flags: 0x1b }),
+        c2s: Some(DirectionCounters {
+            packets: pk,
+            ip_bytes: pk * (40 + next() % 300),
+            payload_bytes: pk * (next() % 260),
+            tcp_flags: 0x1b,
+        }),
+        s2c: Some(DirectionCounters {
+            packets: sk,
+            ip_bytes: sk * (40 + next() % 1400),
+            payload_bytes: sk * (next() % 1360),
+            tcp_flags: 0x1b,
+        }),
         app_protocol: String::new(),
         vlan: (next() % 5) as u32,
         end: 1 + (next() % 5) as i32,
@@ -169,10 +204,18 @@ fn bench_flow(i: u64) -> FlowRecord {
 }
 
 /// Streams `reqs` keeping at most `window` unacked; returns batches acked.
-async fn upload_windowed(port: u16, c: &SensorCert, reqs: Vec<UploadRequest>, window: usize) -> u64 {
+async fn upload_windowed(
+    port: u16,
+    c: &SensorCert,
+    reqs: Vec<UploadRequest>,
+    window: usize,
+) -> u64 {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&c.ca).unwrap()))
-        .identity(Identity::from_pem(std::fs::read(&c.cert).unwrap(), std::fs::read(&c.key).unwrap()))
+        .identity(Identity::from_pem(
+            std::fs::read(&c.cert).unwrap(),
+            std::fs::read(&c.key).unwrap(),
+        ))
         .domain_name("localhost");
     let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
         .unwrap()
@@ -190,10 +233,18 @@ async fn upload_windowed(port: u16, c: &SensorCert, reqs: Vec<UploadRequest>, wi
         tx.send(reqs[next].clone()).await.unwrap();
         next += 1;
     }
-    let mut acks = client.upload(ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    let mut acks = client
+        .upload(ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
     let mut acked = 0u64;
     while (acked as usize) < n {
-        let a = acks.message().await.expect("ack").expect("stream ended early");
+        let a = acks
+            .message()
+            .await
+            .expect("ack")
+            .expect("stream ended early");
         assert_eq!(a.status, AckStatus::Accepted as i32, "{a:?}");
         acked += 1;
         if next < n {
