@@ -1,0 +1,149 @@
+//! Operational behaviour: the standard gRPC health service, and the sink's
+//! dead-letter path for records it cannot decode.
+
+use std::time::Duration;
+
+use prost::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tidewatch_proto::v1::{AckStatus, DeadLetter, Encoding, IngestedBatch};
+use tidewatch_tests::grpc::{request, upload, ClientCert};
+use tidewatch_tests::*;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn health(port: u16, c: &SensorCert, service: &str) -> Result<i32, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&c.ca).unwrap()))
+            .identity(Identity::from_pem(
+                std::fs::read(&c.cert).unwrap(),
+                std::fs::read(&c.key).unwrap(),
+            ))
+            .domain_name("localhost");
+        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|s| s.to_string())
+    })
+}
+
+#[test]
+fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-ops");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let mut sink = stack.sink("sink", &[]);
+
+    assert_eq!(
+        health(port, &s1, "tidewatch.v1.Uplink"),
+        Ok(ServingStatus::Serving as i32)
+    );
+    assert_eq!(health(port, &s1, ""), Ok(ServingStatus::Serving as i32));
+    assert!(health(port, &s1, "no.such.Service").is_err());
+
+    // Two records nobody could decode, on the partition of sensor s1 (same
+    // key), ahead of a good batch from s1.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka_brokers())
+        .create()
+        .unwrap();
+    let bad_envelope = IngestedBatch {
+        sensor_id: "s1".into(),
+        vessel: "mv-ops".into(),
+        seq: 99,
+        received_us: 1,
+        encoding: Encoding::ProtobufZstd as i32,
+        payload: b"not zstd".to_vec(),
+        ingest_node: "test".into(),
+    }
+    .encode_to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for value in [b"\xff\xfe garbage".to_vec(), bad_envelope] {
+            producer
+                .send(
+                    FutureRecord::to("tidewatch.batches.v1")
+                        .key("s1")
+                        .payload(&value),
+                    Timeout::Never,
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    });
+    let ca = pki.dir.join("ca.pem");
+    let acks = upload(
+        port,
+        &ca,
+        Some(ClientCert {
+            cert: &s1.cert,
+            key: &s1.key,
+        }),
+        vec![request(1, 4, "")],
+    )
+    .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32);
+
+    // The good batch is stored: the bad records did not block the partition.
+    wait_until(Duration::from_secs(60), "good flows stored", || {
+        (stack.query_u64("SELECT count() FROM tidewatch.flows") == 4).then_some(())
+    });
+    sink.wait_log(
+        "undecodable record sent to the dead-letter topic",
+        Duration::from_secs(10),
+    );
+
+    // Both bad records are in the dead-letter topic with their reasons.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka_brokers())
+        .set("group.id", "dlq-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tidewatch.deadletter.v1", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut letters = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while letters.len() < 2 && std::time::Instant::now() < end {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            letters.push(DeadLetter::decode(m.payload().unwrap()).unwrap());
+        }
+    }
+    assert_eq!(letters.len(), 2, "dead letters: {letters:?}");
+    assert!(
+        letters[0].reason.contains("not an IngestedBatch"),
+        "{:?}",
+        letters[0]
+    );
+    assert_eq!(letters[0].value, b"\xff\xfe garbage");
+    assert!(letters[1].reason.contains("zstd"), "{:?}", letters[1]);
+    assert_eq!(letters[1].key, b"s1");
+    assert_eq!(letters[0].topic, "tidewatch.batches.v1");
+}
