@@ -9,6 +9,8 @@ pub mod v1 {
     tonic::include_proto!("tidewatch.v1");
 }
 
+pub mod util;
+
 /// Kafka topic carrying `IngestedBatch` records. The version in the name
 /// follows the protobuf package: a breaking schema change gets a new topic.
 pub const BATCHES_TOPIC: &str = "tidewatch.batches.v1";

@@ -13,6 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+pub use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{Batch, Encoding, FlowRecord, SensorStatus, UploadRequest};
 
 const SEQ_BLOCK: u64 = 4096;
@@ -193,13 +194,6 @@ pub fn encode_request(batch: &Batch, compress: bool, level: i32) -> UploadReques
         encoding: encoding as i32,
         payload,
     }
-}
-
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -1,40 +1,13 @@
 //! Local inspection output (`tidewatch-sensor read`): one JSON object per flow.
 //! The keys are a stable interface used by tests and analysts.
 
-use std::net::IpAddr;
-
 use serde_json::{json, Value};
-use tidewatch_proto::v1::{FlowEnd, FlowRecord};
+use tidewatch_proto::util::{flow_end_name, ip_text, transport_name};
+use tidewatch_proto::v1::FlowRecord;
 
 /// Text form of a 4- or 16-byte address; anything else is shown as hex.
 pub fn ip_string(b: &[u8]) -> String {
-    match b.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(b).expect("len 4")).to_string(),
-        16 => IpAddr::from(<[u8; 16]>::try_from(b).expect("len 16")).to_string(),
-        _ => b.iter().map(|x| format!("{x:02x}")).collect(),
-    }
-}
-
-pub fn transport_name(proto: u32) -> String {
-    match proto {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        other => format!("ip-{other}"),
-    }
-}
-
-pub fn end_name(end: i32) -> &'static str {
-    match FlowEnd::try_from(end).unwrap_or(FlowEnd::Unspecified) {
-        FlowEnd::IdleTimeout => "idle_timeout",
-        FlowEnd::ActiveTimeout => "active_timeout",
-        FlowEnd::TcpClose => "tcp_close",
-        FlowEnd::Evicted => "evicted",
-        FlowEnd::EndOfInput => "end_of_input",
-        FlowEnd::Unspecified => "unspecified",
-    }
+    ip_text(b).unwrap_or_else(|| b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn secs(us: i64) -> f64 {
@@ -64,7 +37,10 @@ pub fn flow_json(r: &FlowRecord) -> Value {
         "last_seen": secs(r.last_seen_us),
         "app_protocol": if r.app_protocol.is_empty() { Value::Null } else { Value::from(r.app_protocol.clone()) },
         "vlan": r.vlan,
-        "end": end_name(r.end),
+        "end": match flow_end_name(r.end) {
+            "" => "unspecified",
+            name => name,
+        },
         "operations": r.operations.iter().map(|o| json!({
             "code": o.code, "name": o.name, "class": o.class, "count": o.count, "errors": o.errors,
         })).collect::<Vec<_>>(),

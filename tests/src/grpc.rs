@@ -9,7 +9,7 @@ use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{
     Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// A plausible flow record.
 pub fn flow(i: u32) -> FlowRecord {
@@ -64,6 +64,31 @@ pub struct ClientCert<'a> {
     pub key: &'a Path,
 }
 
+/// An mTLS channel to ingest on 127.0.0.1 (server name "localhost").
+pub async fn channel(
+    port: u16,
+    ca: &Path,
+    client: Option<ClientCert<'_>>,
+) -> Result<Channel, String> {
+    let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(c) = client {
+        let cert = std::fs::read(c.cert).map_err(|e| e.to_string())?;
+        let key = std::fs::read(c.key).map_err(|e| e.to_string())?;
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))
+}
+
 /// Opens one upload stream, sends `reqs`, and collects the acks until the
 /// server ends the stream. Any transport or gRPC error is returned as text.
 pub fn upload(
@@ -77,23 +102,7 @@ pub fn upload(
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .domain_name("localhost");
-        if let Some(c) = client {
-            let cert = std::fs::read(c.cert).map_err(|e| e.to_string())?;
-            let key = std::fs::read(c.key).map_err(|e| e.to_string())?;
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-            .map_err(|e| e.to_string())?
-            .tls_config(tls)
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(10))
-            .connect()
-            .await
-            .map_err(|e| format!("connect: {e:?}"))?;
+        let ch = channel(port, ca, client).await?;
         let mut client = UplinkClient::new(ch);
         let n = reqs.len();
         let stream = tokio_stream::iter(reqs);

@@ -479,3 +479,19 @@ pub fn ch_totals(stack: &Stack, table: &str) -> BTreeMap<String, Totals> {
         })
         .collect()
 }
+
+/// Waits until the exactly-once `flows` view holds exactly `want` per sensor,
+/// then checks that nothing more arrives.
+pub fn expect_flows(stack: &Stack, want: &BTreeMap<String, Totals>) {
+    wait_until(
+        Duration::from_secs(120),
+        "the expected flows in ClickHouse",
+        || (ch_totals(stack, "flows") == *want).then_some(()),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        &ch_totals(stack, "flows"),
+        want,
+        "flows changed after reaching the expected totals"
+    );
+}

@@ -9,9 +9,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_proto::v1::{AckStatus, DeadLetter, Encoding, IngestedBatch};
-use tidewatch_tests::grpc::{request, upload, ClientCert};
+use tidewatch_tests::grpc::{channel, request, upload, ClientCert};
 use tidewatch_tests::*;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -22,20 +21,11 @@ fn health(port: u16, c: &SensorCert, service: &str) -> Result<i32, String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(&c.ca).unwrap()))
-            .identity(Identity::from_pem(
-                std::fs::read(&c.cert).unwrap(),
-                std::fs::read(&c.key).unwrap(),
-            ))
-            .domain_name("localhost");
-        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = ClientCert {
+            cert: &c.cert,
+            key: &c.key,
+        };
+        let ch = channel(port, &c.ca, Some(client)).await?;
         HealthClient::new(ch)
             .check(HealthCheckRequest {
                 service: service.into(),

@@ -11,6 +11,7 @@ use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::uplink_server::Uplink;
 use tidewatch_proto::v1::{AckStatus, Batch, Encoding, IngestedBatch, UploadAck, UploadRequest};
 use tokio::sync::{mpsc, watch};
@@ -335,11 +336,4 @@ impl Uplink for IngestService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }

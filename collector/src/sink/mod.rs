@@ -28,6 +28,7 @@ use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
+use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{DeadLetter, IngestedBatch};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -76,6 +77,20 @@ pub struct SinkStats {
     pub insert_retries: u64,
 }
 
+impl SinkStats {
+    fn log(&self, what: &'static str) {
+        info!(
+            records = self.records,
+            batches = self.batches_stored,
+            rows = self.rows_inserted,
+            duplicates_skipped = self.duplicates_skipped,
+            dead_lettered = self.dead_lettered,
+            insert_retries = self.insert_retries,
+            "{what}"
+        );
+    }
+}
+
 struct Chunk {
     rows: Rows,
     /// Highest offset consumed per (topic, partition).
@@ -95,13 +110,6 @@ impl Chunk {
             in_chunk: HashSet::new(),
         }
     }
-}
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 struct Sink {
@@ -159,16 +167,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         drop(sink);
         std::process::exit(70);
     }
-    let s = sink.stats;
-    info!(
-        records = s.records,
-        batches = s.batches_stored,
-        rows = s.rows_inserted,
-        duplicates_skipped = s.duplicates_skipped,
-        dead_lettered = s.dead_lettered,
-        insert_retries = s.insert_retries,
-        "sink stopped"
-    );
+    sink.stats.log("sink stopped");
     Ok(())
 }
 
@@ -225,15 +224,7 @@ impl Sink {
                 break; // shutting down before the chunk was stored: not committed
             }
             if last_log.elapsed() > Duration::from_secs(30) {
-                let s = self.stats;
-                info!(
-                    records = s.records,
-                    batches = s.batches_stored,
-                    rows = s.rows_inserted,
-                    duplicates_skipped = s.duplicates_skipped,
-                    dead_lettered = s.dead_lettered,
-                    "sink progress"
-                );
+                self.stats.log("sink progress");
                 last_log = Instant::now();
             }
         }

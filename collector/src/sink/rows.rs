@@ -1,10 +1,9 @@
 //! ClickHouse rows and their conversion from decoded batches. Field order and
 //! names match the `*_raw` tables of the schema (RowBinary is positional).
 
-use std::net::IpAddr;
-
+use tidewatch_proto::util::{flow_end_name, ip_text, now_us, transport_name};
 use tidewatch_proto::v1::{
-    AssetObservation, Batch, FlowEnd, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
+    AssetObservation, Batch, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
 };
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -110,38 +109,6 @@ impl Rows {
     }
 }
 
-/// Text form of a 4/16-byte address. Anything else is rejected by the caller.
-pub fn ip_text(b: &[u8]) -> Option<String> {
-    match b.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
-        _ => None,
-    }
-}
-
-fn transport(p: u32) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        132 => "sctp".into(),
-        other => format!("ip-{other}"),
-    }
-}
-
-fn end_reason(e: i32) -> String {
-    match FlowEnd::try_from(e).unwrap_or(FlowEnd::Unspecified) {
-        FlowEnd::IdleTimeout => "idle_timeout",
-        FlowEnd::ActiveTimeout => "active_timeout",
-        FlowEnd::TcpClose => "tcp_close",
-        FlowEnd::Evicted => "evicted",
-        FlowEnd::EndOfInput => "end_of_input",
-        FlowEnd::Unspecified => "",
-    }
-    .into()
-}
-
 fn class_name(c: i32) -> String {
     match OperationClass::try_from(c).unwrap_or(OperationClass::Unspecified) {
         OperationClass::Read => "read",
@@ -186,7 +153,7 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         client_port: port(f.client_port)?,
         server_port: port(f.server_port)?,
         ip_protocol: (f.ip_protocol & 0xff) as u8,
-        transport: transport(f.ip_protocol),
+        transport: transport_name(f.ip_protocol),
         app_protocol: f.app_protocol.clone(),
         vlan: (f.vlan & 0x0fff) as u16,
         c2s_packets: c2s.packets,
@@ -197,7 +164,7 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         s2c_bytes: s2c.ip_bytes,
         s2c_payload_bytes: s2c.payload_bytes,
         s2c_tcp_flags: (s2c.tcp_flags & 0xff) as u8,
-        end_reason: end_reason(f.end),
+        end_reason: flow_end_name(f.end).to_string(),
         op_codes: f.operations.iter().map(|o| o.code).collect(),
         op_names: f.operations.iter().map(|o| o.name.clone()).collect(),
         op_classes: f.operations.iter().map(|o| class_name(o.class)).collect(),
@@ -284,12 +251,7 @@ pub fn append_rows(
         vessel: env.vessel.clone(),
         seq: env.seq,
         received_at: secs(env.received_us),
-        inserted_at: secs(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0),
-        ),
+        inserted_at: secs(now_us()),
         flows: batch.flows.len() as u32,
         assets: batch.assets.len() as u32,
         statuses: batch.status.len() as u32,

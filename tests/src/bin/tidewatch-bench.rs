@@ -17,10 +17,10 @@ use prost::Message;
 use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{AckStatus, Batch, Encoding, UploadRequest};
 use tidewatch_proto::v1::{DirectionCounters, FlowRecord};
+use tidewatch_tests::grpc::{channel, ClientCert};
 use tidewatch_tests::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -210,20 +210,11 @@ async fn upload_windowed(
     reqs: Vec<UploadRequest>,
     window: usize,
 ) -> u64 {
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(std::fs::read(&c.ca).unwrap()))
-        .identity(Identity::from_pem(
-            std::fs::read(&c.cert).unwrap(),
-            std::fs::read(&c.key).unwrap(),
-        ))
-        .domain_name("localhost");
-    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let client = ClientCert {
+        cert: &c.cert,
+        key: &c.key,
+    };
+    let ch = channel(port, &c.ca, Some(client)).await.expect("connect");
     let mut client = UplinkClient::new(ch).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<UploadRequest>(window);
     let reqs = Arc::new(reqs);

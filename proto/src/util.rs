@@ -1,0 +1,65 @@
+//! Small conversions shared by the sensor and the collector, so both name
+//! things the same way (`read` output, ClickHouse rows).
+
+use std::net::IpAddr;
+
+use crate::v1::FlowEnd;
+
+/// Text form of a 4-byte (IPv4) or 16-byte (IPv6) address; `None` otherwise.
+pub fn ip_text(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+        _ => None,
+    }
+}
+
+/// Lowercase transport name of an IP protocol number ("tcp", "udp", ... or "ip-N").
+pub fn transport_name(proto: u32) -> String {
+    match proto {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        other => format!("ip-{other}"),
+    }
+}
+
+/// Stable name of a flow end reason ("" when unspecified).
+pub fn flow_end_name(end: i32) -> &'static str {
+    match FlowEnd::try_from(end).unwrap_or(FlowEnd::Unspecified) {
+        FlowEnd::IdleTimeout => "idle_timeout",
+        FlowEnd::ActiveTimeout => "active_timeout",
+        FlowEnd::TcpClose => "tcp_close",
+        FlowEnd::Evicted => "evicted",
+        FlowEnd::EndOfInput => "end_of_input",
+        FlowEnd::Unspecified => "",
+    }
+}
+
+/// Wall-clock time in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_names() {
+        assert_eq!(ip_text(&[10, 0, 0, 1]).as_deref(), Some("10.0.0.1"));
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(ip_text(&v6).as_deref(), Some("::1"));
+        assert_eq!(ip_text(&[1, 2, 3]), None);
+        assert_eq!(transport_name(17), "udp");
+        assert_eq!(transport_name(47), "ip-47");
+        assert_eq!(flow_end_name(FlowEnd::TcpClose as i32), "tcp_close");
+        assert_eq!(flow_end_name(99), "");
+    }
+}
