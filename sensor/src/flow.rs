@@ -5,10 +5,13 @@
 //! client) is fixed when the flow starts:
 //! 1. a TCP SYN without ACK: its sender is the client (SYN+ACK: its sender is
 //!    the server);
-//! 2. otherwise, if one side uses a well-known server port (below 1024 or a
-//!    registered OT/maritime port such as 502, 20000, 102, 44818, 47808, 2404,
-//!    4840, 10110) that side is the server; if both do, the lower port;
-//! 3. otherwise the sender of the first packet seen is the client.
+//! 2. otherwise the sender of the first packet seen is the client, unless its
+//!    port is a well-known server port (below 1024 or a registered OT/maritime
+//!    port such as 502, 20000, 102, 44818, 2222, 47808, 2404, 4840, 10110,
+//!    1027, 1883) and the receiver's port is not: then the receiver is.
+//!
+//! The application protocol is identified from payloads, never from ports
+//! (see [`crate::protocols`]).
 //!
 //! Records leave the table on idle timeout, on active timeout (the flow goes on
 //! and the next record counts from there, like IPFIX), shortly after a TCP
@@ -22,6 +25,7 @@ use std::net::IpAddr;
 use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
 
 use crate::decode::PacketInfo;
+use crate::protocols::AppState;
 
 /// Flow table settings.
 #[derive(Debug, Clone)]
@@ -100,6 +104,14 @@ struct Flow {
     a2b: Dir,
     b2a: Dir,
     closed_at: Option<i64>,
+    app: AppState,
+}
+
+impl Flow {
+    /// No packet since the last record of this flow.
+    fn is_empty(&self) -> bool {
+        self.a2b.packets == 0 && self.b2a.packets == 0
+    }
 }
 
 const TCP_FIN: u8 = 0x01;
@@ -110,6 +122,9 @@ const TCP_ACK: u8 = 0x10;
 /// Ports treated as "server side" for orientation when no handshake is seen.
 const SERVER_PORTS: &[u16] = &[
     502,   // Modbus/TCP
+    1027,  // IEC 61162-450 (common default)
+    1900,  // SSDP
+    5353,  // mDNS
     1883,  // MQTT
     2222,  // EtherNet/IP implicit I/O
     2404,  // IEC 60870-5-104
@@ -137,13 +152,7 @@ fn sender_is_client(info: &PacketInfo<'_>) -> bool {
             return false;
         }
     }
-    let (s, d) = (is_server_port(info.src_port), is_server_port(info.dst_port));
-    match (s, d) {
-        (true, false) => false,
-        (false, true) => true,
-        (true, true) if info.src_port != info.dst_port => info.src_port > info.dst_port,
-        _ => true,
-    }
+    !is_server_port(info.src_port) || is_server_port(info.dst_port)
 }
 
 /// (source, destination, IP protocol, fragment id) of a fragmented datagram.
@@ -235,6 +244,15 @@ impl FlowTable {
         let flags = info.tcp_flags;
         let is_tcp = info.ip_protocol == 6;
 
+        // Idle timeout checked on arrival too (the sweep runs once a second
+        // of capture time): a gap longer than the timeout starts a new flow.
+        if let Some(f) = self.flows.get(&key) {
+            if info.ts_us - f.last_us > self.cfg.idle_timeout_us {
+                let f = self.flows.remove(&key).expect("present");
+                self.emit(&key, f, FlowEnd::IdleTimeout);
+            }
+        }
+
         // A new handshake on a closed flow starts a new flow.
         if is_tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
             if let Some(f) = self.flows.get(&key) {
@@ -259,13 +277,24 @@ impl FlowTable {
                     a2b: Dir::default(),
                     b2a: Dir::default(),
                     closed_at: None,
+                    app: AppState::default(),
                 },
             );
             self.stats.flows_created += 1;
         }
         let flow = self.flows.get_mut(&key).expect("inserted above");
+        if flow.is_empty() {
+            // First packet of this record (new flow, or after an active timeout).
+            flow.first_us = info.ts_us;
+        }
         flow.last_us = flow.last_us.max(info.ts_us);
         flow.first_us = flow.first_us.min(info.ts_us);
+        let continuation = info.fragment.is_some_and(|f| !f.first);
+        if !info.payload.is_empty() && !continuation {
+            let from_client = src_is_a == flow.client_is_a;
+            flow.app
+                .on_payload(info.ip_protocol, info.payload, from_client);
+        }
         let dir = if src_is_a {
             &mut flow.a2b
         } else {
@@ -293,13 +322,21 @@ impl FlowTable {
         let mut done: Vec<(FlowKey, FlowEnd)> = Vec::new();
         let mut restart: Vec<FlowKey> = Vec::new();
         for (k, f) in &self.flows {
+            if f.is_empty() {
+                // Restarted by an active timeout and silent since: nothing to
+                // report; forget it once idle.
+                if now - f.last_us > cfg.idle_timeout_us {
+                    done.push((*k, FlowEnd::IdleTimeout));
+                }
+                continue;
+            }
             if let Some(c) = f.closed_at {
                 if now - c >= cfg.close_linger_us {
                     done.push((*k, FlowEnd::TcpClose));
                     continue;
                 }
             }
-            if now - f.last_us >= cfg.idle_timeout_us {
+            if now - f.last_us > cfg.idle_timeout_us {
                 done.push((*k, FlowEnd::IdleTimeout));
             } else if now - f.first_us >= cfg.active_timeout_us {
                 restart.push(*k);
@@ -318,6 +355,7 @@ impl FlowTable {
             f.first_us = now;
             f.a2b = Dir::default();
             f.b2a = Dir::default();
+            f.app.restart();
             self.emit(&k, snapshot, FlowEnd::ActiveTimeout);
         }
         let frag_horizon = now - 30_000_000;
@@ -359,6 +397,9 @@ impl FlowTable {
     }
 
     fn emit(&mut self, key: &FlowKey, f: Flow, end: FlowEnd) {
+        if f.is_empty() {
+            return;
+        }
         let (client, server, c2s, s2c) = if f.client_is_a {
             (key.a, key.b, f.a2b, f.b2a)
         } else {
@@ -375,11 +416,15 @@ impl FlowTable {
             ip_protocol: key.proto as u32,
             c2s: Some(c2s.to_proto()),
             s2c: Some(s2c.to_proto()),
-            app_protocol: String::new(),
+            app_protocol: f
+                .app
+                .proto
+                .map(|p| p.name().to_string())
+                .unwrap_or_default(),
             vlan: key.vlan as u32,
             end: end as i32,
-            operations: Vec::new(),
-            indicators: Vec::new(),
+            operations: f.app.ops.to_proto(),
+            indicators: f.app.indicators,
         });
     }
 }

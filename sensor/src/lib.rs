@@ -13,4 +13,5 @@ pub mod decode;
 pub mod flow;
 pub mod output;
 pub mod pipeline;
+pub mod protocols;
 pub mod uplink;

@@ -1,0 +1,161 @@
+//! BACnet/IP: BVLC header (type 0x81, function, length = datagram length),
+//! NPDU (version 1, control, optional network addresses), then an APDU whose
+//! type and service choice give the operation.
+
+use tidewatch_proto::v1::OperationClass as C;
+
+use super::{be16, Ops};
+
+/// The NPDU of a BVLC datagram, if it has one; `None` if BVLC is invalid.
+fn npdu(p: &[u8]) -> Option<Option<&[u8]>> {
+    // Some devices send a BVLC length shorter than the datagram; tshark and
+    // the devices themselves accept it, so the length only has to fit.
+    let len = be16(p, 2)? as usize;
+    if p.len() < 4 || p[0] != 0x81 || p[1] > 0x0C || len < 4 || len > p.len() {
+        return None;
+    }
+    Some(match p[1] {
+        0x04 => p.get(10..),
+        0x09..=0x0B => p.get(4..),
+        _ => None,
+    })
+}
+
+/// The APDU of an NPDU (`None` for network-layer messages or bad NPDUs).
+fn apdu(n: &[u8]) -> Option<&[u8]> {
+    if n.len() < 2 || n[0] != 0x01 {
+        return None;
+    }
+    let ctl = n[1];
+    let mut at = 2;
+    if ctl & 0x20 != 0 {
+        let dlen = *n.get(at + 2)? as usize;
+        at += 3 + dlen;
+    }
+    if ctl & 0x08 != 0 {
+        let slen = *n.get(at + 2)? as usize;
+        at += 3 + slen;
+    }
+    if ctl & 0x20 != 0 {
+        at += 1; // hop count
+    }
+    if ctl & 0x80 != 0 {
+        return None;
+    }
+    n.get(at..).filter(|a| !a.is_empty())
+}
+
+/// Valid BVLC framing with a version-1 NPDU where one is expected.
+pub fn detect(p: &[u8]) -> bool {
+    match npdu(p) {
+        Some(Some(n)) => n.len() >= 2 && n[0] == 0x01,
+        Some(None) => true,
+        None => false,
+    }
+}
+
+fn confirmed(s: u8) -> (&'static str, C) {
+    match s {
+        0 => ("acknowledge_alarm", C::Write),
+        1 => ("confirmed_cov_notification", C::Read),
+        2 => ("confirmed_event_notification", C::Read),
+        3 => ("get_alarm_summary", C::Read),
+        4 => ("get_enrollment_summary", C::Read),
+        5 => ("subscribe_cov", C::Read),
+        6 => ("atomic_read_file", C::Read),
+        7 => ("atomic_write_file", C::Program),
+        8 => ("add_list_element", C::Write),
+        9 => ("remove_list_element", C::Write),
+        10 => ("create_object", C::Write),
+        11 => ("delete_object", C::Write),
+        12 => ("read_property", C::Read),
+        14 => ("read_property_multiple", C::Read),
+        15 => ("write_property", C::Write),
+        16 => ("write_property_multiple", C::Write),
+        17 => ("device_communication_control", C::Control),
+        18 => ("confirmed_private_transfer", C::Other),
+        19 => ("confirmed_text_message", C::Other),
+        20 => ("reinitialize_device", C::Control),
+        26 => ("read_range", C::Read),
+        28 => ("subscribe_cov_property", C::Read),
+        29 => ("get_event_information", C::Read),
+        _ => ("unknown_confirmed_service", C::Other),
+    }
+}
+
+fn unconfirmed(s: u8) -> (&'static str, C) {
+    match s {
+        0 => ("i_am", C::Other),
+        1 => ("i_have", C::Other),
+        2 => ("unconfirmed_cov_notification", C::Read),
+        3 => ("unconfirmed_event_notification", C::Read),
+        4 => ("unconfirmed_private_transfer", C::Other),
+        5 => ("unconfirmed_text_message", C::Other),
+        6 => ("time_synchronization", C::Control),
+        7 => ("who_has", C::Other),
+        8 => ("who_is", C::Other),
+        9 => ("utc_time_synchronization", C::Control),
+        10 => ("write_group", C::Write),
+        _ => ("unknown_unconfirmed_service", C::Other),
+    }
+}
+
+pub fn observe(p: &[u8], ops: &mut Ops) {
+    let Some(Some(n)) = npdu(p) else { return };
+    let Some(a) = apdu(n) else {
+        if n.len() >= 2 && n[1] & 0x80 != 0 {
+            ops.add(0x300, "network_message", C::Other);
+        }
+        return;
+    };
+    let segmented = a[0] & 0x08 != 0;
+    match a[0] >> 4 {
+        0 => {
+            let at = if segmented { 5 } else { 3 };
+            if let Some(&s) = a.get(at) {
+                let (name, class) = confirmed(s);
+                ops.add(s as u32, name, class);
+            }
+        }
+        1 => {
+            if let Some(&s) = a.get(1) {
+                let (name, class) = unconfirmed(s);
+                ops.add(0x100 | s as u32, name, class);
+            }
+        }
+        5 => {
+            if let Some(&s) = a.get(2) {
+                let (name, class) = confirmed(s);
+                ops.error(s as u32, name, class);
+            }
+        }
+        6 => ops.error(0x206, "reject", C::Other),
+        7 => ops.error(0x207, "abort", C::Other),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_property_and_error() {
+        // BVLC unicast, NPDU v1 expecting reply, confirmed request writeProperty.
+        let p = [
+            0x81, 0x0A, 0x00, 0x0D, 0x01, 0x04, 0x00, 0x05, 0x01, 0x0F, 0x0C, 0x00, 0x00,
+        ];
+        assert!(detect(&p));
+        let mut ops = Ops::default();
+        observe(&p, &mut ops);
+        let e = [0x81, 0x0A, 0x00, 0x0A, 0x01, 0x00, 0x50, 0x01, 0x0F, 0x91];
+        observe(&e, &mut ops);
+        let v = ops.to_proto();
+        assert_eq!(
+            (v[0].name.as_str(), v[0].count, v[0].errors),
+            ("write_property", 1, 1)
+        );
+        assert!(!detect(&[0x81, 0x0A, 0x00, 0x20, 0x01, 0x00])); // length beyond the datagram
+        assert!(!detect(&[0x81, 0x0A, 0x00, 0x06, 0x02, 0x00])); // NPDU version 2
+    }
+}

@@ -1,0 +1,312 @@
+//! Application protocol identification by payload, and per-flow operation
+//! summaries. One module per protocol; each has `detect` (validates the
+//! protocol's framing on one payload, never trusting the port) and `observe`
+//! (adds the operations it finds to the flow's [`Ops`]).
+//!
+//! A flow is identified from its first payload-carrying packets (up to
+//! [`MAX_TRIES`]); after that it stays unknown. Parsing is per packet: PDUs
+//! are expected to start at the beginning of a TCP segment (which is how OT
+//! masters and outstations send them); several PDUs in one segment are
+//! walked where the framing gives their lengths. Nothing here allocates in
+//! proportion to the input, and nothing panics on malformed input.
+
+pub mod bacnet;
+pub mod dnp3;
+pub mod dns;
+pub mod enip;
+pub mod http;
+pub mod iec104;
+pub mod modbus;
+pub mod mqtt;
+pub mod nmea;
+pub mod opcua;
+pub mod s7comm;
+pub mod tls;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use tidewatch_proto::v1::{Operation, OperationClass};
+
+/// Payload-carrying packets examined before a flow is left unknown.
+pub const MAX_TRIES: u8 = 8;
+/// Distinct operations kept per flow record.
+pub const MAX_OPS: usize = 64;
+/// Distinct indicators (DNS names, SNI, Host) kept per flow record.
+pub const MAX_INDICATORS: usize = 16;
+/// Longest indicator kept, in bytes.
+pub const MAX_INDICATOR_LEN: usize = 128;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppProto {
+    Modbus,
+    Dnp3,
+    S7comm,
+    S7commPlus,
+    Enip,
+    Bacnet,
+    Iec104,
+    Opcua,
+    Nmea0183,
+    Dns,
+    Tls,
+    Http,
+    Mqtt,
+}
+
+impl AppProto {
+    /// The stable lowercase name used in records and in ClickHouse.
+    pub fn name(self) -> &'static str {
+        match self {
+            AppProto::Modbus => "modbus",
+            AppProto::Dnp3 => "dnp3",
+            AppProto::S7comm => "s7comm",
+            AppProto::S7commPlus => "s7comm-plus",
+            AppProto::Enip => "enip",
+            AppProto::Bacnet => "bacnet",
+            AppProto::Iec104 => "iec104",
+            AppProto::Opcua => "opcua",
+            AppProto::Nmea0183 => "nmea0183",
+            AppProto::Dns => "dns",
+            AppProto::Tls => "tls",
+            AppProto::Http => "http",
+            AppProto::Mqtt => "mqtt",
+        }
+    }
+}
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+/// Identifies the protocol of one payload, or `None`.
+pub fn detect(transport: u8, p: &[u8]) -> Option<AppProto> {
+    if p.is_empty() {
+        return None;
+    }
+    match transport {
+        TCP => {
+            if let Some(s7) = s7comm::detect(p) {
+                return Some(s7);
+            }
+            [
+                (modbus::detect as fn(&[u8]) -> bool, AppProto::Modbus),
+                (dnp3::detect, AppProto::Dnp3),
+                (iec104::detect, AppProto::Iec104),
+                (enip::detect_tcp, AppProto::Enip),
+                (opcua::detect, AppProto::Opcua),
+                (tls::detect, AppProto::Tls),
+                (http::detect, AppProto::Http),
+                (mqtt::detect, AppProto::Mqtt),
+                (nmea::detect, AppProto::Nmea0183),
+                (dns::detect_tcp, AppProto::Dns),
+            ]
+            .into_iter()
+            .find(|(f, _)| f(p))
+            .map(|(_, a)| a)
+        }
+        UDP => [
+            (bacnet::detect as fn(&[u8]) -> bool, AppProto::Bacnet),
+            (dnp3::detect, AppProto::Dnp3),
+            (enip::detect_udp, AppProto::Enip),
+            (nmea::detect, AppProto::Nmea0183),
+            (dns::detect, AppProto::Dns),
+        ]
+        .into_iter()
+        .find(|(f, _)| f(p))
+        .map(|(_, a)| a),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OpEntry {
+    name: Cow<'static, str>,
+    class: OperationClass,
+    count: u64,
+    errors: u64,
+}
+
+/// The distinct operations of one flow record, bounded to [`MAX_OPS`].
+#[derive(Debug, Clone, Default)]
+pub struct Ops {
+    map: BTreeMap<(u32, Cow<'static, str>), OpEntry>,
+    /// Operations not recorded because the table was full.
+    pub overflow: u64,
+}
+
+impl Ops {
+    fn entry(
+        &mut self,
+        code: u32,
+        name: impl Into<Cow<'static, str>>,
+        class: OperationClass,
+    ) -> Option<&mut OpEntry> {
+        let name = name.into();
+        let key = (code, name.clone());
+        if !self.map.contains_key(&key) && self.map.len() >= MAX_OPS {
+            self.overflow += 1;
+            return None;
+        }
+        Some(self.map.entry(key).or_insert(OpEntry {
+            name,
+            class,
+            count: 0,
+            errors: 0,
+        }))
+    }
+
+    /// Counts one operation.
+    pub fn add(&mut self, code: u32, name: impl Into<Cow<'static, str>>, class: OperationClass) {
+        if let Some(e) = self.entry(code, name, class) {
+            e.count += 1;
+        }
+    }
+
+    /// Counts an error/exception answering the operation.
+    pub fn error(&mut self, code: u32, name: impl Into<Cow<'static, str>>, class: OperationClass) {
+        if let Some(e) = self.entry(code, name, class) {
+            e.errors += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn to_proto(&self) -> Vec<Operation> {
+        self.map
+            .iter()
+            .map(|((code, _), e)| Operation {
+                code: *code,
+                name: e.name.to_string(),
+                class: e.class as i32,
+                count: e.count,
+                errors: e.errors,
+            })
+            .collect()
+    }
+}
+
+/// Per-flow application state.
+#[derive(Debug, Clone, Default)]
+pub struct AppState {
+    pub proto: Option<AppProto>,
+    tries: u8,
+    pub ops: Ops,
+    pub indicators: Vec<String>,
+}
+
+impl AppState {
+    /// Looks at one payload (`from_client`: sent by the flow's client).
+    pub fn on_payload(&mut self, transport: u8, p: &[u8], from_client: bool) {
+        if p.is_empty() {
+            return;
+        }
+        if self.proto.is_none() {
+            if self.tries >= MAX_TRIES {
+                return;
+            }
+            self.tries += 1;
+            self.proto = detect(transport, p);
+        }
+        let Some(proto) = self.proto else { return };
+        let ops = &mut self.ops;
+        let mut ind = Indicators(&mut self.indicators);
+        match proto {
+            AppProto::Modbus => modbus::observe(p, ops),
+            AppProto::Dnp3 => dnp3::observe(p, ops),
+            AppProto::S7comm | AppProto::S7commPlus => s7comm::observe(p, ops),
+            AppProto::Enip => enip::observe(p, transport, ops),
+            AppProto::Bacnet => bacnet::observe(p, ops),
+            AppProto::Iec104 => iec104::observe(p, ops),
+            AppProto::Opcua => opcua::observe(p, ops),
+            AppProto::Nmea0183 => nmea::observe(p, ops),
+            AppProto::Dns => dns::observe(p, transport, &mut ind),
+            AppProto::Tls => tls::observe(p, &mut ind),
+            AppProto::Http => http::observe(p, from_client, &mut ind),
+            AppProto::Mqtt => mqtt::observe(p, ops),
+        }
+    }
+
+    /// Starts a new record for the same flow (active timeout): the protocol
+    /// stays, the counters restart.
+    pub fn restart(&mut self) {
+        self.ops = Ops::default();
+        self.indicators.clear();
+    }
+}
+
+/// Bounded set of indicator strings.
+pub struct Indicators<'a>(&'a mut Vec<String>);
+
+impl Indicators<'_> {
+    pub fn add(&mut self, s: &str) {
+        let s = s.trim();
+        if s.is_empty() || self.0.len() >= MAX_INDICATORS {
+            return;
+        }
+        let mut end = s.len().min(MAX_INDICATOR_LEN);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let s = &s[..end];
+        if !self.0.iter().any(|x| x == s) {
+            self.0.push(s.to_string());
+        }
+    }
+}
+
+/// Reads a big-endian u16.
+pub(crate) fn be16(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+/// Reads a little-endian u16.
+pub(crate) fn le16(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+/// Reads a little-endian u32.
+pub(crate) fn le32(p: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes([
+        *p.get(at)?,
+        *p.get(at + 1)?,
+        *p.get(at + 2)?,
+        *p.get(at + 3)?,
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_unknown_and_never_panics() {
+        let mut seed = 0x2545_f491u32;
+        for len in 0..300 {
+            let mut p = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                p.push(seed as u8);
+            }
+            for t in [TCP, UDP] {
+                let mut st = AppState::default();
+                for _ in 0..3 {
+                    st.on_payload(t, &p, true);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ops_are_bounded() {
+        let mut ops = Ops::default();
+        for i in 0..200u32 {
+            ops.add(i, "x", OperationClass::Read);
+        }
+        assert_eq!(ops.to_proto().len(), MAX_OPS);
+        assert_eq!(ops.overflow, 200 - MAX_OPS as u64);
+    }
+}

@@ -1,0 +1,112 @@
+//! NMEA 0183 sentences over UDP (or TCP): plain `$`/`!` sentences with an
+//! address field (talker + sentence type, or a proprietary `P...`), optional
+//! `*hh` checksum and CRLF; optionally behind an IEC 61162-450 `UdPbC\0`
+//! header and `\...\` TAG blocks.
+
+use tidewatch_proto::v1::OperationClass as C;
+
+use super::Ops;
+
+/// Sentences in a payload: (address, checksum valid or absent).
+fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let body = p.strip_prefix(b"UdPbC\0").unwrap_or(p);
+    body.split(|b| *b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Skip TAG blocks: \...*hh\ before the sentence.
+        let mut s = line;
+        while s.first() == Some(&b'\\') {
+            let end = s[1..].iter().position(|b| *b == b'\\')?;
+            s = &s[end + 2..];
+        }
+        let start = s.iter().position(|b| matches!(b, b'$' | b'!'))?;
+        if start != 0 {
+            return None;
+        }
+        let s = &s[1..];
+        let comma = s.iter().position(|b| *b == b',')?;
+        let addr = &s[..comma];
+        let addr_ok = (addr.len() == 5
+            && addr
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+            || (addr.first() == Some(&b'P')
+                && (2..=8).contains(&addr.len())
+                && addr.iter().all(u8::is_ascii_alphanumeric));
+        if !addr_ok || s.len() > 120 || !s.iter().all(|b| (0x20..0x7f).contains(b)) {
+            return None;
+        }
+        let valid = match s.iter().rposition(|b| *b == b'*') {
+            Some(star) if s.len() == star + 3 => {
+                let cs = s[..star].iter().fold(0u8, |a, b| a ^ b);
+                std::str::from_utf8(&s[star + 1..])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    == Some(cs)
+            }
+            Some(_) => false,
+            None => true,
+        };
+        Some((addr, valid))
+    })
+}
+
+/// At least one well-formed sentence and no sentence with a bad checksum.
+pub fn detect(p: &[u8]) -> bool {
+    if p.len() < 8 || !(p.starts_with(b"UdPbC\0") || matches!(p[0], b'$' | b'!' | b'\\')) {
+        return false;
+    }
+    let mut good = 0;
+    for (_, valid) in sentences(p) {
+        if !valid {
+            return false;
+        }
+        good += 1;
+    }
+    good > 0
+}
+
+/// Counts sentences by talker + type (e.g. "GPGGA", "AIVDM"); a sentence
+/// with a wrong checksum counts as an error of its type.
+pub fn observe(p: &[u8], ops: &mut Ops) {
+    for (addr, valid) in sentences(p) {
+        let name = String::from_utf8_lossy(addr).into_owned();
+        let code = addr
+            .iter()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(*b as u32))
+            & 0x7fff_ffff;
+        if valid {
+            ops.add(code, name, C::Other);
+        } else {
+            ops.error(code, name, C::Other);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_iec450() {
+        let gga = b"$GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,*76\r\n";
+        assert!(detect(gga));
+        let mut bad = gga.to_vec();
+        bad[10] = b'9';
+        assert!(!detect(&bad));
+        let mut iec = b"UdPbC\0\\s:GP0001,n:1*0A\\".to_vec();
+        iec.extend_from_slice(gga);
+        assert!(detect(&iec));
+        let mut ops = Ops::default();
+        observe(&iec, &mut ops);
+        observe(
+            b"!AIVDM,1,1,,A,13aEOK?P00PD2wVMdLDRhgvL289?,0*26\r\n",
+            &mut ops,
+        );
+        let names: Vec<String> = ops.to_proto().into_iter().map(|o| o.name).collect();
+        assert!(
+            names.contains(&"GPGGA".to_string()) && names.contains(&"AIVDM".to_string()),
+            "{names:?}"
+        );
+        assert!(!detect(b"hello world, not nmea"));
+    }
+}

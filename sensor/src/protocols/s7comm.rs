@@ -1,0 +1,186 @@
+//! Siemens S7 over ISO-on-TCP: TPKT (RFC 1006) + COTP data TPDU, then either
+//! the classic S7comm header (protocol id 0x32) or S7comm-plus (0x72, used by
+//! S7-1200/1500 with TIA Portal). COTP connection set-up alone does not name
+//! the flow; the first S7 PDU does.
+
+use std::borrow::Cow;
+
+use tidewatch_proto::v1::OperationClass as C;
+
+use super::{be16, AppProto, Ops};
+
+/// The S7 PDUs (after TPKT + COTP DT) of a segment.
+fn pdus(p: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = p;
+    while rest.len() >= 7 && rest[0] == 0x03 && rest[1] == 0x00 {
+        let Some(len) = be16(rest, 2).map(|l| l as usize) else {
+            break;
+        };
+        if len < 7 || len > rest.len() {
+            // A TPKT continued in the next segment: take what is here.
+            if len >= 7 && rest[5] == 0xF0 {
+                out.push(&rest[(5 + rest[4] as usize).min(rest.len())..]);
+            }
+            break;
+        }
+        let li = rest[4] as usize;
+        if rest[5] == 0xF0 && 5 + li <= len {
+            out.push(&rest[5 + li..len]);
+        }
+        rest = &rest[len..];
+        if out.len() > 64 {
+            break;
+        }
+    }
+    out
+}
+
+/// `Some(S7comm | S7commPlus)` when a TPKT/COTP data unit carries an S7 PDU.
+pub fn detect(p: &[u8]) -> Option<AppProto> {
+    if p.len() < 8 || p[0] != 0x03 || p[1] != 0x00 || be16(p, 2)? as usize > p.len().max(8) + 65536
+    {
+        return None;
+    }
+    let pdu = *pdus(p).first()?;
+    match pdu.first()? {
+        0x32 if pdu.len() >= 10 && matches!(pdu[1], 1 | 2 | 3 | 7) => Some(AppProto::S7comm),
+        0x72 if pdu.len() >= 4 && matches!(pdu[1], 1..=3 | 0xfe) => Some(AppProto::S7commPlus),
+        _ => None,
+    }
+}
+
+fn function(f: u8) -> (&'static str, C) {
+    match f {
+        0x00 => ("cpu_services", C::Other),
+        0x04 => ("read_var", C::Read),
+        0x05 => ("write_var", C::Write),
+        0x1a => ("request_download", C::Program),
+        0x1b => ("download_block", C::Program),
+        0x1c => ("download_ended", C::Program),
+        0x1d => ("start_upload", C::Program),
+        0x1e => ("upload", C::Program),
+        0x1f => ("end_upload", C::Program),
+        0x28 => ("pi_service", C::Control),
+        0x29 => ("plc_stop", C::Control),
+        0xf0 => ("setup_communication", C::Other),
+        _ => ("unknown_function", C::Other),
+    }
+}
+
+fn userdata_group(g: u8, sub: u8) -> (&'static str, C) {
+    match (g, sub) {
+        (1, _) => ("programmer_command", C::Control),
+        (2, _) => ("cyclic_data", C::Read),
+        (3, _) => ("block_function", C::Read),
+        (4, 1) => ("read_szl", C::Diagnostic),
+        (4, _) => ("cpu_function", C::Diagnostic),
+        (5, _) => ("security", C::Other),
+        (7, 1) => ("read_clock", C::Read),
+        (7, 2) | (7, 4) => ("set_clock", C::Write),
+        (7, _) => ("time_function", C::Other),
+        _ => ("userdata", C::Other),
+    }
+}
+
+fn plus_function(f: u16) -> (Cow<'static, str>, C) {
+    let (n, c) = match f {
+        0x04bb => ("explore", C::Read),
+        0x04ca => ("create_object", C::Other),
+        0x04d4 => ("delete_object", C::Other),
+        0x04f2 => ("set_variable", C::Write),
+        0x04fc => ("get_variable", C::Read),
+        0x0524 => ("get_multi_variables", C::Read),
+        0x0542 => ("set_multi_variables", C::Write),
+        0x054c => ("get_var_substreamed", C::Read),
+        0x0556 => ("set_var_substreamed", C::Write),
+        0x0560 => ("begin_sequence", C::Other),
+        0x056b => ("end_sequence", C::Other),
+        0x0586 => ("get_link", C::Read),
+        0x0590 => ("invoke", C::Control),
+        _ => return (Cow::Owned(format!("function_{f:#06x}")), C::Other),
+    };
+    (Cow::Borrowed(n), c)
+}
+
+/// Counts S7 jobs by function (and their error acks), userdata by group, and
+/// S7comm-plus requests by function.
+pub fn observe(p: &[u8], ops: &mut Ops) {
+    for pdu in pdus(p) {
+        match pdu.first() {
+            Some(0x32) if pdu.len() >= 10 => {
+                let rosctr = pdu[1];
+                let param_at = if matches!(rosctr, 2 | 3) { 12 } else { 10 };
+                let Some(&f) = pdu.get(param_at) else {
+                    continue;
+                };
+                match rosctr {
+                    1 => {
+                        let (n, c) = function(f);
+                        ops.add(f as u32, n, c);
+                    }
+                    2 | 3 if pdu.get(10).is_some_and(|e| *e != 0) => {
+                        let (n, c) = function(f);
+                        ops.error(f as u32, n, c);
+                    }
+                    7 => {
+                        // Userdata parameter: 00 01 12 len method type|group sub seq
+                        if let (Some(tg), Some(sub)) =
+                            (pdu.get(param_at + 5), pdu.get(param_at + 6))
+                        {
+                            // Requests only (type 4); responses are type 8.
+                            if tg >> 4 == 4 {
+                                let g = tg & 0x0f;
+                                let (n, c) = userdata_group(g, *sub);
+                                ops.add(0x700 | ((g as u32) << 4) | (*sub as u32 & 0x0f), n, c);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(0x72) if pdu.len() >= 4 => {
+                let mut at = 4;
+                if pdu[1] == 3 {
+                    // Integrity part: digest length + digest.
+                    at += 1 + *pdu.get(4).unwrap_or(&0) as usize;
+                }
+                if pdu.get(at) == Some(&0x31) {
+                    if let Some(f) = be16(pdu, at + 3) {
+                        let (n, c) = plus_function(f);
+                        ops.add(0x10000 | f as u32, n, c);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_and_plus() {
+        // TPKT + COTP DT + S7 job write_var.
+        let mut p = vec![0x03, 0x00, 0, 0, 0x02, 0xF0, 0x80];
+        p.extend_from_slice(&[0x32, 0x01, 0, 0, 0, 1, 0, 2, 0, 0, 0x05, 0x01]);
+        let l = p.len() as u16;
+        p[2..4].copy_from_slice(&l.to_be_bytes());
+        assert_eq!(detect(&p), Some(AppProto::S7comm));
+        let mut ops = Ops::default();
+        observe(&p, &mut ops);
+        assert_eq!(ops.to_proto()[0].name, "write_var");
+        // COTP connection request only: not named.
+        let cr = [0x03, 0x00, 0x00, 0x0b, 0x06, 0xE0, 0, 0, 0, 1, 0];
+        assert_eq!(detect(&cr), None);
+        let plus = [
+            0x03, 0x00, 0x00, 0x0f, 0x02, 0xF0, 0x80, 0x72, 0x01, 0x00, 0x04, 0x31, 0, 0, 0x05,
+            0x42,
+        ];
+        let mut plus = plus.to_vec();
+        plus[3] = plus.len() as u8;
+        assert_eq!(detect(&plus), Some(AppProto::S7commPlus));
+    }
+}
