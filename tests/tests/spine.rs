@@ -295,7 +295,7 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
         port,
         &pcap,
         &stack.path().join("state"),
-        &["--batch-flows", "1", "--window", "16"],
+        &["--batch-flows", "1", "--window", "4"],
     );
     ingest.wait_log("upload stream opened", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));

@@ -1,0 +1,272 @@
+//! Crafted captures for the cases the reference corpus lacks: 802.1Q/QinQ,
+//! IPv6, IPv4 fragments, Linux cooked capture (SLL and SLL2), TCP without a
+//! handshake, idle timeouts and the flow-table cap; and the corpus itself
+//! with every OT protocol moved to unusual ports (identification must not
+//! depend on ports).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use tidewatch_sensor::capture::PcapReader;
+
+fn read(pcap: &Path, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
+        .arg("read")
+        .args(args)
+        .arg(pcap)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Classic pcap writer (microsecond timestamps).
+struct Pcap(Vec<u8>);
+
+impl Pcap {
+    fn new(linktype: u32) -> Pcap {
+        let mut v = Vec::new();
+        v.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&4u16.to_le_bytes());
+        for x in [0u32, 0, 65535, linktype] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        Pcap(v)
+    }
+    fn add(&mut self, ts_us: u64, frame: &[u8]) {
+        for x in [(ts_us / 1_000_000) as u32, (ts_us % 1_000_000) as u32, frame.len() as u32, frame.len() as u32] {
+            self.0.extend_from_slice(&x.to_le_bytes());
+        }
+        self.0.extend_from_slice(frame);
+    }
+    fn write(&self, dir: &Path, name: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::File::create(&p).unwrap().write_all(&self.0).unwrap();
+        p
+    }
+}
+
+fn eth(vlans: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x00, 0x1b, 0x1b, 0, 0, 1, 0x00, 0x0e, 0x8c, 0, 0, 2];
+    for (i, v) in vlans.iter().enumerate() {
+        f.extend_from_slice(&(if i == 0 && vlans.len() > 1 { 0x88a8u16 } else { 0x8100 }).to_be_bytes());
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, frag: u16, l4: &[u8], total_l4: usize) -> Vec<u8> {
+    let total = (20 + total_l4) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    // The header's total length describes this fragment only.
+    let frag_len = (20 + l4.len()) as u16;
+    h[2..4].copy_from_slice(&frag_len.to_be_bytes());
+    let _ = total;
+    h.extend_from_slice(l4);
+    h
+}
+
+fn udp(sp: u16, dp: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sp.to_be_bytes());
+    u.extend_from_slice(&dp.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+fn tcp(sp: u16, dp: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sp.to_be_bytes());
+    t.extend_from_slice(&dp.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t.extend_from_slice(payload);
+    t
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(l4);
+    h
+}
+
+const MODBUS_REQ: [u8; 12] = [0, 1, 0, 0, 0, 6, 1, 6, 0, 1, 0, 9];
+const GGA: &[u8] = b"$GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,*76\r\n";
+
+#[test]
+fn vlan_ipv6_fragments_and_tcp_without_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let (c, s) = ([10, 0, 0, 9], [10, 0, 0, 1]);
+    // QinQ-tagged Modbus write, no handshake, first packet from the client.
+    let l4 = tcp(40001, 502, 0x18, &MODBUS_REQ);
+    p.add(1_000_000, &eth(&[100, 7], 0x0800, &ipv4(c, s, 6, 1, 0, &l4, l4.len())));
+    // IPv6 NMEA over UDP.
+    let mut a6 = [0u8; 16];
+    a6[0] = 0xfd;
+    a6[15] = 5;
+    let mut b6 = a6;
+    b6[15] = 6;
+    let u6 = udp(50000, 10110, GGA);
+    p.add(1_100_000, &eth(&[], 0x86dd, &ipv6(a6, b6, 17, &u6)));
+    // A UDP datagram in two IPv4 fragments: the second carries no ports.
+    let big = udp(40500, 47808, &[0x55; 100]);
+    let (first, second) = big.split_at(48);
+    p.add(1_200_000, &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 0x2000, first, big.len())));
+    p.add(1_200_100, &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 6, second, big.len())));
+    // An ARP frame: counted as non-IP, no flow.
+    p.add(1_300_000, &eth(&[], 0x0806, &[0u8; 28]));
+    let f = read(&p.write(dir.path(), "crafted.pcap"), &[]);
+    assert_eq!(f.len(), 3, "{f:#?}");
+    let modbus = f.iter().find(|x| x["server_port"] == 502).unwrap();
+    assert_eq!(modbus["vlan"], 100, "outer VLAN id kept");
+    assert_eq!(modbus["client_ip"], "10.0.0.9");
+    assert_eq!(modbus["app_protocol"], "modbus");
+    assert_eq!(modbus["operations"][0]["name"], "write_single_register");
+    let v6 = f.iter().find(|x| x["transport"] == "udp" && x["server_port"] == 10110).unwrap();
+    assert_eq!(v6["client_ip"], "fd00::5");
+    assert_eq!(v6["app_protocol"], "nmea0183");
+    assert_eq!(v6["c2s_bytes"], 40 + u6.len() as u64);
+    let frag = f.iter().find(|x| x["server_port"] == 47808).unwrap();
+    assert_eq!(frag["c2s_packets"], 2, "both fragments counted against their flow");
+    assert_eq!(frag["c2s_bytes"], (20 + first.len() + 20 + second.len()) as u64);
+}
+
+#[test]
+fn linux_cooked_capture_sll_and_sll2() {
+    let dir = tempfile::tempdir().unwrap();
+    let l4 = udp(50000, 10110, GGA);
+    let ip = ipv4([192, 168, 1, 2], [192, 168, 1, 3], 17, 1, 0, &l4, l4.len());
+    let mut sll = Pcap::new(113);
+    let mut f = vec![0, 0, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0];
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    f.extend_from_slice(&ip);
+    sll.add(5, &f);
+    let mut sll2 = Pcap::new(276);
+    let mut f2 = 0x0800u16.to_be_bytes().to_vec();
+    f2.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 1, 2, 3, 4, 5, 6, 0, 0]);
+    f2.extend_from_slice(&ip);
+    sll2.add(5, &f2);
+    for (name, cap) in [("sll.pcap", sll), ("sll2.pcap", sll2)] {
+        let flows = read(&cap.write(dir.path(), name), &[]);
+        assert_eq!(flows.len(), 1, "{name}");
+        assert_eq!(flows[0]["app_protocol"], "nmea0183", "{name}");
+        assert_eq!(flows[0]["c2s_bytes"], ip.len() as u64, "{name}");
+    }
+}
+
+#[test]
+fn idle_timeout_and_flow_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    // One conversation with a 90 s gap: two flows at --idle-timeout 60.
+    for t in [0u64, 10, 100] {
+        let l4 = udp(40000, 47808, &[0x81, 0x0b, 0, 8, 1, 0, 0x10, 8]);
+        p.add(t * 1_000_000, &eth(&[], 0x0800, &ipv4([10, 1, 1, 1], [10, 1, 1, 255], 17, 1, 0, &l4, l4.len())));
+    }
+    // 500 distinct flows within a second.
+    for i in 0..500u16 {
+        let l4 = udp(20000 + i, 5000, b"x");
+        p.add(200_000_000 + i as u64, &eth(&[], 0x0800, &ipv4([10, 2, 0, 1], [10, 2, 0, 2], 17, i, 0, &l4, l4.len())));
+    }
+    let path = p.write(dir.path(), "timeouts.pcap");
+    let f = read(&path, &["--idle-timeout", "60"]);
+    let bac: Vec<&Value> = f.iter().filter(|x| x["server_port"] == 47808).collect();
+    assert_eq!(bac.len(), 2);
+    assert_eq!(bac[0]["c2s_packets"].as_u64().unwrap() + bac[1]["c2s_packets"].as_u64().unwrap(), 3);
+    assert_eq!(bac[0]["end"], "idle_timeout");
+    assert_eq!(bac[0]["app_protocol"], "bacnet");
+    // With a cap of 100 concurrent flows nothing is lost: evicted flows are
+    // reported as such and every packet is still counted.
+    let f = read(&path, &["--max-flows", "100"]);
+    let packets: u64 = f.iter().map(|x| x["c2s_packets"].as_u64().unwrap() + x["s2c_packets"].as_u64().unwrap()).sum();
+    assert_eq!(packets, 503);
+    assert!(f.iter().filter(|x| x["end"] == "evicted").count() >= 400);
+}
+
+/// Rewrites the ports in a capture (Ethernet/VLAN/IPv4/IPv6, TCP/UDP).
+fn move_ports(src: &Path, dst: &Path, map: &dyn Fn(u16) -> u16) {
+    let mut r = PcapReader::open(src).unwrap();
+    let mut out: Option<Pcap> = None;
+    while let Some(pkt) = r.next_packet().unwrap() {
+        let w = out.get_or_insert_with(|| Pcap::new(pkt.linktype));
+        let mut d = pkt.data.to_vec();
+        if pkt.linktype == 1 && d.len() > 14 {
+            let mut at = 12;
+            let mut et = u16::from_be_bytes([d[at], d[at + 1]]);
+            while matches!(et, 0x8100 | 0x88a8) && d.len() > at + 6 {
+                at += 4;
+                et = u16::from_be_bytes([d[at], d[at + 1]]);
+            }
+            let ip = at + 2;
+            let l4 = match et {
+                0x0800 if d.len() > ip + 20 && u16::from_be_bytes([d[ip + 6], d[ip + 7]]) & 0x1fff == 0 => {
+                    Some((d[ip + 9], ip + ((d[ip] & 0x0f) as usize) * 4))
+                }
+                0x86dd if d.len() > ip + 40 => Some((d[ip + 6], ip + 40)),
+                _ => None,
+            };
+            if let Some((6 | 17, l4)) = l4 {
+                if d.len() >= l4 + 4 {
+                    for off in [l4, l4 + 2] {
+                        let port = u16::from_be_bytes([d[off], d[off + 1]]);
+                        d[off..off + 2].copy_from_slice(&map(port).to_be_bytes());
+                    }
+                }
+            }
+        }
+        w.add((pkt.ts_ns / 1000) as u64, &d);
+    }
+    std::fs::write(dst, &out.unwrap().0).unwrap();
+}
+
+#[test]
+fn identification_survives_unusual_ports() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
+    let dir = tempfile::tempdir().unwrap();
+    let known = [502u16, 20000, 102, 44818, 2222, 47808, 2404, 4840, 48010, 10110, 1027, 2000, 8000, 3100];
+    let map = |p: u16| known.iter().position(|k| *k == p).map(|i| 31000 + i as u16 * 7).unwrap_or(p);
+    let mut compared = 0;
+    for sub in ["modbus", "dnp3", "s7comm", "enip", "bacnet", "iec104", "opcua", "nmea0183"] {
+        for e in std::fs::read_dir(corpus.join(sub)).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
+                continue;
+            }
+            let moved = dir.path().join(format!("{name}.moved.pcap"));
+            move_ports(&path, &moved, &map);
+            let apps = |flows: Vec<Value>| {
+                let mut v: Vec<String> = flows.iter().map(|f| f["app_protocol"].to_string()).collect();
+                v.sort();
+                v
+            };
+            let before = apps(read(&path, &["--idle-timeout", "1e9", "--active-timeout", "1e9"]));
+            let after = apps(read(&moved, &["--idle-timeout", "1e9", "--active-timeout", "1e9"]));
+            assert_eq!(before, after, "{name}: identification changed when ports moved");
+            assert!(before.iter().any(|a| a != "null"), "{name}: nothing identified");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 30, "only {compared} captures compared");
+}
