@@ -3,7 +3,7 @@
 # each with its own data directory and free ports. Used by the demo and by the
 # tests (which start one stack per test, so tests can run in parallel).
 #
-#   stack.sh install                 install what is missing (ClickHouse, tansu, Python test deps)
+#   stack.sh install                 install what is missing (ClickHouse, tansu, ieee-data, Python test deps)
 #   stack.sh start DIR               start both, create topics, write DIR/stack.env
 #   stack.sh stop DIR                stop both
 #   stack.sh start-clickhouse DIR    (re)start ClickHouse only, same ports and data
@@ -36,6 +36,12 @@ install() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+  fi
+  if [ ! -f /usr/share/ieee-data/oui.csv ]; then
+    log "installing ieee-data (IEEE OUI registry for asset vendors)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq ieee-data >/dev/null
   fi
   if ! tansu_bin >/dev/null; then
     log "installing tansu (cargo install, takes ~10 minutes)"

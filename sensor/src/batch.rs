@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 pub use tidewatch_proto::util::now_us;
-use tidewatch_proto::v1::{Batch, Encoding, FlowRecord, SensorStatus, UploadRequest};
+use tidewatch_proto::v1::{
+    AssetObservation, Batch, Encoding, FlowRecord, SensorStatus, UploadRequest,
+};
 
 const SEQ_BLOCK: u64 = 4096;
 
@@ -115,11 +117,13 @@ impl Default for BatchConfig {
     }
 }
 
-/// Groups records into batches of at most `max_flows`.
+/// Groups records into batches of at most `max_flows` records (flows and
+/// asset observations together).
 pub struct Batcher {
     cfg: BatchConfig,
     seqs: SeqStore,
     pending: Vec<FlowRecord>,
+    pending_assets: Vec<AssetObservation>,
 }
 
 impl Batcher {
@@ -128,17 +132,29 @@ impl Batcher {
             cfg,
             seqs,
             pending: Vec::new(),
+            pending_assets: Vec::new(),
         }
     }
 
-    /// Adds records; returns the batches that became full.
-    pub fn push(&mut self, records: Vec<FlowRecord>) -> Result<Vec<PreparedBatch>, StateError> {
+    /// Adds records; returns the batches that became full. Asset
+    /// observations go first: they are few and analysts want them early.
+    pub fn push(
+        &mut self,
+        records: Vec<FlowRecord>,
+        assets: Vec<AssetObservation>,
+    ) -> Result<Vec<PreparedBatch>, StateError> {
         self.pending.extend(records);
+        self.pending_assets.extend(assets);
+        let max = self.cfg.max_flows.max(1);
         let mut out = Vec::new();
-        while self.pending.len() >= self.cfg.max_flows {
-            let rest = self.pending.split_off(self.cfg.max_flows);
-            let full = std::mem::replace(&mut self.pending, rest);
-            out.push(self.seal(full, Vec::new())?);
+        while self.pending.len() + self.pending_assets.len() >= max {
+            let n_assets = self.pending_assets.len().min(max);
+            let rest_assets = self.pending_assets.split_off(n_assets);
+            let assets = std::mem::replace(&mut self.pending_assets, rest_assets);
+            let n_flows = (max - n_assets).min(self.pending.len());
+            let rest = self.pending.split_off(n_flows);
+            let flows = std::mem::replace(&mut self.pending, rest);
+            out.push(self.seal(flows, assets, Vec::new())?);
         }
         Ok(out)
     }
@@ -148,16 +164,22 @@ impl Batcher {
         &mut self,
         status: Option<SensorStatus>,
     ) -> Result<Option<PreparedBatch>, StateError> {
-        if self.pending.is_empty() && status.is_none() {
+        if self.pending.is_empty() && self.pending_assets.is_empty() && status.is_none() {
             return Ok(None);
         }
         let flows = std::mem::take(&mut self.pending);
-        Ok(Some(self.seal(flows, status.into_iter().collect())?))
+        let assets = std::mem::take(&mut self.pending_assets);
+        Ok(Some(self.seal(
+            flows,
+            assets,
+            status.into_iter().collect(),
+        )?))
     }
 
     fn seal(
         &mut self,
         flows: Vec<FlowRecord>,
+        assets: Vec<AssetObservation>,
         status: Vec<SensorStatus>,
     ) -> Result<PreparedBatch, StateError> {
         let seq = self.seqs.allocate()?;
@@ -167,7 +189,7 @@ impl Batcher {
             sensor_id: String::new(),
             created_us: now_us(),
             flows,
-            assets: Vec::new(),
+            assets,
             status,
         };
         Ok(PreparedBatch {
@@ -231,7 +253,7 @@ mod tests {
         };
         let mut b = Batcher::new(cfg, SeqStore::open(dir.path()).unwrap());
         let recs = vec![FlowRecord::default(); 7];
-        let full = b.push(recs).unwrap();
+        let full = b.push(recs, Vec::new()).unwrap();
         assert_eq!(full.len(), 2);
         let last = b.flush(None).unwrap().unwrap();
         assert_eq!(last.flows, 1);

@@ -28,6 +28,8 @@ pub struct PacketInfo<'a> {
     pub payload: &'a [u8],
     /// IPv4 fragment information, if this packet is a fragment.
     pub fragment: Option<Fragment>,
+    /// Source MAC address (Ethernet and Linux cooked captures).
+    pub src_mac: Option<[u8; 6]>,
 }
 
 /// Identifies the datagram an IPv4/IPv6 fragment belongs to.
@@ -109,12 +111,50 @@ pub fn decode<'a>(pkt: &RawPacket<'a>) -> Result<PacketInfo<'a>, Undecoded> {
         }
         _ => return Err(Undecoded::UnsupportedLink),
     };
-    match ethertype {
+    let mut info = match ethertype {
         ETH_IPV4 => decode_ipv4(rest, ts_us, vlan),
         ETH_IPV6 => decode_ipv6(rest, ts_us, vlan),
         ETH_ARP => Err(Undecoded::Arp),
         _ => Err(Undecoded::NonIp),
+    }?;
+    info.src_mac = src_mac(pkt);
+    Ok(info)
+}
+
+/// The sender's MAC address of a frame, where the link layer carries one.
+pub fn src_mac(pkt: &RawPacket<'_>) -> Option<[u8; 6]> {
+    let d = pkt.data;
+    let at = match pkt.linktype {
+        linktype::ETHERNET => 6,
+        // SLL: packet type(2) ARPHRD(2) address length(2) address(8)
+        linktype::LINUX_SLL if be16(d, 4) == Some(6) => 6,
+        // SLL2: protocol(2) reserved(2) ifindex(4) ARPHRD(2) type(1) len(1) address(8)
+        linktype::LINUX_SLL2 if d.get(11) == Some(&6) => 12,
+        _ => return None,
+    };
+    d.get(at..at + 6).map(|m| m.try_into().expect("6 bytes"))
+}
+
+/// Sender hardware and protocol address of an Ethernet/IPv4 ARP frame.
+pub fn arp_sender(pkt: &RawPacket<'_>) -> Option<([u8; 6], std::net::Ipv4Addr)> {
+    let d = pkt.data;
+    let at = match pkt.linktype {
+        linktype::ETHERNET => {
+            let (et, rest, _) = strip_vlans(be16(d, 12)?, d.get(14..)?).ok()?;
+            (et == ETH_ARP).then(|| d.len() - rest.len())?
+        }
+        linktype::LINUX_SLL if be16(d, 14) == Some(ETH_ARP) => 16,
+        linktype::LINUX_SLL2 if be16(d, 0) == Some(ETH_ARP) => 20,
+        _ => return None,
+    };
+    let a = d.get(at..at + 28)?;
+    // Ethernet (1), IPv4 (0x0800), hlen 6, plen 4.
+    if be16(a, 0)? != 1 || be16(a, 2)? != ETH_IPV4 || a[4] != 6 || a[5] != 4 {
+        return None;
     }
+    let mac: [u8; 6] = a[8..14].try_into().ok()?;
+    let ip = std::net::Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+    Some((mac, ip))
 }
 
 /// Skips 802.1Q / 802.1ad tags, returning the inner ethertype, the rest of the
@@ -171,6 +211,7 @@ fn decode_ipv4(b: &[u8], ts_us: i64, vlan: u16) -> Result<PacketInfo<'_>, Undeco
         payload_len: l4_len as u32,
         payload: l4,
         fragment,
+        src_mac: None,
     };
     if frag_offset == 0 {
         decode_l4(&mut info, l4, l4_len);
@@ -233,6 +274,7 @@ fn decode_ipv6(b: &[u8], ts_us: i64, vlan: u16) -> Result<PacketInfo<'_>, Undeco
         payload_len: l4_len as u32,
         payload: l4,
         fragment,
+        src_mac: None,
     };
     if first_fragment {
         decode_l4(&mut info, l4, l4_len);

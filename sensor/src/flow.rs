@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
 
+use crate::assets::{AssetTable, FlowSide};
 use crate::decode::PacketInfo;
 use crate::protocols::AppState;
 
@@ -105,6 +106,8 @@ struct Flow {
     b2a: Dir,
     closed_at: Option<i64>,
     app: AppState,
+    a_mac: Option<[u8; 6]>,
+    b_mac: Option<[u8; 6]>,
 }
 
 impl Flow {
@@ -166,6 +169,7 @@ pub struct FlowTable {
     /// First IPv4/IPv6 fragment's ports, so later fragments join its flow.
     fragments: HashMap<FragmentKey, FragmentPorts>,
     emitted: Vec<FlowRecord>,
+    assets: Option<AssetTable>,
     now_us: i64,
     last_sweep_us: i64,
     stats: FlowStats,
@@ -178,9 +182,35 @@ impl FlowTable {
             flows: HashMap::new(),
             fragments: HashMap::new(),
             emitted: Vec::new(),
+            assets: None,
             now_us: i64::MIN,
             last_sweep_us: i64::MIN,
             stats: FlowStats::default(),
+        }
+    }
+
+    /// Keeps a passive asset inventory alongside the flows.
+    pub fn with_assets(mut self, assets: AssetTable) -> Self {
+        self.assets = Some(assets);
+        self
+    }
+
+    pub fn assets(&self) -> Option<&AssetTable> {
+        self.assets.as_ref()
+    }
+
+    /// Asset observations that appeared or changed since the last call.
+    pub fn take_asset_changes(&mut self) -> Vec<tidewatch_proto::v1::AssetObservation> {
+        self.assets
+            .as_mut()
+            .map(AssetTable::take_changed)
+            .unwrap_or_default()
+    }
+
+    /// An ARP sender (MAC, IPv4) for the inventory.
+    pub fn on_arp(&mut self, mac: [u8; 6], ip: std::net::Ipv4Addr, ts_us: i64) {
+        if let Some(a) = self.assets.as_mut() {
+            a.on_address(mac, IpAddr::V4(ip), ts_us);
         }
     }
 
@@ -278,6 +308,8 @@ impl FlowTable {
                     b2a: Dir::default(),
                     closed_at: None,
                     app: AppState::default(),
+                    a_mac: None,
+                    b_mac: None,
                 },
             );
             self.stats.flows_created += 1;
@@ -289,6 +321,16 @@ impl FlowTable {
         }
         flow.last_us = flow.last_us.max(info.ts_us);
         flow.first_us = flow.first_us.min(info.ts_us);
+        if let Some(mac) = info.src_mac {
+            if src_is_a {
+                flow.a_mac = Some(mac);
+            } else {
+                flow.b_mac = Some(mac);
+            }
+            if let Some(a) = self.assets.as_mut() {
+                a.on_address(mac, info.src, info.ts_us);
+            }
+        }
         let continuation = info.fragment.is_some_and(|f| !f.first);
         if !info.payload.is_empty() && !continuation {
             let from_client = src_is_a == flow.client_is_a;
@@ -405,12 +447,39 @@ impl FlowTable {
         } else {
             (key.b, key.a, f.b2a, f.a2b)
         };
+        let operations = f.app.ops.to_proto();
+        let client_ip = ip_bytes(client.ip);
+        let server_ip = ip_bytes(server.ip);
+        if let Some(assets) = self.assets.as_mut() {
+            let (cm, sm) = if f.client_is_a {
+                (f.a_mac, f.b_mac)
+            } else {
+                (f.b_mac, f.a_mac)
+            };
+            let classes: Vec<tidewatch_proto::v1::OperationClass> = operations
+                .iter()
+                .map(|o| tidewatch_proto::v1::OperationClass::try_from(o.class).unwrap_or_default())
+                .collect();
+            assets.on_flow(
+                FlowSide {
+                    mac: cm,
+                    ip: &client_ip,
+                },
+                FlowSide {
+                    mac: sm,
+                    ip: &server_ip,
+                },
+                f.app.proto,
+                &classes,
+                f.last_us,
+            );
+        }
         self.stats.records_emitted += 1;
         self.emitted.push(FlowRecord {
             first_seen_us: f.first_us,
             last_seen_us: f.last_us,
-            client_ip: ip_bytes(client.ip),
-            server_ip: ip_bytes(server.ip),
+            client_ip,
+            server_ip,
             client_port: client.port as u32,
             server_port: server.port as u32,
             ip_protocol: key.proto as u32,
@@ -423,7 +492,7 @@ impl FlowTable {
                 .unwrap_or_default(),
             vlan: key.vlan as u32,
             end: end as i32,
-            operations: f.app.ops.to_proto(),
+            operations,
             indicators: f.app.indicators,
         });
     }
@@ -483,6 +552,7 @@ mod tests {
             payload_len: 20,
             payload: &[],
             fragment: None,
+            src_mac: None,
         }
     }
 

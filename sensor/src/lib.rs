@@ -7,6 +7,7 @@
 //! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
 //! - [`output`]: the JSON form of records for local inspection.
 
+pub mod assets;
 pub mod batch;
 pub mod capture;
 pub mod decode;

@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use tidewatch_proto::v1::SensorStatus;
+use tidewatch_sensor::assets::{AssetTable, Oui};
 use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, PreparedBatch, SeqStore};
-use tidewatch_sensor::flow::FlowConfig;
-use tidewatch_sensor::output::flow_json;
+use tidewatch_sensor::flow::{FlowConfig, FlowTable};
+use tidewatch_sensor::output::{asset_json, flow_json};
 use tidewatch_sensor::pipeline::meter_file;
 use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +45,14 @@ struct MeterArgs {
     /// Hard cap on concurrent flows; the least recently seen are evicted beyond it.
     #[arg(long, default_value_t = 262_144)]
     max_flows: usize,
+    /// IEEE OUI registry (CSV) for asset vendors; Debian's ieee-data package
+    /// installs it at the default path. Missing file: vendors stay empty.
+    #[arg(
+        long,
+        default_value = "/usr/share/ieee-data/oui.csv",
+        value_name = "CSV"
+    )]
+    oui_file: PathBuf,
 }
 
 impl MeterArgs {
@@ -66,6 +75,23 @@ impl MeterArgs {
             ..FlowConfig::default()
         })
     }
+
+    /// A flow table, with the asset inventory when `assets` is set.
+    fn table(&self, assets: bool) -> anyhow::Result<FlowTable> {
+        let table = FlowTable::new(self.flow_config()?);
+        if !assets {
+            return Ok(table);
+        }
+        let oui = match Oui::load(&self.oui_file) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(file = %self.oui_file.display(), error = %e,
+                    "IEEE OUI registry not readable; asset vendors stay empty (install Debian's ieee-data or pass --oui-file)");
+                Oui::default()
+            }
+        };
+        Ok(table.with_assets(AssetTable::new(oui)))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,6 +108,9 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
+        /// Print the asset inventory (one JSON object per asset) instead of flows.
+        #[arg(long)]
+        assets: bool,
         #[command(flatten)]
         meter: MeterArgs,
     },
@@ -152,8 +181,9 @@ fn main() -> ExitCode {
         Cmd::Read {
             file,
             format,
+            assets,
             meter,
-        } => read(file, format, meter),
+        } => read(file, format, assets, meter),
         Cmd::Run { .. } => run(cli.cmd),
     };
     match result {
@@ -166,18 +196,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn read(file: PathBuf, _format: Format, meter: MeterArgs) -> anyhow::Result<()> {
-    let cfg = meter.flow_config()?;
+fn read(file: PathBuf, _format: Format, assets: bool, meter: MeterArgs) -> anyhow::Result<()> {
+    let mut table = meter.table(assets)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let (cap, flows) = meter_file(&file, cfg, |recs| {
-        for r in &recs {
-            serde_json::to_writer(&mut out, &flow_json(r))?;
-            out.write_all(b"\n")?;
+    let (cap, flows) = meter_file(&file, &mut table, |recs, _| {
+        if !assets {
+            for r in &recs {
+                serde_json::to_writer(&mut out, &flow_json(r))?;
+                out.write_all(b"\n")?;
+            }
         }
         Ok(())
     })
     .with_context(|| format!("reading {}", file.display()))?;
+    if let Some(inv) = table.assets() {
+        for a in inv.all() {
+            serde_json::to_writer(&mut out, &asset_json(&a))?;
+            out.write_all(b"\n")?;
+        }
+    }
     out.flush()?;
     info!(
         frames = cap.frames,
@@ -213,7 +251,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     else {
         unreachable!()
     };
-    let flow_cfg = meter.flow_config()?;
+    let mut table = meter.table(true)?;
     if batch_flows == 0 || window == 0 {
         bail!("--batch-flows and --window must be at least 1");
     }
@@ -263,8 +301,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         tx.blocking_send(b)
             .map_err(|_| anyhow::anyhow!("uplink stopped"))
     };
-    let (cap, fstats) = meter_file(&pcap, flow_cfg, |recs| {
-        for b in batcher.push(recs)? {
+    let (cap, fstats) = meter_file(&pcap, &mut table, |recs, assets| {
+        for b in batcher.push(recs, assets)? {
             push(b)?;
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use tidewatch_proto::util::{flow_end_name, ip_text, transport_name};
-use tidewatch_proto::v1::FlowRecord;
+use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 
 /// Text form of a 4- or 16-byte address; anything else is shown as hex.
 pub fn ip_string(b: &[u8]) -> String {
@@ -45,5 +45,18 @@ pub fn flow_json(r: &FlowRecord) -> Value {
             "code": o.code, "name": o.name, "class": o.class, "count": o.count, "errors": o.errors,
         })).collect::<Vec<_>>(),
         "indicators": r.indicators,
+    })
+}
+
+/// The JSON object for one asset of the inventory.
+pub fn asset_json(a: &AssetObservation) -> Value {
+    json!({
+        "mac": a.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+        "ips": a.ips.iter().map(|b| ip_string(b)).collect::<Vec<_>>(),
+        "vendor": if a.vendor.is_empty() { Value::Null } else { Value::from(a.vendor.clone()) },
+        "first_seen": secs(a.first_seen_us),
+        "last_seen": secs(a.last_seen_us),
+        "protocols": a.protocols,
+        "roles": a.roles,
     })
 }

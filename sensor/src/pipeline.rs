@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use tidewatch_proto::v1::FlowRecord;
+use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 
 use crate::capture::{CaptureError, PcapReader};
-use crate::decode::{decode, Undecoded};
-use crate::flow::{FlowConfig, FlowStats, FlowTable};
+use crate::decode::{arp_sender, decode, Undecoded};
+use crate::flow::{FlowStats, FlowTable};
 
 /// Frame-level counters of one capture.
 #[derive(Debug, Default, Clone, Copy)]
@@ -20,15 +20,15 @@ pub struct CaptureStats {
     pub malformed: u64,
 }
 
-/// Meters a capture file, handing records to `sink` as they are emitted
-/// (in chunks), and flushing every flow at the end of the file.
+/// Meters a capture file through `table`, handing records and asset changes
+/// to `sink` as they are emitted (in chunks), and flushing every flow at the
+/// end of the file.
 pub fn meter_file(
     path: &Path,
-    cfg: FlowConfig,
-    mut sink: impl FnMut(Vec<FlowRecord>) -> anyhow::Result<()>,
+    table: &mut FlowTable,
+    mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats), MeterError> {
     let mut reader = PcapReader::open(path)?;
-    let mut table = FlowTable::new(cfg);
     let mut stats = CaptureStats::default();
     while let Some(pkt) = reader.next_packet()? {
         stats.frames += 1;
@@ -37,19 +37,25 @@ pub fn meter_file(
                 stats.ip_packets += 1;
                 table.process(&info);
             }
-            Err(Undecoded::Arp) => stats.arp_frames += 1,
+            Err(Undecoded::Arp) => {
+                stats.arp_frames += 1;
+                if let Some((mac, ip)) = arp_sender(&pkt) {
+                    table.on_arp(mac, ip, pkt.ts_ns.div_euclid(1000));
+                }
+            }
             Err(Undecoded::NonIp) => stats.non_ip_frames += 1,
             Err(Undecoded::UnsupportedLink) => stats.unsupported_link += 1,
             Err(Undecoded::Malformed) => stats.malformed += 1,
         }
         if table.emitted_len() >= 1024 {
-            sink(table.take_emitted()).map_err(MeterError::Sink)?;
+            sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
         }
     }
     table.flush_all();
     let rest = table.take_emitted();
-    if !rest.is_empty() {
-        sink(rest).map_err(MeterError::Sink)?;
+    let assets = table.take_asset_changes();
+    if !rest.is_empty() || !assets.is_empty() {
+        sink(rest, assets).map_err(MeterError::Sink)?;
     }
     Ok((stats, table.stats()))
 }

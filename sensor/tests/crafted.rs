@@ -18,7 +18,11 @@ fn read(pcap: &Path, args: &[&str]) -> Vec<Value> {
         .arg(pcap)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -41,14 +45,22 @@ impl Pcap {
         Pcap(v)
     }
     fn add(&mut self, ts_us: u64, frame: &[u8]) {
-        for x in [(ts_us / 1_000_000) as u32, (ts_us % 1_000_000) as u32, frame.len() as u32, frame.len() as u32] {
+        for x in [
+            (ts_us / 1_000_000) as u32,
+            (ts_us % 1_000_000) as u32,
+            frame.len() as u32,
+            frame.len() as u32,
+        ] {
             self.0.extend_from_slice(&x.to_le_bytes());
         }
         self.0.extend_from_slice(frame);
     }
     fn write(&self, dir: &Path, name: &str) -> std::path::PathBuf {
         let p = dir.join(name);
-        std::fs::File::create(&p).unwrap().write_all(&self.0).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&self.0)
+            .unwrap();
         p
     }
 }
@@ -56,7 +68,14 @@ impl Pcap {
 fn eth(vlans: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x00, 0x1b, 0x1b, 0, 0, 1, 0x00, 0x0e, 0x8c, 0, 0, 2];
     for (i, v) in vlans.iter().enumerate() {
-        f.extend_from_slice(&(if i == 0 && vlans.len() > 1 { 0x88a8u16 } else { 0x8100 }).to_be_bytes());
+        f.extend_from_slice(
+            &(if i == 0 && vlans.len() > 1 {
+                0x88a8u16
+            } else {
+                0x8100
+            })
+            .to_be_bytes(),
+        );
         f.extend_from_slice(&v.to_be_bytes());
     }
     f.extend_from_slice(&ethertype.to_be_bytes());
@@ -64,7 +83,15 @@ fn eth(vlans: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, id: u16, frag: u16, l4: &[u8], total_l4: usize) -> Vec<u8> {
+fn ipv4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    id: u16,
+    frag: u16,
+    l4: &[u8],
+    total_l4: usize,
+) -> Vec<u8> {
     let total = (20 + total_l4) as u16;
     let mut h = vec![0x45, 0];
     h.extend_from_slice(&total.to_be_bytes());
@@ -120,7 +147,10 @@ fn vlan_ipv6_fragments_and_tcp_without_handshake() {
     let (c, s) = ([10, 0, 0, 9], [10, 0, 0, 1]);
     // QinQ-tagged Modbus write, no handshake, first packet from the client.
     let l4 = tcp(40001, 502, 0x18, &MODBUS_REQ);
-    p.add(1_000_000, &eth(&[100, 7], 0x0800, &ipv4(c, s, 6, 1, 0, &l4, l4.len())));
+    p.add(
+        1_000_000,
+        &eth(&[100, 7], 0x0800, &ipv4(c, s, 6, 1, 0, &l4, l4.len())),
+    );
     // IPv6 NMEA over UDP.
     let mut a6 = [0u8; 16];
     a6[0] = 0xfd;
@@ -132,8 +162,14 @@ fn vlan_ipv6_fragments_and_tcp_without_handshake() {
     // A UDP datagram in two IPv4 fragments: the second carries no ports.
     let big = udp(40500, 47808, &[0x55; 100]);
     let (first, second) = big.split_at(48);
-    p.add(1_200_000, &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 0x2000, first, big.len())));
-    p.add(1_200_100, &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 6, second, big.len())));
+    p.add(
+        1_200_000,
+        &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 0x2000, first, big.len())),
+    );
+    p.add(
+        1_200_100,
+        &eth(&[], 0x0800, &ipv4(c, s, 17, 77, 6, second, big.len())),
+    );
     // An ARP frame: counted as non-IP, no flow.
     p.add(1_300_000, &eth(&[], 0x0806, &[0u8; 28]));
     let f = read(&p.write(dir.path(), "crafted.pcap"), &[]);
@@ -143,13 +179,22 @@ fn vlan_ipv6_fragments_and_tcp_without_handshake() {
     assert_eq!(modbus["client_ip"], "10.0.0.9");
     assert_eq!(modbus["app_protocol"], "modbus");
     assert_eq!(modbus["operations"][0]["name"], "write_single_register");
-    let v6 = f.iter().find(|x| x["transport"] == "udp" && x["server_port"] == 10110).unwrap();
+    let v6 = f
+        .iter()
+        .find(|x| x["transport"] == "udp" && x["server_port"] == 10110)
+        .unwrap();
     assert_eq!(v6["client_ip"], "fd00::5");
     assert_eq!(v6["app_protocol"], "nmea0183");
     assert_eq!(v6["c2s_bytes"], 40 + u6.len() as u64);
     let frag = f.iter().find(|x| x["server_port"] == 47808).unwrap();
-    assert_eq!(frag["c2s_packets"], 2, "both fragments counted against their flow");
-    assert_eq!(frag["c2s_bytes"], (20 + first.len() + 20 + second.len()) as u64);
+    assert_eq!(
+        frag["c2s_packets"], 2,
+        "both fragments counted against their flow"
+    );
+    assert_eq!(
+        frag["c2s_bytes"],
+        (20 + first.len() + 20 + second.len()) as u64
+    );
 }
 
 #[test]
@@ -182,24 +227,44 @@ fn idle_timeout_and_flow_cap() {
     // One conversation with a 90 s gap: two flows at --idle-timeout 60.
     for t in [0u64, 10, 100] {
         let l4 = udp(40000, 47808, &[0x81, 0x0b, 0, 8, 1, 0, 0x10, 8]);
-        p.add(t * 1_000_000, &eth(&[], 0x0800, &ipv4([10, 1, 1, 1], [10, 1, 1, 255], 17, 1, 0, &l4, l4.len())));
+        p.add(
+            t * 1_000_000,
+            &eth(
+                &[],
+                0x0800,
+                &ipv4([10, 1, 1, 1], [10, 1, 1, 255], 17, 1, 0, &l4, l4.len()),
+            ),
+        );
     }
     // 500 distinct flows within a second.
     for i in 0..500u16 {
         let l4 = udp(20000 + i, 5000, b"x");
-        p.add(200_000_000 + i as u64, &eth(&[], 0x0800, &ipv4([10, 2, 0, 1], [10, 2, 0, 2], 17, i, 0, &l4, l4.len())));
+        p.add(
+            200_000_000 + i as u64,
+            &eth(
+                &[],
+                0x0800,
+                &ipv4([10, 2, 0, 1], [10, 2, 0, 2], 17, i, 0, &l4, l4.len()),
+            ),
+        );
     }
     let path = p.write(dir.path(), "timeouts.pcap");
     let f = read(&path, &["--idle-timeout", "60"]);
     let bac: Vec<&Value> = f.iter().filter(|x| x["server_port"] == 47808).collect();
     assert_eq!(bac.len(), 2);
-    assert_eq!(bac[0]["c2s_packets"].as_u64().unwrap() + bac[1]["c2s_packets"].as_u64().unwrap(), 3);
+    assert_eq!(
+        bac[0]["c2s_packets"].as_u64().unwrap() + bac[1]["c2s_packets"].as_u64().unwrap(),
+        3
+    );
     assert_eq!(bac[0]["end"], "idle_timeout");
     assert_eq!(bac[0]["app_protocol"], "bacnet");
     // With a cap of 100 concurrent flows nothing is lost: evicted flows are
     // reported as such and every packet is still counted.
     let f = read(&path, &["--max-flows", "100"]);
-    let packets: u64 = f.iter().map(|x| x["c2s_packets"].as_u64().unwrap() + x["s2c_packets"].as_u64().unwrap()).sum();
+    let packets: u64 = f
+        .iter()
+        .map(|x| x["c2s_packets"].as_u64().unwrap() + x["s2c_packets"].as_u64().unwrap())
+        .sum();
     assert_eq!(packets, 503);
     assert!(f.iter().filter(|x| x["end"] == "evicted").count() >= 400);
 }
@@ -220,7 +285,10 @@ fn move_ports(src: &Path, dst: &Path, map: &dyn Fn(u16) -> u16) {
             }
             let ip = at + 2;
             let l4 = match et {
-                0x0800 if d.len() > ip + 20 && u16::from_be_bytes([d[ip + 6], d[ip + 7]]) & 0x1fff == 0 => {
+                0x0800
+                    if d.len() > ip + 20
+                        && u16::from_be_bytes([d[ip + 6], d[ip + 7]]) & 0x1fff == 0 =>
+                {
                     Some((d[ip + 9], ip + ((d[ip] & 0x0f) as usize) * 4))
                 }
                 0x86dd if d.len() > ip + 40 => Some((d[ip + 6], ip + 40)),
@@ -244,10 +312,20 @@ fn move_ports(src: &Path, dst: &Path, map: &dyn Fn(u16) -> u16) {
 fn identification_survives_unusual_ports() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
     let dir = tempfile::tempdir().unwrap();
-    let known = [502u16, 20000, 102, 44818, 2222, 47808, 2404, 4840, 48010, 10110, 1027, 2000, 8000, 3100];
-    let map = |p: u16| known.iter().position(|k| *k == p).map(|i| 31000 + i as u16 * 7).unwrap_or(p);
+    let known = [
+        502u16, 20000, 102, 44818, 2222, 47808, 2404, 4840, 48010, 10110, 1027, 2000, 8000, 3100,
+    ];
+    let map = |p: u16| {
+        known
+            .iter()
+            .position(|k| *k == p)
+            .map(|i| 31000 + i as u16 * 7)
+            .unwrap_or(p)
+    };
     let mut compared = 0;
-    for sub in ["modbus", "dnp3", "s7comm", "enip", "bacnet", "iec104", "opcua", "nmea0183"] {
+    for sub in [
+        "modbus", "dnp3", "s7comm", "enip", "bacnet", "iec104", "opcua", "nmea0183",
+    ] {
         for e in std::fs::read_dir(corpus.join(sub)).unwrap() {
             let path = e.unwrap().path();
             let name = path.file_name().unwrap().to_str().unwrap().to_string();
@@ -257,16 +335,84 @@ fn identification_survives_unusual_ports() {
             let moved = dir.path().join(format!("{name}.moved.pcap"));
             move_ports(&path, &moved, &map);
             let apps = |flows: Vec<Value>| {
-                let mut v: Vec<String> = flows.iter().map(|f| f["app_protocol"].to_string()).collect();
+                let mut v: Vec<String> = flows
+                    .iter()
+                    .map(|f| f["app_protocol"].to_string())
+                    .collect();
                 v.sort();
                 v
             };
-            let before = apps(read(&path, &["--idle-timeout", "1e9", "--active-timeout", "1e9"]));
-            let after = apps(read(&moved, &["--idle-timeout", "1e9", "--active-timeout", "1e9"]));
-            assert_eq!(before, after, "{name}: identification changed when ports moved");
-            assert!(before.iter().any(|a| a != "null"), "{name}: nothing identified");
+            let before = apps(read(
+                &path,
+                &["--idle-timeout", "1e9", "--active-timeout", "1e9"],
+            ));
+            let after = apps(read(
+                &moved,
+                &["--idle-timeout", "1e9", "--active-timeout", "1e9"],
+            ));
+            assert_eq!(
+                before, after,
+                "{name}: identification changed when ports moved"
+            );
+            assert!(
+                before.iter().any(|a| a != "null"),
+                "{name}: nothing identified"
+            );
             compared += 1;
         }
     }
     assert!(compared >= 30, "only {compared} captures compared");
+}
+
+#[test]
+fn asset_inventory_from_a_real_capture() {
+    // snap7.pcap: an engineering station uploading blocks from a Siemens PLC.
+    let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/s7comm/snap7.pcap");
+    let oui = Path::new("/usr/share/ieee-data/oui.csv");
+    assert!(
+        oui.exists(),
+        "Debian's ieee-data is required (deploy/local/stack.sh install installs it)"
+    );
+    let assets = read(&pcap, &["--assets"]);
+    assert_eq!(assets.len(), 2, "{assets:#?}");
+    let plc = assets
+        .iter()
+        .find(|a| a["ips"][0] == "134.217.61.211")
+        .unwrap();
+    assert_eq!(plc["mac"], "00:0e:8c:d0:f9:cb");
+    assert_eq!(plc["vendor"], "Siemens AG");
+    assert_eq!(plc["roles"], serde_json::json!(["controller"]));
+    assert_eq!(plc["protocols"], serde_json::json!(["s7comm"]));
+    let es = assets
+        .iter()
+        .find(|a| a["ips"][0] == "134.217.61.131")
+        .unwrap();
+    assert_eq!(es["roles"], serde_json::json!(["engineering_station"]));
+    // NMEA talker.
+    let pcap =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/nmea0183/second.pcapng");
+    let assets = read(&pcap, &["--assets"]);
+    assert!(
+        assets
+            .iter()
+            .any(|a| a["roles"] == serde_json::json!(["navigation_device"])),
+        "{assets:#?}"
+    );
+}
+
+#[test]
+fn arp_feeds_the_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend_from_slice(&[0x00, 0x0e, 0x8c, 0xaa, 0xbb, 0xcc, 192, 168, 5, 7]);
+    arp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 192, 168, 5, 1]);
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&[0x00, 0x0e, 0x8c, 0xaa, 0xbb, 0xcc, 0x08, 0x06]);
+    f.extend_from_slice(&arp);
+    p.add(1_000_000, &f);
+    let assets = read(&p.write(dir.path(), "arp.pcap"), &["--assets"]);
+    assert_eq!(assets.len(), 1);
+    assert_eq!(assets[0]["ips"], serde_json::json!(["192.168.5.7"]));
+    assert_eq!(assets[0]["vendor"], "Siemens AG");
 }

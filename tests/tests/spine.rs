@@ -162,6 +162,11 @@ fn two_sensors_every_flow_exactly_once() {
         .query("SELECT DISTINCT sensor_id, vessel FROM tidewatch.flows ORDER BY sensor_id")
         .unwrap();
     assert_eq!(vessels, "bridge-b\tmv-aurora\ncrane-a\tport-of-kiel\n");
+    // The asset inventory travelled with the flows.
+    assert!(
+        stack.query_u64("SELECT count() FROM tidewatch.assets WHERE has(roles, 'controller') AND vessel = 'port-of-kiel'") > 0,
+        "no controller among the assets of crane-a"
+    );
     // Each sensor sent its status at the end of every run.
     assert_eq!(
         stack.query_u64("SELECT count() FROM tidewatch.sensor_status"),
