@@ -20,6 +20,10 @@
 //! at end of input. All times are capture times, never the wall clock.
 
 use std::collections::HashMap;
+
+/// Per-process randomly seeded fast hashing (foldhash): quick on small keys,
+/// and not predictable by someone crafting traffic to collide flows.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 
 use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
@@ -165,10 +169,12 @@ type FragmentPorts = (u16, u16, i64);
 
 pub struct FlowTable {
     cfg: FlowConfig,
-    flows: HashMap<FlowKey, Flow>,
+    flows: FastMap<FlowKey, Flow>,
     /// First IPv4/IPv6 fragment's ports, so later fragments join its flow.
-    fragments: HashMap<FragmentKey, FragmentPorts>,
+    fragments: FastMap<FragmentKey, FragmentPorts>,
     emitted: Vec<FlowRecord>,
+    /// Remaining flows of a flush in progress.
+    flush_order: Option<Vec<(i64, FlowKey)>>,
     assets: Option<AssetTable>,
     now_us: i64,
     last_sweep_us: i64,
@@ -179,9 +185,10 @@ impl FlowTable {
     pub fn new(cfg: FlowConfig) -> Self {
         FlowTable {
             cfg,
-            flows: HashMap::new(),
-            fragments: HashMap::new(),
+            flows: FastMap::default(),
+            fragments: FastMap::default(),
             emitted: Vec::new(),
+            flush_order: None,
             assets: None,
             now_us: i64::MIN,
             last_sweep_us: i64::MIN,
@@ -275,25 +282,21 @@ impl FlowTable {
         let is_tcp = info.ip_protocol == 6;
 
         // Idle timeout checked on arrival too (the sweep runs once a second
-        // of capture time): a gap longer than the timeout starts a new flow.
-        if let Some(f) = self.flows.get(&key) {
-            if info.ts_us - f.last_us > self.cfg.idle_timeout_us {
-                let f = self.flows.remove(&key).expect("present");
-                self.emit(&key, f, FlowEnd::IdleTimeout);
+        // of capture time): a gap longer than the timeout starts a new flow;
+        // so does a new handshake on a closed flow.
+        let new_syn = is_tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+        let ended = match self.flows.get(&key) {
+            Some(f) if info.ts_us - f.last_us > self.cfg.idle_timeout_us => {
+                Some(FlowEnd::IdleTimeout)
             }
-        }
-
-        // A new handshake on a closed flow starts a new flow.
-        if is_tcp && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
-            if let Some(f) = self.flows.get(&key) {
-                if f.closed_at.is_some() {
-                    let f = self.flows.remove(&key).expect("present");
-                    self.emit(&key, f, FlowEnd::TcpClose);
-                }
+            Some(f) if new_syn && f.closed_at.is_some() => Some(FlowEnd::TcpClose),
+            Some(_) => None,
+            None => Some(FlowEnd::Unspecified),
+        };
+        if let Some(end) = ended {
+            if let Some(f) = self.flows.remove(&key) {
+                self.emit(&key, f, end);
             }
-        }
-
-        if !self.flows.contains_key(&key) {
             if self.flows.len() >= self.cfg.max_flows {
                 self.evict();
             }
@@ -361,37 +364,37 @@ impl FlowTable {
     fn sweep(&mut self) {
         let now = self.now_us;
         let cfg = &self.cfg;
-        let mut done: Vec<(FlowKey, FlowEnd)> = Vec::new();
-        let mut restart: Vec<FlowKey> = Vec::new();
+        let mut done: Vec<(i64, FlowKey, FlowEnd)> = Vec::new();
+        let mut restart: Vec<(i64, FlowKey)> = Vec::new();
         for (k, f) in &self.flows {
             if f.is_empty() {
                 // Restarted by an active timeout and silent since: nothing to
                 // report; forget it once idle.
                 if now - f.last_us > cfg.idle_timeout_us {
-                    done.push((*k, FlowEnd::IdleTimeout));
+                    done.push((f.first_us, *k, FlowEnd::IdleTimeout));
                 }
                 continue;
             }
             if let Some(c) = f.closed_at {
                 if now - c >= cfg.close_linger_us {
-                    done.push((*k, FlowEnd::TcpClose));
+                    done.push((f.first_us, *k, FlowEnd::TcpClose));
                     continue;
                 }
             }
             if now - f.last_us > cfg.idle_timeout_us {
-                done.push((*k, FlowEnd::IdleTimeout));
+                done.push((f.first_us, *k, FlowEnd::IdleTimeout));
             } else if now - f.first_us >= cfg.active_timeout_us {
-                restart.push(*k);
+                restart.push((f.first_us, *k));
             }
         }
         // Deterministic output order: by first packet time, then key.
-        done.sort_by_key(|(k, _)| (self.flows[k].first_us, *k));
-        for (k, end) in done {
+        done.sort_unstable_by_key(|(t, k, _)| (*t, *k));
+        for (_, k, end) in done {
             let f = self.flows.remove(&k).expect("listed");
             self.emit(&k, f, end);
         }
-        restart.sort_by_key(|k| (self.flows[k].first_us, *k));
-        for k in restart {
+        restart.sort_unstable();
+        for (_, k) in restart {
             let f = self.flows.get_mut(&k).expect("listed");
             let snapshot = f.clone();
             f.first_us = now;
@@ -413,14 +416,14 @@ impl FlowTable {
         let idx = (last.len() / 10).min(last.len() - 1);
         let (_, cutoff, _) = last.select_nth_unstable(idx);
         let cutoff = *cutoff;
-        let mut victims: Vec<FlowKey> = self
+        let mut victims: Vec<(i64, FlowKey)> = self
             .flows
             .iter()
             .filter(|(_, f)| f.last_us <= cutoff)
-            .map(|(k, _)| *k)
+            .map(|(k, f)| (f.first_us, *k))
             .collect();
-        victims.sort_by_key(|k| (self.flows[k].first_us, *k));
-        for k in victims {
+        victims.sort_unstable();
+        for (_, k) in victims {
             let f = self.flows.remove(&k).expect("listed");
             self.stats.flows_evicted += 1;
             self.emit(&k, f, FlowEnd::Evicted);
@@ -429,13 +432,34 @@ impl FlowTable {
 
     /// Emits every remaining flow (end of a capture file, or shutdown).
     pub fn flush_all(&mut self) {
-        let mut keys: Vec<FlowKey> = self.flows.keys().copied().collect();
-        keys.sort_by_key(|k| (self.flows[k].first_us, *k));
-        for k in keys {
-            let f = self.flows.remove(&k).expect("listed");
-            self.emit(&k, f, FlowEnd::EndOfInput);
+        while self.flush_step(usize::MAX) {}
+    }
+
+    /// Emits up to `max` of the remaining flows (oldest first); returns
+    /// whether more remain. Lets the caller hand records on in chunks so the
+    /// end of a large capture does not hold every record in memory at once.
+    pub fn flush_step(&mut self, max: usize) -> bool {
+        let order = self.flush_order.get_or_insert_with(|| {
+            let mut v: Vec<(i64, FlowKey)> =
+                self.flows.iter().map(|(k, f)| (f.first_us, *k)).collect();
+            // Emitted from the back: newest first in the vector.
+            v.sort_unstable_by(|a, b| b.cmp(a));
+            v
+        });
+        let n = order.len().min(max);
+        let batch: Vec<(i64, FlowKey)> = order.split_off(order.len() - n);
+        for (_, k) in batch.into_iter().rev() {
+            if let Some(f) = self.flows.remove(&k) {
+                self.emit(&k, f, FlowEnd::EndOfInput);
+            }
         }
+        if self.flush_order.as_ref().is_some_and(|o| !o.is_empty()) {
+            return true;
+        }
+        self.flush_order = None;
+        self.flows.clear();
         self.fragments.clear();
+        false
     }
 
     fn emit(&mut self, key: &FlowKey, f: Flow, end: FlowEnd) {
@@ -447,7 +471,7 @@ impl FlowTable {
         } else {
             (key.b, key.a, f.b2a, f.a2b)
         };
-        let operations = f.app.ops.to_proto();
+        let operations = f.app.operations();
         let client_ip = ip_bytes(client.ip);
         let server_ip = ip_bytes(server.ip);
         if let Some(assets) = self.assets.as_mut() {
@@ -493,7 +517,7 @@ impl FlowTable {
             vlan: key.vlan as u32,
             end: end as i32,
             operations,
-            indicators: f.app.indicators,
+            indicators: f.app.indicators(),
         });
     }
 }
@@ -634,5 +658,17 @@ mod tests {
             .map(|r| r.c2s.unwrap().packets)
             .sum();
         assert_eq!(total, 200, "no packet lost to eviction");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The per-flow memory budget (100k concurrent flows on a small box):
+    /// keep the table entry and the per-flow application state this small.
+    #[test]
+    fn flow_entries_stay_small() {
+        assert!(std::mem::size_of::<super::FlowKey>() <= 44);
+        assert!(std::mem::size_of::<super::Flow>() <= 128);
+        assert!(std::mem::size_of::<crate::protocols::AppState>() <= 16);
     }
 }

@@ -51,11 +51,16 @@ pub fn meter_file(
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
         }
     }
-    table.flush_all();
-    let rest = table.take_emitted();
-    let assets = table.take_asset_changes();
-    if !rest.is_empty() || !assets.is_empty() {
-        sink(rest, assets).map_err(MeterError::Sink)?;
+    loop {
+        let more = table.flush_step(1024);
+        let rest = table.take_emitted();
+        let assets = table.take_asset_changes();
+        if !rest.is_empty() || !assets.is_empty() {
+            sink(rest, assets).map_err(MeterError::Sink)?;
+        }
+        if !more {
+            break;
+        }
     }
     Ok((stats, table.stats()))
 }

@@ -24,7 +24,6 @@ pub mod s7comm;
 pub mod tls;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
 
@@ -120,16 +119,19 @@ pub fn detect(transport: u8, p: &[u8]) -> Option<AppProto> {
 
 #[derive(Debug, Clone)]
 struct OpEntry {
-    name: Cow<'static, str>,
+    code: u32,
     class: OperationClass,
+    name: Cow<'static, str>,
     count: u64,
     errors: u64,
 }
 
-/// The distinct operations of one flow record, bounded to [`MAX_OPS`].
+/// The distinct operations of one flow record, bounded to [`MAX_OPS`]. A
+/// flow has a handful of distinct operations, so a small vector scanned
+/// linearly is both faster and smaller than a map.
 #[derive(Debug, Clone, Default)]
 pub struct Ops {
-    map: BTreeMap<(u32, Cow<'static, str>), OpEntry>,
+    entries: Vec<OpEntry>,
     /// Operations not recorded because the table was full.
     pub overflow: u64,
 }
@@ -142,17 +144,28 @@ impl Ops {
         class: OperationClass,
     ) -> Option<&mut OpEntry> {
         let name = name.into();
-        let key = (code, name.clone());
-        if !self.map.contains_key(&key) && self.map.len() >= MAX_OPS {
+        if let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.code == code && e.name == name)
+        {
+            return Some(&mut self.entries[i]);
+        }
+        if self.entries.len() >= MAX_OPS {
             self.overflow += 1;
             return None;
         }
-        Some(self.map.entry(key).or_insert(OpEntry {
-            name,
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(2);
+        }
+        self.entries.push(OpEntry {
+            code,
             class,
+            name,
             count: 0,
             errors: 0,
-        }))
+        });
+        self.entries.last_mut()
     }
 
     /// Counts one operation.
@@ -170,14 +183,16 @@ impl Ops {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.entries.is_empty()
     }
 
+    /// The operations, ordered by code then name.
     pub fn to_proto(&self) -> Vec<Operation> {
-        self.map
-            .iter()
-            .map(|((code, _), e)| Operation {
-                code: *code,
+        let mut v: Vec<&OpEntry> = self.entries.iter().collect();
+        v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
+        v.into_iter()
+            .map(|e| Operation {
+                code: e.code,
                 name: e.name.to_string(),
                 class: e.class as i32,
                 count: e.count,
@@ -187,13 +202,20 @@ impl Ops {
     }
 }
 
-/// Per-flow application state.
+/// What a flow has shown beyond its protocol, allocated only once there is
+/// something to keep.
+#[derive(Debug, Clone, Default)]
+pub struct AppDetail {
+    pub ops: Ops,
+    pub indicators: Vec<String>,
+}
+
+/// Per-flow application state (16 bytes until the flow shows operations).
 #[derive(Debug, Clone, Default)]
 pub struct AppState {
     pub proto: Option<AppProto>,
     tries: u8,
-    pub ops: Ops,
-    pub indicators: Vec<String>,
+    detail: Option<Box<AppDetail>>,
 }
 
 impl AppState {
@@ -210,8 +232,9 @@ impl AppState {
             self.proto = detect(transport, p);
         }
         let Some(proto) = self.proto else { return };
-        let ops = &mut self.ops;
-        let mut ind = Indicators(&mut self.indicators);
+        let d = self.detail.get_or_insert_with(Default::default);
+        let ops = &mut d.ops;
+        let mut ind = Indicators(&mut d.indicators);
         match proto {
             AppProto::Modbus => modbus::observe(p, ops),
             AppProto::Dnp3 => dnp3::observe(p, ops),
@@ -226,13 +249,31 @@ impl AppState {
             AppProto::Http => http::observe(p, from_client, &mut ind),
             AppProto::Mqtt => mqtt::observe(p, ops),
         }
+        if d.ops.is_empty() && d.indicators.is_empty() {
+            self.detail = None;
+        }
+    }
+
+    /// The operation summary, ordered by code.
+    pub fn operations(&self) -> Vec<Operation> {
+        self.detail
+            .as_ref()
+            .map(|d| d.ops.to_proto())
+            .unwrap_or_default()
+    }
+
+    /// Indicators (DNS names, SNI, Host), in order of appearance.
+    pub fn indicators(&self) -> Vec<String> {
+        self.detail
+            .as_ref()
+            .map(|d| d.indicators.clone())
+            .unwrap_or_default()
     }
 
     /// Starts a new record for the same flow (active timeout): the protocol
     /// stays, the counters restart.
     pub fn restart(&mut self) {
-        self.ops = Ops::default();
-        self.indicators.clear();
+        self.detail = None;
     }
 }
 
