@@ -3,7 +3,7 @@
 # each with its own data directory and free ports. Used by the demo and by the
 # tests (which start one stack per test, so tests can run in parallel).
 #
-#   stack.sh install                 install what is missing (ClickHouse, tansu, ieee-data, Python test deps)
+#   stack.sh install                 install what is missing (ClickHouse, libpcap, ieee-data, tansu, Python test deps)
 #   stack.sh start DIR               start both, create topics, write DIR/stack.env
 #   stack.sh stop DIR                stop both
 #   stack.sh start-clickhouse DIR    (re)start ClickHouse only, same ports and data
@@ -31,17 +31,19 @@ tansu_bin() {
 }
 
 install() {
-  if ! command -v clickhouse-server >/dev/null 2>&1; then
-    log "installing clickhouse-server (Debian package)"
+  # Debian packages: ClickHouse server/client, libpcap headers (sensor live
+  # capture), ieee-data (OUI registry for asset vendors), iproute2 (network
+  # namespaces in the live-capture test).
+  local pkgs=()
+  command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
+  [ -f /usr/include/pcap/pcap.h ] || pkgs+=(libpcap-dev)
+  [ -f /usr/share/ieee-data/oui.csv ] || pkgs+=(ieee-data)
+  command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
-  fi
-  if [ ! -f /usr/share/ieee-data/oui.csv ]; then
-    log "installing ieee-data (IEEE OUI registry for asset vendors)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq ieee-data >/dev/null
+    apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
   if ! tansu_bin >/dev/null; then
     log "installing tansu (cargo install, takes ~10 minutes)"

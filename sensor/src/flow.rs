@@ -239,16 +239,23 @@ impl FlowTable {
         self.emitted.len()
     }
 
-    /// Accounts one decoded packet.
-    pub fn process(&mut self, info: &PacketInfo<'_>) {
-        self.stats.packets += 1;
-        if info.ts_us > self.now_us {
-            self.now_us = info.ts_us;
+    /// Advances the table's clock (capture time) and runs the timeout sweep
+    /// at most once a second. Live capture calls it while no packet arrives,
+    /// so flows still time out on a quiet network.
+    pub fn tick(&mut self, now_us: i64) {
+        if now_us > self.now_us {
+            self.now_us = now_us;
         }
         if self.now_us.saturating_sub(self.last_sweep_us) >= 1_000_000 {
             self.sweep();
             self.last_sweep_us = self.now_us;
         }
+    }
+
+    /// Accounts one decoded packet.
+    pub fn process(&mut self, info: &PacketInfo<'_>) {
+        self.stats.packets += 1;
+        self.tick(info.ts_us);
 
         let (mut sport, mut dport) = (info.src_port, info.dst_port);
         if let Some(frag) = info.fragment {

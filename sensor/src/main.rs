@@ -4,16 +4,18 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
-use tidewatch_proto::v1::SensorStatus;
+use tidewatch_proto::v1::{AssetObservation, FlowRecord, SensorStatus};
 use tidewatch_sensor::assets::{AssetTable, Oui};
 use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, PreparedBatch, SeqStore};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tidewatch_sensor::output::{asset_json, flow_json};
-use tidewatch_sensor::pipeline::meter_file;
+use tidewatch_sensor::pipeline::{meter_file, meter_live};
 use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -94,6 +96,87 @@ impl MeterArgs {
     }
 }
 
+/// Live capture instead of a file.
+#[derive(clap::Args, Clone)]
+struct LiveArgs {
+    /// Capture live on this network interface (needs CAP_NET_RAW) instead of
+    /// reading a file; stops on SIGTERM/SIGINT and flushes every flow.
+    #[arg(long, value_name = "IFACE")]
+    interface: Option<String>,
+    /// BPF capture filter in tcpdump syntax (live capture only).
+    #[arg(long, value_name = "BPF", requires = "interface")]
+    filter: Option<String>,
+}
+
+/// Counters of one metering run.
+struct Metered {
+    frames: u64,
+    kernel_drops: u64,
+    flows_evicted: u64,
+    flows: u64,
+}
+
+/// Meters the file or the live interface, handing records to `sink`.
+fn meter(
+    file: Option<&PathBuf>,
+    live: &LiveArgs,
+    table: &mut FlowTable,
+    stop: &AtomicBool,
+    duration: Option<Duration>,
+    sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
+) -> anyhow::Result<Metered> {
+    if let Some(iface) = &live.interface {
+        info!(interface = %iface, filter = ?live.filter, "live capture started");
+        let (cap, flows, k) =
+            meter_live(iface, live.filter.as_deref(), table, stop, duration, sink)?;
+        return Ok(Metered {
+            frames: cap.frames,
+            kernel_drops: k.dropped,
+            flows_evicted: flows.flows_evicted,
+            flows: flows.records_emitted,
+        });
+    }
+    let file = file.ok_or_else(|| anyhow::anyhow!("give a capture file or --interface"))?;
+    let (cap, flows) =
+        meter_file(file, table, sink).with_context(|| format!("reading {}", file.display()))?;
+    info!(
+        frames = cap.frames,
+        ip_packets = cap.ip_packets,
+        non_ip = cap.non_ip_frames + cap.arp_frames,
+        malformed = cap.malformed,
+        flows = flows.records_emitted,
+        "capture metered"
+    );
+    Ok(Metered {
+        frames: cap.frames,
+        kernel_drops: 0,
+        flows_evicted: flows.flows_evicted,
+        flows: flows.records_emitted,
+    })
+}
+
+/// A flag set on SIGTERM or SIGINT (handled on `rt`).
+fn stop_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    rt.spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(error = %e, "cannot install SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; flushing flows"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; flushing flows"),
+        }
+        f.store(true, Ordering::Relaxed);
+    });
+    flag
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     /// One JSON object per flow, one per line.
@@ -102,10 +185,16 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Meter a capture file (pcap or pcapng) and print its flows; nothing is uploaded.
+    /// Meter a capture file (pcap or pcapng) or a live interface and print its flows; nothing is uploaded.
     Read {
         /// Capture file; the format is detected from its magic bytes.
-        file: PathBuf,
+        #[arg(required_unless_present = "interface", conflicts_with = "interface")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        live: LiveArgs,
+        /// Stop live capture after this many seconds.
+        #[arg(long, value_name = "SECS", requires = "interface")]
+        duration: Option<f64>,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// Print the asset inventory (one JSON object per asset) instead of flows.
@@ -114,11 +203,18 @@ enum Cmd {
         #[command(flatten)]
         meter: MeterArgs,
     },
-    /// Meter a capture file and upload its flows to the collector.
+    /// Meter a capture file or a live interface and upload its flows to the collector.
     Run {
         /// Capture file to replay (pcap or pcapng).
-        #[arg(long, value_name = "FILE")]
-        pcap: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "interface",
+            conflicts_with = "interface"
+        )]
+        pcap: Option<PathBuf>,
+        #[command(flatten)]
+        live: LiveArgs,
         /// Collector ingest endpoint.
         #[arg(
             long,
@@ -180,10 +276,12 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Read {
             file,
+            live,
+            duration,
             format,
             assets,
             meter,
-        } => read(file, format, assets, meter),
+        } => read(file, live, duration, format, assets, meter),
         Cmd::Run { .. } => run(cli.cmd),
     };
     match result {
@@ -196,20 +294,58 @@ fn main() -> ExitCode {
     }
 }
 
-fn read(file: PathBuf, _format: Format, assets: bool, meter: MeterArgs) -> anyhow::Result<()> {
-    let mut table = meter.table(assets)?;
+fn read(
+    file: Option<PathBuf>,
+    live: LiveArgs,
+    duration: Option<f64>,
+    _format: Format,
+    assets: bool,
+    meter_args: MeterArgs,
+) -> anyhow::Result<()> {
+    let duration = duration
+        .map(|d| {
+            if d.is_finite() && d > 0.0 {
+                Ok(Duration::from_secs_f64(d))
+            } else {
+                Err(anyhow::anyhow!(
+                    "--duration must be a positive number of seconds"
+                ))
+            }
+        })
+        .transpose()?;
+    let mut table = meter_args.table(assets)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _guard = rt.enter();
+    let stop = if live.interface.is_some() {
+        let flag = stop_flag(&rt);
+        // Drive the signal task on a helper thread.
+        let handle = rt.handle().clone();
+        std::thread::spawn(move || handle.block_on(std::future::pending::<()>()));
+        flag
+    } else {
+        Arc::new(AtomicBool::new(false))
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let (cap, flows) = meter_file(&file, &mut table, |recs, _| {
-        if !assets {
-            for r in &recs {
-                serde_json::to_writer(&mut out, &flow_json(r))?;
-                out.write_all(b"\n")?;
+    let m = meter(
+        file.as_ref(),
+        &live,
+        &mut table,
+        &stop,
+        duration,
+        |recs, _| {
+            if !assets {
+                for r in &recs {
+                    serde_json::to_writer(&mut out, &flow_json(r))?;
+                    out.write_all(b"\n")?;
+                }
             }
-        }
-        Ok(())
-    })
-    .with_context(|| format!("reading {}", file.display()))?;
+            out.flush()?;
+            Ok(())
+        },
+    )?;
     if let Some(inv) = table.assets() {
         for a in inv.all() {
             serde_json::to_writer(&mut out, &asset_json(&a))?;
@@ -217,14 +353,14 @@ fn read(file: PathBuf, _format: Format, assets: bool, meter: MeterArgs) -> anyho
         }
     }
     out.flush()?;
-    info!(
-        frames = cap.frames,
-        ip_packets = cap.ip_packets,
-        non_ip = cap.non_ip_frames + cap.arp_frames,
-        malformed = cap.malformed,
-        flows = flows.records_emitted,
-        "capture metered"
-    );
+    if live.interface.is_some() {
+        info!(
+            frames = m.frames,
+            kernel_drops = m.kernel_drops,
+            flows = m.flows,
+            "live capture stopped"
+        );
+    }
     Ok(())
 }
 
@@ -235,6 +371,7 @@ fn read_file(what: &str, p: &PathBuf) -> anyhow::Result<Vec<u8>> {
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Run {
         pcap,
+        live,
         collector,
         server_name,
         ca,
@@ -245,13 +382,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         window,
         no_compress,
         ack_timeout,
-        meter,
+        meter: meter_args,
         resend_acked,
     } = cmd
     else {
         unreachable!()
     };
-    let mut table = meter.table(true)?;
+    let mut table = meter_args.table(true)?;
     if batch_flows == 0 || window == 0 {
         bail!("--batch-flows and --window must be at least 1");
     }
@@ -301,18 +438,25 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         tx.blocking_send(b)
             .map_err(|_| anyhow::anyhow!("uplink stopped"))
     };
-    let (cap, fstats) = meter_file(&pcap, &mut table, |recs, assets| {
-        for b in batcher.push(recs, assets)? {
-            push(b)?;
-        }
-        Ok(())
-    })
-    .with_context(|| format!("replaying {}", pcap.display()))?;
+    let stop = stop_flag(&rt);
+    let m = meter(
+        pcap.as_ref(),
+        &live,
+        &mut table,
+        &stop,
+        None,
+        |recs, assets| {
+            for b in batcher.push(recs, assets)? {
+                push(b)?;
+            }
+            Ok(())
+        },
+    )?;
     let status = SensorStatus {
         observed_us: now_us(),
-        capture_packets: cap.frames,
-        capture_drops: 0,
-        flows_evicted: fstats.flows_evicted,
+        capture_packets: m.frames,
+        capture_drops: m.kernel_drops,
+        flows_evicted: m.flows_evicted,
         software_version: env!("CARGO_PKG_VERSION").to_string(),
         ..SensorStatus::default()
     };
@@ -322,7 +466,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     drop(tx);
     let stats = rt.block_on(upload)?;
     info!(
-        frames = cap.frames,
+        frames = m.frames,
         flows = total_flows,
         batches_acked = stats.batches_acked,
         flows_acked = stats.flows_acked,

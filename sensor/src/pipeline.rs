@@ -5,7 +5,10 @@ use std::path::Path;
 
 use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 
-use crate::capture::{CaptureError, PcapReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::capture::{CaptureError, LiveCapture, LiveError, LiveStats, PcapReader, RawPacket};
 use crate::decode::{arp_sender, decode, Undecoded};
 use crate::flow::{FlowStats, FlowTable};
 
@@ -31,26 +34,39 @@ pub fn meter_file(
     let mut reader = PcapReader::open(path)?;
     let mut stats = CaptureStats::default();
     while let Some(pkt) = reader.next_packet()? {
-        stats.frames += 1;
-        match decode(&pkt) {
-            Ok(info) => {
-                stats.ip_packets += 1;
-                table.process(&info);
-            }
-            Err(Undecoded::Arp) => {
-                stats.arp_frames += 1;
-                if let Some((mac, ip)) = arp_sender(&pkt) {
-                    table.on_arp(mac, ip, pkt.ts_ns.div_euclid(1000));
-                }
-            }
-            Err(Undecoded::NonIp) => stats.non_ip_frames += 1,
-            Err(Undecoded::UnsupportedLink) => stats.unsupported_link += 1,
-            Err(Undecoded::Malformed) => stats.malformed += 1,
-        }
+        account(table, &mut stats, &pkt);
         if table.emitted_len() >= 1024 {
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
         }
     }
+    flush(table, &mut sink)?;
+    Ok((stats, table.stats()))
+}
+
+/// Decodes one frame into the table and the frame counters.
+fn account(table: &mut FlowTable, stats: &mut CaptureStats, pkt: &RawPacket<'_>) {
+    stats.frames += 1;
+    match decode(pkt) {
+        Ok(info) => {
+            stats.ip_packets += 1;
+            table.process(&info);
+        }
+        Err(Undecoded::Arp) => {
+            stats.arp_frames += 1;
+            if let Some((mac, ip)) = arp_sender(pkt) {
+                table.on_arp(mac, ip, pkt.ts_ns.div_euclid(1000));
+            }
+        }
+        Err(Undecoded::NonIp) => stats.non_ip_frames += 1,
+        Err(Undecoded::UnsupportedLink) => stats.unsupported_link += 1,
+        Err(Undecoded::Malformed) => stats.malformed += 1,
+    }
+}
+
+type Sink<'a> = dyn FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()> + 'a;
+
+/// Emits every remaining flow, handing records on in chunks.
+fn flush(table: &mut FlowTable, sink: &mut Sink<'_>) -> Result<(), MeterError> {
     loop {
         let more = table.flush_step(1024);
         let rest = table.take_emitted();
@@ -59,16 +75,48 @@ pub fn meter_file(
             sink(rest, assets).map_err(MeterError::Sink)?;
         }
         if !more {
-            break;
+            return Ok(());
         }
     }
-    Ok((stats, table.stats()))
+}
+
+/// Meters live traffic on `iface` until `stop` is set or `duration` has
+/// passed, handing records on at least once a second; then flushes every
+/// flow. `on_stats` receives the kernel counters once a second.
+pub fn meter_live(
+    iface: &str,
+    filter: Option<&str>,
+    table: &mut FlowTable,
+    stop: &AtomicBool,
+    duration: Option<Duration>,
+    mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
+) -> Result<(CaptureStats, FlowStats, LiveStats), MeterError> {
+    let mut cap = LiveCapture::open(iface, filter, 200)?;
+    let started = Instant::now();
+    let mut last_hand_off = Instant::now();
+    let mut stats = CaptureStats::default();
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) {
+        match cap.next_packet()? {
+            Some(pkt) => account(table, &mut stats, &pkt),
+            None => table.tick(crate::batch::now_us()),
+        }
+        if table.emitted_len() >= 1024 || last_hand_off.elapsed() >= Duration::from_secs(1) {
+            table.tick(crate::batch::now_us());
+            sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
+            last_hand_off = Instant::now();
+        }
+    }
+    let live = cap.stats();
+    flush(table, &mut sink)?;
+    Ok((stats, table.stats(), live))
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MeterError {
     #[error(transparent)]
     Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Live(#[from] LiveError),
     #[error("downstream stopped: {0}")]
     Sink(anyhow::Error),
 }

@@ -1,10 +1,12 @@
-//! Packet sources. For now: capture files (pcap and pcapng, detected by their
-//! magic bytes, never by file name). Live capture slots in here as another
-//! source yielding [`RawPacket`]s.
+//! Packet sources: capture files (pcap and pcapng, detected by their magic
+//! bytes, never by file name) and live capture on an interface (libpcap).
+//! Both yield [`RawPacket`]s.
 
+pub mod live;
 pub mod pcap;
 
-pub use pcap::{CaptureError, PcapReader};
+pub use self::pcap::{CaptureError, PcapReader};
+pub use live::{LiveCapture, LiveError, LiveStats};
 
 /// Link-layer header types (LINKTYPE_* values of the pcap/pcapng formats).
 pub mod linktype {

@@ -1,0 +1,19 @@
+#![no_main]
+//! dns parser: identification over TCP and UDP, then the operation summary
+//! of a flow forced to this protocol, over several payloads.
+use libfuzzer_sys::fuzz_target;
+use tidewatch_sensor::protocols::{detect, AppProto, AppState};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = detect(6, data);
+    let _ = detect(17, data);
+    for transport in [6u8, 17] {
+        let mut st = AppState::default();
+        st.proto = Some(AppProto::Dns);
+        for chunk in data.split(|b| *b == 0xA5).take(16) {
+            st.on_payload(transport, chunk, chunk.len() % 2 == 0);
+        }
+        let _ = st.operations();
+        let _ = st.indicators();
+    }
+});
