@@ -92,6 +92,8 @@ def main():
     if not os.path.exists(sensor):
         sys.exit("build first: cargo build --release -p tidewatch-sensor")
     softflowd = shutil.which("softflowd") or "/usr/sbin/softflowd"
+    if not os.path.exists(softflowd):
+        sys.exit("softflowd not found: apt-get install softflowd")
     with tempfile.TemporaryDirectory() as d:
         pcap = os.path.join(d, "bench.pcap")
         n = build(pcap, a.flows, a.packets_per_flow)
@@ -110,7 +112,6 @@ def main():
         print(f"tidewatch-sensor read: {tw[0]:.2f} s wall, {tw[1]:.2f} s CPU = {n / tw[0]:,.0f} packets/s; peak RSS {tw[2] / 1024:.1f} MiB")
         print(f"softflowd -r:          {sf[0]:.2f} s wall, {sf[1]:.2f} s CPU = {n / sf[0]:,.0f} packets/s")
         print(f"ratio: tidewatch is {sf[0] / tw[0]:.2f}x softflowd (wall time, same capture, same run)")
-        print("note: peak RSS is measured on the first child only" if False else "", end="")
 
 
 if __name__ == "__main__":
