@@ -7,18 +7,22 @@ use tidewatch_proto::v1::OperationClass as C;
 use super::{be16, Ops};
 
 /// The NPDU of a BVLC datagram, if it has one; `None` if BVLC is invalid.
+///
+/// Some devices write a BVLC length that disagrees with the datagram (the
+/// reference corpus has both shorter and longer ones, which tshark and Zeek
+/// accept), so for NPDU-carrying functions the NPDU version byte is checked
+/// instead; the other functions must match the datagram length exactly.
 fn npdu(p: &[u8]) -> Option<Option<&[u8]>> {
-    // Some devices send a BVLC length shorter than the datagram; tshark and
-    // the devices themselves accept it, so the length only has to fit.
-    let len = be16(p, 2)? as usize;
-    if p.len() < 4 || p[0] != 0x81 || p[1] > 0x0C || len < 4 || len > p.len() {
+    if p.len() < 4 || p[0] != 0x81 || p[1] > 0x0C || be16(p, 2)? < 4 {
         return None;
     }
-    Some(match p[1] {
-        0x04 => p.get(10..),
-        0x09..=0x0B => p.get(4..),
-        _ => None,
-    })
+    let at = match p[1] {
+        0x04 => 10,
+        0x09..=0x0B => 4,
+        _ => return (be16(p, 2)? as usize == p.len()).then_some(None),
+    };
+    let n = p.get(at..)?;
+    (n.len() >= 2 && n[0] == 0x01).then_some(Some(n))
 }
 
 /// The APDU of an NPDU (`None` for network-layer messages or bad NPDUs).
@@ -47,11 +51,7 @@ fn apdu(n: &[u8]) -> Option<&[u8]> {
 
 /// Valid BVLC framing with a version-1 NPDU where one is expected.
 pub fn detect(p: &[u8]) -> bool {
-    match npdu(p) {
-        Some(Some(n)) => n.len() >= 2 && n[0] == 0x01,
-        Some(None) => true,
-        None => false,
-    }
+    npdu(p).is_some()
 }
 
 fn confirmed(s: u8) -> (&'static str, C) {
@@ -76,9 +76,17 @@ fn confirmed(s: u8) -> (&'static str, C) {
         18 => ("confirmed_private_transfer", C::Other),
         19 => ("confirmed_text_message", C::Other),
         20 => ("reinitialize_device", C::Control),
+        21 => ("vt_open", C::Other),
+        22 => ("vt_close", C::Other),
+        23 => ("vt_data", C::Other),
         26 => ("read_range", C::Read),
+        27 => ("life_safety_operation", C::Control),
         28 => ("subscribe_cov_property", C::Read),
         29 => ("get_event_information", C::Read),
+        30 => ("subscribe_cov_property_multiple", C::Read),
+        31 => ("confirmed_cov_notification_multiple", C::Read),
+        32 => ("confirmed_audit_notification", C::Other),
+        33 => ("audit_log_query", C::Read),
         _ => ("unknown_confirmed_service", C::Other),
     }
 }
@@ -96,6 +104,10 @@ fn unconfirmed(s: u8) -> (&'static str, C) {
         8 => ("who_is", C::Other),
         9 => ("utc_time_synchronization", C::Control),
         10 => ("write_group", C::Write),
+        11 => ("unconfirmed_cov_notification_multiple", C::Read),
+        12 => ("unconfirmed_audit_notification", C::Other),
+        13 => ("who_am_i", C::Other),
+        14 => ("you_are", C::Write),
         _ => ("unknown_unconfirmed_service", C::Other),
     }
 }
@@ -155,7 +167,8 @@ mod tests {
             (v[0].name.as_str(), v[0].count, v[0].errors),
             ("write_property", 1, 1)
         );
-        assert!(!detect(&[0x81, 0x0A, 0x00, 0x20, 0x01, 0x00])); // length beyond the datagram
         assert!(!detect(&[0x81, 0x0A, 0x00, 0x06, 0x02, 0x00])); // NPDU version 2
+        assert!(!detect(&[0x81, 0x00, 0x00, 0x09, 0x00, 0x00])); // BVLC result, wrong length
+        assert!(detect(&[0x81, 0x00, 0x00, 0x06, 0x00, 0x00])); // BVLC result
     }
 }
