@@ -123,6 +123,7 @@ fn meter(
     table: &mut FlowTable,
     stop: &AtomicBool,
     duration: Option<Duration>,
+    pace: Option<f64>,
     sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> anyhow::Result<Metered> {
     if let Some(iface) = &live.interface {
@@ -137,8 +138,8 @@ fn meter(
         });
     }
     let file = file.ok_or_else(|| anyhow::anyhow!("give a capture file or --interface"))?;
-    let (cap, flows) =
-        meter_file(file, table, sink).with_context(|| format!("reading {}", file.display()))?;
+    let (cap, flows) = meter_file(file, table, pace, stop, sink)
+        .with_context(|| format!("reading {}", file.display()))?;
     info!(
         frames = cap.frames,
         ip_packets = cap.ip_packets,
@@ -195,6 +196,10 @@ enum Cmd {
         /// Stop live capture after this many seconds.
         #[arg(long, value_name = "SECS", requires = "interface")]
         duration: Option<f64>,
+        /// Replay the file at this multiple of its recorded speed (1 = as
+        /// captured); default: as fast as possible.
+        #[arg(long, value_name = "FACTOR", conflicts_with = "interface")]
+        replay_speed: Option<f64>,
         #[arg(long, value_enum, default_value = "json")]
         format: Format,
         /// Print the asset inventory (one JSON object per asset) instead of flows.
@@ -215,6 +220,10 @@ enum Cmd {
         pcap: Option<PathBuf>,
         #[command(flatten)]
         live: LiveArgs,
+        /// Replay the capture file at this multiple of its recorded speed
+        /// (1 = as captured); default: as fast as possible.
+        #[arg(long, value_name = "FACTOR", conflicts_with = "interface")]
+        replay_speed: Option<f64>,
         /// Collector ingest endpoint.
         #[arg(
             long,
@@ -278,10 +287,11 @@ fn main() -> ExitCode {
             file,
             live,
             duration,
+            replay_speed,
             format,
             assets,
             meter,
-        } => read(file, live, duration, format, assets, meter),
+        } => read(file, live, duration, replay_speed, format, assets, meter),
         Cmd::Run { .. } => run(cli.cmd),
     };
     match result {
@@ -298,6 +308,7 @@ fn read(
     file: Option<PathBuf>,
     live: LiveArgs,
     duration: Option<f64>,
+    replay_speed: Option<f64>,
     _format: Format,
     assets: bool,
     meter_args: MeterArgs,
@@ -313,6 +324,9 @@ fn read(
             }
         })
         .transpose()?;
+    if replay_speed.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+        bail!("--replay-speed must be a positive number");
+    }
     let mut table = meter_args.table(assets)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -335,6 +349,7 @@ fn read(
         &mut table,
         &stop,
         duration,
+        replay_speed,
         |recs, _| {
             if !assets {
                 for r in &recs {
@@ -372,6 +387,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Run {
         pcap,
         live,
+        replay_speed,
         collector,
         server_name,
         ca,
@@ -389,6 +405,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         unreachable!()
     };
     let mut table = meter_args.table(true)?;
+    if replay_speed.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+        bail!("--replay-speed must be a positive number");
+    }
     if batch_flows == 0 || window == 0 {
         bail!("--batch-flows and --window must be at least 1");
     }
@@ -445,6 +464,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         &mut table,
         &stop,
         None,
+        replay_speed,
         |recs, assets| {
             for b in batcher.push(recs, assets)? {
                 push(b)?;

@@ -26,14 +26,36 @@ pub struct CaptureStats {
 /// Meters a capture file through `table`, handing records and asset changes
 /// to `sink` as they are emitted (in chunks), and flushing every flow at the
 /// end of the file.
+///
+/// `pace`: `None` reads as fast as possible; `Some(x)` replays at x times
+/// the capture's own speed (1.0 = as captured), sleeping between packets and
+/// handing records on at least once a second meanwhile. `stop` ends the
+/// replay early (remaining flows are still flushed).
 pub fn meter_file(
     path: &Path,
     table: &mut FlowTable,
+    pace: Option<f64>,
+    stop: &AtomicBool,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats), MeterError> {
     let mut reader = PcapReader::open(path)?;
     let mut stats = CaptureStats::default();
+    let mut clock: Option<(i64, Instant)> = None;
     while let Some(pkt) = reader.next_packet()? {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(speed) = pace.filter(|s| *s > 0.0) {
+            let (t0, w0) = *clock.get_or_insert((pkt.ts_ns, Instant::now()));
+            let due = w0 + Duration::from_secs_f64(((pkt.ts_ns - t0).max(0) as f64 / 1e9) / speed);
+            while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((due - Instant::now()).min(Duration::from_millis(500)));
+                if table.emitted_len() > 0 {
+                    sink(table.take_emitted(), table.take_asset_changes())
+                        .map_err(MeterError::Sink)?;
+                }
+            }
+        }
         account(table, &mut stats, &pkt);
         if table.emitted_len() >= 1024 {
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;

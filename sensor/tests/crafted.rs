@@ -416,3 +416,41 @@ fn arp_feeds_the_inventory() {
     assert_eq!(assets[0]["ips"], serde_json::json!(["192.168.5.7"]));
     assert_eq!(assets[0]["vendor"], "Siemens AG");
 }
+
+#[test]
+fn replay_at_capture_speed_takes_the_capture_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    // Three packets spanning 2 s of capture time.
+    for t in [0u64, 1_000_000, 2_000_000] {
+        let l4 = udp(50000, 10110, GGA);
+        p.add(
+            1_000_000_000 + t,
+            &eth(
+                &[],
+                0x0800,
+                &ipv4([10, 3, 0, 1], [10, 3, 0, 2], 17, 1, 0, &l4, l4.len()),
+            ),
+        );
+    }
+    let path = p.write(dir.path(), "paced.pcap");
+    let started = std::time::Instant::now();
+    let f = read(&path, &["--replay-speed", "4"]);
+    // At 4x, 2 s of capture take at least 0.5 s (a lower bound: pacing sleeps).
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0]["c2s_packets"], 3);
+    let bad = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
+        .args(["read", "--replay-speed", "0"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--replay-speed must be a positive number")
+    );
+}
