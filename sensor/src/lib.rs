@@ -9,6 +9,7 @@
 
 pub mod assets;
 pub mod batch;
+pub mod buffer;
 pub mod capture;
 pub mod decode;
 pub mod flow;

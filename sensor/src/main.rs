@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tidewatch_proto::v1::{AssetObservation, FlowRecord, SensorStatus};
 use tidewatch_sensor::assets::{AssetTable, Oui};
 use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::buffer::{
+    inspect, repair, BufferConfig, DiskBuffer, Fsync, Reader, WhenFull,
+};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tidewatch_sensor::output::{asset_json, flow_json};
 use tidewatch_sensor::pipeline::{meter_file, meter_live};
@@ -185,7 +188,30 @@ enum Format {
 }
 
 #[derive(Subcommand)]
+enum BufferCmd {
+    /// Verify every segment (length and CRC of each record); exit 1 on damage.
+    Check,
+    /// Rewrite damaged segments keeping only their valid records.
+    Repair,
+    /// Show size, backlog and acked position.
+    Stats,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
+    /// Inspect or repair the disk buffer (STATE_DIR/buffer) while the sensor is stopped.
+    Buffer {
+        /// The sensor's state directory.
+        #[arg(
+            long,
+            global = true,
+            env = "TIDEWATCH_STATE_DIR",
+            default_value = "/var/lib/tidewatch-sensor"
+        )]
+        state_dir: PathBuf,
+        #[command(subcommand)]
+        cmd: BufferCmd,
+    },
     /// Meter a capture file (pcap or pcapng) or a live interface and print its flows; nothing is uploaded.
     Read {
         /// Capture file; the format is detected from its magic bytes.
@@ -265,6 +291,8 @@ enum Cmd {
         ack_timeout: f64,
         #[command(flatten)]
         meter: MeterArgs,
+        #[command(flatten)]
+        buffer: BufferArgs,
         /// Fault injection for tests: after every batch is acked, send them all
         /// again with their original seq (the shore must drop the duplicates).
         #[arg(long, hide = true)]
@@ -293,6 +321,7 @@ fn main() -> ExitCode {
             meter,
         } => read(file, live, duration, replay_speed, format, assets, meter),
         Cmd::Run { .. } => run(cli.cmd),
+        Cmd::Buffer { state_dir, cmd } => buffer_cmd(&state_dir.join("buffer"), cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -379,6 +408,151 @@ fn read(
     Ok(())
 }
 
+/// Streams the disk buffer to the uplink: every stored batch after the
+/// acked cursor, then new ones as they are appended, until metering is done
+/// and everything on disk has been handed over.
+fn feed(mut reader: Reader, tx: mpsc::Sender<PreparedBatch>, metering_done: &AtomicBool) {
+    loop {
+        match reader.next_batch() {
+            Ok(Some(s)) => {
+                if tx.blocking_send(s.into_prepared()).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                if metering_done.load(Ordering::SeqCst) {
+                    // Appends happened before the flag: one more look.
+                    match reader.next_batch() {
+                        Ok(Some(s)) => {
+                            if tx.blocking_send(s.into_prepared()).is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "cannot read the disk buffer; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn buffer_cmd(dir: &std::path::Path, cmd: BufferCmd) -> anyhow::Result<()> {
+    let ins = inspect(dir)?;
+    match cmd {
+        BufferCmd::Stats | BufferCmd::Check => {
+            let pending: u64 = ins.segments.iter().map(|s| s.pending_records).sum();
+            let bytes: u64 = ins.segments.iter().map(|s| s.bytes).sum();
+            for s in &ins.segments {
+                println!(
+                    "{}  {} bytes  {} batches ({} flows)  seq {}..{}  pending {}  corrupt {}{}{}",
+                    s.path.display(),
+                    s.bytes,
+                    s.records,
+                    s.flows,
+                    s.first_seq
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.last_seq
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.pending_records,
+                    s.corrupt,
+                    if s.torn_tail_bytes > 0 {
+                        format!("  torn tail {} bytes", s.torn_tail_bytes)
+                    } else {
+                        String::new()
+                    },
+                    if s.bad_header {
+                        "  UNREADABLE HEADER"
+                    } else {
+                        ""
+                    },
+                );
+            }
+            println!(
+                "buffer {}: {} segments, {} bytes, {} batches not yet acked, acked up to seq {}, {} damaged records",
+                dir.display(),
+                ins.segments.len(),
+                bytes,
+                pending,
+                ins.acked,
+                ins.corrupt()
+            );
+            if matches!(cmd, BufferCmd::Check) && ins.corrupt() > 0 {
+                bail!(
+                    "{} damaged record(s); the sensor skips them on start, or run `buffer repair`",
+                    ins.corrupt()
+                );
+            }
+        }
+        BufferCmd::Repair => {
+            let n = repair(dir)?;
+            println!("removed {n} damaged record(s) from {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Disk buffer settings of `run`.
+#[derive(clap::Args, Clone)]
+struct BufferArgs {
+    /// Hard cap on the disk buffer (STATE_DIR/buffer), in MiB (at least 1).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    buffer_max_mib: u64,
+    /// When buffered data is forced to disk: every-batch, interval or never.
+    #[arg(long, value_enum, default_value = "interval")]
+    fsync: FsyncArg,
+    /// With --fsync interval: at most this many milliseconds of data can be
+    /// lost on power failure.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    fsync_interval_ms: u64,
+    /// What to drop when the buffer is full.
+    #[arg(long, value_enum, default_value = "drop-oldest")]
+    when_full: WhenFullArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FsyncArg {
+    EveryBatch,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WhenFullArg {
+    DropOldest,
+    DropNewest,
+}
+
+impl BufferArgs {
+    fn config(&self, state_dir: &std::path::Path) -> anyhow::Result<BufferConfig> {
+        if self.buffer_max_mib == 0 {
+            bail!("--buffer-max-mib must be at least 1");
+        }
+        Ok(BufferConfig {
+            dir: state_dir.join("buffer"),
+            max_bytes: self.buffer_max_mib.saturating_mul(1024 * 1024),
+            fsync: match self.fsync {
+                FsyncArg::EveryBatch => Fsync::EveryBatch,
+                FsyncArg::Interval => {
+                    Fsync::Interval(Duration::from_millis(self.fsync_interval_ms))
+                }
+                FsyncArg::Never => Fsync::Never,
+            },
+            when_full: match self.when_full {
+                WhenFullArg::DropOldest => WhenFull::DropOldest,
+                WhenFullArg::DropNewest => WhenFull::DropNewest,
+            },
+        })
+    }
+}
+
 fn read_file(what: &str, p: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
 }
@@ -399,6 +573,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         no_compress,
         ack_timeout,
         meter: meter_args,
+        buffer,
         resend_acked,
     } = cmd
     else {
@@ -441,11 +616,48 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
-    let uplink = Uplink::new(uplink_cfg.clone())?;
-    let upload = rt.spawn(uplink.run(rx));
 
-    // Metering runs on this thread and blocks when the uplink falls behind.
+    // Every batch goes to the disk buffer first; a feeder thread streams the
+    // buffer (from the first unacked batch, including those left by an
+    // earlier run) to the uplink; finished batches are forgotten by the
+    // buffer as the uplink reports them.
+    let (disk, opened) = DiskBuffer::open(buffer.config(&state_dir)?)?;
+    if opened.corrupt_records > 0 {
+        warn!(
+            corrupt = opened.corrupt_records,
+            "damaged records in the disk buffer were skipped (see `tidewatch-sensor buffer check`)"
+        );
+    }
+    if opened.pending_batches > 0 {
+        info!(
+            batches = opened.pending_batches,
+            "resuming upload of batches buffered before the restart"
+        );
+    }
+    let start_after = disk.acked();
+    let reader = disk.reader(start_after);
+    let disk = Arc::new(Mutex::new(disk));
+    let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let uplink = Uplink::new(uplink_cfg.clone())?.with_done_channel(done_tx);
+    let upload = rt.spawn(uplink.run(rx));
+    let acker = {
+        let disk = disk.clone();
+        rt.spawn(async move {
+            while let Some(seq) = done_rx.recv().await {
+                if let Err(e) = disk.lock().expect("buffer lock").ack(seq) {
+                    error!(error = %e, seq, "cannot record ack in the disk buffer");
+                }
+            }
+        })
+    };
+    let metering_done = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let done = metering_done.clone();
+        std::thread::spawn(move || feed(reader, tx, &done))
+    };
+
+    // Metering runs on this thread; the disk buffer absorbs any backlog.
     let keep = resend_acked;
     let mut sent: Vec<PreparedBatch> = Vec::new();
     let mut total_flows = 0u64;
@@ -454,8 +666,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         if keep {
             sent.push(b.clone());
         }
-        tx.blocking_send(b)
-            .map_err(|_| anyhow::anyhow!("uplink stopped"))
+        if !disk.lock().expect("buffer lock").append(&b)? {
+            warn!(
+                seq = b.seq,
+                flows = b.flows,
+                "disk buffer full; batch dropped (counted)"
+            );
+        }
+        Ok(())
     };
     let stop = stop_flag(&rt);
     let m = meter(
@@ -472,19 +690,40 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         },
     )?;
+    let bs = disk.lock().expect("buffer lock").stats();
     let status = SensorStatus {
         observed_us: now_us(),
         capture_packets: m.frames,
         capture_drops: m.kernel_drops,
         flows_evicted: m.flows_evicted,
+        buffer_backlog_bytes: bs.bytes,
+        buffer_backlog_records: bs.pending_flows,
+        records_dropped: bs.dropped_flows,
         software_version: env!("CARGO_PKG_VERSION").to_string(),
         ..SensorStatus::default()
     };
     if let Some(b) = batcher.flush(Some(status))? {
         push(b)?;
     }
-    drop(tx);
+    disk.lock().expect("buffer lock").sync()?;
+    metering_done.store(true, Ordering::SeqCst);
+    if stop.load(Ordering::SeqCst) {
+        // Signalled: everything is on disk; the next start resumes from the
+        // first unacked batch, so there is no need to wait for the link.
+        let bs = disk.lock().expect("buffer lock").stats();
+        info!(
+            pending_batches = bs.pending_batches,
+            pending_flows = bs.pending_flows,
+            "stopping; unacknowledged batches stay in the disk buffer for the next start"
+        );
+        return Ok(());
+    }
     let stats = rt.block_on(upload)?;
+    rt.block_on(acker)?;
+    if feeder.join().is_err() {
+        bail!("buffer feeder thread panicked");
+    }
+    let bs = disk.lock().expect("buffer lock").stats();
     info!(
         frames = m.frames,
         flows = total_flows,
@@ -493,6 +732,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         batches_rejected = stats.batches_rejected,
         resent = stats.resent,
         reconnects = stats.reconnects,
+        buffer_pending = bs.pending_batches,
+        buffer_dropped_flows = bs.dropped_flows,
         "upload complete"
     );
     if resend_acked {

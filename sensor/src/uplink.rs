@@ -67,6 +67,9 @@ pub struct Uplink {
     cfg: UplinkConfig,
     endpoint: Endpoint,
     stats: UplinkStats,
+    /// Receives the seq of every batch the uplink is done with (acked, or
+    /// refused for good), in order: the disk buffer forgets them.
+    done: Option<mpsc::UnboundedSender<u64>>,
 }
 
 impl Uplink {
@@ -92,7 +95,14 @@ impl Uplink {
             cfg,
             endpoint,
             stats: UplinkStats::default(),
+            done: None,
         })
+    }
+
+    /// Reports finished batches (acked or refused for good) on `tx`.
+    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<u64>) -> Self {
+        self.done = Some(tx);
+        self
     }
 
     /// Uploads every batch from `source` until it closes and all are acked.
@@ -219,6 +229,9 @@ impl Uplink {
             AckStatus::Accepted => {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
+                if let Some(tx) = &self.done {
+                    let _ = tx.send(b.seq);
+                }
                 self.stats.batches_acked += 1;
                 self.stats.flows_acked += b.flows as u64;
                 debug!(seq = b.seq, flows = b.flows, "batch acked");
@@ -233,6 +246,9 @@ impl Uplink {
             _ => {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
+                if let Some(tx) = &self.done {
+                    let _ = tx.send(b.seq);
+                }
                 self.stats.batches_rejected += 1;
                 self.stats.flows_rejected += b.flows as u64;
                 error!(seq = b.seq, flows = b.flows, status = status.as_str_name(), detail = %ack.detail,

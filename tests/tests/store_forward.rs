@@ -1,0 +1,86 @@
+//! Ship-side store-and-forward: batches live in the sensor's disk buffer
+//! until the collector acks them, across a kill -9 of the sensor.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use tidewatch_tests::*;
+
+#[test]
+fn kill_9_while_the_collector_is_away_loses_nothing() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-buffer");
+    let port = free_port();
+    let state = stack.path().join("state");
+    let pcap = pcaps().join("dnp3/dnp3_example.pcap");
+    let expected = totals(&read_flows(&pcap));
+
+    // No collector yet: the sensor meters everything into its buffer and
+    // keeps trying to connect; then it is killed without warning.
+    let mut s = sensor_run(
+        "sensor-1",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &state,
+        &["--batch-flows", "2"],
+    );
+    s.wait_log("cannot connect to collector", Duration::from_secs(30));
+    s.kill();
+    let stats = run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .args(["buffer", "stats", "--state-dir"])
+            .arg(&state),
+    );
+    assert!(stats.contains("0 damaged records"), "{stats}");
+    let pending: u64 = stats
+        .split(" batches not yet acked")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no backlog in {stats}"));
+    assert!(pending >= 6, "only {pending} batches buffered:\n{stats}");
+    run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .args(["buffer", "check", "--state-dir"])
+            .arg(&state),
+    );
+
+    // Collector up; the sensor restarts on an empty capture and delivers the
+    // backlog from disk.
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let empty = stack.path().join("empty.pcap");
+    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
+    let mut s2 = sensor_run("sensor-2", stack.path(), &s1, port, &empty, &state, &[]);
+    assert!(
+        s2.wait(Duration::from_secs(120)).success(),
+        "{}",
+        s2.log_text()
+    );
+    assert!(
+        s2.log_text()
+            .contains("resuming upload of batches buffered before the restart"),
+        "{}",
+        s2.log_text()
+    );
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+    assert_eq!(
+        ch_totals(&stack, "flows_raw"),
+        want,
+        "a buffered batch was stored twice"
+    );
+    // Everything acked: the buffer holds nothing pending any more.
+    let after = run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .args(["buffer", "stats", "--state-dir"])
+            .arg(&state),
+    );
+    assert!(after.contains(" 0 batches not yet acked"), "{after}");
+}
