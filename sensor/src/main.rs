@@ -289,6 +289,11 @@ enum Cmd {
         /// Seconds to wait for an ack before reconnecting and resending.
         #[arg(long, default_value_t = 30.0)]
         ack_timeout: f64,
+        /// HTTP/2 keepalive: ping after this many idle seconds and give the
+        /// connection up when no answer comes within as many seconds again
+        /// (detects a link that silently drops everything).
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        keepalive_secs: f64,
         #[command(flatten)]
         meter: MeterArgs,
         #[command(flatten)]
@@ -572,6 +577,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         window,
         no_compress,
         ack_timeout,
+        keepalive_secs,
         meter: meter_args,
         buffer,
         resend_acked,
@@ -589,6 +595,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     if !(ack_timeout.is_finite() && ack_timeout > 0.0) {
         bail!("--ack-timeout must be a positive number of seconds");
     }
+    if !(keepalive_secs.is_finite() && keepalive_secs > 0.0) {
+        bail!("--keepalive-secs must be a positive number of seconds");
+    }
     let uplink_cfg = UplinkConfig {
         endpoint: collector,
         server_name,
@@ -598,8 +607,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         window,
         connect_timeout: Duration::from_secs(10),
         ack_timeout: Duration::from_secs_f64(ack_timeout),
-        keepalive_interval: Duration::from_secs(10),
-        keepalive_timeout: Duration::from_secs(10),
+        keepalive_interval: Duration::from_secs_f64(keepalive_secs),
+        keepalive_timeout: Duration::from_secs_f64(keepalive_secs),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
     };

@@ -14,6 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod grpc;
+pub mod linkemu;
 pub mod pcapgen;
 
 /// Root of the workspace.

@@ -1,0 +1,92 @@
+//! Intermittent links: the sensor uploads through a link emulator that is
+//! cut (reset) and blackholed (silent) again and again during a long replay;
+//! ClickHouse finally holds every flow exactly once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidewatch_tests::linkemu::LinkEmu;
+use tidewatch_tests::*;
+
+#[test]
+fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-vsat");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let link = LinkEmu::start(port);
+
+    // 4000 flows over 4 s of capture time, replayed at 0.5x with a short
+    // idle timeout, so batches keep coming for about 8 s.
+    let pcap = stack.path().join("long.pcap");
+    pcapgen::write_udp_flows(&pcap, 4000, 2, 1_700_000_000).unwrap();
+    let timeouts = ["--idle-timeout", "0.5"];
+    let expected = {
+        let out = run_ok(
+            std::process::Command::new(bin("tidewatch-sensor"))
+                .arg("read")
+                .args(timeouts)
+                .arg(&pcap),
+        );
+        let flows: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        totals(&flows)
+    };
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        link.port,
+        &pcap,
+        &stack.path().join("state"),
+        &[
+            "--idle-timeout",
+            "0.5",
+            "--replay-speed",
+            "0.5",
+            "--batch-flows",
+            "10",
+            "--window",
+            "4",
+            "--ack-timeout",
+            "2",
+            "--keepalive-secs",
+            "1",
+        ],
+    );
+    s.wait_log("upload stream open", Duration::from_secs(30));
+    // A deterministic mix of resets and silent blackholes.
+    for i in 0..12 {
+        std::thread::sleep(Duration::from_millis(350));
+        if i % 2 == 0 {
+            link.cut_reset();
+        } else {
+            link.blackhole(true);
+            std::thread::sleep(Duration::from_millis(2500));
+            link.blackhole(false);
+        }
+    }
+    assert!(
+        s.wait(Duration::from_secs(240)).success(),
+        "{}",
+        s.log_text()
+    );
+    let log = s.log_text();
+    assert!(
+        log.matches("upload stream interrupted").count() >= 6,
+        "the cuts did not interrupt uploads:\n{log}"
+    );
+    assert!(
+        link.accepted() >= 7,
+        "only {} connections through the link",
+        link.accepted()
+    );
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+}
