@@ -16,4 +16,5 @@ pub mod flow;
 pub mod output;
 pub mod pipeline;
 pub mod protocols;
+pub mod ratelimit;
 pub mod uplink;

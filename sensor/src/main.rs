@@ -294,6 +294,10 @@ enum Cmd {
         /// (detects a link that silently drops everything).
         #[arg(long, default_value_t = 10.0, value_name = "SECS")]
         keepalive_secs: f64,
+        /// Upload rate limit in bytes per second (0 = unlimited), so the
+        /// sensor leaves room on a narrow link.
+        #[arg(long, default_value_t = 0, value_name = "BYTES_PER_SEC")]
+        rate_limit: u64,
         #[command(flatten)]
         meter: MeterArgs,
         #[command(flatten)]
@@ -578,6 +582,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         no_compress,
         ack_timeout,
         keepalive_secs,
+        rate_limit,
         meter: meter_args,
         buffer,
         resend_acked,
@@ -611,6 +616,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         keepalive_timeout: Duration::from_secs_f64(keepalive_secs),
         backoff_initial: Duration::from_millis(200),
         backoff_max: Duration::from_secs(30),
+        rate_limit,
     };
     let seqs = SeqStore::open(&state_dir)?;
     let mut batcher = Batcher::new(
@@ -741,6 +747,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         batches_rejected = stats.batches_rejected,
         resent = stats.resent,
         reconnects = stats.reconnects,
+        bytes_sent = stats.bytes_sent,
         buffer_pending = bs.pending_batches,
         buffer_dropped_flows = bs.dropped_flows,
         "upload complete"

@@ -21,6 +21,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tracing::{debug, error, info, warn};
 
 use crate::batch::PreparedBatch;
+use crate::ratelimit::TokenBucket;
 
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -38,6 +39,8 @@ pub struct UplinkConfig {
     pub keepalive_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// Upload rate limit in bytes per second (batch payloads), 0 = none.
+    pub rate_limit: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -48,6 +51,8 @@ pub struct UplinkStats {
     pub flows_rejected: u64,
     pub resent: u64,
     pub reconnects: u64,
+    /// Batch payload bytes handed to the link (resends included).
+    pub bytes_sent: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,7 @@ pub struct Uplink {
     /// Receives the seq of every batch the uplink is done with (acked, or
     /// refused for good), in order: the disk buffer forgets them.
     done: Option<mpsc::UnboundedSender<u64>>,
+    bucket: Option<TokenBucket>,
 }
 
 impl Uplink {
@@ -91,11 +97,14 @@ impl Uplink {
             .keep_alive_timeout(cfg.keepalive_timeout)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
+        let bucket = (cfg.rate_limit > 0)
+            .then(|| TokenBucket::new(cfg.rate_limit, std::time::Instant::now()));
         Ok(Uplink {
             cfg,
             endpoint,
             stats: UplinkStats::default(),
             done: None,
+            bucket,
         })
     }
 
@@ -176,6 +185,16 @@ impl Uplink {
         info!(endpoint = %self.cfg.endpoint, resending = sent, "upload stream open");
         loop {
             while sent < unacked.len() && sent < window {
+                if let Some(b) = self.bucket.as_mut() {
+                    let wait = b.reserve(
+                        unacked[sent].request.payload.len(),
+                        std::time::Instant::now(),
+                    );
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                self.stats.bytes_sent += unacked[sent].request.payload.len() as u64;
                 if tx.send(unacked[sent].request.clone()).await.is_err() {
                     return StreamEnd::Retry("request stream closed".into());
                 }

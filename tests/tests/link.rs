@@ -90,3 +90,57 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
     want.insert("s1".to_string(), expected);
     expect_flows(&stack, &want);
 }
+
+#[test]
+fn rate_limit_keeps_the_upload_under_the_configured_rate() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-narrow");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let link = LinkEmu::start(port);
+    let pcap = stack.path().join("flows.pcap");
+    pcapgen::write_udp_flows(&pcap, 3000, 2, 1_700_000_000).unwrap();
+    let rate: u64 = 5_000;
+    let started = std::time::Instant::now();
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        link.port,
+        &pcap,
+        &stack.path().join("state"),
+        &["--batch-flows", "100", "--rate-limit", &rate.to_string()],
+    );
+    assert!(
+        s.wait(Duration::from_secs(120)).success(),
+        "{}",
+        s.log_text()
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let log = s.log_text();
+    let sent: u64 = log
+        .split("bytes_sent=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("bytes_sent in the sensor log");
+    assert!(
+        sent > 3 * rate,
+        "too little data ({sent} bytes) to show a limit"
+    );
+    // Lower bound on time (pacing sleeps): the payload beyond the first
+    // second's burst needs sent/rate - 1 seconds.
+    assert!(
+        elapsed >= sent as f64 / rate as f64 - 1.0,
+        "{sent} bytes in {elapsed:.1} s at {rate} B/s"
+    );
+    // Upper bound on what crossed the link: the limit, one burst, and the
+    // TLS/HTTP/2 framing around the payloads.
+    let wire = link.up_bytes() as f64;
+    assert!(
+        wire <= rate as f64 * elapsed + rate as f64 + 0.1 * sent as f64 + 16_384.0,
+        "{wire} bytes in {elapsed:.1} s"
+    );
+}
