@@ -199,6 +199,21 @@ enum BufferCmd {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Estimate what a capture costs on the link: meter it, build the batches
+    /// `run` would send (same encoding and compression) and print the bytes
+    /// per flow record as JSON; nothing is uploaded.
+    Estimate {
+        /// Capture file (pcap or pcapng).
+        file: PathBuf,
+        /// Maximum flow records per batch, as for `run`.
+        #[arg(long, default_value_t = 2000)]
+        batch_flows: usize,
+        /// Estimate without compression.
+        #[arg(long)]
+        no_compress: bool,
+        #[command(flatten)]
+        meter: MeterArgs,
+    },
     /// Inspect or repair the disk buffer (STATE_DIR/buffer) while the sensor is stopped.
     Buffer {
         /// The sensor's state directory.
@@ -330,6 +345,12 @@ fn main() -> ExitCode {
             meter,
         } => read(file, live, duration, replay_speed, format, assets, meter),
         Cmd::Run { .. } => run(cli.cmd),
+        Cmd::Estimate {
+            file,
+            batch_flows,
+            no_compress,
+            meter,
+        } => estimate(&file, batch_flows, no_compress, meter),
         Cmd::Buffer { state_dir, cmd } => buffer_cmd(&state_dir.join("buffer"), cmd),
     };
     match result {
@@ -414,6 +435,61 @@ fn read(
             "live capture stopped"
         );
     }
+    Ok(())
+}
+
+fn estimate(
+    file: &PathBuf,
+    batch_flows: usize,
+    no_compress: bool,
+    meter_args: MeterArgs,
+) -> anyhow::Result<()> {
+    if batch_flows == 0 {
+        bail!("--batch-flows must be at least 1");
+    }
+    let mut table = meter_args.table(true)?;
+    let scratch = std::env::temp_dir().join(format!("tidewatch-estimate-{}", std::process::id()));
+    let mut batcher = Batcher::new(
+        BatchConfig {
+            max_flows: batch_flows,
+            compress: !no_compress,
+            ..BatchConfig::default()
+        },
+        SeqStore::open(&scratch)?,
+    );
+    let (mut flows, mut assets, mut batches, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut count = |b: PreparedBatch| {
+        batches += 1;
+        // gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
+        bytes += b.request.payload.len() as u64 + 5 + 16;
+    };
+    let stop = AtomicBool::new(false);
+    meter_file(file, &mut table, None, &stop, |recs, a| {
+        flows += recs.len() as u64;
+        assets += a.len() as u64;
+        for b in batcher.push(recs, a)? {
+            count(b);
+        }
+        Ok(())
+    })
+    .with_context(|| format!("reading {}", file.display()))?;
+    if let Some(b) = batcher.flush(None)? {
+        count(b);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let per_flow = if flows > 0 {
+        bytes as f64 / flows as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "flows": flows, "assets": assets, "batches": batches, "bytes": bytes,
+            "bytes_per_flow": (per_flow * 100.0).round() / 100.0,
+            "compressed": !no_compress,
+        })
+    );
     Ok(())
 }
 
