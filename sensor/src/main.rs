@@ -439,7 +439,7 @@ fn read(
 }
 
 fn estimate(
-    file: &PathBuf,
+    file: &std::path::Path,
     batch_flows: usize,
     no_compress: bool,
     meter_args: MeterArgs,
