@@ -454,3 +454,34 @@ fn replay_at_capture_speed_takes_the_capture_time() {
         String::from_utf8_lossy(&bad.stderr).contains("--replay-speed must be a positive number")
     );
 }
+
+#[test]
+fn estimate_reports_link_bytes_per_flow() {
+    let pcap =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/bacnet/bacnet_example.pcap");
+    let run = |extra: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
+            .arg("estimate")
+            .args(extra)
+            .arg(&pcap)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let z = run(&[]);
+    let raw = run(&["--no-compress"]);
+    let flows = read(&pcap, &[]).len() as u64;
+    assert_eq!(z["flows"].as_u64().unwrap(), flows);
+    assert_eq!(raw["flows"], z["flows"]);
+    assert!(
+        z["bytes"].as_u64().unwrap() * 2 < raw["bytes"].as_u64().unwrap(),
+        "zstd should at least halve {raw} vs {z}"
+    );
+    let small = run(&["--batch-flows", "10"]);
+    assert!(small["batches"].as_u64().unwrap() >= flows / 10);
+}
