@@ -7,32 +7,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
-fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
-    assert!(p.is_dir(), "reference corpus missing at {}", p.display());
-    p
-}
+mod common;
+use common::{corpus, read_json};
 
 fn read(pcap: &Path, idle: &str) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
-        .args(["read", "--active-timeout", "1e9", "--idle-timeout", idle])
-        .arg(pcap)
-        .output()
-        .expect("run tidewatch-sensor read");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_json(pcap, &["--active-timeout", "1e9", "--idle-timeout", idle])
 }
 
 fn captures() -> Vec<(PathBuf, Value)> {

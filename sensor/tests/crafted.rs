@@ -11,23 +11,10 @@ use std::process::Command;
 use serde_json::Value;
 use tidewatch_sensor::capture::PcapReader;
 
+mod common;
+
 fn read(pcap: &Path, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
-        .arg("read")
-        .args(args)
-        .arg(pcap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::read_json(pcap, args)
 }
 
 /// Classic pcap writer (microsecond timestamps).
