@@ -84,3 +84,80 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
     );
     assert!(after.contains(" 0 batches not yet acked"), "{after}");
 }
+
+#[test]
+fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-kill");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    // A slow link so that each kill lands in the middle of the upload.
+    let link = tidewatch_tests::linkemu::LinkEmu::start(port);
+    link.throttle(6_000);
+    let state = stack.path().join("state");
+    let pcap = stack.path().join("flows.pcap");
+    pcapgen::write_udp_flows(&pcap, 2000, 2, 1_700_000_000).unwrap();
+    let expected = totals(&read_flows(&pcap));
+    let empty = stack.path().join("empty.pcap");
+    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
+    let args = [
+        "--batch-flows",
+        "20",
+        "--window",
+        "2",
+        "--fsync",
+        "every-batch",
+    ];
+
+    // First run meters the capture into the buffer; later runs only resume.
+    // Each run is killed -9 after a different delay (a fixed pseudo-random
+    // sequence keeps the test reproducible).
+    let delays_ms = [1700u64, 900, 2300, 1300, 600];
+    for (i, d) in delays_ms.iter().enumerate() {
+        let input = if i == 0 { &pcap } else { &empty };
+        let mut s = sensor_run(
+            &format!("sensor-{i}"),
+            stack.path(),
+            &s1,
+            link.port,
+            input,
+            &state,
+            &args,
+        );
+        std::thread::sleep(Duration::from_millis(*d));
+        if s.try_wait().is_some() {
+            break;
+        }
+        s.kill();
+    }
+    link.throttle(0);
+    let mut last = sensor_run(
+        "sensor-final",
+        stack.path(),
+        &s1,
+        link.port,
+        &empty,
+        &state,
+        &args,
+    );
+    assert!(
+        last.wait(Duration::from_secs(120)).success(),
+        "{}",
+        last.log_text()
+    );
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+    let after = run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .args(["buffer", "stats", "--state-dir"])
+            .arg(&state),
+    );
+    assert!(
+        after.contains(" 0 batches not yet acked") && after.contains("0 damaged records"),
+        "{after}"
+    );
+}
