@@ -116,6 +116,7 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
     // Each run is killed -9 after a different delay (a fixed pseudo-random
     // sequence keeps the test reproducible).
     let delays_ms = [1700u64, 900, 2300, 1300, 600];
+    let mut kills = 0;
     for (i, d) in delays_ms.iter().enumerate() {
         let input = if i == 0 { &pcap } else { &empty };
         let mut s = sensor_run(
@@ -132,7 +133,12 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
             break;
         }
         s.kill();
+        kills += 1;
     }
+    assert!(
+        kills >= 3,
+        "only {kills} runs were still uploading when killed"
+    );
     link.throttle(0);
     let mut last = sensor_run(
         "sensor-final",
