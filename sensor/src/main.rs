@@ -757,11 +757,19 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         if keep {
             sent.push(b.clone());
         }
-        if !disk.lock().expect("buffer lock").append(&b)? {
+        let mut d = disk.lock().expect("buffer lock");
+        let before = d.stats().dropped_batches;
+        if !d.append(&b)? {
             warn!(
                 seq = b.seq,
                 flows = b.flows,
-                "disk buffer full; batch dropped (counted)"
+                "disk buffer full; new batch dropped (counted)"
+            );
+        } else if d.stats().dropped_batches > before {
+            warn!(
+                dropped = d.stats().dropped_batches - before,
+                total_dropped_flows = d.stats().dropped_flows,
+                "disk buffer full; oldest batches dropped (counted)"
             );
         }
         Ok(())

@@ -167,3 +167,72 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
         "{after}"
     );
 }
+
+#[test]
+fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-outage");
+    let port = free_port();
+    let state = stack.path().join("state");
+    // About 2 MiB of uncompressed batches against a 1 MiB buffer.
+    let pcap = stack.path().join("flows.pcap");
+    pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
+    let expected = totals(&read_flows(&pcap));
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &state,
+        &[
+            "--buffer-max-mib",
+            "1",
+            "--no-compress",
+            "--batch-flows",
+            "500",
+        ],
+    );
+    // The link is down: everything goes to the buffer, which overflows.
+    s.wait_log("disk buffer full", Duration::from_secs(60));
+    s.wait_log("cannot connect to collector", Duration::from_secs(60));
+    // The link comes back.
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    assert!(
+        s.wait(Duration::from_secs(180)).success(),
+        "{}",
+        s.log_text()
+    );
+
+    let dropped = wait_until(Duration::from_secs(60), "the sensor status ashore", || {
+        let n = stack.query_u64("SELECT count() FROM tidewatch.sensor_status");
+        (n == 1)
+            .then(|| stack.query_u64("SELECT max(records_dropped) FROM tidewatch.sensor_status"))
+    });
+    assert!(dropped > 0, "no drop reported");
+    let stored = wait_until(Duration::from_secs(60), "the kept flows", || {
+        let n = stack.query_u64("SELECT count() FROM tidewatch.flows");
+        (n + dropped == expected.flows).then_some(n)
+    });
+    assert!(stored > 0);
+    // Whole batches are missing (dropped from disk), the newest are there:
+    // the final batch carries the last flows and the status.
+    let batches = stack.query_u64("SELECT uniqExact(batch_seq) FROM tidewatch.flows");
+    assert!(
+        batches < expected.flows.div_ceil(500),
+        "no batch missing ({batches})"
+    );
+    assert_eq!(
+        stack.query_u64("SELECT max(batch_seq) FROM tidewatch.flows"),
+        stack.query_u64("SELECT max(batch_seq) FROM tidewatch.sensor_status"),
+        "the newest batches were not kept"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM tidewatch.flows") + dropped,
+        expected.flows
+    );
+}

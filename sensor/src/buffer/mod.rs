@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidewatch_proto::v1::UploadRequest;
@@ -336,8 +337,19 @@ pub struct OpenReport {
     pub corrupt_records: u64,
 }
 
+/// What the buffer and its reader agree on, under one lock so that a batch
+/// is either handed to the uplink or dropped, never both.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Highest seq the reader has handed to the uplink.
+    handed: u64,
+    /// Every seq up to here was dropped from disk (cap reached).
+    floor: u64,
+}
+
 pub struct DiskBuffer {
     cfg: BufferConfig,
+    handover: Arc<Mutex<Handover>>,
     segments: VecDeque<Segment>,
     active: Option<File>,
     acked: u64,
@@ -368,6 +380,7 @@ impl DiskBuffer {
         };
         let mut buf = DiskBuffer {
             cfg,
+            handover: Arc::new(Mutex::new(Handover::default())),
             segments: VecDeque::new(),
             active: None,
             acked,
@@ -534,10 +547,19 @@ impl DiskBuffer {
         if self.segments.is_empty() {
             self.active = None;
         }
+        // Batches the reader already handed to the uplink are in flight and
+        // will be delivered: they leave the disk but are not lost.
+        let handed = {
+            let mut h = self.handover.lock().expect("handover lock");
+            h.floor = h.floor.max(s.last_seq);
+            h.handed
+        };
         for (seq, f) in &s.records {
             if *seq > self.acked {
-                self.stats.dropped_batches += 1;
-                self.stats.dropped_flows += *f as u64;
+                if *seq > handed {
+                    self.stats.dropped_batches += 1;
+                    self.stats.dropped_flows += *f as u64;
+                }
                 self.stats.pending_batches = self.stats.pending_batches.saturating_sub(1);
                 self.stats.pending_flows = self.stats.pending_flows.saturating_sub(*f as u64);
             }
@@ -602,6 +624,7 @@ impl DiskBuffer {
             dir: self.cfg.dir.clone(),
             after,
             current: None,
+            handover: self.handover.clone(),
         }
     }
 }
@@ -612,6 +635,7 @@ pub struct Reader {
     dir: PathBuf,
     after: u64,
     current: Option<(u64, BufReader<File>)>,
+    handover: Arc<Mutex<Handover>>,
 }
 
 impl Reader {
@@ -646,6 +670,13 @@ impl Reader {
             match read_record(r) {
                 Ok(Some(s)) if s.seq > self.after => {
                     self.after = s.seq;
+                    // Skip what the cap dropped while this reader still had
+                    // the (now deleted) segment open; claim the rest.
+                    let mut h = self.handover.lock().expect("handover lock");
+                    if s.seq <= h.floor {
+                        continue;
+                    }
+                    h.handed = h.handed.max(s.seq);
                     return Ok(Some(s));
                 }
                 Ok(Some(_)) => continue,
