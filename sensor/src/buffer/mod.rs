@@ -95,8 +95,6 @@ pub struct BufferStats {
     pub dropped_flows: u64,
     /// Records found corrupt (torn writes, bad CRC) and skipped.
     pub corrupt_records: u64,
-    /// Capture time of the oldest unacked batch's creation, µs (0 if none).
-    pub oldest_pending_us: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -356,9 +354,6 @@ pub struct DiskBuffer {
     stats: BufferStats,
     last_sync: Instant,
     dirty: bool,
-    /// Creation time (µs) of pending batches is not stored; the age of the
-    /// oldest pending batch is measured from when this process saw it.
-    pending_since: VecDeque<(u64, i64)>,
 }
 
 impl DiskBuffer {
@@ -387,7 +382,6 @@ impl DiskBuffer {
             stats: BufferStats::default(),
             last_sync: Instant::now(),
             dirty: false,
-            pending_since: VecDeque::new(),
         };
         let mut report = OpenReport::default();
         let listed = list_segments(&buf.cfg.dir)?;
@@ -429,9 +423,7 @@ impl DiskBuffer {
     }
 
     pub fn stats(&self) -> BufferStats {
-        let mut s = self.stats;
-        s.oldest_pending_us = self.pending_since.front().map(|x| x.1).unwrap_or(0);
-        s
+        self.stats
     }
 
     pub fn acked(&self) -> u64 {
@@ -443,15 +435,12 @@ impl DiskBuffer {
         let mut batches = 0;
         let mut flows = 0;
         let mut bytes = 0;
-        self.pending_since.clear();
-        let now = crate::batch::now_us();
         for s in &self.segments {
             bytes += s.bytes;
             for (seq, f) in &s.records {
                 if *seq > acked {
                     batches += 1;
                     flows += *f as u64;
-                    self.pending_since.push_back((*seq, now));
                 }
             }
         }
@@ -517,8 +506,6 @@ impl DiskBuffer {
         self.stats.bytes += rec_len;
         self.stats.pending_batches += 1;
         self.stats.pending_flows += b.flows as u64;
-        self.pending_since
-            .push_back((b.seq, crate::batch::now_us()));
         self.dirty = true;
         match self.cfg.fsync {
             Fsync::EveryBatch => self.sync()?,
@@ -564,13 +551,6 @@ impl DiskBuffer {
                 self.stats.pending_flows = self.stats.pending_flows.saturating_sub(*f as u64);
             }
         }
-        while self
-            .pending_since
-            .front()
-            .is_some_and(|(q, _)| *q <= s.last_seq)
-        {
-            self.pending_since.pop_front();
-        }
         self.stats.bytes = self.stats.bytes.saturating_sub(s.bytes);
         fs::remove_file(&s.path).map_err(io_err(&s.path))?;
         Ok(())
@@ -589,9 +569,6 @@ impl DiskBuffer {
                     self.stats.pending_flows = self.stats.pending_flows.saturating_sub(*f as u64);
                 }
             }
-        }
-        while self.pending_since.front().is_some_and(|(q, _)| *q <= seq) {
-            self.pending_since.pop_front();
         }
         self.acked = seq;
         // Atomic (rename) but not fsynced: after a power loss the cursor may
