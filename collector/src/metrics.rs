@@ -1,38 +1,201 @@
-//! Counters of what each component did. Logged periodically and at shutdown;
-//! the Prometheus endpoint builds on these.
+//! What each component did, as Prometheus metrics (`--metrics-listen`),
+//! logged at shutdown too. One struct per component; names are
+//! `tidewatch_ingest_*` and `tidewatch_sink_*`.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
-#[derive(Default)]
-pub struct Counters {
-    pub batches_received: AtomicU64,
-    pub batches_acked: AtomicU64,
-    pub records_acked: AtomicU64,
-    pub bytes_received: AtomicU64,
-    refused: Mutex<BTreeMap<&'static str, u64>>,
+use anyhow::Context;
+use tidewatch_proto::metrics::{
+    serve, Counter, CounterVec, Gauge, Health, Histogram, Registry, LATENCY_BUCKETS,
+};
+use tracing::info;
+
+/// Reasons a batch or connection is refused, pre-registered at zero so that
+/// dashboards and alerts see every series from the start.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "tls_handshake",
+    "tls_timeout",
+    "no_client_cert",
+    "bad_identity",
+    "too_large",
+    "too_many_records",
+    "bad_seq",
+    "seq_mismatch",
+    "identity_mismatch",
+    "empty",
+    "bad_encoding",
+    "bad_compression",
+    "bad_protobuf",
+    "kafka_unavailable",
+    "bad_grpc_message",
+];
+
+pub struct IngestMetrics {
+    pub registry: Arc<Registry>,
+    pub batches_received: Arc<Counter>,
+    pub batches_acked: Arc<Counter>,
+    pub records_acked: Arc<Counter>,
+    pub flows_received: Arc<Counter>,
+    pub flows_acked: Arc<Counter>,
+    pub bytes_received: Arc<Counter>,
+    pub refused: Arc<CounterVec>,
+    pub kafka_produce: Arc<Histogram>,
+    pub streams_open: Arc<Gauge>,
+    pub connections: Arc<Counter>,
 }
 
-impl Counters {
-    pub fn inc_refused(&self, reason: &'static str) {
-        *self
-            .refused
-            .lock()
-            .expect("counter lock")
-            .entry(reason)
-            .or_default() += 1;
+impl IngestMetrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let m = IngestMetrics {
+            batches_received: r.counter(
+                "tidewatch_ingest_batches_received",
+                "Batches received from sensors (acked or not).",
+            ),
+            batches_acked: r.counter(
+                "tidewatch_ingest_batches_acked",
+                "Batches written to Kafka and acked to the sensor.",
+            ),
+            records_acked: r.counter(
+                "tidewatch_ingest_records_acked",
+                "Records (flows, assets, status) in acked batches.",
+            ),
+            flows_received: r.counter(
+                "tidewatch_ingest_flows_received",
+                "Flow records in well-formed batches received.",
+            ),
+            flows_acked: r.counter(
+                "tidewatch_ingest_flows_acked",
+                "Flow records in acked batches.",
+            ),
+            bytes_received: r.counter(
+                "tidewatch_ingest_received_bytes",
+                "Batch payload bytes received (compressed, as on the wire).",
+            ),
+            refused: r.counter_vec(
+                "tidewatch_ingest_refused",
+                "Batches and connections refused, by reason.",
+                "reason",
+            ),
+            kafka_produce: r.histogram(
+                "tidewatch_ingest_kafka_produce_seconds",
+                "Time from handing a batch to the Kafka producer to its delivery report.",
+                LATENCY_BUCKETS,
+            ),
+            streams_open: r.gauge(
+                "tidewatch_ingest_upload_streams",
+                "Upload streams currently open.",
+            ),
+            connections: r.counter(
+                "tidewatch_ingest_connections_accepted",
+                "TLS connections accepted with a valid sensor certificate.",
+            ),
+            registry: r,
+        };
+        for reason in REFUSAL_REASONS {
+            m.refused.touch(reason);
+        }
+        Arc::new(m)
     }
 
-    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
-        self.refused.lock().expect("counter lock").clone()
+    pub fn log(&self, what: &'static str) {
+        info!(
+            batches_received = self.batches_received.get(),
+            batches_acked = self.batches_acked.get(),
+            records_acked = self.records_acked.get(),
+            flows_acked = self.flows_acked.get(),
+            "{what}"
+        );
     }
+}
 
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
+pub struct SinkMetrics {
+    pub registry: Arc<Registry>,
+    pub kafka_records: Arc<Counter>,
+    pub batches_stored: Arc<Counter>,
+    pub rows_inserted: Arc<CounterVec>,
+    pub duplicates_skipped: Arc<Counter>,
+    pub dead_lettered: Arc<Counter>,
+    pub insert_retries: Arc<Counter>,
+    pub insert_seconds: Arc<Histogram>,
+    pub commits: Arc<Counter>,
+    /// Per partition: high watermark minus committed position.
+    pub lag: std::sync::Mutex<std::collections::BTreeMap<i32, i64>>,
+}
 
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+impl SinkMetrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let m = Arc::new(SinkMetrics {
+            kafka_records: r.counter("tidewatch_sink_kafka_records", "Kafka records consumed."),
+            batches_stored: r.counter(
+                "tidewatch_sink_batches_stored",
+                "Batches stored in ClickHouse (rows and ledger) and committed.",
+            ),
+            rows_inserted: r.counter_vec(
+                "tidewatch_sink_rows_inserted",
+                "Rows inserted into ClickHouse, by table.",
+                "table",
+            ),
+            duplicates_skipped: r.counter(
+                "tidewatch_sink_duplicate_batches_skipped",
+                "Batches skipped because the ledger already has them (sensor resends).",
+            ),
+            dead_lettered: r.counter(
+                "tidewatch_sink_dead_lettered",
+                "Kafka records sent to the dead-letter topic.",
+            ),
+            insert_retries: r.counter(
+                "tidewatch_sink_insert_retries",
+                "ClickHouse inserts retried after a failure.",
+            ),
+            insert_seconds: r.histogram(
+                "tidewatch_sink_clickhouse_insert_seconds",
+                "Time to insert one chunk into ClickHouse (all tables, successful attempts).",
+                LATENCY_BUCKETS,
+            ),
+            commits: r.counter(
+                "tidewatch_sink_offset_commits",
+                "Kafka offset commits after a stored chunk.",
+            ),
+            lag: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            registry: r,
+        });
+        for t in ["flows_raw", "assets_raw", "sensor_status_raw", "batches"] {
+            m.rows_inserted.touch(t);
+        }
+        let weak = Arc::downgrade(&m);
+        m.registry.gauge_fn(
+            "tidewatch_sink_consumer_lag",
+            "Kafka records not yet stored, per assigned partition (high watermark minus committed offset), refreshed every 5 s.",
+            move || {
+                weak.upgrade()
+                    .map(|m| {
+                        m.lag
+                            .lock()
+                            .expect("lag lock")
+                            .iter()
+                            .map(|(p, l)| (vec![("partition", p.to_string())], *l as f64))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            },
+        );
+        m
     }
+}
+
+/// Serves `registry` on `addr` when given; logs where.
+pub async fn start(
+    addr: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    health: Health,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let (local, task) = serve(addr, registry, health)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    info!(listen = %local, "metrics at http://{local}/metrics, health at /healthz");
+    Ok(Some(task))
 }

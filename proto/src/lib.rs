@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("tidewatch.v1");
 }
 
+pub mod metrics;
 pub mod util;
 
 /// Kafka topic carrying `IngestedBatch` records. The version in the name

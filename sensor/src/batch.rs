@@ -200,6 +200,19 @@ impl Batcher {
     }
 }
 
+/// Decodes an upload request's payload back into its batch (`None` if it
+/// is not one this sensor wrote).
+pub fn decode_request(r: &UploadRequest) -> Option<Batch> {
+    match Encoding::try_from(r.encoding).ok()? {
+        Encoding::Protobuf => Batch::decode(&r.payload[..]).ok(),
+        Encoding::ProtobufZstd => {
+            let raw = zstd::bulk::decompress(&r.payload, 64 * 1024 * 1024).ok()?;
+            Batch::decode(&raw[..]).ok()
+        }
+        Encoding::Unspecified => None,
+    }
+}
+
 /// Encodes a batch as an upload request (optionally zstd-compressed).
 pub fn encode_request(batch: &Batch, compress: bool, level: i32) -> UploadRequest {
     let raw = batch.encode_to_vec();

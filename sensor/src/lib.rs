@@ -1,10 +1,12 @@
 //! tidewatch sensor: capture -> decode -> flow table -> batcher -> uplink.
 //!
-//! - [`capture`]: packet sources (capture files; live capture later).
+//! - [`capture`]: packet sources (capture files, live capture).
 //! - [`decode`]: link/IP/transport header decoding.
 //! - [`flow`]: the bidirectional flow table and its timeouts.
 //! - [`batch`]: batches with persistent, strictly increasing sequence numbers.
 //! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
+//! - [`buffer`]: the disk buffer batches wait in until the collector acks them.
+//! - [`metrics`]: Prometheus metrics of a running sensor.
 //! - [`output`]: the JSON form of records for local inspection.
 
 pub mod assets;
@@ -13,6 +15,7 @@ pub mod buffer;
 pub mod capture;
 pub mod decode;
 pub mod flow;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod protocols;

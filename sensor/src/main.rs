@@ -18,8 +18,8 @@ use tidewatch_sensor::buffer::{
 };
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tidewatch_sensor::output::{asset_json, flow_json};
-use tidewatch_sensor::pipeline::{meter_file, meter_live};
-use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
+use tidewatch_sensor::pipeline::{meter_file, meter_live, Progress};
+use tidewatch_sensor::uplink::{Uplink, UplinkConfig, UplinkCounters};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
@@ -115,8 +115,19 @@ struct LiveArgs {
 struct Metered {
     frames: u64,
     kernel_drops: u64,
-    flows_evicted: u64,
     flows: u64,
+}
+
+/// How a metering run is driven.
+struct Control<'a> {
+    /// Set on SIGTERM/SIGINT: stop reading, flush every flow.
+    stop: &'a AtomicBool,
+    /// Live capture: stop after this long.
+    duration: Option<Duration>,
+    /// File replay speed (None: as fast as possible).
+    pace: Option<f64>,
+    /// Running totals for metrics and status records.
+    progress: &'a Progress,
 }
 
 /// Meters the file or the live interface, handing records to `sink`.
@@ -124,24 +135,34 @@ fn meter(
     file: Option<&PathBuf>,
     live: &LiveArgs,
     table: &mut FlowTable,
-    stop: &AtomicBool,
-    duration: Option<Duration>,
-    pace: Option<f64>,
+    ctl: Control<'_>,
     sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> anyhow::Result<Metered> {
+    let Control {
+        stop,
+        duration,
+        pace,
+        progress,
+    } = ctl;
     if let Some(iface) = &live.interface {
         info!(interface = %iface, filter = ?live.filter, "live capture started");
-        let (cap, flows, k) =
-            meter_live(iface, live.filter.as_deref(), table, stop, duration, sink)?;
+        let (cap, flows, k) = meter_live(
+            iface,
+            live.filter.as_deref(),
+            table,
+            stop,
+            duration,
+            progress,
+            sink,
+        )?;
         return Ok(Metered {
             frames: cap.frames,
             kernel_drops: k.dropped,
-            flows_evicted: flows.flows_evicted,
             flows: flows.records_emitted,
         });
     }
     let file = file.ok_or_else(|| anyhow::anyhow!("give a capture file or --interface"))?;
-    let (cap, flows) = meter_file(file, table, pace, stop, sink)
+    let (cap, flows) = meter_file(file, table, pace, stop, progress, sink)
         .with_context(|| format!("reading {}", file.display()))?;
     info!(
         frames = cap.frames,
@@ -154,7 +175,6 @@ fn meter(
     Ok(Metered {
         frames: cap.frames,
         kernel_drops: 0,
-        flows_evicted: flows.flows_evicted,
         flows: flows.records_emitted,
     })
 }
@@ -197,6 +217,8 @@ enum BufferCmd {
     Stats,
 }
 
+// Parsed once at start; boxing the large `Run` variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Estimate what a capture costs on the link: meter it, build the batches
@@ -313,6 +335,19 @@ enum Cmd {
         /// sensor leaves room on a narrow link.
         #[arg(long, default_value_t = 0, value_name = "BYTES_PER_SEC")]
         rate_limit: u64,
+        /// Seal a batch from whatever records are pending after this many
+        /// seconds, so that a quiet network's flows reach the disk buffer
+        /// (and the shore) without waiting for a full batch.
+        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        flush_interval: f64,
+        /// Send a SensorStatus record (capture and buffer counters, drops)
+        /// every this many seconds, and once at the end.
+        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        status_interval: f64,
+        /// Serve Prometheus metrics (/metrics) and liveness (/healthz) over
+        /// plain HTTP on this address, e.g. 127.0.0.1:9464 (default: off).
+        #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         meter: MeterArgs,
         #[command(flatten)]
@@ -406,9 +441,12 @@ fn read(
         file.as_ref(),
         &live,
         &mut table,
-        &stop,
-        duration,
-        replay_speed,
+        Control {
+            stop: &stop,
+            duration,
+            pace: replay_speed,
+            progress: &Progress::default(),
+        },
         |recs, _| {
             if !assets {
                 for r in &recs {
@@ -464,14 +502,21 @@ fn estimate(
         bytes += b.request.payload.len() as u64 + 5 + 16;
     };
     let stop = AtomicBool::new(false);
-    meter_file(file, &mut table, None, &stop, |recs, a| {
-        flows += recs.len() as u64;
-        assets += a.len() as u64;
-        for b in batcher.push(recs, a)? {
-            count(b);
-        }
-        Ok(())
-    })
+    meter_file(
+        file,
+        &mut table,
+        None,
+        &stop,
+        &Progress::default(),
+        |recs, a| {
+            flows += recs.len() as u64;
+            assets += a.len() as u64;
+            for b in batcher.push(recs, a)? {
+                count(b);
+            }
+            Ok(())
+        },
+    )
     .with_context(|| format!("reading {}", file.display()))?;
     if let Some(b) = batcher.flush(None)? {
         count(b);
@@ -659,6 +704,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         ack_timeout,
         keepalive_secs,
         rate_limit,
+        flush_interval,
+        status_interval,
+        metrics_listen,
         meter: meter_args,
         buffer,
         resend_acked,
@@ -676,8 +724,14 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     if !(ack_timeout.is_finite() && ack_timeout > 0.0) {
         bail!("--ack-timeout must be a positive number of seconds");
     }
-    if !(keepalive_secs.is_finite() && keepalive_secs > 0.0) {
-        bail!("--keepalive-secs must be a positive number of seconds");
+    for (name, v) in [
+        ("--keepalive-secs", keepalive_secs),
+        ("--flush-interval", flush_interval),
+        ("--status-interval", status_interval),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{name} must be a positive number of seconds, got {v}");
+        }
     }
     let uplink_cfg = UplinkConfig {
         endpoint: collector,
@@ -730,7 +784,30 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let disk = Arc::new(Mutex::new(disk));
     let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
-    let uplink = Uplink::new(uplink_cfg.clone())?.with_done_channel(done_tx);
+    let counters = Arc::new(UplinkCounters::default());
+    let progress = Arc::new(Progress::default());
+    let metrics_task = match metrics_listen {
+        Some(addr) => {
+            let reg = tidewatch_sensor::metrics::registry(
+                progress.clone(),
+                counters.clone(),
+                disk.clone(),
+            );
+            let (local, task) = rt
+                .block_on(tidewatch_proto::metrics::serve(
+                    addr,
+                    reg,
+                    Arc::new(|| Ok(())),
+                ))
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!(listen = %local, "metrics at http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    let uplink = Uplink::new(uplink_cfg.clone())?
+        .with_done_channel(done_tx)
+        .with_counters(counters.clone());
     let upload = rt.spawn(uplink.run(rx));
     let acker = {
         let disk = disk.clone();
@@ -775,33 +852,55 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         Ok(())
     };
     let stop = stop_flag(&rt);
+    let status = |p: &Progress| {
+        let bs = disk.lock().expect("buffer lock").stats();
+        SensorStatus {
+            observed_us: now_us(),
+            capture_packets: Progress::get(&p.frames),
+            capture_drops: Progress::get(&p.kernel_drops),
+            flows_evicted: Progress::get(&p.flows_evicted),
+            buffer_backlog_bytes: bs.bytes,
+            buffer_backlog_records: bs.pending_flows,
+            records_dropped: bs.dropped_flows,
+            software_version: env!("CARGO_PKG_VERSION").to_string(),
+            ..SensorStatus::default()
+        }
+    };
+    let flush_every = Duration::from_secs_f64(flush_interval);
+    let status_every = Duration::from_secs_f64(status_interval);
+    let mut last_flush = std::time::Instant::now();
+    let mut last_status = std::time::Instant::now();
     let m = meter(
         pcap.as_ref(),
         &live,
         &mut table,
-        &stop,
-        None,
-        replay_speed,
+        Control {
+            stop: &stop,
+            duration: None,
+            pace: replay_speed,
+            progress: &progress,
+        },
         |recs, assets| {
             for b in batcher.push(recs, assets)? {
                 push(b)?;
+                last_flush = std::time::Instant::now();
+            }
+            let due_status = last_status.elapsed() >= status_every;
+            if due_status || last_flush.elapsed() >= flush_every {
+                let st = due_status.then(|| status(&progress));
+                if let Some(b) = batcher.flush(st)? {
+                    push(b)?;
+                }
+                last_flush = std::time::Instant::now();
+                if due_status {
+                    last_status = last_flush;
+                }
             }
             Ok(())
         },
     )?;
-    let bs = disk.lock().expect("buffer lock").stats();
-    let status = SensorStatus {
-        observed_us: now_us(),
-        capture_packets: m.frames,
-        capture_drops: m.kernel_drops,
-        flows_evicted: m.flows_evicted,
-        buffer_backlog_bytes: bs.bytes,
-        buffer_backlog_records: bs.pending_flows,
-        records_dropped: bs.dropped_flows,
-        software_version: env!("CARGO_PKG_VERSION").to_string(),
-        ..SensorStatus::default()
-    };
-    if let Some(b) = batcher.flush(Some(status))? {
+    debug_assert_eq!(Progress::get(&progress.frames), m.frames);
+    if let Some(b) = batcher.flush(Some(status(&progress)))? {
         push(b)?;
     }
     disk.lock().expect("buffer lock").sync()?;
@@ -836,6 +935,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         buffer_dropped_flows = bs.dropped_flows,
         "upload complete"
     );
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     if resend_acked {
         info!(
             batches = sent.len(),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::capture::{CaptureError, LiveCapture, LiveError, LiveStats, PcapReader, RawPacket};
@@ -23,19 +23,51 @@ pub struct CaptureStats {
     pub malformed: u64,
 }
 
+/// Running totals of a metering run, readable from other threads (metrics,
+/// periodic `SensorStatus`). Updated at every hand-off to the sink.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub frames: AtomicU64,
+    pub ip_packets: AtomicU64,
+    pub malformed: AtomicU64,
+    pub kernel_drops: AtomicU64,
+    pub records_emitted: AtomicU64,
+    pub flows_evicted: AtomicU64,
+    pub active_flows: AtomicU64,
+}
+
+impl Progress {
+    fn update(&self, cap: &CaptureStats, table: &FlowTable) {
+        let f = table.stats();
+        self.frames.store(cap.frames, Ordering::Relaxed);
+        self.ip_packets.store(cap.ip_packets, Ordering::Relaxed);
+        self.malformed.store(cap.malformed, Ordering::Relaxed);
+        self.records_emitted
+            .store(f.records_emitted, Ordering::Relaxed);
+        self.flows_evicted.store(f.flows_evicted, Ordering::Relaxed);
+        self.active_flows
+            .store(table.active_flows() as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+}
+
 /// Meters a capture file through `table`, handing records and asset changes
 /// to `sink` as they are emitted (in chunks), and flushing every flow at the
 /// end of the file.
 ///
 /// `pace`: `None` reads as fast as possible; `Some(x)` replays at x times
 /// the capture's own speed (1.0 = as captured), sleeping between packets and
-/// handing records on at least once a second meanwhile. `stop` ends the
+/// calling `sink` (possibly with nothing) at least twice a second meanwhile. `stop` ends the
 /// replay early (remaining flows are still flushed).
 pub fn meter_file(
     path: &Path,
     table: &mut FlowTable,
     pace: Option<f64>,
     stop: &AtomicBool,
+    progress: &Progress,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats), MeterError> {
     let mut reader = PcapReader::open(path)?;
@@ -50,18 +82,19 @@ pub fn meter_file(
             let due = w0 + Duration::from_secs_f64(((pkt.ts_ns - t0).max(0) as f64 / 1e9) / speed);
             while Instant::now() < due && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep((due - Instant::now()).min(Duration::from_millis(500)));
-                if table.emitted_len() > 0 {
-                    sink(table.take_emitted(), table.take_asset_changes())
-                        .map_err(MeterError::Sink)?;
-                }
+                progress.update(&stats, table);
+                // Also when empty: the sink's timers (flush, status) run here.
+                sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
             }
         }
         account(table, &mut stats, &pkt);
         if table.emitted_len() >= 1024 {
+            progress.update(&stats, table);
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
         }
     }
     flush(table, &mut sink)?;
+    progress.update(&stats, table);
     Ok((stats, table.stats()))
 }
 
@@ -111,6 +144,7 @@ pub fn meter_live(
     table: &mut FlowTable,
     stop: &AtomicBool,
     duration: Option<Duration>,
+    progress: &Progress,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats, LiveStats), MeterError> {
     let mut cap = LiveCapture::open(iface, filter, 200)?;
@@ -124,12 +158,18 @@ pub fn meter_live(
         }
         if table.emitted_len() >= 1024 || last_hand_off.elapsed() >= Duration::from_secs(1) {
             table.tick(crate::batch::now_us());
+            progress.update(&stats, table);
+            progress
+                .kernel_drops
+                .store(cap.stats().dropped, Ordering::Relaxed);
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
             last_hand_off = Instant::now();
         }
     }
     let live = cap.stats();
+    progress.kernel_drops.store(live.dropped, Ordering::Relaxed);
     flush(table, &mut sink)?;
+    progress.update(&stats, table);
     Ok((stats, table.stats(), live))
 }
 

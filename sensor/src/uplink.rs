@@ -10,9 +10,11 @@
 //! keepalive pings detect a link that silently drops everything.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tidewatch_proto::metrics::{Counter, Gauge};
 use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{AckStatus, UploadAck, UploadRequest};
 use tokio::sync::mpsc;
@@ -43,6 +45,34 @@ pub struct UplinkConfig {
     pub rate_limit: u64,
 }
 
+/// Live counters of the uplink (shared with the metrics endpoint).
+#[derive(Debug, Default)]
+pub struct UplinkCounters {
+    pub batches_acked: Counter,
+    pub flows_acked: Counter,
+    pub batches_rejected: Counter,
+    pub flows_rejected: Counter,
+    pub resent: Counter,
+    pub reconnects: Counter,
+    pub bytes_sent: Counter,
+    /// 1 while an upload stream is open.
+    pub connected: Gauge,
+}
+
+impl UplinkCounters {
+    pub fn snapshot(&self) -> UplinkStats {
+        UplinkStats {
+            batches_acked: self.batches_acked.get(),
+            flows_acked: self.flows_acked.get(),
+            batches_rejected: self.batches_rejected.get(),
+            flows_rejected: self.flows_rejected.get(),
+            resent: self.resent.get(),
+            reconnects: self.reconnects.get(),
+            bytes_sent: self.bytes_sent.get(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct UplinkStats {
     pub batches_acked: u64,
@@ -71,7 +101,7 @@ enum StreamEnd {
 pub struct Uplink {
     cfg: UplinkConfig,
     endpoint: Endpoint,
-    stats: UplinkStats,
+    counters: Arc<UplinkCounters>,
     /// Receives the seq of every batch the uplink is done with (acked, or
     /// refused for good), in order: the disk buffer forgets them.
     done: Option<mpsc::UnboundedSender<u64>>,
@@ -102,7 +132,7 @@ impl Uplink {
         Ok(Uplink {
             cfg,
             endpoint,
-            stats: UplinkStats::default(),
+            counters: Arc::default(),
             done: None,
             bucket,
         })
@@ -114,6 +144,12 @@ impl Uplink {
         self
     }
 
+    /// Counts into `c` (shared with whoever reports them).
+    pub fn with_counters(mut self, c: Arc<UplinkCounters>) -> Self {
+        self.counters = c;
+        self
+    }
+
     /// Uploads every batch from `source` until it closes and all are acked.
     pub async fn run(mut self, mut source: mpsc::Receiver<PreparedBatch>) -> UplinkStats {
         let mut unacked: VecDeque<PreparedBatch> = VecDeque::new();
@@ -122,10 +158,10 @@ impl Uplink {
         let mut first = true;
         loop {
             if source_done && unacked.is_empty() {
-                return self.stats;
+                return self.counters.snapshot();
             }
             if !first {
-                self.stats.reconnects += 1;
+                self.counters.reconnects.inc();
                 let jitter = rand::rng().random_range(0.5..1.5);
                 let wait = backoff.mul_f64(jitter);
                 debug!(?wait, "backing off before reconnecting");
@@ -140,7 +176,8 @@ impl Uplink {
                     continue;
                 }
             };
-            match self
+            self.counters.connected.set(1.0);
+            let end = self
                 .stream(
                     channel,
                     &mut unacked,
@@ -148,9 +185,10 @@ impl Uplink {
                     &mut source_done,
                     &mut backoff,
                 )
-                .await
-            {
-                StreamEnd::Done => return self.stats,
+                .await;
+            self.counters.connected.set(0.0);
+            match end {
+                StreamEnd::Done => return self.counters.snapshot(),
                 StreamEnd::Retry(why) => {
                     warn!(unacked = unacked.len(), reason = %why, "upload stream interrupted; will resend unacked batches")
                 }
@@ -175,7 +213,7 @@ impl Uplink {
             sent += 1;
         }
         if sent > 0 {
-            self.stats.resent += sent as u64;
+            self.counters.resent.add(sent as u64);
         }
         let mut client = UplinkClient::new(channel);
         let mut acks = match client.upload(ReceiverStream::new(rx)).await {
@@ -194,7 +232,9 @@ impl Uplink {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                self.stats.bytes_sent += unacked[sent].request.payload.len() as u64;
+                self.counters
+                    .bytes_sent
+                    .add(unacked[sent].request.payload.len() as u64);
                 if tx.send(unacked[sent].request.clone()).await.is_err() {
                     return StreamEnd::Retry("request stream closed".into());
                 }
@@ -251,8 +291,8 @@ impl Uplink {
                 if let Some(tx) = &self.done {
                     let _ = tx.send(b.seq);
                 }
-                self.stats.batches_acked += 1;
-                self.stats.flows_acked += b.flows as u64;
+                self.counters.batches_acked.inc();
+                self.counters.flows_acked.add(b.flows as u64);
                 debug!(seq = b.seq, flows = b.flows, "batch acked");
                 Ok(())
             }
@@ -268,8 +308,8 @@ impl Uplink {
                 if let Some(tx) = &self.done {
                     let _ = tx.send(b.seq);
                 }
-                self.stats.batches_rejected += 1;
-                self.stats.flows_rejected += b.flows as u64;
+                self.counters.batches_rejected.inc();
+                self.counters.flows_rejected.add(b.flows as u64);
                 error!(seq = b.seq, flows = b.flows, status = status.as_str_name(), detail = %ack.detail,
                     "collector refused batch permanently; dropping it");
                 Ok(())

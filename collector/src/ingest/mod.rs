@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use crate::kafka::KafkaArgs;
-use crate::metrics::Counters;
+use crate::metrics::IngestMetrics;
 use service::{IngestService, Limits};
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +52,10 @@ pub struct IngestArgs {
     /// Milliseconds a batch may wait for Kafka before the sensor is told to retry.
     #[arg(long, default_value_t = 30_000)]
     pub kafka_timeout_ms: u64,
+    /// Serve Prometheus metrics (/metrics) and readiness (/healthz) over
+    /// plain HTTP on this address, e.g. 0.0.0.0:9100 (default: off).
+    #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -85,7 +89,24 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    let counters = Arc::new(Counters::default());
+    let metrics = IngestMetrics::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let metrics_task = {
+        let serving = serving.clone();
+        crate::metrics::start(
+            args.metrics_listen,
+            metrics.registry.clone(),
+            Arc::new(move || {
+                if serving.load(std::sync::atomic::Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("draining: shutting down".into())
+                }
+            }),
+        )
+        .await?
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = Limits {
         max_batch_bytes: args.max_batch_bytes,
@@ -96,10 +117,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         producer.clone(),
         args.kafka.kafka_topic.clone(),
         limits,
-        counters.clone(),
+        metrics.clone(),
         shutdown_rx,
     );
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<UplinkServer<IngestService>>()
         .await;
@@ -113,7 +133,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         listener,
         tls_cfg,
         conn_tx,
-        counters.clone(),
+        metrics.clone(),
         Duration::from_secs(10),
     ));
     info!(listen = %local, topic = %args.kafka.kafka_topic, brokers = %args.kafka.kafka_brokers, "ingest listening");
@@ -126,6 +146,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let hr = health_reporter.clone();
     let signal = async move {
         shutdown_signal().await;
+        serving.store(false, std::sync::atomic::Ordering::Relaxed);
         hr.set_not_serving::<UplinkServer<IngestService>>().await;
         let _ = shutdown_tx.send(true);
         // shutdown_tx lives until here: streams see the flag, drain and end.
@@ -144,12 +165,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     if let Ok(Err(e)) = flush.await {
         warn!(error = %e, "producer flush at shutdown incomplete");
     }
-    info!(
-        batches_received = Counters::get(&counters.batches_received),
-        batches_acked = Counters::get(&counters.batches_acked),
-        records_acked = Counters::get(&counters.records_acked),
-        refused = ?counters.refused(),
-        "ingest stopped"
-    );
+    metrics.log("ingest stopped");
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     Ok(())
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::tls::PeerInfo;
 use crate::identity::SensorIdentity;
-use crate::metrics::Counters;
+use crate::metrics::IngestMetrics;
 
 /// Limits applied to every batch.
 #[derive(Debug, Clone)]
@@ -100,7 +100,7 @@ struct Inner {
     producer: FutureProducer,
     topic: String,
     limits: Limits,
-    counters: Arc<Counters>,
+    metrics: Arc<IngestMetrics>,
     node: String,
 }
 
@@ -115,7 +115,7 @@ impl IngestService {
         producer: FutureProducer,
         topic: String,
         limits: Limits,
-        counters: Arc<Counters>,
+        metrics: Arc<IngestMetrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         IngestService {
@@ -123,7 +123,7 @@ impl IngestService {
                 producer,
                 topic,
                 limits,
-                counters,
+                metrics,
                 node: crate::kafka::node_name(),
             }),
             shutdown,
@@ -132,8 +132,8 @@ impl IngestService {
 }
 
 impl Inner {
-    /// Checks one request; returns the number of records on success.
-    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<u32, Refusal> {
+    /// Checks one request; returns the number of records and of flows on success.
+    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<(u32, u64), Refusal> {
         if req.payload.len() > self.limits.max_batch_bytes {
             return Err(Refusal::new(
                 AckStatus::TooLarge,
@@ -192,18 +192,18 @@ impl Inner {
                 ),
             ));
         }
-        Ok(records as u32)
+        Ok((records as u32, batch.flows.len() as u64))
     }
 
     async fn handle(self: Arc<Self>, req: UploadRequest, peer: Arc<PeerInfo>) -> UploadAck {
-        let c = &self.counters;
-        Counters::add(&c.batches_received, 1);
-        Counters::add(&c.bytes_received, req.payload.len() as u64);
+        let m = &self.metrics;
+        m.batches_received.inc();
+        m.bytes_received.add(req.payload.len() as u64);
         let id = &peer.identity;
-        let records = match self.validate(&req, id) {
+        let (records, flows) = match self.validate(&req, id) {
             Ok(n) => n,
             Err(r) => {
-                c.inc_refused(r.reason);
+                m.refused.inc(r.reason);
                 warn!(peer = %peer.remote, sensor = %id.sensor_id, seq = req.seq, status = %r.status.as_str_name(),
                     reason = %r.reason, detail = %r.detail, "batch refused");
                 return UploadAck {
@@ -240,11 +240,16 @@ impl Inner {
             .key(id.sensor_id.as_bytes())
             .payload(&envelope)
             .headers(headers);
+        m.flows_received.add(flows);
         // Bounded by the producer's message.timeout.ms.
-        match self.producer.send(record, Timeout::Never).await {
+        let started = std::time::Instant::now();
+        let sent = self.producer.send(record, Timeout::Never).await;
+        m.kafka_produce.observe_duration(started.elapsed());
+        match sent {
             Ok(delivery) => {
-                Counters::add(&c.batches_acked, 1);
-                Counters::add(&c.records_acked, records as u64);
+                m.batches_acked.inc();
+                m.records_acked.add(records as u64);
+                m.flows_acked.add(flows);
                 debug!(sensor = %id.sensor_id, seq = req.seq, records, ?delivery, "batch in Kafka");
                 UploadAck {
                     seq: req.seq,
@@ -255,7 +260,7 @@ impl Inner {
                 }
             }
             Err((e, _)) => {
-                c.inc_refused("kafka_unavailable");
+                m.refused.inc("kafka_unavailable");
                 warn!(sensor = %id.sensor_id, seq = req.seq, error = %e, "Kafka did not take the batch; sensor will retry");
                 UploadAck {
                     seq: req.seq,
@@ -266,6 +271,22 @@ impl Inner {
                 }
             }
         }
+    }
+}
+
+/// Counts an open upload stream for as long as it lives.
+struct StreamGauge(Arc<IngestMetrics>);
+
+impl StreamGauge {
+    fn open(m: Arc<IngestMetrics>) -> Self {
+        m.streams_open.add(1.0);
+        StreamGauge(m)
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.streams_open.add(-1.0);
     }
 }
 
@@ -295,6 +316,7 @@ impl Uplink for IngestService {
         let (tx, rx) = mpsc::channel(max_inflight + 1);
         info!(peer = %peer.remote, sensor = %peer.identity.sensor_id, vessel = %peer.identity.vessel, "upload stream opened");
         tokio::spawn(async move {
+            let _open = StreamGauge::open(inner.metrics.clone());
             let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             let mut reading = true;
             let mut final_status: Option<Status> = None;
@@ -320,7 +342,7 @@ impl Uplink for IngestService {
                         Ok(Some(req)) => inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone()))),
                         Ok(None) => reading = false,
                         Err(status) => {
-                            inner.counters.inc_refused("bad_grpc_message");
+                            inner.metrics.refused.inc("bad_grpc_message");
                             warn!(peer = %peer.remote, sensor = %peer.identity.sensor_id, code = ?status.code(),
                                 message = %status.message(), "upload stream broken by an invalid message");
                             reading = false;

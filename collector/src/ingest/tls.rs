@@ -24,7 +24,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
 use crate::identity::{identity_from_der, SensorIdentity};
-use crate::metrics::Counters;
+use crate::metrics::IngestMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -175,7 +175,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<ServerConfig>,
     conns: mpsc::Sender<Result<SensorConn, io::Error>>,
-    counters: Arc<Counters>,
+    metrics: Arc<IngestMetrics>,
     handshake_timeout: Duration,
 ) {
     let acceptor = TlsAcceptor::from(cfg);
@@ -194,35 +194,36 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let conns = conns.clone();
-        let counters = counters.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    counters.inc_refused("tls_handshake");
+                    metrics.refused.inc("tls_handshake");
                     warn!(peer = %remote, error = %e, "TLS handshake refused");
                     return;
                 }
                 Err(_) => {
-                    counters.inc_refused("tls_timeout");
+                    metrics.refused.inc("tls_timeout");
                     warn!(peer = %remote, timeout = ?handshake_timeout, "TLS handshake timed out");
                     return;
                 }
             };
             let (_, session) = tls.get_ref();
             let Some(der) = session.peer_certificates().and_then(|c| c.first()) else {
-                counters.inc_refused("no_client_cert");
+                metrics.refused.inc("no_client_cert");
                 warn!(peer = %remote, "connection without client certificate refused");
                 return;
             };
             let identity = match identity_from_der(der) {
                 Ok(id) => id,
                 Err(e) => {
-                    counters.inc_refused("bad_identity");
+                    metrics.refused.inc("bad_identity");
                     warn!(peer = %remote, error = %e, "client certificate refused");
                     return;
                 }
             };
+            metrics.connections.inc();
             debug!(peer = %remote, sensor = %identity.sensor_id, vessel = %identity.vessel, "sensor connected");
             let conn = SensorConn {
                 inner: tls,

@@ -18,6 +18,7 @@ pub mod dedup;
 pub mod rows;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -36,6 +37,7 @@ use tracing::{debug, error, info, warn};
 use crate::clickhouse_args::ClickHouseArgs;
 use crate::ingest::service::decode_payload;
 use crate::kafka::KafkaArgs;
+use crate::metrics::SinkMetrics;
 use dedup::SeenBatches;
 use rows::{append_rows, Rows};
 
@@ -64,31 +66,10 @@ pub struct SinkArgs {
     /// before writing the ledger and committing offsets (a crash at the worst moment).
     #[arg(long, hide = true)]
     pub fault_exit_after_insert: bool,
-}
-
-/// Counters of one sink process.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SinkStats {
-    pub records: u64,
-    pub batches_stored: u64,
-    pub rows_inserted: u64,
-    pub duplicates_skipped: u64,
-    pub dead_lettered: u64,
-    pub insert_retries: u64,
-}
-
-impl SinkStats {
-    fn log(&self, what: &'static str) {
-        info!(
-            records = self.records,
-            batches = self.batches_stored,
-            rows = self.rows_inserted,
-            duplicates_skipped = self.duplicates_skipped,
-            dead_lettered = self.dead_lettered,
-            insert_retries = self.insert_retries,
-            "{what}"
-        );
-    }
+    /// Serve Prometheus metrics (/metrics) and liveness (/healthz) over
+    /// plain HTTP on this address, e.g. 0.0.0.0:9101 (default: off).
+    #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 struct Chunk {
@@ -114,11 +95,11 @@ impl Chunk {
 
 struct Sink {
     args: SinkArgs,
-    consumer: StreamConsumer,
+    consumer: Arc<StreamConsumer>,
     dlq: FutureProducer,
     ch: Client,
     seen: SeenBatches,
-    stats: SinkStats,
+    metrics: Arc<SinkMetrics>,
     shutdown: watch::Receiver<bool>,
     /// Set when fault injection stopped the sink.
     fault_exit: bool,
@@ -147,6 +128,24 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     let ch = args.clickhouse.client();
+    let metrics = SinkMetrics::new();
+    let consumer = Arc::new(consumer);
+    let metrics_task = {
+        let stop = rx.clone();
+        crate::metrics::start(
+            args.metrics_listen,
+            metrics.registry.clone(),
+            Arc::new(move || {
+                if *stop.borrow() {
+                    Err("shutting down".into())
+                } else {
+                    Ok(())
+                }
+            }),
+        )
+        .await?
+    };
+    let lag_task = tokio::spawn(lag_loop(consumer.clone(), metrics.clone()));
     info!(topic = %args.kafka.kafka_topic, group = %args.group, clickhouse = %args.clickhouse.clickhouse_url,
         database = %args.clickhouse.clickhouse_database, "sink started");
     let mut sink = Sink {
@@ -155,7 +154,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         dlq,
         ch,
         seen: SeenBatches::new(100_000),
-        stats: SinkStats::default(),
+        metrics,
         shutdown: rx,
         fault_exit: false,
     };
@@ -167,11 +166,60 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         drop(sink);
         std::process::exit(70);
     }
-    sink.stats.log("sink stopped");
+    lag_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    sink.log("sink stopped");
     Ok(())
 }
 
+/// Refreshes the consumer-lag gauge every 5 s (also while an insert is
+/// being retried, which is when the lag grows).
+async fn lag_loop(consumer: Arc<StreamConsumer>, metrics: Arc<SinkMetrics>) {
+    loop {
+        let c = consumer.clone();
+        let m = metrics.clone();
+        let _ = tokio::task::spawn_blocking(move || refresh_lag(&c, &m)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Lag per assigned partition: high watermark minus committed offset (or
+/// minus the low watermark when nothing was committed yet). Blocking.
+fn refresh_lag(consumer: &StreamConsumer, metrics: &SinkMetrics) {
+    let t = Duration::from_secs(2);
+    let Ok(committed) = consumer.committed(t) else {
+        return;
+    };
+    let mut lag = std::collections::BTreeMap::new();
+    for e in committed.elements() {
+        let Ok((low, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), t) else {
+            continue;
+        };
+        let pos = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => low,
+        };
+        lag.insert(e.partition(), (high - pos).max(0));
+    }
+    *metrics.lag.lock().expect("lag lock") = lag;
+}
+
 impl Sink {
+    fn log(&self, what: &'static str) {
+        let m = &self.metrics;
+        info!(
+            records = m.kafka_records.get(),
+            batches = m.batches_stored.get(),
+            flows = m.rows_inserted.get("flows_raw"),
+            duplicates_skipped = m.duplicates_skipped.get(),
+            dead_lettered = m.dead_lettered.get(),
+            insert_retries = m.insert_retries.get(),
+            "{what}"
+        );
+    }
+
     fn stopping(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -224,7 +272,7 @@ impl Sink {
                 break; // shutting down before the chunk was stored: not committed
             }
             if last_log.elapsed() > Duration::from_secs(30) {
-                self.stats.log("sink progress");
+                self.log("sink progress");
                 last_log = Instant::now();
             }
         }
@@ -267,7 +315,7 @@ impl Sink {
 
     /// Decodes one record into the chunk (rows, duplicate, or dead letter).
     async fn accept(&mut self, m: Detached, chunk: &mut Chunk) {
-        self.stats.records += 1;
+        self.metrics.kafka_records.inc();
         let e = chunk
             .offsets
             .entry((m.topic.clone(), m.partition))
@@ -309,7 +357,7 @@ impl Sink {
         self.ensure_loaded(&env.sensor_id).await;
         let key = (env.sensor_id.clone(), env.seq);
         if self.seen.contains(&env.sensor_id, env.seq) || chunk.in_chunk.contains(&key) {
-            self.stats.duplicates_skipped += 1;
+            self.metrics.duplicates_skipped.inc();
             debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
             return;
         }
@@ -388,15 +436,27 @@ impl Sink {
                 error!(error = %e, "cannot build offset list");
             }
         }
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Sync) {
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => self.metrics.commits.inc(),
             // Rows are stored; the records will be consumed again and skipped.
-            warn!(error = %e, "offset commit failed; records will be redelivered and de-duplicated");
+            Err(e) => {
+                warn!(error = %e, "offset commit failed; records will be redelivered and de-duplicated")
+            }
         }
         for (sensor, seq) in &chunk.batches {
             self.seen.insert(sensor, *seq);
         }
-        self.stats.batches_stored += chunk.batches.len() as u64;
-        self.stats.rows_inserted += n_rows as u64;
+        let m = &self.metrics;
+        m.batches_stored.add(chunk.batches.len() as u64);
+        m.rows_inserted
+            .add("flows_raw", chunk.rows.flows.len() as u64);
+        m.rows_inserted
+            .add("assets_raw", chunk.rows.assets.len() as u64);
+        m.rows_inserted
+            .add("sensor_status_raw", chunk.rows.statuses.len() as u64);
+        m.rows_inserted
+            .add("batches", chunk.rows.batches.len() as u64);
+
         debug!(
             rows = n_rows,
             batches = chunk.batches.len(),
@@ -416,12 +476,14 @@ impl Sink {
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0u32;
         loop {
+            let t0 = Instant::now();
             let r = match stage {
                 Stage::Rows => insert_rows(&self.ch, rows).await,
                 Stage::Ledger => insert_table(&self.ch, "batches", &rows.batches).await,
             };
             match r {
                 Ok(()) => {
+                    self.metrics.insert_seconds.observe_duration(t0.elapsed());
                     if attempt > 0 {
                         info!(
                             what,
@@ -433,7 +495,7 @@ impl Sink {
                 }
                 Err(e) => {
                     attempt += 1;
-                    self.stats.insert_retries += 1;
+                    self.metrics.insert_retries.inc();
                     warn!(what, attempt, error = %e, retry_in = ?backoff, "ClickHouse write failed; offsets stay uncommitted");
                     if self.stopping() {
                         return false;
@@ -458,7 +520,7 @@ impl Sink {
                 .payload(&value);
             match self.dlq.send(rec, Timeout::Never).await {
                 Ok(_) => {
-                    self.stats.dead_lettered += 1;
+                    self.metrics.dead_lettered.inc();
                     return true;
                 }
                 Err((e, _)) => {

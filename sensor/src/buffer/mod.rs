@@ -595,6 +595,30 @@ impl DiskBuffer {
         Ok(())
     }
 
+    /// The oldest batch not yet acked, read from disk without handing it
+    /// to anyone (for the age of the backlog). `None` if there is none or
+    /// it cannot be read.
+    pub fn peek_oldest_pending(&self) -> Option<Stored> {
+        let seg = self
+            .segments
+            .iter()
+            .find(|s| s.records.iter().any(|(q, _)| *q > self.acked))?;
+        let f = File::open(&seg.path).ok()?;
+        let mut r = BufReader::with_capacity(64 * 1024, f);
+        r.seek(SeekFrom::Start(HEADER as u64)).ok()?;
+        loop {
+            match read_record(&mut r) {
+                Ok(Some(s)) if s.seq > self.acked => return Some(s),
+                Ok(Some(_)) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.cfg.max_bytes
+    }
+
     /// A reader over the batches with seq > `after`, oldest first.
     pub fn reader(&self, after: u64) -> Reader {
         Reader {
