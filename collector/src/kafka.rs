@@ -35,6 +35,12 @@ pub struct KafkaArgs {
     /// Extra librdkafka settings, e.g. security.protocol=SASL_SSL (repeatable).
     #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
     pub kafka_options: Vec<String>,
+    /// SASL user name (sets sasl.username; prefer the environment variable).
+    #[arg(long, env = "TIDEWATCH_KAFKA_USERNAME", hide_env_values = true)]
+    pub kafka_username: Option<String>,
+    /// SASL password (sets sasl.password; prefer the environment variable).
+    #[arg(long, env = "TIDEWATCH_KAFKA_PASSWORD", hide_env_values = true)]
+    pub kafka_password: Option<String>,
 }
 
 impl KafkaArgs {
@@ -47,6 +53,12 @@ impl KafkaArgs {
             .set("log_level", "4");
         for (k, v) in defaults {
             c.set(*k, v);
+        }
+        if let Some(u) = self.kafka_username.as_deref().filter(|u| !u.is_empty()) {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = self.kafka_password.as_deref().filter(|p| !p.is_empty()) {
+            c.set("sasl.password", p);
         }
         for opt in &self.kafka_options {
             let (k, v) = opt

@@ -36,6 +36,53 @@ fn health(port: u16, c: &SensorCert, service: &str) -> Result<i32, String> {
     })
 }
 
+/// The health service on the plaintext probe port (what a kubelet's gRPC
+/// probe reaches: no TLS, no client certificate).
+fn plain_health(port: u16, service: &str) -> Result<i32, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|s| s.to_string())
+    })
+}
+
+/// Tries an upload over plaintext; returns the gRPC status code.
+fn plain_upload(port: u16) -> tonic::Code {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut c = tidewatch_proto::v1::uplink_client::UplinkClient::new(ch);
+        let reqs = tokio_stream::iter(vec![request(1, 1, "")]);
+        match c.upload(reqs).await {
+            Ok(mut r) => match r.get_mut().message().await {
+                Ok(m) => panic!("upload answered over plaintext: {m:?}"),
+                Err(s) => s.code(),
+            },
+            Err(s) => s.code(),
+        }
+    })
+}
+
 #[test]
 fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
     let stack = Stack::start();
@@ -43,8 +90,22 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
     let pki = Pki::new(stack.path().join("pki"));
     let s1 = pki.sensor("s1", "mv-ops");
     let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let hport = free_port();
+    let _ingest = stack.ingest(
+        &pki,
+        port,
+        &["--health-listen", &format!("127.0.0.1:{hport}")],
+    );
     let mut sink = stack.sink("sink", &[]);
+
+    // Probe port: plaintext health, nothing else.
+    assert_eq!(plain_health(hport, ""), Ok(ServingStatus::Serving as i32));
+    assert_eq!(
+        plain_health(hport, "tidewatch.v1.Uplink"),
+        Ok(ServingStatus::Serving as i32)
+    );
+    // The upload service is not served there: uploads need mTLS.
+    assert_eq!(plain_upload(hport), tonic::Code::Unimplemented);
 
     assert_eq!(
         health(port, &s1, "tidewatch.v1.Uplink"),

@@ -56,6 +56,11 @@ pub struct IngestArgs {
     /// plain HTTP on this address, e.g. 0.0.0.0:9100 (default: off).
     #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve the gRPC health service (grpc.health.v1) without TLS on
+    /// this address, for Kubernetes gRPC probes, e.g. 0.0.0.0:8086 (default:
+    /// off; the health service is always served on --listen behind mTLS).
+    #[arg(long, env = "TIDEWATCH_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub kafka: KafkaArgs,
 }
@@ -124,6 +129,26 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .set_serving::<UplinkServer<IngestService>>()
         .await;
 
+    let health_task = match args.health_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for health checks on {addr}"))?;
+            info!(listen = %l.local_addr()?, "plaintext gRPC health service listening");
+            let svc = health_service.clone();
+            Some(tokio::spawn(async move {
+                let r = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+                    .await;
+                if let Err(e) = r {
+                    warn!(error = %e, "health listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -166,6 +191,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         warn!(error = %e, "producer flush at shutdown incomplete");
     }
     metrics.log("ingest stopped");
+    if let Some(t) = health_task {
+        t.abort();
+    }
     if let Some(t) = metrics_task {
         t.abort();
     }
