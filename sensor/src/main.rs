@@ -30,6 +30,9 @@ use tracing::{error, info, warn};
     about = "Meters OT network traffic into bidirectional flow records and uploads them to the tidewatch collector",
     long_about = "Meters OT network traffic into bidirectional flow records and uploads them to the \
 tidewatch collector over mutually authenticated gRPC.\n\n\
+Every `run` option can also be set in the environment as TIDEWATCH_<OPTION> (e.g. \
+--batch-flows as TIDEWATCH_BATCH_FLOWS), which is how the systemd unit reads \
+/etc/tidewatch/sensor.env; command-line options win.\n\n\
 `read` inspects a capture locally (no upload); `run` meters a capture and uploads the flows, \
 waiting until the collector has acknowledged every batch (an ack means the batch is in Kafka).\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
@@ -42,18 +45,29 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct MeterArgs {
     /// Seconds without a packet after which a flow is emitted.
-    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_IDLE_TIMEOUT",
+        default_value_t = 120.0,
+        value_name = "SECS"
+    )]
     idle_timeout: f64,
     /// Seconds after which a long flow is emitted and restarted (delta records).
-    #[arg(long, default_value_t = 1800.0, value_name = "SECS")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_ACTIVE_TIMEOUT",
+        default_value_t = 1800.0,
+        value_name = "SECS"
+    )]
     active_timeout: f64,
     /// Hard cap on concurrent flows; the least recently seen are evicted beyond it.
-    #[arg(long, default_value_t = 262_144)]
+    #[arg(long, env = "TIDEWATCH_MAX_FLOWS", default_value_t = 262_144)]
     max_flows: usize,
     /// IEEE OUI registry (CSV) for asset vendors; Debian's ieee-data package
     /// installs it at the default path. Missing file: vendors stay empty.
     #[arg(
         long,
+        env = "TIDEWATCH_OUI_FILE",
         default_value = "/usr/share/ieee-data/oui.csv",
         value_name = "CSV"
     )]
@@ -104,10 +118,15 @@ impl MeterArgs {
 struct LiveArgs {
     /// Capture live on this network interface (needs CAP_NET_RAW) instead of
     /// reading a file; stops on SIGTERM/SIGINT and flushes every flow.
-    #[arg(long, value_name = "IFACE")]
+    #[arg(long, env = "TIDEWATCH_INTERFACE", value_name = "IFACE")]
     interface: Option<String>,
     /// BPF capture filter in tcpdump syntax (live capture only).
-    #[arg(long, value_name = "BPF", requires = "interface")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_FILTER",
+        value_name = "BPF",
+        requires = "interface"
+    )]
     filter: Option<String>,
 }
 
@@ -276,6 +295,7 @@ enum Cmd {
         /// Capture file to replay (pcap or pcapng).
         #[arg(
             long,
+            env = "TIDEWATCH_PCAP",
             value_name = "FILE",
             required_unless_present = "interface",
             conflicts_with = "interface"
@@ -285,7 +305,12 @@ enum Cmd {
         live: LiveArgs,
         /// Replay the capture file at this multiple of its recorded speed
         /// (1 = as captured); default: as fast as possible.
-        #[arg(long, value_name = "FACTOR", conflicts_with = "interface")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_REPLAY_SPEED",
+            value_name = "FACTOR",
+            conflicts_with = "interface"
+        )]
         replay_speed: Option<f64>,
         /// Collector ingest endpoint.
         #[arg(
@@ -296,7 +321,7 @@ enum Cmd {
         )]
         collector: String,
         /// Name the collector certificate must carry (default: host of --collector).
-        #[arg(long)]
+        #[arg(long, env = "TIDEWATCH_SERVER_NAME")]
         server_name: Option<String>,
         /// Fleet CA certificate (PEM) that signed the collector's certificate.
         #[arg(long, env = "TIDEWATCH_CA", value_name = "PEM")]
@@ -315,34 +340,54 @@ enum Cmd {
         )]
         state_dir: PathBuf,
         /// Maximum flow records per batch.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = 2000)]
         batch_flows: usize,
         /// Batches in flight before waiting for acks.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, env = "TIDEWATCH_WINDOW", default_value_t = 8)]
         window: usize,
         /// Send batches uncompressed (default: zstd).
-        #[arg(long)]
+        #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
         no_compress: bool,
         /// Seconds to wait for an ack before reconnecting and resending.
-        #[arg(long, default_value_t = 30.0)]
+        #[arg(long, env = "TIDEWATCH_ACK_TIMEOUT", default_value_t = 30.0)]
         ack_timeout: f64,
         /// HTTP/2 keepalive: ping after this many idle seconds and give the
         /// connection up when no answer comes within as many seconds again
         /// (detects a link that silently drops everything).
-        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_KEEPALIVE_SECS",
+            default_value_t = 10.0,
+            value_name = "SECS"
+        )]
         keepalive_secs: f64,
         /// Upload rate limit in bytes per second (0 = unlimited), so the
         /// sensor leaves room on a narrow link.
-        #[arg(long, default_value_t = 0, value_name = "BYTES_PER_SEC")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_RATE_LIMIT",
+            default_value_t = 0,
+            value_name = "BYTES_PER_SEC"
+        )]
         rate_limit: u64,
         /// Seal a batch from whatever records are pending after this many
         /// seconds, so that a quiet network's flows reach the disk buffer
         /// (and the shore) without waiting for a full batch.
-        #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_FLUSH_INTERVAL",
+            default_value_t = 10.0,
+            value_name = "SECS"
+        )]
         flush_interval: f64,
         /// Send a SensorStatus record (capture and buffer counters, drops)
         /// every this many seconds, and once at the end.
-        #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+        #[arg(
+            long,
+            env = "TIDEWATCH_STATUS_INTERVAL",
+            default_value_t = 60.0,
+            value_name = "SECS"
+        )]
         status_interval: f64,
         /// Serve Prometheus metrics (/metrics) and liveness (/healthz) over
         /// plain HTTP on this address, e.g. 127.0.0.1:9464 (default: off).
@@ -633,17 +678,32 @@ fn buffer_cmd(dir: &std::path::Path, cmd: BufferCmd) -> anyhow::Result<()> {
 #[derive(clap::Args, Clone)]
 struct BufferArgs {
     /// Hard cap on the disk buffer (STATE_DIR/buffer), in MiB (at least 1).
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_BUFFER_MAX_MIB",
+        default_value_t = 256,
+        value_name = "MIB"
+    )]
     buffer_max_mib: u64,
     /// When buffered data is forced to disk: every-batch, interval or never.
-    #[arg(long, value_enum, default_value = "interval")]
+    #[arg(long, env = "TIDEWATCH_FSYNC", value_enum, default_value = "interval")]
     fsync: FsyncArg,
     /// With --fsync interval: at most this many milliseconds of data can be
     /// lost on power failure.
-    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_FSYNC_INTERVAL_MS",
+        default_value_t = 1000,
+        value_name = "MS"
+    )]
     fsync_interval_ms: u64,
     /// What to drop when the buffer is full.
-    #[arg(long, value_enum, default_value = "drop-oldest")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_WHEN_FULL",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
     when_full: WhenFullArg,
 }
 

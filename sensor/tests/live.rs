@@ -85,6 +85,42 @@ for i in range(3):
 t.close()
 "#;
 
+/// Runs the rest of the command line as `nobody` with CAP_NET_RAW only.
+const NET_RAW_ONLY: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+net_raw",
+    "--ambient-caps=-all,+net_raw",
+    "--bounding-set=-all,+net_raw",
+];
+
+#[test]
+fn without_cap_net_raw_live_capture_fails_clearly() {
+    let net = Net::new();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.a])
+        .args(&NET_RAW_ONLY[..4])
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
+        .args(["--interface", &net.ia, "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot open interface {}", net.ia))
+            && stderr.contains("Operation not permitted")
+            && stderr.contains("needs CAP_NET_RAW"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn live_capture_on_a_veth_between_namespaces() {
     let net = Net::new();
@@ -93,14 +129,12 @@ fn live_capture_on_a_veth_between_namespaces() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // As an unprivileged user holding CAP_NET_RAW and no other capability,
+    // as the systemd unit runs it.
     let sensor = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &net.a,
-            env!("CARGO_BIN_EXE_tidewatch-sensor"),
-            "read",
-        ])
+        .args(["netns", "exec", &net.a])
+        .args(NET_RAW_ONLY)
+        .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
         .args(["--interface", &net.ia, "--filter", "ip", "--duration", "5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,7 +9,7 @@ use super::RawPacket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LiveError {
-    #[error("cannot open interface {iface}: {source}")]
+    #[error("cannot open interface {iface}: {source} (live capture needs CAP_NET_RAW, e.g. the systemd unit's AmbientCapabilities)")]
     Open { iface: String, source: pcap::Error },
     #[error("invalid capture filter {filter:?}: {source}")]
     Filter { filter: String, source: pcap::Error },
