@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 pub use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{
-    AssetObservation, Batch, Encoding, FlowRecord, SensorStatus, UploadRequest,
+    AssetObservation, Batch, Encoding, FlowRecord, OperationClass, SensorStatus, UploadRequest,
 };
 
 const SEQ_BLOCK: u64 = 4096;
@@ -90,12 +90,58 @@ impl SeqStore {
     }
 }
 
+/// Upload priority of a batch. When the daily byte budget is tight the
+/// uplink sends `Control` (sensor status, asset observations) first, then
+/// `OtWrite` (flows with OT write, control or program operations), then
+/// `Bulk` (every other flow). Each class has its own part of the disk buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Class {
+    Control = 0,
+    OtWrite = 1,
+    #[default]
+    Bulk = 2,
+}
+
+impl Class {
+    /// Highest priority first.
+    pub const ALL: [Class; 3] = [Class::Control, Class::OtWrite, Class::Bulk];
+
+    /// Stable name (buffer directory, metrics label, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Control => "control",
+            Class::OtWrite => "ot-write",
+            Class::Bulk => "bulk",
+        }
+    }
+
+    /// `OtWrite` for a flow that wrote to, controlled or programmed an OT
+    /// device; `Bulk` otherwise.
+    pub fn of_flow(f: &FlowRecord) -> Class {
+        let writes = f.operations.iter().any(|o| {
+            matches!(
+                OperationClass::try_from(o.class),
+                Ok(OperationClass::Write | OperationClass::Control | OperationClass::Program)
+            )
+        });
+        if writes {
+            Class::OtWrite
+        } else {
+            Class::Bulk
+        }
+    }
+}
+
 /// A batch ready to go on the wire, kept until the collector acks it.
 #[derive(Debug, Clone)]
 pub struct PreparedBatch {
     pub seq: u64,
     pub flows: usize,
+    pub class: Class,
     pub request: UploadRequest,
+    /// Set by the uplink once the batch has been on the link (a later send
+    /// is a resend).
+    pub sent: bool,
 }
 
 /// Batch size limits. The encoded batch must stay below the collector's
@@ -117,13 +163,15 @@ impl Default for BatchConfig {
     }
 }
 
-/// Groups records into batches of at most `max_flows` records (flows and
-/// asset observations together).
+/// Groups records into batches of one [`Class`] each, of at most
+/// `max_flows` records: asset observations (and status) in `Control`
+/// batches, flows in `OtWrite` or `Bulk` batches by their operations.
 pub struct Batcher {
     cfg: BatchConfig,
     seqs: SeqStore,
-    pending: Vec<FlowRecord>,
-    pending_assets: Vec<AssetObservation>,
+    assets: Vec<AssetObservation>,
+    ot: Vec<FlowRecord>,
+    bulk: Vec<FlowRecord>,
 }
 
 impl Batcher {
@@ -131,53 +179,73 @@ impl Batcher {
         Batcher {
             cfg,
             seqs,
-            pending: Vec::new(),
-            pending_assets: Vec::new(),
+            assets: Vec::new(),
+            ot: Vec::new(),
+            bulk: Vec::new(),
         }
     }
 
-    /// Adds records; returns the batches that became full. Asset
-    /// observations go first: they are few and analysts want them early.
+    /// Adds records; returns the batches that became full.
     pub fn push(
         &mut self,
         records: Vec<FlowRecord>,
         assets: Vec<AssetObservation>,
     ) -> Result<Vec<PreparedBatch>, StateError> {
-        self.pending.extend(records);
-        self.pending_assets.extend(assets);
+        for r in records {
+            match Class::of_flow(&r) {
+                Class::OtWrite => self.ot.push(r),
+                _ => self.bulk.push(r),
+            }
+        }
+        self.assets.extend(assets);
         let max = self.cfg.max_flows.max(1);
         let mut out = Vec::new();
-        while self.pending.len() + self.pending_assets.len() >= max {
-            let n_assets = self.pending_assets.len().min(max);
-            let rest_assets = self.pending_assets.split_off(n_assets);
-            let assets = std::mem::replace(&mut self.pending_assets, rest_assets);
-            let n_flows = (max - n_assets).min(self.pending.len());
-            let rest = self.pending.split_off(n_flows);
-            let flows = std::mem::replace(&mut self.pending, rest);
-            out.push(self.seal(flows, assets, Vec::new())?);
+        while self.assets.len() >= max {
+            let rest = self.assets.split_off(max);
+            let a = std::mem::replace(&mut self.assets, rest);
+            out.push(self.seal(Class::Control, Vec::new(), a, Vec::new())?);
+        }
+        for class in [Class::OtWrite, Class::Bulk] {
+            while self.flows_mut(class).len() >= max {
+                let pending = self.flows_mut(class);
+                let rest = pending.split_off(max);
+                let f = std::mem::replace(pending, rest);
+                out.push(self.seal(class, f, Vec::new(), Vec::new())?);
+            }
         }
         Ok(out)
     }
 
-    /// Seals what is pending (if anything, or if a status is given).
+    fn flows_mut(&mut self, class: Class) -> &mut Vec<FlowRecord> {
+        match class {
+            Class::OtWrite => &mut self.ot,
+            _ => &mut self.bulk,
+        }
+    }
+
+    /// Seals everything pending (one batch per class with records; the
+    /// status, if given, goes into the control batch).
     pub fn flush(
         &mut self,
         status: Option<SensorStatus>,
-    ) -> Result<Option<PreparedBatch>, StateError> {
-        if self.pending.is_empty() && self.pending_assets.is_empty() && status.is_none() {
-            return Ok(None);
+    ) -> Result<Vec<PreparedBatch>, StateError> {
+        let mut out = Vec::new();
+        if !self.assets.is_empty() || status.is_some() {
+            let a = std::mem::take(&mut self.assets);
+            out.push(self.seal(Class::Control, Vec::new(), a, status.into_iter().collect())?);
         }
-        let flows = std::mem::take(&mut self.pending);
-        let assets = std::mem::take(&mut self.pending_assets);
-        Ok(Some(self.seal(
-            flows,
-            assets,
-            status.into_iter().collect(),
-        )?))
+        for class in [Class::OtWrite, Class::Bulk] {
+            let f = std::mem::take(self.flows_mut(class));
+            if !f.is_empty() {
+                out.push(self.seal(class, f, Vec::new(), Vec::new())?);
+            }
+        }
+        Ok(out)
     }
 
     fn seal(
         &mut self,
+        class: Class,
         flows: Vec<FlowRecord>,
         assets: Vec<AssetObservation>,
         status: Vec<SensorStatus>,
@@ -195,7 +263,9 @@ impl Batcher {
         Ok(PreparedBatch {
             seq,
             flows: n,
+            class,
             request: encode_request(&batch, self.cfg.compress, self.cfg.zstd_level),
+            sent: false,
         })
     }
 }
@@ -268,14 +338,54 @@ mod tests {
         let recs = vec![FlowRecord::default(); 7];
         let full = b.push(recs, Vec::new()).unwrap();
         assert_eq!(full.len(), 2);
-        let last = b.flush(None).unwrap().unwrap();
+        let mut rest = b.flush(None).unwrap();
+        assert_eq!(rest.len(), 1);
+        let last = rest.pop().unwrap();
         assert_eq!(last.flows, 1);
-        assert!(b.flush(None).unwrap().is_none());
+        assert_eq!(last.class, Class::Bulk);
+        assert!(b.flush(None).unwrap().is_empty());
         let seqs: Vec<u64> = full.iter().chain([&last]).map(|p| p.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let raw = zstd::bulk::decompress(&last.request.payload, 1 << 20).unwrap();
         let decoded = Batch::decode(&raw[..]).unwrap();
         assert_eq!(decoded.seq, 3);
         assert_eq!(decoded.flows.len(), 1);
+    }
+
+    #[test]
+    fn batches_are_split_by_priority_class() {
+        use tidewatch_proto::v1::Operation;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BatchConfig {
+            max_flows: 2,
+            ..BatchConfig::default()
+        };
+        let mut b = Batcher::new(cfg, SeqStore::open(dir.path()).unwrap());
+        let op = |class: OperationClass| FlowRecord {
+            operations: vec![Operation {
+                class: class as i32,
+                ..Operation::default()
+            }],
+            ..FlowRecord::default()
+        };
+        let recs = vec![
+            op(OperationClass::Read),
+            op(OperationClass::Write),
+            FlowRecord::default(),
+            op(OperationClass::Control),
+            op(OperationClass::Program),
+        ];
+        let full = b.push(recs, vec![AssetObservation::default()]).unwrap();
+        assert_eq!(
+            full.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
+            [(Class::OtWrite, 2), (Class::Bulk, 2)]
+        );
+        let rest = b.flush(Some(SensorStatus::default())).unwrap();
+        assert_eq!(
+            rest.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
+            [(Class::Control, 0), (Class::OtWrite, 1)]
+        );
+        let control = decode_request(&rest[0].request).unwrap();
+        assert_eq!((control.assets.len(), control.status.len()), (1, 1));
     }
 }

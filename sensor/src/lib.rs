@@ -5,12 +5,15 @@
 //! - [`flow`]: the bidirectional flow table and its timeouts.
 //! - [`batch`]: batches with persistent, strictly increasing sequence numbers.
 //! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
-//! - [`buffer`]: the disk buffer batches wait in until the collector acks them.
+//! - [`buffer`]: the disk buffer batches wait in until the collector acks them,
+//!   one part per upload priority class.
+//! - [`budget`]: the daily byte budget of the uplink.
 //! - [`metrics`]: Prometheus metrics of a running sensor.
 //! - [`output`]: the JSON form of records for local inspection.
 
 pub mod assets;
 pub mod batch;
+pub mod budget;
 pub mod buffer;
 pub mod capture;
 pub mod decode;

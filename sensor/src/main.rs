@@ -12,9 +12,11 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
 use tidewatch_proto::v1::{AssetObservation, FlowRecord, SensorStatus};
 use tidewatch_sensor::assets::{AssetTable, Oui};
-use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::batch::{now_us, BatchConfig, Batcher, Class, PreparedBatch, SeqStore};
+use tidewatch_sensor::budget::{BudgetConfig, DailyBudget};
+use tidewatch_sensor::buffer::classed::class_dir;
 use tidewatch_sensor::buffer::{
-    inspect, repair, BufferConfig, DiskBuffer, Fsync, Reader, WhenFull,
+    inspect, repair, BufferConfig, ClassedBuffer, Fsync, Reader, Stored, WhenFull,
 };
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tidewatch_sensor::output::{asset_json, flow_json};
@@ -370,6 +372,29 @@ enum Cmd {
             value_name = "BYTES_PER_SEC"
         )]
         rate_limit: u64,
+        /// Daily byte budget of the uplink (UTC day; batch payload bytes,
+        /// resends included); 0 = none. When it is tight, sensor status and
+        /// assets go first, then flows with OT write/control operations,
+        /// then the rest; what does not fit waits on disk for the next day.
+        #[arg(
+            long,
+            env = "TIDEWATCH_DAILY_BUDGET_BYTES",
+            default_value_t = 0,
+            value_name = "BYTES"
+        )]
+        daily_budget_bytes: u64,
+        /// Percent of the daily budget kept for status, assets and OT-write
+        /// flows: bulk flows stop when the rest is used.
+        #[arg(
+            long,
+            env = "TIDEWATCH_BUDGET_RESERVE_PERCENT",
+            default_value_t = 10,
+            value_name = "PERCENT"
+        )]
+        budget_reserve_percent: u8,
+        /// Length of a budget "day" in seconds (tests compress time).
+        #[arg(long, hide = true, default_value_t = 86_400.0)]
+        budget_period_secs: f64,
         /// Seal a batch from whatever records are pending after this many
         /// seconds, so that a quiet network's flows reach the disk buffer
         /// (and the shore) without waiting for a full batch.
@@ -563,7 +588,7 @@ fn estimate(
         },
     )
     .with_context(|| format!("reading {}", file.display()))?;
-    if let Some(b) = batcher.flush(None)? {
+    for b in batcher.flush(None)? {
         count(b);
     }
     let _ = std::fs::remove_dir_all(&scratch);
@@ -586,92 +611,164 @@ fn estimate(
 /// Streams the disk buffer to the uplink: every stored batch after the
 /// acked cursor, then new ones as they are appended, until metering is done
 /// and everything on disk has been handed over.
-fn feed(mut reader: Reader, tx: mpsc::Sender<PreparedBatch>, metering_done: &AtomicBool) {
+/// Streams the disk buffer to the uplink: always the highest-priority
+/// class that has a batch waiting and that the daily budget allows (booked
+/// as reserved here and charged when the uplink sends it, so the budget
+/// holds batches back on disk, not in the uplink's window). Returns when metering is done and every class is
+/// drained.
+fn feed(
+    mut readers: Vec<(Class, Reader)>,
+    budget: Arc<Mutex<DailyBudget>>,
+    tx: mpsc::Sender<PreparedBatch>,
+    metering_done: &AtomicBool,
+) {
+    let mut next: Vec<Option<Stored>> = readers.iter().map(|_| None).collect();
+    let mut held_back = false;
     loop {
-        match reader.next_batch() {
-            Ok(Some(s)) => {
-                if tx.blocking_send(s.into_prepared()).is_err() {
-                    return;
-                }
-            }
-            Ok(None) => {
-                if metering_done.load(Ordering::SeqCst) {
-                    // Appends happened before the flag: one more look.
-                    match reader.next_batch() {
-                        Ok(Some(s)) => {
-                            if tx.blocking_send(s.into_prepared()).is_err() {
-                                return;
-                            }
-                        }
-                        _ => return,
+        // Appends that happened before the flag are visible after it.
+        let done = metering_done.load(Ordering::SeqCst);
+        for (i, (class, r)) in readers.iter_mut().enumerate() {
+            if next[i].is_none() {
+                match r.next_batch() {
+                    Ok(b) => next[i] = b,
+                    Err(e) => {
+                        error!(class = class.name(), error = %e, "cannot read the disk buffer; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
                     }
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
-            Err(e) => {
-                error!(error = %e, "cannot read the disk buffer; retrying");
-                std::thread::sleep(Duration::from_secs(1));
+        }
+        if next.iter().all(Option::is_none) {
+            if done {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let pick = {
+            let mut b = budget.lock().expect("budget lock");
+            let pick = next.iter().enumerate().find_map(|(i, n)| {
+                let n = n.as_ref()?;
+                let bytes = n.request.payload.len() as u64;
+                b.allows(readers[i].0, bytes).then_some((i, bytes))
+            });
+            if let Some((_, bytes)) = pick {
+                b.reserve(bytes);
+            }
+            if let Err(e) = b.persist_if_due() {
+                warn!(error = %e, "cannot record budget use");
+            }
+            pick
+        };
+        let Some((i, _)) = pick else {
+            let (used, limit, wait) = {
+                let mut b = budget.lock().expect("budget lock");
+                (b.used(), b.limit(), b.until_next_period())
+            };
+            if !held_back {
+                let waiting: Vec<&str> = readers
+                    .iter()
+                    .zip(&next)
+                    .filter(|(_, n)| n.is_some())
+                    .map(|((c, _), _)| c.name())
+                    .collect();
+                warn!(used, limit, ?waiting, next_day_in = ?wait,
+                    "daily byte budget reached; holding batches in the disk buffer");
+                held_back = true;
+            }
+            std::thread::sleep(wait.min(Duration::from_millis(500)));
+            continue;
+        };
+        if held_back {
+            info!("budget allows sending again");
+            held_back = false;
+        }
+        let b = next[i].take().expect("picked");
+        if tx.blocking_send(b.into_prepared(readers[i].0)).is_err() {
+            return;
         }
     }
 }
 
 fn buffer_cmd(dir: &std::path::Path, cmd: BufferCmd) -> anyhow::Result<()> {
-    let ins = inspect(dir)?;
-    match cmd {
-        BufferCmd::Stats | BufferCmd::Check => {
-            let pending: u64 = ins.segments.iter().map(|s| s.pending_records).sum();
-            let bytes: u64 = ins.segments.iter().map(|s| s.bytes).sum();
-            for s in &ins.segments {
-                println!(
-                    "{}  {} bytes  {} batches ({} flows)  seq {}..{}  pending {}  corrupt {}{}{}",
-                    s.path.display(),
-                    s.bytes,
-                    s.records,
-                    s.flows,
-                    s.first_seq
-                        .map(|x| x.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    s.last_seq
-                        .map(|x| x.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    s.pending_records,
-                    s.corrupt,
-                    if s.torn_tail_bytes > 0 {
-                        format!("  torn tail {} bytes", s.torn_tail_bytes)
-                    } else {
-                        String::new()
-                    },
-                    if s.bad_header {
-                        "  UNREADABLE HEADER"
-                    } else {
-                        ""
-                    },
-                );
-            }
-            println!(
-                "buffer {}: {} segments, {} bytes, {} batches not yet acked, acked up to seq {}, {} damaged records",
-                dir.display(),
-                ins.segments.len(),
-                bytes,
-                pending,
-                ins.acked,
-                ins.corrupt()
-            );
-            if matches!(cmd, BufferCmd::Check) && ins.corrupt() > 0 {
-                bail!(
-                    "{} damaged record(s); the sensor skips them on start, or run `buffer repair`",
-                    ins.corrupt()
-                );
-            }
+    let mut damaged = 0;
+    let mut total = (0u64, 0u64, 0u64);
+    for class in Class::ALL {
+        let cdir = class_dir(dir, class);
+        if !cdir.is_dir() {
+            println!("buffer {} ({}): empty", cdir.display(), class.name());
+            continue;
         }
-        BufferCmd::Repair => {
-            let n = repair(dir)?;
-            println!("removed {n} damaged record(s) from {}", dir.display());
+        match cmd {
+            BufferCmd::Stats | BufferCmd::Check => {
+                let (segments, bytes, pending, bad) = print_buffer(&cdir, class)?;
+                total = (total.0 + segments, total.1 + bytes, total.2 + pending);
+                damaged += bad;
+            }
+            BufferCmd::Repair => {
+                let n = repair(&cdir)?;
+                println!("removed {n} damaged record(s) from {}", cdir.display());
+            }
         }
     }
+    if !matches!(cmd, BufferCmd::Repair) {
+        println!(
+            "total: {} segments, {} bytes, {} batches not yet acked, {} damaged records",
+            total.0, total.1, total.2, damaged
+        );
+    }
+    if matches!(cmd, BufferCmd::Check) && damaged > 0 {
+        bail!(
+            "{damaged} damaged record(s); the sensor skips them on start, or run `buffer repair`"
+        );
+    }
     Ok(())
+}
+
+/// Prints one class's segments; returns its segments, bytes, pending
+/// batches and damaged records.
+fn print_buffer(dir: &std::path::Path, class: Class) -> anyhow::Result<(u64, u64, u64, u64)> {
+    let ins = inspect(dir)?;
+    let pending: u64 = ins.segments.iter().map(|s| s.pending_records).sum();
+    let bytes: u64 = ins.segments.iter().map(|s| s.bytes).sum();
+    for s in &ins.segments {
+        println!(
+            "{}  {} bytes  {} batches ({} flows)  seq {}..{}  pending {}  corrupt {}{}{}",
+            s.path.display(),
+            s.bytes,
+            s.records,
+            s.flows,
+            s.first_seq
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s.last_seq
+                .map(|x| x.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s.pending_records,
+            s.corrupt,
+            if s.torn_tail_bytes > 0 {
+                format!("  torn tail {} bytes", s.torn_tail_bytes)
+            } else {
+                String::new()
+            },
+            if s.bad_header {
+                "  UNREADABLE HEADER"
+            } else {
+                ""
+            },
+        );
+    }
+    println!(
+        "buffer {} ({}): {} segments, {} bytes, {} batches not yet acked, acked up to seq {}, {} damaged records",
+        dir.display(),
+        class.name(),
+        ins.segments.len(),
+        bytes,
+        pending,
+        ins.acked,
+        ins.corrupt()
+    );
+    Ok((ins.segments.len() as u64, bytes, pending, ins.corrupt()))
 }
 
 /// Disk buffer settings of `run`.
@@ -764,6 +861,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         ack_timeout,
         keepalive_secs,
         rate_limit,
+        daily_budget_bytes,
+        budget_reserve_percent,
+        budget_period_secs,
         flush_interval,
         status_interval,
         metrics_listen,
@@ -788,6 +888,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         ("--keepalive-secs", keepalive_secs),
         ("--flush-interval", flush_interval),
         ("--status-interval", status_interval),
+        ("--budget-period-secs", budget_period_secs),
     ] {
         if !(v.is_finite() && v > 0.0) {
             bail!("{name} must be a positive number of seconds, got {v}");
@@ -809,6 +910,16 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         rate_limit,
     };
     let seqs = SeqStore::open(&state_dir)?;
+    let budget = DailyBudget::open(
+        &state_dir,
+        BudgetConfig {
+            daily_bytes: daily_budget_bytes,
+            reserve_percent: budget_reserve_percent,
+            period: Duration::from_secs_f64(budget_period_secs),
+        },
+    )
+    .context("--budget-reserve-percent")?;
+    let budget = Arc::new(Mutex::new(budget));
     let mut batcher = Batcher::new(
         BatchConfig {
             max_flows: batch_flows,
@@ -826,7 +937,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     // buffer (from the first unacked batch, including those left by an
     // earlier run) to the uplink; finished batches are forgotten by the
     // buffer as the uplink reports them.
-    let (disk, opened) = DiskBuffer::open(buffer.config(&state_dir)?)?;
+    let (disk, opened) = ClassedBuffer::open(buffer.config(&state_dir)?)?;
     if opened.corrupt_records > 0 {
         warn!(
             corrupt = opened.corrupt_records,
@@ -839,11 +950,10 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             "resuming upload of batches buffered before the restart"
         );
     }
-    let start_after = disk.acked();
-    let reader = disk.reader(start_after);
+    let readers: Vec<(Class, Reader)> = Class::ALL.iter().map(|c| (*c, disk.reader(*c))).collect();
     let disk = Arc::new(Mutex::new(disk));
     let (tx, rx) = mpsc::channel::<PreparedBatch>(window * 2);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u64>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Class, u64)>();
     let counters = Arc::new(UplinkCounters::default());
     let progress = Arc::new(Progress::default());
     let metrics_task = match metrics_listen {
@@ -852,6 +962,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 progress.clone(),
                 counters.clone(),
                 disk.clone(),
+                budget.clone(),
             );
             let (local, task) = rt
                 .block_on(tidewatch_proto::metrics::serve(
@@ -867,14 +978,15 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     };
     let uplink = Uplink::new(uplink_cfg.clone())?
         .with_done_channel(done_tx)
-        .with_counters(counters.clone());
+        .with_counters(counters.clone())
+        .with_budget(budget.clone());
     let upload = rt.spawn(uplink.run(rx));
     let acker = {
         let disk = disk.clone();
         rt.spawn(async move {
-            while let Some(seq) = done_rx.recv().await {
-                if let Err(e) = disk.lock().expect("buffer lock").ack(seq) {
-                    error!(error = %e, seq, "cannot record ack in the disk buffer");
+            while let Some((class, seq)) = done_rx.recv().await {
+                if let Err(e) = disk.lock().expect("buffer lock").ack(class, seq) {
+                    error!(error = %e, seq, class = class.name(), "cannot record ack in the disk buffer");
                 }
             }
         })
@@ -882,7 +994,8 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let metering_done = Arc::new(AtomicBool::new(false));
     let feeder = {
         let done = metering_done.clone();
-        std::thread::spawn(move || feed(reader, tx, &done))
+        let budget = budget.clone();
+        std::thread::spawn(move || feed(readers, budget, tx, &done))
     };
 
     // Metering runs on this thread; the disk buffer absorbs any backlog.
@@ -900,6 +1013,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             warn!(
                 seq = b.seq,
                 flows = b.flows,
+                class = b.class.name(),
                 "disk buffer full; new batch dropped (counted)"
             );
         } else if d.stats().dropped_batches > before {
@@ -914,7 +1028,13 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     let stop = stop_flag(&rt);
     let status = |p: &Progress| {
         let bs = disk.lock().expect("buffer lock").stats();
+        let (sent_today, limit) = {
+            let mut b = budget.lock().expect("budget lock");
+            (b.used(), b.limit())
+        };
         SensorStatus {
+            bytes_sent_today: sent_today,
+            daily_byte_budget: limit,
             observed_us: now_us(),
             capture_packets: Progress::get(&p.frames),
             capture_drops: Progress::get(&p.kernel_drops),
@@ -923,7 +1043,6 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             buffer_backlog_records: bs.pending_flows,
             records_dropped: bs.dropped_flows,
             software_version: env!("CARGO_PKG_VERSION").to_string(),
-            ..SensorStatus::default()
         }
     };
     let flush_every = Duration::from_secs_f64(flush_interval);
@@ -948,7 +1067,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let due_status = last_status.elapsed() >= status_every;
             if due_status || last_flush.elapsed() >= flush_every {
                 let st = due_status.then(|| status(&progress));
-                if let Some(b) = batcher.flush(st)? {
+                for b in batcher.flush(st)? {
                     push(b)?;
                 }
                 last_flush = std::time::Instant::now();
@@ -960,7 +1079,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         },
     )?;
     debug_assert_eq!(Progress::get(&progress.frames), m.frames);
-    if let Some(b) = batcher.flush(Some(status(&progress)))? {
+    for b in batcher.flush(Some(status(&progress)))? {
         push(b)?;
     }
     disk.lock().expect("buffer lock").sync()?;
@@ -976,7 +1095,33 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let stats = rt.block_on(upload)?;
+    // Wait for the last acks; SIGTERM meanwhile leaves the rest on disk.
+    let finished = rt.block_on(async {
+        let mut upload = upload;
+        loop {
+            tokio::select! {
+                r = &mut upload => break Some(r),
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if stop.load(Ordering::SeqCst) {
+                        break None;
+                    }
+                }
+            }
+        }
+    });
+    if let Err(e) = budget.lock().expect("budget lock").persist() {
+        warn!(error = %e, "cannot record budget use");
+    }
+    let Some(stats) = finished else {
+        let bs = disk.lock().expect("buffer lock").stats();
+        info!(
+            pending_batches = bs.pending_batches,
+            pending_flows = bs.pending_flows,
+            "stopping; unacknowledged batches stay in the disk buffer for the next start"
+        );
+        return Ok(());
+    };
+    let stats = stats?;
     rt.block_on(acker)?;
     if feeder.join().is_err() {
         bail!("buffer feeder thread panicked");

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use tidewatch_proto::metrics::Registry;
 
-use crate::batch::{decode_request, now_us};
-use crate::buffer::DiskBuffer;
+use crate::batch::{decode_request, now_us, Class};
+use crate::budget::DailyBudget;
+use crate::buffer::ClassedBuffer;
 use crate::pipeline::Progress;
 use crate::uplink::UplinkCounters;
 
@@ -18,19 +19,19 @@ fn one(v: f64) -> Sample {
     vec![(Vec::new(), v)]
 }
 
-/// Caches the age source of the oldest unacked batch: reading it from disk
-/// once per distinct oldest seq, not on every scrape.
+/// Caches when the oldest unacked batch of each class was sealed: read
+/// from disk once per distinct oldest seq, not on every scrape.
 #[derive(Default)]
 struct OldestCache {
-    seq: u64,
-    created_us: i64,
+    seen: [(u64, i64); 3],
 }
 
 /// Builds the registry over the running sensor's parts.
 pub fn registry(
     progress: Arc<Progress>,
     uplink: Arc<UplinkCounters>,
-    disk: Arc<Mutex<DiskBuffer>>,
+    disk: Arc<Mutex<ClassedBuffer>>,
+    budget: Arc<Mutex<DailyBudget>>,
 ) -> Arc<Registry> {
     let r = Registry::new();
     macro_rules! progress_counter {
@@ -118,7 +119,22 @@ pub fn registry(
         );
     }
 
-    let buf_gauge = |name: &str, help: &'static str, f: fn(&DiskBuffer) -> f64| {
+    {
+        let b = budget.clone();
+        r.gauge_fn(
+            "tidewatch_sensor_uplink_budget_bytes",
+            "Daily byte budget of the uplink (--daily-budget-bytes; 0: none).",
+            move || one(b.lock().expect("budget lock").limit() as f64),
+        );
+        let b = budget.clone();
+        r.gauge_fn(
+            "tidewatch_sensor_uplink_budget_used_bytes",
+            "Bytes sent today (UTC) against the daily budget, resends included.",
+            move || one(b.lock().expect("budget lock").used() as f64),
+        );
+    }
+
+    let buf_gauge = |name: &str, help: &'static str, f: fn(&ClassedBuffer) -> f64| {
         let d = disk.clone();
         r.gauge_fn(name, help, move || one(f(&d.lock().expect("buffer lock"))));
     };
@@ -132,27 +148,42 @@ pub fn registry(
         "Size cap of the disk buffer (--buffer-max-mib).",
         |d| d.max_bytes() as f64,
     );
-    buf_gauge(
+    let per_class = |name: &str, help: &'static str, f: fn(&ClassedBuffer, Class) -> f64| {
+        let d = disk.clone();
+        r.gauge_fn(name, help, move || {
+            let d = d.lock().expect("buffer lock");
+            Class::ALL
+                .iter()
+                .map(|c| (vec![("class", c.name().to_string())], f(&d, *c)))
+                .collect()
+        });
+    };
+    per_class(
         "tidewatch_sensor_buffer_pending_batches",
-        "Batches in the disk buffer not yet acked by the collector.",
-        |d| d.stats().pending_batches as f64,
+        "Batches in the disk buffer not yet acked by the collector, by upload class.",
+        |d, c| d.class(c).stats().pending_batches as f64,
     );
-    buf_gauge(
+    per_class(
         "tidewatch_sensor_buffer_pending_flows",
-        "Flow records in the disk buffer not yet acked by the collector.",
-        |d| d.stats().pending_flows as f64,
+        "Flow records in the disk buffer not yet acked by the collector, by upload class.",
+        |d, c| d.class(c).stats().pending_flows as f64,
     );
     {
         let d = disk.clone();
         r.counter_fn(
             "tidewatch_sensor_dropped_flows",
-            "Flow records lost on the sensor, by cause (buffer_full: dropped by the buffer cap).",
+            "Flow records lost on the sensor, by cause (buffer_full: dropped by the buffer cap) and upload class.",
             move || {
-                let s = d.lock().expect("buffer lock").stats();
-                vec![(
-                    vec![("cause", "buffer_full".into())],
-                    s.dropped_flows as f64,
-                )]
+                let d = d.lock().expect("buffer lock");
+                Class::ALL
+                    .iter()
+                    .map(|c| {
+                        (
+                            vec![("cause", "buffer_full".into()), ("class", c.name().into())],
+                            d.class(*c).stats().dropped_flows as f64,
+                        )
+                    })
+                    .collect()
             },
         );
     }
@@ -171,24 +202,23 @@ pub fn registry(
             "tidewatch_sensor_buffer_oldest_unacked_age_seconds",
             "Age of the oldest batch not yet acked (since it was sealed); 0 when all is acked.",
             move || {
-                let buf = d.lock().expect("buffer lock");
+                let oldest = d.lock().expect("buffer lock").oldest_pending();
                 let mut c = cache.lock().expect("cache lock");
-                let age = match buf.peek_oldest_pending() {
-                    None => 0.0,
-                    Some(s) => {
-                        if s.seq != c.seq {
-                            let created = decode_request(&s.request)
+                let now = now_us();
+                let mut created = None::<i64>;
+                for (class, s) in oldest {
+                    let slot = &mut c.seen[class as usize];
+                    if slot.0 != s.seq {
+                        *slot = (
+                            s.seq,
+                            decode_request(&s.request)
                                 .map(|b| b.created_us)
-                                .unwrap_or_else(now_us);
-                            *c = OldestCache {
-                                seq: s.seq,
-                                created_us: created,
-                            };
-                        }
-                        ((now_us() - c.created_us) as f64 / 1e6).max(0.0)
+                                .unwrap_or(now),
+                        );
                     }
-                };
-                one(age)
+                    created = Some(created.map_or(slot.1, |x| x.min(slot.1)));
+                }
+                one(created.map_or(0.0, |t| ((now - t) as f64 / 1e6).max(0.0)))
             },
         );
     }

@@ -10,7 +10,7 @@
 //! keepalive pings detect a link that silently drops everything.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -22,7 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, error, info, warn};
 
-use crate::batch::PreparedBatch;
+use crate::batch::{Class, PreparedBatch};
+use crate::budget::DailyBudget;
 use crate::ratelimit::TokenBucket;
 
 #[derive(Debug, Clone)]
@@ -102,9 +103,12 @@ pub struct Uplink {
     cfg: UplinkConfig,
     endpoint: Endpoint,
     counters: Arc<UplinkCounters>,
-    /// Receives the seq of every batch the uplink is done with (acked, or
-    /// refused for good), in order: the disk buffer forgets them.
-    done: Option<mpsc::UnboundedSender<u64>>,
+    /// Receives the class and seq of every batch the uplink is done with
+    /// (acked, or refused for good), in order: the disk buffer forgets them.
+    done: Option<mpsc::UnboundedSender<(Class, u64)>>,
+    /// Charged for every send (batches are reserved against it by whoever
+    /// hands them over, which is where the budget holds them back).
+    budget: Option<Arc<Mutex<DailyBudget>>>,
     bucket: Option<TokenBucket>,
 }
 
@@ -134,13 +138,20 @@ impl Uplink {
             endpoint,
             counters: Arc::default(),
             done: None,
+            budget: None,
             bucket,
         })
     }
 
     /// Reports finished batches (acked or refused for good) on `tx`.
-    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<u64>) -> Self {
+    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<(Class, u64)>) -> Self {
         self.done = Some(tx);
+        self
+    }
+
+    /// Charges what goes on the link to `b`.
+    pub fn with_budget(mut self, b: Arc<Mutex<DailyBudget>>) -> Self {
+        self.budget = Some(b);
         self
     }
 
@@ -209,11 +220,12 @@ impl Uplink {
         let mut sent = 0usize;
         // Queue the resends before opening the stream.
         while sent < unacked.len() && sent < window {
+            if unacked[sent].sent {
+                self.counters.resent.inc();
+            }
+            self.account_send(&mut unacked[sent]);
             let _ = tx.try_send(unacked[sent].request.clone());
             sent += 1;
-        }
-        if sent > 0 {
-            self.counters.resent.add(sent as u64);
         }
         let mut client = UplinkClient::new(channel);
         let mut acks = match client.upload(ReceiverStream::new(rx)).await {
@@ -232,9 +244,7 @@ impl Uplink {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                self.counters
-                    .bytes_sent
-                    .add(unacked[sent].request.payload.len() as u64);
+                self.account_send(&mut unacked[sent]);
                 if tx.send(unacked[sent].request.clone()).await.is_err() {
                     return StreamEnd::Retry("request stream closed".into());
                 }
@@ -268,6 +278,22 @@ impl Uplink {
         }
     }
 
+    /// Counts a batch going on the link and charges the budget: a first
+    /// send turns its reservation into use, a resend costs again.
+    fn account_send(&self, b: &mut PreparedBatch) {
+        let bytes = b.request.payload.len() as u64;
+        self.counters.bytes_sent.add(bytes);
+        if let Some(budget) = &self.budget {
+            let mut budget = budget.lock().expect("budget lock");
+            if b.sent {
+                budget.charge(bytes);
+            } else {
+                budget.commit(bytes);
+            }
+        }
+        b.sent = true;
+    }
+
     fn on_ack(
         &mut self,
         ack: UploadAck,
@@ -289,7 +315,7 @@ impl Uplink {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
                 if let Some(tx) = &self.done {
-                    let _ = tx.send(b.seq);
+                    let _ = tx.send((b.class, b.seq));
                 }
                 self.counters.batches_acked.inc();
                 self.counters.flows_acked.add(b.flows as u64);
@@ -306,7 +332,7 @@ impl Uplink {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
                 if let Some(tx) = &self.done {
-                    let _ = tx.send(b.seq);
+                    let _ = tx.send((b.class, b.seq));
                 }
                 self.counters.batches_rejected.inc();
                 self.counters.flows_rejected.add(b.flows as u64);

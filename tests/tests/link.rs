@@ -1,6 +1,6 @@
 //! Intermittent links: the sensor uploads through a link emulator that is
-//! cut (reset) and blackholed (silent) again and again during a long replay;
-//! ClickHouse finally holds every flow exactly once.
+//! cut (reset) and blackholed (silent) a hundred times at random during a
+//! long replay; ClickHouse finally holds every flow exactly once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,10 +19,10 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
     let _sink = stack.sink("sink", &[]);
     let link = LinkEmu::start(port);
 
-    // 4000 flows over 4 s of capture time, replayed at 0.5x with a short
-    // idle timeout, so batches keep coming for about 8 s.
+    // 60000 flows over 60 s of capture time, replayed at 0.5x with a short
+    // idle timeout, so batches keep coming for about two minutes.
     let pcap = stack.path().join("long.pcap");
-    pcapgen::write_udp_flows(&pcap, 4000, 2, 1_700_000_000).unwrap();
+    pcapgen::write_udp_flows(&pcap, 60_000, 2, 1_700_000_000).unwrap();
     let timeouts = ["--idle-timeout", "0.5"];
     let expected = {
         let out = run_ok(
@@ -50,7 +50,7 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
             "--replay-speed",
             "0.5",
             "--batch-flows",
-            "10",
+            "100",
             "--window",
             "4",
             "--ack-timeout",
@@ -60,29 +60,50 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
         ],
     );
     s.wait_log("upload stream open", Duration::from_secs(30));
-    // A deterministic mix of resets and silent blackholes.
-    for i in 0..12 {
-        std::thread::sleep(Duration::from_millis(350));
-        if i % 2 == 0 {
+    // 100 cuts at pseudo-random moments, half resets and half silent
+    // blackholes of random length (a fixed seed keeps it reproducible).
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let (mut resets, mut holes) = (0, 0);
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50 + next(450)));
+        if next(2) == 0 {
             link.cut_reset();
+            resets += 1;
         } else {
             link.blackhole(true);
-            std::thread::sleep(Duration::from_millis(2500));
+            std::thread::sleep(Duration::from_millis(200 + next(2300)));
             link.blackhole(false);
+            holes += 1;
         }
     }
+    assert_eq!(resets + holes, 100);
+    assert!(
+        resets >= 30 && holes >= 30,
+        "{resets} resets, {holes} blackholes"
+    );
+    assert!(
+        s.try_wait().is_none(),
+        "the replay ended before the last cut; the cuts did not all land mid-stream"
+    );
     assert!(
         s.wait(Duration::from_secs(240)).success(),
         "{}",
         s.log_text()
     );
     let log = s.log_text();
+    let interrupted = log.matches("upload stream interrupted").count();
     assert!(
-        log.matches("upload stream interrupted").count() >= 6,
-        "the cuts did not interrupt uploads:\n{log}"
+        interrupted >= 50,
+        "only {interrupted} interruptions from 100 cuts:\n{log}"
     );
     assert!(
-        link.accepted() >= 7,
+        link.accepted() >= 50,
         "only {} connections through the link",
         link.accepted()
     );

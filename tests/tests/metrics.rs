@@ -138,7 +138,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     );
     let s = wait_until(Duration::from_secs(60), "sensor backlog in metrics", || {
         let s = get(sensor_mport, "/metrics").ok()?.1;
-        (value(&s, "tidewatch_sensor_buffer_pending_flows")? == want.flows as f64
+        (sum(&s, "tidewatch_sensor_buffer_pending_flows") == want.flows as f64
             && value(&s, "tidewatch_sensor_uplink_reconnects_total")? >= 1.0
             && value(&s, "tidewatch_sensor_buffer_oldest_unacked_age_seconds")? >= 1.0)
             .then_some(s)
@@ -156,15 +156,25 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
         must(&s, "tidewatch_sensor_buffer_limit_bytes"),
         256.0 * 1024.0 * 1024.0
     );
+    assert_eq!(sum(&s, "tidewatch_sensor_dropped_flows_total"), 0.0);
     assert_eq!(
         must(
             &s,
-            "tidewatch_sensor_dropped_flows_total{cause=\"buffer_full\"}"
+            "tidewatch_sensor_dropped_flows_total{cause=\"buffer_full\",class=\"bulk\"}"
         ),
         0.0
     );
-    let batches = must(&s, "tidewatch_sensor_buffer_pending_batches");
+    // BACnet writes travel in their own class.
+    assert!(
+        must(
+            &s,
+            "tidewatch_sensor_buffer_pending_flows{class=\"ot-write\"}"
+        ) > 0.0
+    );
+    assert_eq!(must(&s, "tidewatch_sensor_uplink_budget_bytes"), 0.0);
+    let batches = sum(&s, "tidewatch_sensor_buffer_pending_batches");
     assert!(batches >= (want.flows / 10) as f64, "{batches} batches");
+    assert!(must(&s, "tidewatch_sensor_uplink_budget_used_bytes") == 0.0);
 
     // The collector arrives; ingest counters start at zero.
     let _ingest = stack.ingest(

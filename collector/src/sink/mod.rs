@@ -145,7 +145,9 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         )
         .await?
     };
-    let lag_task = tokio::spawn(lag_loop(consumer.clone(), metrics.clone()));
+    // The lag task holds only a weak reference: dropping the sink closes the
+    // consumer (leaving the group) at once.
+    let lag_task = tokio::spawn(lag_loop(Arc::downgrade(&consumer), metrics.clone()));
     info!(topic = %args.kafka.kafka_topic, group = %args.group, clickhouse = %args.clickhouse.clickhouse_url,
         database = %args.clickhouse.clickhouse_database, "sink started");
     let mut sink = Sink {
@@ -163,7 +165,12 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if sink.fault_exit {
         // Close the consumer (leaving the group, committing nothing) so the
         // next sink gets the partitions at once, then exit as a crash would.
+        lag_task.abort();
+        let consumer = Arc::downgrade(&sink.consumer);
         drop(sink);
+        while consumer.strong_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         std::process::exit(70);
     }
     lag_task.abort();
@@ -176,9 +183,9 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
 
 /// Refreshes the consumer-lag gauge every 5 s (also while an insert is
 /// being retried, which is when the lag grows).
-async fn lag_loop(consumer: Arc<StreamConsumer>, metrics: Arc<SinkMetrics>) {
+async fn lag_loop(consumer: std::sync::Weak<StreamConsumer>, metrics: Arc<SinkMetrics>) {
     loop {
-        let c = consumer.clone();
+        let Some(c) = consumer.upgrade() else { return };
         let m = metrics.clone();
         let _ = tokio::task::spawn_blocking(move || refresh_lag(&c, &m)).await;
         tokio::time::sleep(Duration::from_secs(5)).await;

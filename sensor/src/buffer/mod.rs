@@ -28,10 +28,13 @@ use std::time::{Duration, Instant};
 
 use tidewatch_proto::v1::UploadRequest;
 
-use crate::batch::PreparedBatch;
+use crate::batch::{Class, PreparedBatch};
+
+pub mod classed;
+pub use classed::ClassedBuffer;
 
 const MAGIC: &[u8; 8] = b"TWBUF01\n";
-const HEADER: usize = 8;
+pub(crate) const HEADER: usize = 8;
 /// A record larger than this is corruption (batches are capped far below).
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 
@@ -115,13 +118,20 @@ pub struct Stored {
 }
 
 impl Stored {
-    pub fn into_prepared(self) -> PreparedBatch {
+    pub fn into_prepared(self, class: Class) -> PreparedBatch {
         PreparedBatch {
             seq: self.seq,
             flows: self.flows as usize,
+            class,
             request: self.request,
+            sent: false,
         }
     }
+}
+
+/// Bytes `b` takes on disk as one record.
+pub fn record_len(b: &PreparedBatch) -> u64 {
+    8 + 16 + b.request.payload.len() as u64
 }
 
 fn encode_body(b: &PreparedBatch) -> Vec<u8> {
@@ -454,6 +464,7 @@ impl DiskBuffer {
     pub fn append(&mut self, b: &PreparedBatch) -> Result<bool, BufferError> {
         let body = encode_body(b);
         let rec_len = 8 + body.len() as u64;
+        debug_assert_eq!(rec_len, record_len(b));
         // Make room.
         while self.stats.bytes + rec_len > self.cfg.max_bytes && !self.segments.is_empty() {
             match self.cfg.when_full {
@@ -525,6 +536,22 @@ impl DiskBuffer {
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// Drops the oldest segment (counting what was not yet acked nor handed
+    /// to the uplink); false if there is none.
+    pub fn drop_oldest_segment(&mut self) -> Result<bool, BufferError> {
+        if self.segments.is_empty() {
+            return Ok(false);
+        }
+        self.drop_oldest()?;
+        Ok(true)
+    }
+
+    /// Counts `b` as dropped without storing it (buffer full, drop-newest).
+    pub fn refuse(&mut self, b: &PreparedBatch) {
+        self.stats.dropped_batches += 1;
+        self.stats.dropped_flows += b.flows as u64;
     }
 
     fn drop_oldest(&mut self) -> Result<(), BufferError> {
@@ -789,6 +816,8 @@ mod tests {
         PreparedBatch {
             seq,
             flows: 10,
+            class: Class::Bulk,
+            sent: false,
             request: UploadRequest {
                 seq,
                 encoding: Encoding::Protobuf as i32,

@@ -1,0 +1,262 @@
+//! The disk buffer split by upload priority: one [`DiskBuffer`] per
+//! [`Class`] under `STATE_DIR/buffer/<class>/`, sharing one size cap.
+//!
+//! Each class is its own FIFO with its own ack cursor, so the uplink can
+//! send a higher class first (the daily byte budget decides when that
+//! matters) while acks stay in order within a class. When the shared cap is
+//! reached, drop-oldest takes the oldest segment of the *lowest* class that
+//! has one (bulk flows go before OT-write flows, which go before sensor
+//! status and assets); drop-newest refuses the new batch. Every dropped
+//! batch is counted in its class.
+
+use std::path::{Path, PathBuf};
+
+use super::{
+    record_len, BufferConfig, BufferError, BufferStats, DiskBuffer, OpenReport, Reader, Stored,
+    WhenFull, HEADER,
+};
+use crate::batch::{Class, PreparedBatch};
+
+pub struct ClassedBuffer {
+    max_bytes: u64,
+    when_full: WhenFull,
+    bufs: [DiskBuffer; 3],
+}
+
+/// Directory of one class's part of the buffer.
+pub fn class_dir(buffer_dir: &Path, class: Class) -> PathBuf {
+    buffer_dir.join(class.name())
+}
+
+impl ClassedBuffer {
+    /// Opens (or creates) the three parts, validating every segment.
+    pub fn open(cfg: BufferConfig) -> Result<(ClassedBuffer, OpenReport), BufferError> {
+        let mut report = OpenReport::default();
+        let mut open = |class: Class| -> Result<DiskBuffer, BufferError> {
+            let (b, r) = DiskBuffer::open(BufferConfig {
+                dir: class_dir(&cfg.dir, class),
+                ..cfg.clone()
+            })?;
+            report.segments += r.segments;
+            report.pending_batches += r.pending_batches;
+            report.corrupt_records += r.corrupt_records;
+            Ok(b)
+        };
+        let bufs = [
+            open(Class::Control)?,
+            open(Class::OtWrite)?,
+            open(Class::Bulk)?,
+        ];
+        Ok((
+            ClassedBuffer {
+                max_bytes: cfg.max_bytes,
+                when_full: cfg.when_full,
+                bufs,
+            },
+            report,
+        ))
+    }
+
+    pub fn class(&self, c: Class) -> &DiskBuffer {
+        &self.bufs[c as usize]
+    }
+
+    /// Counters summed over the classes.
+    pub fn stats(&self) -> BufferStats {
+        let mut t = BufferStats::default();
+        for b in &self.bufs {
+            let s = b.stats();
+            t.bytes += s.bytes;
+            t.pending_batches += s.pending_batches;
+            t.pending_flows += s.pending_flows;
+            t.dropped_batches += s.dropped_batches;
+            t.dropped_flows += s.dropped_flows;
+            t.corrupt_records += s.corrupt_records;
+        }
+        t
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Appends `b` to its class, making room under the shared cap first.
+    /// Returns false if it was refused (drop-newest and full).
+    pub fn append(&mut self, b: &PreparedBatch) -> Result<bool, BufferError> {
+        let need = record_len(b) + HEADER as u64;
+        while self.stats().bytes + need > self.max_bytes {
+            match self.when_full {
+                WhenFull::DropNewest => {
+                    self.bufs[b.class as usize].refuse(b);
+                    return Ok(false);
+                }
+                WhenFull::DropOldest => {
+                    let mut dropped = false;
+                    for c in Class::ALL.iter().rev() {
+                        if self.bufs[*c as usize].drop_oldest_segment()? {
+                            dropped = true;
+                            break;
+                        }
+                    }
+                    if !dropped {
+                        break;
+                    }
+                }
+            }
+        }
+        self.bufs[b.class as usize].append(b)
+    }
+
+    pub fn sync(&mut self) -> Result<(), BufferError> {
+        for b in &mut self.bufs {
+            b.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Every batch of `class` up to `seq` is acked.
+    pub fn ack(&mut self, class: Class, seq: u64) -> Result<(), BufferError> {
+        self.bufs[class as usize].ack(seq)
+    }
+
+    /// A reader over the unacked batches of `class`, oldest first.
+    pub fn reader(&self, class: Class) -> Reader {
+        let b = &self.bufs[class as usize];
+        b.reader(b.acked())
+    }
+
+    /// The oldest unacked batch of each class that has one.
+    pub fn oldest_pending(&self) -> Vec<(Class, Stored)> {
+        Class::ALL
+            .iter()
+            .filter_map(|c| Some((*c, self.bufs[*c as usize].peek_oldest_pending()?)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::Fsync;
+    use tidewatch_proto::v1::{Encoding, UploadRequest};
+
+    fn batch(seq: u64, class: Class, size: usize) -> PreparedBatch {
+        PreparedBatch {
+            seq,
+            flows: 10,
+            class,
+            sent: false,
+            request: UploadRequest {
+                seq,
+                encoding: Encoding::Protobuf as i32,
+                payload: vec![7; size],
+            },
+        }
+    }
+
+    fn open(dir: &Path, max: u64, when_full: WhenFull) -> ClassedBuffer {
+        ClassedBuffer::open(BufferConfig {
+            dir: dir.to_path_buf(),
+            max_bytes: max,
+            fsync: Fsync::Never,
+            when_full,
+        })
+        .unwrap()
+        .0
+    }
+
+    fn drain(buf: &ClassedBuffer, c: Class) -> Vec<u64> {
+        let mut r = buf.reader(c);
+        let mut v = Vec::new();
+        while let Some(s) = r.next_batch().unwrap() {
+            v.push(s.seq);
+        }
+        v
+    }
+
+    #[test]
+    fn classes_are_separate_fifos_that_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
+        for (seq, c) in [
+            (1, Class::Bulk),
+            (2, Class::Control),
+            (3, Class::OtWrite),
+            (4, Class::Bulk),
+            (5, Class::Control),
+        ] {
+            assert!(buf.append(&batch(seq, c, 100)).unwrap());
+        }
+        buf.ack(Class::Control, 2).unwrap();
+        buf.sync().unwrap();
+        drop(buf);
+        let buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
+        assert_eq!(drain(&buf, Class::Control), [5]);
+        assert_eq!(drain(&buf, Class::OtWrite), [3]);
+        assert_eq!(drain(&buf, Class::Bulk), [1, 4]);
+        assert_eq!(buf.stats().pending_batches, 4);
+        let oldest: Vec<(Class, u64)> = buf
+            .oldest_pending()
+            .into_iter()
+            .map(|(c, s)| (c, s.seq))
+            .collect();
+        assert_eq!(
+            oldest,
+            [(Class::Control, 5), (Class::OtWrite, 3), (Class::Bulk, 1)]
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_drops_the_lowest_class_first() {
+        let dir = tempfile::tempdir().unwrap();
+        // 256 KiB cap, 64 KiB segments; 20 KiB batches: 3 per segment.
+        let mut buf = open(dir.path(), 256 * 1024, WhenFull::DropOldest);
+        let mut seq = 0;
+        let mut add = |buf: &mut ClassedBuffer, c: Class, n: usize| {
+            for _ in 0..n {
+                seq += 1;
+                assert!(buf.append(&batch(seq, c, 20_000)).unwrap());
+            }
+        };
+        add(&mut buf, Class::Control, 3);
+        add(&mut buf, Class::OtWrite, 3);
+        add(&mut buf, Class::Bulk, 6);
+        assert_eq!(buf.stats().dropped_batches, 0);
+        // Over the cap: bulk pays, oldest first.
+        add(&mut buf, Class::OtWrite, 3);
+        assert!(buf.stats().bytes <= 256 * 1024);
+        assert_eq!(buf.class(Class::Bulk).stats().dropped_batches, 3);
+        assert_eq!(buf.class(Class::OtWrite).stats().dropped_batches, 0);
+        assert_eq!(buf.class(Class::Control).stats().dropped_batches, 0);
+        // (Reading marks batches as handed to the uplink, which drops do
+        // not count as lost: peek instead.)
+        assert_eq!(buf.class(Class::Bulk).stats().pending_batches, 3);
+        assert_eq!(
+            buf.class(Class::Bulk).peek_oldest_pending().unwrap().seq,
+            10
+        );
+        assert_eq!(buf.class(Class::Control).stats().pending_batches, 3);
+        // Once bulk is gone, OT writes go before control.
+        add(&mut buf, Class::Control, 6);
+        assert_eq!(buf.class(Class::Bulk).stats().dropped_batches, 6);
+        assert!(buf.class(Class::OtWrite).stats().dropped_batches > 0);
+        assert_eq!(buf.class(Class::Control).stats().dropped_batches, 0);
+        assert_eq!(buf.stats().dropped_flows, 10 * buf.stats().dropped_batches);
+    }
+
+    #[test]
+    fn drop_newest_refuses_and_counts_in_the_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = open(dir.path(), 256 * 1024, WhenFull::DropNewest);
+        let mut refused = 0;
+        for seq in 1..=20 {
+            if !buf.append(&batch(seq, Class::OtWrite, 20_000)).unwrap() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        assert_eq!(buf.class(Class::OtWrite).stats().dropped_batches, refused);
+        assert_eq!(buf.stats().dropped_batches, refused);
+        assert!(buf.stats().bytes <= 256 * 1024);
+    }
+}

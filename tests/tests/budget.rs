@@ -1,0 +1,168 @@
+//! The daily byte budget on a metered link: when it is tight, sensor status
+//! and assets go first, then flows with OT write/control operations, then
+//! bulk flows; the rest waits on disk for the next (time-compressed) day and
+//! nothing is lost or counted twice.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidewatch_tests::*;
+
+const OT: &str = "hasAny(op_classes, ['write', 'control', 'program'])";
+
+/// received_at (Unix seconds) of the batches whose seqs `sql` selects.
+fn received(stack: &Stack, sql: &str) -> Vec<u64> {
+    stack
+        .query(&format!(
+            "SELECT toUInt32(received_at) FROM tidewatch.batches FINAL WHERE seq IN ({sql}) ORDER BY seq"
+        ))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-vsat");
+    let port = free_port();
+    let state = stack.path().join("state");
+    let pcap = pcaps().join("bacnet/bacnet_example.pcap");
+    let flows = read_flows(&pcap);
+    let expected = totals(&flows);
+    let writes = flows
+        .iter()
+        .filter(|f| {
+            f["operations"].as_array().is_some_and(|ops| {
+                ops.iter()
+                    .any(|o| matches!(o["class"].as_u64(), Some(2..=4)))
+            })
+        })
+        .count() as u64;
+    assert!(
+        writes > 5 && writes < expected.flows,
+        "{writes} OT-write flows"
+    );
+
+    // 1. Meter while the collector is away, then stop: every batch of the
+    // capture is on disk, in its class, before the budget decides.
+    let mut s = sensor_run(
+        "sensor-1",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &state,
+        &["--batch-flows", "5", "--no-compress"],
+    );
+    s.wait_log("capture metered", Duration::from_secs(30));
+    s.wait_log("cannot connect to collector", Duration::from_secs(30));
+    let st = s.terminate().expect("sensor stops on SIGTERM");
+    assert!(st.success(), "{}", s.log_text());
+    assert!(
+        s.log_text()
+            .contains("stopping; unacknowledged batches stay in the disk buffer"),
+        "{}",
+        s.log_text()
+    );
+
+    // 2. The link is back but the budget lets about four small batches
+    // through per 2-second "day".
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let empty = stack.path().join("empty.pcap");
+    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
+    let mut s2 = sensor_run(
+        "sensor-2",
+        stack.path(),
+        &s1,
+        port,
+        &empty,
+        &state,
+        &[
+            "--no-compress",
+            "--daily-budget-bytes",
+            "2500",
+            "--budget-reserve-percent",
+            "20",
+            "--budget-period-secs",
+            "2",
+        ],
+    );
+    assert!(
+        s2.wait(Duration::from_secs(240)).success(),
+        "{}",
+        s2.log_text()
+    );
+    assert!(
+        s2.log_text().contains("daily byte budget reached"),
+        "the budget never held anything back:\n{}",
+        s2.log_text()
+    );
+
+    // Exactly once, in spite of the wait.
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+    assert_eq!(ch_totals(&stack, "flows_raw"), want);
+    wait_until(Duration::from_secs(30), "both status records", || {
+        (stack.query_u64("SELECT count() FROM tidewatch.sensor_status") == 2).then_some(())
+    });
+
+    // Priority: every control batch (status, assets) and every OT-write
+    // batch arrived no later than the first bulk batch, and the upload was
+    // spread over several budget periods.
+    let control = received(
+        &stack,
+        "SELECT seq FROM tidewatch.batches FINAL WHERE flows = 0",
+    );
+    let ot = received(
+        &stack,
+        &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE {OT}"),
+    );
+    let bulk = received(
+        &stack,
+        &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE NOT {OT}"),
+    );
+    assert!(control.len() >= 2 && !ot.is_empty() && !bulk.is_empty());
+    let first_bulk = *bulk.iter().min().unwrap();
+    assert!(
+        control.iter().chain(&ot).all(|t| *t <= first_bulk),
+        "priority order broken: control {control:?} ot-write {ot:?} bulk {bulk:?}"
+    );
+    let span = bulk.iter().max().unwrap() - control.iter().chain(&ot).min().unwrap();
+    assert!(
+        span >= 4,
+        "upload took only {span} s: the budget did not pace it"
+    );
+    // OT-write flows travel in batches of their own.
+    assert_eq!(
+        stack.query_u64(&format!("SELECT count() FROM tidewatch.flows WHERE {OT}")),
+        writes
+    );
+    assert_eq!(
+        stack.query_u64(&format!(
+            "SELECT count() FROM tidewatch.flows WHERE batch_seq IN \
+             (SELECT batch_seq FROM tidewatch.flows WHERE {OT}) AND NOT {OT}"
+        )),
+        0,
+        "bulk flows mixed into OT-write batches"
+    );
+
+    // The status reports the budget and its use.
+    let status = stack
+        .query(
+            "SELECT daily_byte_budget, bytes_sent_today FROM tidewatch.sensor_status \
+             ORDER BY observed_us DESC LIMIT 1",
+        )
+        .unwrap();
+    let mut it = status.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    assert_eq!(it.next(), Some(2500), "{status}");
+    assert!(
+        it.next().is_some_and(|used| used <= 2500),
+        "bytes sent today beyond the budget: {status}"
+    );
+}
