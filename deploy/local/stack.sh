@@ -10,6 +10,7 @@
 #   stack.sh stop-clickhouse DIR
 #   stack.sh start-kafka DIR         (re)start the broker only, same ports and data
 #   stack.sh stop-kafka DIR
+#   stack.sh kill-clickhouse DIR | kill-kafka DIR   crash it (SIGKILL), for tests
 #
 # Tests run against tansu (an Apache-Kafka-compatible broker written in Rust)
 # because Apache Kafka cannot be installed offline here; tidewatch itself only
@@ -77,6 +78,15 @@ wait_port() { # port seconds what
     sleep 0.1
   done
   return 1
+}
+
+kill_pid() { # pidfile: SIGKILL, as a crash would
+  local f=$1 pid i
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  kill -KILL "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$f"
 }
 
 stop_pid() { # pidfile what
@@ -178,5 +188,7 @@ ENV
   stop-clickhouse) stop_pid "$DIR/clickhouse/pid" ClickHouse ;;
   start-kafka) start_kafka ;;
   stop-kafka) stop_pid "$DIR/kafka/pid" broker ;;
+  kill-clickhouse) kill_pid "$DIR/clickhouse/pid" ;;
+  kill-kafka) kill_pid "$DIR/kafka/pid" ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

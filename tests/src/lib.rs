@@ -259,6 +259,14 @@ impl Stack {
     pub fn start_kafka(&self) {
         self.stack_cmd("start-kafka");
     }
+    /// SIGKILL, as a crash would.
+    pub fn kill_kafka(&self) {
+        self.stack_cmd("kill-kafka");
+    }
+    /// SIGKILL, as a crash would.
+    pub fn kill_clickhouse(&self) {
+        self.stack_cmd("kill-clickhouse");
+    }
 
     pub fn clickhouse_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.ch_http_port)

@@ -254,10 +254,15 @@ fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
         .collect();
     let near = |t: i64| (t - 1..=t + 1).any(|x| kept.contains(&x));
     let marks: Vec<bool> = starts.iter().map(|t| near(*t)).collect();
-    assert!(marks.last().copied().unwrap(), "the newest flow was dropped");
-    let runs = marks.windows(2).filter(|w| w[0] && !w[1]).count()
-        + usize::from(!marks[0]);
-    assert_eq!(runs, 1, "the dropped flows are not one run of the oldest on disk");
+    assert!(
+        marks.last().copied().unwrap(),
+        "the newest flow was dropped"
+    );
+    let runs = marks.windows(2).filter(|w| w[0] && !w[1]).count() + usize::from(!marks[0]);
+    assert_eq!(
+        runs, 1,
+        "the dropped flows are not one run of the oldest on disk"
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         stack.query_u64("SELECT count() FROM tidewatch.flows") + dropped,
@@ -399,9 +404,16 @@ fn repeated_kill_9_during_live_capture_loses_nothing_acked_and_counts_nothing_tw
     // A kill costs what was still in memory: about the last idle timeout +
     // flush interval (1.3 s) of flows of each run. The final run loses
     // nothing. Allow half of that for a loaded machine.
-    let kept_ms: u64 = windows_ms.iter().map(|w| w.saturating_sub(1300)).sum::<u64>() + 2000;
+    let kept_ms: u64 = windows_ms
+        .iter()
+        .map(|w| w.saturating_sub(1300))
+        .sum::<u64>()
+        + 2000;
     let floor = 200 * kept_ms / 1000 / 2;
-    assert!(n >= floor, "only {n} flows stored, expected at least {floor}");
+    assert!(
+        n >= floor,
+        "only {n} flows stored, expected at least {floor}"
+    );
     drop(ingest);
 }
 

@@ -1,0 +1,126 @@
+//! Every shore component crashes (SIGKILL) and comes back while a sensor
+//! streams: ingest, the sink, the Kafka-protocol broker and ClickHouse.
+//! ClickHouse finally holds every flow exactly once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tidewatch_tests::*;
+
+/// Waits until ClickHouse holds more flows than `n` (the pipeline moves).
+fn progress(stack: &Stack, n: u64, what: &str) -> u64 {
+    wait_until(Duration::from_secs(120), what, || {
+        let m = stack
+            .query("SELECT count() FROM tidewatch.flows_raw")
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        (m > n).then_some(m)
+    })
+}
+
+#[test]
+fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_nothing() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-crashes");
+    let port = free_port();
+    let mut ingest = stack.ingest(&pki, port, &[]);
+    // A static group member (KIP-345): a sink restarted under the same
+    // instance id takes the crashed one's partitions at once instead of
+    // waiting for its session to expire (the test broker never expires it).
+    let member = ["--kafka-option", "group.instance.id=sink-a"];
+    let mut sink = stack.sink("sink-0", &member);
+
+    // 30000 flows over 30 s of capture time replayed at 0.5x: a steady
+    // stream of small batches for about a minute.
+    let pcap = stack.path().join("stream.pcap");
+    pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
+    let timeouts = ["--idle-timeout", "0.5"];
+    let expected = {
+        let out = run_ok(
+            std::process::Command::new(bin("tidewatch-sensor"))
+                .arg("read")
+                .args(timeouts)
+                .arg(&pcap),
+        );
+        let flows: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        totals(&flows)
+    };
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &stack.path().join("state"),
+        &[
+            "--idle-timeout",
+            "0.5",
+            "--replay-speed",
+            "0.5",
+            "--batch-flows",
+            "100",
+            "--ack-timeout",
+            "5",
+            "--keepalive-secs",
+            "2",
+        ],
+    );
+    let n = progress(&stack, 0, "first flows stored");
+
+    // 1. ingest crashes and restarts on the same port.
+    ingest.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    ingest = stack.ingest(&pki, port, &[]);
+    let n = progress(&stack, n, "flows after the ingest restart");
+
+    // 2. the sink crashes (between any two steps) and a new one takes over.
+    sink.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    sink = stack.sink("sink-1", &member);
+    let n = progress(&stack, n, "flows after the sink restart");
+
+    // 3. the broker crashes; ingest answers "unavailable", the sensor keeps
+    // its batches, the sink waits; then the broker is back with its data.
+    stack.kill_kafka();
+    std::thread::sleep(Duration::from_secs(3));
+    stack.start_kafka();
+    let n = progress(&stack, n, "flows after the broker restart");
+
+    // 4. ClickHouse crashes; the sink retries without committing.
+    stack.kill_clickhouse();
+    std::thread::sleep(Duration::from_secs(3));
+    stack.start_clickhouse();
+    progress(&stack, n, "flows after the ClickHouse restart");
+
+    assert!(
+        s.try_wait().is_none(),
+        "the replay ended before the last crash; the crashes did not all land mid-stream"
+    );
+    assert!(
+        s.wait(Duration::from_secs(300)).success(),
+        "{}",
+        s.log_text()
+    );
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+    // Each batch once in the ledger; the sensor did resend across the crashes.
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM (SELECT * FROM tidewatch.batches FINAL)"),
+        stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches")
+    );
+    assert!(
+        s.log_text().contains("upload stream interrupted"),
+        "{}",
+        s.log_text()
+    );
+    drop(ingest);
+    sink.terminate();
+}
