@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 pub mod grpc;
 pub mod linkemu;
 pub mod pcapgen;
+pub mod synth;
 
 /// Root of the workspace.
 pub fn root() -> PathBuf {
@@ -338,6 +339,21 @@ impl Drop for Stack {
             .arg("stop")
             .arg(self.dir.path().join("stack"))
             .output();
+    }
+}
+
+/// Minimal HTTP GET; the body of a 200 answer.
+pub fn http_get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+        Ok(body.to_string())
+    } else {
+        Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
     }
 }
 

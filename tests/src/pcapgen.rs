@@ -13,6 +13,18 @@ pub fn write_udp_flows(
     packets: u32,
     start_s: u32,
 ) -> std::io::Result<u64> {
+    write_udp_flows_spaced(path, flows, packets, start_s, 1000)
+}
+
+/// As [`write_udp_flows`], with flows `spacing_us` apart (a long capture:
+/// e.g. a day of traffic).
+pub fn write_udp_flows_spaced(
+    path: &Path,
+    flows: u32,
+    packets: u32,
+    start_s: u32,
+    spacing_us: u64,
+) -> std::io::Result<u64> {
     let mut w = BufWriter::new(std::fs::File::create(path)?);
     // Global header: magic, version 2.4, zone, sigfigs, snaplen, Ethernet.
     w.write_all(&0xa1b2c3d4u32.to_le_bytes())?;
@@ -28,7 +40,7 @@ pub fn write_udp_flows(
         let server = [10, 99, 0, 1 + (f % 50) as u8];
         let cport = 20000 + (f % 40000) as u16;
         for p in 0..packets {
-            let t_us = (f as u64) * 1000 + p as u64 * 10;
+            let t_us = (f as u64) * spacing_us + p as u64 * 10;
             let (src, dst, sp, dp) = if p % 2 == 0 {
                 (client, server, cport, 5000u16)
             } else {

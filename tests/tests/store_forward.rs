@@ -527,3 +527,128 @@ fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
         "{after}"
     );
 }
+
+/// Resident set size of a process, in bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http_get(port, "/metrics").ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let s1 = pki.sensor("s1", "mv-blackout");
+    let port = free_port();
+    let mport = free_port();
+    let state = stack.path().join("state");
+    // A day of traffic: 300000 flows, one every 288 ms of capture time,
+    // replayed at 2160x (24 h in 40 s) while the shore is unreachable.
+    let pcap = stack.path().join("day.pcap");
+    pcapgen::write_udp_flows_spaced(&pcap, 300_000, 2, 1_700_000_000, 288_000).unwrap();
+    let expected = totals(&read_flows(&pcap));
+    let rate = 1_000_000u64;
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &s1,
+        port,
+        &pcap,
+        &state,
+        &[
+            "--replay-speed",
+            "2160",
+            "--no-compress",
+            "--batch-flows",
+            "500",
+            "--rate-limit",
+            &rate.to_string(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+        ],
+    );
+    s.wait_log("capture metered", Duration::from_secs(180));
+    let backlog = wait_until(Duration::from_secs(30), "the backlog in metrics", || {
+        metric(mport, "tidewatch_sensor_buffer_bytes")
+    });
+    assert!(
+        backlog > 12.0 * 1024.0 * 1024.0,
+        "backlog of only {backlog} bytes"
+    );
+    assert!(
+        metric(mport, "tidewatch_sensor_buffer_oldest_unacked_age_seconds").unwrap() > 30.0,
+        "the backlog is not as old as the outage"
+    );
+    let before = rss(s.pid()).expect("sensor RSS");
+
+    // The link is back: the backlog drains at the rate limit while the
+    // sensor's memory stays where it was.
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let started = std::time::Instant::now();
+    let mut peak = before;
+    let mut first_ack = None;
+    let mut samples = 0;
+    while s.try_wait().is_none() {
+        if let Some(r) = rss(s.pid()) {
+            peak = peak.max(r);
+            samples += 1;
+        }
+        if first_ack.is_none()
+            && metric(mport, "tidewatch_sensor_uplink_batches_acked_total").is_some_and(|v| v > 0.0)
+        {
+            first_ack = Some(std::time::Instant::now());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "drain did not finish:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(s.wait(Duration::from_secs(1)).success(), "{}", s.log_text());
+    assert!(samples >= 10, "the drain was too short to observe");
+    let log = s.log_text();
+    let sent: f64 = log
+        .split("bytes_sent=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("bytes_sent in the sensor log");
+    let t0 = first_ack.expect("an ack was observed");
+    let secs = t0.elapsed().as_secs_f64();
+    // The token bucket allows a one-second burst on top of the rate.
+    assert!(
+        sent <= rate as f64 * (secs + 2.0) * 1.05,
+        "{sent} bytes in {secs:.1} s exceed the {rate} B/s limit"
+    );
+    println!(
+        "outage drain: backlog {:.1} MiB, sensor RSS {:.1} MiB before, peak {:.1} MiB while draining; {sent} bytes in {secs:.1} s ({:.0} B/s, limit {rate})",
+        backlog / 1048576.0,
+        before as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        sent / secs
+    );
+    assert!(
+        peak <= before + 16 * 1024 * 1024,
+        "RSS grew from {before} to {peak} bytes while draining {backlog} bytes"
+    );
+    let mut want = BTreeMap::new();
+    want.insert("s1".to_string(), expected);
+    expect_flows(&stack, &want);
+}
