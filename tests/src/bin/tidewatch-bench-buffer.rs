@@ -39,9 +39,9 @@ fn rss_mib() -> f64 {
         / 1024.0
 }
 
-fn config(dir: &PathBuf, max: u64, fsync: Fsync) -> BufferConfig {
+fn config(dir: &std::path::Path, max: u64, fsync: Fsync) -> BufferConfig {
     BufferConfig {
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         max_bytes: max,
         fsync,
         when_full: WhenFull::DropOldest,
