@@ -140,7 +140,7 @@ fn main() {
         n += 1;
         flows += s.flows as u64;
         buf.ack(Class::Bulk, s.seq).unwrap();
-        if n % 500 == 0 {
+        if n.is_multiple_of(500) {
             peak = peak.max(rss_mib());
         }
     }
