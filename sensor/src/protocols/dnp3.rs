@@ -103,10 +103,12 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
             let fc = frame[12];
             let (name, class) = function(fc);
             let failed = matches!(fc, 129 | 130) && frame.len() >= 15 && frame[14] & 0x07 != 0;
+            // A response is counted as a message; one whose internal
+            // indications report a bad function, an unknown object or a
+            // parameter error is counted as an error too.
+            ops.add(fc as u32, name, class);
             if failed {
                 ops.error(fc as u32, name, class);
-            } else {
-                ops.add(fc as u32, name, class);
             }
         }
         if total >= rest.len() {

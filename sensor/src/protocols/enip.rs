@@ -110,7 +110,8 @@ pub fn cip_service(s: u8) -> (&'static str, C) {
 }
 
 /// One CIP message: requests count, error responses count as errors.
-/// Multiple-service packets count their embedded services too.
+/// Multiple-service packets and Unconnected Send count their embedded
+/// services too (the target's reply is the embedded service's reply).
 fn cip(m: &[u8], ops: &mut Ops, depth: u8) {
     let Some(&svc) = m.first() else { return };
     let code = svc & 0x7f;
@@ -122,6 +123,17 @@ fn cip(m: &[u8], ops: &mut Ops, depth: u8) {
         return;
     }
     ops.add(0x100 | code as u32, name, class);
+    if code == 0x52 && depth == 0 {
+        // Request path, priority/tick (1), timeout ticks (1), embedded
+        // message size (u16), the embedded message request.
+        let path_words = *m.get(1).unwrap_or(&0) as usize;
+        let at = 2 + 2 * path_words + 2;
+        if let Some(size) = le16(m, at) {
+            if let Some(sub) = m.get(at + 2..at + 2 + size as usize) {
+                cip(sub, ops, depth + 1);
+            }
+        }
+    }
     if code == 0x0A && depth == 0 {
         // Request path then: count (u16), offsets (u16 each) from the count.
         let path_words = *m.get(1).unwrap_or(&0) as usize;
@@ -167,6 +179,19 @@ pub fn observe(p: &[u8], transport: u8, ops: &mut Ops) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unconnected_send_counts_its_embedded_service() {
+        // Unconnected Send to the Connection Manager (path 20 06 24 01),
+        // tick/timeout, embedded Write Tag (0x4D) of 6 bytes, route path.
+        let mut m = vec![0x52, 0x02, 0x20, 0x06, 0x24, 0x01, 0x0a, 0xf0, 0x06, 0x00];
+        m.extend_from_slice(&[0x4d, 0x02, 0x91, 0x01, 0x41, 0x00]);
+        m.extend_from_slice(&[0x01, 0x00, 0x01, 0x00]);
+        let mut ops = Ops::default();
+        cip(&m, &mut ops, 0);
+        let names: Vec<String> = ops.to_proto().into_iter().map(|o| o.name).collect();
+        assert_eq!(names, ["write_tag", "unconnected_send"]);
+    }
 
     #[test]
     fn encapsulation_with_cip_set_attribute() {
