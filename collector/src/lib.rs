@@ -13,5 +13,6 @@ pub mod kafka;
 pub mod metrics;
 pub mod pki;
 pub mod query;
+pub mod registry;
 pub mod schema;
 pub mod sink;

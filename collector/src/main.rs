@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::pki::{parse_date, Pki, Validity};
 use tidewatch_collector::schema::{self, Caps, RenderOptions, ServerVersion, MIGRATIONS};
-use tidewatch_collector::{ingest, query, sink};
+use tidewatch_collector::{ingest, query, registry, sink};
 use tracing::info;
 
 #[derive(Parser)]
@@ -21,6 +21,7 @@ use tracing::info;
   sink     consumes Kafka and inserts into ClickHouse, committing offsets only after the insert\n\
   migrate  creates or upgrades the ClickHouse schema for the detected server version\n\
   pki      creates the fleet CA and issues server and sensor certificates\n\
+  registry loads and shows the fleet registry (sensor -> vessel, IMO, site, role)\n\
   query    runs analyst queries against ClickHouse\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
@@ -48,6 +49,9 @@ enum Cmd {
         /// Server version to render for with --print (e.g. 18.16 or 24.8).
         #[arg(long)]
         server_version: Option<String>,
+        /// After migrating, load this fleet registry file (as `registry load`).
+        #[arg(long, env = "TIDEWATCH_FLEET_REGISTRY", value_name = "JSON")]
+        fleet_registry: Option<PathBuf>,
     },
     /// Fleet PKI: CA, server and sensor certificates, revocation.
     Pki {
@@ -56,6 +60,13 @@ enum Cmd {
         dir: PathBuf,
         #[command(subcommand)]
         cmd: PkiCmd,
+    },
+    /// The fleet registry: sensor -> vessel, IMO number, site, role.
+    Registry {
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(subcommand)]
+        cmd: registry::RegistryCmd,
     },
     /// Analyst queries.
     Query {
@@ -149,6 +160,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             flow_retention_days,
             print,
             server_version,
+            fleet_registry,
         } => {
             clickhouse.validate()?;
             let opts = RenderOptions {
@@ -185,9 +197,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
                 r.applied,
                 r.already
             );
+            if let Some(f) = fleet_registry {
+                let rep = registry::load_file(&clickhouse.client(), &f).await?;
+                println!(
+                    "fleet registry loaded from {}: {} active sensors",
+                    f.display(),
+                    rep.active
+                );
+            }
             Ok(())
         }
         Cmd::Pki { dir, cmd } => pki(dir, cmd),
+        Cmd::Registry { clickhouse, cmd } => {
+            clickhouse.validate()?;
+            registry::run(&clickhouse.client(), cmd).await
+        }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
     }
 }

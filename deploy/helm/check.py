@@ -198,7 +198,7 @@ def check_common(docs, label):
     if sc["livenessProbe"].get("httpGet", {}).get("path") != "/healthz":
         fail(f"{label}: sink liveness is not /healthz")
     job = find(docs, "Job", "-migrate")
-    if job:
+    if job and job["metadata"]["name"].endswith("-migrate"):
         hooks = job["metadata"]["annotations"]["helm.sh/hook"]
         if hooks != "pre-install,pre-upgrade":
             fail(f"{label}: migrate hook is {hooks}")
@@ -294,11 +294,17 @@ def cases():
             assert "--kafka-option=sasl.mechanism=SCRAM-SHA-512" in c["args"], c["args"]
         reg = find(docs, "ConfigMap", "-fleet")
         assert '"imo": "9321483"' in reg["data"]["registry.json"]
+        load = find(docs, "Job", "-fleet-registry")
+        assert load["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+        pod = load["spec"]["template"]["spec"]
+        assert pod["containers"][0]["args"] == ["registry", "load", "/etc/tidewatch/fleet/registry.json"]
+        assert pod["volumes"][0]["configMap"]["name"] == reg["metadata"]["name"]
         cfg = find(docs, "ConfigMap", "-config")
         assert cfg["data"]["TIDEWATCH_CLICKHOUSE_URL"] == "https://ch.example.com:8443"
 
     def no_migrate(docs, ingest, ic, sink, sc):
         assert not find(docs, "Job", "")
+        assert not find(docs, "Job", "-fleet-registry"), "no registry job without sensors"
 
     yield "default values", {}, default
     yield "cert-manager with a CA issuer", {

@@ -198,3 +198,88 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
     assert_eq!(letters[1].key, b"s1");
     assert_eq!(letters[0].topic, "tidewatch.batches.v1");
 }
+
+#[test]
+fn fleet_registry_loads_with_migrate_reloads_and_refuses_bad_files() {
+    let stack = Stack::start();
+    let dir = stack.path().join("fleet");
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = dir.join("v1.json");
+    std::fs::write(
+        &v1,
+        r#"{"sensors": [
+            {"id": "crane-a", "vessel": "port-of-kiel", "site": "kiel", "role": "crane"},
+            {"id": "bridge-b", "vessel": "mv-aurora", "imo": "9321483", "role": "bridge"}]}"#,
+    )
+    .unwrap();
+    let out = run_ok(
+        stack
+            .collector()
+            .arg("migrate")
+            .arg("--fleet-registry")
+            .arg(&v1),
+    );
+    assert!(out.contains("fleet registry loaded"), "{out}");
+    let show = run_ok(
+        stack
+            .collector()
+            .args(["registry", "show", "--format", "csv"]),
+    );
+    assert!(
+        show.contains("bridge-b,mv-aurora,9321483,,bridge,1,")
+            && show.contains("crane-a,port-of-kiel,,kiel,crane,1,"),
+        "{show}"
+    );
+
+    // A bad file is refused whole, with the reason; nothing changes.
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"sensors": [{"id": "crane-a", "vessel": "port-of-kiel"},
+                        {"id": "eng-c", "vessel": "mv-aurora", "imo": "9321484"}]}"#,
+    )
+    .unwrap();
+    let out = stack
+        .collector()
+        .args(["registry", "load"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("entry 1 (sensor \"eng-c\")") && err.contains("check digit"),
+        "{err}"
+    );
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM tidewatch.fleet_registry WHERE active = 1"),
+        2
+    );
+
+    // A new version: bridge-b moved to another role, crane-a left the fleet.
+    let v2 = dir.join("v2.json");
+    std::fs::write(
+        &v2,
+        r#"{"sensors": [{"id": "bridge-b", "vessel": "mv-aurora", "imo": "9321483", "role": "engine"}]}"#,
+    )
+    .unwrap();
+    let out = run_ok(stack.collector().args(["registry", "load"]).arg(&v2));
+    assert!(out.contains("no longer listed: crane-a"), "{out}");
+    let active = stack
+        .query("SELECT sensor_id, role FROM tidewatch.fleet_registry WHERE active = 1 ORDER BY sensor_id")
+        .unwrap();
+    assert_eq!(active, "bridge-b\tengine\n");
+    let all = run_ok(
+        stack
+            .collector()
+            .args(["registry", "show", "--all", "--format", "json"]),
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&all).unwrap();
+    assert_eq!(rows.len(), 2, "{all}");
+    assert!(
+        rows.iter().any(|r| r["sensor_id"] == "crane-a"
+            && r["active"] == 0
+            && r["vessel"] == "port-of-kiel"),
+        "{all}"
+    );
+}

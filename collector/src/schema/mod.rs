@@ -100,11 +100,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Never edit one that has shipped: add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../../../deploy/clickhouse/migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "fleet_registry",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0002_fleet_registry.sql"),
+    },
+];
 
 /// Renders a migration into its statements for the given capabilities.
 pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<String>, SchemaError> {

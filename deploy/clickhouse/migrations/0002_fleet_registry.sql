@@ -1,0 +1,23 @@
+-- tidewatch schema, version 2: the fleet registry.
+-- Which sensor sits on which vessel or site, in which role, loaded from the
+-- file the operator maintains (`tidewatch-collector registry load FILE`).
+-- Every load writes the whole file under one version (microseconds of the
+-- load); a sensor that left the file gets a row with active = 0. The view
+-- shows each sensor's latest row.
+CREATE TABLE IF NOT EXISTS {{db}}.fleet_registry_raw
+(
+    sensor_id String,
+    vessel String,
+    imo String,
+    site String,
+    role {{string_lc}},
+    active UInt8,
+    loaded_at DateTime,
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY sensor_id;
+
+CREATE VIEW IF NOT EXISTS {{db}}.fleet_registry AS
+SELECT sensor_id, vessel, imo, site, role, active, loaded_at, version
+FROM {{db}}.fleet_registry_raw FINAL;
