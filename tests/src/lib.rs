@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod fleet;
 pub mod grpc;
 pub mod linkemu;
 pub mod pcapgen;
