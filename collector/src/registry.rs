@@ -4,8 +4,13 @@
 //!
 //! ```json
 //! {"sensors": [{"id": "crane-a", "vessel": "port-of-kiel", "site": "kiel", "role": "crane"},
-//!              {"id": "bridge-b", "vessel": "mv-aurora", "imo": "9321483", "role": "bridge"}]}
+//!              {"id": "bridge-b", "vessel": "mv-aurora", "imo": "9321483", "role": "bridge",
+//!               "zones": {"ot": ["10.1.1.0/24"], "it": ["10.1.2.0/24"], "crew": ["10.1.3.0/24"]}}]}
 //! ```
+//!
+//! `zones` names the network zones of the sensor's site (IPv4 CIDRs; zone
+//! names are lowercase words such as ot, it, crew, nav, shore), used by the
+//! segmentation query.
 //!
 //! `registry load FILE` validates the whole file first (nothing is written
 //! if any entry is wrong) and then writes it to `fleet_registry_raw` under
@@ -34,6 +39,38 @@ pub struct Entry {
     pub site: String,
     #[serde(default = "other")]
     pub role: String,
+    #[serde(default)]
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// An IPv4 CIDR as (network, mask).
+pub fn parse_cidr(s: &str) -> Option<(u32, u32)> {
+    let (addr, len) = s.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let net = u32::from(addr);
+    (net & mask == net).then_some((net, mask))
+}
+
+impl Entry {
+    /// (zone names, networks, masks), one element per CIDR.
+    fn zone_arrays(&self) -> (Vec<String>, Vec<u32>, Vec<u32>) {
+        let mut z = (Vec::new(), Vec::new(), Vec::new());
+        for (name, cidrs) in &self.zones {
+            for c in cidrs {
+                if let Some((n, m)) = parse_cidr(c) {
+                    z.0.push(name.clone());
+                    z.1.push(n);
+                    z.2.push(m);
+                }
+            }
+        }
+        z
+    }
 }
 
 fn other() -> String {
@@ -102,6 +139,18 @@ pub fn validate(entries: &[Entry]) -> Result<(), RegistryError> {
                 ROLES.join(", ")
             )));
         }
+        for (zone, cidrs) in &e.zones {
+            if zone.is_empty() || !zone.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                return Err(bad(format!("zone name {zone:?}: use lowercase letters")));
+            }
+            for c in cidrs {
+                if parse_cidr(c).is_none() {
+                    return Err(bad(format!(
+                        "zone {zone}: {c:?} is not an IPv4 network in CIDR form (e.g. 10.1.1.0/24)"
+                    )));
+                }
+            }
+        }
         if !seen.insert(e.id.clone()) {
             return Err(RegistryError::Duplicate(e.id.clone()));
         }
@@ -116,6 +165,9 @@ pub struct Row {
     pub imo: String,
     pub site: String,
     pub role: String,
+    pub zone_names: Vec<String>,
+    pub zone_nets: Vec<u32>,
+    pub zone_masks: Vec<u32>,
     pub active: u8,
     pub loaded_at: u32,
     pub version: u64,
@@ -142,24 +194,32 @@ pub async fn load(ch: &Client, entries: &[Entry]) -> anyhow::Result<LoadReport> 
         .filter(|r| !listed.contains(r.sensor_id.as_str()))
         .collect();
     let mut ins = ch.insert::<Row>("fleet_registry_raw").await?;
-    let row = |id: &str, vessel: &str, imo: &str, site: &str, role: &str, active: u8| Row {
-        sensor_id: id.into(),
-        vessel: vessel.into(),
-        imo: imo.into(),
-        site: site.into(),
-        role: role.into(),
-        active,
-        loaded_at: (now_us / 1_000_000) as u32,
-        version: now_us,
-    };
     for e in entries {
-        ins.write(&row(&e.id, &e.vessel, &e.imo, &e.site, &e.role, 1))
-            .await?;
+        let (zone_names, zone_nets, zone_masks) = e.zone_arrays();
+        ins.write(&Row {
+            sensor_id: e.id.clone(),
+            vessel: e.vessel.clone(),
+            imo: e.imo.clone(),
+            site: e.site.clone(),
+            role: e.role.clone(),
+            zone_names,
+            zone_nets,
+            zone_masks,
+            active: 1,
+            loaded_at: (now_us / 1_000_000) as u32,
+            version: now_us,
+        })
+        .await?;
     }
     for r in &gone {
         // Keep what is known about it; only mark it inactive.
-        ins.write(&row(&r.sensor_id, &r.vessel, &r.imo, &r.site, &r.role, 0))
-            .await?;
+        ins.write(&Row {
+            active: 0,
+            loaded_at: (now_us / 1_000_000) as u32,
+            version: now_us,
+            ..r.clone()
+        })
+        .await?;
     }
     ins.end().await.context("writing the registry")?;
     Ok(LoadReport {

@@ -58,8 +58,8 @@ pub struct Truth {
     /// (vessel, client ip, PLC ip) OT writes from a host that is not an
     /// engineering station.
     pub unexpected_ot_writes: Vec<(String, String, String)>,
-    /// (vessel, client ip, server ip:port) connections into the OT zone from
-    /// outside it (ashore or another zone).
+    /// (vessel, client ip, server ip:port or network) connections into the
+    /// OT zone from outside it (ashore or another zone).
     pub segmentation_breaks: Vec<(String, String, String)>,
     /// (vessel, scanner ip).
     pub scans: Vec<(String, String)>,
@@ -244,6 +244,12 @@ impl Fleet {
             format!("{}:102", text(&ip(10, o(0), 1, 14))),
         ));
         t.scans.push((v(1), text(&ip(10, o(1), 2, 99))));
+        // The scan reaches into OT from the IT zone: a segmentation break too.
+        t.segmentation_breaks.push((
+            v(1),
+            text(&ip(10, o(1), 2, 99)),
+            format!("{}/24", text(&ip(10, o(1), 1, 0))),
+        ));
         t.new_assets.push((v(0), text(&ip(10, o(0), 1, 50))));
         t.changed_vendors.push((
             v(2),
@@ -668,12 +674,73 @@ impl Fleet {
             .sensors
             .iter()
             .map(|s| {
+                let v = s.index;
                 serde_json::json!({
                     "id": s.sensor_id, "vessel": s.vessel,
-                    "role": if s.index % 2 == 0 { "bridge" } else { "engine" },
+                    "role": if v % 2 == 0 { "bridge" } else { "engine" },
+                    "zones": {
+                        "ot": [format!("10.{v}.1.0/24")],
+                        "it": [format!("10.{v}.2.0/24")],
+                        "crew": [format!("10.{v}.3.0/24")],
+                        "nav": [format!("10.{v}.4.0/24")],
+                    },
                 })
             })
             .collect();
         serde_json::json!({ "sensors": sensors }).to_string()
     }
+}
+
+/// Uploads the whole fleet through ingest (one mTLS stream per sensor, with
+/// its own certificate) and loads its registry; returns the flow totals per
+/// sensor, as `expect_flows` takes them.
+pub fn load(
+    stack: &crate::Stack,
+    pki: &crate::Pki,
+    port: u16,
+    fleet: &Fleet,
+) -> std::collections::BTreeMap<String, crate::Totals> {
+    use prost::Message;
+    use tidewatch_proto::v1::{AckStatus, Encoding, UploadRequest};
+    let mut want = std::collections::BTreeMap::new();
+    for s in &fleet.sensors {
+        let cert = pki.sensor(&s.sensor_id, &s.vessel);
+        let e: &mut crate::Totals = want.entry(s.sensor_id.clone()).or_default();
+        let mut reqs = Vec::new();
+        for b in fleet.batches(s) {
+            for f in &b.flows {
+                e.flows += 1;
+                let (c, d) = (f.c2s.unwrap_or_default(), f.s2c.unwrap_or_default());
+                e.packets += c.packets + d.packets;
+                e.bytes += c.ip_bytes + d.ip_bytes;
+            }
+            reqs.push(UploadRequest {
+                seq: b.seq,
+                encoding: Encoding::ProtobufZstd as i32,
+                payload: zstd::bulk::compress(&b.encode_to_vec(), 3).expect("zstd"),
+            });
+        }
+        for chunk in reqs.chunks(200) {
+            let acks = crate::grpc::upload(
+                port,
+                &cert.ca,
+                Some(crate::grpc::ClientCert {
+                    cert: &cert.cert,
+                    key: &cert.key,
+                }),
+                chunk.to_vec(),
+            )
+            .unwrap_or_else(|e| panic!("upload of {}: {e}", s.sensor_id));
+            assert_eq!(acks.len(), chunk.len());
+            assert!(
+                acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+                "a batch of {} was refused: {acks:?}",
+                s.sensor_id
+            );
+        }
+    }
+    let registry = stack.path().join("fleet-registry.json");
+    std::fs::write(&registry, fleet.registry_json()).expect("registry file");
+    crate::run_ok(stack.collector().args(["registry", "load"]).arg(&registry));
+    want
 }

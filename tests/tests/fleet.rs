@@ -2,12 +2,7 @@
 //! through the real pipeline: mTLS ingest, Kafka, sink, ClickHouse. Every
 //! record arrives once and every planted anomaly is in storage as planted.
 
-use std::collections::BTreeMap;
-
-use prost::Message;
-use tidewatch_proto::v1::{AckStatus, Encoding, UploadRequest};
 use tidewatch_tests::fleet::{Fleet, Spec};
-use tidewatch_tests::grpc::{upload, ClientCert};
 use tidewatch_tests::*;
 
 #[test]
@@ -22,41 +17,7 @@ fn synthetic_fleet_arrives_whole_with_every_planted_anomaly() {
     let t = &fleet.truth;
     let w = t.window_start_s;
 
-    let mut want: BTreeMap<String, Totals> = BTreeMap::new();
-    for s in &fleet.sensors {
-        let cert = pki.sensor(&s.sensor_id, &s.vessel);
-        let mut reqs = Vec::new();
-        let e = want.entry(s.sensor_id.clone()).or_default();
-        for b in fleet.batches(s) {
-            for f in &b.flows {
-                e.flows += 1;
-                let (c, d) = (f.c2s.unwrap(), f.s2c.unwrap());
-                e.packets += c.packets + d.packets;
-                e.bytes += c.ip_bytes + d.ip_bytes;
-            }
-            reqs.push(UploadRequest {
-                seq: b.seq,
-                encoding: Encoding::ProtobufZstd as i32,
-                payload: zstd::bulk::compress(&b.encode_to_vec(), 3).unwrap(),
-            });
-        }
-        let n = reqs.len();
-        let acks = upload(
-            port,
-            &cert.ca,
-            Some(ClientCert {
-                cert: &cert.cert,
-                key: &cert.key,
-            }),
-            reqs,
-        )
-        .unwrap();
-        assert_eq!(acks.len(), n);
-        assert!(acks.iter().all(|a| a.status == AckStatus::Accepted as i32));
-    }
-    let registry = stack.path().join("fleet.json");
-    std::fs::write(&registry, fleet.registry_json()).unwrap();
-    run_ok(stack.collector().args(["registry", "load"]).arg(&registry));
+    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
     expect_flows(&stack, &want);
     let q = |sql: &str| stack.query_u64(sql);
     let ws = format!("toDateTime({w})");

@@ -1,4 +1,7 @@
 //! `tidewatch-collector query`: analyst queries over the de-duplicated views.
+//! `top-talkers` is built in; the anomaly queries are the pack in [`pack`].
+
+pub mod pack;
 
 use std::io::Write;
 
@@ -33,6 +36,88 @@ pub enum QueryCmd {
         /// e.g. to paste into clickhouse-client.
         #[arg(long)]
         print_sql: bool,
+    },
+    /// External destinations a vessel contacted in the window and never in the baseline.
+    NewDestinations {
+        #[command(flatten)]
+        common: pack::Common,
+    },
+    /// Hours where a vessel sent a destination far more than its baseline.
+    VolumeSpikes {
+        #[command(flatten)]
+        common: pack::Common,
+        /// Smallest hourly outbound volume reported, in bytes.
+        #[arg(long, default_value_t = 100_000_000)]
+        min_bytes: u64,
+        /// Standard deviations above the baseline mean.
+        #[arg(long, default_value_t = 4.0)]
+        sigmas: f64,
+    },
+    /// Connections to one external destination at a regular period with constant sizes.
+    Beaconing {
+        #[command(flatten)]
+        common: pack::Common,
+        /// Fewest connections in the window.
+        #[arg(long, default_value_t = 20)]
+        min_count: u32,
+        /// Largest standard deviation of the gaps, as a share of the period.
+        #[arg(long, default_value_t = 0.1)]
+        max_jitter: f64,
+        /// Largest coefficient of variation of the connection sizes.
+        #[arg(long, default_value_t = 0.05)]
+        max_size_cv: f64,
+        /// Shortest period, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        min_period_s: f64,
+    },
+    /// OT write/control/program operations from hosts that are not engineering stations.
+    OtWrites {
+        #[command(flatten)]
+        common: pack::Common,
+        /// An address allowed to write besides the assets seen as
+        /// engineering stations (repeatable).
+        #[arg(long = "engineering-host", value_name = "IP")]
+        engineering_hosts: Vec<std::net::IpAddr>,
+    },
+    /// Connections into OT zones from outside them (zones from the fleet registry).
+    Segmentation {
+        #[command(flatten)]
+        common: pack::Common,
+    },
+    /// One source probing many addresses or ports.
+    Scans {
+        #[command(flatten)]
+        common: pack::Common,
+        /// Fewest distinct address:port targets.
+        #[arg(long, default_value_t = 100)]
+        min_targets: u32,
+    },
+    /// New assets, and known addresses with a new vendor.
+    AssetChanges {
+        #[command(flatten)]
+        common: pack::Common,
+    },
+    /// A new external destination contacted by several vessels within a short time.
+    Campaigns {
+        #[command(flatten)]
+        common: pack::Common,
+        /// Fewest vessels.
+        #[arg(long, default_value_t = 3)]
+        min_vessels: u32,
+        /// Longest time between the first and the last vessel's first contact, in seconds.
+        #[arg(long, default_value_t = 7200)]
+        spread_s: u32,
+    },
+    /// Silent sensors, growing backlogs, drops, exhausted budgets.
+    SensorHealth {
+        #[command(flatten)]
+        common: pack::Common,
+        /// A sensor is silent when its last report is this many seconds before the window's end.
+        #[arg(long, default_value_t = 7200)]
+        silence_s: u32,
+        /// Smallest backlog (records) reported as growing.
+        #[arg(long, default_value_t = 1000)]
+        min_backlog: u64,
     },
 }
 
@@ -198,6 +283,97 @@ pub async fn top_talkers(
 
 pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
     ch.validate()?;
+    use pack::Lit;
+    let (name, common, extra): (&str, pack::Common, Vec<(&'static str, Lit)>) = match cmd {
+        QueryCmd::NewDestinations { common } => ("new-destinations", common, vec![]),
+        QueryCmd::VolumeSpikes {
+            common,
+            min_bytes,
+            sigmas,
+        } => (
+            "volume-spikes",
+            common,
+            vec![
+                ("min_bytes", Lit::Int(min_bytes.min(i64::MAX as u64) as i64)),
+                ("sigmas", pack::non_negative("sigmas", sigmas)?),
+            ],
+        ),
+        QueryCmd::Beaconing {
+            common,
+            min_count,
+            max_jitter,
+            max_size_cv,
+            min_period_s,
+        } => (
+            "beaconing",
+            common,
+            vec![
+                ("min_count", Lit::Int(min_count.max(2) as i64)),
+                ("max_jitter", pack::non_negative("max-jitter", max_jitter)?),
+                (
+                    "max_size_cv",
+                    pack::non_negative("max-size-cv", max_size_cv)?,
+                ),
+                (
+                    "min_period_s",
+                    pack::non_negative("min-period-s", min_period_s)?,
+                ),
+            ],
+        ),
+        QueryCmd::OtWrites {
+            common,
+            engineering_hosts,
+        } => (
+            "ot-writes",
+            common,
+            vec![(
+                "engineering_hosts",
+                Lit::Strs(engineering_hosts.iter().map(|i| i.to_string()).collect()),
+            )],
+        ),
+        QueryCmd::Segmentation { common } => ("segmentation", common, vec![]),
+        QueryCmd::Scans {
+            common,
+            min_targets,
+        } => (
+            "scans",
+            common,
+            vec![("min_targets", Lit::Int(min_targets.max(1) as i64))],
+        ),
+        QueryCmd::AssetChanges { common } => ("asset-changes", common, vec![]),
+        QueryCmd::Campaigns {
+            common,
+            min_vessels,
+            spread_s,
+        } => (
+            "campaigns",
+            common,
+            vec![
+                ("min_vessels", Lit::Int(min_vessels.max(2) as i64)),
+                ("spread_s", Lit::Int(spread_s as i64)),
+            ],
+        ),
+        QueryCmd::SensorHealth {
+            common,
+            silence_s,
+            min_backlog,
+        } => (
+            "sensor-health",
+            common,
+            vec![
+                ("silence_s", Lit::Int(silence_s as i64)),
+                (
+                    "min_backlog",
+                    Lit::Int(min_backlog.min(i64::MAX as u64) as i64),
+                ),
+            ],
+        ),
+        top @ QueryCmd::TopTalkers { .. } => return top_talkers_cmd(ch, top).await,
+    };
+    pack::run(&ch, name, &common, extra).await
+}
+
+async fn top_talkers_cmd(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
     match cmd {
         QueryCmd::TopTalkers {
             window,
@@ -215,6 +391,7 @@ pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
             let rows = top_talkers(&ch, since, until, vessel.as_deref(), limit).await?;
             print_rows(&rows, format)?;
         }
+        _ => unreachable!("only top-talkers is built in"),
     }
     Ok(())
 }

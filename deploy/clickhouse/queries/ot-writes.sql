@@ -1,0 +1,17 @@
+-- OT write, control and program operations from hosts that are not known
+-- engineering stations (assets the sensors saw in that role, plus the
+-- addresses given with --engineering-host).
+SELECT
+    vessel, client_ip, server_ip, server_port, app_protocol,
+    groupUniqArrayArray(op_names) AS operations,
+    count() AS flows,
+    min(first_seen) AS first_at
+FROM flows
+WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+  AND ({vessel} = '' OR vessel = {vessel})
+  AND hasAny(op_classes, ['write', 'control', 'program'])
+  AND NOT has({engineering_hosts}, client_ip)
+  AND (vessel, client_ip) NOT IN (
+      SELECT vessel, arrayJoin(ips) FROM assets WHERE has(roles, 'engineering_station'))
+GROUP BY vessel, client_ip, server_ip, server_port, app_protocol
+ORDER BY first_at, vessel, client_ip

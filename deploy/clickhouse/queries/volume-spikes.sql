@@ -1,0 +1,37 @@
+-- Outbound volume spikes: hours in the window where a vessel sent a
+-- destination at least {min_bytes} bytes and more than {sigmas} standard
+-- deviations above that destination's hourly mean in the baseline (a
+-- destination without a baseline counts from zero).
+SELECT
+    vessel,
+    server_ip,
+    hour,
+    bytes_out,
+    round(baseline_mean) AS baseline_mean,
+    round(baseline_stddev) AS baseline_stddev,
+    baseline_hours
+FROM
+(
+    SELECT vessel, server_ip, toStartOfHour(first_seen) AS hour, sum(c2s_bytes) AS bytes_out
+    FROM flows
+    WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+      AND ({vessel} = '' OR vessel = {vessel})
+    GROUP BY vessel, server_ip, hour
+)
+ANY LEFT JOIN
+(
+    SELECT vessel, server_ip,
+           avg(b) AS baseline_mean, stddevPop(b) AS baseline_stddev, count() AS baseline_hours
+    FROM
+    (
+        SELECT vessel, server_ip, toStartOfHour(first_seen) AS h, sum(c2s_bytes) AS b
+        FROM flows
+        WHERE first_seen >= toDateTime({baseline_since}) AND first_seen < toDateTime({since})
+          AND ({vessel} = '' OR vessel = {vessel})
+        GROUP BY vessel, server_ip, h
+    )
+    GROUP BY vessel, server_ip
+) USING (vessel, server_ip)
+WHERE bytes_out >= {min_bytes}
+  AND bytes_out > baseline_mean + {sigmas} * baseline_stddev
+ORDER BY bytes_out DESC, vessel, server_ip, hour
