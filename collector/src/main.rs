@@ -43,6 +43,9 @@ enum Cmd {
         /// Raw flow retention in days (TTL on servers that support it).
         #[arg(long, default_value_t = 90)]
         flow_retention_days: u32,
+        /// Hourly rollup retention in days (kept longer than raw flows).
+        #[arg(long, default_value_t = 400)]
+        rollup_retention_days: u32,
         /// Print the SQL for --server-version instead of connecting.
         #[arg(long, requires = "server_version")]
         print: bool,
@@ -158,14 +161,21 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Migrate {
             clickhouse,
             flow_retention_days,
+            rollup_retention_days,
             print,
             server_version,
             fleet_registry,
         } => {
             clickhouse.validate()?;
+            if flow_retention_days == 0 || rollup_retention_days < flow_retention_days {
+                anyhow::bail!(
+                    "retention: --flow-retention-days must be at least 1 and --rollup-retention-days at least as long"
+                );
+            }
             let opts = RenderOptions {
                 database: clickhouse.clickhouse_database.clone(),
                 flow_retention_days,
+                rollup_retention_days,
             };
             if print {
                 let v = ServerVersion::parse(server_version.as_deref().unwrap_or_default())?;

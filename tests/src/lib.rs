@@ -296,6 +296,12 @@ impl Stack {
         http_post(self.ch_http_port, "/", sql)
     }
 
+    /// As [`Stack::query`], with `tidewatch` as the default database (as the
+    /// collector's own queries expect).
+    pub fn query_tidewatch(&self, sql: &str) -> Result<String, String> {
+        http_post(self.ch_http_port, "/?database=tidewatch", sql)
+    }
+
     /// Runs a query returning one number.
     pub fn query_u64(&self, sql: &str) -> u64 {
         let out = self.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use tidewatch_tests::fleet::{Fleet, Spec};
+use tidewatch_tests::fleet::{Fleet, Spec, Truth};
 use tidewatch_tests::*;
 
 fn s(v: &Value) -> String {
@@ -56,31 +56,16 @@ fn judge(name: &str, got: BTreeSet<String>, want: BTreeSet<String>, max_fp: usiz
     assert!(fp.len() <= max_fp, "{name}: false positives {fp:?}");
 }
 
-#[test]
-fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
-    let fleet = Fleet::new(Spec::default());
-    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
-    expect_flows(&stack, &want);
-    let t = &fleet.truth;
-    let p = Pack {
-        stack: &stack,
-        since: t.window_start_s,
-        until: t.window_start_s + 86_400,
-    };
-
+/// Runs every query through `run` and judges it against the truth.
+fn judge_pack(engine: &str, t: &Truth, vessels: usize, run: &dyn Fn(&str, &[&str]) -> Vec<Value>) {
+    println!("-- {engine}");
     let key2 = |rows: &[Value], a: &str, b: &str| -> BTreeSet<String> {
         rows.iter()
             .map(|r| format!("{} {}", s(&r[a]), s(&r[b])))
             .collect()
     };
 
-    let rows = p.run("new-destinations", &[]);
+    let rows = run("new-destinations", &[]);
     judge(
         "new-destinations",
         key2(&rows, "vessel", "server_ip"),
@@ -91,7 +76,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         0,
     );
 
-    let rows = p.run("volume-spikes", &[]);
+    let rows = run("volume-spikes", &[]);
     judge(
         "volume-spikes",
         key2(&rows, "vessel", "server_ip"),
@@ -102,7 +87,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         0,
     );
 
-    let rows = p.run("beaconing", &[]);
+    let rows = run("beaconing", &[]);
     judge(
         "beaconing",
         rows.iter()
@@ -125,7 +110,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     let period: f64 = s(&rows[0]["period_s"]).parse().unwrap();
     assert!((59.0..61.0).contains(&period), "beacon period {period}");
 
-    let rows = p.run("ot-writes", &[]);
+    let rows = run("ot-writes", &[]);
     judge(
         "ot-writes",
         key2(&rows, "vessel", "client_ip"),
@@ -135,13 +120,8 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
             .collect(),
         0,
     );
-    // An operator-listed engineering host is not reported.
-    let writer = &t.unexpected_ot_writes[0].1;
-    assert!(p
-        .run("ot-writes", &["--engineering-host", writer])
-        .is_empty());
 
-    let rows = p.run("segmentation", &[]);
+    let rows = run("segmentation", &[]);
     judge(
         "segmentation",
         key2(&rows, "vessel", "client_ip"),
@@ -156,7 +136,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         .any(|r| s(&r["client_zone"]) == "crew" && s(&r["server_zone"]) == "ot"));
     assert!(rows.iter().any(|r| s(&r["client_zone"]) == "outside"));
 
-    let rows = p.run("scans", &[]);
+    let rows = run("scans", &[]);
     judge(
         "scans",
         key2(&rows, "vessel", "client_ip"),
@@ -164,7 +144,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         0,
     );
 
-    let rows = p.run("asset-changes", &[]);
+    let rows = run("asset-changes", &[]);
     let got: BTreeSet<String> = rows
         .iter()
         .map(|r| format!("{} {} {}", s(&r["vessel"]), s(&r["ip"]), s(&r["change"])))
@@ -181,16 +161,16 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     );
     judge("asset-changes", got, planted, 0);
 
-    let rows = p.run("campaigns", &[]);
+    let rows = run("campaigns", &[]);
     judge(
         "campaigns",
         rows.iter().map(|r| s(&r["server_ip"])).collect(),
         t.campaigns.iter().map(|(d, _)| d.clone()).collect(),
         0,
     );
-    assert_eq!(s(&rows[0]["vessels"]), fleet.sensors.len().to_string());
+    assert_eq!(s(&rows[0]["vessels"]), vessels.to_string());
 
-    let rows = p.run("sensor-health", &[]);
+    let rows = run("sensor-health", &[]);
     let got: BTreeSet<String> = rows
         .iter()
         .flat_map(|r| {
@@ -212,6 +192,34 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
             .collect(),
         0,
     );
+}
+
+#[test]
+fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let fleet = Fleet::new(Spec::default());
+    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
+    expect_flows(&stack, &want);
+    let t = &fleet.truth;
+    let p = Pack {
+        stack: &stack,
+        since: t.window_start_s,
+        until: t.window_start_s + 86_400,
+    };
+
+    judge_pack("ClickHouse 18.16", t, fleet.sensors.len(), &|n, a| {
+        p.run(n, a)
+    });
+    // An operator-listed engineering host is not reported.
+    let writer = &t.unexpected_ot_writes[0].1;
+    assert!(p
+        .run("ot-writes", &["--engineering-host", writer])
+        .is_empty());
 
     // --vessel narrows every query to one vessel.
     let v0 = &fleet.sensors[0].vessel;
@@ -228,5 +236,86 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         "--print-sql",
     ]));
     assert!(sql.contains("HAVING targets >= 50"), "{sql}");
-    assert!(sql.contains("toDateTime(1767398400)"), "{sql}");
+    assert!(
+        sql.contains("first_seen_us >= 1767398400 * 1000000"),
+        "{sql}"
+    );
+
+    // The same queries on a modern ClickHouse (chDB), over the same data
+    // exported from the 18.16 server, against the same truth.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for table in [
+        "flows_raw",
+        "assets_raw",
+        "sensor_status_raw",
+        "fleet_registry_raw",
+    ] {
+        let rows = stack
+            .query_tidewatch(&format!("SELECT * FROM {table} FORMAT JSONEachRow"))
+            .unwrap();
+        std::fs::write(data.join(format!("{table}.jsonl")), rows).unwrap();
+    }
+    let schema = dir.join("schema.sql");
+    std::fs::write(
+        &schema,
+        run_ok(
+            stack
+                .collector()
+                // The fleet's dates are fixed (early 2026): keep them past the TTLs.
+                .args(["migrate", "--print", "--server-version", "26.9"])
+                .args([
+                    "--flow-retention-days",
+                    "3650",
+                    "--rollup-retention-days",
+                    "3650",
+                ]),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(root().join("tests/chdb/check_pack.py"))
+        .arg(&schema)
+        .arg(&data);
+    for name in QUERIES {
+        let f = dir.join(format!("{name}.sql"));
+        let sql = run_ok(
+            stack
+                .collector()
+                .args(["query", name, "--print-sql"])
+                .args(["--since", &p.since.to_string()])
+                .args(["--until", &p.until.to_string()]),
+        );
+        std::fs::write(&f, sql).unwrap();
+        cmd.arg(f);
+    }
+    let out: Value = serde_json::from_str(run_ok(&mut cmd).trim()).unwrap();
+    println!("chDB rows: {}", out["rows"]);
+    assert_eq!(
+        out["rows"]["flows"].as_u64(),
+        Some(want.values().map(|t| t.flows).sum::<u64>()),
+        "chDB did not get every flow: {}",
+        out["rows"]
+    );
+    let results = out["results"].clone();
+    judge_pack(
+        &format!("chDB {}", s(&out["chdb_version"])),
+        t,
+        fleet.sensors.len(),
+        &|n, _| results[n].as_array().cloned().unwrap_or_default(),
+    );
 }
+
+const QUERIES: &[&str] = &[
+    "new-destinations",
+    "volume-spikes",
+    "beaconing",
+    "ot-writes",
+    "segmentation",
+    "scans",
+    "asset-changes",
+    "campaigns",
+    "sensor-health",
+];

@@ -91,6 +91,8 @@ pub struct RenderOptions {
     pub database: String,
     /// Raw flow retention in days (TTL on modern servers).
     pub flow_retention_days: u32,
+    /// Retention of the hourly rollups (TTL on modern servers).
+    pub rollup_retention_days: u32,
 }
 
 pub struct Migration {
@@ -110,6 +112,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "fleet_registry",
         sql: include_str!("../../../deploy/clickhouse/migrations/0002_fleet_registry.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "rollups",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0003_rollups.sql"),
     },
 ];
 
@@ -157,6 +164,10 @@ pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<Str
                 opts.flow_retention_days
             ),
             ("flows_ttl", false) => String::new(),
+            ("rollup_ttl", true) => {
+                format!("TTL hour + INTERVAL {} DAY", opts.rollup_retention_days)
+            }
+            ("rollup_ttl", false) => String::new(),
             _ => return None,
         })
     };
@@ -319,6 +330,7 @@ mod tests {
         RenderOptions {
             database: "tw".into(),
             flow_retention_days: 30,
+            rollup_retention_days: 400,
         }
     }
 

@@ -23,8 +23,8 @@ FROM
         stddevPop(c2s_bytes + s2c_bytes) AS size_sd,
         min(first_seen) AS first_at,
         max(first_seen) AS last_at
-    FROM flows
-    WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+    FROM flows_raw FINAL
+    WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
       AND ({vessel} = '' OR vessel = {vessel})
       AND ((position(server_ip, ':') = 0 AND NOT (
               bitAnd(IPv4StringToNum(server_ip), 4278190080) IN (0, 167772160, 2130706432)

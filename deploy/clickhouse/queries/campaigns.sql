@@ -10,8 +10,8 @@ SELECT
 FROM
 (
     SELECT vessel, server_ip, min(first_seen) AS first_contact
-    FROM flows
-    WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+    FROM flows_raw FINAL
+    WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
       AND ((position(server_ip, ':') = 0 AND NOT (
               bitAnd(IPv4StringToNum(server_ip), 4278190080) IN (0, 167772160, 2130706432)
               OR bitAnd(IPv4StringToNum(server_ip), 4293918720) = 2886729728
@@ -19,8 +19,12 @@ FROM
               OR IPv4StringToNum(server_ip) >= 3758096384))
            OR (position(server_ip, ':') > 0 AND NOT match(lower(server_ip), '^(fe[89ab]|fc|fd|ff|::1$)')))
       AND server_ip NOT IN (
-          SELECT server_ip FROM flows
-          WHERE first_seen >= toDateTime({baseline_since}) AND first_seen < toDateTime({since}))
+          SELECT server_ip FROM traffic_hourly_raw
+          WHERE hour >= toDateTime({baseline_since}) AND hour < toStartOfHour(toDateTime({since}))
+          UNION ALL
+          SELECT server_ip FROM flows_raw
+          WHERE first_seen_us >= toUInt64(toStartOfHour(toDateTime({since}))) * 1000000
+            AND first_seen_us < {since} * 1000000)
     GROUP BY vessel, server_ip
 )
 GROUP BY server_ip

@@ -6,8 +6,8 @@ SELECT
     groupUniqArrayArray(op_names) AS operations,
     count() AS flows,
     min(first_seen) AS first_at
-FROM flows
-WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+FROM flows_raw FINAL
+WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
   AND ({vessel} = '' OR vessel = {vessel})
   AND hasAny(op_classes, ['write', 'control', 'program'])
   AND NOT has({engineering_hosts}, client_ip)

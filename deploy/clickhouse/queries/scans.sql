@@ -9,8 +9,8 @@ SELECT
     round(countIf(c2s_packets <= 2) / count(), 2) AS probe_share,
     min(first_seen) AS first_at,
     max(first_seen) AS last_at
-FROM flows
-WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+FROM flows_raw FINAL
+WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
   AND ({vessel} = '' OR vessel = {vessel})
 GROUP BY vessel, client_ip
 HAVING targets >= {min_targets} AND probe_share >= 0.5

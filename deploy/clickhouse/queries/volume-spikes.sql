@@ -1,7 +1,8 @@
--- Outbound volume spikes: hours in the window where a vessel sent a
--- destination at least {min_bytes} bytes and more than {sigmas} standard
--- deviations above that destination's hourly mean in the baseline (a
--- destination without a baseline counts from zero).
+-- Outbound volume spikes: hours (starting in the window) where a vessel
+-- sent a destination at least {min_bytes} bytes and more than {sigmas}
+-- standard deviations above that destination's hourly mean in the baseline
+-- (a destination without a baseline counts from zero). Reads the hourly
+-- rollup (traffic_hourly_raw, summed over FINAL: every flow once).
 SELECT
     vessel,
     server_ip,
@@ -12,26 +13,26 @@ SELECT
     baseline_hours
 FROM
 (
-    SELECT vessel, server_ip, toStartOfHour(first_seen) AS hour, sum(c2s_bytes) AS bytes_out
-    FROM flows
-    WHERE first_seen >= toDateTime({since}) AND first_seen < toDateTime({until})
+    SELECT vessel, server_ip, hour, sum(c2s_bytes) AS bytes_out
+    FROM traffic_hourly_raw FINAL
+    WHERE hour >= toDateTime({since}) AND hour < toDateTime({until})
       AND ({vessel} = '' OR vessel = {vessel})
     GROUP BY vessel, server_ip, hour
-)
+) AS w
 ANY LEFT JOIN
 (
     SELECT vessel, server_ip,
            avg(b) AS baseline_mean, stddevPop(b) AS baseline_stddev, count() AS baseline_hours
     FROM
     (
-        SELECT vessel, server_ip, toStartOfHour(first_seen) AS h, sum(c2s_bytes) AS b
-        FROM flows
-        WHERE first_seen >= toDateTime({baseline_since}) AND first_seen < toDateTime({since})
+        SELECT vessel, server_ip, hour, sum(c2s_bytes) AS b
+        FROM traffic_hourly_raw FINAL
+        WHERE hour >= toDateTime({baseline_since}) AND hour < toDateTime({since})
           AND ({vessel} = '' OR vessel = {vessel})
-        GROUP BY vessel, server_ip, h
+        GROUP BY vessel, server_ip, hour
     )
     GROUP BY vessel, server_ip
-) USING (vessel, server_ip)
+) AS b USING (vessel, server_ip)
 WHERE bytes_out >= {min_bytes}
   AND bytes_out > baseline_mean + {sigmas} * baseline_stddev
 ORDER BY bytes_out DESC, vessel, server_ip, hour
