@@ -10,6 +10,7 @@ pub mod clickhouse_args;
 pub mod identity;
 pub mod ingest;
 pub mod kafka;
+pub mod maintenance;
 pub mod metrics;
 pub mod pki;
 pub mod query;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::pki::{parse_date, Pki, Validity};
 use tidewatch_collector::schema::{self, Caps, RenderOptions, ServerVersion, MIGRATIONS};
-use tidewatch_collector::{ingest, query, registry, sink};
+use tidewatch_collector::{ingest, maintenance, query, registry, sink};
 use tracing::info;
 
 #[derive(Parser)]
@@ -22,6 +22,7 @@ use tracing::info;
   migrate  creates or upgrades the ClickHouse schema for the detected server version\n\
   pki      creates the fleet CA and issues server and sensor certificates\n\
   registry loads and shows the fleet registry (sensor -> vessel, IMO, site, role)\n\
+  maintenance drops partitions past the retention (servers without TTL)\n\
   query    runs analyst queries against ClickHouse\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
@@ -63,6 +64,13 @@ enum Cmd {
         dir: PathBuf,
         #[command(subcommand)]
         cmd: PkiCmd,
+    },
+    /// Retention by partition dropping (for servers without TTL).
+    Maintenance {
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(subcommand)]
+        cmd: maintenance::MaintenanceCmd,
     },
     /// The fleet registry: sensor -> vessel, IMO number, site, role.
     Registry {
@@ -218,6 +226,15 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pki { dir, cmd } => pki(dir, cmd),
+        Cmd::Maintenance { clickhouse, cmd } => {
+            clickhouse.validate()?;
+            maintenance::run(
+                &clickhouse.server_client(),
+                &clickhouse.clickhouse_database,
+                cmd,
+            )
+            .await
+        }
         Cmd::Registry { clickhouse, cmd } => {
             clickhouse.validate()?;
             registry::run(&clickhouse.client(), cmd).await

@@ -514,7 +514,7 @@ impl Fleet {
         // the silent sensor goes quiet).
         if hw == 8 + (s.index as u32 % 2) {
             flows.push(tls(
-                us(300 + 400 * s.index as i64),
+                us(300 + (97 * s.index as i64) % 3000),
                 ip(10, vb, 2, 14),
                 CAMPAIGN,
                 443,

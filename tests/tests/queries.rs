@@ -241,6 +241,38 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         "{sql}"
     );
 
+    // The Grafana dashboard (generated from the same SQL files, kept up to
+    // date) runs on the server with Grafana's macros filled in.
+    run_ok(
+        std::process::Command::new("python3")
+            .arg(root().join("deploy/grafana/build.py"))
+            .arg("--check"),
+    );
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/tidewatch-fleet.json")).unwrap(),
+    )
+    .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert_eq!(panels.len(), 3 + QUERIES.len());
+    for panel in panels {
+        let sql = panel["targets"][0]["rawSql"]
+            .as_str()
+            .unwrap()
+            .replace("$__fromTime", &format!("toDateTime({})", p.since))
+            .replace("$__toTime", &format!("toDateTime({})", p.until))
+            .replace("${vessel}", "")
+            .replace("${baseline_days}", "14");
+        let sql = regex_lite_interval(&sql);
+        let out = stack
+            .query_tidewatch(&format!("{sql}\nFORMAT JSONEachRow"))
+            .unwrap_or_else(|e| panic!("panel {}: {e}\n{sql}", panel["title"]));
+        assert!(
+            !out.trim().is_empty(),
+            "panel {} returned nothing",
+            panel["title"]
+        );
+    }
+
     // The same queries on a modern ClickHouse (chDB), over the same data
     // exported from the 18.16 server, against the same truth.
     let tmp = tempfile::tempdir().unwrap();
@@ -308,6 +340,24 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     );
 }
 
+/// Grafana's `$__timeInterval(col)` as the server would get it (one hour).
+fn regex_lite_interval(sql: &str) -> String {
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find("$__timeInterval(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "$__timeInterval(".len()..];
+        let end = after.find(')').expect("closing parenthesis");
+        out.push_str(&format!(
+            "toStartOfInterval({}, INTERVAL 3600 second)",
+            &after[..end]
+        ));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 const QUERIES: &[&str] = &[
     "new-destinations",
     "volume-spikes",
@@ -319,3 +369,67 @@ const QUERIES: &[&str] = &[
     "campaigns",
     "sensor-health",
 ];
+
+#[test]
+fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+    let fleet = Fleet::new(Spec::default());
+    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
+    expect_flows(&stack, &want);
+    let total: u64 = want.values().map(|t| t.flows).sum();
+    wait_until(std::time::Duration::from_secs(60), "the rollup", || {
+        (stack.query_u64("SELECT sum(flows) FROM tidewatch.traffic_hourly") == total).then_some(())
+    });
+    // Keep raw flows back to 2026-01-02: the fleet's first day goes.
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 86_400;
+    let keep = (today - 1_767_312_000 / 86_400).to_string();
+    let args = |dry: bool| {
+        let mut c = stack.collector();
+        c.args(["maintenance", "retention", "--flow-retention-days", &keep])
+            .args(["--rollup-retention-days", "3650"]);
+        if dry {
+            c.arg("--dry-run");
+        }
+        c
+    };
+    let dry = run_ok(&mut args(true));
+    assert_eq!(
+        dry.trim(),
+        format!("would drop tidewatch.flows_raw partition 20260101 (older than {keep} days)"),
+    );
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM tidewatch.flows"),
+        total
+    );
+    let out = run_ok(&mut args(false));
+    assert!(out.contains("retention: 1 partition(s) dropped"), "{out}");
+    let day1 = stack.query_u64(
+        "SELECT count() FROM tidewatch.flows WHERE toDate(first_seen) = toDate('2026-01-01')",
+    );
+    assert_eq!(day1, 0);
+    let left = stack.query_u64("SELECT count() FROM tidewatch.flows");
+    assert!(left > 0 && left < total, "{left} of {total}");
+    // The rollups (kept longer) still hold the first day.
+    assert_eq!(
+        stack.query_u64("SELECT sum(flows) FROM tidewatch.traffic_hourly"),
+        total
+    );
+    // Bad retention is refused.
+    let bad = stack
+        .collector()
+        .args(["maintenance", "retention", "--flow-retention-days", "90"])
+        .args(["--rollup-retention-days", "30"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("at least as long"));
+}

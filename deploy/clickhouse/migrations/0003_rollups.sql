@@ -57,6 +57,47 @@ SELECT
 FROM {{db}}.flows_raw FINAL
 GROUP BY vessel, sensor_id, batch_seq, hour, server_ip, server_port, transport, app_protocol;
 
+-- dest_hourly_raw: the same per-batch rollup by destination address only
+-- (no port or protocol), smaller: what the baselines of the query pack
+-- read (volume spikes, new destinations, campaigns).
+CREATE TABLE IF NOT EXISTS {{db}}.dest_hourly_raw
+(
+    vessel {{string_lc}},
+    sensor_id {{string_lc}},
+    batch_seq UInt64,
+    hour DateTime,
+    server_ip String,
+    flows UInt64,
+    c2s_bytes UInt64,
+    s2c_bytes UInt64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (vessel, hour, server_ip, sensor_id, batch_seq)
+{{rollup_ttl}};
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {{db}}.dest_hourly_mv TO {{db}}.dest_hourly_raw AS
+SELECT
+    vessel, sensor_id, batch_seq,
+    toStartOfHour(toDateTime(intDiv(first_seen_us, 1000000))) AS hour,
+    server_ip,
+    count() AS flows,
+    sum(c2s_bytes) AS c2s_bytes,
+    sum(s2c_bytes) AS s2c_bytes
+FROM {{db}}.flows_raw
+GROUP BY vessel, sensor_id, batch_seq, hour, server_ip;
+
+INSERT INTO {{db}}.dest_hourly_raw
+SELECT
+    vessel, sensor_id, batch_seq,
+    toStartOfHour(toDateTime(intDiv(first_seen_us, 1000000))) AS hour,
+    server_ip,
+    count() AS flows,
+    sum(c2s_bytes) AS c2s_bytes,
+    sum(s2c_bytes) AS s2c_bytes
+FROM {{db}}.flows_raw FINAL
+GROUP BY vessel, sensor_id, batch_seq, hour, server_ip;
+
 CREATE VIEW IF NOT EXISTS {{db}}.traffic_hourly AS
 SELECT
     vessel, sensor_id, hour, server_ip, server_port, transport, app_protocol,

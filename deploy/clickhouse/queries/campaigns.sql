@@ -19,7 +19,7 @@ FROM
               OR IPv4StringToNum(server_ip) >= 3758096384))
            OR (position(server_ip, ':') > 0 AND NOT match(lower(server_ip), '^(fe[89ab]|fc|fd|ff|::1$)')))
       AND server_ip NOT IN (
-          SELECT server_ip FROM traffic_hourly_raw
+          SELECT server_ip FROM dest_hourly_raw
           WHERE hour >= toDateTime({baseline_since}) AND hour < toStartOfHour(toDateTime({since}))
           UNION ALL
           SELECT server_ip FROM flows_raw

@@ -2,7 +2,7 @@
 -- sent a destination at least {min_bytes} bytes and more than {sigmas}
 -- standard deviations above that destination's hourly mean in the baseline
 -- (a destination without a baseline counts from zero). Reads the hourly
--- rollup (traffic_hourly_raw, summed over FINAL: every flow once).
+-- rollup (dest_hourly_raw, summed over FINAL: every flow once).
 SELECT
     vessel,
     server_ip,
@@ -14,7 +14,7 @@ SELECT
 FROM
 (
     SELECT vessel, server_ip, hour, sum(c2s_bytes) AS bytes_out
-    FROM traffic_hourly_raw FINAL
+    FROM dest_hourly_raw FINAL
     WHERE hour >= toDateTime({since}) AND hour < toDateTime({until})
       AND ({vessel} = '' OR vessel = {vessel})
     GROUP BY vessel, server_ip, hour
@@ -26,7 +26,7 @@ ANY LEFT JOIN
     FROM
     (
         SELECT vessel, server_ip, hour, sum(c2s_bytes) AS b
-        FROM traffic_hourly_raw FINAL
+        FROM dest_hourly_raw FINAL
         WHERE hour >= toDateTime({baseline_since}) AND hour < toDateTime({since})
           AND ({vessel} = '' OR vessel = {vessel})
         GROUP BY vessel, server_ip, hour
