@@ -78,7 +78,7 @@ fn last_day(id: &str, g: Granularity) -> Option<Date> {
 }
 
 /// Partitions (ids) of `table` entirely older than `keep_days` before `today`.
-pub fn expired(ids: &[String], g: Granularity, today: Date, keep_days: u32) -> Vec<String> {
+fn expired(ids: &[String], g: Granularity, today: Date, keep_days: u32) -> Vec<String> {
     let cutoff = today - time::Duration::days(keep_days as i64);
     ids.iter()
         .filter(|id| last_day(id, g).is_some_and(|d| d < cutoff))
