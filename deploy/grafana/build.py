@@ -9,7 +9,9 @@ query pack in deploy/clickhouse/queries/, so the panels run exactly the SQL
 Data source: the ClickHouse plugin for Grafana (grafana-clickhouse-datasource),
 picked with the dashboard's `datasource` variable; the default database must
 be `tidewatch`. The time picker is the detection window; the baseline is the
-`baseline_days` before it; `vessel` narrows every panel (empty: all).
+`baseline_days` before it; `vessel` narrows every panel (empty: all). Only
+$__fromTime and $__toTime are used: the plugin's interval macros expand to
+functions ClickHouse 18.16 lacks.
 """
 import json
 import os
@@ -69,17 +71,17 @@ def overview(i, title, sql, unit, x, w):
 def build():
     panels = [
         overview(1, "Flows per vessel", (
-            "SELECT $__timeInterval(hour) AS time, vessel, sum(flows) AS flows\n"
+            "SELECT hour AS time, vessel, sum(flows) AS flows_total\n"
             "FROM traffic_hourly_raw FINAL\n"
             "WHERE hour >= $__fromTime AND hour < $__toTime AND ('${vessel}' = '' OR vessel = '${vessel}')\n"
             "GROUP BY time, vessel ORDER BY time"), "short", 0, 8),
         overview(2, "Outbound bytes per vessel", (
-            "SELECT $__timeInterval(hour) AS time, vessel, sum(c2s_bytes) AS bytes_out\n"
+            "SELECT hour AS time, vessel, sum(c2s_bytes) AS bytes_out\n"
             "FROM traffic_hourly_raw FINAL\n"
             "WHERE hour >= $__fromTime AND hour < $__toTime AND ('${vessel}' = '' OR vessel = '${vessel}')\n"
             "GROUP BY time, vessel ORDER BY time"), "bytes", 8, 8),
         overview(3, "Sensor backlog (records not yet acked)", (
-            "SELECT $__timeInterval(observed_at) AS time, sensor_id, max(buffer_backlog_records) AS backlog\n"
+            "SELECT toStartOfFiveMinute(observed_at) AS time, sensor_id, max(buffer_backlog_records) AS backlog\n"
             "FROM sensor_status\n"
             "WHERE observed_at >= $__fromTime AND observed_at < $__toTime AND ('${vessel}' = '' OR vessel = '${vessel}')\n"
             "GROUP BY time, sensor_id ORDER BY time"), "short", 16, 8),

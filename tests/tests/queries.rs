@@ -262,7 +262,6 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
             .replace("$__toTime", &format!("toDateTime({})", p.until))
             .replace("${vessel}", "")
             .replace("${baseline_days}", "14");
-        let sql = regex_lite_interval(&sql);
         let out = stack
             .query_tidewatch(&format!("{sql}\nFORMAT JSONEachRow"))
             .unwrap_or_else(|e| panic!("panel {}: {e}\n{sql}", panel["title"]));
@@ -338,24 +337,6 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         fleet.sensors.len(),
         &|n, _| results[n].as_array().cloned().unwrap_or_default(),
     );
-}
-
-/// Grafana's `$__timeInterval(col)` as the server would get it (one hour).
-fn regex_lite_interval(sql: &str) -> String {
-    let mut out = String::new();
-    let mut rest = sql;
-    while let Some(i) = rest.find("$__timeInterval(") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "$__timeInterval(".len()..];
-        let end = after.find(')').expect("closing parenthesis");
-        out.push_str(&format!(
-            "toStartOfInterval({}, INTERVAL 3600 second)",
-            &after[..end]
-        ));
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    out
 }
 
 const QUERIES: &[&str] = &[
