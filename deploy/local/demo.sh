@@ -2,7 +2,7 @@
 # tidewatch demo: installs what is missing, builds, starts ClickHouse and the
 # broker, creates the schema and the fleet PKI, starts collector ingest and
 # sink, replays two OT captures through two sensors with their own
-# certificates, and prints the top-talkers query from ClickHouse.
+# certificates, and prints the top-talkers and ot-writes queries from ClickHouse.
 #
 #   deploy/local/demo.sh           run the demo, then stop everything
 #   deploy/local/demo.sh --keep    leave the stack, ingest and sink running
@@ -90,6 +90,9 @@ echo "ClickHouse: $N flows in tidewatch.flows (exactly-once view)"
 
 say "top talkers per vessel (tidewatch-collector query top-talkers --since 2000-01-01 --limit 5)"
 "$BIN/tidewatch-collector" query top-talkers --since 2000-01-01 --limit 5
+
+say "OT write/control operations from hosts not known as engineering stations (query ot-writes)"
+"$BIN/tidewatch-collector" query ot-writes --since 2000-01-01
 
 if [ "$KEEP" = "--keep" ]; then
   say "left running: ClickHouse $TIDEWATCH_CLICKHOUSE_URL, Kafka $TIDEWATCH_KAFKA_BROKERS, ingest 127.0.0.1:$PORT"

@@ -251,6 +251,7 @@ impl Fleet {
             format!("{}/24", text(&ip(10, o(1), 1, 0))),
         ));
         t.new_assets.push((v(0), text(&ip(10, o(0), 1, 50))));
+        t.new_assets.push((v(1), text(&ip(10, o(1), 3, 44))));
         t.changed_vendors.push((
             v(2),
             text(&ip(10, o(2), 1, 12)),
@@ -540,8 +541,18 @@ impl Fleet {
             }
         }
         // An OT write from a crew laptop (vessel 1, hour 9): unexpected
-        // writer and a crew -> OT segmentation break.
+        // writer and a crew -> OT segmentation break. Like a real sensor,
+        // this one reports the laptop as an asset in the engineering-station
+        // role as soon as it writes (so it is a new asset too).
         if s.index == 1 && hw == 9 {
+            assets.push(asset(
+                [0x18, 0x66, 0xda, 0, vb, 44],
+                ip(10, vb, 3, 44),
+                "Dell Inc.",
+                us(1200),
+                &["modbus"],
+                &["engineering_station"],
+            ));
             flows.push(flow(
                 us(1200),
                 300_000,

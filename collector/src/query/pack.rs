@@ -49,6 +49,7 @@ pub struct Common {
     /// Only this vessel.
     #[arg(long)]
     pub vessel: Option<String>,
+    /// Output: an aligned table, a JSON array of objects, or CSV.
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
     /// Print the SQL (values filled in) instead of running it, e.g. to paste
