@@ -202,8 +202,9 @@ def check_common(docs, label):
         hooks = job["metadata"]["annotations"]["helm.sh/hook"]
         if hooks != "pre-install,pre-upgrade":
             fail(f"{label}: migrate hook is {hooks}")
-        if job["spec"]["template"]["spec"]["containers"][0]["args"][0] != "migrate":
-            fail(f"{label}: migrate job does not migrate")
+        margs = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        if margs[0] != "migrate" or not any(a.startswith("--rollup-retention-days=") for a in margs):
+            fail(f"{label}: migrate job does not migrate with both retentions: {margs}")
     check_hardening(docs, label)
     return ingest, ic, sink, sc
 
@@ -388,6 +389,11 @@ REFUSALS = [
         "issuerRef.name",
     ),
     ("nodePort with ClusterIP", {"ingest": {"service": {"nodePort": 30443}}}, "nodePort"),
+    (
+        "rollups kept shorter than flows",
+        {"migrate": {"flowRetentionDays": 90, "rollupRetentionDays": 30}},
+        "rollupRetentionDays",
+    ),
     (
         "min above max replicas",
         {"ingest": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},

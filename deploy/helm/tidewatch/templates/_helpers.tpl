@@ -68,6 +68,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and .Values.ingest.service.nodePort (ne .Values.ingest.service.type "NodePort") }}
 {{- fail "ingest.service.nodePort is only valid with ingest.service.type=NodePort" }}
 {{- end }}
+{{- if lt (int .Values.migrate.rollupRetentionDays) (int .Values.migrate.flowRetentionDays) }}
+{{- fail "migrate.rollupRetentionDays must be at least migrate.flowRetentionDays" }}
+{{- end }}
 {{- if and .Values.ingest.autoscaling.enabled (gt (int .Values.ingest.autoscaling.minReplicas) (int .Values.ingest.autoscaling.maxReplicas)) }}
 {{- fail "ingest.autoscaling: minReplicas is larger than maxReplicas" }}
 {{- end }}
