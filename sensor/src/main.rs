@@ -1084,18 +1084,9 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     }
     disk.lock().expect("buffer lock").sync()?;
     metering_done.store(true, Ordering::SeqCst);
-    if stop.load(Ordering::SeqCst) {
-        // Signalled: everything is on disk; the next start resumes from the
-        // first unacked batch, so there is no need to wait for the link.
-        let bs = disk.lock().expect("buffer lock").stats();
-        info!(
-            pending_batches = bs.pending_batches,
-            pending_flows = bs.pending_flows,
-            "stopping; unacknowledged batches stay in the disk buffer for the next start"
-        );
-        return Ok(());
-    }
-    // Wait for the last acks; SIGTERM meanwhile leaves the rest on disk.
+    // Wait for the last acks. Signalled (before or meanwhile): everything is
+    // on disk and the next start resumes from the first unacked batch, so
+    // there is no need to wait for the link.
     let finished = rt.block_on(async {
         let mut upload = upload;
         loop {

@@ -59,6 +59,20 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// The number after `--name` on the command line, or `default` (for the
+/// benchmark binaries).
+pub fn number_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number"))
+        })
+        .unwrap_or(default)
+}
+
 /// Polls `f` until it returns `Some` or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
+use tidewatch_collector::query::pack::PACK;
 use tidewatch_tests::fleet::{Fleet, Spec, Truth};
 use tidewatch_tests::*;
 
@@ -253,7 +254,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     )
     .unwrap();
     let panels = dash["panels"].as_array().unwrap();
-    assert_eq!(panels.len(), 3 + QUERIES.len());
+    assert_eq!(panels.len(), 3 + queries().len());
     for panel in panels {
         let sql = panel["targets"][0]["rawSql"]
             .as_str()
@@ -310,7 +311,7 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     cmd.arg(root().join("tests/chdb/check_pack.py"))
         .arg(&schema)
         .arg(&data);
-    for name in QUERIES {
+    for name in queries() {
         let f = dir.join(format!("{name}.sql"));
         let sql = run_ok(
             stack
@@ -339,17 +340,10 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     );
 }
 
-const QUERIES: &[&str] = &[
-    "new-destinations",
-    "volume-spikes",
-    "beaconing",
-    "ot-writes",
-    "segmentation",
-    "scans",
-    "asset-changes",
-    "campaigns",
-    "sensor-health",
-];
+/// The pack's query names, from the collector itself.
+fn queries() -> Vec<&'static str> {
+    PACK.iter().map(|q| q.name).collect()
+}
 
 #[test]
 fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {

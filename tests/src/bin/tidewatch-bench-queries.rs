@@ -12,32 +12,13 @@
 
 use std::time::{Duration, Instant};
 
+use tidewatch_collector::query::pack::PACK;
 use tidewatch_tests::fleet::{self, Fleet, Spec};
 use tidewatch_tests::*;
 
 fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name} takes a number"))
-        })
-        .unwrap_or(default)
+    number_arg(name, default)
 }
-
-const QUERIES: &[&str] = &[
-    "new-destinations",
-    "volume-spikes",
-    "beaconing",
-    "ot-writes",
-    "segmentation",
-    "scans",
-    "asset-changes",
-    "campaigns",
-    "sensor-health",
-];
 
 fn main() {
     let spec = Spec {
@@ -74,7 +55,7 @@ fn main() {
     let until = since + 86_400;
     let measure = |label: &str| {
         println!("{label}:");
-        for q in QUERIES {
+        for q in PACK.iter().map(|q| q.name) {
             let sql = run_ok(stack.collector().args([
                 "query",
                 q,
