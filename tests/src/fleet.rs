@@ -755,3 +755,36 @@ pub fn load(
     crate::run_ok(stack.collector().args(["registry", "load"]).arg(&registry));
     want
 }
+
+/// A fresh stack (schema, PKI, ingest, sink) with the fleet loaded through
+/// it and every flow in ClickHouse.
+pub struct Loaded {
+    // Fields drop in order: the processes stop before the stack.
+    _ingest: crate::Proc,
+    _sink: crate::Proc,
+    pub fleet: Fleet,
+    /// Flow totals per sensor, as sent.
+    pub want: std::collections::BTreeMap<String, crate::Totals>,
+    pub stack: crate::Stack,
+}
+
+impl Loaded {
+    pub fn start(spec: Spec) -> Loaded {
+        let stack = crate::Stack::start();
+        stack.migrate();
+        let pki = crate::Pki::new(stack.path().join("pki"));
+        let port = crate::free_port();
+        let ingest = stack.ingest(&pki, port, &[]);
+        let sink = stack.sink("sink", &[]);
+        let fleet = Fleet::new(spec);
+        let want = load(&stack, &pki, port, &fleet);
+        crate::expect_flows(&stack, &want);
+        Loaded {
+            _ingest: ingest,
+            _sink: sink,
+            fleet,
+            want,
+            stack,
+        }
+    }
+}

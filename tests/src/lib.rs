@@ -488,7 +488,17 @@ pub struct Totals {
 /// Flows the sensor's own `read` command reports for a capture, with the
 /// timeouts `run` uses by default.
 pub fn read_flows(pcap: &Path) -> Vec<serde_json::Value> {
-    let out = run_ok(Command::new(bin("tidewatch-sensor")).arg("read").arg(pcap));
+    read_flows_with(pcap, &[])
+}
+
+/// As [`read_flows`], with extra `read` options (e.g. timeouts).
+pub fn read_flows_with(pcap: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .arg("read")
+            .args(args)
+            .arg(pcap),
+    );
     out.lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect()

@@ -2,23 +2,14 @@
 //! through the real pipeline: mTLS ingest, Kafka, sink, ClickHouse. Every
 //! record arrives once and every planted anomaly is in storage as planted.
 
-use tidewatch_tests::fleet::{Fleet, Spec};
-use tidewatch_tests::*;
+use tidewatch_tests::fleet::{Loaded, Spec};
 
 #[test]
 fn synthetic_fleet_arrives_whole_with_every_planted_anomaly() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
-    let fleet = Fleet::new(Spec::default());
+    let loaded = Loaded::start(Spec::default());
+    let (stack, fleet) = (&loaded.stack, &loaded.fleet);
     let t = &fleet.truth;
     let w = t.window_start_s;
-
-    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
-    expect_flows(&stack, &want);
     let q = |sql: &str| stack.query_u64(sql);
     let ws = format!("toDateTime({w})");
 

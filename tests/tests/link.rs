@@ -23,20 +23,7 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
     // idle timeout, so batches keep coming for about two minutes.
     let pcap = stack.path().join("long.pcap");
     pcapgen::write_udp_flows(&pcap, 60_000, 2, 1_700_000_000).unwrap();
-    let timeouts = ["--idle-timeout", "0.5"];
-    let expected = {
-        let out = run_ok(
-            std::process::Command::new(bin("tidewatch-sensor"))
-                .arg("read")
-                .args(timeouts)
-                .arg(&pcap),
-        );
-        let flows: Vec<serde_json::Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        totals(&flows)
-    };
+    let expected = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
     let mut s = sensor_run(
         "sensor",
         stack.path(),

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use tidewatch_collector::query::pack::PACK;
-use tidewatch_tests::fleet::{Fleet, Spec, Truth};
+use tidewatch_tests::fleet::{Loaded, Spec, Truth};
 use tidewatch_tests::*;
 
 fn s(v: &Value) -> String {
@@ -197,18 +197,11 @@ fn judge_pack(engine: &str, t: &Truth, vessels: usize, run: &dyn Fn(&str, &[&str
 
 #[test]
 fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
-    let fleet = Fleet::new(Spec::default());
-    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
-    expect_flows(&stack, &want);
+    let loaded = Loaded::start(Spec::default());
+    let (stack, fleet, want) = (&loaded.stack, &loaded.fleet, &loaded.want);
     let t = &fleet.truth;
     let p = Pack {
-        stack: &stack,
+        stack,
         since: t.window_start_s,
         until: t.window_start_s + 86_400,
     };
@@ -347,15 +340,8 @@ fn queries() -> Vec<&'static str> {
 
 #[test]
 fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
-    let fleet = Fleet::new(Spec::default());
-    let want = tidewatch_tests::fleet::load(&stack, &pki, port, &fleet);
-    expect_flows(&stack, &want);
+    let loaded = Loaded::start(Spec::default());
+    let (stack, want) = (&loaded.stack, &loaded.want);
     let total: u64 = want.values().map(|t| t.flows).sum();
     wait_until(std::time::Duration::from_secs(60), "the rollup", || {
         (stack.query_u64("SELECT sum(flows) FROM tidewatch.traffic_hourly") == total).then_some(())

@@ -38,20 +38,7 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
     // stream of small batches for about a minute.
     let pcap = stack.path().join("stream.pcap");
     pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
-    let timeouts = ["--idle-timeout", "0.5"];
-    let expected = {
-        let out = run_ok(
-            std::process::Command::new(bin("tidewatch-sensor"))
-                .arg("read")
-                .args(timeouts)
-                .arg(&pcap),
-        );
-        let flows: Vec<serde_json::Value> = out
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        totals(&flows)
-    };
+    let expected = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
     let mut s = sensor_run(
         "sensor",
         stack.path(),

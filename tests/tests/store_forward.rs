@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use tidewatch_tests::*;
 
+/// Runs `tidewatch-sensor buffer CMD --state-dir STATE`, which must succeed.
+fn buffer_cmd(cmd: &str, state: &std::path::Path) -> String {
+    run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .args(["buffer", cmd, "--state-dir"])
+            .arg(state),
+    )
+}
+
 /// The summary line of `tidewatch-sensor buffer stats|check`.
 fn total_line(out: &str) -> &str {
     out.lines()
@@ -38,11 +47,7 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
     );
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
     s.kill();
-    let stats = run_ok(
-        Command::new(bin("tidewatch-sensor"))
-            .args(["buffer", "stats", "--state-dir"])
-            .arg(&state),
-    );
+    let stats = buffer_cmd("stats", &state);
     let total = total_line(&stats);
     assert!(total.ends_with(" 0 damaged records"), "{stats}");
     let pending: u64 = total
@@ -52,11 +57,7 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no backlog in {stats}"));
     assert!(pending >= 6, "only {pending} batches buffered:\n{stats}");
-    run_ok(
-        Command::new(bin("tidewatch-sensor"))
-            .args(["buffer", "check", "--state-dir"])
-            .arg(&state),
-    );
+    buffer_cmd("check", &state);
 
     // Collector up; the sensor restarts on an empty capture and delivers the
     // backlog from disk.
@@ -85,11 +86,7 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
         "a buffered batch was stored twice"
     );
     // Everything acked: the buffer holds nothing pending any more.
-    let after = run_ok(
-        Command::new(bin("tidewatch-sensor"))
-            .args(["buffer", "stats", "--state-dir"])
-            .arg(&state),
-    );
+    let after = buffer_cmd("stats", &state);
     assert!(
         total_line(&after).contains(" 0 batches not yet acked"),
         "{after}"
@@ -168,11 +165,7 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
     expect_flows(&stack, &want);
-    let after = run_ok(
-        Command::new(bin("tidewatch-sensor"))
-            .args(["buffer", "stats", "--state-dir"])
-            .arg(&state),
-    );
+    let after = buffer_cmd("stats", &state);
     let total = total_line(&after);
     assert!(
         total.contains(" 0 batches not yet acked") && total.ends_with(" 0 damaged records"),
@@ -516,11 +509,7 @@ fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
         "a batch was stored twice"
     );
     // Afterwards the buffer is clean and empty.
-    let after = run_ok(
-        Command::new(bin("tidewatch-sensor"))
-            .args(["buffer", "check", "--state-dir"])
-            .arg(&state),
-    );
+    let after = buffer_cmd("check", &state);
     let total = total_line(&after);
     assert!(
         total.contains(" 0 batches not yet acked") && total.ends_with(" 0 damaged records"),
