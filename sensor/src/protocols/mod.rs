@@ -219,6 +219,13 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// A flow whose protocol is not known yet.
+    pub const NEW: AppState = AppState {
+        proto: None,
+        tries: 0,
+        detail: None,
+    };
+
     /// Looks at one payload (`from_client`: sent by the flow's client).
     pub fn on_payload(&mut self, transport: u8, p: &[u8], from_client: bool) {
         if p.is_empty() {
