@@ -122,6 +122,7 @@ pub fn decode<'a>(pkt: &RawPacket<'a>) -> Result<PacketInfo<'a>, Undecoded> {
 }
 
 /// The sender's MAC address of a frame, where the link layer carries one.
+#[inline]
 pub fn src_mac(pkt: &RawPacket<'_>) -> Option<[u8; 6]> {
     let d = pkt.data;
     let at = match pkt.linktype {
@@ -159,6 +160,7 @@ pub fn arp_sender(pkt: &RawPacket<'_>) -> Option<([u8; 6], std::net::Ipv4Addr)> 
 
 /// Skips 802.1Q / 802.1ad tags, returning the inner ethertype, the rest of the
 /// frame and the outer VLAN id.
+#[inline(always)]
 fn strip_vlans(mut et: u16, mut rest: &[u8]) -> Result<(u16, &[u8], u16), Undecoded> {
     let mut outer = None;
     let mut depth = 0;
@@ -175,6 +177,7 @@ fn strip_vlans(mut et: u16, mut rest: &[u8]) -> Result<(u16, &[u8], u16), Undeco
     Ok((et, rest, outer.unwrap_or(0)))
 }
 
+#[inline(always)]
 fn decode_ipv4(b: &[u8], ts_us: i64, vlan: u16) -> Result<PacketInfo<'_>, Undecoded> {
     if b.len() < 20 || b[0] >> 4 != 4 {
         return Err(Undecoded::Malformed);
@@ -189,8 +192,9 @@ fn decode_ipv4(b: &[u8], ts_us: i64, vlan: u16) -> Result<PacketInfo<'_>, Undeco
     let more_fragments = frag & 0x2000 != 0;
     let frag_offset = frag & 0x1fff;
     let proto = b[9];
-    let src = IpAddr::from([b[12], b[13], b[14], b[15]]);
-    let dst = IpAddr::from([b[16], b[17], b[18], b[19]]);
+    let word = |at: usize| u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let src = IpAddr::V4(word(12).into());
+    let dst = IpAddr::V4(word(16).into());
     let fragment = (more_fragments || frag_offset != 0).then_some(Fragment {
         id: id as u32,
         first: frag_offset == 0,
@@ -284,6 +288,7 @@ fn decode_ipv6(b: &[u8], ts_us: i64, vlan: u16) -> Result<PacketInfo<'_>, Undeco
 
 /// Fills ports, flags and payload from a TCP or UDP header. A header cut short
 /// by the snap length leaves the ports at 0 rather than failing the packet.
+#[inline(always)]
 fn decode_l4<'a>(info: &mut PacketInfo<'a>, l4: &'a [u8], l4_len: usize) {
     match info.ip_protocol {
         6 if l4.len() >= 20 => {

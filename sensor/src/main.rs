@@ -19,7 +19,7 @@ use tidewatch_sensor::buffer::{
     inspect, repair, BufferConfig, ClassedBuffer, Fsync, Reader, Stored, WhenFull,
 };
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
-use tidewatch_sensor::output::{asset_json, flow_json};
+use tidewatch_sensor::output::{asset_json, write_flow_json};
 use tidewatch_sensor::pipeline::{meter_file, meter_live, Progress};
 use tidewatch_sensor::uplink::{Uplink, UplinkConfig, UplinkCounters};
 use tokio::sync::mpsc;
@@ -505,8 +505,24 @@ fn read(
     } else {
         Arc::new(AtomicBool::new(false))
     };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    // Records are formatted and written on their own thread, so printing
+    // overlaps metering.
+    let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Vec<FlowRecord>>(4);
+    let writer = std::thread::Builder::new()
+        .name("read-output".into())
+        .spawn(move || -> std::io::Result<()> {
+            let mut out = std::io::stdout().lock();
+            let mut buf = Vec::with_capacity(1 << 20);
+            for recs in chunks {
+                for r in &recs {
+                    write_flow_json(&mut buf, r);
+                }
+                out.write_all(&buf)?;
+                out.flush()?;
+                buf.clear();
+            }
+            Ok(())
+        })?;
     let m = meter(
         file.as_ref(),
         &live,
@@ -518,16 +534,20 @@ fn read(
             progress: &Progress::default(),
         },
         |recs, _| {
-            if !assets {
-                for r in &recs {
-                    serde_json::to_writer(&mut out, &flow_json(r))?;
-                    out.write_all(b"\n")?;
-                }
+            if !assets && !recs.is_empty() && to_writer.send(recs).is_err() {
+                bail!("output closed");
             }
-            out.flush()?;
             Ok(())
         },
-    )?;
+    );
+    drop(to_writer);
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("output thread panicked"))?;
+    // A write error (such as a closed pipe) explains a stopped metering run.
+    written.context("writing flows")?;
+    let m = m?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(inv) = table.assets() {
         for a in inv.all() {
             serde_json::to_writer(&mut out, &asset_json(&a))?;

@@ -73,13 +73,18 @@ pub fn meter_file(
     let mut reader = PcapReader::open(path)?;
     let mut stats = CaptureStats::default();
     let mut clock: Option<(i64, Instant)> = None;
-    while let Some(pkt) = reader.next_packet()? {
-        if stop.load(Ordering::Relaxed) {
+    // Paced replay goes packet by packet; otherwise in batches, so the flow
+    // table can look flows up a batch ahead.
+    let batch_size = if pace.is_some() { 1 } else { BATCH };
+    loop {
+        let n = reader.fill_batch(batch_size)?;
+        if n == 0 || stop.load(Ordering::Relaxed) {
             break;
         }
         if let Some(speed) = pace.filter(|s| *s > 0.0) {
-            let (t0, w0) = *clock.get_or_insert((pkt.ts_ns, Instant::now()));
-            let due = w0 + Duration::from_secs_f64(((pkt.ts_ns - t0).max(0) as f64 / 1e9) / speed);
+            let ts_ns = reader.batch_packet(0).ts_ns;
+            let (t0, w0) = *clock.get_or_insert((ts_ns, Instant::now()));
+            let due = w0 + Duration::from_secs_f64(((ts_ns - t0).max(0) as f64 / 1e9) / speed);
             while Instant::now() < due && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep((due - Instant::now()).min(Duration::from_millis(500)));
                 progress.update(&stats, table);
@@ -87,7 +92,24 @@ pub fn meter_file(
                 sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
             }
         }
-        account(table, &mut stats, &pkt);
+        let mut infos = Vec::with_capacity(n);
+        for i in 0..n {
+            let pkt = reader.batch_packet(i);
+            stats.frames += 1;
+            match decode(&pkt) {
+                Ok(info) => {
+                    stats.ip_packets += 1;
+                    infos.push(info);
+                }
+                Err(cause) => {
+                    // In capture order: the packets before it first.
+                    table.process_batch(&infos);
+                    infos.clear();
+                    not_ip(table, &mut stats, &pkt, cause);
+                }
+            }
+        }
+        table.process_batch(&infos);
         if table.emitted_len() >= 1024 {
             progress.update(&stats, table);
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
@@ -98,6 +120,10 @@ pub fn meter_file(
     Ok((stats, table.stats()))
 }
 
+/// Packets decoded before their flows are looked up together (see
+/// [`FlowTable::process_batch`]).
+const BATCH: usize = 32;
+
 /// Decodes one frame into the table and the frame counters.
 fn account(table: &mut FlowTable, stats: &mut CaptureStats, pkt: &RawPacket<'_>) {
     stats.frames += 1;
@@ -106,15 +132,22 @@ fn account(table: &mut FlowTable, stats: &mut CaptureStats, pkt: &RawPacket<'_>)
             stats.ip_packets += 1;
             table.process(&info);
         }
-        Err(Undecoded::Arp) => {
+        Err(cause) => not_ip(table, stats, pkt, cause),
+    }
+}
+
+/// Accounts a frame that is not an IP packet.
+fn not_ip(table: &mut FlowTable, stats: &mut CaptureStats, pkt: &RawPacket<'_>, cause: Undecoded) {
+    match cause {
+        Undecoded::Arp => {
             stats.arp_frames += 1;
             if let Some((mac, ip)) = arp_sender(pkt) {
                 table.on_arp(mac, ip, pkt.ts_ns.div_euclid(1000));
             }
         }
-        Err(Undecoded::NonIp) => stats.non_ip_frames += 1,
-        Err(Undecoded::UnsupportedLink) => stats.unsupported_link += 1,
-        Err(Undecoded::Malformed) => stats.malformed += 1,
+        Undecoded::NonIp => stats.non_ip_frames += 1,
+        Undecoded::UnsupportedLink => stats.unsupported_link += 1,
+        Undecoded::Malformed => stats.malformed += 1,
     }
 }
 

@@ -3,7 +3,7 @@
 //! chosen from the first four bytes of the file.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
 
 use super::RawPacket;
@@ -15,7 +15,7 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 pub enum CaptureError {
     #[error("cannot open capture {path}: {source}")]
     Open { path: String, source: io::Error },
-    #[error("read error: {0}")]
+    #[error("read error")]
     Io(#[from] io::Error),
     #[error("not a pcap or pcapng file (magic bytes {0:02x?})")]
     UnknownFormat([u8; 4]),
@@ -65,28 +65,66 @@ enum Format {
     },
 }
 
-/// Reads packets one at a time; memory use is one record, whatever the file size.
+/// Size of the read buffer; a record larger than this grows it.
+const BUF_SIZE: usize = 256 * 1024;
+
+/// Where a packet of the current batch lies in the read buffer.
+#[derive(Debug, Clone, Copy)]
+struct PacketPos {
+    ts_ns: i64,
+    linktype: u32,
+    orig_len: u32,
+    at: usize,
+    len: usize,
+}
+
+/// What the buffer holds of the next `n` bytes.
+enum Avail {
+    Ready,
+    /// Not buffered, and the caller may not move the buffer now.
+    Later,
+    /// End of input after this many bytes.
+    Short(usize),
+}
+
+/// What parsing the next record gave.
+enum Step {
+    Packet(PacketPos),
+    /// A block without a packet (interface description, statistics...).
+    Skipped,
+    /// The next record is not fully buffered (batch ends here).
+    Later,
+    Eof,
+}
+
+/// Reads packets in batches straight from one read buffer (no copy per
+/// packet); memory use is the buffer (256 KiB, or the largest record),
+/// whatever the file size.
 pub struct PcapReader<R: Read> {
     input: R,
     format: Format,
     buf: Vec<u8>,
+    /// Unconsumed bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+    /// File offset of `buf[start]`.
     offset: u64,
+    eof: bool,
+    batch: Vec<PacketPos>,
 }
 
-impl PcapReader<BufReader<File>> {
+impl PcapReader<File> {
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
         let file = File::open(path).map_err(|source| CaptureError::Open {
             path: path.display().to_string(),
             source,
         })?;
-        Self::new(BufReader::with_capacity(256 * 1024, file))
+        Self::new(file)
     }
 }
 
 impl<R: Read> PcapReader<R> {
-    pub fn new(mut input: R) -> Result<Self, CaptureError> {
-        let mut magic = [0u8; 4];
-        input.read_exact(&mut magic)?;
+    pub fn new(input: R) -> Result<Self, CaptureError> {
         let mut reader = PcapReader {
             input,
             format: Format::Pcap {
@@ -94,8 +132,19 @@ impl<R: Read> PcapReader<R> {
                 nanos: false,
                 linktype: 0,
             },
-            buf: Vec::with_capacity(65536),
-            offset: 4,
+            buf: vec![0; BUF_SIZE],
+            start: 0,
+            end: 0,
+            offset: 0,
+            eof: false,
+            batch: Vec::new(),
+        };
+        let magic = match reader.available(4, true)? {
+            Avail::Ready => {
+                let b = &reader.buf[reader.start..reader.start + 4];
+                [b[0], b[1], b[2], b[3]]
+            }
+            _ => return Err(reader.corrupt("file too short for a capture header")),
         };
         match magic {
             [0xd4, 0xc3, 0xb2, 0xa1] => reader.read_pcap_header(Endian::Little, false)?,
@@ -107,7 +156,8 @@ impl<R: Read> PcapReader<R> {
                     endian: Endian::Little,
                     interfaces: Vec::new(),
                 };
-                reader.read_section_header()?;
+                // The section header block: checked now, so a bad file fails at open.
+                reader.next_pcapng(true)?;
             }
             other => return Err(CaptureError::UnknownFormat(other)),
         }
@@ -126,190 +176,261 @@ impl<R: Read> PcapReader<R> {
         }
     }
 
+    /// Makes `n` unconsumed bytes available in the buffer, reading (and,
+    /// if `may_move`, compacting or growing the buffer) as needed.
+    fn available(&mut self, n: usize, may_move: bool) -> Result<Avail, CaptureError> {
+        if self.end - self.start >= n {
+            return Ok(Avail::Ready);
+        }
+        if !may_move {
+            return Ok(Avail::Later);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < n {
+            self.buf.resize(n, 0);
+        }
+        while self.end < n {
+            if self.eof {
+                return Ok(Avail::Short(self.end));
+            }
+            match self.input.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(k) => self.end += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Avail::Ready)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        self.offset += n as u64;
+    }
+
     fn read_pcap_header(&mut self, endian: Endian, nanos: bool) -> Result<(), CaptureError> {
-        let mut hdr = [0u8; 20];
-        self.input.read_exact(&mut hdr)?;
-        self.offset += 20;
-        // version (4), thiszone (4), sigfigs (4), snaplen (4), network (4)
-        let linktype = endian.u32(&hdr[16..20]) & 0x0fff_ffff;
+        if !matches!(self.available(24, true)?, Avail::Ready) {
+            return Err(self.corrupt("truncated pcap file header"));
+        }
+        // magic (4), version (4), thiszone (4), sigfigs (4), snaplen (4), network (4)
+        let hdr = &self.buf[self.start..self.start + 24];
+        let linktype = endian.u32(&hdr[20..24]) & 0x0fff_ffff;
         self.format = Format::Pcap {
             endian,
             nanos,
             linktype,
         };
+        self.consume(24);
         Ok(())
     }
 
-    /// Called with the 4-byte block type already consumed.
-    fn read_section_header(&mut self) -> Result<(), CaptureError> {
-        let mut head = [0u8; 8];
-        self.input.read_exact(&mut head)?;
-        let endian = match [head[4], head[5], head[6], head[7]] {
-            [0x4d, 0x3c, 0x2b, 0x1a] => Endian::Little,
-            [0x1a, 0x2b, 0x3c, 0x4d] => Endian::Big,
-            _ => return Err(self.corrupt("bad pcapng byte-order magic")),
-        };
-        let total = endian.u32(&head[0..4]) as usize;
-        if !(28..=MAX_RECORD).contains(&total) || !total.is_multiple_of(4) {
-            return Err(self.corrupt(format!("bad section header length {total}")));
-        }
-        // Skip the rest of the SHB (version, section length, options, trailer).
-        self.skip(total - 12)?;
-        self.offset += total as u64 - 4;
-        self.format = Format::PcapNg {
-            endian,
-            interfaces: Vec::new(),
-        };
-        Ok(())
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), CaptureError> {
-        let copied = io::copy(&mut (&mut self.input).take(n as u64), &mut io::sink())?;
-        if copied as usize != n {
-            return Err(self.corrupt("truncated block"));
-        }
-        Ok(())
-    }
-
-    /// Fills `self.buf` with exactly `n` bytes. Returns false on clean EOF at
-    /// the first byte when `eof_ok`.
-    fn fill(&mut self, n: usize, eof_ok: bool) -> Result<bool, CaptureError> {
-        self.buf.resize(n, 0);
-        let mut got = 0;
-        while got < n {
-            match self.input.read(&mut self.buf[got..]) {
-                Ok(0) => {
-                    if got == 0 && eof_ok {
-                        return Ok(false);
-                    }
-                    return Err(self.corrupt(format!("truncated record ({got} of {n} bytes)")));
-                }
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+    /// Reads up to `max` packets into the current batch, ending it early
+    /// where the next record is not buffered yet; at least one packet unless
+    /// the file has ended. Returns the batch size (0 = end of file).
+    pub fn fill_batch(&mut self, max: usize) -> Result<usize, CaptureError> {
+        self.batch.clear();
+        while self.batch.len() < max {
+            let may_move = self.batch.is_empty();
+            let step = match self.format {
+                Format::Pcap {
+                    endian,
+                    nanos,
+                    linktype,
+                } => self.next_pcap(endian, nanos, linktype, may_move)?,
+                Format::PcapNg { .. } => self.next_pcapng(may_move)?,
+            };
+            match step {
+                Step::Packet(p) => self.batch.push(p),
+                Step::Skipped => {}
+                Step::Later | Step::Eof => break,
             }
         }
-        self.offset += n as u64;
-        Ok(true)
+        Ok(self.batch.len())
+    }
+
+    /// Packet `i` of the current batch.
+    pub fn batch_packet(&self, i: usize) -> RawPacket<'_> {
+        let p = self.batch[i];
+        RawPacket {
+            ts_ns: p.ts_ns,
+            linktype: p.linktype,
+            orig_len: p.orig_len,
+            data: &self.buf[p.at..p.at + p.len],
+        }
     }
 
     /// The next packet, or `None` at the end of the file.
     pub fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, CaptureError> {
-        match self.format {
-            Format::Pcap {
-                endian,
-                nanos,
-                linktype,
-            } => {
-                if !self.fill(16, true)? {
-                    return Ok(None);
-                }
-                let secs = endian.u32(&self.buf[0..4]) as i64;
-                let frac = endian.u32(&self.buf[4..8]) as i64;
-                let incl = endian.u32(&self.buf[8..12]) as usize;
-                let orig = endian.u32(&self.buf[12..16]);
-                if incl > MAX_RECORD {
-                    return Err(self.corrupt(format!("record length {incl} too large")));
-                }
-                let ts_ns = secs * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
-                self.fill(incl, false)?;
-                Ok(Some(RawPacket {
-                    ts_ns,
-                    linktype,
-                    orig_len: orig,
-                    data: &self.buf[..incl],
-                }))
-            }
-            Format::PcapNg { .. } => self.next_pcapng(),
+        if self.fill_batch(1)? == 0 {
+            return Ok(None);
         }
+        Ok(Some(self.batch_packet(0)))
     }
 
-    fn next_pcapng(&mut self) -> Result<Option<RawPacket<'_>>, CaptureError> {
-        loop {
-            let block_start = self.offset;
-            if !self.fill(4, true)? {
-                return Ok(None);
-            }
-            let raw_type = [self.buf[0], self.buf[1], self.buf[2], self.buf[3]];
-            if raw_type == [0x0a, 0x0d, 0x0d, 0x0a] {
-                self.read_section_header()?;
-                continue;
-            }
-            let endian = match &self.format {
-                Format::PcapNg { endian, .. } => *endian,
-                Format::Pcap { .. } => unreachable!("pcapng reader in pcap mode"),
-            };
-            let btype = endian.u32(&raw_type);
-            self.fill(4, false)?;
-            let total = endian.u32(&self.buf[0..4]) as usize;
-            if !(12..=MAX_RECORD).contains(&total) || !total.is_multiple_of(4) {
-                return Err(CaptureError::Corrupt {
-                    offset: block_start,
-                    reason: format!("bad block length {total} (type {btype:#x})"),
-                });
-            }
-            // Body + trailing length.
-            self.fill(total - 8, false)?;
-            let body_len = total - 12;
-            match btype {
-                1 => {
-                    // Interface Description Block
-                    if body_len < 8 {
-                        return Err(self.corrupt("short interface description block"));
-                    }
-                    let linktype = endian.u16(&self.buf[0..2]) as u32;
-                    let ts_units_per_sec = parse_tsresol(&self.buf[8..body_len], endian);
-                    if let Format::PcapNg { interfaces, .. } = &mut self.format {
-                        interfaces.push(Interface {
-                            linktype,
-                            ts_units_per_sec,
-                        });
-                    }
-                }
-                6 | 2 => {
-                    // Enhanced Packet Block (6) / obsolete Packet Block (2)
-                    if body_len < 20 {
-                        return Err(self.corrupt("short packet block"));
-                    }
-                    let iface = if btype == 6 {
-                        endian.u32(&self.buf[0..4]) as usize
-                    } else {
-                        endian.u16(&self.buf[0..2]) as usize
-                    };
-                    let ts = ((endian.u32(&self.buf[4..8]) as u64) << 32)
-                        | endian.u32(&self.buf[8..12]) as u64;
-                    let cap = endian.u32(&self.buf[12..16]) as usize;
-                    let orig = endian.u32(&self.buf[16..20]);
-                    if 20 + cap > body_len {
-                        return Err(self.corrupt("packet data overruns its block"));
-                    }
-                    let ifc = self.interface(iface)?;
-                    let ts_ns = ts_to_ns(ts, ifc.ts_units_per_sec);
-                    return Ok(Some(RawPacket {
-                        ts_ns,
-                        linktype: ifc.linktype,
-                        orig_len: orig,
-                        data: &self.buf[20..20 + cap],
-                    }));
-                }
-                3 => {
-                    // Simple Packet Block: interface 0, no timestamp.
-                    if body_len < 4 {
-                        return Err(self.corrupt("short simple packet block"));
-                    }
-                    let orig = endian.u32(&self.buf[0..4]);
-                    let cap = (orig as usize).min(body_len - 4);
-                    let ifc = self.interface(0)?;
-                    return Ok(Some(RawPacket {
-                        ts_ns: 0,
-                        linktype: ifc.linktype,
-                        orig_len: orig,
-                        data: &self.buf[4..4 + cap],
-                    }));
-                }
-                _ => {} // statistics, name resolution, custom blocks: skipped
+    fn next_pcap(
+        &mut self,
+        endian: Endian,
+        nanos: bool,
+        linktype: u32,
+        may_move: bool,
+    ) -> Result<Step, CaptureError> {
+        match self.available(16, may_move)? {
+            Avail::Ready => {}
+            Avail::Later => return Ok(Step::Later),
+            Avail::Short(0) => return Ok(Step::Eof),
+            Avail::Short(got) => {
+                return Err(self.corrupt(format!("truncated record header ({got} of 16 bytes)")))
             }
         }
+        let h = &self.buf[self.start..self.start + 16];
+        let secs = endian.u32(&h[0..4]) as i64;
+        let frac = endian.u32(&h[4..8]) as i64;
+        let incl = endian.u32(&h[8..12]) as usize;
+        let orig = endian.u32(&h[12..16]);
+        if incl > MAX_RECORD {
+            return Err(self.corrupt(format!("record length {incl} too large")));
+        }
+        match self.available(16 + incl, may_move)? {
+            Avail::Ready => {}
+            Avail::Later => return Ok(Step::Later),
+            Avail::Short(got) => {
+                return Err(self.corrupt(format!(
+                    "truncated record ({} of {incl} bytes)",
+                    got.saturating_sub(16)
+                )))
+            }
+        }
+        let ts_ns = secs * 1_000_000_000 + if nanos { frac } else { frac * 1000 };
+        let at = self.start + 16;
+        self.consume(16 + incl);
+        Ok(Step::Packet(PacketPos {
+            ts_ns,
+            linktype,
+            orig_len: orig,
+            at,
+            len: incl,
+        }))
+    }
+
+    fn next_pcapng(&mut self, may_move: bool) -> Result<Step, CaptureError> {
+        match self.available(12, may_move)? {
+            Avail::Ready => {}
+            Avail::Later => return Ok(Step::Later),
+            Avail::Short(0) => return Ok(Step::Eof),
+            // The smallest block is 12 bytes.
+            Avail::Short(got) => return Err(self.corrupt(format!("truncated block ({got} bytes)"))),
+        }
+        let s = self.start;
+        let raw_type = [
+            self.buf[s],
+            self.buf[s + 1],
+            self.buf[s + 2],
+            self.buf[s + 3],
+        ];
+        let shb = raw_type == [0x0a, 0x0d, 0x0d, 0x0a];
+        let endian = if shb {
+            match &self.buf[s + 8..s + 12] {
+                [0x4d, 0x3c, 0x2b, 0x1a] => Endian::Little,
+                [0x1a, 0x2b, 0x3c, 0x4d] => Endian::Big,
+                _ => return Err(self.corrupt("bad pcapng byte-order magic")),
+            }
+        } else {
+            match &self.format {
+                Format::PcapNg { endian, .. } => *endian,
+                Format::Pcap { .. } => unreachable!("pcapng reader in pcap mode"),
+            }
+        };
+        let btype = endian.u32(&raw_type);
+        let total = endian.u32(&self.buf[s + 4..s + 8]) as usize;
+        let min = if shb { 28 } else { 12 };
+        if !(min..=MAX_RECORD).contains(&total) || !total.is_multiple_of(4) {
+            return Err(self.corrupt(format!("bad block length {total} (type {btype:#x})")));
+        }
+        match self.available(total, may_move)? {
+            Avail::Ready => {}
+            Avail::Later => return Ok(Step::Later),
+            Avail::Short(got) => {
+                return Err(self.corrupt(format!("truncated block ({got} of {total} bytes)")))
+            }
+        }
+        let s = self.start;
+        let body = s + 8..s + total - 4;
+        let body_len = total - 12;
+        let step = match btype {
+            _ if shb => {
+                // A new section: its own byte order, interfaces start again.
+                self.format = Format::PcapNg {
+                    endian,
+                    interfaces: Vec::new(),
+                };
+                Step::Skipped
+            }
+            1 => {
+                // Interface Description Block
+                if body_len < 8 {
+                    return Err(self.corrupt("short interface description block"));
+                }
+                let b = &self.buf[body];
+                let linktype = endian.u16(&b[0..2]) as u32;
+                let ts_units_per_sec = parse_tsresol(&b[8..], endian);
+                if let Format::PcapNg { interfaces, .. } = &mut self.format {
+                    interfaces.push(Interface {
+                        linktype,
+                        ts_units_per_sec,
+                    });
+                }
+                Step::Skipped
+            }
+            6 | 2 => {
+                // Enhanced Packet Block (6) / obsolete Packet Block (2)
+                if body_len < 20 {
+                    return Err(self.corrupt("short packet block"));
+                }
+                let b = &self.buf[body.clone()];
+                let iface = if btype == 6 {
+                    endian.u32(&b[0..4]) as usize
+                } else {
+                    endian.u16(&b[0..2]) as usize
+                };
+                let ts = ((endian.u32(&b[4..8]) as u64) << 32) | endian.u32(&b[8..12]) as u64;
+                let cap = endian.u32(&b[12..16]) as usize;
+                let orig = endian.u32(&b[16..20]);
+                if 20 + cap > body_len {
+                    return Err(self.corrupt("packet data overruns its block"));
+                }
+                let ifc = self.interface(iface)?;
+                Step::Packet(PacketPos {
+                    ts_ns: ts_to_ns(ts, ifc.ts_units_per_sec),
+                    linktype: ifc.linktype,
+                    orig_len: orig,
+                    at: body.start + 20,
+                    len: cap,
+                })
+            }
+            3 => {
+                // Simple Packet Block: interface 0, no timestamp.
+                if body_len < 4 {
+                    return Err(self.corrupt("short simple packet block"));
+                }
+                let orig = endian.u32(&self.buf[body.start..body.start + 4]);
+                let cap = (orig as usize).min(body_len - 4);
+                let ifc = self.interface(0)?;
+                Step::Packet(PacketPos {
+                    ts_ns: 0,
+                    linktype: ifc.linktype,
+                    orig_len: orig,
+                    at: body.start + 4,
+                    len: cap,
+                })
+            }
+            _ => Step::Skipped, // statistics, name resolution, custom blocks
+        };
+        self.consume(total);
+        Ok(step)
     }
 
     fn interface(&self, idx: usize) -> Result<Interface, CaptureError> {

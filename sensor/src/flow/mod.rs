@@ -331,6 +331,7 @@ impl FlowTable {
 
     /// Accounts one decoded packet.
     pub fn process(&mut self, info: &PacketInfo<'_>) {
+        self.flows.ensure_indexed();
         let keyed = self.key_of(info);
         self.process_keyed(info, keyed);
     }
@@ -340,6 +341,7 @@ impl FlowTable {
     /// concurrent flows, lookups miss the CPU caches, and overlapping the
     /// misses of a batch is most of the speed of metering.
     pub fn process_batch(&mut self, infos: &[PacketInfo<'_>]) {
+        self.flows.ensure_indexed();
         let mut keys = std::mem::take(&mut self.batch_keys);
         keys.clear();
         for info in infos {
@@ -576,7 +578,7 @@ impl FlowTable {
         let n = order.len().min(max);
         let batch: Vec<(i64, u32)> = order.split_off(order.len() - n);
         for (_, i) in batch.into_iter().rev() {
-            let (k, f) = self.flows.remove(i);
+            let (k, f) = self.flows.take(i);
             self.emit(&k, f, FlowEnd::EndOfInput);
         }
         if self.flush_order.as_ref().is_some_and(|o| !o.is_empty()) {
@@ -599,13 +601,13 @@ impl FlowTable {
             (f.b2a.to_proto(f.b2a_flags), f.a2b.to_proto(f.a2b_flags))
         };
         let (client_port, server_port) = if a_client {
-            (key.a_port, key.b_port)
+            (key.a_port(), key.b_port())
         } else {
-            (key.b_port, key.a_port)
+            (key.b_port(), key.a_port())
         };
         let operations = f.app.operations();
-        let client_ip = key.ip(a_client).to_vec();
-        let server_ip = key.ip(!a_client).to_vec();
+        let client_ip = key.ip(a_client);
+        let server_ip = key.ip(!a_client);
         if let Some(assets) = self.assets.as_mut() {
             let classes: Vec<tidewatch_proto::v1::OperationClass> = operations
                 .iter()
@@ -633,7 +635,7 @@ impl FlowTable {
             server_ip,
             client_port: client_port as u32,
             server_port: server_port as u32,
-            ip_protocol: key.proto as u32,
+            ip_protocol: key.proto() as u32,
             c2s: Some(c2s),
             s2c: Some(s2c),
             app_protocol: f
@@ -641,7 +643,7 @@ impl FlowTable {
                 .proto
                 .map(|p| p.name().to_string())
                 .unwrap_or_default(),
-            vlan: key.vlan as u32,
+            vlan: key.vlan() as u32,
             end: end as i32,
             operations,
             indicators: f.app.indicators(),

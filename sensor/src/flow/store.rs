@@ -18,7 +18,7 @@
 //! crafted traffic cannot aim many flows at one probe sequence.
 
 use std::hash::BuildHasher;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use super::Flow;
 
@@ -29,18 +29,27 @@ const CHUNK: usize = 1 << CHUNK_BITS;
 const MIN_SLOTS: usize = 1024;
 
 /// A flow's identity: VLAN, IP protocol and both endpoints in canonical
-/// order (the lower address, then port, is `a`). IPv4 addresses use the
-/// first four bytes.
+/// order (the lower address, then port, is `a`). Addresses are kept as two
+/// big-endian words (IPv4 in the top 32 bits of the first), so comparing
+/// words compares addresses, and building a key needs no byte shuffling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C, align(8))]
 pub struct FlowKey {
-    pub a_ip: [u8; 16],
-    pub b_ip: [u8; 16],
-    pub a_port: u16,
-    pub b_port: u16,
-    pub vlan: u16,
-    pub proto: u8,
-    pub v6: bool,
+    a: [u64; 2],
+    b: [u64; 2],
+    /// a port | b port << 16 | VLAN << 32 | protocol << 48 | IPv6 << 56.
+    rest: u64,
+}
+
+/// An address as two big-endian words.
+#[inline]
+fn addr_words(ip: IpAddr) -> [u64; 2] {
+    match ip {
+        IpAddr::V4(v) => [(u32::from(v) as u64) << 32, 0],
+        IpAddr::V6(v) => {
+            let x = u128::from(v);
+            [(x >> 64) as u64, x as u64]
+        }
+    }
 }
 
 impl FlowKey {
@@ -54,68 +63,55 @@ impl FlowKey {
         dst: IpAddr,
         dport: u16,
     ) -> (FlowKey, bool) {
-        let (s, d, v6) = match (src, dst) {
-            (IpAddr::V4(s), IpAddr::V4(d)) => (v4_bytes(s), v4_bytes(d), false),
-            (s, d) => (v6_bytes(s), v6_bytes(d), true),
-        };
-        let src_is_a = (s, sport) <= (d, dport);
-        let (a_ip, a_port, b_ip, b_port) = if src_is_a {
+        // Mixed families cannot come from one IP header; a v4 address then
+        // counts as v6 (its words differ from any real v6 peer's anyway).
+        let v6 = src.is_ipv6() || dst.is_ipv6();
+        let (s, d) = (addr_words(src), addr_words(dst));
+        let src_is_a = (s[0], s[1], sport) <= (d[0], d[1], dport);
+        let (a, a_port, b, b_port) = if src_is_a {
             (s, sport, d, dport)
         } else {
             (d, dport, s, sport)
         };
-        (
-            FlowKey {
-                a_ip,
-                b_ip,
-                a_port,
-                b_port,
-                vlan,
-                proto,
-                v6,
-            },
-            src_is_a,
-        )
+        let rest = a_port as u64
+            | (b_port as u64) << 16
+            | (vlan as u64) << 32
+            | (proto as u64) << 48
+            | (v6 as u64) << 56;
+        (FlowKey { a, b, rest }, src_is_a)
+    }
+
+    pub fn a_port(&self) -> u16 {
+        self.rest as u16
+    }
+
+    pub fn b_port(&self) -> u16 {
+        (self.rest >> 16) as u16
+    }
+
+    pub fn vlan(&self) -> u16 {
+        (self.rest >> 32) as u16
+    }
+
+    pub fn proto(&self) -> u8 {
+        (self.rest >> 48) as u8
+    }
+
+    fn v6(&self) -> bool {
+        (self.rest >> 56) & 1 != 0
     }
 
     /// Network-order bytes of endpoint `a`'s (or `b`'s) address: 4 for
     /// IPv4, 16 for IPv6.
-    pub fn ip(&self, a: bool) -> &[u8] {
-        let ip = if a { &self.a_ip } else { &self.b_ip };
-        if self.v6 {
-            ip
+    pub fn ip(&self, a: bool) -> Vec<u8> {
+        let w = if a { self.a } else { self.b };
+        if self.v6() {
+            (((w[0] as u128) << 64) | w[1] as u128)
+                .to_be_bytes()
+                .to_vec()
         } else {
-            &ip[..4]
+            ((w[0] >> 32) as u32).to_be_bytes().to_vec()
         }
-    }
-
-    fn words(&self) -> [u64; 5] {
-        let w = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        [
-            w(&self.a_ip[..8]),
-            w(&self.a_ip[8..]),
-            w(&self.b_ip[..8]),
-            w(&self.b_ip[8..]),
-            self.a_port as u64
-                | (self.b_port as u64) << 16
-                | (self.vlan as u64) << 32
-                | (self.proto as u64) << 48
-                | (self.v6 as u64) << 56,
-        ]
-    }
-}
-
-fn v4_bytes(ip: Ipv4Addr) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&ip.octets());
-    b
-}
-
-fn v6_bytes(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V6(v) => v.octets(),
-        // Mixed families cannot come from one IP header; keep them apart anyway.
-        IpAddr::V4(v) => Ipv6Addr::from(v.to_ipv6_mapped()).octets(),
     }
 }
 
@@ -129,24 +125,18 @@ impl PartialOrd for FlowKey {
 /// address and port: the tie-break of the table's deterministic output order.
 impl Ord for FlowKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (
-            self.vlan,
-            self.proto,
-            self.v6,
-            self.a_ip,
-            self.a_port,
-            self.b_ip,
-            self.b_port,
-        )
-            .cmp(&(
-                other.vlan,
-                other.proto,
-                other.v6,
-                other.a_ip,
-                other.a_port,
-                other.b_ip,
-                other.b_port,
-            ))
+        let t = |k: &FlowKey| {
+            (
+                k.vlan(),
+                k.proto(),
+                k.v6(),
+                k.a,
+                k.a_port(),
+                k.b,
+                k.b_port(),
+            )
+        };
+        t(self).cmp(&t(other))
     }
 }
 
@@ -166,6 +156,9 @@ pub struct FlowStore {
     free: Vec<u32>,
     len: usize,
     seed: [u64; 3],
+    /// Entries were [taken](FlowStore::take) without unlinking their index
+    /// words: the index must be rebuilt before the next lookup.
+    stale: bool,
 }
 
 #[inline]
@@ -204,6 +197,7 @@ impl FlowStore {
             chunks: Vec::new(),
             free: Vec::new(),
             len: 0,
+            stale: false,
             seed: [s.hash_one(1u64) | 1, s.hash_one(2u64), s.hash_one(3u64)],
         }
     }
@@ -214,7 +208,7 @@ impl FlowStore {
 
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        let [w0, w1, w2, w3, w4] = key.words();
+        let ([w0, w1], [w2, w3], w4) = (key.a, key.b, key.rest);
         let [s0, s1, s2] = self.seed;
         let h = folded_multiply(w0 ^ s0, w1 ^ s1);
         let h = folded_multiply(w2 ^ h, w3 ^ s2);
@@ -286,6 +280,7 @@ impl FlowStore {
 
     #[inline]
     fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<(usize, u32)> {
+        debug_assert!(!self.stale, "lookup in a stale index");
         let tag = hash >> 32;
         let mask = self.mask();
         let mut at = tag as usize & mask;
@@ -306,6 +301,7 @@ impl FlowStore {
 
     /// Adds a flow whose key is not present; returns its entry number.
     pub fn insert(&mut self, key: FlowKey, hash: u64, flow: Flow) -> u32 {
+        self.ensure_indexed();
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
@@ -338,6 +334,7 @@ impl FlowStore {
 
     /// Removes entry `idx` (which must be live) and returns its key and flow.
     pub fn remove(&mut self, idx: u32) -> (FlowKey, Flow) {
+        self.ensure_indexed();
         let key = self.get(idx).key;
         let hash = self.hash(&key);
         let (slot, found) = self.find_slot(&key, hash).expect("live entry is indexed");
@@ -347,6 +344,42 @@ impl FlowStore {
         self.free.push(idx);
         let flow = std::mem::replace(&mut self.get_mut(idx).flow, Flow::VACANT);
         (key, flow)
+    }
+
+    /// Takes entry `idx` (which must be live) out without touching the
+    /// index: a flush of the whole table takes every entry in time order,
+    /// and unlinking each would cost a cache miss per flow for an index that
+    /// is about to be dropped. Lookups rebuild it first
+    /// ([`FlowStore::ensure_indexed`]).
+    pub fn take(&mut self, idx: u32) -> (FlowKey, Flow) {
+        let e = self.get_mut(idx);
+        let key = e.key;
+        let flow = std::mem::replace(&mut e.flow, Flow::VACANT);
+        self.len -= 1;
+        self.free.push(idx);
+        self.stale = true;
+        (key, flow)
+    }
+
+    /// Rebuilds the index after [`FlowStore::take`].
+    pub fn ensure_indexed(&mut self) {
+        if !self.stale {
+            return;
+        }
+        self.slots.fill(0);
+        let mask = self.mask();
+        let words: Vec<u64> = self
+            .iter()
+            .map(|(i, e)| (self.hash(&e.key) >> 32) << 32 | (i as u64 + 1))
+            .collect();
+        for w in words {
+            let mut at = self.home(w);
+            while self.slots[at] != 0 {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = w;
+        }
+        self.stale = false;
     }
 
     /// Empties `slot`, shifting later words of its probe run back so every
@@ -465,6 +498,34 @@ mod tests {
     }
 
     #[test]
+    fn taken_entries_leave_the_index_consistent_after_rebuild() {
+        let mut s = FlowStore::new();
+        let idx: Vec<u32> = (0..5000u32)
+            .map(|i| {
+                let k = key(i);
+                let h = s.hash(&k);
+                s.insert(k, h, flow(i as u64))
+            })
+            .collect();
+        for i in (0..5000).filter(|i| i % 2 == 0) {
+            let (k, _) = s.take(idx[i]);
+            assert_eq!(k, key(i as u32));
+        }
+        s.ensure_indexed();
+        assert_eq!(s.len(), 2500);
+        for i in 0..5000u32 {
+            let k = key(i);
+            assert_eq!(s.find(&k, s.hash(&k)).is_some(), i % 2 == 1, "{i}");
+        }
+        // A re-inserted key is found once, in a reused slot.
+        let k = key(0);
+        let h = s.hash(&k);
+        let at = s.insert(k, h, flow(7));
+        assert!(idx.contains(&at));
+        assert_eq!(s.find(&k, h), Some(at));
+    }
+
+    #[test]
     fn canonical_order_is_the_same_both_ways() {
         let c = IpAddr::from([10, 0, 0, 9]);
         let srv = IpAddr::from([10, 0, 0, 1]);
@@ -472,7 +533,11 @@ mod tests {
         let (k2, a2) = FlowKey::new(5, 6, srv, 502, c, 40000);
         assert_eq!(k1, k2);
         assert_ne!(a1, a2);
-        assert_eq!(k1.ip(true), &[10, 0, 0, 1]);
+        assert_eq!(k1.ip(true), vec![10, 0, 0, 1]);
+        assert_eq!(
+            (k1.a_port(), k1.b_port(), k1.vlan(), k1.proto()),
+            (502, 40000, 5, 6)
+        );
         let v6 = IpAddr::from([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         let (k3, _) = FlowKey::new(0, 17, v6, 1, v6, 2);
         assert_eq!(k3.ip(false).len(), 16);

@@ -20,6 +20,11 @@ fn first_line(p: &[u8]) -> Option<&[u8]> {
 }
 
 pub fn detect(p: &[u8]) -> bool {
+    // Cheap first: a status line or a known method, before looking for the
+    // end of the line.
+    if !p.starts_with(b"HTTP/1.") && !METHODS.iter().any(|m| p.starts_with(m)) {
+        return false;
+    }
     let Some(line) = first_line(p) else {
         return false;
     };

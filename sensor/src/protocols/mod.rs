@@ -137,13 +137,15 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// The entry of (`code`, `name`), added if new (`owned` makes the name
+    /// to keep, so a name taken from the payload is copied only once).
     fn entry(
         &mut self,
         code: u32,
-        name: impl Into<Cow<'static, str>>,
+        name: &str,
+        owned: impl FnOnce() -> Cow<'static, str>,
         class: OperationClass,
     ) -> Option<&mut OpEntry> {
-        let name = name.into();
         if let Some(i) = self
             .entries
             .iter()
@@ -156,29 +158,53 @@ impl Ops {
             return None;
         }
         if self.entries.capacity() == 0 {
-            self.entries.reserve_exact(2);
+            self.entries.reserve_exact(1);
         }
         self.entries.push(OpEntry {
             code,
             class,
-            name,
+            name: owned(),
             count: 0,
             errors: 0,
         });
         self.entries.last_mut()
     }
 
+    fn entry_cow(
+        &mut self,
+        code: u32,
+        name: Cow<'static, str>,
+        class: OperationClass,
+    ) -> Option<&mut OpEntry> {
+        match name {
+            Cow::Borrowed(s) => self.entry(code, s, || Cow::Borrowed(s), class),
+            Cow::Owned(s) => self.entry(code, &s, || Cow::Owned(s.clone()), class),
+        }
+    }
+
     /// Counts one operation.
     pub fn add(&mut self, code: u32, name: impl Into<Cow<'static, str>>, class: OperationClass) {
-        if let Some(e) = self.entry(code, name, class) {
+        if let Some(e) = self.entry_cow(code, name.into(), class) {
             e.count += 1;
         }
     }
 
     /// Counts an error/exception answering the operation.
     pub fn error(&mut self, code: u32, name: impl Into<Cow<'static, str>>, class: OperationClass) {
-        if let Some(e) = self.entry(code, name, class) {
+        if let Some(e) = self.entry_cow(code, name.into(), class) {
             e.errors += 1;
+        }
+    }
+
+    /// [`Ops::add`] (`valid`) or [`Ops::error`] for a name read from the
+    /// payload: it is copied only when first seen in the flow.
+    pub fn count_named(&mut self, code: u32, name: &str, class: OperationClass, valid: bool) {
+        if let Some(e) = self.entry(code, name, || Cow::Owned(name.to_string()), class) {
+            if valid {
+                e.count += 1;
+            } else {
+                e.errors += 1;
+            }
         }
     }
 

@@ -69,16 +69,15 @@ pub fn detect(p: &[u8]) -> bool {
 /// with a wrong checksum counts as an error of its type.
 pub fn observe(p: &[u8], ops: &mut Ops) {
     for (addr, valid) in sentences(p) {
-        let name = String::from_utf8_lossy(addr).into_owned();
+        // Addresses are checked ASCII alphanumerics.
+        let Ok(name) = std::str::from_utf8(addr) else {
+            continue;
+        };
         let code = addr
             .iter()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(*b as u32))
             & 0x7fff_ffff;
-        if valid {
-            ops.add(code, name, C::Other);
-        } else {
-            ops.error(code, name, C::Other);
-        }
+        ops.count_named(code, name, C::Other, valid);
     }
 }
 
