@@ -507,7 +507,7 @@ fn read(
     };
     // Records are formatted and written on their own thread, so printing
     // overlaps metering.
-    let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Vec<FlowRecord>>(4);
+    let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Vec<FlowRecord>>(1);
     let writer = std::thread::Builder::new()
         .name("read-output".into())
         .spawn(move || -> std::io::Result<()> {

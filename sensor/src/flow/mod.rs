@@ -32,7 +32,7 @@ use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
 
 use crate::assets::{AssetTable, FlowSide};
 use crate::decode::PacketInfo;
-use crate::protocols::AppState;
+use crate::protocols::{AppState, OpStore};
 pub use store::FlowKey;
 use store::FlowStore;
 
@@ -70,10 +70,14 @@ pub struct FlowStats {
     pub fragments_unmatched: u64,
 }
 
-/// Counters of one direction of a flow.
+/// Counters of one direction of a flow. Packets are counted in 32 bits (a
+/// record is cut, like an active timeout, before the count would wrap:
+/// that is 4 billion packets in one direction within one record), which
+/// keeps a table entry at 136 bytes (with `packed(4)`: 20 bytes, not 24).
 #[derive(Debug, Default, Clone, Copy)]
+#[repr(C, packed(4))]
 struct Dir {
-    packets: u64,
+    packets: u32,
     ip_bytes: u64,
     payload_bytes: u64,
 }
@@ -81,7 +85,7 @@ struct Dir {
 impl Dir {
     fn to_proto(self, tcp_flags: u8) -> DirectionCounters {
         DirectionCounters {
-            packets: self.packets,
+            packets: self.packets as u64,
             ip_bytes: self.ip_bytes,
             payload_bytes: self.payload_bytes,
             tcp_flags: tcp_flags as u32,
@@ -102,7 +106,7 @@ const B_MAC: u8 = 32;
 /// `Flow::closed_at` of a flow that is not closed.
 const OPEN: i64 = i64::MAX;
 
-/// One flow's state (104 bytes; with its key, 144 per table entry).
+/// One flow's state (96 bytes; with its key, 136 per table entry).
 #[derive(Debug, Clone)]
 pub struct Flow {
     first_us: i64,
@@ -243,6 +247,8 @@ struct Keyed {
 pub struct FlowTable {
     cfg: FlowConfig,
     flows: FlowStore,
+    /// The operation summaries of the flows.
+    ops: OpStore,
     /// First IPv4/IPv6 fragment's ports, so later fragments join its flow.
     fragments: FastMap<FragmentKey, FragmentPorts>,
     emitted: Vec<FlowRecord>,
@@ -261,6 +267,7 @@ impl FlowTable {
         FlowTable {
             cfg,
             flows: FlowStore::new(),
+            ops: OpStore::default(),
             fragments: FastMap::default(),
             emitted: Vec::new(),
             flush_order: None,
@@ -442,6 +449,14 @@ impl FlowTable {
                 self.flows.insert(key, hash, new_flow())
             }
         };
+        let e = self.flows.get_mut(idx);
+        if e.flow.a2b.packets == u32::MAX || e.flow.b2a.packets == u32::MAX {
+            // A counter is full: this record ends here, the flow goes on.
+            let k = e.key;
+            let snapshot = e.flow.clone();
+            e.flow.restart(info.ts_us);
+            self.emit(&k, snapshot, FlowEnd::ActiveTimeout);
+        }
         let flow = &mut self.flows.get_mut(idx).flow;
         if flow.is_empty() {
             // First packet of this record (new flow, or after an active timeout).
@@ -462,7 +477,7 @@ impl FlowTable {
         if !info.payload.is_empty() && !continuation {
             let from_client = src_is_a == flow.client_is_a();
             flow.app
-                .on_payload(info.ip_protocol, info.payload, from_client);
+                .on_payload(info.ip_protocol, info.payload, from_client, &mut self.ops);
         }
         let (dir, dir_flags, fin_bit) = if src_is_a {
             (&mut flow.a2b, &mut flow.a2b_flags, A_FIN)
@@ -586,11 +601,13 @@ impl FlowTable {
         }
         self.flush_order = None;
         self.flows.clear();
+        self.ops.clear();
         self.fragments.clear();
         false
     }
 
-    fn emit(&mut self, key: &FlowKey, f: Flow, end: FlowEnd) {
+    fn emit(&mut self, key: &FlowKey, mut f: Flow, end: FlowEnd) {
+        let operations = f.app.take_operations(&mut self.ops);
         if f.is_empty() {
             return;
         }
@@ -605,7 +622,6 @@ impl FlowTable {
         } else {
             (key.b_port(), key.a_port())
         };
-        let operations = f.app.operations();
         let client_ip = key.ip(a_client);
         let server_ip = key.ip(!a_client);
         if let Some(assets) = self.assets.as_mut() {
@@ -646,7 +662,7 @@ impl FlowTable {
             vlan: key.vlan() as u32,
             end: end as i32,
             operations,
-            indicators: f.app.indicators(),
+            indicators: f.app.take_indicators(),
         });
     }
 }
@@ -770,14 +786,53 @@ mod tests {
 }
 
 #[cfg(test)]
+mod counter_tests {
+    use super::*;
+
+    #[test]
+    fn a_full_packet_counter_cuts_the_record_and_loses_nothing() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let p = |ts| PacketInfo {
+            ts_us: ts,
+            vlan: 0,
+            src: IpAddr::from([10, 0, 0, 9]),
+            dst: IpAddr::from([10, 0, 0, 1]),
+            ip_protocol: 17,
+            src_port: 40000,
+            dst_port: 10110,
+            tcp_flags: 0,
+            ip_bytes: 100,
+            payload_len: 72,
+            payload: &[],
+            fragment: None,
+            src_mac: None,
+        };
+        t.process(&p(1));
+        let idx = t.flows.iter().next().expect("one flow").0;
+        // The sender (10.0.0.9) is the higher address: endpoint `b`.
+        t.flows.get_mut(idx).flow.b2a.packets = u32::MAX - 1;
+        t.process(&p(2));
+        assert!(t.take_emitted().is_empty());
+        t.process(&p(3));
+        let r = t.take_emitted();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].c2s.unwrap().packets, u32::MAX as u64);
+        assert_eq!(r[0].end, FlowEnd::ActiveTimeout as i32);
+        t.flush_all();
+        let r = t.take_emitted();
+        assert_eq!((r[0].c2s.unwrap().packets, r[0].first_seen_us), (1, 3));
+    }
+}
+
+#[cfg(test)]
 mod size_tests {
     /// The per-flow memory budget (100k concurrent flows on a small box):
     /// keep the table entry and the per-flow application state this small.
     #[test]
     fn flow_entries_stay_small() {
         assert_eq!(std::mem::size_of::<super::FlowKey>(), 40);
-        assert!(std::mem::size_of::<super::Flow>() <= 104);
-        assert!(std::mem::size_of::<super::store::Entry>() <= 144);
+        assert!(std::mem::size_of::<super::Flow>() <= 96);
+        assert!(std::mem::size_of::<super::store::Entry>() <= 136);
         assert!(std::mem::size_of::<crate::protocols::AppState>() <= 16);
     }
 }

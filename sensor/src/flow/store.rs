@@ -451,7 +451,7 @@ mod tests {
         .0
     }
 
-    fn flow(n: u64) -> Flow {
+    fn flow(n: u32) -> Flow {
         let mut f = Flow::new(true, n as i64);
         f.a2b.packets = n;
         f
@@ -465,14 +465,14 @@ mod tests {
             let k = key(i);
             let h = s.hash(&k);
             assert_eq!(s.find(&k, h), None);
-            idx.push(s.insert(k, h, flow(i as u64)));
+            idx.push(s.insert(k, h, flow(i)));
         }
         assert_eq!(s.len(), 20_000);
         // Remove every third, in an order that exercises back-shifting.
         for i in (0..20_000u32).step_by(3) {
             let (k, f) = s.remove(idx[i as usize]);
             assert_eq!(k, key(i));
-            assert_eq!(f.a2b.packets, i as u64);
+            assert_eq!({ f.a2b.packets }, i);
         }
         for i in 0..20_000u32 {
             let k = key(i);
@@ -482,7 +482,7 @@ mod tests {
             } else {
                 let e = s.get(found.expect("present"));
                 assert_eq!(e.key, k);
-                assert_eq!(e.flow.a2b.packets, i as u64);
+                assert_eq!({ e.flow.a2b.packets }, i);
             }
         }
         // Freed slots are reused before the slab grows.
@@ -490,7 +490,7 @@ mod tests {
         for i in 20_000..26_000u32 {
             let k = key(i);
             let h = s.hash(&k);
-            s.insert(k, h, flow(i as u64));
+            s.insert(k, h, flow(i));
         }
         assert_eq!(s.chunks.len(), chunks);
         assert_eq!(s.iter().count(), s.len());
@@ -504,7 +504,7 @@ mod tests {
             .map(|i| {
                 let k = key(i);
                 let h = s.hash(&k);
-                s.insert(k, h, flow(i as u64))
+                s.insert(k, h, flow(i))
             })
             .collect();
         for i in (0..5000).filter(|i| i % 2 == 0) {

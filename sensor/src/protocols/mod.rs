@@ -21,11 +21,14 @@ pub mod mqtt;
 pub mod nmea;
 pub mod opcua;
 pub mod s7comm;
+pub mod store;
 pub mod tls;
 
 use std::borrow::Cow;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
+
+pub use store::OpStore;
 
 /// Payload-carrying packets examined before a flow is left unknown.
 pub const MAX_TRIES: u8 = 8;
@@ -228,20 +231,22 @@ impl Ops {
     }
 }
 
-/// What a flow has shown beyond its protocol, allocated only once there is
-/// something to keep.
-#[derive(Debug, Clone, Default)]
-pub struct AppDetail {
-    pub ops: Ops,
-    pub indicators: Vec<String>,
-}
-
-/// Per-flow application state (16 bytes until the flow shows operations).
-#[derive(Debug, Clone, Default)]
+/// Per-flow application state (16 bytes): the protocol, the flow's
+/// operation entries in the table's [`OpStore`], and indicators (allocated
+/// only once there is one).
+#[derive(Debug, Clone)]
 pub struct AppState {
     pub proto: Option<AppProto>,
     tries: u8,
-    detail: Option<Box<AppDetail>>,
+    /// First of the flow's entries in the [`OpStore`], or [`store::NONE`].
+    ops: u32,
+    indicators: Option<Box<Vec<String>>>,
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        AppState::NEW
+    }
 }
 
 impl AppState {
@@ -249,11 +254,13 @@ impl AppState {
     pub const NEW: AppState = AppState {
         proto: None,
         tries: 0,
-        detail: None,
+        ops: store::NONE,
+        indicators: None,
     };
 
-    /// Looks at one payload (`from_client`: sent by the flow's client).
-    pub fn on_payload(&mut self, transport: u8, p: &[u8], from_client: bool) {
+    /// Looks at one payload (`from_client`: sent by the flow's client);
+    /// operations go to `store`.
+    pub fn on_payload(&mut self, transport: u8, p: &[u8], from_client: bool, store: &mut OpStore) {
         if p.is_empty() {
             return;
         }
@@ -265,48 +272,51 @@ impl AppState {
             self.proto = detect(transport, p);
         }
         let Some(proto) = self.proto else { return };
-        let d = self.detail.get_or_insert_with(Default::default);
-        let ops = &mut d.ops;
-        let mut ind = Indicators(&mut d.indicators);
+        if matches!(proto, AppProto::Dns | AppProto::Tls | AppProto::Http) {
+            let list = self.indicators.get_or_insert_with(Default::default);
+            let mut ind = Indicators(list);
+            match proto {
+                AppProto::Dns => dns::observe(p, transport, &mut ind),
+                AppProto::Tls => tls::observe(p, &mut ind),
+                _ => http::observe(p, from_client, &mut ind),
+            }
+            if list.is_empty() {
+                self.indicators = None;
+            }
+            return;
+        }
+        let mut ops = store.load(self.ops);
         match proto {
-            AppProto::Modbus => modbus::observe(p, ops),
-            AppProto::Dnp3 => dnp3::observe(p, ops),
-            AppProto::S7comm | AppProto::S7commPlus => s7comm::observe(p, ops),
-            AppProto::Enip => enip::observe(p, transport, ops),
-            AppProto::Bacnet => bacnet::observe(p, ops),
-            AppProto::Iec104 => iec104::observe(p, ops),
-            AppProto::Opcua => opcua::observe(p, ops),
-            AppProto::Nmea0183 => nmea::observe(p, ops),
-            AppProto::Dns => dns::observe(p, transport, &mut ind),
-            AppProto::Tls => tls::observe(p, &mut ind),
-            AppProto::Http => http::observe(p, from_client, &mut ind),
-            AppProto::Mqtt => mqtt::observe(p, ops),
+            AppProto::Modbus => modbus::observe(p, &mut ops),
+            AppProto::Dnp3 => dnp3::observe(p, &mut ops),
+            AppProto::S7comm | AppProto::S7commPlus => s7comm::observe(p, &mut ops),
+            AppProto::Enip => enip::observe(p, transport, &mut ops),
+            AppProto::Bacnet => bacnet::observe(p, &mut ops),
+            AppProto::Iec104 => iec104::observe(p, &mut ops),
+            AppProto::Opcua => opcua::observe(p, &mut ops),
+            AppProto::Nmea0183 => nmea::observe(p, &mut ops),
+            AppProto::Mqtt => mqtt::observe(p, &mut ops),
+            AppProto::Dns | AppProto::Tls | AppProto::Http => {}
         }
-        if d.ops.is_empty() && d.indicators.is_empty() {
-            self.detail = None;
-        }
+        store.store(&mut self.ops, ops);
     }
 
-    /// The operation summary, ordered by code.
-    pub fn operations(&self) -> Vec<Operation> {
-        self.detail
-            .as_ref()
-            .map(|d| d.ops.to_proto())
-            .unwrap_or_default()
+    /// The operation summary, ordered by code; the entries leave `store`.
+    pub fn take_operations(&mut self, store: &mut OpStore) -> Vec<Operation> {
+        store.take(&mut self.ops)
     }
 
     /// Indicators (DNS names, SNI, Host), in order of appearance.
-    pub fn indicators(&self) -> Vec<String> {
-        self.detail
-            .as_ref()
-            .map(|d| d.indicators.clone())
-            .unwrap_or_default()
+    pub fn take_indicators(&mut self) -> Vec<String> {
+        self.indicators.take().map(|b| *b).unwrap_or_default()
     }
 
     /// Starts a new record for the same flow (active timeout): the protocol
-    /// stays, the counters restart.
+    /// stays, the counters restart. The previous record's operations stay
+    /// with the copy of the state that reports them.
     pub fn restart(&mut self) {
-        self.detail = None;
+        self.ops = store::NONE;
+        self.indicators = None;
     }
 }
 
@@ -367,9 +377,12 @@ mod tests {
             }
             for t in [TCP, UDP] {
                 let mut st = AppState::default();
+                let mut store = OpStore::default();
                 for _ in 0..3 {
-                    st.on_payload(t, &p, true);
+                    st.on_payload(t, &p, true, &mut store);
                 }
+                let _ = st.take_operations(&mut store);
+                assert!(store.is_empty());
             }
         }
     }

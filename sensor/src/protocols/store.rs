@@ -1,0 +1,142 @@
+//! Where the operation summaries of all flows live: one store per flow
+//! table, holding fixed-size entries in chunks, linked per flow.
+//!
+//! A flow that shows operations (most OT flows) used to own two heap
+//! allocations (a box and a vector); at 100k flows that was a fifth of the
+//! table's memory and two allocator round trips per flow. Here a flow holds
+//! the number of its first entry (4 bytes), entries are 56 bytes with no
+//! allocator overhead, and freed entries are reused. Parsers still see a
+//! plain [`Ops`]: the flow's entries are moved into a reused scratch
+//! [`Ops`] for one payload and moved back after (entries are only ever
+//! added, so positions match).
+
+use std::borrow::Cow;
+
+use tidewatch_proto::v1::{Operation, OperationClass};
+
+use super::{OpEntry, Ops};
+
+/// "No entry": the end of a list, or a flow without operations.
+pub const NONE: u32 = u32::MAX;
+
+const CHUNK_BITS: u32 = 10;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+struct Node {
+    entry: OpEntry,
+    next: u32,
+}
+
+const EMPTY: OpEntry = OpEntry {
+    code: 0,
+    class: OperationClass::Unspecified,
+    name: Cow::Borrowed(""),
+    count: 0,
+    errors: 0,
+};
+
+/// The operation entries of every flow of one table.
+#[derive(Default)]
+pub struct OpStore {
+    chunks: Vec<Vec<Node>>,
+    free: Vec<u32>,
+    scratch: Ops,
+}
+
+impl OpStore {
+    fn node(&mut self, i: u32) -> &mut Node {
+        let i = i as usize;
+        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+    }
+
+    fn alloc(&mut self, entry: OpEntry) -> u32 {
+        if let Some(i) = self.free.pop() {
+            *self.node(i) = Node { entry, next: NONE };
+            return i;
+        }
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        let full = (self.chunks.len() - 1) * CHUNK;
+        let last = self.chunks.last_mut().expect("pushed");
+        let i = (full + last.len()) as u32;
+        last.push(Node { entry, next: NONE });
+        i
+    }
+
+    /// The entries of the list at `head`, moved into the scratch [`Ops`].
+    pub(super) fn load(&mut self, head: u32) -> Ops {
+        let mut ops = std::mem::take(&mut self.scratch);
+        let mut at = head;
+        while at != NONE {
+            let n = self.node(at);
+            ops.entries.push(std::mem::replace(&mut n.entry, EMPTY));
+            at = n.next;
+        }
+        ops
+    }
+
+    /// Moves `ops` back into the list at `head` (same order), appending
+    /// entries the parser added.
+    pub(super) fn store(&mut self, head: &mut u32, mut ops: Ops) {
+        let mut entries = ops.entries.drain(..);
+        let mut prev = NONE;
+        let mut at = *head;
+        while at != NONE {
+            let n = self.node(at);
+            n.entry = entries.next().expect("parsers only add entries");
+            prev = at;
+            at = n.next;
+        }
+        let added: Vec<OpEntry> = entries.collect();
+        for e in added {
+            let i = self.alloc(e);
+            if prev == NONE {
+                *head = i;
+            } else {
+                self.node(prev).next = i;
+            }
+            prev = i;
+        }
+        ops.overflow = 0;
+        self.scratch = ops;
+    }
+
+    /// The operations of the list at `head`, ordered by code then name; the
+    /// entries are freed and `head` becomes [`NONE`].
+    pub(super) fn take(&mut self, head: &mut u32) -> Vec<Operation> {
+        let mut v: Vec<OpEntry> = Vec::new();
+        let mut at = std::mem::replace(head, NONE);
+        while at != NONE {
+            let n = self.node(at);
+            v.push(std::mem::replace(&mut n.entry, EMPTY));
+            let next = n.next;
+            self.free.push(at);
+            at = next;
+        }
+        v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
+        v.into_iter()
+            .map(|e| Operation {
+                code: e.code,
+                name: e.name.into_owned(),
+                class: e.class as i32,
+                count: e.count,
+                errors: e.errors,
+            })
+            .collect()
+    }
+
+    /// Entries in use (for tests and accounting).
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum::<usize>() - self.free.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every entry and gives the memory back.
+    pub fn clear(&mut self) {
+        *self = OpStore::default();
+    }
+}
