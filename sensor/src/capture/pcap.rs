@@ -591,4 +591,150 @@ mod tests {
         assert_eq!(p.ts_ns, ts as i64);
         assert!(r.next_packet().unwrap().is_none());
     }
+
+    /// A reader that hands out at most `step` bytes per read, so records
+    /// straddle reads and the buffer boundary in every possible way.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let n = self.data.len().min(out.len()).min(self.step);
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn batches_equal_single_reads_across_buffer_refills_and_huge_records() {
+        let small: Vec<Vec<u8>> = (0..5000u32)
+            .map(|i| vec![(i % 251) as u8; 20 + (i as usize * 37) % 1400])
+            .collect();
+        let huge = vec![0x5au8; BUF_SIZE + 12_345];
+        let mut packets: Vec<(u32, u32, &[u8])> = small
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as u32, 0, &d[..]))
+            .collect();
+        packets.insert(2500, (9999, 1, &huge[..]));
+        let f = pcap_file(false, false, &packets);
+        for step in [f.len(), 4096, 1000] {
+            let mut r = PcapReader::new(Trickle { data: &f, step }).unwrap();
+            let mut seen = 0;
+            loop {
+                let n = r.fill_batch(32).unwrap();
+                if n == 0 {
+                    break;
+                }
+                for i in 0..n {
+                    let p = r.batch_packet(i);
+                    let (secs, frac, data) = packets[seen];
+                    assert_eq!(p.data, data, "packet {seen} (step {step})");
+                    assert_eq!(p.ts_ns, secs as i64 * 1_000_000_000 + frac as i64 * 1000);
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, packets.len());
+        }
+    }
+
+    #[test]
+    fn pcapng_sections_may_change_byte_order() {
+        fn block(big: bool, btype: u32, body: &[u8]) -> Vec<u8> {
+            let w = |x: u32| {
+                if big {
+                    x.to_be_bytes()
+                } else {
+                    x.to_le_bytes()
+                }
+            };
+            let total = 12 + body.len() as u32;
+            let mut v = Vec::new();
+            v.extend_from_slice(&w(btype));
+            v.extend_from_slice(&w(total));
+            v.extend_from_slice(body);
+            v.extend_from_slice(&w(total));
+            v
+        }
+        fn section(big: bool, payload: &[u8]) -> Vec<u8> {
+            let w32 = |x: u32| {
+                if big {
+                    x.to_be_bytes()
+                } else {
+                    x.to_le_bytes()
+                }
+            };
+            let w16 = |x: u16| {
+                if big {
+                    x.to_be_bytes()
+                } else {
+                    x.to_le_bytes()
+                }
+            };
+            let mut shb = w32(0x1a2b3c4d).to_vec();
+            shb.extend_from_slice(&w16(1));
+            shb.extend_from_slice(&w16(0));
+            shb.extend_from_slice(&(-1i64).to_le_bytes());
+            let mut v = block(big, 0x0a0d0d0a, &shb);
+            let mut idb = w16(113).to_vec(); // Linux cooked
+            idb.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            v.extend(block(big, 1, &idb));
+            let mut epb = Vec::new();
+            epb.extend_from_slice(&w32(0));
+            epb.extend_from_slice(&w32(0));
+            epb.extend_from_slice(&w32(7_000_000));
+            epb.extend_from_slice(&w32(payload.len() as u32));
+            epb.extend_from_slice(&w32(payload.len() as u32));
+            epb.extend_from_slice(payload);
+            while epb.len() % 4 != 0 {
+                epb.push(0);
+            }
+            v.extend(block(big, 6, &epb));
+            v
+        }
+        let mut f = section(false, b"first");
+        f.extend(section(true, b"second!"));
+        let mut r = PcapReader::new(&f[..]).unwrap();
+        let p = r.next_packet().unwrap().unwrap();
+        assert_eq!(
+            (p.data, p.linktype, p.ts_ns),
+            (&b"first"[..], 113, 7_000_000_000)
+        );
+        let p = r.next_packet().unwrap().unwrap();
+        assert_eq!(
+            (p.data, p.linktype, p.ts_ns),
+            (&b"second!"[..], 113, 7_000_000_000)
+        );
+        assert!(r.next_packet().unwrap().is_none());
+        // Cut inside the second section's packet block: an error naming the cut.
+        let cut = &f[..f.len() - 6];
+        let mut r = PcapReader::new(cut).unwrap();
+        assert!(r.next_packet().unwrap().is_some());
+        match r.next_packet() {
+            Err(CaptureError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("truncated"), "{reason}")
+            }
+            other => panic!("expected a corrupt-capture error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_and_tiny_files_are_refused_clearly() {
+        for f in [&b""[..], &b"\xd4\xc3"[..]] {
+            match PcapReader::new(f) {
+                Err(CaptureError::Corrupt { reason, .. }) => assert!(reason.contains("too short")),
+                Err(e) => panic!("unexpected error {e}"),
+                Ok(_) => panic!("accepted a {}-byte file", f.len()),
+            }
+        }
+        // A pcap header cut short.
+        let f = pcap_file(false, false, &[]);
+        assert!(matches!(
+            PcapReader::new(&f[..10]),
+            Err(CaptureError::Corrupt { .. })
+        ));
+    }
 }

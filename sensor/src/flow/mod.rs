@@ -786,6 +786,109 @@ mod tests {
 }
 
 #[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use crate::decode::Fragment;
+
+    /// Pseudo-random packets over a few hundred flows: handshakes, closes,
+    /// fragments, long gaps (idle and active timeouts) and a small table cap.
+    fn packets() -> Vec<PacketInfo<'static>> {
+        let mut seed = 0x9e37_79b9u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        let mut ts = 0i64;
+        (0..20_000)
+            .map(|_| {
+                let r = next();
+                ts += if r % 97 == 0 {
+                    200_000_000
+                } else {
+                    (r % 50_000) as i64
+                };
+                let flow = (r >> 8) % 300;
+                let from_client = r & 1 == 0;
+                let c = IpAddr::from([10, 0, (flow >> 8) as u8, flow as u8]);
+                let s = IpAddr::from([10, 9, 0, 1]);
+                let cp = 40000 + flow as u16;
+                let (src, dst, sp, dp) = if from_client {
+                    (c, s, cp, 502)
+                } else {
+                    (s, c, 502, cp)
+                };
+                let fragment = (r % 13 == 0).then_some(Fragment {
+                    id: flow,
+                    first: r % 26 == 0,
+                });
+                let flags =
+                    [TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST, 0x18][(r >> 20) as usize % 5];
+                PacketInfo {
+                    ts_us: ts,
+                    vlan: (flow % 3) as u16,
+                    src,
+                    dst,
+                    ip_protocol: if flow % 4 == 0 { 17 } else { 6 },
+                    src_port: if fragment.is_some_and(|f| !f.first) {
+                        0
+                    } else {
+                        sp
+                    },
+                    dst_port: if fragment.is_some_and(|f| !f.first) {
+                        0
+                    } else {
+                        dp
+                    },
+                    tcp_flags: flags,
+                    ip_bytes: 60 + r % 1400,
+                    payload_len: r % 1400,
+                    payload: &[],
+                    fragment,
+                    src_mac: Some([0, 1, 2, 3, 4, (flow % 7) as u8]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_give_the_same_records_as_single_packets() {
+        let cfg = FlowConfig {
+            idle_timeout_us: 60_000_000,
+            active_timeout_us: 300_000_000,
+            max_flows: 200,
+            close_linger_us: 1_000_000,
+        };
+        let pkts = packets();
+        let mut one = FlowTable::new(cfg.clone());
+        for p in &pkts {
+            one.process(p);
+        }
+        one.flush_all();
+        let mut batched = FlowTable::new(cfg);
+        for chunk in pkts.chunks(32) {
+            batched.process_batch(chunk);
+        }
+        batched.flush_all();
+        let (a, b) = (one.take_emitted(), batched.take_emitted());
+        assert!(a.len() > 300, "{} records", a.len());
+        assert_eq!(a, b);
+        assert_eq!(one.stats(), batched.stats());
+        assert!(one.stats().flows_evicted > 0);
+        let packets: u64 = a
+            .iter()
+            .map(|r| r.c2s.unwrap().packets + r.s2c.unwrap().packets)
+            .sum();
+        assert_eq!(
+            packets,
+            pkts.len() as u64,
+            "every packet in exactly one record"
+        );
+    }
+}
+
+#[cfg(test)]
 mod counter_tests {
     use super::*;
 

@@ -149,11 +149,13 @@ impl Ops {
         owned: impl FnOnce() -> Cow<'static, str>,
         class: OperationClass,
     ) -> Option<&mut OpEntry> {
-        if let Some(i) = self
-            .entries
-            .iter()
-            .position(|e| e.code == code && e.name == name)
-        {
+        // Names are mostly the same static string: compare addresses first.
+        let same = |e: &OpEntry| {
+            e.code == code
+                && e.name.len() == name.len()
+                && (e.name.as_ptr() == name.as_ptr() || *e.name == *name)
+        };
+        if let Some(i) = self.entries.iter().position(same) {
             return Some(&mut self.entries[i]);
         }
         if self.entries.len() >= MAX_OPS {

@@ -49,7 +49,7 @@ impl OpStore {
         &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
     }
 
-    fn alloc(&mut self, entry: OpEntry) -> u32 {
+    fn alloc_detached(&mut self, entry: OpEntry) -> u32 {
         if let Some(i) = self.free.pop() {
             *self.node(i) = Node { entry, next: NONE };
             return i;
@@ -79,25 +79,28 @@ impl OpStore {
     /// Moves `ops` back into the list at `head` (same order), appending
     /// entries the parser added.
     pub(super) fn store(&mut self, head: &mut u32, mut ops: Ops) {
-        let mut entries = ops.entries.drain(..);
         let mut prev = NONE;
         let mut at = *head;
+        let mut i = 0;
         while at != NONE {
+            let e = std::mem::replace(&mut ops.entries[i], EMPTY);
             let n = self.node(at);
-            n.entry = entries.next().expect("parsers only add entries");
+            n.entry = e;
             prev = at;
             at = n.next;
+            i += 1;
         }
-        let added: Vec<OpEntry> = entries.collect();
-        for e in added {
-            let i = self.alloc(e);
+        // Entries the parser added.
+        for e in ops.entries.drain(i..) {
+            let n = self.alloc_detached(e);
             if prev == NONE {
-                *head = i;
+                *head = n;
             } else {
-                self.node(prev).next = i;
+                self.node(prev).next = n;
             }
-            prev = i;
+            prev = n;
         }
+        ops.entries.clear();
         ops.overflow = 0;
         self.scratch = ops;
     }
