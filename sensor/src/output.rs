@@ -268,10 +268,7 @@ mod tests {
         assert_eq!(m["transport"], "tcp");
         assert_eq!(m["c2s_tcp_flags"], 0x1b);
         assert_eq!(m["s2c_packets"], 0);
-        assert_eq!(
-            m["first_seen"].as_f64(),
-            Some(1_700_000_000_000_005i64 as f64 / 1e6)
-        );
+        assert_eq!(m["first_seen"].as_f64(), Some(r.first_seen_us as f64 / 1e6));
         assert_eq!(m["last_seen"].as_f64(), Some(-1.5));
         assert_eq!(m["end"], "tcp_close");
         let op = &m["operations"][0];

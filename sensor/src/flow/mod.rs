@@ -531,13 +531,13 @@ impl FlowTable {
         }
         // Deterministic output order: by first packet time, then key.
         let flows = &self.flows;
-        done.sort_unstable_by(|x, y| (x.0, flows.get(x.1).key).cmp(&(y.0, flows.get(y.1).key)));
+        done.sort_unstable_by_key(|x| (x.0, flows.get(x.1).key));
         for (_, i, end) in done {
             let (k, f) = self.flows.remove(i);
             self.emit(&k, f, end);
         }
         let flows = &self.flows;
-        restart.sort_unstable_by(|x, y| (x.0, flows.get(x.1).key).cmp(&(y.0, flows.get(y.1).key)));
+        restart.sort_unstable_by_key(|x| (x.0, flows.get(x.1).key));
         for (_, i) in restart {
             let e = self.flows.get_mut(i);
             let k = e.key;
@@ -566,7 +566,7 @@ impl FlowTable {
             .map(|(i, e)| (e.flow.first_us, i))
             .collect();
         let flows = &self.flows;
-        victims.sort_unstable_by(|x, y| (x.0, flows.get(x.1).key).cmp(&(y.0, flows.get(y.1).key)));
+        victims.sort_unstable_by_key(|x| (x.0, flows.get(x.1).key));
         for (_, i) in victims {
             let (k, f) = self.flows.remove(i);
             self.stats.flows_evicted += 1;
@@ -587,7 +587,7 @@ impl FlowTable {
         let order = self.flush_order.get_or_insert_with(|| {
             let mut v: Vec<(i64, u32)> = flows.iter().map(|(i, e)| (e.flow.first_us, i)).collect();
             // Emitted from the back: newest first in the vector.
-            v.sort_unstable_by(|x, y| (y.0, flows.get(y.1).key).cmp(&(x.0, flows.get(x.1).key)));
+            v.sort_unstable_by_key(|x| std::cmp::Reverse((x.0, flows.get(x.1).key)));
             v
         });
         let n = order.len().min(max);
