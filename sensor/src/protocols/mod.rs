@@ -129,6 +129,20 @@ struct OpEntry {
     errors: u64,
 }
 
+/// Operation entries as records, ordered by code then name.
+fn into_operations(mut v: Vec<OpEntry>) -> Vec<Operation> {
+    v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
+    v.into_iter()
+        .map(|e| Operation {
+            code: e.code,
+            name: e.name.into_owned(),
+            class: e.class as i32,
+            count: e.count,
+            errors: e.errors,
+        })
+        .collect()
+}
+
 /// The distinct operations of one flow record, bounded to [`MAX_OPS`]. A
 /// flow has a handful of distinct operations, so a small vector scanned
 /// linearly is both faster and smaller than a map.
@@ -219,17 +233,7 @@ impl Ops {
 
     /// The operations, ordered by code then name.
     pub fn to_proto(&self) -> Vec<Operation> {
-        let mut v: Vec<&OpEntry> = self.entries.iter().collect();
-        v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
-        v.into_iter()
-            .map(|e| Operation {
-                code: e.code,
-                name: e.name.to_string(),
-                class: e.class as i32,
-                count: e.count,
-                errors: e.errors,
-            })
-            .collect()
+        into_operations(self.entries.clone())
     }
 }
 

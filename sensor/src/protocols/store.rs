@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
 
-use super::{OpEntry, Ops};
+use super::{into_operations, OpEntry, Ops};
 
 /// "No entry": the end of a list, or a flow without operations.
 pub const NONE: u32 = u32::MAX;
@@ -117,16 +117,7 @@ impl OpStore {
             self.free.push(at);
             at = next;
         }
-        v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
-        v.into_iter()
-            .map(|e| Operation {
-                code: e.code,
-                name: e.name.into_owned(),
-                class: e.class as i32,
-                count: e.count,
-                errors: e.errors,
-            })
-            .collect()
+        into_operations(v)
     }
 
     /// Entries in use (for tests and accounting).
