@@ -1102,7 +1102,16 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
     for b in batcher.flush(Some(status(&progress)))? {
         push(b)?;
     }
-    disk.lock().expect("buffer lock").sync()?;
+    {
+        let mut disk = disk.lock().expect("buffer lock");
+        disk.sync()?;
+        let bs = disk.stats();
+        info!(
+            pending_batches = bs.pending_batches,
+            pending_flows = bs.pending_flows,
+            "metering done; every record is in the disk buffer"
+        );
+    }
     metering_done.store(true, Ordering::SeqCst);
     // Wait for the last acks. Signalled (before or meanwhile): everything is
     // on disk and the next start resumes from the first unacked batch, so

@@ -46,6 +46,12 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
         &["--batch-flows", "2"],
     );
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
+    // Killed only once everything is on disk (the uplink may give up
+    // connecting before metering has finished).
+    s.wait_log(
+        "metering done; every record is in the disk buffer",
+        Duration::from_secs(30),
+    );
     s.kill();
     let stats = buffer_cmd("stats", &state);
     let total = total_line(&stats);
