@@ -15,14 +15,14 @@ pub fn ip_text(b: &[u8]) -> Option<String> {
 }
 
 /// Lowercase transport name of an IP protocol number ("tcp", "udp", ... or "ip-N").
-pub fn transport_name(proto: u32) -> String {
+pub fn transport_name(proto: u32) -> std::borrow::Cow<'static, str> {
     match proto {
         6 => "tcp".into(),
         17 => "udp".into(),
         1 => "icmp".into(),
         58 => "icmpv6".into(),
         132 => "sctp".into(),
-        other => format!("ip-{other}"),
+        other => format!("ip-{other}").into(),
     }
 }
 

@@ -115,13 +115,19 @@ fn write_secs(out: &mut Vec<u8>, us: i64) {
     let u = us.unsigned_abs();
     write_int(out, u / 1_000_000);
     out.push(b'.');
-    let frac = u % 1_000_000;
+    let mut frac = u % 1_000_000;
     if frac == 0 {
         out.push(b'0');
         return;
     }
-    let digits = format!("{frac:06}");
-    out.extend_from_slice(digits.trim_end_matches('0').as_bytes());
+    // Six digits, without the trailing zeros.
+    let mut digits = [b'0'; 6];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (frac % 10) as u8;
+        frac /= 10;
+    }
+    let len = 6 - digits.iter().rev().take_while(|d| **d == b'0').count();
+    out.extend_from_slice(&digits[..len]);
 }
 
 fn write_ip(out: &mut Vec<u8>, b: &[u8]) {

@@ -226,13 +226,9 @@ impl FlowStore {
     }
 
     #[inline]
-    fn entry_ptr(&self, idx: u32) -> &Entry {
+    pub fn get(&self, idx: u32) -> &Entry {
         let i = idx as usize;
         &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
-    }
-
-    pub fn get(&self, idx: u32) -> &Entry {
-        self.entry_ptr(idx)
     }
 
     pub fn get_mut(&mut self, idx: u32) -> &mut Entry {
@@ -260,7 +256,7 @@ impl FlowStore {
                 return;
             }
             if w >> 32 == tag {
-                let e: *const Entry = self.entry_ptr((w as u32) - 1);
+                let e: *const Entry = self.get((w as u32) - 1);
                 let b = e as *const u8;
                 prefetch(b);
                 prefetch(b.wrapping_add(64));
@@ -291,7 +287,7 @@ impl FlowStore {
             }
             if w >> 32 == tag {
                 let idx = (w as u32) - 1;
-                if self.entry_ptr(idx).key == *key {
+                if self.get(idx).key == *key {
                     return Some((at, idx));
                 }
             }
