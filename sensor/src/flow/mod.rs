@@ -314,7 +314,10 @@ impl FlowTable {
 
     /// Records emitted since the last call.
     pub fn take_emitted(&mut self) -> Vec<FlowRecord> {
-        std::mem::take(&mut self.emitted)
+        // The next chunk is probably as large as this one: room for it now
+        // rather than growing (and copying) it record by record.
+        let room = self.emitted.len();
+        std::mem::replace(&mut self.emitted, Vec::with_capacity(room))
     }
 
     /// Number of records waiting in [`FlowTable::take_emitted`].

@@ -18,8 +18,7 @@ fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
             let end = s[1..].iter().position(|b| *b == b'\\')?;
             s = &s[end + 2..];
         }
-        let start = s.iter().position(|b| matches!(b, b'$' | b'!'))?;
-        if start != 0 {
+        if !matches!(s.first(), Some(b'$' | b'!')) {
             return None;
         }
         let s = &s[1..];
@@ -32,12 +31,24 @@ fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
             || (addr.first() == Some(&b'P')
                 && (2..=8).contains(&addr.len())
                 && addr.iter().all(u8::is_ascii_alphanumeric));
-        if !addr_ok || s.len() > 120 || !s.iter().all(|b| (0x20..0x7f).contains(b)) {
+        if !addr_ok || s.len() > 120 {
             return None;
         }
-        let valid = match s.iter().rposition(|b| *b == b'*') {
-            Some(star) if s.len() == star + 3 => {
-                let cs = s[..star].iter().fold(0u8, |a, b| a ^ b);
+        // One pass: printable characters only; the last `*` and the XOR of
+        // everything before it (the checksum covers that).
+        let mut xor = 0u8;
+        let mut last_star = None;
+        for (i, &b) in s.iter().enumerate() {
+            if !(0x20..0x7f).contains(&b) {
+                return None;
+            }
+            if b == b'*' {
+                last_star = Some((i, xor));
+            }
+            xor ^= b;
+        }
+        let valid = match last_star {
+            Some((star, cs)) if s.len() == star + 3 => {
                 std::str::from_utf8(&s[star + 1..])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
