@@ -14,7 +14,7 @@ const MAX_RECORD: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("cannot open capture {path}: {source}")]
+    #[error("cannot open capture {path}")]
     Open { path: String, source: io::Error },
     #[error("read error")]
     Io(#[from] io::Error),
