@@ -507,7 +507,10 @@ fn read(
     };
     // Records are formatted and written on their own thread, so printing
     // overlaps metering.
+    // Printed records go back to the table, which fills them again.
     let (to_writer, chunks) = std::sync::mpsc::sync_channel::<Vec<FlowRecord>>(1);
+    let (back, printed) = std::sync::mpsc::sync_channel::<Vec<FlowRecord>>(1);
+    table.recycle_from(printed);
     let writer = std::thread::Builder::new()
         .name("read-output".into())
         .spawn(move || -> std::io::Result<()> {
@@ -520,6 +523,7 @@ fn read(
                 out.write_all(&buf)?;
                 out.flush()?;
                 buf.clear();
+                let _ = back.try_send(recs);
             }
             Ok(())
         })?;

@@ -110,7 +110,7 @@ pub fn meter_file(
             }
         }
         table.process_batch(&infos);
-        if table.emitted_len() >= 1024 {
+        if table.emitted_len() >= HAND_OFF {
             progress.update(&stats, table);
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
         }
@@ -123,6 +123,11 @@ pub fn meter_file(
 /// Packets decoded before their flows are looked up together (see
 /// [`FlowTable::process_batch`]).
 const BATCH: usize = 32;
+
+/// Records handed to the sink at a time: small enough that the records in
+/// flight (being filled, printed or uploaded, and handed back for reuse)
+/// stay well under a megabyte.
+const HAND_OFF: usize = 512;
 
 /// Decodes one frame into the table and the frame counters.
 fn account(table: &mut FlowTable, stats: &mut CaptureStats, pkt: &RawPacket<'_>) {
@@ -156,7 +161,7 @@ type Sink<'a> = dyn FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Res
 /// Emits every remaining flow, handing records on in chunks.
 fn flush(table: &mut FlowTable, sink: &mut Sink<'_>) -> Result<(), MeterError> {
     loop {
-        let more = table.flush_step(1024);
+        let more = table.flush_step(HAND_OFF);
         let rest = table.take_emitted();
         let assets = table.take_asset_changes();
         if !rest.is_empty() || !assets.is_empty() {
@@ -189,7 +194,7 @@ pub fn meter_live(
             Some(pkt) => account(table, &mut stats, &pkt),
             None => table.tick(crate::batch::now_us()),
         }
-        if table.emitted_len() >= 1024 || last_hand_off.elapsed() >= Duration::from_secs(1) {
+        if table.emitted_len() >= HAND_OFF || last_hand_off.elapsed() >= Duration::from_secs(1) {
             table.tick(crate::batch::now_us());
             progress.update(&stats, table);
             progress

@@ -104,13 +104,19 @@ impl FlowKey {
     /// Network-order bytes of endpoint `a`'s (or `b`'s) address: 4 for
     /// IPv4, 16 for IPv6.
     pub fn ip(&self, a: bool) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.ip_into(a, &mut v);
+        v
+    }
+
+    /// [`FlowKey::ip`] written over `out`.
+    pub fn ip_into(&self, a: bool, out: &mut Vec<u8>) {
         let w = if a { self.a } else { self.b };
+        out.clear();
         if self.v6() {
-            (((w[0] as u128) << 64) | w[1] as u128)
-                .to_be_bytes()
-                .to_vec()
+            out.extend_from_slice(&(((w[0] as u128) << 64) | w[1] as u128).to_be_bytes());
         } else {
-            ((w[0] >> 32) as u32).to_be_bytes().to_vec()
+            out.extend_from_slice(&((w[0] >> 32) as u32).to_be_bytes());
         }
     }
 }

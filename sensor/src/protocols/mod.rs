@@ -148,16 +148,36 @@ fn same_text(a: &str, b: &str) -> bool {
 
 /// Operation entries as records, ordered by code then name.
 fn into_operations(mut v: Vec<OpEntry>) -> Vec<Operation> {
+    let mut out = Vec::new();
+    write_operations(&mut v, &mut out);
+    out
+}
+
+/// Moves operation entries into `out` as records, ordered by code then
+/// name; `out`'s records and name strings are reused (records handed back
+/// by the output are filled again without allocating).
+fn write_operations(v: &mut Vec<OpEntry>, out: &mut Vec<Operation>) {
     v.sort_by(|a, b| (a.code, &a.name).cmp(&(b.code, &b.name)));
-    v.into_iter()
-        .map(|e| Operation {
-            code: e.code,
-            name: e.name.into_owned(),
-            class: e.class as i32,
-            count: e.count,
-            errors: e.errors,
-        })
-        .collect()
+    out.truncate(v.len());
+    for (i, e) in v.drain(..).enumerate() {
+        match out.get_mut(i) {
+            Some(o) => {
+                o.code = e.code;
+                o.name.clear();
+                o.name.push_str(&e.name);
+                o.class = e.class as i32;
+                o.count = e.count;
+                o.errors = e.errors;
+            }
+            None => out.push(Operation {
+                code: e.code,
+                name: e.name.into_owned(),
+                class: e.class as i32,
+                count: e.count,
+                errors: e.errors,
+            }),
+        }
+    }
 }
 
 /// The distinct operations of one flow record, bounded to [`MAX_OPS`]. A
@@ -328,7 +348,14 @@ impl AppState {
 
     /// The operation summary, ordered by code; the entries leave `store`.
     pub fn take_operations(&mut self, store: &mut OpStore) -> Vec<Operation> {
-        store.take(&mut self.ops)
+        let mut out = Vec::new();
+        self.take_operations_into(store, &mut out);
+        out
+    }
+
+    /// [`AppState::take_operations`] written over `out` (reusing its records).
+    pub fn take_operations_into(&mut self, store: &mut OpStore, out: &mut Vec<Operation>) {
+        store.take_into(&mut self.ops, out);
     }
 
     /// Indicators (DNS names, SNI, Host), in order of appearance.

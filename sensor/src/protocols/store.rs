@@ -14,7 +14,7 @@ use std::borrow::Cow;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
 
-use super::{into_operations, OpEntry, Ops};
+use super::{write_operations, OpEntry, Ops};
 
 /// "No entry": the end of a list, or a flow without operations.
 pub const NONE: u32 = u32::MAX;
@@ -41,6 +41,8 @@ pub struct OpStore {
     chunks: Vec<Vec<Node>>,
     free: Vec<u32>,
     scratch: Ops,
+    /// Entries of a flow being reported.
+    taken: Vec<OpEntry>,
 }
 
 impl OpStore {
@@ -105,10 +107,10 @@ impl OpStore {
         self.scratch = ops;
     }
 
-    /// The operations of the list at `head`, ordered by code then name; the
-    /// entries are freed and `head` becomes [`NONE`].
-    pub(super) fn take(&mut self, head: &mut u32) -> Vec<Operation> {
-        let mut v: Vec<OpEntry> = Vec::new();
+    /// The operations of the list at `head`, ordered by code then name,
+    /// written over `out`; the entries are freed and `head` becomes [`NONE`].
+    pub(super) fn take_into(&mut self, head: &mut u32, out: &mut Vec<Operation>) {
+        let mut v = std::mem::take(&mut self.taken);
         let mut at = std::mem::replace(head, NONE);
         while at != NONE {
             let n = self.node(at);
@@ -117,7 +119,8 @@ impl OpStore {
             self.free.push(at);
             at = next;
         }
-        into_operations(v)
+        write_operations(&mut v, out);
+        self.taken = v;
     }
 
     /// Entries in use (for tests and accounting).
