@@ -929,6 +929,97 @@ mod batch_tests {
 }
 
 #[cfg(test)]
+mod recycle_tests {
+    use super::*;
+
+    /// Modbus/TCP requests: read (fc 3) or write (fc 6), transaction `t`.
+    fn modbus(fc: u8, t: u16) -> Vec<u8> {
+        let pdu: &[u8] = if fc == 3 {
+            &[3, 0, 0, 0, 10]
+        } else {
+            &[6, 0, 1, 0, 7]
+        };
+        let mut v = t.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0, 0, 0, pdu.len() as u8 + 1, 1]);
+        v.extend_from_slice(pdu);
+        v
+    }
+
+    #[test]
+    fn reused_records_are_the_same_as_new_ones() {
+        // Per flow of three packets: a write and reads, reads only, or
+        // something that is not Modbus.
+        let payloads: Vec<Vec<u8>> = (0..400u16)
+            .map(|i| match ((i / 3) % 3, i % 3) {
+                (0, 0) => modbus(6, i),
+                (0 | 1, _) => modbus(3, i),
+                _ => b"not modbus at all".to_vec(),
+            })
+            .collect();
+        let cfg = FlowConfig {
+            idle_timeout_us: 5_000_000,
+            ..FlowConfig::default()
+        };
+        let mut plain = FlowTable::new(cfg.clone());
+        let mut reusing = FlowTable::new(cfg);
+        let (back, rx) = std::sync::mpsc::sync_channel(4);
+        reusing.recycle_from(rx);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (i, p) in payloads.iter().enumerate() {
+            // Flows of one to three packets, some with writes, some not
+            // Modbus, some over IPv6; idle ones leave as time goes on.
+            let flow = (i / 3) as u8;
+            let (c, s) = if flow % 5 == 0 {
+                (
+                    IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, flow]),
+                    IpAddr::from([0xfd; 16]),
+                )
+            } else {
+                (IpAddr::from([10, 0, 1, flow]), IpAddr::from([10, 0, 0, 1]))
+            };
+            let pkt = PacketInfo {
+                ts_us: i as i64 * 1_000_000,
+                vlan: flow as u16 % 2,
+                src: c,
+                dst: s,
+                ip_protocol: 6,
+                src_port: 40_000 + flow as u16,
+                dst_port: if flow % 7 == 0 { 1502 } else { 502 },
+                tcp_flags: 0x18,
+                ip_bytes: 40 + p.len() as u32,
+                payload_len: p.len() as u32,
+                payload: p,
+                fragment: None,
+                src_mac: None,
+            };
+            plain.process(&pkt);
+            reusing.process(&pkt);
+            if i % 10 == 9 {
+                a.extend(plain.take_emitted());
+                let recs = reusing.take_emitted();
+                b.extend(recs.iter().cloned());
+                let _ = back.try_send(recs);
+            }
+        }
+        plain.flush_all();
+        reusing.flush_all();
+        a.extend(plain.take_emitted());
+        b.extend(reusing.take_emitted());
+        assert!(a.len() > 100, "{} records", a.len());
+        let ops: Vec<usize> = a.iter().map(|r| r.operations.len()).collect();
+        assert!(
+            ops.contains(&2) && ops.contains(&1) && ops.contains(&0),
+            "{ops:?}"
+        );
+        assert!(
+            a.iter().any(|r| r.app_protocol.is_empty())
+                && a.iter().any(|r| r.client_ip.len() == 16)
+        );
+        assert_eq!(a, b);
+    }
+}
+
+#[cfg(test)]
 mod counter_tests {
     use super::*;
 
