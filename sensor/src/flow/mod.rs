@@ -969,7 +969,7 @@ mod recycle_tests {
             // Flows of one to three packets, some with writes, some not
             // Modbus, some over IPv6; idle ones leave as time goes on.
             let flow = (i / 3) as u8;
-            let (c, s) = if flow % 5 == 0 {
+            let (c, s) = if flow.is_multiple_of(5) {
                 (
                     IpAddr::from([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, flow]),
                     IpAddr::from([0xfd; 16]),
@@ -984,7 +984,7 @@ mod recycle_tests {
                 dst: s,
                 ip_protocol: 6,
                 src_port: 40_000 + flow as u16,
-                dst_port: if flow % 7 == 0 { 1502 } else { 502 },
+                dst_port: if flow.is_multiple_of(7) { 1502 } else { 502 },
                 tcp_flags: 0x18,
                 ip_bytes: 40 + p.len() as u32,
                 payload_len: p.len() as u32,
