@@ -180,17 +180,43 @@ fn write_operations(v: &mut Vec<OpEntry>, out: &mut Vec<Operation>) {
     }
 }
 
-/// The distinct operations of one flow record, bounded to [`MAX_OPS`]. A
-/// flow has a handful of distinct operations, so a small vector scanned
-/// linearly is both faster and smaller than a map.
-#[derive(Debug, Clone, Default)]
-pub struct Ops {
-    entries: Vec<OpEntry>,
-    /// Operations not recorded because the table was full.
+/// The distinct operations of one flow record, bounded to [`MAX_OPS`], as
+/// parsers see them: a flow's list in its table's [`OpStore`] while
+/// metering, or a vector of their own ([`Ops::default`], for tests and
+/// fuzzing). A flow has a handful of distinct operations, so a short list
+/// scanned linearly is both faster and smaller than a map.
+pub struct Ops<'a> {
+    entries: Entries<'a>,
+    /// Operations not recorded because the list was full.
     pub overflow: u64,
 }
 
-impl Ops {
+enum Entries<'a> {
+    Own(Vec<OpEntry>),
+    Store {
+        store: &'a mut OpStore,
+        head: &'a mut u32,
+    },
+}
+
+impl Default for Ops<'_> {
+    fn default() -> Self {
+        Ops {
+            entries: Entries::Own(Vec::new()),
+            overflow: 0,
+        }
+    }
+}
+
+impl<'a> Ops<'a> {
+    /// The operations of the flow whose list starts at `head` in `store`.
+    fn in_store(store: &'a mut OpStore, head: &'a mut u32) -> Self {
+        Ops {
+            entries: Entries::Store { store, head },
+            overflow: 0,
+        }
+    }
+
     /// The entry of (`code`, `name`), added if new (`owned` makes the name
     /// to keep, so a name taken from the payload is copied only once).
     fn entry(
@@ -206,24 +232,28 @@ impl Ops {
                 && e.name.len() == name.len()
                 && (e.name.as_ptr() == name.as_ptr() || same_text(&e.name, name))
         };
-        if let Some(i) = self.entries.iter().position(same) {
-            return Some(&mut self.entries[i]);
-        }
-        if self.entries.len() >= MAX_OPS {
-            self.overflow += 1;
-            return None;
-        }
-        if self.entries.capacity() == 0 {
-            self.entries.reserve_exact(1);
-        }
-        self.entries.push(OpEntry {
+        let new = || OpEntry {
             code,
             class,
             name: owned(),
             count: 0,
             errors: 0,
-        });
-        self.entries.last_mut()
+        };
+        let found = match &mut self.entries {
+            Entries::Store { store, head } => store.find_or_add(head, same, new),
+            Entries::Own(v) => match v.iter().position(same) {
+                Some(i) => Some(&mut v[i]),
+                None if v.len() >= MAX_OPS => None,
+                None => {
+                    v.push(new());
+                    v.last_mut()
+                }
+            },
+        };
+        if found.is_none() {
+            self.overflow += 1;
+        }
+        found
     }
 
     fn entry_cow(
@@ -265,12 +295,18 @@ impl Ops {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        match &self.entries {
+            Entries::Own(v) => v.is_empty(),
+            Entries::Store { head, .. } => **head == store::NONE,
+        }
     }
 
     /// The operations, ordered by code then name.
     pub fn to_proto(&self) -> Vec<Operation> {
-        into_operations(self.entries.clone())
+        match &self.entries {
+            Entries::Own(v) => into_operations(v.clone()),
+            Entries::Store { store, head } => into_operations(store.entries(**head)),
+        }
     }
 }
 
@@ -330,7 +366,7 @@ impl AppState {
             }
             return;
         }
-        let mut ops = store.load(self.ops);
+        let mut ops = Ops::in_store(store, &mut self.ops);
         match proto {
             AppProto::Modbus => modbus::observe(p, &mut ops),
             AppProto::Dnp3 => dnp3::observe(p, &mut ops),
@@ -343,7 +379,6 @@ impl AppState {
             AppProto::Mqtt => mqtt::observe(p, &mut ops),
             AppProto::Dns | AppProto::Tls | AppProto::Http => {}
         }
-        store.store(&mut self.ops, ops);
     }
 
     /// The operation summary, ordered by code; the entries leave `store`.

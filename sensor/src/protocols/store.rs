@@ -5,16 +5,14 @@
 //! allocations (a box and a vector); at 100k flows that was a fifth of the
 //! table's memory and two allocator round trips per flow. Here a flow holds
 //! the number of its first entry (4 bytes), entries are 56 bytes with no
-//! allocator overhead, and freed entries are reused. Parsers still see a
-//! plain [`Ops`]: the flow's entries are moved into a reused scratch
-//! [`Ops`] for one payload and moved back after (entries are only ever
-//! added, so positions match).
+//! allocator overhead, and freed entries are reused. Parsers count into
+//! the list through an [`Ops`] handle.
 
 use std::borrow::Cow;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
 
-use super::{write_operations, OpEntry, Ops};
+use super::{write_operations, OpEntry, MAX_OPS};
 
 /// "No entry": the end of a list, or a flow without operations.
 pub const NONE: u32 = u32::MAX;
@@ -40,7 +38,6 @@ const EMPTY: OpEntry = OpEntry {
 pub struct OpStore {
     chunks: Vec<Vec<Node>>,
     free: Vec<u32>,
-    scratch: Ops,
     /// Entries of a flow being reported.
     taken: Vec<OpEntry>,
 }
@@ -66,45 +63,46 @@ impl OpStore {
         i
     }
 
-    /// The entries of the list at `head`, moved into the scratch [`Ops`].
-    pub(super) fn load(&mut self, head: u32) -> Ops {
-        let mut ops = std::mem::take(&mut self.scratch);
-        let mut at = head;
+    /// The entry of the list at `head` that is `same`, or a `new` one added
+    /// at its end; `None` when the list is full ([`MAX_OPS`]).
+    pub(super) fn find_or_add(
+        &mut self,
+        head: &mut u32,
+        same: impl Fn(&OpEntry) -> bool,
+        new: impl FnOnce() -> OpEntry,
+    ) -> Option<&mut OpEntry> {
+        let (mut at, mut last, mut len) = (*head, NONE, 0);
         while at != NONE {
             let n = self.node(at);
-            ops.entries.push(std::mem::replace(&mut n.entry, EMPTY));
-            at = n.next;
+            if same(&n.entry) {
+                break;
+            }
+            (last, at, len) = (at, n.next, len + 1);
         }
-        ops
+        if at == NONE {
+            if len >= MAX_OPS {
+                return None;
+            }
+            at = self.alloc_detached(new());
+            match last {
+                NONE => *head = at,
+                prev => self.node(prev).next = at,
+            }
+        }
+        Some(&mut self.node(at).entry)
     }
 
-    /// Moves `ops` back into the list at `head` (same order), appending
-    /// entries the parser added.
-    pub(super) fn store(&mut self, head: &mut u32, mut ops: Ops) {
-        let mut prev = NONE;
-        let mut at = *head;
-        let mut i = 0;
+    /// Copies of the entries of the list at `head`.
+    pub(super) fn entries(&self, head: u32) -> Vec<OpEntry> {
+        let mut v = Vec::new();
+        let mut at = head;
         while at != NONE {
-            let e = std::mem::replace(&mut ops.entries[i], EMPTY);
-            let n = self.node(at);
-            n.entry = e;
-            prev = at;
+            let i = at as usize;
+            let n = &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)];
+            v.push(n.entry.clone());
             at = n.next;
-            i += 1;
         }
-        // Entries the parser added.
-        for e in ops.entries.drain(i..) {
-            let n = self.alloc_detached(e);
-            if prev == NONE {
-                *head = n;
-            } else {
-                self.node(prev).next = n;
-            }
-            prev = n;
-        }
-        ops.entries.clear();
-        ops.overflow = 0;
-        self.scratch = ops;
+        v
     }
 
     /// The operations of the list at `head`, ordered by code then name,
