@@ -177,6 +177,24 @@ impl Flow {
         self.a2b.packets == 0 && self.b2a.packets == 0
     }
 
+    /// The earliest capture time at which a sweep acts on this flow (idle,
+    /// active or close timeout), as things stand.
+    fn due_us(&self, cfg: &FlowConfig) -> i64 {
+        let idle = self
+            .last_us
+            .saturating_add(cfg.idle_timeout_us)
+            .saturating_add(1);
+        if self.is_empty() {
+            return idle;
+        }
+        let due = idle.min(self.first_us.saturating_add(cfg.active_timeout_us));
+        if self.closed_at == OPEN {
+            due
+        } else {
+            due.min(self.closed_at.saturating_add(cfg.close_linger_us))
+        }
+    }
+
     /// Starts the next record of the same flow (active timeout).
     fn restart(&mut self, now_us: i64) {
         self.first_us = now_us;
@@ -264,6 +282,9 @@ pub struct FlowTable {
     assets: Option<AssetTable>,
     now_us: i64,
     last_sweep_us: i64,
+    /// No flow can time out before this (capture time): sweeps until then
+    /// would find nothing to do and are skipped.
+    next_due_us: i64,
     stats: FlowStats,
 }
 
@@ -283,6 +304,7 @@ impl FlowTable {
             assets: None,
             now_us: i64::MIN,
             last_sweep_us: i64::MIN,
+            next_due_us: i64::MIN,
             stats: FlowStats::default(),
         }
     }
@@ -342,7 +364,11 @@ impl FlowTable {
             self.now_us = now_us;
         }
         if self.now_us.saturating_sub(self.last_sweep_us) >= 1_000_000 {
-            self.sweep();
+            if self.now_us >= self.next_due_us {
+                self.sweep();
+            }
+            let frag_horizon = self.now_us - 30_000_000;
+            self.fragments.retain(|_, (_, _, ts)| *ts >= frag_horizon);
             self.last_sweep_us = self.now_us;
         }
     }
@@ -509,6 +535,7 @@ impl FlowTable {
                 flow.closed_at = info.ts_us;
             }
         }
+        self.next_due_us = self.next_due_us.min(flow.due_us(&self.cfg));
         if let (Some(mac), Some(a)) = (info.src_mac, self.assets.as_mut()) {
             a.on_address(mac, info.src, info.ts_us);
         }
@@ -520,6 +547,7 @@ impl FlowTable {
         let cfg = &self.cfg;
         let mut done: Vec<(i64, u32, FlowEnd)> = Vec::new();
         let mut restart: Vec<(i64, u32)> = Vec::new();
+        let mut next_due = i64::MAX;
         for (i, e) in self.flows.iter() {
             let f = &e.flow;
             if f.is_empty() {
@@ -527,6 +555,8 @@ impl FlowTable {
                 // report; forget it once idle.
                 if now - f.last_us > cfg.idle_timeout_us {
                     done.push((f.first_us, i, FlowEnd::IdleTimeout));
+                } else {
+                    next_due = next_due.min(f.due_us(cfg));
                 }
                 continue;
             }
@@ -538,6 +568,8 @@ impl FlowTable {
                 done.push((f.first_us, i, FlowEnd::IdleTimeout));
             } else if now - f.first_us >= cfg.active_timeout_us {
                 restart.push((f.first_us, i));
+            } else {
+                next_due = next_due.min(f.due_us(cfg));
             }
         }
         // Deterministic output order: by first packet time, then key.
@@ -554,10 +586,10 @@ impl FlowTable {
             let k = e.key;
             let snapshot = e.flow.clone();
             e.flow.restart(now);
+            next_due = next_due.min(e.flow.due_us(&self.cfg));
             self.emit(&k, snapshot, FlowEnd::ActiveTimeout);
         }
-        let frag_horizon = now - 30_000_000;
-        self.fragments.retain(|_, (_, _, ts)| *ts >= frag_horizon);
+        self.next_due_us = next_due;
     }
 
     /// Evicts the least recently seen tenth of the table (at least one flow).
