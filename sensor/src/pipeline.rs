@@ -122,7 +122,7 @@ pub fn meter_file(
 
 /// Packets decoded before their flows are looked up together (see
 /// [`FlowTable::process_batch`]).
-const BATCH: usize = 32;
+const BATCH: usize = 64;
 
 /// Records handed to the sink at a time: small enough that the records in
 /// flight (being filled, printed or uploaded, and handed back for reuse)
