@@ -272,8 +272,8 @@ pub struct FlowTable {
     emitted: Vec<FlowRecord>,
     /// Remaining flows of a flush in progress: (first seen, entry), newest first.
     flush_order: Option<Vec<(i64, u32)>>,
-    /// Keys of the batch being processed (reused between batches).
-    batch_keys: Vec<Option<Keyed>>,
+    /// Key hashes of the batch being processed (reused between batches).
+    batch_hashes: Vec<Option<u64>>,
     /// Records handed back for reuse (see [`FlowTable::recycle_from`]).
     spare: Vec<FlowRecord>,
     recycler: Option<std::sync::mpsc::Receiver<Vec<FlowRecord>>>,
@@ -297,7 +297,7 @@ impl FlowTable {
             fragments: FastMap::default(),
             emitted: Vec::new(),
             flush_order: None,
-            batch_keys: Vec::new(),
+            batch_hashes: Vec::new(),
             spare: Vec::new(),
             recycler: None,
             classes: Vec::new(),
@@ -386,28 +386,44 @@ impl FlowTable {
     /// misses of a batch is most of the speed of metering.
     pub fn process_batch(&mut self, infos: &[PacketInfo<'_>]) {
         self.flows.ensure_indexed();
-        let mut keys = std::mem::take(&mut self.batch_keys);
-        keys.clear();
+        // Hashes only: keys are cheap to build again, and keeping them in
+        // between costs more in memory traffic than it saves.
+        let mut hashes = std::mem::take(&mut self.batch_hashes);
+        hashes.clear();
         for info in infos {
             // Fragments are keyed when processed: their ports come from the
             // fragment map as it is at that moment.
-            let k = info.fragment.is_none().then(|| self.key_of(info));
-            if let Some(k) = &k {
-                self.flows.prefetch_index(k.hash);
+            let h = info.fragment.is_none().then(|| self.key_of(info).hash);
+            if let Some(h) = h {
+                self.flows.prefetch_index(h);
             }
-            keys.push(k);
+            hashes.push(h);
         }
-        for k in keys.iter().flatten() {
-            self.flows.prefetch_entry(k.hash);
+        for h in hashes.iter().flatten() {
+            self.flows.prefetch_entry(*h);
         }
-        for (info, k) in infos.iter().zip(&keys) {
-            let k = match k {
-                Some(k) => *k,
+        for (info, h) in infos.iter().zip(&hashes) {
+            let k = match h {
+                Some(hash) => {
+                    let (key, src_is_a) = FlowKey::new(
+                        info.vlan,
+                        info.ip_protocol,
+                        info.src,
+                        info.src_port,
+                        info.dst,
+                        info.dst_port,
+                    );
+                    Keyed {
+                        key,
+                        src_is_a,
+                        hash: *hash,
+                    }
+                }
                 None => self.key_of(info),
             };
             self.process_keyed(info, k);
         }
-        self.batch_keys = keys;
+        self.batch_hashes = hashes;
     }
 
     /// The flow key of a packet (a non-first fragment takes the ports of
