@@ -427,6 +427,25 @@ impl Indicators<'_> {
     }
 }
 
+/// Index of the first `b` in `hay`, eight bytes at a time (NMEA sentences
+/// are found by their line ends on every packet of a navigation feed).
+pub(crate) fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * b as u64;
+    let mut i = 0;
+    while i + 8 <= hay.len() {
+        let w = u64::from_le_bytes(hay[i..i + 8].try_into().expect("8 bytes")) ^ pattern;
+        // The lowest flagged byte is the first zero byte of `w`.
+        let zero = w.wrapping_sub(LO) & !w & HI;
+        if zero != 0 {
+            return Some(i + (zero.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|x| *x == b).map(|p| i + p)
+}
+
 /// Reads a big-endian u16.
 pub(crate) fn be16(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
@@ -470,6 +489,26 @@ mod tests {
                 }
                 let _ = st.take_operations(&mut store);
                 assert!(store.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn find_byte_finds_the_first() {
+        let mut seed = 7u32;
+        for len in 0..200 {
+            let hay: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    [b'\n', b'a', 0, 0xff, b'\r', 0x0b][(seed >> 16) as usize % 6]
+                })
+                .collect();
+            for b in [b'\n', 0, 0xff, b'z'] {
+                assert_eq!(
+                    find_byte(&hay, b),
+                    hay.iter().position(|x| *x == b),
+                    "{hay:?} {b}"
+                );
             }
         }
     }

@@ -5,12 +5,30 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::Ops;
+use super::{find_byte, Ops};
+
+/// The parts of `p` between line feeds (as `split` on `\n` would give).
+fn lines(p: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(p);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match find_byte(r, b'\n') {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
 
 /// Sentences in a payload: (address, checksum valid or absent).
 fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     let body = p.strip_prefix(b"UdPbC\0").unwrap_or(p);
-    body.split(|b| *b == b'\n').filter_map(|line| {
+    lines(body).filter_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         // Skip TAG blocks: \...*hh\ before the sentence.
         let mut s = line;
