@@ -21,6 +21,7 @@ pub mod flow;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod prefault;
 pub mod protocols;
 pub mod ratelimit;
 pub mod uplink;

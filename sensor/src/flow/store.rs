@@ -314,7 +314,9 @@ impl FlowStore {
             }
             None => {
                 if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-                    self.chunks.push(Vec::with_capacity(CHUNK));
+                    let mut chunk = Vec::with_capacity(CHUNK);
+                    crate::prefault::prefault(&mut chunk);
+                    self.chunks.push(chunk);
                 }
                 let full = (self.chunks.len() - 1) * CHUNK;
                 let last = self.chunks.last_mut().expect("pushed");
@@ -406,7 +408,8 @@ impl FlowStore {
     }
 
     fn grow(&mut self) {
-        let bigger = vec![0; self.slots.len() * 2];
+        let mut bigger = vec![0; self.slots.len() * 2];
+        crate::prefault::prefault(&mut bigger);
         let old = std::mem::replace(&mut self.slots, bigger);
         let mask = self.mask();
         for w in old.into_iter().filter(|w| *w != 0) {

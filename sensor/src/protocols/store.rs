@@ -54,7 +54,9 @@ impl OpStore {
             return i;
         }
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            let mut chunk = Vec::with_capacity(CHUNK);
+            crate::prefault::prefault(&mut chunk);
+            self.chunks.push(chunk);
         }
         let full = (self.chunks.len() - 1) * CHUNK;
         let last = self.chunks.last_mut().expect("pushed");
