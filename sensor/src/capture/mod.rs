@@ -4,7 +4,6 @@
 
 pub mod live;
 pub mod pcap;
-mod readahead;
 
 pub use self::pcap::{CaptureError, PcapReader};
 pub use live::{LiveCapture, LiveError, LiveStats};
