@@ -6,12 +6,11 @@ use std::path::Path;
 use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use crate::capture::{CaptureError, LiveCapture, LiveError, LiveStats, PcapReader, RawPacket};
 use crate::decode::{arp_sender, decode, Undecoded};
-use crate::flow::{FlowStats, FlowTable, PacketHasher};
+use crate::flow::{FlowStats, FlowTable};
 
 /// Frame-level counters of one capture.
 #[derive(Debug, Default, Clone, Copy)]
@@ -71,181 +70,59 @@ pub fn meter_file(
     progress: &Progress,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats), MeterError> {
-    let reader = PcapReader::open(path)?;
-    let hasher = table.packet_hasher();
+    let mut reader = PcapReader::open(path)?;
     let mut stats = CaptureStats::default();
-    let (full_tx, full) = sync_channel::<Result<Frames, CaptureError>>(1);
-    let (empty_tx, empty) = sync_channel::<Frames>(2);
-    std::thread::scope(|scope| -> Result<(), MeterError> {
-        std::thread::Builder::new()
-            .name("capture-decode".into())
-            .spawn_scoped(scope, move || read_frames(reader, hasher, full_tx, empty))
-            .map_err(CaptureError::Io)?;
-        let mut clock: Option<(i64, Instant)> = None;
-        let mut metered = || -> Result<(), MeterError> {
-            for frames in &full {
-                let frames = frames?;
-                let mut infos = Vec::with_capacity(frames.len());
-                let mut hashes = Vec::with_capacity(frames.len());
-                for i in 0..frames.len() {
-                    let pkt = frames.packet(i);
-                    if let Some(speed) = pace.filter(|s| *s > 0.0) {
-                        // Paced: packet by packet, each at its time.
-                        table.process_hashed(&infos, &hashes);
-                        infos.clear();
-                        hashes.clear();
-                        let (t0, w0) = *clock.get_or_insert((pkt.ts_ns, Instant::now()));
-                        let due = w0
-                            + Duration::from_secs_f64(
-                                ((pkt.ts_ns - t0).max(0) as f64 / 1e9) / speed,
-                            );
-                        while Instant::now() < due && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(
-                                (due - Instant::now()).min(Duration::from_millis(500)),
-                            );
-                            progress.update(&stats, table);
-                            // Also when empty: the sink's timers (flush, status) run here.
-                            sink(table.take_emitted(), table.take_asset_changes())
-                                .map_err(MeterError::Sink)?;
-                        }
-                    }
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    stats.frames += 1;
-                    match decode(&pkt) {
-                        Ok(info) => {
-                            stats.ip_packets += 1;
-                            infos.push(info);
-                            hashes.push(frames.hashes[i]);
-                        }
-                        Err(cause) => {
-                            // In capture order: the packets before it first.
-                            table.process_hashed(&infos, &hashes);
-                            infos.clear();
-                            hashes.clear();
-                            not_ip(table, &mut stats, &pkt, cause);
-                        }
-                    }
-                    if infos.len() == BATCH {
-                        table.process_hashed(&infos, &hashes);
-                        infos.clear();
-                        hashes.clear();
-                    }
+    let mut clock: Option<(i64, Instant)> = None;
+    // Paced replay goes packet by packet; otherwise in batches, so the flow
+    // table can look flows up a batch ahead.
+    let batch_size = if pace.is_some() { 1 } else { BATCH };
+    loop {
+        let n = reader.fill_batch(batch_size)?;
+        if n == 0 || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(speed) = pace.filter(|s| *s > 0.0) {
+            let ts_ns = reader.batch_packet(0).ts_ns;
+            let (t0, w0) = *clock.get_or_insert((ts_ns, Instant::now()));
+            let due = w0 + Duration::from_secs_f64(((ts_ns - t0).max(0) as f64 / 1e9) / speed);
+            while Instant::now() < due && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep((due - Instant::now()).min(Duration::from_millis(500)));
+                progress.update(&stats, table);
+                // Also when empty: the sink's timers (flush, status) run here.
+                sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
+            }
+        }
+        let mut infos = Vec::with_capacity(n);
+        for i in 0..n {
+            let pkt = reader.batch_packet(i);
+            stats.frames += 1;
+            match decode(&pkt) {
+                Ok(info) => {
+                    stats.ip_packets += 1;
+                    infos.push(info);
                 }
-                table.process_hashed(&infos, &hashes);
-                drop(infos);
-                let _ = empty_tx.try_send(frames);
-                if table.emitted_len() >= HAND_OFF {
-                    progress.update(&stats, table);
-                    sink(table.take_emitted(), table.take_asset_changes())
-                        .map_err(MeterError::Sink)?;
-                }
-                if stop.load(Ordering::Relaxed) {
-                    break;
+                Err(cause) => {
+                    // In capture order: the packets before it first.
+                    table.process_batch(&infos);
+                    infos.clear();
+                    not_ip(table, &mut stats, &pkt, cause);
                 }
             }
-            Ok(())
-        };
-        let result = metered();
-        // Ends the capture thread if metering stopped early.
-        drop(full);
-        result
-    })?;
+        }
+        table.process_batch(&infos);
+        if table.emitted_len() >= HAND_OFF {
+            progress.update(&stats, table);
+            sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
+        }
+    }
     flush(table, &mut sink)?;
     progress.update(&stats, table);
     Ok((stats, table.stats()))
 }
 
-/// Frames handed from the capture thread to the flow table: their bytes,
-/// where each lies, and the flow-key hash of each IP packet (worked out on
-/// the capture thread, so the table only looks flows up).
-#[derive(Default)]
-struct Frames {
-    data: Vec<u8>,
-    meta: Vec<FrameMeta>,
-    hashes: Vec<Option<u64>>,
-}
-
-#[derive(Clone, Copy)]
-struct FrameMeta {
-    ts_ns: i64,
-    linktype: u32,
-    orig_len: u32,
-    start: usize,
-    end: usize,
-}
-
-/// Frames per hand-off from the capture thread: large enough that the two
-/// threads rarely wait for each other.
-const FRAMES: usize = 1024;
-
-/// Packets whose flows are looked up together (see
-/// [`FlowTable::process_hashed`]).
+/// Packets decoded before their flows are looked up together (see
+/// [`FlowTable::process_batch`]).
 const BATCH: usize = 64;
-
-impl Frames {
-    fn len(&self) -> usize {
-        self.meta.len()
-    }
-
-    fn packet(&self, i: usize) -> RawPacket<'_> {
-        let m = self.meta[i];
-        RawPacket {
-            ts_ns: m.ts_ns,
-            linktype: m.linktype,
-            orig_len: m.orig_len,
-            data: &self.data[m.start..m.end],
-        }
-    }
-}
-
-/// The capture thread: reads frames, hashes the flow key of each IP packet,
-/// and hands them on in order until the end of the file, an error, or the
-/// receiver going away.
-fn read_frames(
-    mut reader: PcapReader<std::fs::File>,
-    hasher: PacketHasher,
-    full: SyncSender<Result<Frames, CaptureError>>,
-    empty: Receiver<Frames>,
-) {
-    loop {
-        let mut f = empty.try_recv().unwrap_or_default();
-        f.data.clear();
-        f.meta.clear();
-        f.hashes.clear();
-        while f.len() < FRAMES {
-            let n = match reader.fill_batch(FRAMES - f.len()) {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = full.send(Err(e));
-                    return;
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            for i in 0..n {
-                let p = reader.batch_packet(i);
-                let start = f.data.len();
-                f.data.extend_from_slice(p.data);
-                f.meta.push(FrameMeta {
-                    ts_ns: p.ts_ns,
-                    linktype: p.linktype,
-                    orig_len: p.orig_len,
-                    start,
-                    end: f.data.len(),
-                });
-                f.hashes
-                    .push(decode(&p).ok().and_then(|info| hasher.hash(&info)));
-            }
-        }
-        let last = f.len() < FRAMES;
-        if (f.len() > 0 && full.send(Ok(f)).is_err()) || last {
-            return;
-        }
-    }
-}
 
 /// Records handed to the sink at a time: small enough that the records in
 /// flight (being filled, printed or uploaded, and handed back for reuse)

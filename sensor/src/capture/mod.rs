@@ -4,6 +4,7 @@
 
 pub mod live;
 pub mod pcap;
+mod readahead;
 
 pub use self::pcap::{CaptureError, PcapReader};
 pub use live::{LiveCapture, LiveError, LiveStats};

@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
+use super::readahead::{ReadAhead, HEADROOM};
 use super::RawPacket;
 
 /// Largest block or record we accept; anything larger is a corrupt file.
@@ -101,7 +102,7 @@ enum Step {
 /// packet); memory use is the buffer (256 KiB, or the largest record),
 /// whatever the file size.
 pub struct PcapReader<R: Read> {
-    input: R,
+    input: Source<R>,
     format: Format,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`.
@@ -113,18 +114,30 @@ pub struct PcapReader<R: Read> {
     batch: Vec<PacketPos>,
 }
 
+/// Where the bytes come from: any reader, or a file read ahead on a helper
+/// thread.
+enum Source<R> {
+    Read(R),
+    Ahead(ReadAhead),
+}
+
 impl PcapReader<File> {
+    /// Opens a capture file; it is read ahead on a helper thread.
     pub fn open(path: &Path) -> Result<Self, CaptureError> {
         let file = File::open(path).map_err(|source| CaptureError::Open {
             path: path.display().to_string(),
             source,
         })?;
-        Self::new(file)
+        Self::with_source(Source::Ahead(ReadAhead::spawn(file)?), Vec::new())
     }
 }
 
 impl<R: Read> PcapReader<R> {
     pub fn new(input: R) -> Result<Self, CaptureError> {
+        Self::with_source(Source::Read(input), vec![0; BUF_SIZE])
+    }
+
+    fn with_source(input: Source<R>, buf: Vec<u8>) -> Result<Self, CaptureError> {
         let mut reader = PcapReader {
             input,
             format: Format::Pcap {
@@ -132,7 +145,7 @@ impl<R: Read> PcapReader<R> {
                 nanos: false,
                 linktype: 0,
             },
-            buf: vec![0; BUF_SIZE],
+            buf,
             start: 0,
             end: 0,
             offset: 0,
@@ -185,6 +198,33 @@ impl<R: Read> PcapReader<R> {
         if !may_move {
             return Ok(Avail::Later);
         }
+        if let Source::Ahead(ahead) = &mut self.input {
+            while self.end - self.start < n {
+                let chunk = match ahead.next()? {
+                    Some(c) => c,
+                    None => return Ok(Avail::Short(self.end - self.start)),
+                };
+                let tail = self.end - self.start;
+                if tail <= HEADROOM {
+                    // The unparsed tail goes in front of the new data.
+                    let mut buf = chunk.buf;
+                    buf[HEADROOM - tail..HEADROOM].copy_from_slice(&self.buf[self.start..self.end]);
+                    ahead.recycle(std::mem::replace(&mut self.buf, buf));
+                    self.start = HEADROOM - tail;
+                    self.end = HEADROOM + chunk.len;
+                } else {
+                    // A record longer than the headroom: gather it here.
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.buf.truncate(tail);
+                    self.buf
+                        .extend_from_slice(&chunk.buf[HEADROOM..HEADROOM + chunk.len]);
+                    self.start = 0;
+                    self.end = self.buf.len();
+                    ahead.recycle(chunk.buf);
+                }
+            }
+            return Ok(Avail::Ready);
+        }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -193,11 +233,14 @@ impl<R: Read> PcapReader<R> {
         if self.buf.len() < n {
             self.buf.resize(n, 0);
         }
+        let Source::Read(input) = &mut self.input else {
+            unreachable!("read-ahead input handled above")
+        };
         while self.end < n {
             if self.eof {
                 return Ok(Avail::Short(self.end));
             }
-            match self.input.read(&mut self.buf[self.end..]) {
+            match input.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(k) => self.end += k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -642,11 +685,13 @@ mod tests {
             let r = PcapReader::new(Trickle { data: &f, step }).unwrap();
             check(r, &packets, &format!("reads of {step} bytes"));
         }
-        // From a file, as `read` and `run` open it.
+        // From a file: read ahead on a helper thread, in chunks; the huge
+        // record is longer than the room in front of a chunk.
+        assert!(huge.len() > HEADROOM && f.len() > 10 * HEADROOM);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.pcap");
         std::fs::write(&path, &f).unwrap();
-        check(PcapReader::open(&path).unwrap(), &packets, "file");
+        check(PcapReader::open(&path).unwrap(), &packets, "read ahead");
         // A file cut inside a record still says so.
         std::fs::write(&path, &f[..f.len() - 100]).unwrap();
         let mut r = PcapReader::open(&path).unwrap();

@@ -34,7 +34,7 @@ use crate::assets::{AssetTable, FlowSide};
 use crate::decode::PacketInfo;
 use crate::protocols::{AppState, OpStore};
 pub use store::FlowKey;
-use store::{FlowStore, KeyHasher};
+use store::FlowStore;
 
 /// Flow table settings.
 #[derive(Debug, Clone)]
@@ -262,32 +262,6 @@ struct Keyed {
     hash: u64,
 }
 
-/// Hashes packets' flow keys with a table's keyed hash (a copy of it, so it
-/// can run on another thread).
-#[derive(Debug, Clone, Copy)]
-pub struct PacketHasher {
-    hasher: KeyHasher,
-}
-
-impl PacketHasher {
-    /// The hash of the packet's flow key, or `None` for an IP fragment
-    /// (keyed by the table: its ports come from the fragment map).
-    #[inline]
-    pub fn hash(&self, info: &PacketInfo<'_>) -> Option<u64> {
-        info.fragment.is_none().then(|| {
-            let (key, _) = FlowKey::new(
-                info.vlan,
-                info.ip_protocol,
-                info.src,
-                info.src_port,
-                info.dst,
-                info.dst_port,
-            );
-            self.hasher.hash(&key)
-        })
-    }
-}
-
 pub struct FlowTable {
     cfg: FlowConfig,
     flows: FlowStore,
@@ -411,35 +385,24 @@ impl FlowTable {
     /// concurrent flows, lookups miss the CPU caches, and overlapping the
     /// misses of a batch is most of the speed of metering.
     pub fn process_batch(&mut self, infos: &[PacketInfo<'_>]) {
-        let hasher = self.packet_hasher();
+        self.flows.ensure_indexed();
+        // Hashes only: keys are cheap to build again, and keeping them in
+        // between costs more in memory traffic than it saves.
         let mut hashes = std::mem::take(&mut self.batch_hashes);
         hashes.clear();
-        hashes.extend(infos.iter().map(|i| hasher.hash(i)));
-        self.process_hashed(infos, &hashes);
-        self.batch_hashes = hashes;
-    }
-
-    /// Hashes packets' flow keys for this table, on any thread (see
-    /// [`FlowTable::process_hashed`]).
-    pub fn packet_hasher(&self) -> PacketHasher {
-        PacketHasher {
-            hasher: self.flows.hasher(),
-        }
-    }
-
-    /// [`FlowTable::process_batch`] with the key hashes already worked out
-    /// by this table's [`PacketHasher`] (`hashes[i]` for `infos[i]`).
-    pub fn process_hashed(&mut self, infos: &[PacketInfo<'_>], hashes: &[Option<u64>]) {
-        self.flows.ensure_indexed();
-        for h in hashes.iter().flatten() {
-            self.flows.prefetch_index(*h);
+        for info in infos {
+            // Fragments are keyed when processed: their ports come from the
+            // fragment map as it is at that moment.
+            let h = info.fragment.is_none().then(|| self.key_of(info).hash);
+            if let Some(h) = h {
+                self.flows.prefetch_index(h);
+            }
+            hashes.push(h);
         }
         for h in hashes.iter().flatten() {
             self.flows.prefetch_entry(*h);
         }
-        for (info, h) in infos.iter().zip(hashes) {
-            // Keys are cheap to build again; carrying them from the hashing
-            // costs more in memory traffic than it saves.
+        for (info, h) in infos.iter().zip(&hashes) {
             let k = match h {
                 Some(hash) => {
                     let (key, src_is_a) = FlowKey::new(
@@ -456,12 +419,11 @@ impl FlowTable {
                         hash: *hash,
                     }
                 }
-                // A fragment: keyed now, its ports from the fragment map as
-                // it is at this point.
                 None => self.key_of(info),
             };
             self.process_keyed(info, k);
         }
+        self.batch_hashes = hashes;
     }
 
     /// The flow key of a packet (a non-first fragment takes the ports of

@@ -161,35 +161,10 @@ pub struct FlowStore {
     chunks: Vec<Vec<Entry>>,
     free: Vec<u32>,
     len: usize,
-    hasher: KeyHasher,
+    seed: [u64; 3],
     /// Entries were [taken](FlowStore::take) without unlinking their index
     /// words: the index must be rebuilt before the next lookup.
     stale: bool,
-}
-
-/// The keyed hash of a table's flow keys; a copy may hash on another
-/// thread (metering a file keys packets on its capture thread).
-#[derive(Debug, Clone, Copy)]
-pub struct KeyHasher {
-    seed: [u64; 3],
-}
-
-impl KeyHasher {
-    fn random() -> Self {
-        let s = foldhash::fast::RandomState::default();
-        KeyHasher {
-            seed: [s.hash_one(1u64) | 1, s.hash_one(2u64), s.hash_one(3u64)],
-        }
-    }
-
-    #[inline]
-    pub fn hash(&self, key: &FlowKey) -> u64 {
-        let ([w0, w1], [w2, w3], w4) = (key.a, key.b, key.rest);
-        let [s0, s1, s2] = self.seed;
-        let h = folded_multiply(w0 ^ s0, w1 ^ s1);
-        let h = folded_multiply(w2 ^ h, w3 ^ s2);
-        folded_multiply(w4 ^ h, s0 ^ s2)
-    }
 }
 
 #[inline]
@@ -222,13 +197,14 @@ impl Default for FlowStore {
 
 impl FlowStore {
     pub fn new() -> Self {
+        let s = foldhash::fast::RandomState::default();
         FlowStore {
             slots: vec![0; MIN_SLOTS],
             chunks: Vec::new(),
             free: Vec::new(),
             len: 0,
             stale: false,
-            hasher: KeyHasher::random(),
+            seed: [s.hash_one(1u64) | 1, s.hash_one(2u64), s.hash_one(3u64)],
         }
     }
 
@@ -238,11 +214,11 @@ impl FlowStore {
 
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash(key)
-    }
-
-    pub fn hasher(&self) -> KeyHasher {
-        self.hasher
+        let ([w0, w1], [w2, w3], w4) = (key.a, key.b, key.rest);
+        let [s0, s1, s2] = self.seed;
+        let h = folded_multiply(w0 ^ s0, w1 ^ s1);
+        let h = folded_multiply(w2 ^ h, w3 ^ s2);
+        folded_multiply(w4 ^ h, s0 ^ s2)
     }
 
     #[inline]
@@ -458,7 +434,7 @@ impl FlowStore {
     /// Drops every entry and gives the memory back.
     pub fn clear(&mut self) {
         *self = FlowStore {
-            hasher: self.hasher,
+            seed: self.seed,
             ..FlowStore::new()
         };
     }
