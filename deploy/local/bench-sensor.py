@@ -112,7 +112,7 @@ def main():
         print(f"tidewatch-sensor read: {tw[0]:.2f} s wall, {tw[1]:.2f} s CPU = {n / tw[0]:,.0f} packets/s; peak RSS {tw[2] / 1024:.1f} MiB")
         print(f"softflowd -r:          {sf[0]:.2f} s wall, {sf[1]:.2f} s CPU = {n / sf[0]:,.0f} packets/s")
         print(f"ratio: tidewatch is {sf[0] / tw[0]:.2f}x softflowd (wall time, same capture, same run)")
-        print(f"       {sf[1] / tw[1]:.2f}x in CPU time (read writes JSON on a second thread)")
+        print(f"       {sf[1] / tw[1]:.2f}x in CPU time (read uses helper threads for file input and JSON output)")
 
 
 if __name__ == "__main__":
