@@ -24,4 +24,5 @@ pub mod pipeline;
 pub mod prefault;
 pub mod protocols;
 pub mod ratelimit;
+pub mod slab;
 pub mod uplink;

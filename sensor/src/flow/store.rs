@@ -20,11 +20,12 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
+use crate::slab::Slab;
+
 use super::Flow;
 
 /// Entries per slab chunk (about 600 KB each).
 const CHUNK_BITS: u32 = 12;
-const CHUNK: usize = 1 << CHUNK_BITS;
 /// Smallest index (slots); it doubles whenever it is half full.
 const MIN_SLOTS: usize = 1024;
 
@@ -158,8 +159,7 @@ pub struct FlowStore {
     /// The home slot of a word is its hash bits masked, so a word can be
     /// moved without its key.
     slots: Vec<u64>,
-    chunks: Vec<Vec<Entry>>,
-    free: Vec<u32>,
+    entries: Slab<Entry, CHUNK_BITS>,
     len: usize,
     seed: [u64; 3],
     /// Entries were [taken](FlowStore::take) without unlinking their index
@@ -200,8 +200,7 @@ impl FlowStore {
         let s = foldhash::fast::RandomState::default();
         FlowStore {
             slots: vec![0; MIN_SLOTS],
-            chunks: Vec::new(),
-            free: Vec::new(),
+            entries: Slab::default(),
             len: 0,
             stale: false,
             seed: [s.hash_one(1u64) | 1, s.hash_one(2u64), s.hash_one(3u64)],
@@ -233,13 +232,11 @@ impl FlowStore {
 
     #[inline]
     pub fn get(&self, idx: u32) -> &Entry {
-        let i = idx as usize;
-        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+        self.entries.get(idx)
     }
 
     pub fn get_mut(&mut self, idx: u32) -> &mut Entry {
-        let i = idx as usize;
-        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+        self.entries.get_mut(idx)
     }
 
     /// Starts loading the index word a lookup of `hash` reads first.
@@ -307,24 +304,7 @@ impl FlowStore {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let idx = match self.free.pop() {
-            Some(i) => {
-                *self.get_mut(i) = Entry { key, flow };
-                i
-            }
-            None => {
-                if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-                    let mut chunk = Vec::with_capacity(CHUNK);
-                    crate::prefault::prefault(&mut chunk);
-                    self.chunks.push(chunk);
-                }
-                let full = (self.chunks.len() - 1) * CHUNK;
-                let last = self.chunks.last_mut().expect("pushed");
-                let i = (full + last.len()) as u32;
-                last.push(Entry { key, flow });
-                i
-            }
-        };
+        let idx = self.entries.insert(Entry { key, flow });
         let word = (hash >> 32) << 32 | (idx as u64 + 1);
         let mask = self.mask();
         let mut at = self.home(word);
@@ -345,7 +325,7 @@ impl FlowStore {
         debug_assert_eq!(found, idx);
         self.unlink(slot);
         self.len -= 1;
-        self.free.push(idx);
+        self.entries.release(idx);
         let flow = std::mem::replace(&mut self.get_mut(idx).flow, Flow::VACANT);
         (key, flow)
     }
@@ -360,7 +340,7 @@ impl FlowStore {
         let key = e.key;
         let flow = std::mem::replace(&mut e.flow, Flow::VACANT);
         self.len -= 1;
-        self.free.push(idx);
+        self.entries.release(idx);
         self.stale = true;
         (key, flow)
     }
@@ -423,12 +403,7 @@ impl FlowStore {
 
     /// Live entries with their numbers, in slab order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Entry)> {
-        self.chunks
-            .iter()
-            .flatten()
-            .enumerate()
-            .filter(|(_, e)| e.flow.is_live())
-            .map(|(i, e)| (i as u32, e))
+        self.entries.slots().filter(|(_, e)| e.flow.is_live())
     }
 
     /// Drops every entry and gives the memory back.
@@ -491,13 +466,13 @@ mod tests {
             }
         }
         // Freed slots are reused before the slab grows.
-        let chunks = s.chunks.len();
+        let chunks = s.entries.chunks();
         for i in 20_000..26_000u32 {
             let k = key(i);
             let h = s.hash(&k);
             s.insert(k, h, flow(i));
         }
-        assert_eq!(s.chunks.len(), chunks);
+        assert_eq!(s.entries.chunks(), chunks);
         assert_eq!(s.iter().count(), s.len());
         assert_eq!(s.len(), 20_000 - 6_667 + 6_000);
     }

@@ -13,12 +13,12 @@ use std::borrow::Cow;
 use tidewatch_proto::v1::{Operation, OperationClass};
 
 use super::{write_operations, OpEntry, MAX_OPS};
+use crate::slab::Slab;
 
 /// "No entry": the end of a list, or a flow without operations.
 pub const NONE: u32 = u32::MAX;
 
 const CHUNK_BITS: u32 = 10;
-const CHUNK: usize = 1 << CHUNK_BITS;
 
 struct Node {
     entry: OpEntry,
@@ -36,33 +36,18 @@ const EMPTY: OpEntry = OpEntry {
 /// The operation entries of every flow of one table.
 #[derive(Default)]
 pub struct OpStore {
-    chunks: Vec<Vec<Node>>,
-    free: Vec<u32>,
+    nodes: Slab<Node, CHUNK_BITS>,
     /// Entries of a flow being reported.
     taken: Vec<OpEntry>,
 }
 
 impl OpStore {
     fn node(&mut self, i: u32) -> &mut Node {
-        let i = i as usize;
-        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+        self.nodes.get_mut(i)
     }
 
     fn alloc_detached(&mut self, entry: OpEntry) -> u32 {
-        if let Some(i) = self.free.pop() {
-            *self.node(i) = Node { entry, next: NONE };
-            return i;
-        }
-        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            crate::prefault::prefault(&mut chunk);
-            self.chunks.push(chunk);
-        }
-        let full = (self.chunks.len() - 1) * CHUNK;
-        let last = self.chunks.last_mut().expect("pushed");
-        let i = (full + last.len()) as u32;
-        last.push(Node { entry, next: NONE });
-        i
+        self.nodes.insert(Node { entry, next: NONE })
     }
 
     /// The entry of the list at `head` that is `same`, or a `new` one added
@@ -99,8 +84,7 @@ impl OpStore {
         let mut v = Vec::new();
         let mut at = head;
         while at != NONE {
-            let i = at as usize;
-            let n = &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)];
+            let n = self.nodes.get(at);
             v.push(n.entry.clone());
             at = n.next;
         }
@@ -116,7 +100,7 @@ impl OpStore {
             let n = self.node(at);
             v.push(std::mem::replace(&mut n.entry, EMPTY));
             let next = n.next;
-            self.free.push(at);
+            self.nodes.release(at);
             at = next;
         }
         write_operations(&mut v, out);
@@ -125,7 +109,7 @@ impl OpStore {
 
     /// Entries in use (for tests and accounting).
     pub fn len(&self) -> usize {
-        self.chunks.iter().map(Vec::len).sum::<usize>() - self.free.len()
+        self.nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
