@@ -18,9 +18,10 @@ use tidewatch_sensor::buffer::classed::class_dir;
 use tidewatch_sensor::buffer::{
     inspect, repair, BufferConfig, ClassedBuffer, Fsync, Reader, Stored, WhenFull,
 };
+use tidewatch_sensor::capture::CaptureError;
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tidewatch_sensor::output::{asset_json, write_flow_json};
-use tidewatch_sensor::pipeline::{meter_file, meter_live, Progress};
+use tidewatch_sensor::pipeline::{meter_file, meter_live, FileMetered, Progress};
 use tidewatch_sensor::uplink::{Uplink, UplinkConfig, UplinkCounters};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -137,6 +138,26 @@ struct Metered {
     frames: u64,
     kernel_drops: u64,
     flows: u64,
+    /// The capture file turned out corrupt or truncated here; the frames
+    /// before it were metered and their flows flushed.
+    cut: Option<CaptureError>,
+}
+
+impl Metered {
+    /// The error to exit with once the flows before a corrupt record have
+    /// been delivered (`what`: where they went).
+    fn cut_error(self, file: Option<&PathBuf>, what: &str) -> anyhow::Result<()> {
+        match self.cut {
+            None => Ok(()),
+            Some(e) => Err(anyhow::Error::new(e).context(format!(
+                "reading {}: the capture ends in a corrupt or truncated record; \
+                 the {} frames before it were metered and their {} flows {what}",
+                file.map(|f| f.display().to_string()).unwrap_or_default(),
+                self.frames,
+                self.flows
+            ))),
+        }
+    }
 }
 
 /// How a metering run is driven.
@@ -180,11 +201,20 @@ fn meter(
             frames: cap.frames,
             kernel_drops: k.dropped,
             flows: flows.records_emitted,
+            cut: None,
         });
     }
     let file = file.ok_or_else(|| anyhow::anyhow!("give a capture file or --interface"))?;
-    let (cap, flows) = meter_file(file, table, pace, stop, progress, sink)
+    let FileMetered {
+        capture: cap,
+        flows,
+        cut,
+    } = meter_file(file, table, pace, stop, progress, sink)
         .with_context(|| format!("reading {}", file.display()))?;
+    if let Some(e) = &cut {
+        warn!(file = %file.display(), error = %e, frames_before = cap.frames,
+            "capture ends in a corrupt or truncated record; metered everything before it");
+    }
     info!(
         frames = cap.frames,
         ip_packets = cap.ip_packets,
@@ -197,6 +227,7 @@ fn meter(
         frames: cap.frames,
         kernel_drops: 0,
         flows: flows.records_emitted,
+        cut,
     })
 }
 
@@ -567,7 +598,7 @@ fn read(
             "live capture stopped"
         );
     }
-    Ok(())
+    m.cut_error(file.as_ref(), "printed")
 }
 
 fn estimate(
@@ -596,7 +627,7 @@ fn estimate(
         bytes += b.request.payload.len() as u64 + 5 + 16;
     };
     let stop = AtomicBool::new(false);
-    meter_file(
+    let metered = meter_file(
         file,
         &mut table,
         None,
@@ -611,11 +642,16 @@ fn estimate(
             Ok(())
         },
     )
-    .with_context(|| format!("reading {}", file.display()))?;
-    for b in batcher.flush(None)? {
+    .with_context(|| format!("reading {}", file.display()));
+    let last = metered.and_then(|m| match m.cut {
+        // An estimate from part of a file would be misleading.
+        Some(e) => Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+        None => Ok(batcher.flush(None)?),
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    for b in last? {
         count(b);
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     let per_flow = if flows > 0 {
         bytes as f64 / flows as f64
     } else {
@@ -1143,7 +1179,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             pending_flows = bs.pending_flows,
             "stopping; unacknowledged batches stay in the disk buffer for the next start"
         );
-        return Ok(());
+        return m.cut_error(pcap.as_ref(), "stored in the disk buffer");
     };
     let stats = stats?;
     rt.block_on(acker)?;
@@ -1189,5 +1225,5 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             stats.flows_rejected
         );
     }
-    Ok(())
+    m.cut_error(pcap.as_ref(), "uploaded")
 }

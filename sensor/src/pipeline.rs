@@ -62,6 +62,11 @@ impl Progress {
 /// the capture's own speed (1.0 = as captured), sleeping between packets and
 /// calling `sink` (possibly with nothing) at least twice a second meanwhile. `stop` ends the
 /// replay early (remaining flows are still flushed).
+///
+/// A corrupt or truncated record (a capture cut short by a killed tcpdump,
+/// say) ends the file there: every packet before it is metered and every
+/// flow flushed as at a clean end, and the error is returned in
+/// [`FileMetered::cut`] for the caller to report.
 pub fn meter_file(
     path: &Path,
     table: &mut FlowTable,
@@ -69,15 +74,22 @@ pub fn meter_file(
     stop: &AtomicBool,
     progress: &Progress,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
-) -> Result<(CaptureStats, FlowStats), MeterError> {
+) -> Result<FileMetered, MeterError> {
     let mut reader = PcapReader::open(path)?;
     let mut stats = CaptureStats::default();
     let mut clock: Option<(i64, Instant)> = None;
+    let mut cut = None;
     // Paced replay goes packet by packet; otherwise in batches, so the flow
     // table can look flows up a batch ahead.
     let batch_size = if pace.is_some() { 1 } else { BATCH };
     loop {
-        let n = reader.fill_batch(batch_size)?;
+        let n = match reader.fill_batch(batch_size) {
+            Ok(n) => n,
+            Err(e) => {
+                cut = Some(e);
+                break;
+            }
+        };
         if n == 0 || stop.load(Ordering::Relaxed) {
             break;
         }
@@ -117,7 +129,21 @@ pub fn meter_file(
     }
     flush(table, &mut sink)?;
     progress.update(&stats, table);
-    Ok((stats, table.stats()))
+    Ok(FileMetered {
+        capture: stats,
+        flows: table.stats(),
+        cut,
+    })
+}
+
+/// What [`meter_file`] did.
+#[derive(Debug)]
+pub struct FileMetered {
+    pub capture: CaptureStats,
+    pub flows: FlowStats,
+    /// The record where the file turned out corrupt or truncated; nothing
+    /// after it was read, everything before it was metered and flushed.
+    pub cut: Option<CaptureError>,
 }
 
 /// Packets decoded before their flows are looked up together (see

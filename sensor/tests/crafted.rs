@@ -472,3 +472,69 @@ fn estimate_reports_link_bytes_per_flow() {
     let small = run(&["--batch-flows", "10"]);
     assert!(small["batches"].as_u64().unwrap() >= flows / 10);
 }
+
+/// A capture cut short (a killed tcpdump) or with a corrupt record header:
+/// every packet before the bad record is metered and printed, then `read`
+/// fails, naming the byte offset. Also when the bad record falls inside a
+/// batch of packets read together.
+#[test]
+fn a_cut_or_corrupt_capture_prints_every_flow_before_the_bad_record_then_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    for i in 0..10u16 {
+        let l4 = udp(30000 + i, 502, b"abcd");
+        p.add(
+            1_000_000 + i as u64,
+            &eth(
+                &[],
+                0x0800,
+                &ipv4([10, 3, 0, 1], [10, 3, 0, 2], 17, i, 0, &l4, l4.len()),
+            ),
+        );
+    }
+    let good = p.0.len();
+    // Each record: 16-byte header + the frame; after the 24-byte file header.
+    let record = (good - 24) / 10;
+    let whole = p.write(dir.path(), "whole.pcap");
+    assert_eq!(read(&whole, &[]).len(), 10);
+
+    // Cut in the middle of the last record's data.
+    let cut = dir.path().join("cut.pcap");
+    std::fs::write(&cut, &p.0[..good - 5]).unwrap();
+    // A record header claiming 1 GiB after the ten good records.
+    let mut bad = p.0.clone();
+    for x in [2u32, 0, 1 << 30, 1 << 30] {
+        bad.extend_from_slice(&x.to_le_bytes());
+    }
+    bad.extend_from_slice(&[0; 64]);
+    let corrupt = dir.path().join("corrupt.pcap");
+    std::fs::write(&corrupt, &bad).unwrap();
+
+    for (path, flows, offset) in [(&cut, 9, good - record), (&corrupt, 10, good)] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
+            .arg("read")
+            .arg(path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        let printed: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(printed.len(), flows, "{}: {stderr}", path.display());
+        assert!(
+            printed
+                .iter()
+                .all(|f| f["c2s_packets"] == 1 && f["end"] == "end_of_input"),
+            "{printed:?}"
+        );
+        assert!(
+            stderr.contains(&format!("corrupt capture at byte {offset}"))
+                && stderr.contains(&format!("their {flows} flows printed")),
+            "{}: {stderr}",
+            path.display()
+        );
+    }
+}

@@ -332,3 +332,56 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
     want.insert("s1".to_string(), expected);
     expect_flows(&stack, &want);
 }
+
+/// A capture cut short in the middle of a record (a killed tcpdump): `run`
+/// uploads every flow metered before the cut, then exits non-zero naming the
+/// record's offset.
+#[test]
+fn a_capture_cut_short_uploads_every_flow_before_the_cut_then_fails() {
+    let stack = Stack::start();
+    stack.migrate();
+    let pki = Pki::new(stack.path().join("pki"));
+    let c = pki.sensor("s-cut", "mv-cut");
+    let port = free_port();
+    let _ingest = stack.ingest(&pki, port, &[]);
+    let _sink = stack.sink("sink", &[]);
+
+    let whole = stack.path().join("whole.pcap");
+    pcapgen::write_udp_flows(&whole, 500, 2, 1_700_000_000).unwrap();
+    let all = totals(&read_flows(&whole));
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = stack.path().join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    // The last packet (Ethernet 14 + IP bytes) is incomplete; its record
+    // header starts that many bytes plus 16 before the end.
+    let last_ip_bytes = 28 + 32;
+    let cut_at = bytes.len() - 16 - 14 - last_ip_bytes;
+
+    let mut s = sensor_run(
+        "sensor",
+        stack.path(),
+        &c,
+        port,
+        &cut,
+        &stack.path().join("state"),
+        &["--batch-flows", "50"],
+    );
+    let st = s.wait(Duration::from_secs(120));
+    let log = s.log_text();
+    assert!(!st.success(), "{log}");
+    assert!(
+        log.contains(&format!("corrupt capture at byte {cut_at}"))
+            && log.contains("their 500 flows uploaded"),
+        "{log}"
+    );
+    let mut want = BTreeMap::new();
+    want.insert(
+        "s-cut".to_string(),
+        Totals {
+            flows: all.flows,
+            packets: all.packets - 1,
+            bytes: all.bytes - last_ip_bytes as u64,
+        },
+    );
+    expect_flows(&stack, &want);
+}

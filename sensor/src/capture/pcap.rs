@@ -112,6 +112,9 @@ pub struct PcapReader<R: Read> {
     offset: u64,
     eof: bool,
     batch: Vec<PacketPos>,
+    /// An error met after some packets of a batch: reported by the next
+    /// `fill_batch`, so the packets before it are not lost.
+    failed: Option<CaptureError>,
 }
 
 /// Where the bytes come from: any reader, or a file read ahead on a helper
@@ -151,6 +154,7 @@ impl<R: Read> PcapReader<R> {
             offset: 0,
             eof: false,
             batch: Vec::new(),
+            failed: None,
         };
         let magic = match reader.available(4, true)? {
             Avail::Ready => {
@@ -274,8 +278,14 @@ impl<R: Read> PcapReader<R> {
     /// Reads up to `max` packets into the current batch, ending it early
     /// where the next record is not buffered yet; at least one packet unless
     /// the file has ended. Returns the batch size (0 = end of file).
+    ///
+    /// A corrupt or truncated record ends the batch before it; the error is
+    /// returned by the next call.
     pub fn fill_batch(&mut self, max: usize) -> Result<usize, CaptureError> {
         self.batch.clear();
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         while self.batch.len() < max {
             let may_move = self.batch.is_empty();
             let step = match self.format {
@@ -283,8 +293,16 @@ impl<R: Read> PcapReader<R> {
                     endian,
                     nanos,
                     linktype,
-                } => self.next_pcap(endian, nanos, linktype, may_move)?,
-                Format::PcapNg { .. } => self.next_pcapng(may_move)?,
+                } => self.next_pcap(endian, nanos, linktype, may_move),
+                Format::PcapNg { .. } => self.next_pcapng(may_move),
+            };
+            let step = match step {
+                Ok(s) => s,
+                Err(e) if self.batch.is_empty() => return Err(e),
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
             };
             match step {
                 Step::Packet(p) => self.batch.push(p),
@@ -582,6 +600,26 @@ mod tests {
         f.truncate(f.len() - 2);
         let mut r = PcapReader::new(&f[..]).unwrap();
         assert!(matches!(r.next_packet(), Err(CaptureError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn packets_before_a_corrupt_record_in_the_same_batch_are_kept() {
+        let mut f = pcap_file(false, false, &[(1, 0, b"abc"), (2, 0, b"defg")]);
+        let good = f.len() as u64;
+        // A record header claiming more than any record may hold.
+        for x in [3u32, 0, u32::MAX, u32::MAX] {
+            f.extend_from_slice(&x.to_le_bytes());
+        }
+        let mut r = PcapReader::new(&f[..]).unwrap();
+        assert_eq!(r.fill_batch(64).unwrap(), 2);
+        assert_eq!(r.batch_packet(1).data, b"defg");
+        match r.fill_batch(64) {
+            Err(CaptureError::Corrupt { offset, reason }) => {
+                assert_eq!(offset, good);
+                assert!(reason.contains("too large"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
