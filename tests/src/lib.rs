@@ -354,8 +354,45 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Prints the last lines of every process log of this stack (the
+    /// collector's, the sensors', the broker's and ClickHouse's errors).
+    pub fn dump_logs(&self) {
+        let stack = self.path().join("stack");
+        let mut logs: Vec<PathBuf> = [self.path().to_path_buf(), stack.join("kafka")]
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.push(stack.join("clickhouse/log/clickhouse-server.err.log"));
+        logs.sort();
+        for log in logs {
+            let Ok(text) = fs::read_to_string(&log) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!(
+                "----- {} (last {} of {} lines)\n{}",
+                log.display(),
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+            // Kept for a closer look (the services are stopped below).
+            self.dir.disable_cleanup(true);
+            eprintln!("----- test directory kept: {}", self.path().display());
+        }
         let _ = Command::new(root().join("deploy/local/stack.sh"))
             .arg("stop")
             .arg(self.dir.path().join("stack"))
@@ -539,11 +576,27 @@ pub fn ch_totals(stack: &Stack, table: &str) -> BTreeMap<String, Totals> {
 /// Waits until the exactly-once `flows` view holds exactly `want` per sensor,
 /// then checks that nothing more arrives.
 pub fn expect_flows(stack: &Stack, want: &BTreeMap<String, Totals>) {
-    wait_until(
-        Duration::from_secs(120),
-        "the expected flows in ClickHouse",
-        || (ch_totals(stack, "flows") == *want).then_some(()),
-    );
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = ch_totals(stack, "flows");
+        if got == *want {
+            break;
+        }
+        if Instant::now() > end {
+            let raw = ch_totals(stack, "flows_raw");
+            let ledger = stack
+                .query("SELECT sensor_id, count(), uniqExact(seq), max(seq) FROM tidewatch.batches GROUP BY sensor_id")
+                .unwrap_or_else(|e| e);
+            panic!(
+                "timed out after 120 s waiting for the expected flows in ClickHouse\n\
+                 want:      {want:?}\n\
+                 flows:     {got:?}\n\
+                 flows_raw: {raw:?}\n\
+                 batches ledger (sensor, rows, distinct seqs, max seq):\n{ledger}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         &ch_totals(stack, "flows"),

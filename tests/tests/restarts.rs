@@ -28,14 +28,21 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
     let s1 = pki.sensor("s1", "mv-crashes");
     let port = free_port();
     let mut ingest = stack.ingest(&pki, port, &[]);
-    // A static group member (KIP-345): a sink restarted under the same
-    // instance id takes the crashed one's partitions at once instead of
-    // waiting for its session to expire (the test broker never expires it).
-    let member = ["--kafka-option", "group.instance.id=sink-a"];
-    let mut sink = stack.sink("sink-0", &member);
+    // Every sink incarnation joins a consumer group of its own, so it starts
+    // from the beginning of the topic and must skip, through the batch
+    // ledger, everything its predecessors stored: a harder case than
+    // resuming from committed offsets. (Resuming within one group is tested
+    // in spine.rs. Here the broker itself is restarted too, and the test
+    // broker, tansu 0.6, can leave a group without assignments when its
+    // members change around its own restart: seen as a group "Formed" with
+    // no assignments, or "Forming" under a leader that is no longer a
+    // member. Apache Kafka reassigns after the session timeout.)
+    let sink_in_own_group = |name: &str| stack.sink(name, &["--group", name]);
+    let mut sink = sink_in_own_group("sink-0");
 
-    // 30000 flows over 30 s of capture time replayed at 0.5x: a steady
-    // stream of small batches for about a minute.
+    // 30000 flows over 30 s of capture time replayed at 0.4x: a steady
+    // stream of small batches for 75 s, long enough for two rounds of
+    // crashes.
     let pcap = stack.path().join("stream.pcap");
     pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
     let expected = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
@@ -50,7 +57,7 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
             "--idle-timeout",
             "0.5",
             "--replay-speed",
-            "0.5",
+            "0.4",
             "--batch-flows",
             "100",
             "--ack-timeout",
@@ -59,32 +66,35 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
             "2",
         ],
     );
-    let n = progress(&stack, 0, "first flows stored");
+    let mut n = progress(&stack, 0, "first flows stored");
 
-    // 1. ingest crashes and restarts on the same port.
-    ingest.kill();
-    std::thread::sleep(Duration::from_secs(2));
-    ingest = stack.ingest(&pki, port, &[]);
-    let n = progress(&stack, n, "flows after the ingest restart");
+    for round in 1..=2 {
+        // 1. ingest crashes and restarts on the same port.
+        ingest.kill();
+        std::thread::sleep(Duration::from_secs(2));
+        ingest = stack.ingest(&pki, port, &[]);
+        n = progress(&stack, n, "flows after the ingest restart");
 
-    // 2. the sink crashes (between any two steps) and a new one takes over.
-    sink.kill();
-    std::thread::sleep(Duration::from_secs(1));
-    sink = stack.sink("sink-1", &member);
-    let n = progress(&stack, n, "flows after the sink restart");
+        // 2. the sink crashes (between any two steps) and a new one takes over.
+        sink.kill();
+        std::thread::sleep(Duration::from_secs(1));
+        sink = sink_in_own_group(&format!("sink-{round}"));
+        n = progress(&stack, n, "flows after the sink restart");
 
-    // 3. the broker crashes; ingest answers "unavailable", the sensor keeps
-    // its batches, the sink waits; then the broker is back with its data.
-    stack.kill_kafka();
-    std::thread::sleep(Duration::from_secs(3));
-    stack.start_kafka();
-    let n = progress(&stack, n, "flows after the broker restart");
+        // 3. the broker crashes; ingest answers "unavailable", the sensor
+        // keeps its batches, the sink waits; then the broker is back with
+        // its data.
+        stack.kill_kafka();
+        std::thread::sleep(Duration::from_secs(3));
+        stack.start_kafka();
+        n = progress(&stack, n, "flows after the broker restart");
 
-    // 4. ClickHouse crashes; the sink retries without committing.
-    stack.kill_clickhouse();
-    std::thread::sleep(Duration::from_secs(3));
-    stack.start_clickhouse();
-    progress(&stack, n, "flows after the ClickHouse restart");
+        // 4. ClickHouse crashes; the sink retries without committing.
+        stack.kill_clickhouse();
+        std::thread::sleep(Duration::from_secs(3));
+        stack.start_clickhouse();
+        n = progress(&stack, n, "flows after the ClickHouse restart");
+    }
 
     assert!(
         s.try_wait().is_none(),
