@@ -2,7 +2,7 @@
 """Sensor metering benchmark: packets/s of `tidewatch-sensor read` side by side
 with `softflowd -r` on the same capture, and peak RSS with many concurrent flows.
 
-  deploy/local/bench-sensor.py [--flows 100000] [--packets-per-flow 10]
+  deploy/local/bench-sensor.py [--flows 100000] [--packets-per-flow 10] [--repeat 7]
 
 Builds a capture of FLOWS concurrent flows (interleaved round-robin, so all
 are open at once: Modbus/TCP polls, NMEA 0183 over UDP and opaque TCP), then
@@ -72,21 +72,28 @@ def build(path, flows, per_flow):
 
 
 def run(cmd):
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Wall time, CPU time and peak RSS (KiB) of one run of cmd."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
-        sys.exit(f"{cmd[0]} failed: {p.stderr.decode()[-2000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, after.ru_maxrss
+        sys.exit(f"{cmd[0]} failed: {err.decode()[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--flows", type=int, default=100_000)
     ap.add_argument("--packets-per-flow", type=int, default=10)
+    ap.add_argument("--repeat", type=int, default=7, help="runs of each tool (medians are reported)")
     a = ap.parse_args()
     sensor = os.path.join(ROOT, "target", "release", "tidewatch-sensor")
     if not os.path.exists(sensor):
@@ -106,14 +113,22 @@ def main():
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        tw = run([sensor, "read", pcap])
-        sf = run([softflowd, "-r", pcap, "-n", f"127.0.0.1:{port}", "-v", "10", "-m", str(a.flows * 2)])
+        tws, sfs = [], []
+        # Interleaved, so a slow spell of a shared machine hits both tools.
+        for _ in range(a.repeat):
+            tws.append(run([sensor, "read", pcap]))
+            sfs.append(run([softflowd, "-r", pcap, "-n", f"127.0.0.1:{port}", "-v", "10", "-m", str(a.flows * 2)]))
         s.close()
-        print(f"tidewatch-sensor read: {tw[0]:.2f} s wall, {tw[1]:.2f} s CPU = {n / tw[0]:,.0f} packets/s; peak RSS {tw[2] / 1024:.1f} MiB")
-        print(f"softflowd -r:          {sf[0]:.2f} s wall, {sf[1]:.2f} s CPU = {n / sf[0]:,.0f} packets/s")
-        print(f"ratio: tidewatch is {sf[0] / tw[0]:.2f}x softflowd (wall time, same capture, same run)")
+        tw = [median([r[i] for r in tws]) for i in range(3)]
+        sf = [median([r[i] for r in sfs]) for i in range(3)]
+        ratios = sorted(f[0] / t[0] for t, f in zip(tws, sfs))
+        print(f"{a.repeat} runs of each, interleaved; medians:")
+        print(f"tidewatch-sensor read: {tw[0]:.3f} s wall, {tw[1]:.3f} s CPU = {n / tw[0]:,.0f} packets/s; "
+              f"peak RSS {max(r[2] for r in tws) / 1024:.1f} MiB (largest of the runs)")
+        print(f"softflowd -r:          {sf[0]:.3f} s wall, {sf[1]:.3f} s CPU = {n / sf[0]:,.0f} packets/s")
+        print(f"ratio: tidewatch is {sf[0] / tw[0]:.2f}x softflowd (median wall times, same capture; "
+              f"per pair {ratios[0]:.2f}x to {ratios[-1]:.2f}x)")
         print(f"       {sf[1] / tw[1]:.2f}x in CPU time (read uses helper threads for file input and JSON output)")
-
 
 if __name__ == "__main__":
     main()

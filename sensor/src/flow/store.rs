@@ -246,6 +246,16 @@ impl FlowStore {
         prefetch(&self.slots[at]);
     }
 
+    /// Starts loading entry `idx` into the CPU caches.
+    #[inline]
+    pub fn prefetch_slot(&self, idx: u32) {
+        let b = self.get(idx) as *const Entry as *const u8;
+        prefetch(b);
+        prefetch(b.wrapping_add(64));
+        prefetch(b.wrapping_add(128));
+        prefetch(b.wrapping_add(std::mem::size_of::<Entry>() - 1));
+    }
+
     /// Starts loading the entry a lookup of (`key`, `hash`) will probably
     /// end at (the first index word with the same hash bits).
     #[inline]
@@ -259,12 +269,7 @@ impl FlowStore {
                 return;
             }
             if w >> 32 == tag {
-                let e: *const Entry = self.get((w as u32) - 1);
-                let b = e as *const u8;
-                prefetch(b);
-                prefetch(b.wrapping_add(64));
-                prefetch(b.wrapping_add(128));
-                prefetch(b.wrapping_add(std::mem::size_of::<Entry>() - 1));
+                self.prefetch_slot((w as u32) - 1);
                 return;
             }
             at = (at + 1) & mask;
