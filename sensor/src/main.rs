@@ -598,7 +598,12 @@ fn read(
             "live capture stopped"
         );
     }
-    m.cut_error(file.as_ref(), "printed")
+    let delivered = if assets {
+        "metered, and the inventory printed"
+    } else {
+        "printed"
+    };
+    m.cut_error(file.as_ref(), delivered)
 }
 
 fn estimate(

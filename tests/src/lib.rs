@@ -352,9 +352,7 @@ impl Stack {
         p.wait_log("sink started", Duration::from_secs(90));
         p
     }
-}
 
-impl Stack {
     /// Prints the last lines of every process log of this stack (the
     /// collector's, the sensors', the broker's and ClickHouse's errors).
     pub fn dump_logs(&self) {

@@ -1135,8 +1135,11 @@ mod counter_tests {
                 TCP_ACK,
             ));
         }
-        let mut want: Vec<(i64, FlowKey)> =
-            t.flows.iter().map(|(_, e)| (e.flow.first_us, e.key)).collect();
+        let mut want: Vec<(i64, FlowKey)> = t
+            .flows
+            .iter()
+            .map(|(_, e)| (e.flow.first_us, e.key))
+            .collect();
         want.sort();
         let want: Vec<(i64, Vec<u8>, u32)> = want
             .iter()
