@@ -492,7 +492,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
+            // One plain line (as the collector does), not a log line as well.
             eprintln!("tidewatch-sensor: error: {e:#}");
             ExitCode::FAILURE
         }
