@@ -138,20 +138,20 @@ struct Metered {
     frames: u64,
     kernel_drops: u64,
     flows: u64,
-    /// The capture file turned out corrupt or truncated here; the frames
-    /// before it were metered and their flows flushed.
+    /// Why reading the capture file stopped early (corrupt or truncated
+    /// record, read error); the frames before were metered and flushed.
     cut: Option<CaptureError>,
 }
 
 impl Metered {
-    /// The error to exit with once the flows before a corrupt record have
+    /// The error to exit with once the flows before an early stop have
     /// been delivered (`what`: where they went).
     fn cut_error(self, file: Option<&PathBuf>, what: &str) -> anyhow::Result<()> {
         match self.cut {
             None => Ok(()),
             Some(e) => Err(anyhow::Error::new(e).context(format!(
-                "reading {}: the capture ends in a corrupt or truncated record; \
-                 the {} frames before it were metered and their {} flows {what}",
+                "reading {} stopped early; the {} frames before were metered and \
+                 their {} flows {what}",
                 file.map(|f| f.display().to_string()).unwrap_or_default(),
                 self.frames,
                 self.flows
@@ -213,7 +213,7 @@ fn meter(
         .with_context(|| format!("reading {}", file.display()))?;
     if let Some(e) = &cut {
         warn!(file = %file.display(), error = %e, frames_before = cap.frames,
-            "capture ends in a corrupt or truncated record; metered everything before it");
+            "capture read stopped early (corrupt, truncated or unreadable); metered everything before");
     }
     info!(
         frames = cap.frames,

@@ -66,7 +66,8 @@ impl Progress {
 /// A corrupt or truncated record (a capture cut short by a killed tcpdump,
 /// say) ends the file there: every packet before it is metered and every
 /// flow flushed as at a clean end, and the error is returned in
-/// [`FileMetered::cut`] for the caller to report.
+/// [`FileMetered::cut`] for the caller to report. A read error of the file
+/// is handled the same way.
 pub fn meter_file(
     path: &Path,
     table: &mut FlowTable,
@@ -141,8 +142,9 @@ pub fn meter_file(
 pub struct FileMetered {
     pub capture: CaptureStats,
     pub flows: FlowStats,
-    /// The record where the file turned out corrupt or truncated; nothing
-    /// after it was read, everything before it was metered and flushed.
+    /// Why reading stopped before the end of the file (a corrupt or
+    /// truncated record, or a read error); everything before was metered
+    /// and flushed.
     pub cut: Option<CaptureError>,
 }
 
