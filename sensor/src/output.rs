@@ -14,6 +14,20 @@ fn secs(us: i64) -> f64 {
     us as f64 / 1e6
 }
 
+/// The counter keys of one direction, in output order.
+const C2S_KEYS: [&[u8]; 4] = [
+    b",\"c2s_packets\":",
+    b",\"c2s_bytes\":",
+    b",\"c2s_payload_bytes\":",
+    b",\"c2s_tcp_flags\":",
+];
+const S2C_KEYS: [&[u8]; 4] = [
+    b",\"s2c_packets\":",
+    b",\"s2c_bytes\":",
+    b",\"s2c_payload_bytes\":",
+    b",\"s2c_tcp_flags\":",
+];
+
 /// Appends one flow as a JSON object and a newline to `out`.
 ///
 /// Keys, in this order (the documented interface): `client_ip`,
@@ -40,25 +54,14 @@ pub fn write_flow_json(out: &mut Vec<u8>, r: &FlowRecord) {
     write_str(out, &transport_name(r.ip_protocol));
     out.extend_from_slice(b",\"ip_protocol\":");
     write_int(out, r.ip_protocol);
-    let c2s = r.c2s.unwrap_or_default();
-    let s2c = r.s2c.unwrap_or_default();
-    // Literal keys, one by one: each copy is then a few moves, not a call.
-    out.extend_from_slice(b",\"c2s_packets\":");
-    write_int(out, c2s.packets);
-    out.extend_from_slice(b",\"c2s_bytes\":");
-    write_int(out, c2s.ip_bytes);
-    out.extend_from_slice(b",\"c2s_payload_bytes\":");
-    write_int(out, c2s.payload_bytes);
-    out.extend_from_slice(b",\"c2s_tcp_flags\":");
-    write_int(out, c2s.tcp_flags);
-    out.extend_from_slice(b",\"s2c_packets\":");
-    write_int(out, s2c.packets);
-    out.extend_from_slice(b",\"s2c_bytes\":");
-    write_int(out, s2c.ip_bytes);
-    out.extend_from_slice(b",\"s2c_payload_bytes\":");
-    write_int(out, s2c.payload_bytes);
-    out.extend_from_slice(b",\"s2c_tcp_flags\":");
-    write_int(out, s2c.tcp_flags);
+    for (keys, d) in [(&C2S_KEYS, r.c2s), (&S2C_KEYS, r.s2c)] {
+        let d = d.unwrap_or_default();
+        let values = [d.packets, d.ip_bytes, d.payload_bytes, d.tcp_flags as u64];
+        for (key, v) in keys.iter().zip(values) {
+            out.extend_from_slice(key);
+            write_int(out, v);
+        }
+    }
     out.extend_from_slice(b",\"first_seen\":");
     write_secs(out, r.first_seen_us);
     out.extend_from_slice(b",\"last_seen\":");
@@ -142,7 +145,7 @@ fn write_ip(out: &mut Vec<u8>, b: &[u8]) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                write_octet(out, o);
+                write_int(out, o);
             }
         }
         16 => {
@@ -154,17 +157,6 @@ fn write_ip(out: &mut Vec<u8>, b: &[u8]) {
                 let _ = write!(out, "{x:02x}");
             }
         }
-    }
-}
-
-/// A byte in decimal.
-#[inline]
-fn write_octet(out: &mut Vec<u8>, o: u8) {
-    let (h, t, u) = (b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10);
-    match o {
-        0..=9 => out.push(u),
-        10..=99 => out.extend_from_slice(&[t, u]),
-        _ => out.extend_from_slice(&[h, t, u]),
     }
 }
 
