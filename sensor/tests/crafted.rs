@@ -105,6 +105,12 @@ fn udp(sp: u16, dp: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
+/// An Ethernet frame of one unfragmented IPv4 UDP datagram (`l4`: header
+/// and payload, from [`udp`]).
+fn eth_udp4(src: [u8; 4], dst: [u8; 4], id: u16, l4: &[u8]) -> Vec<u8> {
+    eth(&[], 0x0800, &ipv4(src, dst, 17, id, 0, l4, l4.len()))
+}
+
 fn tcp(sp: u16, dp: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut t = Vec::new();
     t.extend_from_slice(&sp.to_be_bytes());
@@ -213,26 +219,21 @@ fn idle_timeout_and_flow_cap() {
     let mut p = Pcap::new(1);
     // One conversation with a 90 s gap: two flows at --idle-timeout 60.
     for t in [0u64, 10, 100] {
-        let l4 = udp(40000, 47808, &[0x81, 0x0b, 0, 8, 1, 0, 0x10, 8]);
         p.add(
             t * 1_000_000,
-            &eth(
-                &[],
-                0x0800,
-                &ipv4([10, 1, 1, 1], [10, 1, 1, 255], 17, 1, 0, &l4, l4.len()),
+            &eth_udp4(
+                [10, 1, 1, 1],
+                [10, 1, 1, 255],
+                1,
+                &udp(40000, 47808, &[0x81, 0x0b, 0, 8, 1, 0, 0x10, 8]),
             ),
         );
     }
     // 500 distinct flows within a second.
     for i in 0..500u16 {
-        let l4 = udp(20000 + i, 5000, b"x");
         p.add(
             200_000_000 + i as u64,
-            &eth(
-                &[],
-                0x0800,
-                &ipv4([10, 2, 0, 1], [10, 2, 0, 2], 17, i, 0, &l4, l4.len()),
-            ),
+            &eth_udp4([10, 2, 0, 1], [10, 2, 0, 2], i, &udp(20000 + i, 5000, b"x")),
         );
     }
     let path = p.write(dir.path(), "timeouts.pcap");
@@ -410,14 +411,9 @@ fn replay_at_capture_speed_takes_the_capture_time() {
     let mut p = Pcap::new(1);
     // Three packets spanning 2 s of capture time.
     for t in [0u64, 1_000_000, 2_000_000] {
-        let l4 = udp(50000, 10110, GGA);
         p.add(
             1_000_000_000 + t,
-            &eth(
-                &[],
-                0x0800,
-                &ipv4([10, 3, 0, 1], [10, 3, 0, 2], 17, 1, 0, &l4, l4.len()),
-            ),
+            &eth_udp4([10, 3, 0, 1], [10, 3, 0, 2], 1, &udp(50000, 10110, GGA)),
         );
     }
     let path = p.write(dir.path(), "paced.pcap");
@@ -482,13 +478,13 @@ fn a_cut_or_corrupt_capture_prints_every_flow_before_the_bad_record_then_fails()
     let dir = tempfile::tempdir().unwrap();
     let mut p = Pcap::new(1);
     for i in 0..10u16 {
-        let l4 = udp(30000 + i, 502, b"abcd");
         p.add(
             1_000_000 + i as u64,
-            &eth(
-                &[],
-                0x0800,
-                &ipv4([10, 3, 0, 1], [10, 3, 0, 2], 17, i, 0, &l4, l4.len()),
+            &eth_udp4(
+                [10, 3, 0, 1],
+                [10, 3, 0, 2],
+                i,
+                &udp(30000 + i, 502, b"abcd"),
             ),
         );
     }
