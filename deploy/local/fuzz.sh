@@ -4,7 +4,9 @@
 #
 #   deploy/local/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Default: 30 s for each of the 14 targets. cargo fuzz needs nightly
+# Default: 30 s for each of the 3 targets: decode (link/IP/transport
+# headers), capture (pcap/pcapng reader) and protocols (every parser of the
+# protocol registry, the first input byte picking which). cargo fuzz needs nightly
 # compiler flags; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
 # A crash or a leak/OOM stops the run with libFuzzer's report and the input
 # saved under sensor/fuzz/artifacts/.
@@ -15,7 +17,7 @@ shift || true
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode capture modbus dnp3 s7comm enip bacnet iec104 opcua nmea dns tls http mqtt)
+  targets=(decode capture protocols)
 fi
 # Seed the capture target with the reference corpus.
 seeds=fuzz/corpus/capture

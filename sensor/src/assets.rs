@@ -23,7 +23,7 @@ use std::path::Path;
 use tidewatch_proto::v1::{AssetObservation, OperationClass};
 
 use crate::flow::ip_bytes;
-use crate::protocols::AppProto;
+use crate::protocols::{AppProto, Roles};
 
 /// Addresses kept per asset.
 pub const MAX_IPS: usize = 16;
@@ -162,13 +162,9 @@ impl AssetTable {
     ) {
         let Some(app) = app else { return };
         let name = app.name();
-        let (client_role, server_role): (Option<&'static str>, Option<&'static str>) = match app {
-            AppProto::Modbus
-            | AppProto::S7comm
-            | AppProto::S7commPlus
-            | AppProto::Dnp3
-            | AppProto::Enip
-            | AppProto::Iec104 => {
+        let (client_role, server_role) = match app.protocol().roles {
+            Roles::None => (None, None),
+            Roles::Controller => {
                 let writes = client_classes.iter().any(|c| {
                     matches!(
                         c,
@@ -184,10 +180,7 @@ impl AssetTable {
                     Some("controller"),
                 )
             }
-            AppProto::Opcua => (Some("ot_client"), Some("opcua_server")),
-            AppProto::Bacnet => (Some("bacnet_device"), Some("bacnet_device")),
-            AppProto::Nmea0183 => (Some("navigation_device"), None),
-            _ => (None, None),
+            Roles::Fixed { client, server } => (client, server),
         };
         for (side, role) in [(client, client_role), (server, server_role)] {
             let Some(mac) = side.mac else { continue };
@@ -270,7 +263,7 @@ mod tests {
                 mac: Some(m),
                 ip: &[],
             },
-            Some(AppProto::Modbus),
+            AppProto::by_name("modbus"),
             &[],
             3,
         );

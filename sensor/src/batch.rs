@@ -9,10 +9,11 @@
 //! seqs need to increase, not to be contiguous.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+
+use crate::state_file::{self, Durability};
 pub use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{
     AssetObservation, Batch, Encoding, FlowRecord, OperationClass, SensorStatus, UploadRequest,
@@ -74,19 +75,17 @@ impl SeqStore {
     }
 
     fn persist(&self, value: u64) -> Result<(), StateError> {
-        let io = |source| StateError::Io {
+        // Synced: a seq reused after a power loss would be dropped ashore
+        // as a duplicate.
+        state_file::replace(
+            &self.path,
+            format!("{value}\n").as_bytes(),
+            Durability::Synced,
+        )
+        .map_err(|source| StateError::Io {
             path: self.path.clone(),
             source,
-        };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        writeln!(f, "{value}").map_err(io)?;
-        f.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        Ok(())
+        })
     }
 }
 

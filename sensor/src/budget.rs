@@ -11,11 +11,11 @@
 //! (`STATE_DIR/budget`), so a reboot does not grant a fresh allowance.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Class;
+use crate::state_file::{self, Durability};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
@@ -207,10 +207,10 @@ impl DailyBudget {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        writeln!(f, "{} {}", self.period_idx, self.used).map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
+        // Atomic, not synced: a power loss forgets at most the last
+        // second's use, as a crash does.
+        let line = format!("{} {}\n", self.period_idx, self.used);
+        state_file::replace(&self.path, line.as_bytes(), Durability::Atomic).map_err(io)?;
         self.dirty = false;
         Ok(())
     }

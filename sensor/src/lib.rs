@@ -4,6 +4,7 @@
 //! - [`decode`]: link/IP/transport header decoding.
 //! - [`flow`]: the bidirectional flow table and its timeouts.
 //! - [`batch`]: batches with persistent, strictly increasing sequence numbers.
+//! - [`forward`]: the forwarding half: disk buffer → uplink → acks, within the budget.
 //! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
 //! - [`buffer`]: the disk buffer batches wait in until the collector acks them,
 //!   one part per upload priority class.
@@ -18,6 +19,7 @@ pub mod buffer;
 pub mod capture;
 pub mod decode;
 pub mod flow;
+pub mod forward;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
@@ -25,4 +27,5 @@ pub mod prefault;
 pub mod protocols;
 pub mod ratelimit;
 pub mod slab;
+pub mod state_file;
 pub mod uplink;

@@ -11,12 +11,14 @@
 
 use std::path::{Path, PathBuf};
 
+use super::record::{self, SEGMENT_HEADER};
 use super::{
-    record_len, BufferConfig, BufferError, BufferStats, DiskBuffer, OpenReport, Reader, Stored,
-    WhenFull, HEADER,
+    BufferConfig, BufferError, BufferStats, DiskBuffer, OpenReport, Reader, Stored, WhenFull,
 };
 use crate::batch::{Class, PreparedBatch};
 
+/// The disk buffer of a running sensor: one [`DiskBuffer`] per upload
+/// class under one shared size cap.
 pub struct ClassedBuffer {
     max_bytes: u64,
     when_full: WhenFull,
@@ -83,7 +85,8 @@ impl ClassedBuffer {
     /// Appends `b` to its class, making room under the shared cap first.
     /// Returns false if it was refused (drop-newest and full).
     pub fn append(&mut self, b: &PreparedBatch) -> Result<bool, BufferError> {
-        let need = record_len(b) + HEADER as u64;
+        // Room for the record, and for a new segment's header if it opens one.
+        let need = record::len(b) + SEGMENT_HEADER as u64;
         while self.stats().bytes + need > self.max_bytes {
             match self.when_full {
                 WhenFull::DropNewest => {

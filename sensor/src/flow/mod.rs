@@ -6,9 +6,9 @@
 //! 1. a TCP SYN without ACK: its sender is the client (SYN+ACK: its sender is
 //!    the server);
 //! 2. otherwise the sender of the first packet seen is the client, unless its
-//!    port is a well-known server port (below 1024 or a registered OT/maritime
-//!    port such as 502, 20000, 102, 44818, 2222, 47808, 2404, 4840, 10110,
-//!    1027, 1883) and the receiver's port is not: then the receiver is.
+//!    port is a well-known server port (below 1024, or one a protocol declares
+//!    in [`crate::protocols::PROTOCOLS`]) and the receiver's port is not: then
+//!    the receiver is.
 //!
 //! The application protocol is identified from payloads, never from ports
 //! (see [`crate::protocols`]).
@@ -212,26 +212,18 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Ports treated as "server side" for orientation when no handshake is seen.
-const SERVER_PORTS: &[u16] = &[
-    502,   // Modbus/TCP
-    1027,  // IEC 61162-450 (common default)
-    1900,  // SSDP
-    5353,  // mDNS
-    1883,  // MQTT
-    2222,  // EtherNet/IP implicit I/O
-    2404,  // IEC 60870-5-104
-    4840,  // OPC UA
-    8883,  // MQTT over TLS
-    10110, // NMEA 0183 over TCP/UDP
-    20000, // DNP3
-    44818, // EtherNet/IP
-    47808, // BACnet/IP
-    60001, // IEC 61162-450 multicast groups start around here
+/// Server ports of services the sensor has no parser for (the parsed
+/// protocols declare theirs in [`crate::protocols::PROTOCOLS`]).
+const OTHER_SERVER_PORTS: &[u16] = &[
+    1900, // SSDP
 ];
 
+/// A port treated as "server side" for orientation when no handshake is
+/// seen: below 1024, or a well-known port of a protocol.
 fn is_server_port(p: u16) -> bool {
-    (p != 0 && p < 1024) || SERVER_PORTS.contains(&p)
+    (p != 0 && p < 1024)
+        || crate::protocols::is_known_server_port(p)
+        || OTHER_SERVER_PORTS.contains(&p)
 }
 
 /// Which endpoint of the first packet is the client: `true` = the sender.

@@ -4,7 +4,21 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Ops};
+use super::{be16, Observer, Ops, Protocol, Roles};
+
+/// BACnet/IP (UDP 47808): devices talk to each other, both ends are
+/// `bacnet_device`s.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "bacnet",
+    tcp: None,
+    udp: Some(detect),
+    server_ports: &[47808],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Fixed {
+        client: Some("bacnet_device"),
+        server: Some("bacnet_device"),
+    },
+};
 
 /// The NPDU of a BVLC datagram, if it has one; `None` if BVLC is invalid.
 ///

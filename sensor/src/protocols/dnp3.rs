@@ -5,7 +5,17 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::Ops;
+use super::{Observer, Ops, Protocol, Roles};
+
+/// DNP3 over TCP or UDP: a controller protocol on 20000.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "dnp3",
+    tcp: Some(detect),
+    udp: Some(detect),
+    server_ports: &[20000],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Controller,
+};
 
 /// CRC-16/DNP (polynomial 0x3D65, reflected, final complement).
 fn crc(data: &[u8]) -> u16 {

@@ -2,7 +2,17 @@
 //! with a plausible opcode and counts, and a question whose name parses to
 //! the end with a sane type and class. Query names become indicators.
 
-use super::{be16, Indicators};
+use super::{be16, Indicators, Observer, Protocol, Roles};
+
+/// DNS over UDP or TCP (53; mDNS on 5353): query names as indicators.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "dns",
+    tcp: Some(detect_tcp),
+    udp: Some(detect),
+    server_ports: &[53, 5353],
+    observe: Observer::Indicators(|p, ind| observe(p.data, p.transport, ind)),
+    roles: Roles::None,
+};
 
 /// Parses the first question: (name, offset after qtype/qclass).
 fn question(p: &[u8]) -> Option<(String, u16, u16)> {

@@ -5,7 +5,18 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{le16, le32, Ops};
+use super::{le16, le32, Observer, Ops, Protocol, Roles};
+
+/// EtherNet/IP with CIP: explicit messaging on TCP/UDP 44818, implicit
+/// I/O on UDP 2222; a controller protocol.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "enip",
+    tcp: Some(detect_tcp),
+    udp: Some(detect_udp),
+    server_ports: &[44818, 2222],
+    observe: Observer::Operations(|p, ops| observe(p.data, p.transport, ops)),
+    roles: Roles::Controller,
+};
 
 const COMMANDS: &[u16] = &[
     0x0001, 0x0004, 0x0063, 0x0064, 0x0065, 0x0066, 0x006F, 0x0070,

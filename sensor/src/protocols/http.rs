@@ -1,7 +1,17 @@
 //! HTTP/1.x: a request line (known method, target, `HTTP/1.x`) or a status
 //! line. The Host header of requests is an indicator.
 
-use super::Indicators;
+use super::{Indicators, Observer, Protocol, Roles};
+
+/// HTTP/1: the request's Host as an indicator.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "http",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[80],
+    observe: Observer::Indicators(|p, ind| observe(p.data, p.from_client, ind)),
+    roles: Roles::None,
+};
 
 const METHODS: &[&[u8]] = &[
     b"GET ",

@@ -4,7 +4,17 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::Ops;
+use super::{Observer, Ops, Protocol, Roles};
+
+/// IEC 60870-5-104 (TCP 2404): a controller protocol.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "iec104",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[2404],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Controller,
+};
 
 fn apdus(p: &[u8]) -> Option<Vec<&[u8]>> {
     let mut out = Vec::new();

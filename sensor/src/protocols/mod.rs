@@ -39,41 +39,103 @@ pub const MAX_INDICATORS: usize = 16;
 /// Longest indicator kept, in bytes.
 pub const MAX_INDICATOR_LEN: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AppProto {
-    Modbus,
-    Dnp3,
-    S7comm,
-    S7commPlus,
-    Enip,
-    Bacnet,
-    Iec104,
-    Opcua,
-    Nmea0183,
-    Dns,
-    Tls,
-    Http,
-    Mqtt,
+/// One protocol, described once: everything the sensor knows of it outside
+/// its parser. [`PROTOCOLS`] lists them all; detection, dispatch, the
+/// server-port list of flow orientation, asset roles and the fuzz target
+/// are all driven from there.
+pub struct Protocol {
+    /// The stable lowercase name used in records and in ClickHouse.
+    pub name: &'static str,
+    /// Validates the protocol's framing on one TCP payload (never the port).
+    pub tcp: Option<fn(&[u8]) -> bool>,
+    /// The same over UDP.
+    pub udp: Option<fn(&[u8]) -> bool>,
+    /// Well-known server ports: orient a flow whose start was not seen
+    /// (identification itself never looks at ports).
+    pub server_ports: &'static [u16],
+    /// What the parser takes from each payload of an identified flow.
+    pub observe: Observer,
+    /// Asset roles the two ends of such a flow get.
+    pub roles: Roles,
 }
 
+/// One payload of an identified flow, as a parser sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub data: &'a [u8],
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub transport: u8,
+    /// Sent by the flow's client.
+    pub from_client: bool,
+}
+
+/// A protocol's parser: operations (OT protocols) or indicators (names the
+/// traffic reveals: DNS queries, TLS SNI, HTTP Host).
+#[derive(Clone, Copy)]
+pub enum Observer {
+    Operations(fn(Payload<'_>, &mut Ops<'_>)),
+    Indicators(fn(Payload<'_>, &mut Indicators<'_>)),
+}
+
+/// Asset roles from a flow of the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roles {
+    /// None.
+    None,
+    /// A controller protocol: the server is a `controller`; the client an
+    /// `engineering_station` if it wrote, controlled or programmed, else an
+    /// `ot_client`.
+    Controller,
+    /// Fixed roles for the client and the server.
+    Fixed {
+        client: Option<&'static str>,
+        server: Option<&'static str>,
+    },
+}
+
+/// Every protocol, in detection order: a payload is named by the first
+/// whose detector for its transport accepts it (the stricter framings come
+/// first). Adding a protocol: a module with its `PROTOCOL` and one line here.
+pub const PROTOCOLS: &[&Protocol] = &[
+    &s7comm::CLASSIC,
+    &s7comm::PLUS,
+    &modbus::PROTOCOL,
+    &bacnet::PROTOCOL,
+    &dnp3::PROTOCOL,
+    &iec104::PROTOCOL,
+    &enip::PROTOCOL,
+    &opcua::PROTOCOL,
+    &tls::PROTOCOL,
+    &http::PROTOCOL,
+    &mqtt::PROTOCOL,
+    &nmea::PROTOCOL,
+    &dns::PROTOCOL,
+];
+
+/// An identified application protocol: its place in [`PROTOCOLS`] (one
+/// byte, so that a flow's state stays small).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppProto(u8);
+
 impl AppProto {
+    /// Every protocol, in [`PROTOCOLS`] order.
+    pub fn all() -> impl Iterator<Item = AppProto> {
+        (0..PROTOCOLS.len() as u8).map(AppProto)
+    }
+
+    /// The protocol of that name.
+    pub fn by_name(name: &str) -> Option<AppProto> {
+        AppProto::all().find(|a| a.name() == name)
+    }
+
+    /// Its description.
+    pub fn protocol(self) -> &'static Protocol {
+        PROTOCOLS[self.0 as usize]
+    }
+
     /// The stable lowercase name used in records and in ClickHouse.
     pub fn name(self) -> &'static str {
-        match self {
-            AppProto::Modbus => "modbus",
-            AppProto::Dnp3 => "dnp3",
-            AppProto::S7comm => "s7comm",
-            AppProto::S7commPlus => "s7comm-plus",
-            AppProto::Enip => "enip",
-            AppProto::Bacnet => "bacnet",
-            AppProto::Iec104 => "iec104",
-            AppProto::Opcua => "opcua",
-            AppProto::Nmea0183 => "nmea0183",
-            AppProto::Dns => "dns",
-            AppProto::Tls => "tls",
-            AppProto::Http => "http",
-            AppProto::Mqtt => "mqtt",
-        }
+        self.protocol().name
     }
 }
 
@@ -85,39 +147,19 @@ pub fn detect(transport: u8, p: &[u8]) -> Option<AppProto> {
     if p.is_empty() {
         return None;
     }
-    match transport {
-        TCP => {
-            if let Some(s7) = s7comm::detect(p) {
-                return Some(s7);
-            }
-            [
-                (modbus::detect as fn(&[u8]) -> bool, AppProto::Modbus),
-                (dnp3::detect, AppProto::Dnp3),
-                (iec104::detect, AppProto::Iec104),
-                (enip::detect_tcp, AppProto::Enip),
-                (opcua::detect, AppProto::Opcua),
-                (tls::detect, AppProto::Tls),
-                (http::detect, AppProto::Http),
-                (mqtt::detect, AppProto::Mqtt),
-                (nmea::detect, AppProto::Nmea0183),
-                (dns::detect_tcp, AppProto::Dns),
-            ]
-            .into_iter()
-            .find(|(f, _)| f(p))
-            .map(|(_, a)| a)
-        }
-        UDP => [
-            (bacnet::detect as fn(&[u8]) -> bool, AppProto::Bacnet),
-            (dnp3::detect, AppProto::Dnp3),
-            (enip::detect_udp, AppProto::Enip),
-            (nmea::detect, AppProto::Nmea0183),
-            (dns::detect, AppProto::Dns),
-        ]
-        .into_iter()
-        .find(|(f, _)| f(p))
-        .map(|(_, a)| a),
-        _ => None,
-    }
+    AppProto::all().find(|a| {
+        let detector = match transport {
+            TCP => a.protocol().tcp,
+            UDP => a.protocol().udp,
+            _ => None,
+        };
+        detector.is_some_and(|d| d(p))
+    })
+}
+
+/// A well-known server port of some protocol (see [`Protocol::server_ports`]).
+pub fn is_known_server_port(port: u16) -> bool {
+    PROTOCOLS.iter().any(|p| p.server_ports.contains(&port))
 }
 
 #[derive(Debug, Clone)]
@@ -353,31 +395,22 @@ impl AppState {
             self.proto = detect(transport, p);
         }
         let Some(proto) = self.proto else { return };
-        if matches!(proto, AppProto::Dns | AppProto::Tls | AppProto::Http) {
-            let list = self.indicators.get_or_insert_with(Default::default);
-            let mut ind = Indicators(list);
-            match proto {
-                AppProto::Dns => dns::observe(p, transport, &mut ind),
-                AppProto::Tls => tls::observe(p, &mut ind),
-                _ => http::observe(p, from_client, &mut ind),
+        let payload = Payload {
+            data: p,
+            transport,
+            from_client,
+        };
+        match proto.protocol().observe {
+            Observer::Indicators(observe) => {
+                let list = self.indicators.get_or_insert_with(Default::default);
+                observe(payload, &mut Indicators(list));
+                if list.is_empty() {
+                    self.indicators = None;
+                }
             }
-            if list.is_empty() {
-                self.indicators = None;
+            Observer::Operations(observe) => {
+                observe(payload, &mut Ops::in_store(store, &mut self.ops))
             }
-            return;
-        }
-        let mut ops = Ops::in_store(store, &mut self.ops);
-        match proto {
-            AppProto::Modbus => modbus::observe(p, &mut ops),
-            AppProto::Dnp3 => dnp3::observe(p, &mut ops),
-            AppProto::S7comm | AppProto::S7commPlus => s7comm::observe(p, &mut ops),
-            AppProto::Enip => enip::observe(p, transport, &mut ops),
-            AppProto::Bacnet => bacnet::observe(p, &mut ops),
-            AppProto::Iec104 => iec104::observe(p, &mut ops),
-            AppProto::Opcua => opcua::observe(p, &mut ops),
-            AppProto::Nmea0183 => nmea::observe(p, &mut ops),
-            AppProto::Mqtt => mqtt::observe(p, &mut ops),
-            AppProto::Dns | AppProto::Tls | AppProto::Http => {}
         }
     }
 
@@ -510,6 +543,23 @@ mod tests {
                     "{hay:?} {b}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn registry_names_are_unique_and_every_protocol_is_detectable() {
+        let mut names: Vec<&str> = PROTOCOLS.iter().map(|p| p.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PROTOCOLS.len());
+        for a in AppProto::all() {
+            assert_eq!(AppProto::by_name(a.name()), Some(a));
+            let p = a.protocol();
+            assert!(
+                p.tcp.is_some() || p.udp.is_some(),
+                "{} has no detector",
+                p.name
+            );
         }
     }
 

@@ -4,7 +4,17 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Ops};
+use super::{be16, Observer, Ops, Protocol, Roles};
+
+/// Modbus/TCP: a controller protocol on 502.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "modbus",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[502],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Controller,
+};
 
 /// Splits a segment into ADUs; `None` if the MBAP framing does not hold.
 fn adus(p: &[u8]) -> Option<Vec<&[u8]>> {

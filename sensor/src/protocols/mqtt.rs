@@ -3,7 +3,17 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Ops};
+use super::{be16, Observer, Ops, Protocol, Roles};
+
+/// MQTT (TCP 1883; on 8883 it is inside TLS and named `tls`).
+pub const PROTOCOL: Protocol = Protocol {
+    name: "mqtt",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[1883, 8883],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::None,
+};
 
 fn remaining_len(p: &[u8]) -> Option<(usize, usize)> {
     let mut v = 0usize;

@@ -5,7 +5,22 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{find_byte, Ops};
+use super::{find_byte, Observer, Ops, Protocol, Roles};
+
+/// NMEA 0183 sentences over TCP or UDP (10110), and IEC 61162-450 `UdPbC`
+/// datagrams (1027 is a common default; the multicast groups' ports start
+/// around 60001). The talker is a `navigation_device`.
+pub const PROTOCOL: Protocol = Protocol {
+    name: "nmea0183",
+    tcp: Some(detect),
+    udp: Some(detect),
+    server_ports: &[10110, 1027, 60001],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Fixed {
+        client: Some("navigation_device"),
+        server: None,
+    },
+};
 
 /// The parts of `p` between line feeds (as `split` on `\n` would give).
 fn lines(p: &[u8]) -> impl Iterator<Item = &[u8]> {

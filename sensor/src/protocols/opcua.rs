@@ -4,7 +4,20 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{le16, le32, Ops};
+use super::{le16, le32, Observer, Ops, Protocol, Roles};
+
+/// OPC UA binary (TCP 4840).
+pub const PROTOCOL: Protocol = Protocol {
+    name: "opcua",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[4840],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Fixed {
+        client: Some("ot_client"),
+        server: Some("opcua_server"),
+    },
+};
 
 const MAX_SIZE: u32 = 16 * 1024 * 1024;
 

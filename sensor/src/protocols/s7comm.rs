@@ -7,7 +7,27 @@ use std::borrow::Cow;
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, AppProto, Ops};
+use super::{be16, Observer, Ops, Protocol, Roles};
+
+/// Classic S7comm (ISO-on-TCP, port 102): a controller protocol.
+pub const CLASSIC: Protocol = Protocol {
+    name: "s7comm",
+    tcp: Some(|p| detect(p) == Some(Variant::Classic)),
+    udp: None,
+    server_ports: &[102],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Controller,
+};
+
+/// S7comm-plus (S7-1200/1500 with TIA Portal), same framing and port.
+pub const PLUS: Protocol = Protocol {
+    name: "s7comm-plus",
+    tcp: Some(|p| detect(p) == Some(Variant::Plus)),
+    udp: None,
+    server_ports: &[102],
+    observe: Observer::Operations(|p, ops| observe(p.data, ops)),
+    roles: Roles::Controller,
+};
 
 /// The S7 PDUs (after TPKT + COTP DT) of a segment.
 fn pdus(p: &[u8]) -> Vec<&[u8]> {
@@ -36,16 +56,23 @@ fn pdus(p: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// `Some(S7comm | S7commPlus)` when a TPKT/COTP data unit carries an S7 PDU.
-pub fn detect(p: &[u8]) -> Option<AppProto> {
+/// Which S7 protocol a PDU is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Classic,
+    Plus,
+}
+
+/// `Some(variant)` when a TPKT/COTP data unit carries an S7 PDU.
+pub fn detect(p: &[u8]) -> Option<Variant> {
     if p.len() < 8 || p[0] != 0x03 || p[1] != 0x00 || be16(p, 2)? as usize > p.len().max(8) + 65536
     {
         return None;
     }
     let pdu = *pdus(p).first()?;
     match pdu.first()? {
-        0x32 if pdu.len() >= 10 && matches!(pdu[1], 1 | 2 | 3 | 7) => Some(AppProto::S7comm),
-        0x72 if pdu.len() >= 4 && matches!(pdu[1], 1..=3 | 0xfe) => Some(AppProto::S7commPlus),
+        0x32 if pdu.len() >= 10 && matches!(pdu[1], 1 | 2 | 3 | 7) => Some(Variant::Classic),
+        0x72 if pdu.len() >= 4 && matches!(pdu[1], 1..=3 | 0xfe) => Some(Variant::Plus),
         _ => None,
     }
 }
@@ -168,7 +195,7 @@ mod tests {
         p.extend_from_slice(&[0x32, 0x01, 0, 0, 0, 1, 0, 2, 0, 0, 0x05, 0x01]);
         let l = p.len() as u16;
         p[2..4].copy_from_slice(&l.to_be_bytes());
-        assert_eq!(detect(&p), Some(AppProto::S7comm));
+        assert_eq!(detect(&p), Some(Variant::Classic));
         let mut ops = Ops::default();
         observe(&p, &mut ops);
         assert_eq!(ops.to_proto()[0].name, "write_var");
@@ -181,6 +208,6 @@ mod tests {
         ];
         let mut plus = plus.to_vec();
         plus[3] = plus.len() as u8;
-        assert_eq!(detect(&plus), Some(AppProto::S7commPlus));
+        assert_eq!(detect(&plus), Some(Variant::Plus));
     }
 }

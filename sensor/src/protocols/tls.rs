@@ -1,7 +1,18 @@
 //! TLS: a handshake record (type 22, version 3.x, bounded length) starting
 //! with a ClientHello or ServerHello. The SNI of a ClientHello is an indicator.
 
-use super::{be16, Indicators};
+use super::{be16, Indicators, Observer, Protocol, Roles};
+
+/// TLS: the ClientHello's SNI as an indicator (443, and MQTT over TLS
+/// on 8883).
+pub const PROTOCOL: Protocol = Protocol {
+    name: "tls",
+    tcp: Some(detect),
+    udp: None,
+    server_ports: &[443, 8883],
+    observe: Observer::Indicators(|p, ind| observe(p.data, ind)),
+    roles: Roles::None,
+};
 
 pub fn detect(p: &[u8]) -> bool {
     p.len() >= 9

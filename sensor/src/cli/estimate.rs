@@ -1,0 +1,79 @@
+//! `tidewatch-sensor estimate`: the link bytes per flow record a capture
+//! would cost, with the batching and compression of `run`.
+
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context};
+use tidewatch_sensor::batch::{BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::pipeline::{meter_file, Progress};
+
+use super::EstimateArgs;
+
+pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
+    let EstimateArgs {
+        file,
+        batch_flows,
+        no_compress,
+        meter: meter_args,
+    } = args;
+    let file = file.as_path();
+    if batch_flows == 0 {
+        bail!("--batch-flows must be at least 1");
+    }
+    let mut table = meter_args.table(true)?;
+    let scratch = std::env::temp_dir().join(format!("tidewatch-estimate-{}", std::process::id()));
+    let mut batcher = Batcher::new(
+        BatchConfig {
+            max_flows: batch_flows,
+            compress: !no_compress,
+            ..BatchConfig::default()
+        },
+        SeqStore::open(&scratch)?,
+    );
+    let (mut flows, mut assets, mut batches, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut count = |b: PreparedBatch| {
+        batches += 1;
+        // gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
+        bytes += b.request.payload.len() as u64 + 5 + 16;
+    };
+    let stop = AtomicBool::new(false);
+    let metered = meter_file(
+        file,
+        &mut table,
+        None,
+        &stop,
+        &Progress::default(),
+        |recs, a| {
+            flows += recs.len() as u64;
+            assets += a.len() as u64;
+            for b in batcher.push(recs, a)? {
+                count(b);
+            }
+            Ok(())
+        },
+    )
+    .with_context(|| format!("reading {}", file.display()));
+    let last = metered.and_then(|m| match m.cut {
+        // An estimate from part of a file would be misleading.
+        Some(e) => Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
+        None => Ok(batcher.flush(None)?),
+    });
+    let _ = std::fs::remove_dir_all(&scratch);
+    for b in last? {
+        count(b);
+    }
+    let per_flow = if flows > 0 {
+        bytes as f64 / flows as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "flows": flows, "assets": assets, "batches": batches, "bytes": bytes,
+            "bytes_per_flow": (per_flow * 100.0).round() / 100.0,
+            "compressed": !no_compress,
+        })
+    );
+    Ok(())
+}

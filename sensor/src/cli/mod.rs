@@ -1,0 +1,408 @@
+//! The command line of `tidewatch-sensor`: every subcommand's options as
+//! one struct each (flattening the groups they share), and one file per
+//! subcommand that runs it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+use tidewatch_sensor::assets::{AssetTable, Oui};
+use tidewatch_sensor::buffer::{BufferConfig, Fsync, WhenFull};
+use tidewatch_sensor::flow::{FlowConfig, FlowTable};
+use tracing::warn;
+
+pub mod buffer;
+pub mod estimate;
+mod metering;
+pub mod read;
+pub mod run;
+
+#[derive(Parser)]
+#[command(
+    name = "tidewatch-sensor",
+    version,
+    about = "Meters OT network traffic into bidirectional flow records and uploads them to the tidewatch collector",
+    long_about = "Meters OT network traffic into bidirectional flow records and uploads them to the \
+tidewatch collector over mutually authenticated gRPC.\n\n\
+Every `run` option can also be set in the environment as TIDEWATCH_<OPTION> (e.g. \
+--batch-flows as TIDEWATCH_BATCH_FLOWS), which is how the systemd unit reads \
+/etc/tidewatch/sensor.env; command-line options win.\n\n\
+`read` inspects a capture locally (no upload); `run` meters a capture and uploads the flows, \
+waiting until the collector has acknowledged every batch (an ack means the batch is in Kafka).\n\n\
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Meter a capture file (pcap or pcapng) or a live interface and print its flows; nothing is uploaded.
+    Read(ReadArgs),
+    /// Meter a capture file or a live interface and upload its flows to the collector.
+    Run(Box<RunArgs>),
+    /// Estimate what a capture costs on the link: meter it, build the batches
+    /// `run` would send (same encoding and compression) and print the bytes
+    /// per flow record as JSON; nothing is uploaded.
+    Estimate(EstimateArgs),
+    /// Inspect or repair the disk buffer (STATE_DIR/buffer) while the sensor is stopped.
+    Buffer(BufferCmdArgs),
+}
+
+/// Options of `read`.
+#[derive(clap::Args)]
+pub struct ReadArgs {
+    /// Capture file; the format is detected from its magic bytes.
+    #[arg(required_unless_present = "interface", conflicts_with = "interface")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Stop live capture after this many seconds.
+    #[arg(long, value_name = "SECS", requires = "interface")]
+    pub duration: Option<f64>,
+    /// Replay the file at this multiple of its recorded speed (1 = as
+    /// captured); default: as fast as possible.
+    #[arg(long, value_name = "FACTOR", conflicts_with = "interface")]
+    pub replay_speed: Option<f64>,
+    /// Print the asset inventory (one JSON object per asset) instead of flows.
+    #[arg(long)]
+    pub assets: bool,
+    #[command(flatten)]
+    pub meter: MeterArgs,
+}
+
+/// Options of `run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Capture file to replay (pcap or pcapng).
+    #[arg(
+        long,
+        env = "TIDEWATCH_PCAP",
+        value_name = "FILE",
+        required_unless_present = "interface",
+        conflicts_with = "interface"
+    )]
+    pub pcap: Option<PathBuf>,
+    #[command(flatten)]
+    pub live: LiveArgs,
+    /// Replay the capture file at this multiple of its recorded speed
+    /// (1 = as captured); default: as fast as possible.
+    #[arg(
+        long,
+        env = "TIDEWATCH_REPLAY_SPEED",
+        value_name = "FACTOR",
+        conflicts_with = "interface"
+    )]
+    pub replay_speed: Option<f64>,
+    /// Collector ingest endpoint.
+    #[arg(
+        long,
+        env = "TIDEWATCH_COLLECTOR",
+        value_name = "URL",
+        default_value = "https://127.0.0.1:4443"
+    )]
+    pub collector: String,
+    /// Name the collector certificate must carry (default: host of --collector).
+    #[arg(long, env = "TIDEWATCH_SERVER_NAME")]
+    pub server_name: Option<String>,
+    /// Fleet CA certificate (PEM) that signed the collector's certificate.
+    #[arg(long, env = "TIDEWATCH_CA", value_name = "PEM")]
+    pub ca: PathBuf,
+    /// This sensor's certificate (PEM), issued by `tidewatch-collector pki issue-sensor`.
+    #[arg(long, env = "TIDEWATCH_CERT", value_name = "PEM")]
+    pub cert: PathBuf,
+    /// This sensor's private key (PEM).
+    #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
+    pub key: PathBuf,
+    /// Directory for persistent state (disk buffer, batch sequence counter, budget use).
+    #[arg(
+        long,
+        env = "TIDEWATCH_STATE_DIR",
+        default_value = "/var/lib/tidewatch-sensor"
+    )]
+    pub state_dir: PathBuf,
+    /// Maximum flow records per batch.
+    #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = 2000)]
+    pub batch_flows: usize,
+    /// Batches in flight before waiting for acks.
+    #[arg(long, env = "TIDEWATCH_WINDOW", default_value_t = 8)]
+    pub window: usize,
+    /// Send batches uncompressed (default: zstd).
+    #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
+    pub no_compress: bool,
+    /// Seconds to wait for an ack before reconnecting and resending.
+    #[arg(long, env = "TIDEWATCH_ACK_TIMEOUT", default_value_t = 30.0)]
+    pub ack_timeout: f64,
+    /// HTTP/2 keepalive: ping after this many idle seconds and give the
+    /// connection up when no answer comes within as many seconds again
+    /// (detects a link that silently drops everything).
+    #[arg(
+        long,
+        env = "TIDEWATCH_KEEPALIVE_SECS",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    pub keepalive_secs: f64,
+    /// Upload rate limit in bytes per second (0 = unlimited), so the
+    /// sensor leaves room on a narrow link.
+    #[arg(
+        long,
+        env = "TIDEWATCH_RATE_LIMIT",
+        default_value_t = 0,
+        value_name = "BYTES_PER_SEC"
+    )]
+    pub rate_limit: u64,
+    /// Daily byte budget of the uplink (UTC day; batch payload bytes,
+    /// resends included); 0 = none. When it is tight, sensor status and
+    /// assets go first, then flows with OT write/control operations,
+    /// then the rest; what does not fit waits on disk for the next day.
+    #[arg(
+        long,
+        env = "TIDEWATCH_DAILY_BUDGET_BYTES",
+        default_value_t = 0,
+        value_name = "BYTES"
+    )]
+    pub daily_budget_bytes: u64,
+    /// Percent of the daily budget kept for status, assets and OT-write
+    /// flows: bulk flows stop when the rest is used.
+    #[arg(
+        long,
+        env = "TIDEWATCH_BUDGET_RESERVE_PERCENT",
+        default_value_t = 10,
+        value_name = "PERCENT"
+    )]
+    pub budget_reserve_percent: u8,
+    /// Length of a budget "day" in seconds (tests compress time).
+    #[arg(long, hide = true, default_value_t = 86_400.0)]
+    pub budget_period_secs: f64,
+    /// Seal a batch from whatever records are pending after this many
+    /// seconds, so that a quiet network's flows reach the disk buffer
+    /// (and the shore) without waiting for a full batch.
+    #[arg(
+        long,
+        env = "TIDEWATCH_FLUSH_INTERVAL",
+        default_value_t = 10.0,
+        value_name = "SECS"
+    )]
+    pub flush_interval: f64,
+    /// Send a SensorStatus record (capture and buffer counters, drops)
+    /// every this many seconds, and once at the end.
+    #[arg(
+        long,
+        env = "TIDEWATCH_STATUS_INTERVAL",
+        default_value_t = 60.0,
+        value_name = "SECS"
+    )]
+    pub status_interval: f64,
+    /// Serve Prometheus metrics (/metrics) and liveness (/healthz) over
+    /// plain HTTP on this address, e.g. 127.0.0.1:9464 (default: off).
+    #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub meter: MeterArgs,
+    #[command(flatten)]
+    pub buffer: BufferArgs,
+    /// Fault injection for tests: after every batch is acked, send them all
+    /// again with their original seq (the shore must drop the duplicates).
+    #[arg(long, hide = true)]
+    pub resend_acked: bool,
+}
+
+/// Options of `estimate`.
+#[derive(clap::Args)]
+pub struct EstimateArgs {
+    /// Capture file (pcap or pcapng).
+    pub file: PathBuf,
+    /// Maximum flow records per batch, as for `run`.
+    #[arg(long, default_value_t = 2000)]
+    pub batch_flows: usize,
+    /// Estimate without compression.
+    #[arg(long)]
+    pub no_compress: bool,
+    #[command(flatten)]
+    pub meter: MeterArgs,
+}
+
+/// Options of `buffer`.
+#[derive(clap::Args)]
+pub struct BufferCmdArgs {
+    /// The sensor's state directory.
+    #[arg(
+        long,
+        global = true,
+        env = "TIDEWATCH_STATE_DIR",
+        default_value = "/var/lib/tidewatch-sensor"
+    )]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub cmd: BufferCmd,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct MeterArgs {
+    /// Seconds without a packet after which a flow is emitted.
+    #[arg(
+        long,
+        env = "TIDEWATCH_IDLE_TIMEOUT",
+        default_value_t = 120.0,
+        value_name = "SECS"
+    )]
+    pub idle_timeout: f64,
+    /// Seconds after which a long flow is emitted and restarted (delta records).
+    #[arg(
+        long,
+        env = "TIDEWATCH_ACTIVE_TIMEOUT",
+        default_value_t = 1800.0,
+        value_name = "SECS"
+    )]
+    pub active_timeout: f64,
+    /// Hard cap on concurrent flows; the least recently seen are evicted beyond it.
+    #[arg(long, env = "TIDEWATCH_MAX_FLOWS", default_value_t = 262_144)]
+    pub max_flows: usize,
+    /// IEEE OUI registry (CSV) for asset vendors; Debian's ieee-data package
+    /// installs it at the default path. Missing file: vendors stay empty.
+    #[arg(
+        long,
+        env = "TIDEWATCH_OUI_FILE",
+        default_value = "/usr/share/ieee-data/oui.csv",
+        value_name = "CSV"
+    )]
+    pub oui_file: PathBuf,
+}
+
+impl MeterArgs {
+    pub fn flow_config(&self) -> anyhow::Result<FlowConfig> {
+        for (name, v) in [
+            ("--idle-timeout", self.idle_timeout),
+            ("--active-timeout", self.active_timeout),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number of seconds, got {v}");
+            }
+        }
+        if self.max_flows == 0 {
+            bail!("--max-flows must be at least 1");
+        }
+        Ok(FlowConfig {
+            idle_timeout_us: (self.idle_timeout * 1e6) as i64,
+            active_timeout_us: (self.active_timeout * 1e6) as i64,
+            max_flows: self.max_flows,
+            ..FlowConfig::default()
+        })
+    }
+
+    /// A flow table, with the asset inventory when `assets` is set.
+    pub fn table(&self, assets: bool) -> anyhow::Result<FlowTable> {
+        let table = FlowTable::new(self.flow_config()?);
+        if !assets {
+            return Ok(table);
+        }
+        let oui = match Oui::load(&self.oui_file) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(file = %self.oui_file.display(), error = %e,
+                    "IEEE OUI registry not readable; asset vendors stay empty (install Debian's ieee-data or pass --oui-file)");
+                Oui::default()
+            }
+        };
+        Ok(table.with_assets(AssetTable::new(oui)))
+    }
+}
+
+/// Live capture instead of a file.
+#[derive(clap::Args, Clone)]
+pub struct LiveArgs {
+    /// Capture live on this network interface (needs CAP_NET_RAW) instead of
+    /// reading a file; stops on SIGTERM/SIGINT and flushes every flow.
+    #[arg(long, env = "TIDEWATCH_INTERFACE", value_name = "IFACE")]
+    pub interface: Option<String>,
+    /// BPF capture filter in tcpdump syntax (live capture only).
+    #[arg(
+        long,
+        env = "TIDEWATCH_FILTER",
+        value_name = "BPF",
+        requires = "interface"
+    )]
+    pub filter: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum BufferCmd {
+    /// Verify every segment (length and CRC of each record); exit 1 on damage.
+    Check,
+    /// Rewrite damaged segments keeping only their valid records.
+    Repair,
+    /// Show size, backlog and acked position.
+    Stats,
+}
+
+/// Disk buffer settings of `run`.
+#[derive(clap::Args, Clone)]
+pub struct BufferArgs {
+    /// Hard cap on the disk buffer (STATE_DIR/buffer), in MiB (at least 1).
+    #[arg(
+        long,
+        env = "TIDEWATCH_BUFFER_MAX_MIB",
+        default_value_t = 256,
+        value_name = "MIB"
+    )]
+    buffer_max_mib: u64,
+    /// When buffered data is forced to disk: every-batch, interval or never.
+    #[arg(long, env = "TIDEWATCH_FSYNC", value_enum, default_value = "interval")]
+    fsync: FsyncArg,
+    /// With --fsync interval: at most this many milliseconds of data can be
+    /// lost on power failure.
+    #[arg(
+        long,
+        env = "TIDEWATCH_FSYNC_INTERVAL_MS",
+        default_value_t = 1000,
+        value_name = "MS"
+    )]
+    fsync_interval_ms: u64,
+    /// What to drop when the buffer is full.
+    #[arg(
+        long,
+        env = "TIDEWATCH_WHEN_FULL",
+        value_enum,
+        default_value = "drop-oldest"
+    )]
+    when_full: WhenFullArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum FsyncArg {
+    EveryBatch,
+    Interval,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum WhenFullArg {
+    DropOldest,
+    DropNewest,
+}
+
+impl BufferArgs {
+    pub fn config(&self, state_dir: &std::path::Path) -> anyhow::Result<BufferConfig> {
+        if self.buffer_max_mib == 0 {
+            bail!("--buffer-max-mib must be at least 1");
+        }
+        Ok(BufferConfig {
+            dir: state_dir.join("buffer"),
+            max_bytes: self.buffer_max_mib.saturating_mul(1024 * 1024),
+            fsync: match self.fsync {
+                FsyncArg::EveryBatch => Fsync::EveryBatch,
+                FsyncArg::Interval => {
+                    Fsync::Interval(Duration::from_millis(self.fsync_interval_ms))
+                }
+                FsyncArg::Never => Fsync::Never,
+            },
+            when_full: match self.when_full {
+                WhenFullArg::DropOldest => WhenFull::DropOldest,
+                WhenFullArg::DropNewest => WhenFull::DropNewest,
+            },
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! `tidewatch-sensor run`: meters a capture file or a live interface and
+//! uploads flows, assets and sensor status through the disk buffer
+//! ([`Forwarder`]), waiting until every batch is acked (live: until
+//! SIGTERM).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tidewatch_sensor::batch::{BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::budget::BudgetConfig;
+use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
+use tidewatch_sensor::pipeline::Progress;
+use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::metering::{meter, stop_flag, Control};
+use super::RunArgs;
+
+impl RunArgs {
+    /// Checks the options that clap cannot.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self
+            .replay_speed
+            .is_some_and(|x| !(x.is_finite() && x > 0.0))
+        {
+            bail!("--replay-speed must be a positive number");
+        }
+        if self.batch_flows == 0 || self.window == 0 {
+            bail!("--batch-flows and --window must be at least 1");
+        }
+        if !(self.ack_timeout.is_finite() && self.ack_timeout > 0.0) {
+            bail!("--ack-timeout must be a positive number of seconds");
+        }
+        for (name, v) in [
+            ("--keepalive-secs", self.keepalive_secs),
+            ("--flush-interval", self.flush_interval),
+            ("--status-interval", self.status_interval),
+            ("--budget-period-secs", self.budget_period_secs),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{name} must be a positive number of seconds, got {v}");
+            }
+        }
+        if self.budget_reserve_percent > 90 {
+            bail!(
+                "--budget-reserve-percent {} leaves too little for bulk flows (at most 90)",
+                self.budget_reserve_percent
+            );
+        }
+        Ok(())
+    }
+
+    fn uplink_config(&self) -> anyhow::Result<UplinkConfig> {
+        Ok(UplinkConfig {
+            endpoint: self.collector.clone(),
+            server_name: self.server_name.clone(),
+            ca_pem: read_pem("CA certificate", &self.ca)?,
+            cert_pem: read_pem("sensor certificate", &self.cert)?,
+            key_pem: read_pem("sensor key", &self.key)?,
+            window: self.window,
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs_f64(self.ack_timeout),
+            keepalive_interval: Duration::from_secs_f64(self.keepalive_secs),
+            keepalive_timeout: Duration::from_secs_f64(self.keepalive_secs),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            rate_limit: self.rate_limit,
+        })
+    }
+
+    fn forwarder_config(&self, uplink: UplinkConfig) -> anyhow::Result<ForwarderConfig> {
+        Ok(ForwarderConfig {
+            buffer: self.buffer.config(&self.state_dir)?,
+            budget: BudgetConfig {
+                daily_bytes: self.daily_budget_bytes,
+                reserve_percent: self.budget_reserve_percent,
+                period: Duration::from_secs_f64(self.budget_period_secs),
+            },
+            uplink,
+        })
+    }
+}
+
+fn read_pem(what: &str, p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+}
+
+pub fn main(args: RunArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let mut table = args.meter.table(true)?;
+    let uplink_cfg = args.uplink_config()?;
+    let mut batcher = Batcher::new(
+        BatchConfig {
+            max_flows: args.batch_flows,
+            compress: !args.no_compress,
+            ..BatchConfig::default()
+        },
+        SeqStore::open(&args.state_dir)?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut fwd = Forwarder::start(
+        rt.handle(),
+        &args.state_dir,
+        args.forwarder_config(uplink_cfg.clone())?,
+    )?;
+    let progress = std::sync::Arc::new(Progress::default());
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let (local, task) = rt
+                .block_on(tidewatch_proto::metrics::serve(
+                    addr,
+                    fwd.metrics(progress.clone()),
+                    std::sync::Arc::new(|| Ok(())),
+                ))
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+            info!(listen = %local, "metrics at http://{local}/metrics");
+            Some(task)
+        }
+        None => None,
+    };
+    let stop = stop_flag(&rt);
+
+    // Metering runs on this thread; every sealed batch goes to the disk
+    // buffer, which absorbs any backlog.
+    let mut kept: Vec<PreparedBatch> = Vec::new();
+    let mut push = |fwd: &mut Forwarder, b: PreparedBatch| -> anyhow::Result<()> {
+        fwd.push(&b)?;
+        if args.resend_acked {
+            kept.push(b);
+        }
+        Ok(())
+    };
+    let flush_every = Duration::from_secs_f64(args.flush_interval);
+    let status_every = Duration::from_secs_f64(args.status_interval);
+    let mut last_flush = Instant::now();
+    let mut last_status = Instant::now();
+    let m = meter(
+        args.pcap.as_ref(),
+        &args.live,
+        &mut table,
+        Control {
+            stop: &stop,
+            duration: None,
+            pace: args.replay_speed,
+            progress: &progress,
+        },
+        |recs, assets| {
+            for b in batcher.push(recs, assets)? {
+                push(&mut fwd, b)?;
+                last_flush = Instant::now();
+            }
+            let due_status = last_status.elapsed() >= status_every;
+            if due_status || last_flush.elapsed() >= flush_every {
+                let st = due_status.then(|| fwd.status(&progress));
+                for b in batcher.flush(st)? {
+                    push(&mut fwd, b)?;
+                }
+                last_flush = Instant::now();
+                if due_status {
+                    last_status = last_flush;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    debug_assert_eq!(Progress::get(&progress.frames), m.frames);
+    for b in batcher.flush(Some(fwd.status(&progress)))? {
+        push(&mut fwd, b)?;
+    }
+    let total_flows = fwd.flows_pushed();
+    // Signalled (before or meanwhile): everything is on disk and the next
+    // start resumes from the first unacked batch, so there is no need to
+    // wait for the link.
+    let (stats, bs) = match fwd.finish(&rt, &stop)? {
+        Finished::Stopped { .. } => {
+            return m.cut_error(args.pcap.as_ref(), "stored in the disk buffer")
+        }
+        Finished::Delivered { uplink, buffer } => (uplink, buffer),
+    };
+    info!(
+        frames = m.frames,
+        flows = total_flows,
+        batches_acked = stats.batches_acked,
+        flows_acked = stats.flows_acked,
+        batches_rejected = stats.batches_rejected,
+        resent = stats.resent,
+        reconnects = stats.reconnects,
+        bytes_sent = stats.bytes_sent,
+        buffer_pending = bs.pending_batches,
+        buffer_dropped_flows = bs.dropped_flows,
+        "upload complete"
+    );
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if args.resend_acked {
+        resend(&rt, uplink_cfg, kept)?;
+    }
+    if stats.batches_rejected > 0 {
+        bail!(
+            "the collector refused {} batch(es) ({} flows); see the log above",
+            stats.batches_rejected,
+            stats.flows_rejected
+        );
+    }
+    m.cut_error(args.pcap.as_ref(), "uploaded")
+}
+
+/// Fault injection for tests (`--resend-acked`): sends every batch again
+/// with its original seq, on a fresh uplink; the shore must drop them.
+fn resend(
+    rt: &tokio::runtime::Runtime,
+    cfg: UplinkConfig,
+    batches: Vec<PreparedBatch>,
+) -> anyhow::Result<()> {
+    info!(
+        batches = batches.len(),
+        "fault injection: resending every acked batch with its original seq"
+    );
+    let (tx, rx) = mpsc::channel::<PreparedBatch>(cfg.window * 2);
+    let again = rt.spawn(Uplink::new(cfg)?.run(rx));
+    for b in batches {
+        tx.blocking_send(b)
+            .map_err(|_| anyhow::anyhow!("uplink stopped"))?;
+    }
+    drop(tx);
+    let s2 = rt.block_on(again)?;
+    info!(batches_acked = s2.batches_acked, "duplicate batches acked");
+    Ok(())
+}
