@@ -11,10 +11,33 @@
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::*;
 
-use crate::pki::validate_name;
-
 pub const SENSOR_URI_PREFIX: &str = "urn:tidewatch:sensor:";
 pub const VESSEL_URI_PREFIX: &str = "urn:tidewatch:vessel:";
+
+/// A sensor id or vessel name that is not one (see [`validate_name`]).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid {what} {value:?}: use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with '.')"
+)]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+}
+
+/// An id or vessel name: 1-64 chars of `[A-Za-z0-9._-]`, not starting with
+/// '.', so it is safe in a URI, a file name and a Kafka key.
+pub fn validate_name(what: &'static str, v: &str) -> Result<(), InvalidName> {
+    let ok_chars = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if v.is_empty() || v.len() > 64 || !ok_chars || v.starts_with('.') {
+        return Err(InvalidName {
+            what,
+            value: v.to_string(),
+        });
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SensorIdentity {

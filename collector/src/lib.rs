@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod maintenance;
 pub mod metrics;
+pub mod migrate;
 pub mod pki;
 pub mod query;
 pub mod registry;

@@ -162,7 +162,7 @@ impl SinkMetrics {
             lag: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             registry: r,
         });
-        for t in ["flows_raw", "assets_raw", "sensor_status_raw", "batches"] {
+        for t in crate::sink::rows::TABLES {
             m.rows_inserted.touch(t);
         }
         let weak = Arc::downgrade(&m);

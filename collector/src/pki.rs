@@ -22,7 +22,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::identity::{SENSOR_URI_PREFIX, VESSEL_URI_PREFIX};
+use crate::identity::{validate_name, InvalidName, SENSOR_URI_PREFIX, VESSEL_URI_PREFIX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -43,6 +43,8 @@ pub enum PkiError {
         value: String,
         why: &'static str,
     },
+    #[error(transparent)]
+    Name(#[from] InvalidName),
     #[error("no certificate issued for sensor {0:?} in the index")]
     UnknownSensor(String),
     #[error("corrupt index line {line}: {content:?}")]
@@ -74,22 +76,6 @@ fn write_file(path: &Path, data: &str, secret: bool, overwrite: bool) -> Result<
     let mut f = opts.open(path).map_err(io_err(path))?;
     f.write_all(data.as_bytes()).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))?;
-    Ok(())
-}
-
-/// An id or vessel name: 1-64 chars of `[A-Za-z0-9._-]` so it is safe in a
-/// URI, a file name and a Kafka key.
-pub fn validate_name(what: &'static str, v: &str) -> Result<(), PkiError> {
-    let ok_chars = v
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if v.is_empty() || v.len() > 64 || !ok_chars || v.starts_with('.') {
-        return Err(PkiError::Invalid {
-            what,
-            value: v.to_string(),
-            why: "use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with '.')",
-        });
-    }
     Ok(())
 }
 
@@ -412,6 +398,85 @@ pub fn parse_date(s: &str) -> Result<OffsetDateTime, PkiError> {
     let month = time::Month::try_from(m).map_err(|_| bad())?;
     let date = time::Date::from_calendar_date(y, month, d).map_err(|_| bad())?;
     Ok(date.midnight().assume_utc())
+}
+
+/// The `pki` subcommands.
+#[derive(clap::Subcommand)]
+pub enum PkiCmd {
+    /// Create the fleet CA (ca.pem, ca-key.pem) and an empty CRL.
+    InitCa {
+        /// CA common name.
+        #[arg(long, default_value = "tidewatch fleet CA")]
+        name: String,
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue the collector's server certificate (server.pem, server-key.pem).
+    IssueServer {
+        /// DNS name the sensors connect to (repeatable).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+        /// IP address the sensors connect to (repeatable).
+        #[arg(long = "ip")]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+    },
+    /// Issue a sensor certificate carrying its identity.
+    IssueSensor {
+        /// Sensor id (1-64 of A-Z a-z 0-9 . _ -), unique in the fleet.
+        #[arg(long)]
+        id: String,
+        /// Vessel, crane or site the sensor belongs to.
+        #[arg(long)]
+        vessel: String,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// End of validity (YYYY-MM-DD) instead of --days; may be in the past.
+        #[arg(long)]
+        not_after: Option<String>,
+        /// Where to write ID.pem and ID-key.pem (default: DIR/sensors).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke every certificate of a sensor and rewrite crl.pem.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// Runs `tidewatch-collector pki` over the PKI in `dir`.
+pub fn run(dir: &Path, cmd: PkiCmd) -> anyhow::Result<()> {
+    let p = Pki::new(dir);
+    match cmd {
+        PkiCmd::InitCa { name, days } => {
+            let (c, k) = p.init_ca(&name, days)?;
+            println!("created fleet CA\n  certificate: {}  (copy to every sensor and to ingest --client-ca)\n  private key: {}  (keep offline; needed to issue and revoke)\n  CRL:         {}  (ingest --crl)", c.display(), k.display(), p.crl_path().display());
+        }
+        PkiCmd::IssueServer { dns, ip, days } => {
+            let mut names = dns;
+            names.extend(ip.iter().map(|i| i.to_string()));
+            let (c, k) = p.issue_server(&names, Validity::new(days, None))?;
+            println!("issued server certificate for {}\n  ingest --tls-cert {} --tls-key {} --client-ca {}", names.join(", "), c.display(), k.display(), p.ca_cert_path().display());
+        }
+        PkiCmd::IssueSensor {
+            id,
+            vessel,
+            days,
+            not_after,
+            out,
+        } => {
+            let end = not_after.as_deref().map(parse_date).transpose()?;
+            let (c, k) = p.issue_sensor(&id, &vessel, Validity::new(days, end), out.as_deref())?;
+            println!("issued sensor certificate {id} (vessel {vessel})\n  copy to the sensor: {} {} {}\n  tidewatch-sensor run --ca ca.pem --cert {id}.pem --key {id}-key.pem ...", p.ca_cert_path().display(), c.display(), k.display());
+        }
+        PkiCmd::Revoke { id } => {
+            let n = p.revoke_sensor(&id)?;
+            println!("revoked {n} certificate(s) of sensor {id}; CRL rewritten: {}\n  restart ingest (or roll the pods) so it loads the new CRL", p.crl_path().display());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

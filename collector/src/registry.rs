@@ -23,7 +23,7 @@ use anyhow::Context;
 use clickhouse::Client;
 use serde::{Deserialize, Serialize};
 
-use crate::pki::validate_name;
+use crate::identity::validate_name;
 use crate::query::{print_rows, OutputFormat};
 
 pub const ROLES: &[&str] = &["bridge", "engine", "crane", "terminal", "cargo", "other"];

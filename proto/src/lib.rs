@@ -9,6 +9,7 @@ pub mod v1 {
     tonic::include_proto!("tidewatch.v1");
 }
 
+pub mod codec;
 pub mod metrics;
 pub mod util;
 

@@ -11,12 +11,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use prost::Message;
+use tidewatch_proto::codec;
 
 use crate::state_file::{self, Durability};
 pub use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{
-    AssetObservation, Batch, Encoding, FlowRecord, OperationClass, SensorStatus, UploadRequest,
+    AssetObservation, Batch, FlowRecord, OperationClass, SensorStatus, UploadRequest,
 };
 
 const SEQ_BLOCK: u64 = 4096;
@@ -263,45 +263,25 @@ impl Batcher {
             seq,
             flows: n,
             class,
-            request: encode_request(&batch, self.cfg.compress, self.cfg.zstd_level),
+            request: codec::encode(&batch, self.cfg.compress.then_some(self.cfg.zstd_level)),
             sent: false,
         })
     }
 }
 
-/// Decodes an upload request's payload back into its batch (`None` if it
-/// is not one this sensor wrote).
+/// Decodes an upload request this sensor wrote back into its batch (`None`
+/// if it is not one).
 pub fn decode_request(r: &UploadRequest) -> Option<Batch> {
-    match Encoding::try_from(r.encoding).ok()? {
-        Encoding::Protobuf => Batch::decode(&r.payload[..]).ok(),
-        Encoding::ProtobufZstd => {
-            let raw = zstd::bulk::decompress(&r.payload, 64 * 1024 * 1024).ok()?;
-            Batch::decode(&raw[..]).ok()
-        }
-        Encoding::Unspecified => None,
-    }
+    codec::decode(r.encoding, &r.payload, MAX_DECODED_BYTES).ok()
 }
 
-/// Encodes a batch as an upload request (optionally zstd-compressed).
-pub fn encode_request(batch: &Batch, compress: bool, level: i32) -> UploadRequest {
-    let raw = batch.encode_to_vec();
-    let (encoding, payload) = if compress {
-        match zstd::bulk::compress(&raw, level) {
-            Ok(z) => (Encoding::ProtobufZstd, z),
-            Err(_) => (Encoding::Protobuf, raw),
-        }
-    } else {
-        (Encoding::Protobuf, raw)
-    };
-    UploadRequest {
-        seq: batch.seq,
-        encoding: encoding as i32,
-        payload,
-    }
-}
+/// Largest batch this sensor decodes again (its own, for metrics).
+const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     #[test]

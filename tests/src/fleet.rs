@@ -711,8 +711,7 @@ pub fn load(
     port: u16,
     fleet: &Fleet,
 ) -> std::collections::BTreeMap<String, crate::Totals> {
-    use prost::Message;
-    use tidewatch_proto::v1::{AckStatus, Encoding, UploadRequest};
+    use tidewatch_proto::v1::AckStatus;
     let mut want = std::collections::BTreeMap::new();
     for s in &fleet.sensors {
         let cert = pki.sensor(&s.sensor_id, &s.vessel);
@@ -725,11 +724,7 @@ pub fn load(
                 e.packets += c.packets + d.packets;
                 e.bytes += c.ip_bytes + d.ip_bytes;
             }
-            reqs.push(UploadRequest {
-                seq: b.seq,
-                encoding: Encoding::ProtobufZstd as i32,
-                payload: zstd::bulk::compress(&b.encode_to_vec(), 3).expect("zstd"),
-            });
+            reqs.push(tidewatch_proto::codec::encode(&b, Some(3)));
         }
         for chunk in reqs.chunks(200) {
             let acks = crate::grpc::upload(

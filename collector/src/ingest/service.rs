@@ -11,9 +11,10 @@ use prost::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use tidewatch_proto::codec;
 use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::uplink_server::Uplink;
-use tidewatch_proto::v1::{AckStatus, Batch, Encoding, IngestedBatch, UploadAck, UploadRequest};
+use tidewatch_proto::v1::{AckStatus, IngestedBatch, UploadAck, UploadRequest};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,34 +67,6 @@ impl Refusal {
             detail,
         }
     }
-}
-
-/// Decodes a payload according to its encoding, bounded in size.
-pub fn decode_payload(
-    encoding: i32,
-    payload: &[u8],
-    max_decoded: usize,
-) -> Result<Batch, (&'static str, String)> {
-    let raw;
-    let bytes: &[u8] = match Encoding::try_from(encoding) {
-        Ok(Encoding::Protobuf) => payload,
-        Ok(Encoding::ProtobufZstd) => {
-            raw = zstd::bulk::decompress(payload, max_decoded).map_err(|e| {
-                (
-                    "bad_compression",
-                    format!("zstd payload cannot be decompressed within {max_decoded} bytes: {e}"),
-                )
-            })?;
-            &raw
-        }
-        _ => {
-            return Err((
-                "bad_encoding",
-                format!("unknown payload encoding {encoding}"),
-            ))
-        }
-    };
-    Batch::decode(bytes).map_err(|e| ("bad_protobuf", format!("payload is not a valid Batch: {e}")))
 }
 
 struct Inner {
@@ -152,8 +125,8 @@ impl Inner {
                 "seq must be at least 1".into(),
             ));
         }
-        let batch = decode_payload(req.encoding, &req.payload, self.limits.max_decoded_bytes)
-            .map_err(|(reason, detail)| Refusal::new(AckStatus::Malformed, reason, detail))?;
+        let batch = codec::decode(req.encoding, &req.payload, self.limits.max_decoded_bytes)
+            .map_err(|e| Refusal::new(AckStatus::Malformed, e.reason(), e.to_string()))?;
         if batch.seq != req.seq {
             return Err(Refusal::new(
                 AckStatus::Malformed,

@@ -6,6 +6,34 @@ use tidewatch_proto::v1::{
     AssetObservation, Batch, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
 };
 
+/// A row type and the table it goes to: each table's name is declared once,
+/// here, beside the row that fills it.
+pub trait Table {
+    const TABLE: &'static str;
+}
+
+/// Every table the sink writes, in insert order (the ledger last).
+pub const TABLES: [&str; 4] = [
+    FlowRow::TABLE,
+    AssetRow::TABLE,
+    StatusRow::TABLE,
+    BatchRow::TABLE,
+];
+
+impl Table for FlowRow {
+    const TABLE: &'static str = "flows_raw";
+}
+impl Table for AssetRow {
+    const TABLE: &'static str = "assets_raw";
+}
+impl Table for StatusRow {
+    const TABLE: &'static str = "sensor_status_raw";
+}
+/// The batch ledger: one row per stored batch, what the sink's dedup reads.
+impl Table for BatchRow {
+    const TABLE: &'static str = "batches";
+}
+
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct FlowRow {
     pub sensor_id: String,

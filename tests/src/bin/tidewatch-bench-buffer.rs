@@ -15,7 +15,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tidewatch_proto::v1::{Batch, Encoding, UploadRequest};
 use tidewatch_sensor::batch::{Class, PreparedBatch};
 use tidewatch_sensor::buffer::{BufferConfig, ClassedBuffer, Fsync, WhenFull};
@@ -69,7 +68,7 @@ fn main() {
                 assets: Vec::new(),
                 status: Vec::new(),
             };
-            zstd::bulk::compress(&batch.encode_to_vec(), 3).expect("zstd")
+            tidewatch_proto::codec::encode(&batch, Some(3)).payload
         })
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len();

@@ -13,7 +13,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{AckStatus, Batch, Encoding, UploadRequest};
 use tidewatch_tests::grpc::{channel, ClientCert};
@@ -72,7 +71,7 @@ fn main() {
             assets: Vec::new(),
             status: Vec::new(),
         };
-        let payload = zstd::bulk::compress(&batch.encode_to_vec(), 3).expect("zstd");
+        let payload = tidewatch_proto::codec::encode(&batch, Some(3)).payload;
         wire_bytes += payload.len();
         per_stream[b % streams].push(UploadRequest {
             seq,

@@ -1,0 +1,439 @@
+//! The sink's worker ([`Sink`]): one chunk at a time, consume → decode →
+//! skip what the ledger holds → insert rows → insert the ledger → commit
+//! offsets (the loop of the module docs of [`super`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use prost::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tidewatch_proto::codec;
+use tidewatch_proto::util::now_us;
+use tidewatch_proto::v1::{DeadLetter, IngestedBatch};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::dedup::SeenBatches;
+use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table};
+use super::SinkArgs;
+use crate::metrics::SinkMetrics;
+
+struct Chunk {
+    rows: Rows,
+    /// Highest offset consumed per (topic, partition).
+    offsets: HashMap<(String, i32), i64>,
+    dead: Vec<DeadLetter>,
+    batches: Vec<(String, u64)>,
+    in_chunk: HashSet<(String, u64)>,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Chunk {
+            rows: Rows::default(),
+            offsets: HashMap::new(),
+            dead: Vec::new(),
+            batches: Vec::new(),
+            in_chunk: HashSet::new(),
+        }
+    }
+}
+
+/// One sink process's consumer, producer (dead letters), ClickHouse client
+/// and dedup memory.
+pub(super) struct Sink {
+    pub args: SinkArgs,
+    pub consumer: Arc<StreamConsumer>,
+    pub dlq: FutureProducer,
+    pub ch: Client,
+    pub seen: SeenBatches,
+    pub metrics: Arc<SinkMetrics>,
+    pub shutdown: watch::Receiver<bool>,
+    /// Set when fault injection stopped the sink.
+    pub fault_exit: bool,
+}
+
+impl Sink {
+    pub fn log(&self, what: &'static str) {
+        let m = &self.metrics;
+        info!(
+            records = m.kafka_records.get(),
+            batches = m.batches_stored.get(),
+            flows = m.rows_inserted.get(FlowRow::TABLE),
+            duplicates_skipped = m.duplicates_skipped.get(),
+            dead_lettered = m.dead_lettered.get(),
+            insert_retries = m.insert_retries.get(),
+            "{what}"
+        );
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    async fn pause(&mut self, d: Duration) {
+        let mut s = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = s.wait_for(|v| *v) => {}
+        }
+    }
+
+    /// Waits until ClickHouse answers and the schema exists.
+    pub async fn wait_for_schema(&mut self) {
+        let mut logged = false;
+        while !self.stopping() {
+            let r: Result<u64, _> = self
+                .ch
+                .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+                .bind(&self.args.clickhouse.clickhouse_database)
+                .bind(FlowRow::TABLE)
+                .fetch_one()
+                .await;
+            match r {
+                Ok(1) => return,
+                Ok(_) if !logged => {
+                    warn!(
+                        "tidewatch schema not found; run `tidewatch-collector migrate` (waiting)"
+                    );
+                    logged = true;
+                }
+                Err(e) if !logged => {
+                    warn!(error = %e, "ClickHouse not reachable yet (waiting)");
+                    logged = true;
+                }
+                _ => {}
+            }
+            self.pause(Duration::from_secs(1)).await;
+        }
+    }
+
+    pub async fn run(&mut self) {
+        let mut last_log = Instant::now();
+        while !self.stopping() {
+            let Some(chunk) = self.collect().await else {
+                break;
+            };
+            if !self.store(chunk).await {
+                break; // shutting down before the chunk was stored: not committed
+            }
+            if last_log.elapsed() > Duration::from_secs(30) {
+                self.log("sink progress");
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    /// Consumes one chunk. `None` when shutting down before anything arrived.
+    async fn collect(&mut self) -> Option<Chunk> {
+        let mut chunk = Chunk::new();
+        let mut shutdown = self.shutdown.clone();
+        // First record: wait as long as it takes.
+        let first = loop {
+            tokio::select! {
+                m = self.consumer.recv() => match m {
+                    Ok(m) => break detach(&m),
+                    Err(e) => {
+                        warn!(error = %e, "Kafka consume error");
+                        self.pause(Duration::from_millis(500)).await;
+                    }
+                },
+                _ = shutdown.wait_for(|v| *v) => return None,
+            }
+        };
+        self.accept(first, &mut chunk).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.args.max_wait_ms);
+        while chunk.rows.len() < self.args.max_rows && !self.stopping() {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let d = detach(&m);
+                    self.accept(d, &mut chunk).await;
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Kafka consume error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(chunk)
+    }
+
+    /// Decodes one record into the chunk (rows, duplicate, or dead letter).
+    async fn accept(&mut self, m: Detached, chunk: &mut Chunk) {
+        self.metrics.kafka_records.inc();
+        let e = chunk
+            .offsets
+            .entry((m.topic.clone(), m.partition))
+            .or_insert(m.offset);
+        *e = (*e).max(m.offset);
+        let dead = |reason: String| DeadLetter {
+            topic: m.topic.clone(),
+            partition: m.partition,
+            offset: m.offset,
+            reason,
+            key: m.key.clone().unwrap_or_default(),
+            value: m.payload.clone().unwrap_or_default(),
+            failed_us: now_us(),
+        };
+        let Some(payload) = m.payload.as_deref() else {
+            chunk.dead.push(dead("record has no value".into()));
+            return;
+        };
+        let env = match IngestedBatch::decode(payload) {
+            Ok(e) if !e.sensor_id.is_empty() && e.seq > 0 => e,
+            Ok(_) => {
+                chunk
+                    .dead
+                    .push(dead("envelope lacks sensor_id or seq".into()));
+                return;
+            }
+            Err(e) => {
+                chunk.dead.push(dead(format!("not an IngestedBatch: {e}")));
+                return;
+            }
+        };
+        let batch = match codec::decode(env.encoding, &env.payload, self.args.max_decoded_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                chunk.dead.push(dead(e.to_string()));
+                return;
+            }
+        };
+        self.ensure_loaded(&env.sensor_id).await;
+        let key = (env.sensor_id.clone(), env.seq);
+        if self.seen.contains(&env.sensor_id, env.seq) || chunk.in_chunk.contains(&key) {
+            self.metrics.duplicates_skipped.inc();
+            debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
+            return;
+        }
+        if let Err(e) = append_rows(&env, &batch, m.partition, m.offset, &mut chunk.rows) {
+            chunk.dead.push(dead(format!("cannot store batch: {e}")));
+            return;
+        }
+        chunk.in_chunk.insert(key.clone());
+        chunk.batches.push(key);
+    }
+
+    /// Loads the sensor's stored seqs from the ledger, once per process.
+    async fn ensure_loaded(&mut self, sensor: &str) {
+        if self.seen.knows_sensor(sensor) {
+            return;
+        }
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let r: Result<Vec<u64>, _> = self
+                .ch
+                .query(&format!(
+                    "SELECT seq FROM {} WHERE sensor_id = ? ORDER BY seq DESC LIMIT 100000",
+                    BatchRow::TABLE
+                ))
+                .bind(sensor)
+                .fetch_all()
+                .await;
+            match r {
+                Ok(seqs) => {
+                    if backoff > Duration::from_millis(200) {
+                        info!(sensor, "ClickHouse read succeeded after retries");
+                    }
+                    debug!(sensor, n = seqs.len(), "loaded stored batch seqs");
+                    self.seen.load(sensor, seqs);
+                    return;
+                }
+                Err(e) => {
+                    warn!(sensor, error = %e, retry_in = ?backoff, "ClickHouse read of the batch ledger failed; offsets stay uncommitted");
+                    if self.stopping() {
+                        // Nothing will be committed; dedup falls back to the schema.
+                        self.seen.load(sensor, []);
+                        return;
+                    }
+                    self.pause(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Dead letters, inserts, ledger, commit. Returns false if interrupted by
+    /// shutdown before the offsets were committed.
+    async fn store(&mut self, chunk: Chunk) -> bool {
+        for d in &chunk.dead {
+            if !self.dead_letter(d).await {
+                return false;
+            }
+        }
+        let n_rows = chunk.rows.len();
+        let started = Instant::now();
+        if !self.retry(Stage::Rows, &chunk.rows).await {
+            return false;
+        }
+        if self.args.fault_exit_after_insert {
+            error!(
+                rows = n_rows,
+                "fault injection: exiting after insert, before ledger and commit"
+            );
+            self.fault_exit = true;
+            return false;
+        }
+        if !self.retry(Stage::Ledger, &chunk.rows).await {
+            return false;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &chunk.offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+            {
+                error!(error = %e, "cannot build offset list");
+            }
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => self.metrics.commits.inc(),
+            // Rows are stored; the records will be consumed again and skipped.
+            Err(e) => {
+                warn!(error = %e, "offset commit failed; records will be redelivered and de-duplicated")
+            }
+        }
+        for (sensor, seq) in &chunk.batches {
+            self.seen.insert(sensor, *seq);
+        }
+        let m = &self.metrics;
+        m.batches_stored.add(chunk.batches.len() as u64);
+        let r = &chunk.rows;
+        m.rows_inserted.add(FlowRow::TABLE, r.flows.len() as u64);
+        m.rows_inserted.add(AssetRow::TABLE, r.assets.len() as u64);
+        m.rows_inserted
+            .add(StatusRow::TABLE, r.statuses.len() as u64);
+        m.rows_inserted.add(BatchRow::TABLE, r.batches.len() as u64);
+
+        debug!(
+            rows = n_rows,
+            batches = chunk.batches.len(),
+            dead = chunk.dead.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "chunk stored and committed"
+        );
+        true
+    }
+
+    /// Runs one write stage until it succeeds or the sink is told to stop.
+    async fn retry(&mut self, stage: Stage, rows: &Rows) -> bool {
+        let what = match stage {
+            Stage::Rows => "insert rows",
+            Stage::Ledger => "insert ledger",
+        };
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0u32;
+        loop {
+            let t0 = Instant::now();
+            let r = match stage {
+                Stage::Rows => insert_rows(&self.ch, rows).await,
+                Stage::Ledger => insert_table(&self.ch, &rows.batches).await,
+            };
+            match r {
+                Ok(()) => {
+                    self.metrics.insert_seconds.observe_duration(t0.elapsed());
+                    if attempt > 0 {
+                        info!(
+                            what,
+                            attempts = attempt + 1,
+                            "ClickHouse write succeeded after retries"
+                        );
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.metrics.insert_retries.inc();
+                    warn!(what, attempt, error = %e, retry_in = ?backoff, "ClickHouse write failed; offsets stay uncommitted");
+                    if self.stopping() {
+                        return false;
+                    }
+                    self.pause(backoff).await;
+                    if self.stopping() {
+                        return false;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&mut self, d: &DeadLetter) -> bool {
+        warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason,
+            "undecodable record sent to the dead-letter topic");
+        let value = d.encode_to_vec();
+        loop {
+            let rec = FutureRecord::to(&self.args.deadletter_topic)
+                .key(&d.key)
+                .payload(&value);
+            match self.dlq.send(rec, Timeout::Never).await {
+                Ok(_) => {
+                    self.metrics.dead_lettered.inc();
+                    return true;
+                }
+                Err((e, _)) => {
+                    warn!(error = %e, "dead-letter write failed; retrying");
+                    if self.stopping() {
+                        return false;
+                    }
+                    self.pause(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stage {
+    Rows,
+    Ledger,
+}
+
+/// An owned copy of what the sink needs from a Kafka message.
+struct Detached {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+fn detach(m: &BorrowedMessage<'_>) -> Detached {
+    Detached {
+        topic: m.topic().to_string(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+    }
+}
+
+/// Inserts `rows` into their table (one insert; nothing when empty).
+async fn insert_table<T>(ch: &Client, rows: &[T]) -> Result<(), clickhouse::error::Error>
+where
+    T: Table + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
+    for<'b> T: clickhouse::Row<Value<'b> = T>,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ins = ch.insert::<T>(<T as Table>::TABLE).await?.with_timeouts(
+        Some(Duration::from_secs(30)),
+        Some(Duration::from_secs(120)),
+    );
+    for r in rows {
+        ins.write(r).await?;
+    }
+    ins.end().await
+}
+
+async fn insert_rows(ch: &Client, rows: &Rows) -> Result<(), clickhouse::error::Error> {
+    insert_table(ch, &rows.flows).await?;
+    insert_table(ch, &rows.assets).await?;
+    insert_table(ch, &rows.statuses).await
+}
