@@ -14,6 +14,15 @@ pub fn ip_text(b: &[u8]) -> Option<String> {
     }
 }
 
+/// Network-order bytes of an address (4 for IPv4, 16 for IPv6), as records
+/// carry them; the inverse of [`ip_text`].
+pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    }
+}
+
 /// Lowercase transport name of an IP protocol number ("tcp", "udp", ... or "ip-N").
 pub fn transport_name(proto: u32) -> std::borrow::Cow<'static, str> {
     match proto {

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use tidewatch_proto::v1::{AssetObservation, OperationClass};
 
-use crate::flow::ip_bytes;
 use crate::protocols::{AppProto, Roles};
+use tidewatch_proto::util::ip_bytes;
 
 /// Addresses kept per asset.
 pub const MAX_IPS: usize = 16;

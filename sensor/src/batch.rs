@@ -94,29 +94,29 @@ impl SeqStore {
 /// `OtWrite` (flows with OT write, control or program operations), then
 /// `Bulk` (every other flow). Each class has its own part of the disk buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub enum Class {
+pub enum Priority {
     Control = 0,
     OtWrite = 1,
     #[default]
     Bulk = 2,
 }
 
-impl Class {
+impl Priority {
     /// Highest priority first.
-    pub const ALL: [Class; 3] = [Class::Control, Class::OtWrite, Class::Bulk];
+    pub const ALL: [Priority; 3] = [Priority::Control, Priority::OtWrite, Priority::Bulk];
 
     /// Stable name (buffer directory, metrics label, logs).
     pub fn name(self) -> &'static str {
         match self {
-            Class::Control => "control",
-            Class::OtWrite => "ot-write",
-            Class::Bulk => "bulk",
+            Priority::Control => "control",
+            Priority::OtWrite => "ot-write",
+            Priority::Bulk => "bulk",
         }
     }
 
     /// `OtWrite` for a flow that wrote to, controlled or programmed an OT
     /// device; `Bulk` otherwise.
-    pub fn of_flow(f: &FlowRecord) -> Class {
+    pub fn of_flow(f: &FlowRecord) -> Priority {
         let writes = f.operations.iter().any(|o| {
             matches!(
                 OperationClass::try_from(o.class),
@@ -124,9 +124,9 @@ impl Class {
             )
         });
         if writes {
-            Class::OtWrite
+            Priority::OtWrite
         } else {
-            Class::Bulk
+            Priority::Bulk
         }
     }
 }
@@ -136,7 +136,7 @@ impl Class {
 pub struct PreparedBatch {
     pub seq: u64,
     pub flows: usize,
-    pub class: Class,
+    pub class: Priority,
     pub request: UploadRequest,
     /// Set by the uplink once the batch has been on the link (a later send
     /// is a resend).
@@ -162,7 +162,7 @@ impl Default for BatchConfig {
     }
 }
 
-/// Groups records into batches of one [`Class`] each, of at most
+/// Groups records into batches of one [`Priority`] each, of at most
 /// `max_flows` records: asset observations (and status) in `Control`
 /// batches, flows in `OtWrite` or `Bulk` batches by their operations.
 pub struct Batcher {
@@ -191,8 +191,8 @@ impl Batcher {
         assets: Vec<AssetObservation>,
     ) -> Result<Vec<PreparedBatch>, StateError> {
         for r in records {
-            match Class::of_flow(&r) {
-                Class::OtWrite => self.ot.push(r),
+            match Priority::of_flow(&r) {
+                Priority::OtWrite => self.ot.push(r),
                 _ => self.bulk.push(r),
             }
         }
@@ -202,9 +202,9 @@ impl Batcher {
         while self.assets.len() >= max {
             let rest = self.assets.split_off(max);
             let a = std::mem::replace(&mut self.assets, rest);
-            out.push(self.seal(Class::Control, Vec::new(), a, Vec::new())?);
+            out.push(self.seal(Priority::Control, Vec::new(), a, Vec::new())?);
         }
-        for class in [Class::OtWrite, Class::Bulk] {
+        for class in [Priority::OtWrite, Priority::Bulk] {
             while self.flows_mut(class).len() >= max {
                 let pending = self.flows_mut(class);
                 let rest = pending.split_off(max);
@@ -215,9 +215,9 @@ impl Batcher {
         Ok(out)
     }
 
-    fn flows_mut(&mut self, class: Class) -> &mut Vec<FlowRecord> {
+    fn flows_mut(&mut self, class: Priority) -> &mut Vec<FlowRecord> {
         match class {
-            Class::OtWrite => &mut self.ot,
+            Priority::OtWrite => &mut self.ot,
             _ => &mut self.bulk,
         }
     }
@@ -231,9 +231,14 @@ impl Batcher {
         let mut out = Vec::new();
         if !self.assets.is_empty() || status.is_some() {
             let a = std::mem::take(&mut self.assets);
-            out.push(self.seal(Class::Control, Vec::new(), a, status.into_iter().collect())?);
+            out.push(self.seal(
+                Priority::Control,
+                Vec::new(),
+                a,
+                status.into_iter().collect(),
+            )?);
         }
-        for class in [Class::OtWrite, Class::Bulk] {
+        for class in [Priority::OtWrite, Priority::Bulk] {
             let f = std::mem::take(self.flows_mut(class));
             if !f.is_empty() {
                 out.push(self.seal(class, f, Vec::new(), Vec::new())?);
@@ -244,7 +249,7 @@ impl Batcher {
 
     fn seal(
         &mut self,
-        class: Class,
+        class: Priority,
         flows: Vec<FlowRecord>,
         assets: Vec<AssetObservation>,
         status: Vec<SensorStatus>,
@@ -321,7 +326,7 @@ mod tests {
         assert_eq!(rest.len(), 1);
         let last = rest.pop().unwrap();
         assert_eq!(last.flows, 1);
-        assert_eq!(last.class, Class::Bulk);
+        assert_eq!(last.class, Priority::Bulk);
         assert!(b.flush(None).unwrap().is_empty());
         let seqs: Vec<u64> = full.iter().chain([&last]).map(|p| p.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
@@ -357,12 +362,12 @@ mod tests {
         let full = b.push(recs, vec![AssetObservation::default()]).unwrap();
         assert_eq!(
             full.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
-            [(Class::OtWrite, 2), (Class::Bulk, 2)]
+            [(Priority::OtWrite, 2), (Priority::Bulk, 2)]
         );
         let rest = b.flush(Some(SensorStatus::default())).unwrap();
         assert_eq!(
             rest.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
-            [(Class::Control, 0), (Class::OtWrite, 1)]
+            [(Priority::Control, 0), (Priority::OtWrite, 1)]
         );
         let control = decode_request(&rest[0].request).unwrap();
         assert_eq!((control.assets.len(), control.status.len()), (1, 1));

@@ -14,7 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::batch::Class;
+use crate::batch::Priority;
 use crate::state_file::{self, Durability};
 
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +141,9 @@ impl DailyBudget {
     }
 
     /// What `class` may use of the period's budget.
-    fn allowance(&self, class: Class) -> u64 {
+    fn allowance(&self, class: Priority) -> u64 {
         match class {
-            Class::Bulk => {
+            Priority::Bulk => {
                 self.cfg.daily_bytes - self.cfg.daily_bytes * self.cfg.reserve_percent as u64 / 100
             }
             _ => self.cfg.daily_bytes,
@@ -151,7 +151,7 @@ impl DailyBudget {
     }
 
     /// Whether `bytes` of `class` may be handed to the uplink now.
-    pub fn allows(&mut self, class: Class, bytes: u64) -> bool {
+    pub fn allows(&mut self, class: Priority, bytes: u64) -> bool {
         if !self.enabled() {
             return true;
         }
@@ -232,17 +232,17 @@ mod tests {
     fn bulk_stops_at_the_reserve_and_the_rest_at_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = DailyBudget::open(dir.path(), cfg(1000, Duration::from_secs(86_400))).unwrap();
-        assert!(b.allows(Class::Bulk, 800));
+        assert!(b.allows(Priority::Bulk, 800));
         b.reserve(700);
-        assert!(!b.allows(Class::Control, 301), "reserved bytes count");
+        assert!(!b.allows(Priority::Control, 301), "reserved bytes count");
         b.commit(700);
         assert_eq!(b.used(), 700);
-        assert!(!b.allows(Class::Bulk, 101), "bulk may use 80% only");
-        assert!(b.allows(Class::Bulk, 100));
-        assert!(b.allows(Class::OtWrite, 300));
-        assert!(!b.allows(Class::Control, 301));
+        assert!(!b.allows(Priority::Bulk, 101), "bulk may use 80% only");
+        assert!(b.allows(Priority::Bulk, 100));
+        assert!(b.allows(Priority::OtWrite, 300));
+        assert!(!b.allows(Priority::Control, 301));
         b.charge(300);
-        assert!(!b.allows(Class::Control, 1));
+        assert!(!b.allows(Priority::Control, 1));
         assert_eq!(b.used(), 1000);
     }
 
@@ -266,11 +266,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut b = DailyBudget::open(dir.path(), cfg(100, Duration::from_millis(300))).unwrap();
         b.charge(100);
-        assert!(!b.allows(Class::Control, 1));
+        assert!(!b.allows(Priority::Control, 1));
         let wait = b.until_next_period();
         assert!(wait <= Duration::from_millis(300));
         std::thread::sleep(wait + Duration::from_millis(20));
-        assert!(b.allows(Class::Control, 100));
+        assert!(b.allows(Priority::Control, 100));
         assert_eq!(b.used(), 0);
     }
 
@@ -278,7 +278,7 @@ mod tests {
     fn no_budget_allows_everything() {
         let dir = tempfile::tempdir().unwrap();
         let mut b = DailyBudget::open(dir.path(), BudgetConfig::default()).unwrap();
-        assert!(b.allows(Class::Bulk, u64::MAX / 2));
+        assert!(b.allows(Priority::Bulk, u64::MAX / 2));
         assert!(DailyBudget::open(
             dir.path(),
             BudgetConfig {

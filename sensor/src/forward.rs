@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::batch::{now_us, Class, PreparedBatch};
+use crate::batch::{now_us, PreparedBatch, Priority};
 use crate::budget::{BudgetConfig, BudgetError, DailyBudget};
 use crate::buffer::{
     BufferConfig, BufferError, BufferStats, ClassedBuffer, OpenReport, Reader, Stored,
@@ -96,12 +96,14 @@ impl Forwarder {
         let budget = Arc::new(Mutex::new(DailyBudget::open(state_dir, cfg.budget)?));
         let (disk, opened) = ClassedBuffer::open(cfg.buffer)?;
         log_opened(&opened);
-        let readers: Vec<(Class, Reader)> =
-            Class::ALL.iter().map(|c| (*c, disk.reader(*c))).collect();
+        let readers: Vec<(Priority, Reader)> = Priority::ALL
+            .iter()
+            .map(|c| (*c, disk.reader(*c)))
+            .collect();
         let disk = Arc::new(Mutex::new(disk));
         let counters = Arc::new(UplinkCounters::default());
         let (to_uplink, from_feeder) = mpsc::channel::<PreparedBatch>(cfg.uplink.window * 2);
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Class, u64)>();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Priority, u64)>();
         let uplink = Uplink::new(cfg.uplink)?
             .with_done_channel(done_tx)
             .with_counters(counters.clone())
@@ -277,7 +279,7 @@ fn log_opened(opened: &OpenReport) {
 
 /// Streams the disk buffer to the uplink (step 2 of the module docs).
 struct Feeder {
-    readers: Vec<(Class, Reader)>,
+    readers: Vec<(Priority, Reader)>,
     budget: Arc<Mutex<DailyBudget>>,
     to_uplink: mpsc::Sender<PreparedBatch>,
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tidewatch_proto::metrics::Registry;
 
-use crate::batch::{decode_request, now_us, Class};
+use crate::batch::{decode_request, now_us, Priority};
 use crate::budget::DailyBudget;
 use crate::buffer::ClassedBuffer;
 use crate::pipeline::Progress;
@@ -148,11 +148,11 @@ pub fn registry(
         "Size cap of the disk buffer (--buffer-max-mib).",
         |d| d.max_bytes() as f64,
     );
-    let per_class = |name: &str, help: &'static str, f: fn(&ClassedBuffer, Class) -> f64| {
+    let per_class = |name: &str, help: &'static str, f: fn(&ClassedBuffer, Priority) -> f64| {
         let d = disk.clone();
         r.gauge_fn(name, help, move || {
             let d = d.lock().expect("buffer lock");
-            Class::ALL
+            Priority::ALL
                 .iter()
                 .map(|c| (vec![("class", c.name().to_string())], f(&d, *c)))
                 .collect()
@@ -175,7 +175,7 @@ pub fn registry(
             "Flow records lost on the sensor, by cause (buffer_full: dropped by the buffer cap) and upload class.",
             move || {
                 let d = d.lock().expect("buffer lock");
-                Class::ALL
+                Priority::ALL
                     .iter()
                     .map(|c| {
                         (

@@ -10,6 +10,7 @@
 /// contents do not change. A hint only: where the kernel lacks
 /// `MADV_POPULATE_WRITE` (Linux before 5.14) or on other systems, nothing
 /// happens and pages fault in as they are touched.
+#[allow(unsafe_code)] // see the SAFETY comments
 pub fn prefault<T>(v: &mut Vec<T>) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{Class, PreparedBatch};
+use crate::batch::{PreparedBatch, Priority};
 use crate::budget::DailyBudget;
 use crate::ratelimit::TokenBucket;
 
@@ -105,7 +105,7 @@ pub struct Uplink {
     counters: Arc<UplinkCounters>,
     /// Receives the class and seq of every batch the uplink is done with
     /// (acked, or refused for good), in order: the disk buffer forgets them.
-    done: Option<mpsc::UnboundedSender<(Class, u64)>>,
+    done: Option<mpsc::UnboundedSender<(Priority, u64)>>,
     /// Charged for every send (batches are reserved against it by whoever
     /// hands them over, which is where the budget holds them back).
     budget: Option<Arc<Mutex<DailyBudget>>>,
@@ -144,7 +144,7 @@ impl Uplink {
     }
 
     /// Reports finished batches (acked or refused for good) on `tx`.
-    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<(Class, u64)>) -> Self {
+    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<(Priority, u64)>) -> Self {
         self.done = Some(tx);
         self
     }

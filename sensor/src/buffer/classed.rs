@@ -1,5 +1,5 @@
 //! The disk buffer split by upload priority: one [`DiskBuffer`] per
-//! [`Class`] under `STATE_DIR/buffer/<class>/`, sharing one size cap.
+//! [`Priority`] under `STATE_DIR/buffer/<class>/`, sharing one size cap.
 //!
 //! Each class is its own FIFO with its own ack cursor, so the uplink can
 //! send a higher class first (the daily byte budget decides when that
@@ -15,7 +15,7 @@ use super::record::{self, SEGMENT_HEADER};
 use super::{
     BufferConfig, BufferError, BufferStats, DiskBuffer, OpenReport, Reader, Stored, WhenFull,
 };
-use crate::batch::{Class, PreparedBatch};
+use crate::batch::{PreparedBatch, Priority};
 
 /// The disk buffer of a running sensor: one [`DiskBuffer`] per upload
 /// class under one shared size cap.
@@ -26,7 +26,7 @@ pub struct ClassedBuffer {
 }
 
 /// Directory of one class's part of the buffer.
-pub fn class_dir(buffer_dir: &Path, class: Class) -> PathBuf {
+pub fn class_dir(buffer_dir: &Path, class: Priority) -> PathBuf {
     buffer_dir.join(class.name())
 }
 
@@ -34,7 +34,7 @@ impl ClassedBuffer {
     /// Opens (or creates) the three parts, validating every segment.
     pub fn open(cfg: BufferConfig) -> Result<(ClassedBuffer, OpenReport), BufferError> {
         let mut report = OpenReport::default();
-        let mut open = |class: Class| -> Result<DiskBuffer, BufferError> {
+        let mut open = |class: Priority| -> Result<DiskBuffer, BufferError> {
             let (b, r) = DiskBuffer::open(BufferConfig {
                 dir: class_dir(&cfg.dir, class),
                 ..cfg.clone()
@@ -45,9 +45,9 @@ impl ClassedBuffer {
             Ok(b)
         };
         let bufs = [
-            open(Class::Control)?,
-            open(Class::OtWrite)?,
-            open(Class::Bulk)?,
+            open(Priority::Control)?,
+            open(Priority::OtWrite)?,
+            open(Priority::Bulk)?,
         ];
         Ok((
             ClassedBuffer {
@@ -59,7 +59,7 @@ impl ClassedBuffer {
         ))
     }
 
-    pub fn class(&self, c: Class) -> &DiskBuffer {
+    pub fn class(&self, c: Priority) -> &DiskBuffer {
         &self.bufs[c as usize]
     }
 
@@ -95,7 +95,7 @@ impl ClassedBuffer {
                 }
                 WhenFull::DropOldest => {
                     let mut dropped = false;
-                    for c in Class::ALL.iter().rev() {
+                    for c in Priority::ALL.iter().rev() {
                         if self.bufs[*c as usize].drop_oldest_segment()? {
                             dropped = true;
                             break;
@@ -118,19 +118,19 @@ impl ClassedBuffer {
     }
 
     /// Every batch of `class` up to `seq` is acked.
-    pub fn ack(&mut self, class: Class, seq: u64) -> Result<(), BufferError> {
+    pub fn ack(&mut self, class: Priority, seq: u64) -> Result<(), BufferError> {
         self.bufs[class as usize].ack(seq)
     }
 
     /// A reader over the unacked batches of `class`, oldest first.
-    pub fn reader(&self, class: Class) -> Reader {
+    pub fn reader(&self, class: Priority) -> Reader {
         let b = &self.bufs[class as usize];
         b.reader(b.acked())
     }
 
     /// The oldest unacked batch of each class that has one.
-    pub fn oldest_pending(&self) -> Vec<(Class, Stored)> {
-        Class::ALL
+    pub fn oldest_pending(&self) -> Vec<(Priority, Stored)> {
+        Priority::ALL
             .iter()
             .filter_map(|c| Some((*c, self.bufs[*c as usize].peek_oldest_pending()?)))
             .collect()
@@ -143,7 +143,7 @@ mod tests {
     use crate::buffer::Fsync;
     use tidewatch_proto::v1::{Encoding, UploadRequest};
 
-    fn batch(seq: u64, class: Class, size: usize) -> PreparedBatch {
+    fn batch(seq: u64, class: Priority, size: usize) -> PreparedBatch {
         PreparedBatch {
             seq,
             flows: 10,
@@ -168,7 +168,7 @@ mod tests {
         .0
     }
 
-    fn drain(buf: &ClassedBuffer, c: Class) -> Vec<u64> {
+    fn drain(buf: &ClassedBuffer, c: Priority) -> Vec<u64> {
         let mut r = buf.reader(c);
         let mut v = Vec::new();
         while let Some(s) = r.next_batch().unwrap() {
@@ -182,30 +182,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
         for (seq, c) in [
-            (1, Class::Bulk),
-            (2, Class::Control),
-            (3, Class::OtWrite),
-            (4, Class::Bulk),
-            (5, Class::Control),
+            (1, Priority::Bulk),
+            (2, Priority::Control),
+            (3, Priority::OtWrite),
+            (4, Priority::Bulk),
+            (5, Priority::Control),
         ] {
             assert!(buf.append(&batch(seq, c, 100)).unwrap());
         }
-        buf.ack(Class::Control, 2).unwrap();
+        buf.ack(Priority::Control, 2).unwrap();
         buf.sync().unwrap();
         drop(buf);
         let buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
-        assert_eq!(drain(&buf, Class::Control), [5]);
-        assert_eq!(drain(&buf, Class::OtWrite), [3]);
-        assert_eq!(drain(&buf, Class::Bulk), [1, 4]);
+        assert_eq!(drain(&buf, Priority::Control), [5]);
+        assert_eq!(drain(&buf, Priority::OtWrite), [3]);
+        assert_eq!(drain(&buf, Priority::Bulk), [1, 4]);
         assert_eq!(buf.stats().pending_batches, 4);
-        let oldest: Vec<(Class, u64)> = buf
+        let oldest: Vec<(Priority, u64)> = buf
             .oldest_pending()
             .into_iter()
             .map(|(c, s)| (c, s.seq))
             .collect();
         assert_eq!(
             oldest,
-            [(Class::Control, 5), (Class::OtWrite, 3), (Class::Bulk, 1)]
+            [
+                (Priority::Control, 5),
+                (Priority::OtWrite, 3),
+                (Priority::Bulk, 1)
+            ]
         );
     }
 
@@ -215,35 +219,35 @@ mod tests {
         // 256 KiB cap, 64 KiB segments; 20 KiB batches: 3 per segment.
         let mut buf = open(dir.path(), 256 * 1024, WhenFull::DropOldest);
         let mut seq = 0;
-        let mut add = |buf: &mut ClassedBuffer, c: Class, n: usize| {
+        let mut add = |buf: &mut ClassedBuffer, c: Priority, n: usize| {
             for _ in 0..n {
                 seq += 1;
                 assert!(buf.append(&batch(seq, c, 20_000)).unwrap());
             }
         };
-        add(&mut buf, Class::Control, 3);
-        add(&mut buf, Class::OtWrite, 3);
-        add(&mut buf, Class::Bulk, 6);
+        add(&mut buf, Priority::Control, 3);
+        add(&mut buf, Priority::OtWrite, 3);
+        add(&mut buf, Priority::Bulk, 6);
         assert_eq!(buf.stats().dropped_batches, 0);
         // Over the cap: bulk pays, oldest first.
-        add(&mut buf, Class::OtWrite, 3);
+        add(&mut buf, Priority::OtWrite, 3);
         assert!(buf.stats().bytes <= 256 * 1024);
-        assert_eq!(buf.class(Class::Bulk).stats().dropped_batches, 3);
-        assert_eq!(buf.class(Class::OtWrite).stats().dropped_batches, 0);
-        assert_eq!(buf.class(Class::Control).stats().dropped_batches, 0);
+        assert_eq!(buf.class(Priority::Bulk).stats().dropped_batches, 3);
+        assert_eq!(buf.class(Priority::OtWrite).stats().dropped_batches, 0);
+        assert_eq!(buf.class(Priority::Control).stats().dropped_batches, 0);
         // (Reading marks batches as handed to the uplink, which drops do
         // not count as lost: peek instead.)
-        assert_eq!(buf.class(Class::Bulk).stats().pending_batches, 3);
+        assert_eq!(buf.class(Priority::Bulk).stats().pending_batches, 3);
         assert_eq!(
-            buf.class(Class::Bulk).peek_oldest_pending().unwrap().seq,
+            buf.class(Priority::Bulk).peek_oldest_pending().unwrap().seq,
             10
         );
-        assert_eq!(buf.class(Class::Control).stats().pending_batches, 3);
+        assert_eq!(buf.class(Priority::Control).stats().pending_batches, 3);
         // Once bulk is gone, OT writes go before control.
-        add(&mut buf, Class::Control, 6);
-        assert_eq!(buf.class(Class::Bulk).stats().dropped_batches, 6);
-        assert!(buf.class(Class::OtWrite).stats().dropped_batches > 0);
-        assert_eq!(buf.class(Class::Control).stats().dropped_batches, 0);
+        add(&mut buf, Priority::Control, 6);
+        assert_eq!(buf.class(Priority::Bulk).stats().dropped_batches, 6);
+        assert!(buf.class(Priority::OtWrite).stats().dropped_batches > 0);
+        assert_eq!(buf.class(Priority::Control).stats().dropped_batches, 0);
         assert_eq!(buf.stats().dropped_flows, 10 * buf.stats().dropped_batches);
     }
 
@@ -253,12 +257,15 @@ mod tests {
         let mut buf = open(dir.path(), 256 * 1024, WhenFull::DropNewest);
         let mut refused = 0;
         for seq in 1..=20 {
-            if !buf.append(&batch(seq, Class::OtWrite, 20_000)).unwrap() {
+            if !buf.append(&batch(seq, Priority::OtWrite, 20_000)).unwrap() {
                 refused += 1;
             }
         }
         assert!(refused > 0);
-        assert_eq!(buf.class(Class::OtWrite).stats().dropped_batches, refused);
+        assert_eq!(
+            buf.class(Priority::OtWrite).stats().dropped_batches,
+            refused
+        );
         assert_eq!(buf.stats().dropped_batches, refused);
         assert!(buf.stats().bytes <= 256 * 1024);
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use tidewatch_proto::v1::UploadRequest;
 
-use crate::batch::{Class, PreparedBatch};
+use crate::batch::{PreparedBatch, Priority};
 
 pub mod classed;
 mod offline;
@@ -116,7 +116,7 @@ pub struct Stored {
 }
 
 impl Stored {
-    pub fn into_prepared(self, class: Class) -> PreparedBatch {
+    pub fn into_prepared(self, class: Priority) -> PreparedBatch {
         PreparedBatch {
             seq: self.seq,
             flows: self.flows as usize,

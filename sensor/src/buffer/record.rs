@@ -105,14 +105,14 @@ pub fn decode(rec: &[u8]) -> Stored {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Class;
+    use crate::batch::Priority;
 
     #[test]
     fn a_record_round_trips_and_any_damage_is_caught() {
         let b = PreparedBatch {
             seq: 7,
             flows: 3,
-            class: Class::Bulk,
+            class: Priority::Bulk,
             sent: false,
             request: UploadRequest {
                 seq: 7,

@@ -333,14 +333,14 @@ mod tests {
     use tidewatch_proto::v1::{Encoding, UploadRequest};
 
     use super::*;
-    use crate::batch::Class;
+    use crate::batch::Priority;
     use crate::buffer::segment::list_segments;
 
     fn batch(seq: u64, size: usize) -> PreparedBatch {
         PreparedBatch {
             seq,
             flows: 10,
-            class: Class::Bulk,
+            class: Priority::Bulk,
             sent: false,
             request: UploadRequest {
                 seq,

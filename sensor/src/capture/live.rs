@@ -77,6 +77,7 @@ impl LiveCapture {
     }
 
     /// The next packet, or `None` after about `read_timeout_ms` without one.
+    #[allow(unsafe_code)] // see the SAFETY comments
     pub fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, LiveError> {
         use std::os::fd::AsRawFd;
         let mut pfd = libc::pollfd {

@@ -2,7 +2,7 @@
 //! or repaired offline, class by class.
 
 use anyhow::bail;
-use tidewatch_sensor::batch::Class;
+use tidewatch_sensor::batch::Priority;
 use tidewatch_sensor::buffer::classed::class_dir;
 use tidewatch_sensor::buffer::{inspect, repair};
 
@@ -14,7 +14,7 @@ pub fn main(args: BufferCmdArgs) -> anyhow::Result<()> {
     let dir = dir.as_path();
     let mut damaged = 0;
     let mut total = (0u64, 0u64, 0u64);
-    for class in Class::ALL {
+    for class in Priority::ALL {
         let cdir = class_dir(dir, class);
         if !cdir.is_dir() {
             println!("buffer {} ({}): empty", cdir.display(), class.name());
@@ -48,7 +48,7 @@ pub fn main(args: BufferCmdArgs) -> anyhow::Result<()> {
 
 /// Prints one class's segments; returns its segments, bytes, pending
 /// batches and damaged records.
-fn print_buffer(dir: &std::path::Path, class: Class) -> anyhow::Result<(u64, u64, u64, u64)> {
+fn print_buffer(dir: &std::path::Path, class: Priority) -> anyhow::Result<(u64, u64, u64, u64)> {
     let ins = inspect(dir)?;
     let pending: u64 = ins.segments.iter().map(|s| s.pending_records).sum();
     let bytes: u64 = ins.segments.iter().map(|s| s.bytes).sum();

@@ -76,13 +76,13 @@ pub struct FlowStats {
 /// keeps a table entry at 136 bytes (with `packed(4)`: 20 bytes, not 24).
 #[derive(Debug, Default, Clone, Copy)]
 #[repr(C, packed(4))]
-struct Dir {
+struct DirCounters {
     packets: u32,
     ip_bytes: u64,
     payload_bytes: u64,
 }
 
-impl Dir {
+impl DirCounters {
     fn to_proto(self, tcp_flags: u8) -> DirectionCounters {
         DirectionCounters {
             packets: self.packets as u64,
@@ -113,8 +113,8 @@ pub struct Flow {
     last_us: i64,
     /// Capture time of the RST or the second FIN, or [`OPEN`].
     closed_at: i64,
-    a2b: Dir,
-    b2a: Dir,
+    a2b: DirCounters,
+    b2a: DirCounters,
     app: AppState,
     a_mac: [u8; 6],
     b_mac: [u8; 6],
@@ -129,12 +129,12 @@ impl Flow {
         first_us: 0,
         last_us: 0,
         closed_at: OPEN,
-        a2b: Dir {
+        a2b: DirCounters {
             packets: 0,
             ip_bytes: 0,
             payload_bytes: 0,
         },
-        b2a: Dir {
+        b2a: DirCounters {
             packets: 0,
             ip_bytes: 0,
             payload_bytes: 0,
@@ -198,8 +198,8 @@ impl Flow {
     /// Starts the next record of the same flow (active timeout).
     fn restart(&mut self, now_us: i64) {
         self.first_us = now_us;
-        self.a2b = Dir::default();
-        self.b2a = Dir::default();
+        self.a2b = DirCounters::default();
+        self.b2a = DirCounters::default();
         self.a2b_flags = 0;
         self.b2a_flags = 0;
         self.bits &= !(A_FIN | B_FIN);
@@ -757,14 +757,6 @@ impl FlowTable {
     /// metering thread's time.
     pub fn recycle_from(&mut self, rx: std::sync::mpsc::Receiver<Vec<FlowRecord>>) {
         self.recycler = Some(rx);
-    }
-}
-
-/// Network-order bytes of an address: 4 for IPv4, 16 for IPv6.
-pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v) => v.octets().to_vec(),
-        IpAddr::V6(v) => v.octets().to_vec(),
     }
 }
 

@@ -173,6 +173,7 @@ fn folded_multiply(x: u64, y: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
+#[allow(unsafe_code)] // see the SAFETY comments
 #[inline]
 fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tidewatch_proto::v1::{Batch, Encoding, UploadRequest};
-use tidewatch_sensor::batch::{Class, PreparedBatch};
+use tidewatch_sensor::batch::{PreparedBatch, Priority};
 use tidewatch_sensor::buffer::{BufferConfig, ClassedBuffer, Fsync, WhenFull};
 use tidewatch_tests::synth::bench_flow;
 
@@ -75,7 +75,7 @@ fn main() {
     let batch = |seq: u64| PreparedBatch {
         seq,
         flows: FLOWS as usize,
-        class: Class::Bulk,
+        class: Priority::Bulk,
         request: UploadRequest {
             seq,
             encoding: Encoding::ProtobufZstd as i32,
@@ -131,14 +131,14 @@ fn main() {
     let before = rss_mib();
     let mut peak = before;
     let mut buf = buf;
-    let mut reader = buf.reader(Class::Bulk);
+    let mut reader = buf.reader(Priority::Bulk);
     let t0 = Instant::now();
     let mut n = 0u64;
     let mut flows = 0u64;
     while let Some(s) = reader.next_batch().unwrap() {
         n += 1;
         flows += s.flows as u64;
-        buf.ack(Class::Bulk, s.seq).unwrap();
+        buf.ack(Priority::Bulk, s.seq).unwrap();
         if n.is_multiple_of(500) {
             peak = peak.max(rss_mib());
         }
