@@ -161,6 +161,16 @@ impl Uplink {
         self
     }
 
+    /// Uploads every batch of `batches` and returns once all are acked.
+    pub async fn upload_all(self, batches: Vec<PreparedBatch>) -> UplinkStats {
+        let (tx, rx) = mpsc::channel(batches.len().max(1));
+        for b in batches {
+            let _ = tx.try_send(b);
+        }
+        drop(tx);
+        self.run(rx).await
+    }
+
     /// Uploads every batch from `source` until it closes and all are acked.
     pub async fn run(mut self, mut source: mpsc::Receiver<PreparedBatch>) -> UplinkStats {
         let mut unacked: VecDeque<PreparedBatch> = VecDeque::new();

@@ -114,8 +114,9 @@ impl Rng {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn flow(
+/// One flow record by named fields: times in microseconds, each direction
+/// as (packets, IP bytes).
+struct Flow<'a> {
     t_us: i64,
     dur_us: i64,
     client: Vec<u8>,
@@ -125,32 +126,37 @@ fn flow(
     proto: u32,
     c2s: (u64, u64),
     s2c: (u64, u64),
-    app: &str,
+    app: &'a str,
     ops: Vec<Operation>,
-) -> FlowRecord {
-    let dir = |(packets, bytes): (u64, u64)| {
-        Some(DirectionCounters {
-            packets,
-            ip_bytes: bytes,
-            payload_bytes: bytes.saturating_sub(packets * 40),
-            tcp_flags: if proto == 6 { 0x1b } else { 0 },
-        })
-    };
-    FlowRecord {
-        first_seen_us: t_us,
-        last_seen_us: t_us + dur_us,
-        client_ip: client,
-        server_ip: server,
-        client_port: cport,
-        server_port: sport,
-        ip_protocol: proto,
-        c2s: dir(c2s),
-        s2c: dir(s2c),
-        app_protocol: app.into(),
-        vlan: 0,
-        end: if proto == 6 { 3 } else { 1 },
-        operations: ops,
-        indicators: Vec::new(),
+}
+
+impl Flow<'_> {
+    fn record(self) -> FlowRecord {
+        let proto = self.proto;
+        let dir = |(packets, bytes): (u64, u64)| {
+            Some(DirectionCounters {
+                packets,
+                ip_bytes: bytes,
+                payload_bytes: bytes.saturating_sub(packets * 40),
+                tcp_flags: if proto == 6 { 0x1b } else { 0 },
+            })
+        };
+        FlowRecord {
+            first_seen_us: self.t_us,
+            last_seen_us: self.t_us + self.dur_us,
+            client_ip: self.client,
+            server_ip: self.server,
+            client_port: self.cport,
+            server_port: self.sport,
+            ip_protocol: proto,
+            c2s: dir(self.c2s),
+            s2c: dir(self.s2c),
+            app_protocol: self.app.into(),
+            vlan: 0,
+            end: if proto == 6 { 3 } else { 1 },
+            operations: self.ops,
+            indicators: Vec::new(),
+        }
     }
 }
 
@@ -183,10 +189,405 @@ fn asset(
     }
 }
 
+/// Where in the detection window a planted anomaly may happen.
+#[derive(Clone, Copy)]
+struct At {
+    vessel: usize,
+    vessels: usize,
+    /// Hour of the detection window (the last day).
+    hw: u32,
+}
+
+/// Where its records go: vessel `vb`'s addresses, `us(s)` the time `s`
+/// seconds into the hour.
+struct Site<'a> {
+    vb: u8,
+    us: &'a dyn Fn(i64) -> i64,
+}
+
+/// One anomaly planted in the detection window, declared once: when it
+/// happens, the records (or status, or silence) that plant it, and what the
+/// queries must find ([`Truth`]).
+struct Anomaly {
+    when: fn(At) -> bool,
+    plant: fn(&Site<'_>, &mut Vec<FlowRecord>, &mut Vec<AssetObservation>),
+    status: fn(&mut SensorStatus, At),
+    /// The sensor sends nothing at all while `when` holds.
+    silences: bool,
+    truth: fn(&mut Truth, &[SensorPlan]),
+}
+
+impl Anomaly {
+    /// Nothing planted, nothing expected: the base the table's entries
+    /// fill in.
+    const NOTHING: Anomaly = Anomaly {
+        when: |_| false,
+        plant: |_, _, _| {},
+        status: |_, _| {},
+        silences: false,
+        truth: |_, _| {},
+    };
+}
+
 const CAMPAIGN: [u8; 4] = [45, 33, 32, 156];
 const NEW_DEST: [u8; 4] = [192, 0, 2, 66];
 const BEACON: [u8; 4] = [198, 18, 0, 77];
 const SHORE_INTRUDER: [u8; 4] = [203, 0, 113, 200];
+
+/// A short TLS connection from `client` to `server:port` at `t`.
+fn tls(t: i64, client: Vec<u8>, server: [u8; 4], port: u32) -> FlowRecord {
+    Flow {
+        t_us: t,
+        dur_us: 3_000_000,
+        client,
+        server: server.to_vec(),
+        cport: 45_000,
+        sport: port,
+        proto: 6,
+        c2s: (12, 2_400),
+        s2c: (14, 9_000),
+        app: "tls",
+        ops: Vec::new(),
+    }
+    .record()
+}
+
+fn vessel(s: &[SensorPlan], i: usize) -> String {
+    s[i].vessel.clone()
+}
+
+/// Vessel `i`'s address `10.i.zone.host`, as text.
+fn addr(i: usize, zone: u8, host: u8) -> String {
+    text(&ip(10, i as u8, zone, host))
+}
+
+/// Every planted anomaly, in the order their truths are listed.
+const ANOMALIES: &[Anomaly] = &[
+    // A new asset (vessel 0, hour 6).
+    Anomaly {
+        when: |a| a.vessel == 0 && a.hw == 6,
+        plant: |s, _, assets| {
+            assets.push(asset(
+                [0x02, 0x42, 0xac, 0, s.vb, 50],
+                ip(10, s.vb, 1, 50),
+                "Unknown Vendor Ltd",
+                (s.us)(30),
+                &[],
+                &[],
+            ))
+        },
+        truth: |t, s| t.new_assets.push((vessel(s, 0), addr(0, 1, 50))),
+        ..Anomaly::NOTHING
+    },
+    // A new external destination (vessel 0, hour 5).
+    Anomaly {
+        when: |a| a.vessel == 0 && a.hw == 5,
+        plant: |s, flows, _| flows.push(tls((s.us)(600), ip(10, s.vb, 3, 33), NEW_DEST, 443)),
+        truth: |t, s| t.new_destinations.push((vessel(s, 0), text(&NEW_DEST))),
+        ..Anomaly::NOTHING
+    },
+    // Beaconing (vessel 2): every 60 s ± 1 s for six hours, small and
+    // constant, to a destination never seen before.
+    Anomaly {
+        when: |a| a.vessel == 2 && (2..8).contains(&a.hw),
+        plant: |s, flows, _| {
+            for k in 0..60i64 {
+                let jitter = (k * 7 % 3) - 1;
+                flows.push(
+                    Flow {
+                        t_us: (s.us)(k * 60 + jitter),
+                        dur_us: 150_000,
+                        client: ip(10, s.vb, 2, 12),
+                        server: BEACON.to_vec(),
+                        cport: 52_000 + k as u32,
+                        sport: 8443,
+                        proto: 6,
+                        c2s: (5, 620),
+                        s2c: (4, 560),
+                        app: "tls",
+                        ops: Vec::new(),
+                    }
+                    .record(),
+                );
+            }
+        },
+        truth: |t, s| {
+            t.new_destinations.push((vessel(s, 2), text(&BEACON)));
+            t.beacons.push((
+                vessel(s, 2),
+                addr(2, 2, 12),
+                format!("{}:8443", text(&BEACON)),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // A fleet-wide campaign: every vessel reaches a new destination
+    // between hours 8 and 10 (before the silent sensor goes quiet).
+    Anomaly {
+        when: |a| a.hw == 8 + (a.vessel as u32 % 2),
+        plant: |s, flows, _| {
+            flows.push(tls(
+                (s.us)(300 + (97 * s.vb as i64) % 3000),
+                ip(10, s.vb, 2, 14),
+                CAMPAIGN,
+                443,
+            ))
+        },
+        truth: |t, s| {
+            for i in 0..s.len() {
+                t.new_destinations.push((vessel(s, i), text(&CAMPAIGN)));
+            }
+            t.campaigns.push((
+                text(&CAMPAIGN),
+                (0..s.len()).map(|i| vessel(s, i)).collect(),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // A volume spike (vessel 1, hour 7): IT host .11 sends 500 MB to the
+    // update server it checks every half hour (203.0.113.10 + 11 % 3).
+    Anomaly {
+        when: |a| a.vessel == 1 && a.hw == 7,
+        plant: |s, flows, _| {
+            flows.push(
+                Flow {
+                    t_us: (s.us)(11 * 7),
+                    dur_us: 2_000_000,
+                    client: ip(10, s.vb, 2, 11),
+                    server: ip(203, 0, 113, 12),
+                    cport: 30_011,
+                    sport: 443,
+                    proto: 6,
+                    c2s: (350_000, 500_000_000),
+                    s2c: (40, 50_000),
+                    app: "tls",
+                    ops: Vec::new(),
+                }
+                .record(),
+            )
+        },
+        truth: |t, s| {
+            t.volume_spikes.push((
+                vessel(s, 1),
+                addr(1, 2, 11),
+                text(&ip(203, 0, 113, 12)),
+                t.window_start_s + 7 * 3600,
+            ))
+        },
+        ..Anomaly::NOTHING
+    },
+    // An OT write from a crew laptop (vessel 1, hour 9): an unexpected
+    // writer and a crew -> OT segmentation break. Like a real sensor, this
+    // one reports the laptop as an asset in the engineering-station role as
+    // soon as it writes (so it is a new asset too).
+    Anomaly {
+        when: |a| a.vessel == 1 && a.hw == 9,
+        plant: |s, flows, assets| {
+            assets.push(asset(
+                [0x18, 0x66, 0xda, 0, s.vb, 44],
+                ip(10, s.vb, 3, 44),
+                "Dell Inc.",
+                (s.us)(1200),
+                &["modbus"],
+                &["engineering_station"],
+            ));
+            flows.push(
+                Flow {
+                    t_us: (s.us)(1200),
+                    dur_us: 300_000,
+                    client: ip(10, s.vb, 3, 44),
+                    server: ip(10, s.vb, 1, 11),
+                    cport: 51_515,
+                    sport: 502,
+                    proto: 6,
+                    c2s: (4, 300),
+                    s2c: (4, 280),
+                    app: "modbus",
+                    ops: vec![op(6, "write_single_register", OperationClass::Write, 2)],
+                }
+                .record(),
+            );
+        },
+        truth: |t, s| {
+            t.unexpected_ot_writes
+                .push((vessel(s, 1), addr(1, 3, 44), addr(1, 1, 11)));
+            t.segmentation_breaks.push((
+                vessel(s, 1),
+                addr(1, 3, 44),
+                format!("{}:502", addr(1, 1, 11)),
+            ));
+            t.new_assets.push((vessel(s, 1), addr(1, 3, 44)));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Inbound into OT from ashore (vessel 2, hour 11).
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 11,
+        plant: |s, flows, _| {
+            flows.push(
+                Flow {
+                    t_us: (s.us)(100),
+                    dur_us: 900_000,
+                    client: SHORE_INTRUDER.to_vec(),
+                    server: ip(10, s.vb, 1, 10),
+                    cport: 61_000,
+                    sport: 502,
+                    proto: 6,
+                    c2s: (6, 420),
+                    s2c: (6, 460),
+                    app: "modbus",
+                    ops: vec![op(3, "read_holding_registers", OperationClass::Read, 4)],
+                }
+                .record(),
+            )
+        },
+        truth: |t, s| {
+            t.segmentation_breaks.push((
+                vessel(s, 2),
+                text(&SHORE_INTRUDER),
+                format!("{}:502", addr(2, 1, 10)),
+            ))
+        },
+        ..Anomaly::NOTHING
+    },
+    // A crew host talking to the crane PLC (vessel 0, hour 12).
+    Anomaly {
+        when: |a| a.vessel == 0 && a.hw == 12,
+        plant: |s, flows, _| {
+            flows.push(
+                Flow {
+                    t_us: (s.us)(60),
+                    dur_us: 500_000,
+                    client: ip(10, s.vb, 3, 20),
+                    server: ip(10, s.vb, 1, 14),
+                    cport: 49_152,
+                    sport: 102,
+                    proto: 6,
+                    c2s: (8, 600),
+                    s2c: (8, 700),
+                    app: "s7comm",
+                    ops: vec![op(4, "read_var", OperationClass::Read, 2)],
+                }
+                .record(),
+            )
+        },
+        truth: |t, s| {
+            t.segmentation_breaks.push((
+                vessel(s, 0),
+                addr(0, 3, 20),
+                format!("{}:102", addr(0, 1, 14)),
+            ))
+        },
+        ..Anomaly::NOTHING
+    },
+    // A scan (vessel 1, hour 3) from the IT zone: every OT address on 502,
+    // then the first 100 ports of one PLC; one SYN each, answered by RST or
+    // nothing. Reaching into OT, it is a segmentation break too.
+    Anomaly {
+        when: |a| a.vessel == 1 && a.hw == 3,
+        plant: |s, flows, _| {
+            let scanner = ip(10, s.vb, 2, 99);
+            for (i, (host, port)) in (1..=254u8)
+                .map(|h| (h, 502u32))
+                .chain((1..=100u32).map(|p| (10u8, p)))
+                .enumerate()
+            {
+                flows.push(
+                    Flow {
+                        t_us: (s.us)(i as i64 / 10),
+                        dur_us: 1_000,
+                        client: scanner.clone(),
+                        server: ip(10, s.vb, 1, host),
+                        cport: 40_001,
+                        sport: port,
+                        proto: 6,
+                        c2s: (1, 44),
+                        s2c: (u64::from(host % 3 == 0), 40 * u64::from(host % 3 == 0)),
+                        app: "",
+                        ops: Vec::new(),
+                    }
+                    .record(),
+                );
+            }
+        },
+        truth: |t, s| {
+            t.scans.push((vessel(s, 1), addr(1, 2, 99)));
+            t.segmentation_breaks.push((
+                vessel(s, 1),
+                addr(1, 2, 99),
+                format!("{}/24", addr(1, 1, 0)),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // A PLC answering with another vendor's MAC (vessel 2, hour 6).
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 6,
+        plant: |s, _, assets| {
+            assets.push(asset(
+                [0x24, 0x0a, 0xc4, 0, s.vb, 12],
+                ip(10, s.vb, 1, 12),
+                "Espressif Inc.",
+                (s.us)(30),
+                &["modbus"],
+                &["controller"],
+            ))
+        },
+        truth: |t, s| {
+            t.changed_vendors.push((
+                vessel(s, 2),
+                addr(2, 1, 12),
+                "Siemens AG".into(),
+                "Espressif Inc.".into(),
+            ))
+        },
+        ..Anomaly::NOTHING
+    },
+    // The last sensor goes silent at hour 12.
+    Anomaly {
+        when: |a| a.vessel == a.vessels - 1 && a.hw >= 12,
+        silences: true,
+        truth: |t, s| {
+            let last = &s[s.len() - 1];
+            t.sensor_health
+                .push((last.sensor_id.clone(), "silent".into()));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Vessel 1's backlog grows all day.
+    Anomaly {
+        when: |a| a.vessel == 1,
+        status: |st, a| {
+            st.buffer_backlog_records = 2_000 * (a.hw as u64 + 1);
+            st.buffer_backlog_bytes = 150_000 * (a.hw as u64 + 1);
+        },
+        truth: |t, s| {
+            t.sensor_health
+                .push((s[1].sensor_id.clone(), "backlog".into()))
+        },
+        ..Anomaly::NOTHING
+    },
+    // Vessel 2's sensor drops records from hour 6.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw >= 6,
+        status: |st, _| st.records_dropped = 5_000,
+        truth: |t, s| {
+            t.sensor_health
+                .push((s[2].sensor_id.clone(), "drops".into()))
+        },
+        ..Anomaly::NOTHING
+    },
+    // Vessel 0 exhausts its daily budget from hour 18.
+    Anomaly {
+        when: |a| a.vessel == 0 && a.hw >= 18,
+        status: |st, _| st.bytes_sent_today = st.daily_byte_budget,
+        truth: |t, s| {
+            t.sensor_health
+                .push((s[0].sensor_id.clone(), "budget".into()))
+        },
+        ..Anomaly::NOTHING
+    },
+];
 
 impl Fleet {
     pub fn new(spec: Spec) -> Fleet {
@@ -203,72 +604,13 @@ impl Fleet {
             })
             .collect();
         let window = spec.start_s + (spec.days as i64 - 1) * 86_400;
-        let v = |i: usize| sensors[i].vessel.clone();
-        let o = |i: usize| i as u8;
         let mut t = Truth {
             window_start_s: window,
             ..Truth::default()
         };
-        t.new_destinations.push((v(0), text(&NEW_DEST)));
-        t.new_destinations.push((v(2), text(&BEACON)));
-        for i in 0..spec.vessels {
-            t.new_destinations.push((v(i), text(&CAMPAIGN)));
+        for a in ANOMALIES {
+            (a.truth)(&mut t, &sensors);
         }
-        t.volume_spikes.push((
-            v(1),
-            text(&ip(10, o(1), 2, 11)),
-            // IT host .11 updates from server 10 + 11 % 3.
-            text(&ip(203, 0, 113, 12)),
-            window + 7 * 3600,
-        ));
-        t.beacons.push((
-            v(2),
-            text(&ip(10, o(2), 2, 12)),
-            format!("{}:8443", text(&BEACON)),
-        ));
-        t.unexpected_ot_writes
-            .push((v(1), text(&ip(10, o(1), 3, 44)), text(&ip(10, o(1), 1, 11))));
-        t.segmentation_breaks.push((
-            v(1),
-            text(&ip(10, o(1), 3, 44)),
-            format!("{}:502", text(&ip(10, o(1), 1, 11))),
-        ));
-        t.segmentation_breaks.push((
-            v(2),
-            text(&SHORE_INTRUDER),
-            format!("{}:502", text(&ip(10, o(2), 1, 10))),
-        ));
-        t.segmentation_breaks.push((
-            v(0),
-            text(&ip(10, o(0), 3, 20)),
-            format!("{}:102", text(&ip(10, o(0), 1, 14))),
-        ));
-        t.scans.push((v(1), text(&ip(10, o(1), 2, 99))));
-        // The scan reaches into OT from the IT zone: a segmentation break too.
-        t.segmentation_breaks.push((
-            v(1),
-            text(&ip(10, o(1), 2, 99)),
-            format!("{}/24", text(&ip(10, o(1), 1, 0))),
-        ));
-        t.new_assets.push((v(0), text(&ip(10, o(0), 1, 50))));
-        t.new_assets.push((v(1), text(&ip(10, o(1), 3, 44))));
-        t.changed_vendors.push((
-            v(2),
-            text(&ip(10, o(2), 1, 12)),
-            "Siemens AG".into(),
-            "Espressif Inc.".into(),
-        ));
-        t.campaigns
-            .push((text(&CAMPAIGN), (0..spec.vessels).map(v).collect()));
-        let last = spec.vessels - 1;
-        t.sensor_health
-            .push((sensors[last].sensor_id.clone(), "silent".into()));
-        t.sensor_health
-            .push((sensors[1].sensor_id.clone(), "backlog".into()));
-        t.sensor_health
-            .push((sensors[2].sensor_id.clone(), "drops".into()));
-        t.sensor_health
-            .push((sensors[0].sensor_id.clone(), "budget".into()));
         Fleet {
             spec,
             sensors,
@@ -288,8 +630,17 @@ impl Fleet {
         let hour_s = spec.start_s + h as i64 * 3600;
         let window = self.truth.window_start_s;
         let last_day = hour_s >= window;
-        let silent = s.index == spec.vessels - 1 && hour_s >= window + 12 * 3600;
-        if silent {
+        let at = At {
+            vessel: s.index,
+            vessels: spec.vessels,
+            hw: ((hour_s - window).max(0) / 3600) as u32,
+        };
+        let planted: Vec<&Anomaly> = if last_day {
+            ANOMALIES.iter().filter(|a| (a.when)(at)).collect()
+        } else {
+            Vec::new()
+        };
+        if planted.iter().any(|a| a.silences) {
             return None;
         }
         let vb = s.index as u8;
@@ -304,125 +655,140 @@ impl Fleet {
         for m in 0..6i64 {
             for p in 10..=13u8 {
                 let t = us(m * 600 + p as i64);
-                flows.push(flow(
-                    t,
-                    200_000,
-                    hmi.clone(),
-                    ip(10, vb, 1, p),
-                    40_000 + rng.below(20_000) as u32,
-                    502,
-                    6,
-                    (6, 420),
-                    (6, 460),
-                    "modbus",
-                    vec![op(3, "read_holding_registers", OperationClass::Read, 4)],
-                ));
+                flows.push(
+                    Flow {
+                        t_us: t,
+                        dur_us: 200_000,
+                        client: hmi.clone(),
+                        server: ip(10, vb, 1, p),
+                        cport: 40_000 + rng.below(20_000) as u32,
+                        sport: 502,
+                        proto: 6,
+                        c2s: (6, 420),
+                        s2c: (6, 460),
+                        app: "modbus",
+                        ops: vec![op(3, "read_holding_registers", OperationClass::Read, 4)],
+                    }
+                    .record(),
+                );
             }
-            flows.push(flow(
-                us(m * 600 + 30),
-                300_000,
-                hmi.clone(),
-                ip(10, vb, 1, 14),
-                40_000 + rng.below(20_000) as u32,
-                102,
-                6,
-                (8, 600),
-                (8, 700),
-                "s7comm",
-                vec![op(4, "read_var", OperationClass::Read, 2)],
-            ));
+            flows.push(
+                Flow {
+                    t_us: us(m * 600 + 30),
+                    dur_us: 300_000,
+                    client: hmi.clone(),
+                    server: ip(10, vb, 1, 14),
+                    cport: 40_000 + rng.below(20_000) as u32,
+                    sport: 102,
+                    proto: 6,
+                    c2s: (8, 600),
+                    s2c: (8, 700),
+                    app: "s7comm",
+                    ops: vec![op(4, "read_var", OperationClass::Read, 2)],
+                }
+                .record(),
+            );
         }
         // The engineering station writes a setpoint once a day at 10:00.
         if h % 24 == 10 {
-            flows.push(flow(
-                us(5),
-                400_000,
-                eng.clone(),
-                ip(10, vb, 1, 10 + (h / 24 % 4) as u8),
-                50_000 + rng.below(10_000) as u32,
-                502,
-                6,
-                (4, 300),
-                (4, 280),
-                "modbus",
-                vec![op(6, "write_single_register", OperationClass::Write, 2)],
-            ));
+            flows.push(
+                Flow {
+                    t_us: us(5),
+                    dur_us: 400_000,
+                    client: eng.clone(),
+                    server: ip(10, vb, 1, 10 + (h / 24 % 4) as u8),
+                    cport: 50_000 + rng.below(10_000) as u32,
+                    sport: 502,
+                    proto: 6,
+                    c2s: (4, 300),
+                    s2c: (4, 280),
+                    app: "modbus",
+                    ops: vec![op(6, "write_single_register", OperationClass::Write, 2)],
+                }
+                .record(),
+            );
         }
         // Navigation: the GPS broadcasts NMEA (two records an hour).
         for half in 0..2i64 {
-            flows.push(flow(
-                us(half * 1800),
-                1_799_000_000,
-                ip(10, vb, 4, 10),
-                ip(10, vb, 4, 255),
-                10110,
-                10110,
-                17,
-                (1800, 1800 * 110),
-                (0, 0),
-                "nmea0183",
-                vec![op(68023768, "GPGGA", OperationClass::Other, 1800)],
-            ));
+            flows.push(
+                Flow {
+                    t_us: us(half * 1800),
+                    dur_us: 1_799_000_000,
+                    client: ip(10, vb, 4, 10),
+                    server: ip(10, vb, 4, 255),
+                    cport: 10110,
+                    sport: 10110,
+                    proto: 17,
+                    c2s: (1800, 1800 * 110),
+                    s2c: (0, 0),
+                    app: "nmea0183",
+                    ops: vec![op(68023768, "GPGGA", OperationClass::Other, 1800)],
+                }
+                .record(),
+            );
         }
         // IT: update checks ashore, two an hour per host.
         for host in 10..=19u8 {
             for k in 0..2 {
                 let server = ip(203, 0, 113, 10 + (host % 3));
-                let spike =
-                    last_day && hour_s == window + 7 * 3600 && s.index == 1 && host == 11 && k == 0;
-                let up = if spike {
-                    (350_000, 500_000_000)
-                } else {
-                    (12 + rng.below(6), 1_500 + rng.below(800))
-                };
-                flows.push(flow(
-                    us(k * 1800 + host as i64 * 7 + rng.below(60) as i64),
-                    2_000_000,
-                    ip(10, vb, 2, host),
-                    server,
-                    30_000 + rng.below(30_000) as u32,
-                    443,
-                    6,
-                    up,
-                    (30 + rng.below(20), 40_000 + rng.below(20_000)),
-                    "tls",
-                    Vec::new(),
-                ));
+                let up = (12 + rng.below(6), 1_500 + rng.below(800));
+                flows.push(
+                    Flow {
+                        t_us: us(k * 1800 + host as i64 * 7 + rng.below(60) as i64),
+                        dur_us: 2_000_000,
+                        client: ip(10, vb, 2, host),
+                        server,
+                        cport: 30_000 + rng.below(30_000) as u32,
+                        sport: 443,
+                        proto: 6,
+                        c2s: up,
+                        s2c: (30 + rng.below(20), 40_000 + rng.below(20_000)),
+                        app: "tls",
+                        ops: Vec::new(),
+                    }
+                    .record(),
+                );
             }
         }
         // Crew internet and DNS: the bulk.
         for _ in 0..100 * spec.scale {
             let host = 10 + rng.below(50) as u8;
             let site = 1 + rng.below(200) as u8;
-            flows.push(flow(
-                us(rng.below(3600) as i64),
-                5_000_000 + rng.below(60_000_000) as i64,
-                ip(10, vb, 3, host),
-                ip(198, 51, 100, site),
-                30_000 + rng.below(30_000) as u32,
-                if rng.below(5) == 0 { 80 } else { 443 },
-                6,
-                (10 + rng.below(40), 2_000 + rng.below(20_000)),
-                (20 + rng.below(200), 20_000 + rng.below(2_000_000)),
-                "tls",
-                Vec::new(),
-            ));
+            flows.push(
+                Flow {
+                    t_us: us(rng.below(3600) as i64),
+                    dur_us: 5_000_000 + rng.below(60_000_000) as i64,
+                    client: ip(10, vb, 3, host),
+                    server: ip(198, 51, 100, site),
+                    cport: 30_000 + rng.below(30_000) as u32,
+                    sport: if rng.below(5) == 0 { 80 } else { 443 },
+                    proto: 6,
+                    c2s: (10 + rng.below(40), 2_000 + rng.below(20_000)),
+                    s2c: (20 + rng.below(200), 20_000 + rng.below(2_000_000)),
+                    app: "tls",
+                    ops: Vec::new(),
+                }
+                .record(),
+            );
         }
         for _ in 0..100 * spec.scale {
             let zone = if rng.below(2) == 0 { 2 } else { 3 };
-            flows.push(flow(
-                us(rng.below(3600) as i64),
-                20_000,
-                ip(10, vb, zone, 10 + rng.below(50) as u8),
-                ip(10, vb, 2, 1),
-                30_000 + rng.below(30_000) as u32,
-                53,
-                17,
-                (1, 70),
-                (1, 120),
-                "dns",
-                Vec::new(),
-            ));
+            flows.push(
+                Flow {
+                    t_us: us(rng.below(3600) as i64),
+                    dur_us: 20_000,
+                    client: ip(10, vb, zone, 10 + rng.below(50) as u8),
+                    server: ip(10, vb, 2, 1),
+                    cport: 30_000 + rng.below(30_000) as u32,
+                    sport: 53,
+                    proto: 17,
+                    c2s: (1, 70),
+                    s2c: (1, 120),
+                    app: "dns",
+                    ops: Vec::new(),
+                }
+                .record(),
+            );
         }
         if h == 0 {
             for p in 10..=14u8 {
@@ -467,11 +833,12 @@ impl Fleet {
             ));
         }
 
-        if last_day {
-            let hw = ((hour_s - window) / 3600) as u32;
-            self.plant(s, hw, &us, &mut flows, &mut assets);
+        let site = Site { vb, us: &us };
+        let mut status = self.status(hour_s);
+        for a in &planted {
+            (a.plant)(&site, &mut flows, &mut assets);
+            (a.status)(&mut status, at);
         }
-        let status = self.status(s, hour_s, last_day);
         Some(Batch {
             seq: h as u64 + 1,
             sensor_id: String::new(),
@@ -482,195 +849,16 @@ impl Fleet {
         })
     }
 
-    /// The anomalies of the detection window, at hour `hw` of it.
-    fn plant(
-        &self,
-        s: &SensorPlan,
-        hw: u32,
-        us: &dyn Fn(i64) -> i64,
-        flows: &mut Vec<FlowRecord>,
-        assets: &mut Vec<AssetObservation>,
-    ) {
-        let vb = s.index as u8;
-        let tls = |t, client: Vec<u8>, server: [u8; 4], port| {
-            flow(
-                t,
-                3_000_000,
-                client,
-                server.to_vec(),
-                45_000,
-                port,
-                6,
-                (12, 2_400),
-                (14, 9_000),
-                "tls",
-                Vec::new(),
-            )
-        };
-        // New external destination (vessel 0, hour 5).
-        if s.index == 0 && hw == 5 {
-            flows.push(tls(us(600), ip(10, vb, 3, 33), NEW_DEST, 443));
-        }
-        // Fleet-wide campaign: every vessel, between hours 8 and 10 (before
-        // the silent sensor goes quiet).
-        if hw == 8 + (s.index as u32 % 2) {
-            flows.push(tls(
-                us(300 + (97 * s.index as i64) % 3000),
-                ip(10, vb, 2, 14),
-                CAMPAIGN,
-                443,
-            ));
-        }
-        // Beaconing (vessel 2): every 60 s ± 1 s for six hours, small and constant.
-        if s.index == 2 && (2..8).contains(&hw) {
-            for k in 0..60i64 {
-                let jitter = (k * 7 % 3) - 1;
-                flows.push(flow(
-                    us(k * 60 + jitter),
-                    150_000,
-                    ip(10, vb, 2, 12),
-                    BEACON.to_vec(),
-                    52_000 + k as u32,
-                    8443,
-                    6,
-                    (5, 620),
-                    (4, 560),
-                    "tls",
-                    Vec::new(),
-                ));
-            }
-        }
-        // An OT write from a crew laptop (vessel 1, hour 9): unexpected
-        // writer and a crew -> OT segmentation break. Like a real sensor,
-        // this one reports the laptop as an asset in the engineering-station
-        // role as soon as it writes (so it is a new asset too).
-        if s.index == 1 && hw == 9 {
-            assets.push(asset(
-                [0x18, 0x66, 0xda, 0, vb, 44],
-                ip(10, vb, 3, 44),
-                "Dell Inc.",
-                us(1200),
-                &["modbus"],
-                &["engineering_station"],
-            ));
-            flows.push(flow(
-                us(1200),
-                300_000,
-                ip(10, vb, 3, 44),
-                ip(10, vb, 1, 11),
-                51_515,
-                502,
-                6,
-                (4, 300),
-                (4, 280),
-                "modbus",
-                vec![op(6, "write_single_register", OperationClass::Write, 2)],
-            ));
-        }
-        // Inbound into OT from ashore (vessel 2, hour 11).
-        if s.index == 2 && hw == 11 {
-            flows.push(flow(
-                us(100),
-                900_000,
-                SHORE_INTRUDER.to_vec(),
-                ip(10, vb, 1, 10),
-                61_000,
-                502,
-                6,
-                (6, 420),
-                (6, 460),
-                "modbus",
-                vec![op(3, "read_holding_registers", OperationClass::Read, 4)],
-            ));
-        }
-        // Crew host talking to the crane PLC (vessel 0, hour 12).
-        if s.index == 0 && hw == 12 {
-            flows.push(flow(
-                us(60),
-                500_000,
-                ip(10, vb, 3, 20),
-                ip(10, vb, 1, 14),
-                49_152,
-                102,
-                6,
-                (8, 600),
-                (8, 700),
-                "s7comm",
-                vec![op(4, "read_var", OperationClass::Read, 2)],
-            ));
-        }
-        // A scan (vessel 1, hour 3): every OT address on 502, then the
-        // first 100 ports of one PLC; one SYN each, answered by RST or nothing.
-        if s.index == 1 && hw == 3 {
-            let scanner = ip(10, vb, 2, 99);
-            for (i, (host, port)) in (1..=254u8)
-                .map(|h| (h, 502u32))
-                .chain((1..=100u32).map(|p| (10u8, p)))
-                .enumerate()
-            {
-                flows.push(flow(
-                    us(i as i64 / 10),
-                    1_000,
-                    scanner.clone(),
-                    ip(10, vb, 1, host),
-                    40_001,
-                    port,
-                    6,
-                    (1, 44),
-                    (u64::from(host % 3 == 0), 40 * u64::from(host % 3 == 0)),
-                    "",
-                    Vec::new(),
-                ));
-            }
-        }
-        // A new asset (vessel 0) and a changed vendor (vessel 2), hour 6.
-        if hw == 6 {
-            if s.index == 0 {
-                assets.push(asset(
-                    [0x02, 0x42, 0xac, 0, vb, 50],
-                    ip(10, vb, 1, 50),
-                    "Unknown Vendor Ltd",
-                    us(30),
-                    &[],
-                    &[],
-                ));
-            }
-            if s.index == 2 {
-                assets.push(asset(
-                    [0x24, 0x0a, 0xc4, 0, vb, 12],
-                    ip(10, vb, 1, 12),
-                    "Espressif Inc.",
-                    us(30),
-                    &["modbus"],
-                    &["controller"],
-                ));
-            }
-        }
-    }
-
-    /// The hour's status record, with the planted health problems.
-    fn status(&self, s: &SensorPlan, hour_s: i64, last_day: bool) -> SensorStatus {
-        let hw = (hour_s - self.truth.window_start_s) / 3600;
-        let mut st = SensorStatus {
+    /// The hour's status record, before any planted health problem.
+    fn status(&self, hour_s: i64) -> SensorStatus {
+        SensorStatus {
             observed_us: (hour_s + 3599) * 1_000_000,
             capture_packets: 100_000,
             software_version: "fleetgen".into(),
             daily_byte_budget: 50_000_000,
             bytes_sent_today: 400_000 * ((hour_s % 86_400) / 3600 + 1) as u64,
             ..SensorStatus::default()
-        };
-        if last_day {
-            match s.index {
-                1 => {
-                    st.buffer_backlog_records = 2_000 * (hw as u64 + 1);
-                    st.buffer_backlog_bytes = 150_000 * (hw as u64 + 1);
-                }
-                2 if hw >= 6 => st.records_dropped = 5_000,
-                0 if hw >= 18 => st.bytes_sent_today = st.daily_byte_budget,
-                _ => {}
-            }
         }
-        st
     }
 
     /// Every batch of every sensor, sensor by sensor (streams: memory stays

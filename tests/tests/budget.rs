@@ -24,9 +24,8 @@ fn received(stack: &Stack, sql: &str) -> Vec<u64> {
 
 #[test]
 fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-vsat");
     let port = free_port();
     let state = stack.path().join("state");
@@ -49,15 +48,9 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
 
     // 1. Meter while the collector is away, then stop: every batch of the
     // capture is on disk, in its class, before the budget decides.
-    let mut s = sensor_run(
-        "sensor-1",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &state,
-        &["--batch-flows", "5", "--no-compress"],
-    );
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&["--batch-flows", "5", "--no-compress"])
+        .spawn("sensor-1", stack.path());
     s.wait_log("capture metered", Duration::from_secs(30));
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
     let st = s.terminate().expect("sensor stops on SIGTERM");
@@ -71,18 +64,12 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
 
     // 2. The link is back but the budget lets about four small batches
     // through per 2-second "day".
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let empty = stack.path().join("empty.pcap");
     pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut s2 = sensor_run(
-        "sensor-2",
-        stack.path(),
-        &s1,
-        port,
-        &empty,
-        &state,
-        &[
+    let mut s2 = SensorRun::new(&s1, port, &empty, &state)
+        .args(&[
             "--no-compress",
             "--daily-budget-bytes",
             "2500",
@@ -90,8 +77,8 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
             "20",
             "--budget-period-secs",
             "2",
-        ],
-    );
+        ])
+        .spawn("sensor-2", stack.path());
     assert!(
         s2.wait(Duration::from_secs(240)).success(),
         "{}",
@@ -106,8 +93,8 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
     // Exactly once, in spite of the wait.
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
-    assert_eq!(ch_totals(&stack, "flows_raw"), want);
+    expect_flows(stack, &want);
+    assert_eq!(ch_totals(stack, "flows_raw"), want);
     wait_until(Duration::from_secs(30), "both status records", || {
         (stack.query_u64("SELECT count() FROM tidewatch.sensor_status") == 2).then_some(())
     });
@@ -116,15 +103,15 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
     // batch arrived no later than the first bulk batch, and the upload was
     // spread over several budget periods.
     let control = received(
-        &stack,
+        stack,
         "SELECT seq FROM tidewatch.batches FINAL WHERE flows = 0",
     );
     let ot = received(
-        &stack,
+        stack,
         &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE {OT}"),
     );
     let bulk = received(
-        &stack,
+        stack,
         &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE NOT {OT}"),
     );
     assert!(control.len() >= 2 && !ot.is_empty() && !bulk.is_empty());

@@ -18,12 +18,11 @@ fn python(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn python_grpcio_uploads_over_mtls_and_gets_its_ack() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s = pki.sensor("py-sensor", "mv-interop");
     let port = free_port();
-    let mut ingest = stack.ingest(&pki, port, &[]);
+    let mut ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let port_s = port.to_string();
     let common = [

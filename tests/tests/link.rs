@@ -10,13 +10,9 @@ use tidewatch_tests::*;
 
 #[test]
 fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let s1 = pki.sensor("s1", "mv-vsat");
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
     let link = LinkEmu::start(port);
 
     // 60000 flows over 60 s of capture time, replayed at 0.5x with a short
@@ -24,14 +20,8 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
     let pcap = stack.path().join("long.pcap");
     pcapgen::write_udp_flows(&pcap, 60_000, 2, 1_700_000_000).unwrap();
     let expected = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        link.port,
-        &pcap,
-        &stack.path().join("state"),
-        &[
+    let mut s = SensorRun::new(&s1, link.port, &pcap, &stack.path().join("state"))
+        .args(&[
             "--idle-timeout",
             "0.5",
             "--replay-speed",
@@ -44,8 +34,8 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
             "2",
             "--keepalive-secs",
             "1",
-        ],
-    );
+        ])
+        .spawn("sensor", stack.path());
     s.wait_log("upload stream open", Duration::from_secs(30));
     // 100 cuts at pseudo-random moments, half resets and half silent
     // blackholes of random length (a fixed seed keeps it reproducible).
@@ -98,31 +88,24 @@ fn cuts_and_blackholes_during_a_replay_lose_and_duplicate_nothing() {
     );
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
 }
 
 #[test]
 fn rate_limit_keeps_the_upload_under_the_configured_rate() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-narrow");
     let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let link = LinkEmu::start(port);
     let pcap = stack.path().join("flows.pcap");
     pcapgen::write_udp_flows(&pcap, 3000, 2, 1_700_000_000).unwrap();
     let rate: u64 = 5_000;
     let started = std::time::Instant::now();
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        link.port,
-        &pcap,
-        &stack.path().join("state"),
-        &["--batch-flows", "100", "--rate-limit", &rate.to_string()],
-    );
+    let mut s = SensorRun::new(&s1, link.port, &pcap, &stack.path().join("state"))
+        .args(&["--batch-flows", "100", "--rate-limit", &rate.to_string()])
+        .spawn("sensor", stack.path());
     assert!(
         s.wait(Duration::from_secs(120)).success(),
         "{}",

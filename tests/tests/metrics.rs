@@ -90,9 +90,8 @@ fn sum(text: &str, name: &str) -> f64 {
 
 #[test]
 fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("m1", "mv-metrics");
     let pcap = pcaps().join("bacnet/bacnet_example.pcap");
     let want = totals(&read_flows(&pcap));
@@ -122,20 +121,14 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     // The sensor starts while the collector is away: everything waits in
     // its disk buffer and the metrics say so.
     let state = stack.path().join("state-m1");
-    let mut sensor = sensor_run(
-        "sensor-m1",
-        stack.path(),
-        &s1,
-        ingest_port,
-        &pcap,
-        &state,
-        &[
+    let mut sensor = SensorRun::new(&s1, ingest_port, &pcap, &state)
+        .args(&[
             "--batch-flows",
             "10",
             "--metrics-listen",
             &format!("127.0.0.1:{sensor_mport}"),
-        ],
-    );
+        ])
+        .spawn("sensor-m1", stack.path());
     let s = wait_until(Duration::from_secs(60), "sensor backlog in metrics", || {
         let s = get(sensor_mport, "/metrics").ok()?.1;
         (sum(&s, "tidewatch_sensor_buffer_pending_flows") == want.flows as f64
@@ -178,7 +171,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
 
     // The collector arrives; ingest counters start at zero.
     let _ingest = stack.ingest(
-        &pki,
+        pki,
         ingest_port,
         &["--metrics-listen", &format!("127.0.0.1:{ingest_mport}")],
     );
@@ -270,22 +263,16 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     let s2 = pki.sensor("m2", "mv-metrics");
     let pcap2 = pcaps().join("iec104/iec104.pcap");
     let want2 = totals(&read_flows(&pcap2));
-    let mut sensor2 = sensor_run(
-        "sensor-m2",
-        stack.path(),
-        &s2,
-        ingest_port,
-        &pcap2,
-        &stack.path().join("state-m2"),
-        &[
+    let mut sensor2 = SensorRun::new(&s2, ingest_port, &pcap2, &stack.path().join("state-m2"))
+        .args(&[
             "--replay-speed",
             "30",
             "--status-interval",
             "1",
             "--flush-interval",
             "0.5",
-        ],
-    );
+        ])
+        .spawn("sensor-m2", stack.path());
     let st = sensor2.wait(Duration::from_secs(120));
     assert!(st.success(), "sensor failed:\n{}", sensor2.log_text());
     let statuses = wait_until(Duration::from_secs(60), "periodic status rows", || {

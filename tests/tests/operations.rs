@@ -85,14 +85,13 @@ fn plain_upload(port: u16) -> tonic::Code {
 
 #[test]
 fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-ops");
     let port = free_port();
     let hport = free_port();
     let _ingest = stack.ingest(
-        &pki,
+        pki,
         port,
         &["--health-listen", &format!("127.0.0.1:{hport}")],
     );

@@ -23,9 +23,8 @@ fn stored_flows(stack: &Stack) -> u64 {
 
 #[test]
 fn mtls_refusals_and_identity_claims() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let good = pki.sensor("good", "mv-ok");
     // Expired: validity ended in 2020.
     pki.run(&[
@@ -46,7 +45,7 @@ fn mtls_refusals_and_identity_claims() {
     let foreign = other.sensor("good", "mv-ok");
 
     let port = free_port();
-    let mut ingest = stack.ingest(&pki, port, &[]);
+    let mut ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let ca = pki.dir.join("ca.pem");
 
@@ -110,10 +109,10 @@ fn mtls_refusals_and_identity_claims() {
         "{acks:?}"
     );
     wait_until(Duration::from_secs(60), "good flows stored", || {
-        (stored_flows(&stack) == 7).then_some(())
+        (stored_flows(stack) == 7).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(stored_flows(&stack), 7, "refused uploads wrote something");
+    assert_eq!(stored_flows(stack), 7, "refused uploads wrote something");
     assert_eq!(
         stack.query("SELECT DISTINCT sensor_id, vessel, batch_seq FROM tidewatch.flows ORDER BY batch_seq").unwrap(),
         "good\tmv-ok\t2\ngood\tmv-ok\t3\n"
@@ -122,12 +121,11 @@ fn mtls_refusals_and_identity_claims() {
 
 #[test]
 fn bad_input_is_refused_and_ingest_keeps_serving() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s = pki.sensor("s1", "mv-bad");
     let port = free_port();
-    let mut ingest = stack.ingest(&pki, port, &["--max-batch-bytes", "20000"]);
+    let mut ingest = stack.ingest(pki, port, &["--max-batch-bytes", "20000"]);
     let _sink = stack.sink("sink", &[]);
     let ca = pki.dir.join("ca.pem");
 
@@ -207,9 +205,9 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
     let acks = upload(port, &ca, Some(cc(&s)), vec![request(8, 3, "")]).unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32);
     wait_until(Duration::from_secs(60), "accepted flows stored", || {
-        (stored_flows(&stack) == 8).then_some(())
+        (stored_flows(stack) == 8).then_some(())
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(stored_flows(&stack), 8);
+    assert_eq!(stored_flows(stack), 8);
     assert!(ingest.try_wait().is_none(), "ingest exited");
 }

@@ -74,14 +74,10 @@ fn ch_keys(stack: &Stack, sensor: &str) -> Vec<FlowKey> {
 
 #[test]
 fn two_sensors_every_flow_exactly_once() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let a = pki.sensor("crane-a", "port-of-kiel");
     let b = pki.sensor("bridge-b", "mv-aurora");
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
 
     let corpus = pcaps();
     let plan: [(&str, &SensorCert, Vec<PathBuf>); 2] = [
@@ -126,15 +122,9 @@ fn two_sensors_every_flow_exactly_once() {
                 .or_default()
                 .extend(flows.iter().map(json_key));
             // Small batches so that each capture spans several batches.
-            let mut s = sensor_run(
-                &format!("sensor-{id}-{i}"),
-                stack.path(),
-                cert,
-                port,
-                f,
-                &state,
-                &["--batch-flows", "25"],
-            );
+            let mut s = SensorRun::new(cert, port, f, &state)
+                .args(&["--batch-flows", "25"])
+                .spawn(&format!("sensor-{id}-{i}"), stack.path());
             let st = s.wait(Duration::from_secs(120));
             assert!(st.success(), "sensor {id} failed:\n{}", s.log_text());
             assert!(s.log_text().contains("upload complete"));
@@ -143,16 +133,16 @@ fn two_sensors_every_flow_exactly_once() {
     for v in expected_keys.values_mut() {
         v.sort();
     }
-    expect_flows(&stack, &expected);
+    expect_flows(stack, &expected);
     // Nothing was stored twice.
     assert_eq!(
-        ch_totals(&stack, "flows_raw"),
+        ch_totals(stack, "flows_raw"),
         expected,
         "duplicates in the raw table without any resend"
     );
     for (id, keys) in &expected_keys {
         assert_eq!(
-            &ch_keys(&stack, id),
+            &ch_keys(stack, id),
             keys,
             "flows of {id} differ from what the sensor metered"
         );
@@ -190,43 +180,32 @@ fn two_sensors_every_flow_exactly_once() {
 
 #[test]
 fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-dup");
-    // Keep duplicate parts visible: without merges, the raw table shows every
-    // insert, and only the FINAL view may hide the duplicates.
-    stack
-        .query("SYSTEM STOP MERGES tidewatch.flows_raw")
-        .unwrap();
+    // Keep duplicate parts visible: without merges, the raw tables show every
+    // insert (rows and ledger), and only the FINAL view may hide duplicates.
+    for t in ["flows_raw", "batches"] {
+        stack
+            .query(&format!("SYSTEM STOP MERGES tidewatch.{t}"))
+            .unwrap();
+    }
     let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let pcap = pcaps().join("dnp3/dnp3_example.pcap");
     let expected = totals(&read_flows(&pcap));
 
     // Every batch goes to Kafka twice: the sensor resends all acked batches.
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &stack.path().join("state"),
-        &["--batch-flows", "3", "--resend-acked"],
-    );
+    let mut s = SensorRun::new(&s1, port, &pcap, &stack.path().join("state"))
+        .args(&["--batch-flows", "3", "--resend-acked"])
+        .spawn("sensor", stack.path());
     assert!(
         s.wait(Duration::from_secs(120)).success(),
         "{}",
         s.log_text()
     );
     assert!(s.log_text().contains("duplicate batches acked"));
-    let sent_batches: u64 = s
-        .log_text()
-        .split("batches_acked=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("batches_acked in sensor log");
+    let sent_batches = batches_acked(&s.log_text());
 
     // A sink that dies after inserting, before writing the ledger and
     // committing: the next sink consumes the same records again.
@@ -236,37 +215,56 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     let raw_after_crash = stack.query_u64("SELECT count() FROM tidewatch.flows_raw");
     assert!(raw_after_crash > 0, "the crashing sink inserted nothing");
 
-    let sink = stack.sink("sink", &[]);
+    let mport = free_port();
+    let sink = stack.sink("sink", &["--metrics-listen", &format!("127.0.0.1:{mport}")]);
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    // Only the second sink writes the ledger: wait until it stored every batch
-    // (it first waits for the crashed member's Kafka session to expire).
+    // Only the second sink writes the ledger: wait until it has skipped
+    // every resent copy (it first waits for the crashed member's Kafka
+    // session to expire; the copies come after the originals in the
+    // sensor's partition).
     wait_until(
         Duration::from_secs(120),
-        "ledger rows of the restarted sink",
+        "the restarted sink skipping every resent batch",
         || {
-            (stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches") == sent_batches)
-                .then_some(())
+            let skipped = metric(mport, "tidewatch_sink_duplicate_batches_skipped_total")?;
+            (skipped as u64 >= sent_batches).then_some(())
         },
     );
     std::thread::sleep(Duration::from_secs(2));
+    // The sink's own dedup, seen directly: each acked batch in the raw
+    // ledger exactly once with its flows, each resent copy skipped once.
     assert_eq!(
-        ch_totals(&stack, "flows"),
+        stack.query_u64("SELECT count() FROM tidewatch.batches"),
+        sent_batches,
+        "raw ledger rows against the batches the sensor had acked"
+    );
+    assert_eq!(
+        stack.query_u64("SELECT sum(flows) FROM tidewatch.batches"),
+        expected.flows,
+        "flows in the raw ledger"
+    );
+    assert_eq!(
+        metric(mport, "tidewatch_sink_duplicate_batches_skipped_total"),
+        Some(sent_batches as f64),
+        "duplicates skipped by the restarted sink"
+    );
+    assert_eq!(
+        ch_totals(stack, "flows"),
         want,
         "query results count a flow twice"
     );
-    // The duplicates really reached storage (so the view, not luck, removed them).
+    // The raw rows: the crashed sink's insert, then every flow exactly once
+    // from the restarted sink (so the view, not luck, removed the crashed
+    // sink's duplicates, and the sink itself stored nothing twice).
     let raw = stack.query_u64("SELECT count() FROM tidewatch.flows_raw");
-    assert!(
-        raw > expected.flows,
-        "raw rows {raw} (after crash {raw_after_crash}) show no duplicate insert\ncrash:\n{}\nsink:\n{}",
+    assert_eq!(
+        raw,
+        raw_after_crash + expected.flows,
+        "raw rows (after crash {raw_after_crash})\ncrash:\n{}\nsink:\n{}",
         crashing.log_text(),
         sink.log_text()
     );
-    // Every batch is in the ledger once.
-    let batches = stack.query_u64("SELECT count() FROM (SELECT * FROM tidewatch.batches FINAL)");
-    let distinct = stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches");
-    assert_eq!(batches, distinct);
     // After merging, the raw table itself holds each flow once.
     stack
         .query("SYSTEM START MERGES tidewatch.flows_raw")
@@ -274,17 +272,16 @@ fn resent_batches_and_sink_crash_between_insert_and_commit_count_once() {
     for p in stack.query("SELECT DISTINCT partition FROM system.parts WHERE database='tidewatch' AND table='flows_raw' AND active").unwrap().lines() {
         stack.query(&format!("OPTIMIZE TABLE tidewatch.flows_raw PARTITION {p} FINAL")).unwrap();
     }
-    assert_eq!(ch_totals(&stack, "flows_raw"), want);
+    assert_eq!(ch_totals(stack, "flows_raw"), want);
 }
 
 #[test]
 fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-drain");
     let port = free_port();
-    let mut ingest = stack.ingest(&pki, port, &[]);
+    let mut ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let pcap = stack.path().join("many.pcap");
     pcapgen::write_udp_flows(&pcap, 3000, 2, 1_700_000_000).unwrap();
@@ -293,15 +290,9 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
 
     // One flow per batch: thousands of batches, so the upload is in full
     // swing when ingest is told to stop.
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &stack.path().join("state"),
-        &["--batch-flows", "1", "--window", "4"],
-    );
+    let mut s = SensorRun::new(&s1, port, &pcap, &stack.path().join("state"))
+        .args(&["--batch-flows", "1", "--window", "4"])
+        .spawn("sensor", stack.path());
     ingest.wait_log("upload stream opened", Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     let st = ingest.terminate().expect("ingest stopped on SIGTERM");
@@ -316,7 +307,7 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
         "sensor finished before the restart; the test did not interrupt anything"
     );
 
-    let _ingest2 = stack.ingest(&pki, port, &[]);
+    let _ingest2 = stack.ingest(pki, port, &[]);
     assert!(
         s.wait(Duration::from_secs(180)).success(),
         "{}",
@@ -330,7 +321,7 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
 
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
 }
 
 /// A capture cut short in the middle of a record (a killed tcpdump): `run`
@@ -338,13 +329,9 @@ fn ingest_sigterm_drains_and_sensor_resumes_on_a_new_ingest() {
 /// record's offset.
 #[test]
 fn a_capture_cut_short_uploads_every_flow_before_the_cut_then_fails() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let c = pki.sensor("s-cut", "mv-cut");
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
 
     let whole = stack.path().join("whole.pcap");
     pcapgen::write_udp_flows(&whole, 500, 2, 1_700_000_000).unwrap();
@@ -357,15 +344,9 @@ fn a_capture_cut_short_uploads_every_flow_before_the_cut_then_fails() {
     let last_ip_bytes = 28 + 32;
     let cut_at = bytes.len() - 16 - 14 - last_ip_bytes;
 
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &c,
-        port,
-        &cut,
-        &stack.path().join("state"),
-        &["--batch-flows", "50"],
-    );
+    let mut s = SensorRun::new(&c, port, &cut, &stack.path().join("state"))
+        .args(&["--batch-flows", "50"])
+        .spawn("sensor", stack.path());
     let st = s.wait(Duration::from_secs(120));
     let log = s.log_text();
     assert!(!st.success(), "{log}");
@@ -383,5 +364,5 @@ fn a_capture_cut_short_uploads_every_flow_before_the_cut_then_fails() {
             bytes: all.bytes - last_ip_bytes as u64,
         },
     );
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
 }

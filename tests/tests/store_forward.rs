@@ -25,9 +25,8 @@ fn total_line(out: &str) -> &str {
 
 #[test]
 fn kill_9_while_the_collector_is_away_loses_nothing() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-buffer");
     let port = free_port();
     let state = stack.path().join("state");
@@ -36,15 +35,9 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
 
     // No collector yet: the sensor meters everything into its buffer and
     // keeps trying to connect; then it is killed without warning.
-    let mut s = sensor_run(
-        "sensor-1",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &state,
-        &["--batch-flows", "2"],
-    );
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&["--batch-flows", "2"])
+        .spawn("sensor-1", stack.path());
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
     // Killed only once everything is on disk (the uplink may give up
     // connecting before metering has finished).
@@ -67,11 +60,11 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
 
     // Collector up; the sensor restarts on an empty capture and delivers the
     // backlog from disk.
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let empty = stack.path().join("empty.pcap");
     pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut s2 = sensor_run("sensor-2", stack.path(), &s1, port, &empty, &state, &[]);
+    let mut s2 = SensorRun::new(&s1, port, &empty, &state).spawn("sensor-2", stack.path());
     assert!(
         s2.wait(Duration::from_secs(120)).success(),
         "{}",
@@ -85,9 +78,9 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
     );
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
     assert_eq!(
-        ch_totals(&stack, "flows_raw"),
+        ch_totals(stack, "flows_raw"),
         want,
         "a buffered batch was stored twice"
     );
@@ -101,13 +94,9 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
 
 #[test]
 fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let s1 = pki.sensor("s1", "mv-kill");
-    let port = free_port();
-    let _ingest = stack.ingest(&pki, port, &[]);
-    let _sink = stack.sink("sink", &[]);
     // A slow link so that each kill lands in the middle of the upload.
     let link = tidewatch_tests::linkemu::LinkEmu::start(port);
     link.throttle(6_000);
@@ -133,15 +122,9 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
     let mut kills = 0;
     for (i, d) in delays_ms.iter().enumerate() {
         let input = if i == 0 { &pcap } else { &empty };
-        let mut s = sensor_run(
-            &format!("sensor-{i}"),
-            stack.path(),
-            &s1,
-            link.port,
-            input,
-            &state,
-            &args,
-        );
+        let mut s = SensorRun::new(&s1, link.port, input, &state)
+            .args(&args)
+            .spawn(&format!("sensor-{i}"), stack.path());
         std::thread::sleep(Duration::from_millis(*d));
         if s.try_wait().is_some() {
             break;
@@ -154,15 +137,9 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
         "only {kills} runs were still uploading when killed"
     );
     link.throttle(0);
-    let mut last = sensor_run(
-        "sensor-final",
-        stack.path(),
-        &s1,
-        link.port,
-        &empty,
-        &state,
-        &args,
-    );
+    let mut last = SensorRun::new(&s1, link.port, &empty, &state)
+        .args(&args)
+        .spawn("sensor-final", stack.path());
     assert!(
         last.wait(Duration::from_secs(120)).success(),
         "{}",
@@ -170,7 +147,7 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
     );
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
     let after = buffer_cmd("stats", &state);
     let total = total_line(&after);
     assert!(
@@ -181,9 +158,8 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
 
 #[test]
 fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-outage");
     let port = free_port();
     let state = stack.path().join("state");
@@ -192,26 +168,20 @@ fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
     pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
     let flows = read_flows(&pcap);
     let expected = totals(&flows);
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &state,
-        &[
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&[
             "--buffer-max-mib",
             "1",
             "--no-compress",
             "--batch-flows",
             "500",
-        ],
-    );
+        ])
+        .spawn("sensor", stack.path());
     // The link is down: everything goes to the buffer, which overflows.
     s.wait_log("disk buffer full", Duration::from_secs(60));
     s.wait_log("cannot connect to collector", Duration::from_secs(60));
     // The link comes back.
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     assert!(
         s.wait(Duration::from_secs(180)).success(),
@@ -289,12 +259,11 @@ while True:
 
 #[test]
 fn repeated_kill_9_during_live_capture_loses_nothing_acked_and_counts_nothing_twice() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-live-kill");
     let port = free_port();
-    let ingest = stack.ingest(&pki, port, &[]);
+    let ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let state = stack.path().join("state");
     let src = free_port();
@@ -348,7 +317,7 @@ fn repeated_kill_9_during_live_capture_loses_nothing_acked_and_counts_nothing_tw
     logs.push(s.log_text());
     let empty = stack.path().join("empty.pcap");
     pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut drain = sensor_run("drain", stack.path(), &s1, port, &empty, &state, &[]);
+    let mut drain = SensorRun::new(&s1, port, &empty, &state).spawn("drain", stack.path());
     assert!(
         drain.wait(Duration::from_secs(120)).success(),
         "{}",
@@ -418,9 +387,8 @@ fn repeated_kill_9_during_live_capture_loses_nothing_acked_and_counts_nothing_tw
 
 #[test]
 fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-torn");
     let port = free_port();
     let state = stack.path().join("state");
@@ -437,7 +405,9 @@ fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
         "--fsync",
         "every-batch",
     ];
-    let mut s = sensor_run("sensor-1", stack.path(), &s1, port, &pcap, &state, &args);
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&args)
+        .spawn("sensor-1", stack.path());
     s.wait_log("capture metered", Duration::from_secs(30));
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
     assert!(
@@ -486,11 +456,13 @@ fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
 
     // The sensor starts, skips the damage (counted, logged) and delivers
     // every other batch exactly once.
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let empty = stack.path().join("empty.pcap");
     pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut s2 = sensor_run("sensor-2", stack.path(), &s1, port, &empty, &state, &args);
+    let mut s2 = SensorRun::new(&s1, port, &empty, &state)
+        .args(&args)
+        .spawn("sensor-2", stack.path());
     assert!(
         s2.wait(Duration::from_secs(120)).success(),
         "{}",
@@ -536,18 +508,10 @@ fn rss(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let body = http_get(port, "/metrics").ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
-    let stack = Stack::start();
-    stack.migrate();
-    let pki = Pki::new(stack.path().join("pki"));
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-blackout");
     let port = free_port();
     let mport = free_port();
@@ -558,14 +522,8 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
     pcapgen::write_udp_flows_spaced(&pcap, 300_000, 2, 1_700_000_000, 288_000).unwrap();
     let expected = totals(&read_flows(&pcap));
     let rate = 1_000_000u64;
-    let mut s = sensor_run(
-        "sensor",
-        stack.path(),
-        &s1,
-        port,
-        &pcap,
-        &state,
-        &[
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&[
             "--replay-speed",
             "2160",
             "--no-compress",
@@ -575,8 +533,8 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
             &rate.to_string(),
             "--metrics-listen",
             &format!("127.0.0.1:{mport}"),
-        ],
-    );
+        ])
+        .spawn("sensor", stack.path());
     s.wait_log("capture metered", Duration::from_secs(180));
     let backlog = wait_until(Duration::from_secs(30), "the backlog in metrics", || {
         metric(mport, "tidewatch_sensor_buffer_bytes")
@@ -593,7 +551,7 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
 
     // The link is back: the backlog drains at the rate limit while the
     // sensor's memory stays where it was.
-    let _ingest = stack.ingest(&pki, port, &[]);
+    let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
     let started = std::time::Instant::now();
     let mut peak = before;
@@ -645,5 +603,5 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
     );
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
-    expect_flows(&stack, &want);
+    expect_flows(stack, &want);
 }

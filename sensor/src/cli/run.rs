@@ -12,7 +12,6 @@ use tidewatch_sensor::budget::BudgetConfig;
 use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
 use tidewatch_sensor::pipeline::Progress;
 use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
-use tokio::sync::mpsc;
 use tracing::info;
 
 use super::metering::{meter, stop_flag, Control};
@@ -222,14 +221,7 @@ fn resend(
         batches = batches.len(),
         "fault injection: resending every acked batch with its original seq"
     );
-    let (tx, rx) = mpsc::channel::<PreparedBatch>(cfg.window * 2);
-    let again = rt.spawn(Uplink::new(cfg)?.run(rx));
-    for b in batches {
-        tx.blocking_send(b)
-            .map_err(|_| anyhow::anyhow!("uplink stopped"))?;
-    }
-    drop(tx);
-    let s2 = rt.block_on(again)?;
+    let s2 = rt.block_on(Uplink::new(cfg)?.upload_all(batches));
     info!(batches_acked = s2.batches_acked, "duplicate batches acked");
     Ok(())
 }

@@ -1,0 +1,97 @@
+//! The sensor as the tests run it: [`SensorRun`] (a builder for
+//! `tidewatch-sensor run`) and [`read_flows`] (what `read` reports for a
+//! capture, the expected side of most checks).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::pki::SensorCert;
+use crate::process::{bin, run_ok, Proc};
+
+/// `tidewatch-sensor run` on a capture, uploading to an ingest on
+/// 127.0.0.1 with one sensor's certificate:
+///
+/// ```ignore
+/// let mut s = SensorRun::new(&cert, port, &pcap, &state)
+///     .args(&["--batch-flows", "10"])
+///     .spawn("sensor", stack.path());
+/// ```
+pub struct SensorRun {
+    cert: SensorCert,
+    ingest_port: u16,
+    pcap: PathBuf,
+    state: PathBuf,
+    args: Vec<String>,
+}
+
+impl SensorRun {
+    /// Replays `pcap` with its state (buffer, seq, budget) in `state`.
+    pub fn new(cert: &SensorCert, ingest_port: u16, pcap: &Path, state: &Path) -> SensorRun {
+        SensorRun {
+            cert: cert.clone(),
+            ingest_port,
+            pcap: pcap.to_path_buf(),
+            state: state.to_path_buf(),
+            args: Vec::new(),
+        }
+    }
+
+    /// More `run` options.
+    pub fn args(mut self, args: &[&str]) -> SensorRun {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Starts it as `name`, logging to `log_dir/NAME.log`.
+    pub fn spawn(self, name: &str, log_dir: &Path) -> Proc {
+        let mut cmd = Command::new(bin("tidewatch-sensor"));
+        cmd.arg("run")
+            .arg("--pcap")
+            .arg(&self.pcap)
+            .arg("--collector")
+            .arg(format!("https://127.0.0.1:{}", self.ingest_port))
+            .arg("--server-name")
+            .arg("localhost")
+            .arg("--ca")
+            .arg(&self.cert.ca)
+            .arg("--cert")
+            .arg(&self.cert.cert)
+            .arg("--key")
+            .arg(&self.cert.key)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(&self.args)
+            .env("RUST_LOG", "info");
+        Proc::spawn(name, log_dir, &mut cmd)
+    }
+}
+
+/// Flows the sensor's own `read` command reports for a capture, with the
+/// timeouts `run` uses by default.
+pub fn read_flows(pcap: &Path) -> Vec<serde_json::Value> {
+    read_flows_with(pcap, &[])
+}
+
+/// As [`read_flows`], with extra `read` options (e.g. timeouts).
+pub fn read_flows_with(pcap: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(
+        Command::new(bin("tidewatch-sensor"))
+            .arg("read")
+            .args(args)
+            .arg(pcap),
+    );
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// The batches a finished `run` logged as acked ("upload complete ...
+/// batches_acked=N"); panics if it logged none.
+pub fn batches_acked(log: &str) -> u64 {
+    log.split("upload complete")
+        .nth(1)
+        .and_then(|r| r.split("batches_acked=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no batches_acked in the sensor log:\n{log}"))
+}

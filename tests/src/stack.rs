@@ -1,0 +1,263 @@
+//! The local stack (ClickHouse and the broker, started through the
+//! project's own `deploy/local/stack.sh`) and the collector processes on it;
+//! [`Shore`] is the usual starting point of an end-to-end test: a stack
+//! with its schema, a fleet PKI, ingest and a sink.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::http::http_post;
+use crate::pki::Pki;
+use crate::process::{bin, free_port, root, run_ok, Proc};
+
+/// One local stack (ClickHouse + broker) with its own ports and data.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub ch_http_port: u16,
+    pub kafka_port: u16,
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("tidewatch-test-")
+            .tempdir()
+            .expect("temp dir");
+        let stack_dir = dir.path().join("stack");
+        run_ok(
+            Command::new(root().join("deploy/local/stack.sh"))
+                .arg("start")
+                .arg(&stack_dir),
+        );
+        let env = fs::read_to_string(stack_dir.join("stack.env")).expect("stack.env");
+        let get = |k: &str| -> u16 {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{k} missing in stack.env"))
+        };
+        Stack {
+            ch_http_port: get("CH_HTTP_PORT"),
+            kafka_port: get("KAFKA_PORT"),
+            dir,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn stack_cmd(&self, what: &str) {
+        run_ok(
+            Command::new(root().join("deploy/local/stack.sh"))
+                .arg(what)
+                .arg(self.dir.path().join("stack")),
+        );
+    }
+
+    pub fn stop_clickhouse(&self) {
+        self.stack_cmd("stop-clickhouse");
+    }
+    pub fn start_clickhouse(&self) {
+        self.stack_cmd("start-clickhouse");
+    }
+    pub fn stop_kafka(&self) {
+        self.stack_cmd("stop-kafka");
+    }
+    pub fn start_kafka(&self) {
+        self.stack_cmd("start-kafka");
+    }
+    /// SIGKILL, as a crash would.
+    pub fn kill_kafka(&self) {
+        self.stack_cmd("kill-kafka");
+    }
+    /// SIGKILL, as a crash would.
+    pub fn kill_clickhouse(&self) {
+        self.stack_cmd("kill-clickhouse");
+    }
+
+    pub fn clickhouse_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ch_http_port)
+    }
+    pub fn kafka_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.kafka_port)
+    }
+
+    /// Environment for collector commands talking to this stack.
+    pub fn collector(&self) -> Command {
+        let mut c = Command::new(bin("tidewatch-collector"));
+        c.env("TIDEWATCH_CLICKHOUSE_URL", self.clickhouse_url())
+            .env("TIDEWATCH_KAFKA_BROKERS", self.kafka_brokers())
+            .env("RUST_LOG", "info,rdkafka=warn");
+        c
+    }
+
+    /// Runs `migrate` against this stack.
+    pub fn migrate(&self) {
+        run_ok(self.collector().arg("migrate"));
+    }
+
+    /// Runs a SQL query over ClickHouse's HTTP interface (TabSeparated result).
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        http_post(self.ch_http_port, "/", sql)
+    }
+
+    /// As [`Stack::query`], with `tidewatch` as the default database (as the
+    /// collector's own queries expect).
+    pub fn query_tidewatch(&self, sql: &str) -> Result<String, String> {
+        http_post(self.ch_http_port, "/?database=tidewatch", sql)
+    }
+
+    /// Runs a query returning one number.
+    pub fn query_u64(&self, sql: &str) -> u64 {
+        let out = self.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql}: not a number: {out:?}"))
+    }
+
+    /// Starts ingest with the given PKI and returns it once it listens.
+    pub fn ingest(&self, pki: &Pki, port: u16, extra: &[&str]) -> Proc {
+        let mut cmd = self.collector();
+        cmd.arg("ingest")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--tls-cert")
+            .arg(pki.dir.join("server.pem"))
+            .arg("--tls-key")
+            .arg(pki.dir.join("server-key.pem"))
+            .arg("--client-ca")
+            .arg(pki.dir.join("ca.pem"))
+            .arg("--crl")
+            .arg(pki.dir.join("crl.pem"))
+            .args(extra);
+        let mut p = Proc::spawn(&format!("ingest-{port}"), self.path(), &mut cmd);
+        p.wait_log("ingest listening", Duration::from_secs(90));
+        p
+    }
+
+    /// Starts a sink with extra arguments.
+    pub fn sink(&self, name: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.collector();
+        cmd.arg("sink").args(["--max-wait-ms", "300"]).args(extra);
+        let mut p = Proc::spawn(name, self.path(), &mut cmd);
+        p.wait_log("sink started", Duration::from_secs(90));
+        p
+    }
+
+    /// Prints the last lines of every process log of this stack (the
+    /// collector's, the sensors', the broker's and ClickHouse's errors).
+    pub fn dump_logs(&self) {
+        let stack = self.path().join("stack");
+        let mut logs: Vec<PathBuf> = [self.path().to_path_buf(), stack.join("kafka")]
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        logs.push(stack.join("clickhouse/log/clickhouse-server.err.log"));
+        logs.sort();
+        for log in logs {
+            let Ok(text) = fs::read_to_string(&log) else {
+                continue;
+            };
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            eprintln!(
+                "----- {} (last {} of {} lines)\n{}",
+                log.display(),
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+            // Kept for a closer look (the services are stopped below).
+            self.dir.disable_cleanup(true);
+            eprintln!("----- test directory kept: {}", self.path().display());
+        }
+        let _ = Command::new(root().join("deploy/local/stack.sh"))
+            .arg("stop")
+            .arg(self.dir.path().join("stack"))
+            .output();
+    }
+}
+
+/// A stack with the schema migrated, a fleet PKI (in `DIR/pki`) and,
+/// unless left out, ingest on a free port and one sink: where most
+/// end-to-end tests start. Fields drop in order: the processes first, the
+/// stack last.
+pub struct Shore {
+    pub ingest: Option<Proc>,
+    pub sink: Option<Proc>,
+    /// The port ingest listens on (chosen even without ingest).
+    pub port: u16,
+    pub pki: Pki,
+    pub stack: Stack,
+}
+
+/// How [`Shore::start`] sets the shore up.
+#[derive(Default)]
+pub struct ShoreBuilder {
+    ingest: Option<Vec<String>>,
+    sink: Option<Vec<String>>,
+}
+
+impl Shore {
+    /// Schema and PKI; add ingest and a sink with the builder's methods.
+    pub fn builder() -> ShoreBuilder {
+        ShoreBuilder::default()
+    }
+
+    /// Schema, PKI, ingest and a sink with their defaults.
+    pub fn start() -> Shore {
+        Shore::builder().ingest(&[]).sink(&[]).start()
+    }
+}
+
+impl ShoreBuilder {
+    /// Ingest with extra options.
+    pub fn ingest(mut self, extra: &[&str]) -> ShoreBuilder {
+        self.ingest = Some(extra.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// A sink (named `sink`) with extra options.
+    pub fn sink(mut self, extra: &[&str]) -> ShoreBuilder {
+        self.sink = Some(extra.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    pub fn start(self) -> Shore {
+        let stack = Stack::start();
+        stack.migrate();
+        let pki = Pki::new(stack.path().join("pki"));
+        let port = free_port();
+        let ingest = self
+            .ingest
+            .as_ref()
+            .map(|a| stack.ingest(&pki, port, &strs(a)));
+        let sink = self.sink.as_ref().map(|a| stack.sink("sink", &strs(a)));
+        Shore {
+            ingest,
+            sink,
+            port,
+            pki,
+            stack,
+        }
+    }
+}
+
+/// Borrowed views of owned arguments.
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
