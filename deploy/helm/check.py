@@ -209,6 +209,43 @@ def check_common(docs, label):
     return ingest, ic, sink, sc
 
 
+def url_port(url, default):
+    """The port of `host:port` or `scheme://host[:port][/...]`."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if ":" in rest:
+        return int(rest.rsplit(":", 1)[1])
+    return default
+
+
+def check_network_policies(docs, values, label):
+    """Each NetworkPolicy selects the pods it is meant for (its podSelector
+    matches the pod template labels of that component's workloads, and of no
+    other's), and lets them reach what they are configured to use: ingest and
+    sink the Kafka brokers' ports, sink and the Jobs ClickHouse's port."""
+    policies = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "NetworkPolicy"}
+    if not policies:
+        return
+    workloads = [(d["metadata"]["name"], d["spec"]["template"]["metadata"].get("labels", {}))
+                 for _, d in docs if d["kind"] in ("Deployment", "Job")]
+    kafka = {url_port(b.strip(), 9092) for b in values["kafka"]["brokers"].split(",") if b.strip()}
+    ch = url_port(values["clickhouse"]["url"], 8443 if values["clickhouse"]["url"].startswith("https") else 8123)
+    needs = {"-ingest": kafka, "-sink": kafka | {ch}, "-migrate": {ch}}
+    for suffix, want in needs.items():
+        np = next((d for n, d in policies.items() if n.endswith(suffix)), None)
+        if np is None:
+            fail(f"{label}: no NetworkPolicy {suffix}")
+        sel = np["spec"]["podSelector"].get("matchLabels", {})
+        selected = [n for n, labels in workloads if all(labels.get(k) == v for k, v in sel.items())]
+        meant = [n for n, _ in workloads if n.endswith(suffix) or (suffix == "-migrate" and n.endswith("-registry"))]
+        if meant and not selected or not set(meant) <= set(selected) or any(
+                not (n.endswith(suffix) or (suffix == "-migrate" and n.endswith("-registry"))) for n in selected):
+            fail(f"{label}: NetworkPolicy {suffix} selects {selected}, meant for {meant}")
+        allowed = {p["port"] for rule in np["spec"].get("egress", []) for p in rule.get("ports", [])}
+        if not want <= allowed:
+            fail(f"{label}: NetworkPolicy {suffix} lets no traffic to port(s) {sorted(want - allowed)} "
+                 f"(allowed egress ports {sorted(allowed)})")
+
+
 def env_names(c):
     return {e["name"]: e for e in c.get("env", [])}
 
@@ -426,6 +463,7 @@ def main():
         except AssertionError as e:
             fail(f"{label}: {e}")
         merged = merge(defaults, values)
+        check_network_policies(docs, merged, label)
         print(f"ok   {label}: {len(docs)} manifests valid for Kubernetes {args.kube_version} "
               f"(ingest service {merged['ingest']['service']['type']})")
         ok += 1

@@ -202,8 +202,9 @@ fn flush(table: &mut FlowTable, sink: &mut Sink<'_>) -> Result<(), MeterError> {
 }
 
 /// Meters live traffic on `iface` until `stop` is set or `duration` has
-/// passed, handing records on at least once a second; then flushes every
-/// flow. `on_stats` receives the kernel counters once a second.
+/// passed, handing records on at least once a second; then meters what the
+/// kernel still holds and flushes every flow. Logs "live capture started"
+/// once the interface is open. `on_stats` receives the kernel counters once a second.
 pub fn meter_live(
     iface: &str,
     filter: Option<&str>,
@@ -214,6 +215,7 @@ pub fn meter_live(
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats, LiveStats), MeterError> {
     let mut cap = LiveCapture::open(iface, filter, 200)?;
+    tracing::info!(interface = iface, filter = ?filter, "live capture started");
     let started = Instant::now();
     let mut last_hand_off = Instant::now();
     let mut stats = CaptureStats::default();
@@ -230,6 +232,15 @@ pub fn meter_live(
                 .store(cap.stats().dropped, Ordering::Relaxed);
             sink(table.take_emitted(), table.take_asset_changes()).map_err(MeterError::Sink)?;
             last_hand_off = Instant::now();
+        }
+    }
+    // Stopping: what the kernel had already captured is metered too (until
+    // it has nothing more, for at most a second under a steady stream).
+    let draining = Instant::now();
+    while draining.elapsed() < Duration::from_secs(1) {
+        match cap.next_packet()? {
+            Some(pkt) => account(table, &mut stats, &pkt),
+            None => break,
         }
     }
     let live = cap.stats();

@@ -257,43 +257,84 @@ fn idle_timeout_and_flow_cap() {
     assert!(f.iter().filter(|x| x["end"] == "evicted").count() >= 400);
 }
 
-/// Rewrites the ports in a capture (Ethernet/VLAN/IPv4/IPv6, TCP/UDP).
-fn move_ports(src: &Path, dst: &Path, map: &dyn Fn(u16) -> u16) {
+/// Where the IP header starts in a frame of `linktype`, and whether it is
+/// IPv4 (`Some(4)`) or IPv6 (`Some(6)`), for every link type the sensor
+/// decodes: Ethernet (with VLAN/QinQ tags), Linux cooked (SLL, SLL2), BSD
+/// loopback (host or network order) and raw IP.
+fn ip_start(linktype: u32, d: &[u8]) -> Option<(usize, u8)> {
+    let by_ethertype = |et: u16, at: usize| match et {
+        0x0800 => Some((at, 4)),
+        0x86dd => Some((at, 6)),
+        _ => None,
+    };
+    let be16 = |at: usize| Some(u16::from_be_bytes([*d.get(at)?, *d.get(at + 1)?]));
+    match linktype {
+        1 => {
+            let mut at = 12;
+            let mut et = be16(at)?;
+            while matches!(et, 0x8100 | 0x88a8) {
+                at += 4;
+                et = be16(at)?;
+            }
+            by_ethertype(et, at + 2)
+        }
+        113 => by_ethertype(be16(14)?, 16),
+        276 => by_ethertype(be16(0)?, 20),
+        0 | 108 => {
+            let fam = d.get(..4)?;
+            let fam = if linktype == 0 {
+                u32::from_le_bytes(fam.try_into().ok()?)
+            } else {
+                u32::from_be_bytes(fam.try_into().ok()?)
+            };
+            match fam {
+                2 => Some((4, 4)),
+                24 | 28 | 30 => Some((4, 6)),
+                _ => None,
+            }
+        }
+        12 | 14 | 101 | 228 | 229 => match d.first()? >> 4 {
+            4 => Some((0, 4)),
+            6 => Some((0, 6)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Rewrites the TCP/UDP ports in a capture of any link type the sensor
+/// decodes; returns how many port fields it changed.
+fn move_ports(src: &Path, dst: &Path, map: &dyn Fn(u16) -> u16) -> u64 {
     let mut r = PcapReader::open(src).unwrap();
     let mut out: Option<Pcap> = None;
+    let mut changed = 0;
     while let Some(pkt) = r.next_packet().unwrap() {
         let w = out.get_or_insert_with(|| Pcap::new(pkt.linktype));
         let mut d = pkt.data.to_vec();
-        if pkt.linktype == 1 && d.len() > 14 {
-            let mut at = 12;
-            let mut et = u16::from_be_bytes([d[at], d[at + 1]]);
-            while matches!(et, 0x8100 | 0x88a8) && d.len() > at + 6 {
-                at += 4;
-                et = u16::from_be_bytes([d[at], d[at + 1]]);
+        let l4 = match ip_start(pkt.linktype, &d) {
+            Some((ip, 4))
+                if d.len() > ip + 20
+                    && u16::from_be_bytes([d[ip + 6], d[ip + 7]]) & 0x1fff == 0 =>
+            {
+                Some((d[ip + 9], ip + ((d[ip] & 0x0f) as usize) * 4))
             }
-            let ip = at + 2;
-            let l4 = match et {
-                0x0800
-                    if d.len() > ip + 20
-                        && u16::from_be_bytes([d[ip + 6], d[ip + 7]]) & 0x1fff == 0 =>
-                {
-                    Some((d[ip + 9], ip + ((d[ip] & 0x0f) as usize) * 4))
-                }
-                0x86dd if d.len() > ip + 40 => Some((d[ip + 6], ip + 40)),
-                _ => None,
-            };
-            if let Some((6 | 17, l4)) = l4 {
-                if d.len() >= l4 + 4 {
-                    for off in [l4, l4 + 2] {
-                        let port = u16::from_be_bytes([d[off], d[off + 1]]);
-                        d[off..off + 2].copy_from_slice(&map(port).to_be_bytes());
-                    }
+            Some((ip, 6)) if d.len() > ip + 40 => Some((d[ip + 6], ip + 40)),
+            _ => None,
+        };
+        if let Some((6 | 17, l4)) = l4 {
+            if d.len() >= l4 + 4 {
+                for off in [l4, l4 + 2] {
+                    let port = u16::from_be_bytes([d[off], d[off + 1]]);
+                    let moved = map(port);
+                    changed += u64::from(moved != port);
+                    d[off..off + 2].copy_from_slice(&moved.to_be_bytes());
                 }
             }
         }
         w.add((pkt.ts_ns / 1000) as u64, &d);
     }
     std::fs::write(dst, &out.unwrap().0).unwrap();
+    changed
 }
 
 #[test]
@@ -321,7 +362,11 @@ fn identification_survives_unusual_ports() {
                 continue;
             }
             let moved = dir.path().join(format!("{name}.moved.pcap"));
-            move_ports(&path, &moved, &map);
+            let changed = move_ports(&path, &moved, &map);
+            assert!(
+                changed > 0,
+                "{name}: no port moved (link type not handled?)"
+            );
             let apps = |flows: Vec<Value>| {
                 let mut v: Vec<String> = flows
                     .iter()
@@ -533,4 +578,122 @@ fn a_cut_or_corrupt_capture_prints_every_flow_before_the_bad_record_then_fails()
             path.display()
         );
     }
+}
+
+/// A TLS ClientHello carrying `sni` (record, handshake, version, random,
+/// no session, one cipher suite, null compression, the server_name
+/// extension).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let mut ext = Vec::new();
+    ext.extend_from_slice(&[0, 0]); // server_name
+    ext.extend_from_slice(&((name.len() + 5) as u16).to_be_bytes());
+    ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    ext.push(0); // host_name
+    ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    ext.extend_from_slice(name);
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x11; 32]);
+    body.push(0); // session id
+    body.extend_from_slice(&[0, 2, 0x13, 0x01]); // cipher suites
+    body.extend_from_slice(&[1, 0]); // compression
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![22, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[test]
+fn tls_http_and_mqtt_are_named_by_payload_with_their_indicators() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let seg = |c: u8, sp: u16, dp: u16, from_client: bool, payload: &[u8]| {
+        let (src, dst, s, d) = if from_client {
+            ([10, 3, 0, c], [10, 3, 1, 1], sp, dp)
+        } else {
+            ([10, 3, 1, 1], [10, 3, 0, c], dp, sp)
+        };
+        eth(
+            &[],
+            0x0800,
+            &ipv4(
+                src,
+                dst,
+                6,
+                1,
+                0,
+                &tcp(s, d, 0x18, payload),
+                20 + payload.len(),
+            ),
+        )
+    };
+    // Every service on a port that says nothing about it.
+    p.add(
+        1_000_000,
+        &seg(1, 40001, 7001, true, &client_hello("updates.example.com")),
+    );
+    p.add(
+        1_000_100,
+        &seg(
+            2,
+            40002,
+            7002,
+            true,
+            b"GET /firmware.bin HTTP/1.1\r\nHost: plc-vendor.example.net\r\nUser-Agent: t\r\n\r\n",
+        ),
+    );
+    p.add(
+        1_000_200,
+        &seg(
+            2,
+            40002,
+            7002,
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ),
+    );
+    let connect = [
+        0x10, 0x10, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 4, b'c', b'r', b'n', b'1',
+    ];
+    p.add(1_000_300, &seg(3, 40003, 7003, true, &connect));
+    p.add(1_000_400, &seg(3, 40003, 7003, false, &[0x20, 0x02, 0, 0]));
+    let publish = [0x30, 0x07, 0, 3, b'a', b'/', b'b', b'4', b'2'];
+    p.add(1_000_500, &seg(3, 40003, 7003, true, &publish));
+    let path = p.write(dir.path(), "it.pcap");
+    let flows = read(&path, &[]);
+    let by_port = |port: u64| {
+        flows
+            .iter()
+            .find(|f| f["server_port"] == port)
+            .unwrap_or_else(|| panic!("no flow to {port} in {flows:#?}"))
+    };
+    let tls = by_port(7001);
+    assert_eq!(tls["app_protocol"], "tls");
+    assert_eq!(
+        tls["indicators"],
+        serde_json::json!(["updates.example.com"])
+    );
+    let http = by_port(7002);
+    assert_eq!(http["app_protocol"], "http");
+    assert_eq!(
+        http["indicators"],
+        serde_json::json!(["plc-vendor.example.net"])
+    );
+    let mqtt = by_port(7003);
+    assert_eq!(mqtt["app_protocol"], "mqtt");
+    let ops: Vec<&str> = mqtt["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        ops.contains(&"connect") && ops.contains(&"publish"),
+        "{ops:?}"
+    );
 }

@@ -121,6 +121,36 @@ fn without_cap_net_raw_live_capture_fails_clearly() {
     );
 }
 
+/// Reads `r` line by line on a thread: every line goes into the returned
+/// text, and `needle`'s first appearance (or the end) is signalled.
+fn watch_lines(
+    r: impl std::io::Read + Send + 'static,
+    needle: &'static str,
+) -> (
+    std::sync::mpsc::Receiver<bool>,
+    std::thread::JoinHandle<String>,
+) {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut seen = false;
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            if !seen && line.contains(needle) {
+                seen = true;
+                let _ = tx.send(true);
+            }
+        }
+        if !seen {
+            let _ = tx.send(false);
+        }
+        all
+    });
+    (rx, t)
+}
+
 #[test]
 fn live_capture_on_a_veth_between_namespaces() {
     let net = Net::new();
@@ -129,27 +159,62 @@ fn live_capture_on_a_veth_between_namespaces() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    let (server_ready, _) = watch_lines(server.stdout.take().unwrap(), "ready");
     // As an unprivileged user holding CAP_NET_RAW and no other capability,
-    // as the systemd unit runs it.
-    let sensor = Command::new("ip")
+    // as the systemd unit runs it; stopped by SIGTERM once the traffic is done.
+    let mut sensor = Command::new("ip")
         .args(["netns", "exec", &net.a])
         .args(NET_RAW_ONLY)
         .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
-        .args(["--interface", &net.ia, "--filter", "ip", "--duration", "5"])
+        .args(["--interface", &net.ia, "--filter", "ip"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Let the capture start before sending.
-    std::thread::sleep(Duration::from_millis(1500));
+    let (capturing, stderr) = watch_lines(sensor.stderr.take().unwrap(), "live capture started");
+    let stdout = sensor.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s).unwrap();
+        s
+    });
+    // Traffic only once both ends say they are ready.
+    let ready = |rx: std::sync::mpsc::Receiver<bool>, what: &str| {
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(60)),
+            Ok(true),
+            "{what} never said it was ready"
+        );
+    };
+    ready(server_ready, "the Modbus server");
+    ready(capturing, "the sensor");
     let st = Command::new("ip")
         .args(["netns", "exec", &net.b, "python3", "-c", CLIENT])
         .status()
         .unwrap();
     assert!(st.success(), "traffic client failed");
-    let out = sensor.wait_with_output().unwrap();
+    // The client has had every answer: all the counted packets were captured.
+    // SIGTERM to the sensor itself (`ip netns exec` may run it as a child).
+    let pid = sensor.id().to_string();
+    let child = Command::new("pkill")
+        .args(["-TERM", "-P", &pid])
+        .status()
+        .unwrap();
+    if !child.success() {
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+    let status = sensor.wait().unwrap();
     let _ = server.kill();
     let _ = server.wait();
+    let out = std::process::Output {
+        status,
+        stdout: stdout.join().unwrap().into_bytes(),
+        stderr: stderr.join().unwrap().into_bytes(),
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sensor failed: {stderr}");
     assert!(stderr.contains("live capture stopped"), "{stderr}");

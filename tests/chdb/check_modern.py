@@ -40,7 +40,9 @@ def main():
     checks["codec"] = "Delta" in one(
         "SELECT compression_codec FROM system.columns WHERE database='tidewatch' AND table='flows_raw' AND name='first_seen_us'"
     )
-    checks["ttl"] = "TTL" in one("SELECT engine_full FROM system.tables WHERE database='tidewatch' AND name='flows_raw'")
+    # Retention: every table the README says is kept for a time has a TTL.
+    for t in ("flows_raw", "traffic_hourly_raw", "dest_hourly_raw", "assets_raw", "sensor_status_raw"):
+        checks[f"ttl_{t}"] = "TTL" in one(f"SELECT engine_full FROM system.tables WHERE database='tidewatch' AND name='{t}'")
 
     cols = ("sensor_id, vessel, batch_seq, record_idx, received_at, first_seen_us, last_seen_us, client_ip, server_ip, "
             "client_port, server_port, ip_protocol, transport, app_protocol, vlan, c2s_packets, c2s_bytes, "
@@ -61,6 +63,38 @@ def main():
     checks["view_counts_once"] = one("SELECT count() FROM tidewatch.flows") == "2"
     checks["ipv6_materialized"] = one(
         "SELECT toString(client_ip6) FROM tidewatch.flows_raw WHERE batch_seq = 2") == "::ffff:10.0.0.8"
+    # ... and it takes effect: a row past its table's retention goes at the
+    # next merge, a recent one stays (the schema was rendered with the
+    # default retention: 90 days of flows, 400 of the rest).
+    day = 86_400 * 1_000_000
+    old, new = now_us - 500 * day, now_us - day
+    expiry = {
+        "assets_raw": (
+            "sensor_id, vessel, batch_seq, record_idx, received_at, mac, ips, vendor, first_seen_us, last_seen_us, protocols, roles",
+            lambda seq, t: f"('s9', 'mv-ttl', {seq}, 0, now(), 'aa', ['10.0.0.1'], '', {t}, {t}, [], [])",
+        ),
+        "sensor_status_raw": (
+            "sensor_id, vessel, batch_seq, record_idx, received_at, observed_us",
+            lambda seq, t: f"('s9', 'mv-ttl', {seq}, 0, now(), {t})",
+        ),
+        "traffic_hourly_raw": (
+            "vessel, sensor_id, batch_seq, hour, server_ip, flows",
+            lambda seq, t: f"('mv-ttl', 's9', {seq}, toStartOfHour(toDateTime(intDiv({t}, 1000000))), '10.0.0.1', 1)",
+        ),
+        "dest_hourly_raw": (
+            "vessel, sensor_id, batch_seq, hour, server_ip, flows",
+            lambda seq, t: f"('mv-ttl', 's9', {seq}, toStartOfHour(toDateTime(intDiv({t}, 1000000))), '10.0.0.1', 1)",
+        ),
+    }
+    for t, (columns, value) in expiry.items():
+        s.query(f"INSERT INTO tidewatch.{t} ({columns}) VALUES {value(101, old)}, {value(102, new)}")
+        s.query(f"OPTIMIZE TABLE tidewatch.{t} FINAL")
+        left = one(f"SELECT groupArray(batch_seq) FROM tidewatch.{t} WHERE sensor_id = 's9'")
+        checks[f"ttl_expires_{t}"] = left == "[102]"
+    s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES "
+            + row(103, 0, '10.0.0.7', 1).replace(str(now_us - 60_000_000), str(now_us - 100 * day), 1))
+    s.query("OPTIMIZE TABLE tidewatch.flows_raw FINAL")
+    checks["ttl_expires_flows_raw"] = one("SELECT count() FROM tidewatch.flows_raw WHERE batch_seq = 103") == "0"
     s.query("USE tidewatch")  # the query, like the collector, uses the default database
     top = one(query.strip().rstrip(";"))
     lines = top.splitlines()

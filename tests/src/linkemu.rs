@@ -22,6 +22,8 @@ struct Shared {
     pub accepted: AtomicU64,
     /// Bytes forwarded client -> server.
     pub up_bytes: AtomicU64,
+    /// When each client -> server chunk was forwarded, and its size.
+    up_log: Mutex<Vec<(Instant, u64)>>,
 }
 
 pub struct LinkEmu {
@@ -96,6 +98,32 @@ impl LinkEmu {
     pub fn up_bytes(&self) -> u64 {
         self.shared.up_bytes.load(Ordering::Relaxed)
     }
+
+    /// The most bytes forwarded client -> server within any `window`, as
+    /// the emulator saw them go by (an observer outside the sensor).
+    pub fn max_up_in(&self, window: Duration) -> u64 {
+        let log = self.shared.up_log.lock().unwrap();
+        let (mut start, mut sum, mut max) = (0, 0, 0);
+        for (i, (t, n)) in log.iter().enumerate() {
+            sum += n;
+            while *t - log[start].0 > window {
+                sum -= log[start].1;
+                start += 1;
+            }
+            let _ = i;
+            max = max.max(sum);
+        }
+        max
+    }
+
+    /// The span from the first to the last client -> server byte.
+    pub fn up_span(&self) -> Duration {
+        let log = self.shared.up_log.lock().unwrap();
+        match (log.first(), log.last()) {
+            (Some(a), Some(b)) => b.0 - a.0,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 impl Drop for LinkEmu {
@@ -167,6 +195,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, sh: Arc<Shared>, up: bool) {
         }
         if up {
             sh.up_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            sh.up_log.lock().unwrap().push((Instant::now(), n as u64));
         }
         if to.write_all(&buf[..n]).is_err() {
             reset(&from);

@@ -85,6 +85,22 @@ impl Stack {
         format!("127.0.0.1:{}", self.kafka_port)
     }
 
+    /// Records in `topic`: its high watermarks summed over its partitions.
+    pub fn kafka_records(&self, topic: &str) -> i64 {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", self.kafka_brokers())
+            .create()
+            .expect("Kafka client");
+        let t = Duration::from_secs(10);
+        let md = c.fetch_metadata(Some(topic), t).expect("topic metadata");
+        md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| c.fetch_watermarks(topic, p.id(), t).expect("watermarks").1)
+            .sum()
+    }
+
     /// Environment for collector commands talking to this stack.
     pub fn collector(&self) -> Command {
         let mut c = Command::new(bin("tidewatch-collector"));

@@ -11,10 +11,13 @@ use tidewatch_tests::*;
 const OT: &str = "hasAny(op_classes, ['write', 'control', 'program'])";
 
 /// received_at (Unix seconds) of the batches whose seqs `sql` selects.
-fn received(stack: &Stack, sql: &str) -> Vec<u64> {
+/// `column` of the ledger rows of the batches whose seqs `sql` selects
+/// (one sensor: its batches share one partition, so Kafka offsets give
+/// their order exactly).
+fn ledger(stack: &Stack, column: &str, sql: &str) -> Vec<u64> {
     stack
         .query(&format!(
-            "SELECT toUInt32(received_at) FROM tidewatch.batches FINAL WHERE seq IN ({sql}) ORDER BY seq"
+            "SELECT {column} FROM tidewatch.batches FINAL WHERE seq IN ({sql}) ORDER BY seq"
         ))
         .unwrap()
         .lines()
@@ -100,27 +103,30 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
     });
 
     // Priority: every control batch (status, assets) and every OT-write
-    // batch arrived no later than the first bulk batch, and the upload was
-    // spread over several budget periods.
-    let control = received(
-        stack,
-        "SELECT seq FROM tidewatch.batches FINAL WHERE flows = 0",
-    );
-    let ot = received(
-        stack,
-        &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE {OT}"),
-    );
-    let bulk = received(
-        stack,
-        &format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE NOT {OT}"),
-    );
+    // batch reached Kafka before the first bulk batch (by offset), and the
+    // upload was spread over several budget periods (by receive time).
+    let control_sql = "SELECT seq FROM tidewatch.batches FINAL WHERE flows = 0";
+    let ot_sql = format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE {OT}");
+    let bulk_sql = format!("SELECT DISTINCT batch_seq FROM tidewatch.flows WHERE NOT {OT}");
+    let control = ledger(stack, "kafka_offset", control_sql);
+    let ot = ledger(stack, "kafka_offset", &ot_sql);
+    let bulk = ledger(stack, "kafka_offset", &bulk_sql);
     assert!(control.len() >= 2 && !ot.is_empty() && !bulk.is_empty());
     let first_bulk = *bulk.iter().min().unwrap();
     assert!(
-        control.iter().chain(&ot).all(|t| *t <= first_bulk),
-        "priority order broken: control {control:?} ot-write {ot:?} bulk {bulk:?}"
+        control.iter().chain(&ot).all(|o| *o < first_bulk),
+        "priority order broken (Kafka offsets): control {control:?} ot-write {ot:?} bulk {bulk:?}"
     );
-    let span = bulk.iter().max().unwrap() - control.iter().chain(&ot).min().unwrap();
+    let time = |sql: &str| ledger(stack, "toUInt32(received_at)", sql);
+    let (first, last) = (
+        time(control_sql)
+            .into_iter()
+            .chain(time(&ot_sql))
+            .min()
+            .unwrap(),
+        time(&bulk_sql).into_iter().max().unwrap(),
+    );
+    let span = last - first;
     assert!(
         span >= 4,
         "upload took only {span} s: the budget did not pace it"

@@ -129,11 +129,27 @@ fn rate_limit_keeps_the_upload_under_the_configured_rate() {
         elapsed >= sent as f64 / rate as f64 - 1.0,
         "{sent} bytes in {elapsed:.1} s at {rate} B/s"
     );
-    // Upper bound on what crossed the link: the limit, one burst, and the
-    // TLS/HTTP/2 framing around the payloads.
-    let wire = link.up_bytes() as f64;
+    // Measured outside the sensor, by the link: the worst one-second window
+    // holds at most a second's refill plus one burst (a second's worth or
+    // one batch, whichever is larger), plus the TLS/HTTP/2 framing and the
+    // handshake. A limiter that let everything through at once would put
+    // all `sent` bytes in one window, which this bound excludes.
+    let largest_batch = 4_096.0; // 100 flows, zstd: well under this
+    let bound = rate as f64 + (rate as f64).max(largest_batch) + 0.05 * sent as f64 + 8_192.0;
     assert!(
-        wire <= rate as f64 * elapsed + rate as f64 + 0.1 * sent as f64 + 16_384.0,
-        "{wire} bytes in {elapsed:.1} s"
+        (sent as f64) > bound,
+        "too little data ({sent} bytes) to tell a limit from none"
+    );
+    let worst = link.max_up_in(Duration::from_secs(1)) as f64;
+    assert!(
+        worst <= bound,
+        "{worst} bytes crossed the link within one second (limit {rate} B/s)"
+    );
+    // And the limit is not much slower than asked: the upload drains at
+    // least at half the rate over its span on the link.
+    let span = link.up_span().as_secs_f64();
+    assert!(
+        sent as f64 / span >= rate as f64 / 2.0,
+        "{sent} bytes over {span:.1} s: slower than half of {rate} B/s"
     );
 }

@@ -69,6 +69,42 @@ fn check_exposition(text: &str) {
     }
 }
 
+/// The metric families the README's "Metrics" table lists for `component`
+/// (`ingest`, `sink`, `sensor`), full names without labels.
+fn documented(component: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with(&format!("| {component} | `tidewatch_")))
+        .unwrap_or_else(|| panic!("no README metrics row for {component}"));
+    let prefix = format!("tidewatch_{component}");
+    let names: Vec<String> = row
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|n| {
+            let n = n.split('{').next().unwrap();
+            if n.starts_with('_') {
+                format!("{prefix}{n}")
+            } else {
+                n.to_string()
+            }
+        })
+        .collect();
+    assert!(names.len() >= 8, "{component}: {names:?}");
+    names
+}
+
+/// Every family the README documents for `component` is served.
+fn serves_documented(text: &str, component: &str) {
+    for n in documented(component) {
+        assert!(
+            text.contains(&format!("# TYPE {n} ")),
+            "{n} is in the README but not served by {component}:\n{text}"
+        );
+    }
+}
+
 /// Value of one series (`name` or `name{labels}` exactly as exposed).
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -137,6 +173,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
             .then_some(s)
     });
     check_exposition(&s);
+    serves_documented(&s, "sensor");
     assert_eq!(
         must(&s, "tidewatch_sensor_flow_records_total"),
         want.flows as f64
@@ -221,6 +258,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     .unwrap();
     assert_eq!(acks[0].status, AckStatus::Malformed as i32);
     let s = scrape(ingest_mport);
+    serves_documented(&s, "ingest");
     assert_eq!(
         must(&s, "tidewatch_ingest_refused_total{reason=\"bad_seq\"}"),
         1.0
@@ -241,6 +279,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
             .then_some(s)
     });
     check_exposition(&s);
+    serves_documented(&s, "sink");
     assert_eq!(must(&s, "tidewatch_sink_kafka_records_total"), batches);
     assert_eq!(
         must(&s, "tidewatch_sink_rows_inserted_total{table=\"batches\"}"),

@@ -59,6 +59,47 @@ fn plain_health(port: u16, service: &str) -> Result<i32, String> {
     })
 }
 
+/// Opens an upload stream, sends `req` and keeps its request side open (a
+/// sensor with more to send) until the collector ends the stream; returns
+/// the acks and how it ended.
+fn upload_keeping_open(
+    port: u16,
+    cert: &SensorCert,
+    req: tidewatch_proto::v1::UploadRequest,
+) -> (
+    Vec<tidewatch_proto::v1::UploadAck>,
+    Result<(), tonic::Status>,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = ClientCert {
+            cert: &cert.cert,
+            key: &cert.key,
+        };
+        let ch = channel(port, &cert.ca, Some(client)).await.unwrap();
+        let mut c = tidewatch_proto::v1::uplink_client::UplinkClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(req).await.unwrap();
+        let mut inbound = c
+            .upload(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut acks = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), inbound.message()).await {
+                Err(_) => panic!("the stream did not end within 60 s ({acks:?})"),
+                Ok(Ok(Some(a))) => acks.push(a),
+                Ok(Ok(None)) => return (acks, Ok(())),
+                Ok(Err(s)) => return (acks, Err(s)),
+            }
+        }
+    })
+}
+
 /// Tries an upload over plaintext; returns the gRPC status code.
 fn plain_upload(port: u16) -> tonic::Code {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -281,4 +322,68 @@ fn fleet_registry_loads_with_migrate_reloads_and_refuses_bad_files() {
             && r["vessel"] == "port-of-kiel"),
         "{all}"
     );
+}
+
+/// Ingest's SIGTERM drain, step by step: with a batch in flight (waiting for
+/// a Kafka that is down), the health service turns NOT_SERVING at once, the
+/// batch in flight is answered, then the stream ends with UNAVAILABLE and
+/// the process exits cleanly.
+#[test]
+fn ingest_drain_turns_not_serving_answers_in_flight_batches_then_ends_streams() {
+    let shore = Shore::builder().start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
+    let s1 = pki.sensor("s1", "mv-drain");
+    let (port, hport) = (free_port(), free_port());
+    let mut ingest = stack.ingest(
+        pki,
+        port,
+        &[
+            "--health-listen",
+            &format!("127.0.0.1:{hport}"),
+            "--kafka-timeout-ms",
+            "6000",
+        ],
+    );
+    assert_eq!(
+        plain_health(hport, "tidewatch.v1.Uplink"),
+        Ok(ServingStatus::Serving as i32)
+    );
+    stack.stop_kafka();
+    let cert = s1.clone();
+    let upload = std::thread::spawn(move || upload_keeping_open(port, &cert, request(1, 5, "")));
+    ingest.wait_log("upload stream opened", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500)); // the batch reaches the producer
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &ingest.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // NOT_SERVING while the batch is still waiting for Kafka.
+    wait_until(
+        Duration::from_secs(4),
+        "NOT_SERVING during the drain",
+        || {
+            (plain_health(hport, "tidewatch.v1.Uplink") == Ok(ServingStatus::NotServing as i32))
+                .then_some(())
+        },
+    );
+    assert!(
+        ingest.try_wait().is_none(),
+        "ingest exited before answering the batch in flight"
+    );
+    // The batch in flight is answered (Kafka is down: a retryable refusal),
+    // then the stream ends with UNAVAILABLE.
+    let (acks, end) = upload.join().unwrap();
+    assert_eq!(
+        acks.len(),
+        1,
+        "the batch in flight was not answered: {end:?}"
+    );
+    assert_eq!(acks[0].status, AckStatus::Unavailable as i32, "{acks:?}");
+    let end = end.expect_err("the stream ended without a status");
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end}");
+    assert!(end.message().contains("shutting down"), "{end}");
+    let st = ingest.wait(Duration::from_secs(30));
+    assert!(st.success(), "ingest exit {st}:\n{}", ingest.log_text());
+    stack.start_kafka();
 }

@@ -393,4 +393,33 @@ fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("at least as long"));
+    // Past the rollup retention as well, every table drops its expired
+    // partitions: the fleet's month (January 2026) goes from the rollups,
+    // the assets and the sensor status too.
+    let keep_none = (today - 1_769_904_000 / 86_400).to_string(); // since 2026-02-01
+    let out = run_ok(stack.collector().args([
+        "maintenance",
+        "retention",
+        "--flow-retention-days",
+        &keep_none,
+        "--rollup-retention-days",
+        &keep_none,
+    ]));
+    for t in [
+        "flows_raw",
+        "traffic_hourly_raw",
+        "dest_hourly_raw",
+        "assets_raw",
+        "sensor_status_raw",
+    ] {
+        assert!(
+            out.contains(&format!("dropped tidewatch.{t} partition")),
+            "{t}: nothing dropped\n{out}"
+        );
+        assert_eq!(
+            stack.query_u64(&format!("SELECT count() FROM tidewatch.{t}")),
+            0,
+            "{t} still holds rows past its retention"
+        );
+    }
 }

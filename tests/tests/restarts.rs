@@ -36,8 +36,16 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
     // members change around its own restart: seen as a group "Formed" with
     // no assignments, or "Forming" under a leader that is no longer a
     // member. Apache Kafka reassigns after the session timeout.)
-    let sink_in_own_group = |name: &str| stack.sink(name, &["--group", name]);
-    let mut sink = sink_in_own_group("sink-0");
+    // Each with its metrics, to see its own dedup at work.
+    let sink_in_own_group = |name: &str| {
+        let mport = free_port();
+        let listen = format!("127.0.0.1:{mport}");
+        (
+            stack.sink(name, &["--group", name, "--metrics-listen", &listen]),
+            mport,
+        )
+    };
+    let (mut sink, mut sink_mport) = sink_in_own_group("sink-0");
 
     // 30000 flows over 30 s of capture time replayed at 0.4x: a steady
     // stream of small batches for 75 s, long enough for two rounds of
@@ -71,7 +79,7 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
         // 2. the sink crashes (between any two steps) and a new one takes over.
         sink.kill();
         std::thread::sleep(Duration::from_secs(1));
-        sink = sink_in_own_group(&format!("sink-{round}"));
+        (sink, sink_mport) = sink_in_own_group(&format!("sink-{round}"));
         n = progress(stack, n, "flows after the sink restart");
 
         // 3. the broker crashes; ingest answers "unavailable", the sensor
@@ -106,6 +114,13 @@ fn crashes_of_ingest_sink_broker_and_clickhouse_mid_stream_lose_and_duplicate_no
     // retried insert cannot know the first one landed, so seqs are counted
     // here, and the dedup itself is proven in spine.rs); the sensor did
     // resend across the crashes.
+    // The last sink re-read the topic from its start: it skipped, through
+    // the ledger, what its predecessors had stored.
+    let skipped = metric(sink_mport, "tidewatch_sink_duplicate_batches_skipped_total");
+    assert!(
+        skipped.is_some_and(|n| n > 0.0),
+        "the restarted sink skipped nothing ({skipped:?})"
+    );
     let acked = batches_acked(&s.log_text());
     assert_eq!(
         stack.query_u64("SELECT uniqExact(seq) FROM tidewatch.batches"),

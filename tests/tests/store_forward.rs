@@ -156,14 +156,17 @@ fn repeated_kill_9_during_upload_loses_and_duplicates_nothing() {
     );
 }
 
-#[test]
-fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
+/// A 1 MiB buffer overflows while the collector is away (about 2 MiB of
+/// batches, `--when-full POLICY`); once it is back, every kept flow arrives,
+/// the loss is reported ashore in the sensor status, and stored plus
+/// dropped is the whole capture. Returns, in capture order, whether each
+/// flow was kept.
+fn overflow_during_an_outage(policy: &str) -> Vec<bool> {
     let shore = Shore::builder().start();
     let (stack, pki) = (&shore.stack, &shore.pki);
     let s1 = pki.sensor("s1", "mv-outage");
     let port = free_port();
     let state = stack.path().join("state");
-    // About 2 MiB of uncompressed batches against a 1 MiB buffer.
     let pcap = stack.path().join("flows.pcap");
     pcapgen::write_udp_flows(&pcap, 30_000, 2, 1_700_000_000).unwrap();
     let flows = read_flows(&pcap);
@@ -175,6 +178,8 @@ fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
             "--no-compress",
             "--batch-flows",
             "500",
+            "--when-full",
+            policy,
         ])
         .spawn("sensor", stack.path());
     // The link is down: everything goes to the buffer, which overflows.
@@ -200,16 +205,12 @@ fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
         (n + dropped == expected.flows).then_some(n)
     });
     assert!(stored > 0);
-    // Whole batches are missing (dropped from disk), the newest are there:
-    // what is stored is exactly the newest flows of the capture.
+    // Whole batches are missing.
     let batches = stack.query_u64("SELECT uniqExact(batch_seq) FROM tidewatch.flows");
     assert!(
         batches < expected.flows.div_ceil(500),
         "no batch missing ({batches})"
     );
-    // In capture order the missing flows are one run: the oldest batches
-    // still on disk when the cap was reached (the few already handed to the
-    // uplink before that are in flight, not lost). The newest are kept.
     let mut starts: Vec<i64> = flows
         .iter()
         .map(|f| (f["first_seen"].as_f64().unwrap() * 1e6).round() as i64)
@@ -222,20 +223,46 @@ fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
         .map(|l| l.parse().unwrap())
         .collect();
     let near = |t: i64| (t - 1..=t + 1).any(|x| kept.contains(&x));
-    let marks: Vec<bool> = starts.iter().map(|t| near(*t)).collect();
-    assert!(
-        marks.last().copied().unwrap(),
-        "the newest flow was dropped"
-    );
-    let runs = marks.windows(2).filter(|w| w[0] && !w[1]).count() + usize::from(!marks[0]);
-    assert_eq!(
-        runs, 1,
-        "the dropped flows are not one run of the oldest on disk"
-    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         stack.query_u64("SELECT count() FROM tidewatch.flows") + dropped,
         expected.flows
+    );
+    starts.iter().map(|t| near(*t)).collect()
+}
+
+/// Runs of dropped (false) flows.
+fn dropped_runs(marks: &[bool]) -> usize {
+    marks.windows(2).filter(|w| w[0] && !w[1]).count() + usize::from(!marks[0])
+}
+
+#[test]
+fn buffer_cap_during_an_outage_drops_the_oldest_and_reports_it_ashore() {
+    let marks = overflow_during_an_outage("drop-oldest");
+    // In capture order the missing flows are one run: the oldest batches
+    // still on disk when the cap was reached (the few already handed to the
+    // uplink before that are in flight, not lost). The newest are kept.
+    assert!(
+        marks.last().copied().unwrap(),
+        "the newest flow was dropped"
+    );
+    assert_eq!(
+        dropped_runs(&marks),
+        1,
+        "the dropped flows are not one run of the oldest on disk"
+    );
+}
+
+#[test]
+fn buffer_cap_with_drop_newest_keeps_the_oldest_and_still_reports_the_loss() {
+    let marks = overflow_during_an_outage("drop-newest");
+    // The oldest are kept, the newest refused: one run at the end.
+    assert!(marks[0], "the oldest flow was dropped");
+    assert!(!marks.last().copied().unwrap(), "the newest flow was kept");
+    assert_eq!(
+        dropped_runs(&marks),
+        1,
+        "the dropped flows are not one run of the newest"
     );
 }
 
@@ -603,5 +630,62 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
     );
     let mut want = BTreeMap::new();
     want.insert("s1".to_string(), expected);
+    expect_flows(stack, &want);
+}
+
+/// SIGTERM in the middle of a replay, with every flow still open (the idle
+/// timeout is far away): the sensor flushes them all into its disk buffer
+/// before it exits, and the next start delivers them, each once.
+#[test]
+fn sigterm_flushes_open_flows_and_the_next_start_delivers_them() {
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let s1 = pki.sensor("s1", "mv-sigterm");
+    let state = stack.path().join("state");
+    // 3000 two-packet flows, 20 ms apart: a minute of capture time.
+    let pcap = stack.path().join("minute.pcap");
+    pcapgen::write_udp_flows_spaced(&pcap, 3000, 2, 1_700_000_000, 20_000).unwrap();
+    let mut s = SensorRun::new(&s1, port, &pcap, &state)
+        .args(&["--replay-speed", "1", "--idle-timeout", "600"])
+        .spawn("sensor", stack.path());
+    s.wait_log("upload stream open", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    let st = s.terminate().expect("sensor stopped on SIGTERM");
+    assert!(st.success(), "{}", s.log_text());
+    let log = s.log_text();
+    assert!(log.contains("SIGTERM received; flushing flows"), "{log}");
+    // What was metered before the signal: every flow open until then.
+    let metered = |key: &str| -> u64 {
+        log.split("capture metered")
+            .nth(1)
+            .and_then(|r| r.split(&format!("{key}=")).nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in:\n{log}"))
+    };
+    let (frames, flows) = (metered("frames"), metered("flows"));
+    assert!(
+        flows > 0 && flows < 3000,
+        "the signal did not land mid-replay: {flows} flows"
+    );
+
+    // The next start (nothing new to meter) delivers what the buffer holds.
+    let empty = stack.path().join("empty.pcap");
+    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
+    let mut s2 = SensorRun::new(&s1, port, &empty, &state).spawn("sensor-2", stack.path());
+    assert!(
+        s2.wait(Duration::from_secs(120)).success(),
+        "{}",
+        s2.log_text()
+    );
+    let mut want = BTreeMap::new();
+    want.insert(
+        "s1".to_string(),
+        Totals {
+            flows,
+            packets: frames,
+            bytes: frames * 60,
+        },
+    );
     expect_flows(stack, &want);
 }

@@ -118,6 +118,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../../../deploy/clickhouse/migrations/0003_rollups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "retention",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0004_retention.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.
@@ -168,6 +173,7 @@ pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<Str
                 format!("TTL hour + INTERVAL {} DAY", opts.rollup_retention_days)
             }
             ("rollup_ttl", false) => String::new(),
+            ("rollup_days", _) => opts.rollup_retention_days.to_string(),
             _ => return None,
         })
     };

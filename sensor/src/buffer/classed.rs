@@ -6,8 +6,10 @@
 //! matters) while acks stay in order within a class. When the shared cap is
 //! reached, drop-oldest takes the oldest segment of the *lowest* class that
 //! has one (bulk flows go before OT-write flows, which go before sensor
-//! status and assets); drop-newest refuses the new batch. Every dropped
-//! batch is counted in its class.
+//! status and assets); drop-newest refuses a new batch of flows, while a new
+//! status or asset batch (the report of the drops) replaces older ones or,
+//! with none left, goes in over the cap by its own small size. Every
+//! dropped batch is counted in its class.
 
 use std::path::{Path, PathBuf};
 
@@ -89,6 +91,15 @@ impl ClassedBuffer {
         let need = record::len(b) + SEGMENT_HEADER as u64;
         while self.stats().bytes + need > self.max_bytes {
             match self.when_full {
+                // A status or asset batch is never refused: it carries the
+                // report of what was dropped. It makes room from older ones
+                // (a newer status supersedes them) or, with none left, goes
+                // in over the cap by its own small size.
+                WhenFull::DropNewest if b.class == Priority::Control => {
+                    if !self.bufs[Priority::Control as usize].drop_oldest_segment()? {
+                        break;
+                    }
+                }
                 WhenFull::DropNewest => {
                     self.bufs[b.class as usize].refuse(b);
                     return Ok(false);
@@ -268,5 +279,28 @@ mod tests {
         );
         assert_eq!(buf.stats().dropped_batches, refused);
         assert!(buf.stats().bytes <= 256 * 1024);
+    }
+
+    #[test]
+    fn drop_newest_still_takes_the_status_that_reports_the_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = open(dir.path(), 256 * 1024, WhenFull::DropNewest);
+        for seq in 1..=20 {
+            buf.append(&batch(seq, Priority::Bulk, 20_000)).unwrap();
+        }
+        let refused = buf.stats().dropped_batches;
+        assert!(refused > 0, "the buffer never filled");
+        // Full of flows: a status still goes in, and no flow is lost for it.
+        assert!(buf.append(&batch(21, Priority::Control, 300)).unwrap());
+        assert_eq!(buf.class(Priority::Bulk).stats().dropped_batches, refused);
+        // The next status replaces the previous one rather than a flow batch.
+        assert!(buf.append(&batch(22, Priority::Control, 300)).unwrap());
+        assert_eq!(buf.class(Priority::Bulk).stats().dropped_batches, refused);
+        let mut r = buf.reader(Priority::Control);
+        let mut seqs = Vec::new();
+        while let Some(s) = r.next_batch().unwrap() {
+            seqs.push(s.seq);
+        }
+        assert_eq!(seqs.last(), Some(&22));
     }
 }

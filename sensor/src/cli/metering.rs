@@ -70,7 +70,6 @@ pub fn meter(
         progress,
     } = ctl;
     if let Some(iface) = &live.interface {
-        info!(interface = %iface, filter = ?live.filter, "live capture started");
         let (cap, flows, k) = meter_live(
             iface,
             live.filter.as_deref(),
@@ -116,20 +115,25 @@ pub fn meter(
 
 /// A flag set on SIGTERM or SIGINT (handled on `rt`).
 pub fn stop_flag(rt: &tokio::runtime::Runtime) -> Arc<AtomicBool> {
+    use tokio::signal::unix::{signal, SignalKind};
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    // The handlers are in place when this returns (installed here, not
+    // when the task first runs); `rt` must have a worker thread to run it.
+    let _ctx = rt.enter();
+    let handlers =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    let (mut term, mut int) = match handlers {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "cannot install SIGTERM/SIGINT handlers");
+            return flag;
+        }
+    };
     rt.spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(error = %e, "cannot install SIGTERM handler");
-                    return;
-                }
-            };
         tokio::select! {
             _ = term.recv() => info!("SIGTERM received; flushing flows"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received; flushing flows"),
+            _ = int.recv() => info!("SIGINT received; flushing flows"),
         }
         f.store(true, Ordering::Relaxed);
     });

@@ -380,7 +380,9 @@ pub enum FsyncArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum WhenFullArg {
+    /// Drop the oldest segment of the lowest class (bulk flows first).
     DropOldest,
+    /// Refuse new batches of flows (a new status or asset batch replaces older ones).
     DropNewest,
 }
 

@@ -39,18 +39,19 @@ pub fn main(args: ReadArgs) -> anyhow::Result<()> {
         bail!("--replay-speed must be a positive number");
     }
     let mut table = meter_args.table(assets)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let _guard = rt.enter();
-    let stop = if live.interface.is_some() {
-        let flag = stop_flag(&rt);
-        // Drive the signal task on a helper thread.
-        let handle = rt.handle().clone();
-        std::thread::spawn(move || handle.block_on(std::future::pending::<()>()));
-        flag
-    } else {
-        Arc::new(AtomicBool::new(false))
+    // Live capture stops on SIGTERM/SIGINT: one runtime worker waits for them.
+    let rt = match live.interface {
+        Some(_) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?,
+        ),
+        None => None,
+    };
+    let stop = match &rt {
+        Some(rt) => stop_flag(rt),
+        None => Arc::new(AtomicBool::new(false)),
     };
     // Records are formatted and written on their own thread, so printing
     // overlaps metering.
