@@ -243,8 +243,12 @@ impl Uplink {
             Err(status) => return StreamEnd::Retry(format!("open stream: {status}")),
         };
         info!(endpoint = %self.cfg.endpoint, resending = sent, "upload stream open");
+        // False once the collector stops reading (it drains on shutdown):
+        // send nothing more, but read its acks and its final status first,
+        // so that nothing it acked is sent again.
+        let mut request_open = true;
         loop {
-            while sent < unacked.len() && sent < window {
+            while request_open && sent < unacked.len() && sent < window {
                 if let Some(b) = self.bucket.as_mut() {
                     let wait = b.reserve(
                         unacked[sent].request.payload.len(),
@@ -256,7 +260,8 @@ impl Uplink {
                 }
                 self.account_send(&mut unacked[sent]);
                 if tx.send(unacked[sent].request.clone()).await.is_err() {
-                    return StreamEnd::Retry("request stream closed".into());
+                    request_open = false;
+                    break;
                 }
                 sent += 1;
             }
@@ -264,7 +269,7 @@ impl Uplink {
                 drop(tx);
                 return StreamEnd::Done;
             }
-            let can_take = !*source_done && unacked.len() < window;
+            let can_take = request_open && !*source_done && unacked.len() < window;
             let waiting = !unacked.is_empty();
             tokio::select! {
                 b = source.recv(), if can_take => match b {
