@@ -95,3 +95,21 @@ pub fn batches_acked(log: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no batches_acked in the sensor log:\n{log}"))
 }
+
+/// Runs the sensor on an empty capture with its state in `state`: it
+/// delivers what its disk buffer holds, waits for every ack and exits.
+/// Panics unless it succeeds within two minutes.
+pub fn deliver_buffered(
+    cert: &SensorCert,
+    ingest_port: u16,
+    state: &Path,
+    name: &str,
+    log_dir: &Path,
+) -> Proc {
+    let empty = log_dir.join(format!("{name}-empty.pcap"));
+    crate::pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).expect("empty capture");
+    let mut s = SensorRun::new(cert, ingest_port, &empty, state).spawn(name, log_dir);
+    let st = s.wait(std::time::Duration::from_secs(120));
+    assert!(st.success(), "{name} exited {st}:\n{}", s.log_text());
+    s
+}

@@ -62,14 +62,7 @@ fn kill_9_while_the_collector_is_away_loses_nothing() {
     // backlog from disk.
     let _ingest = stack.ingest(pki, port, &[]);
     let _sink = stack.sink("sink", &[]);
-    let empty = stack.path().join("empty.pcap");
-    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut s2 = SensorRun::new(&s1, port, &empty, &state).spawn("sensor-2", stack.path());
-    assert!(
-        s2.wait(Duration::from_secs(120)).success(),
-        "{}",
-        s2.log_text()
-    );
+    let s2 = deliver_buffered(&s1, port, &state, "sensor-2", stack.path());
     assert!(
         s2.log_text()
             .contains("resuming upload of batches buffered before the restart"),
@@ -670,14 +663,7 @@ fn sigterm_flushes_open_flows_and_the_next_start_delivers_them() {
     );
 
     // The next start (nothing new to meter) delivers what the buffer holds.
-    let empty = stack.path().join("empty.pcap");
-    pcapgen::write_udp_flows(&empty, 0, 0, 1_700_000_000).unwrap();
-    let mut s2 = SensorRun::new(&s1, port, &empty, &state).spawn("sensor-2", stack.path());
-    assert!(
-        s2.wait(Duration::from_secs(120)).success(),
-        "{}",
-        s2.log_text()
-    );
+    let _s2 = deliver_buffered(&s1, port, &state, "sensor-2", stack.path());
     let mut want = BTreeMap::new();
     want.insert(
         "s1".to_string(),
