@@ -65,6 +65,11 @@ pub fn registry(
         "Flows emitted early because the flow table reached --max-flows.",
         flows_evicted
     );
+    progress_counter!(
+        "tidewatch_sensor_fragments_overflow",
+        "First IP fragments not remembered because --max-fragments datagrams were (their later fragments are metered without ports).",
+        fragments_overflow
+    );
     {
         let p = progress.clone();
         r.gauge_fn(

@@ -33,6 +33,7 @@ pub struct Progress {
     pub kernel_drops: AtomicU64,
     pub records_emitted: AtomicU64,
     pub flows_evicted: AtomicU64,
+    pub fragments_overflow: AtomicU64,
     pub active_flows: AtomicU64,
 }
 
@@ -45,6 +46,8 @@ impl Progress {
         self.records_emitted
             .store(f.records_emitted, Ordering::Relaxed);
         self.flows_evicted.store(f.flows_evicted, Ordering::Relaxed);
+        self.fragments_overflow
+            .store(f.fragments_overflow, Ordering::Relaxed);
         self.active_flows
             .store(table.active_flows() as u64, Ordering::Relaxed);
     }

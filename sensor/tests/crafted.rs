@@ -697,3 +697,69 @@ fn tls_http_and_mqtt_are_named_by_payload_with_their_indicators() {
         "{ops:?}"
     );
 }
+
+/// Peak RSS (kB) and stderr of `tidewatch-sensor read ARGS PCAP`, stdout
+/// discarded (measured by Python's getrusage of its child).
+fn read_rss(pcap: &Path, args: &[&str]) -> (u64, String) {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import resource, subprocess, sys\n\
+             r = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n\
+             sys.stderr.buffer.write(r.stderr)\n\
+             print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             sys.exit(r.returncode)",
+            env!("CARGO_BIN_EXE_tidewatch-sensor"),
+            "read",
+        ])
+        .args(args)
+        .arg(pcap)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let rss = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (rss, stderr)
+}
+
+/// A flood of first fragments with distinct ids (8 sources × 65,536 ids,
+/// within one second, so none ages out): the fragment map stops at
+/// `--max-fragments`, the rest is counted, metering goes on, and memory
+/// stays bounded where an uncapped map would grow by tens of MB.
+#[test]
+fn a_fragment_flood_is_capped_counted_and_metered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let udp_head = udp(40000, 5353, &[0x42; 8]);
+    let mut n = 0u64;
+    for src in 1..=8u8 {
+        for id in 0..=u16::MAX {
+            // More fragments follow (MF), offset 0: a first fragment.
+            let ip = ipv4(
+                [10, 9, 0, src],
+                [10, 9, 1, 1],
+                17,
+                id,
+                0x2000,
+                &udp_head,
+                1400,
+            );
+            p.add(1_000_000 + n, &eth(&[], 0x0800, &ip));
+            n += 1;
+        }
+    }
+    let path = p.write(dir.path(), "fragments.pcap");
+    let (capped, log) = read_rss(&path, &[]);
+    let overflow = n - 65_536;
+    assert!(
+        log.contains(&format!("fragments_overflow={overflow}")),
+        "{log}"
+    );
+    assert!(log.contains("flows=8"), "{log}");
+    let (uncapped, _) = read_rss(&path, &["--max-fragments", "100000000"]);
+    eprintln!("peak RSS: capped {capped} kB, uncapped {uncapped} kB");
+    assert!(
+        capped + 15_000 < uncapped,
+        "capped {capped} kB vs uncapped {uncapped} kB: the cap bounds nothing"
+    );
+}

@@ -103,6 +103,7 @@ pub fn meter(
         non_ip = cap.non_ip_frames + cap.arp_frames,
         malformed = cap.malformed,
         flows = flows.records_emitted,
+        fragments_overflow = flows.fragments_overflow,
         "capture metered"
     );
     Ok(Metered {

@@ -261,6 +261,12 @@ pub struct MeterArgs {
     /// Hard cap on concurrent flows; the least recently seen are evicted beyond it.
     #[arg(long, env = "TIDEWATCH_MAX_FLOWS", default_value_t = 262_144)]
     pub max_flows: usize,
+    /// Hard cap on fragmented IP datagrams awaiting their later fragments;
+    /// beyond it first fragments are counted, not remembered (their later
+    /// fragments are metered without ports), so a fragment flood cannot
+    /// grow memory.
+    #[arg(long, env = "TIDEWATCH_MAX_FRAGMENTS", default_value_t = 65_536)]
+    pub max_fragments: usize,
     /// IEEE OUI registry (CSV) for asset vendors; Debian's ieee-data package
     /// installs it at the default path. Missing file: vendors stay empty.
     #[arg(
@@ -289,6 +295,7 @@ impl MeterArgs {
             idle_timeout_us: (self.idle_timeout * 1e6) as i64,
             active_timeout_us: (self.active_timeout * 1e6) as i64,
             max_flows: self.max_flows,
+            max_fragments: self.max_fragments,
             ..FlowConfig::default()
         })
     }

@@ -45,6 +45,12 @@ pub struct FlowConfig {
     pub active_timeout_us: i64,
     /// Hard cap on concurrent flows.
     pub max_flows: usize,
+    /// Hard cap on IP datagrams whose first fragment is remembered (so that
+    /// their later fragments join its flow). Beyond it a first fragment is
+    /// not remembered and counted; its later fragments are still metered,
+    /// as a flow without ports. A flood of distinct fragments cannot grow
+    /// the sensor's memory past it.
+    pub max_fragments: usize,
     /// Time a closed TCP flow stays to collect trailing ACKs/retransmissions.
     pub close_linger_us: i64,
 }
@@ -55,6 +61,7 @@ impl Default for FlowConfig {
             idle_timeout_us: 120_000_000,
             active_timeout_us: 1_800_000_000,
             max_flows: 262_144,
+            max_fragments: 65_536,
             close_linger_us: 2_000_000,
         }
     }
@@ -68,6 +75,8 @@ pub struct FlowStats {
     pub records_emitted: u64,
     pub flows_evicted: u64,
     pub fragments_unmatched: u64,
+    /// First fragments not remembered because `max_fragments` were.
+    pub fragments_overflow: u64,
 }
 
 /// Counters of one direction of a flow. Packets are counted in 32 bits (a
@@ -426,7 +435,12 @@ impl FlowTable {
         if let Some(frag) = info.fragment {
             let fk = (info.src, info.dst, info.ip_protocol, frag.id);
             if frag.first {
-                self.fragments.insert(fk, (sport, dport, info.ts_us));
+                if self.fragments.len() < self.cfg.max_fragments || self.fragments.contains_key(&fk)
+                {
+                    self.fragments.insert(fk, (sport, dport, info.ts_us));
+                } else {
+                    self.stats.fragments_overflow += 1;
+                }
             } else if let Some((s, d, _)) = self.fragments.get(&fk) {
                 (sport, dport) = (*s, *d);
             } else {
