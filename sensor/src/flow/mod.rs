@@ -841,6 +841,7 @@ mod tests {
             active_timeout_us: 100_000_000,
             max_flows: 100,
             close_linger_us: 1_000_000,
+            ..FlowConfig::default()
         };
         let mut t = FlowTable::new(cfg);
         t.process(&pkt(0, C, 40000, S, 502, TCP_ACK));
@@ -958,6 +959,7 @@ mod batch_tests {
             active_timeout_us: 300_000_000,
             max_flows: 200,
             close_linger_us: 1_000_000,
+            ..FlowConfig::default()
         };
         let pkts = packets();
         let mut one = FlowTable::new(cfg.clone());
