@@ -29,31 +29,30 @@ pub const PLUS: Protocol = Protocol {
     roles: Roles::Controller,
 };
 
-/// The S7 PDUs (after TPKT + COTP DT) of a segment.
-fn pdus(p: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
+/// The S7 PDUs (after TPKT + COTP DT) of a segment, at most 65, found as
+/// they are taken (detection looks at the first one only, allocating
+/// nothing).
+fn pdus(p: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = p;
-    while rest.len() >= 7 && rest[0] == 0x03 && rest[1] == 0x00 {
-        let Some(len) = be16(rest, 2).map(|l| l as usize) else {
-            break;
-        };
-        if len < 7 || len > rest.len() {
-            // A TPKT continued in the next segment: take what is here.
-            if len >= 7 && rest[5] == 0xF0 {
-                out.push(&rest[(5 + rest[4] as usize).min(rest.len())..]);
+    std::iter::from_fn(move || {
+        while rest.len() >= 7 && rest[0] == 0x03 && rest[1] == 0x00 {
+            let len = be16(rest, 2)? as usize;
+            if len < 7 || len > rest.len() {
+                // A TPKT continued in the next segment: take what is here.
+                let seg = std::mem::take(&mut rest);
+                return (len >= 7 && seg[5] == 0xF0)
+                    .then(|| &seg[(5 + seg[4] as usize).min(seg.len())..]);
             }
-            break;
+            let (unit, next) = rest.split_at(len);
+            rest = next;
+            let li = unit[4] as usize;
+            if unit[5] == 0xF0 && 5 + li <= len {
+                return Some(&unit[5 + li..]);
+            }
         }
-        let li = rest[4] as usize;
-        if rest[5] == 0xF0 && 5 + li <= len {
-            out.push(&rest[5 + li..len]);
-        }
-        rest = &rest[len..];
-        if out.len() > 64 {
-            break;
-        }
-    }
-    out
+        None
+    })
+    .take(65)
 }
 
 /// Which S7 protocol a PDU is.
@@ -69,7 +68,7 @@ pub fn detect(p: &[u8]) -> Option<Variant> {
     {
         return None;
     }
-    let pdu = *pdus(p).first()?;
+    let pdu = pdus(p).next()?;
     match pdu.first()? {
         0x32 if pdu.len() >= 10 && matches!(pdu[1], 1 | 2 | 3 | 7) => Some(Variant::Classic),
         0x72 if pdu.len() >= 4 && matches!(pdu[1], 1..=3 | 0xfe) => Some(Variant::Plus),
