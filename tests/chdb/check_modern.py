@@ -77,15 +77,12 @@ def main():
             "sensor_id, vessel, batch_seq, record_idx, received_at, observed_us",
             lambda seq, t: f"('s9', 'mv-ttl', {seq}, 0, now(), {t})",
         ),
-        "traffic_hourly_raw": (
-            "vessel, sensor_id, batch_seq, hour, server_ip, flows",
-            lambda seq, t: f"('mv-ttl', 's9', {seq}, toStartOfHour(toDateTime(intDiv({t}, 1000000))), '10.0.0.1', 1)",
-        ),
-        "dest_hourly_raw": (
-            "vessel, sensor_id, batch_seq, hour, server_ip, flows",
-            lambda seq, t: f"('mv-ttl', 's9', {seq}, toStartOfHour(toDateTime(intDiv({t}, 1000000))), '10.0.0.1', 1)",
-        ),
     }
+    rollup = (
+        "vessel, sensor_id, batch_seq, hour, server_ip, flows",
+        lambda seq, t: f"('mv-ttl', 's9', {seq}, toStartOfHour(toDateTime(intDiv({t}, 1000000))), '10.0.0.1', 1)",
+    )
+    expiry["traffic_hourly_raw"] = expiry["dest_hourly_raw"] = rollup
     for t, (columns, value) in expiry.items():
         s.query(f"INSERT INTO tidewatch.{t} ({columns}) VALUES {value(101, old)}, {value(102, new)}")
         s.query(f"OPTIMIZE TABLE tidewatch.{t} FINAL")
