@@ -67,17 +67,41 @@ install() {
   fi
 }
 
+# A free port below the kernel's ephemeral range: outgoing connections take
+# their local ports from that range, so one of them could take a port picked
+# there before the server binds it.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    port = random.randrange(low // 2, low)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free port")
+PY
 }
 
-wait_port() { # port seconds what
-  local i
-  for ((i = 0; i < $2 * 10; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
+# Port taken: the exit status of a start that found its port in use, so a
+# fresh stack can pick other ports and try again.
+PORT_TAKEN=3
+
+listens() { # pid port: whether that process holds the listening socket
+  ss -Hltnp "sport = :$2" 2>/dev/null | grep -q "pid=$1,"
+}
+
+tail_logs() { # files...: the last lines of each
+  local f
+  for f in "$@"; do [ -f "$f" ] && { echo "== $f" >&2; tail -n 20 "$f" >&2; }; done
+  return 0
 }
 
 kill_pid() { # pidfile: SIGKILL, as a crash would
@@ -104,6 +128,16 @@ stop_pid() { # pidfile what
   rm -f "$f"
 }
 
+write_env() { # ch_http ch_tcp kafka
+  cat > "$DIR/stack.env" <<ENV
+CH_HTTP_PORT=$1
+CH_TCP_PORT=$2
+KAFKA_PORT=$3
+TIDEWATCH_CLICKHOUSE_URL=http://127.0.0.1:$1
+TIDEWATCH_KAFKA_BROKERS=127.0.0.1:$3
+ENV
+}
+
 load_env() {
   [ -f "$DIR/stack.env" ] || die "$DIR/stack.env not found; run: stack.sh start $DIR"
   # shellcheck disable=SC1091
@@ -122,16 +156,29 @@ start_clickhouse() {
   (cd "$d" && exec setsid clickhouse-server --config-file="$d/config.xml" \
       >"$d/log/stdout.log" 2>&1 </dev/null) &
   echo $! > "$d/pid"
+  disown $!
   local i
   for ((i = 0; i < 600; i++)); do
-    if curl -sf "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" >/dev/null 2>&1; then
+    if ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+      rm -f "$d/pid"
+      if grep -qs "Address already in use" "$d/log/"*.log; then
+        log "ClickHouse: port $CH_HTTP_PORT or $CH_TCP_PORT already in use"
+        rm -f "$d/log/"*.log
+        return "$PORT_TAKEN"
+      fi
+      tail_logs "$d/log/"*.log
+      die "ClickHouse exited during start"
+    fi
+    # Answers on its own port: another process holding the port makes
+    # the server exit (above), and must not be taken for it meanwhile.
+    if listens "$(cat "$d/pid")" "$CH_HTTP_PORT" &&
+      curl -sf --max-time 5 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" >/dev/null 2>&1; then
       log "ClickHouse $(curl -s "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()") on 127.0.0.1:$CH_HTTP_PORT (data $d)"
       return 0
     fi
-    kill -0 "$(cat "$d/pid")" 2>/dev/null || { tail -20 "$d/log/"*.log >&2; die "ClickHouse exited during start"; }
     sleep 0.1
   done
-  tail -20 "$d/log/"*.log >&2
+  tail_logs "$d/log/"*.log
   die "ClickHouse did not answer within 60 s"
 }
 
@@ -140,11 +187,26 @@ start_kafka() {
   local d="$DIR/kafka" bin
   bin=$(tansu_bin) || die "tansu not installed; run: stack.sh install"
   mkdir -p "$d"
+  # This start's own log (the previous ones are kept in broker.log).
+  [ -f "$d/start.log" ] && cat "$d/start.log" >> "$d/broker.log"
   (cd "$d" && exec setsid "$bin" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine "sqlite://tansu.db" >>"$d/broker.log" 2>&1 </dev/null) &
+      --storage-engine "sqlite://tansu.db" >"$d/start.log" 2>&1 </dev/null) &
   echo $! > "$d/pid"
-  wait_port "$KAFKA_PORT" 60 || { tail -20 "$d/broker.log" >&2; die "broker did not listen within 60 s"; }
+  disown $!
+  local i
+  for ((i = 0; ; i++)); do
+    # tansu logs a port in use and keeps running without a listener.
+    if grep -qs "AddrInUse" "$d/start.log"; then
+      log "broker: port $KAFKA_PORT already in use"
+      kill_pid "$d/pid"
+      return "$PORT_TAKEN"
+    fi
+    kill -0 "$(cat "$d/pid")" 2>/dev/null || { tail_logs "$d/start.log"; die "broker exited during start"; }
+    listens "$(cat "$d/pid")" "$KAFKA_PORT" && break
+    ((i < 600)) || { tail_logs "$d/start.log"; die "broker did not listen within 60 s"; }
+    sleep 0.1
+  done
   local existing
   existing=$("$bin" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || true)
   local t p
@@ -166,27 +228,38 @@ case "$cmd" in
     mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
     command -v clickhouse-server >/dev/null || die "clickhouse-server not installed; run: stack.sh install"
     tansu_bin >/dev/null || die "tansu not installed; run: stack.sh install"
+    # A new stack whose ports were not given picks other ports when one
+    # was taken between picking and binding; given or existing ones are kept.
+    retry=0
     if [ ! -f "$DIR/stack.env" ]; then
-      ch_http=${CH_HTTP_PORT:-$(free_port)}; ch_tcp=${CH_TCP_PORT:-$(free_port)}; kp=${KAFKA_PORT:-$(free_port)}
-      cat > "$DIR/stack.env" <<ENV
-CH_HTTP_PORT=$ch_http
-CH_TCP_PORT=$ch_tcp
-KAFKA_PORT=$kp
-TIDEWATCH_CLICKHOUSE_URL=http://127.0.0.1:$ch_http
-TIDEWATCH_KAFKA_BROKERS=127.0.0.1:$kp
-ENV
+      [ -z "${CH_HTTP_PORT:-}${CH_TCP_PORT:-}${KAFKA_PORT:-}" ] && retry=4
+      write_env "${CH_HTTP_PORT:-$(free_port)}" "${CH_TCP_PORT:-$(free_port)}" "${KAFKA_PORT:-$(free_port)}"
     fi
-    start_clickhouse
-    start_kafka
+    for what in clickhouse kafka; do
+      while :; do
+        rc=0; "start_$what" || rc=$?
+        [ "$rc" = 0 ] && break
+        if [ "$rc" != "$PORT_TAKEN" ] || ((retry-- == 0)); then
+          stop_pid "$DIR/clickhouse/pid" ClickHouse
+          die "cannot start $what"
+        fi
+        load_env
+        if [ "$what" = clickhouse ]; then
+          write_env "$(free_port)" "$(free_port)" "$KAFKA_PORT"
+        else
+          write_env "$CH_HTTP_PORT" "$CH_TCP_PORT" "$(free_port)"
+        fi
+      done
+    done
     ;;
   stop)
     [ -n "$DIR" ] || die "usage: stack.sh stop DIR"
     stop_pid "$DIR/kafka/pid" broker
     stop_pid "$DIR/clickhouse/pid" ClickHouse
     ;;
-  start-clickhouse) start_clickhouse ;;
+  start-clickhouse) start_clickhouse || die "cannot start ClickHouse" ;;
   stop-clickhouse) stop_pid "$DIR/clickhouse/pid" ClickHouse ;;
-  start-kafka) start_kafka ;;
+  start-kafka) start_kafka || die "cannot start the broker" ;;
   stop-kafka) stop_pid "$DIR/kafka/pid" broker ;;
   kill-clickhouse) kill_pid "$DIR/clickhouse/pid" ;;
   kill-kafka) kill_pid "$DIR/kafka/pid" ;;

@@ -39,12 +39,31 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, never the same twice in one test process.
+///
+/// Ports come from below the kernel's ephemeral range: outgoing connections
+/// (of which the tests make many) take their local ports from that range, and
+/// one of them could take a port picked there before its server binds it.
+/// The stack's ports come from here too (see [`crate::stack::Stack::start`]),
+/// so the concurrent tests of one process never pick the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (first, span) = (low / 2, low - low / 2);
+    // Successive test processes start at different places in the span.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (first + (start + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
 }
 
 /// The number after `--name` on the command line, or `default` (for the

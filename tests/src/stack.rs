@@ -29,7 +29,10 @@ impl Stack {
         run_ok(
             Command::new(root().join("deploy/local/stack.sh"))
                 .arg("start")
-                .arg(&stack_dir),
+                .arg(&stack_dir)
+                .env("CH_HTTP_PORT", free_port().to_string())
+                .env("CH_TCP_PORT", free_port().to_string())
+                .env("KAFKA_PORT", free_port().to_string()),
         );
         let env = fs::read_to_string(stack_dir.join("stack.env")).expect("stack.env");
         let get = |k: &str| -> u16 {
