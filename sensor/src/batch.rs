@@ -11,6 +11,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use prost::Message;
 use tidewatch_proto::codec;
 
 use crate::state_file::{self, Durability};
@@ -144,133 +145,267 @@ pub struct PreparedBatch {
 }
 
 /// Batch size limits. The encoded batch must stay below the collector's
-/// maximum (1 MiB by default, in line with Kafka's default message size).
+/// maximum (1,000,000 bytes by default, in line with Kafka's default message
+/// size); `max_bytes` keeps a margin under it.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     pub max_flows: usize,
+    /// Largest batch payload (encoded, compressed if `compress`): records
+    /// are grouped by their encoded size too, and a batch that still comes
+    /// out larger is split.
+    pub max_bytes: usize,
     pub compress: bool,
     pub zstd_level: i32,
 }
+
+/// Default of [`BatchConfig::max_bytes`] (and of `--batch-max-bytes`).
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 512 * 1024;
 
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_flows: 2000,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
             compress: true,
             zstd_level: 3,
         }
     }
 }
 
-/// Groups records into batches of one [`Priority`] each, of at most
-/// `max_flows` records: asset observations (and status) in `Control`
-/// batches, flows in `OtWrite` or `Bulk` batches by their operations.
+/// Records of one [`Priority`] to be sealed into one batch (or more, should
+/// it encode larger than the limit).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Group {
+    pub class: Priority,
+    pub flows: Vec<FlowRecord>,
+    pub assets: Vec<AssetObservation>,
+    pub status: Vec<SensorStatus>,
+}
+
+impl Group {
+    fn records(&self) -> usize {
+        self.flows.len() + self.assets.len() + self.status.len()
+    }
+
+    /// The two halves of a group of two records or more (a status stays
+    /// with the first half), `None` for a single record.
+    fn halves(mut self) -> Option<(Group, Group)> {
+        if self.records() < 2 {
+            return None;
+        }
+        let mut second = Group {
+            class: self.class,
+            ..Group::default()
+        };
+        if self.flows.len() >= 2 {
+            second.flows = self.flows.split_off(self.flows.len() / 2);
+        } else if self.assets.len() >= 2 {
+            second.assets = self.assets.split_off(self.assets.len() / 2);
+        } else if !self.flows.is_empty() {
+            second.flows = std::mem::take(&mut self.flows);
+        } else if !self.assets.is_empty() {
+            second.assets = std::mem::take(&mut self.assets);
+        } else {
+            second.status = self.status.split_off(self.status.len() / 2);
+        }
+        Some((self, second))
+    }
+}
+
+/// A group being filled: its records and their encoded size so far.
+#[derive(Default)]
+struct Pending<T> {
+    records: Vec<T>,
+    bytes: usize,
+}
+
+impl<T: Message> Pending<T> {
+    fn push(&mut self, r: T) {
+        // The record's length and its field tag and length prefix.
+        self.bytes += r.encoded_len() + 4;
+        self.records.push(r);
+    }
+
+    fn take(&mut self) -> Vec<T> {
+        self.bytes = 0;
+        std::mem::take(&mut self.records)
+    }
+
+    fn is_full(&self, cfg: &BatchConfig) -> bool {
+        self.records.len() >= cfg.max_flows.max(1) || self.bytes >= cfg.max_bytes
+    }
+}
+
+/// Groups records by [`Priority`]: asset observations (and status) for
+/// `Control` batches, flows for `OtWrite` or `Bulk` batches by their
+/// operations; a group is full at `max_flows` records or `max_bytes` of
+/// encoded records (so a full batch compresses below the limit).
 pub struct Batcher {
     cfg: BatchConfig,
-    seqs: SeqStore,
-    assets: Vec<AssetObservation>,
-    ot: Vec<FlowRecord>,
-    bulk: Vec<FlowRecord>,
+    assets: Pending<AssetObservation>,
+    ot: Pending<FlowRecord>,
+    bulk: Pending<FlowRecord>,
 }
 
 impl Batcher {
-    pub fn new(cfg: BatchConfig, seqs: SeqStore) -> Self {
+    pub fn new(cfg: BatchConfig) -> Self {
         Batcher {
             cfg,
-            seqs,
-            assets: Vec::new(),
-            ot: Vec::new(),
-            bulk: Vec::new(),
+            assets: Pending::default(),
+            ot: Pending::default(),
+            bulk: Pending::default(),
         }
     }
 
-    /// Adds records; returns the batches that became full.
-    pub fn push(
-        &mut self,
-        records: Vec<FlowRecord>,
-        assets: Vec<AssetObservation>,
-    ) -> Result<Vec<PreparedBatch>, StateError> {
-        for r in records {
-            match Priority::of_flow(&r) {
-                Priority::OtWrite => self.ot.push(r),
-                _ => self.bulk.push(r),
-            }
-        }
-        self.assets.extend(assets);
-        let max = self.cfg.max_flows.max(1);
+    /// Adds records; returns the groups that became full.
+    pub fn push(&mut self, records: Vec<FlowRecord>, assets: Vec<AssetObservation>) -> Vec<Group> {
         let mut out = Vec::new();
-        while self.assets.len() >= max {
-            let rest = self.assets.split_off(max);
-            let a = std::mem::replace(&mut self.assets, rest);
-            out.push(self.seal(Priority::Control, Vec::new(), a, Vec::new())?);
-        }
-        for class in [Priority::OtWrite, Priority::Bulk] {
-            while self.flows_mut(class).len() >= max {
-                let pending = self.flows_mut(class);
-                let rest = pending.split_off(max);
-                let f = std::mem::replace(pending, rest);
-                out.push(self.seal(class, f, Vec::new(), Vec::new())?);
+        for r in records {
+            let class = Priority::of_flow(&r);
+            let cfg = self.cfg.clone();
+            let pending = self.flows_mut(class);
+            pending.push(r);
+            if pending.is_full(&cfg) {
+                let flows = self.flows_mut(class).take();
+                out.push(Group {
+                    class,
+                    flows,
+                    ..Group::default()
+                });
             }
         }
-        Ok(out)
+        for a in assets {
+            self.assets.push(a);
+            if self.assets.is_full(&self.cfg) {
+                out.push(Group {
+                    class: Priority::Control,
+                    assets: self.assets.take(),
+                    ..Group::default()
+                });
+            }
+        }
+        out
     }
 
-    fn flows_mut(&mut self, class: Priority) -> &mut Vec<FlowRecord> {
+    fn flows_mut(&mut self, class: Priority) -> &mut Pending<FlowRecord> {
         match class {
             Priority::OtWrite => &mut self.ot,
             _ => &mut self.bulk,
         }
     }
 
-    /// Seals everything pending (one batch per class with records; the
-    /// status, if given, goes into the control batch).
-    pub fn flush(
-        &mut self,
-        status: Option<SensorStatus>,
-    ) -> Result<Vec<PreparedBatch>, StateError> {
+    /// Everything pending, as groups (one per class with records; the
+    /// status, if given, goes into the control group).
+    pub fn flush(&mut self, status: Option<SensorStatus>) -> Vec<Group> {
         let mut out = Vec::new();
-        if !self.assets.is_empty() || status.is_some() {
-            let a = std::mem::take(&mut self.assets);
-            out.push(self.seal(
-                Priority::Control,
-                Vec::new(),
-                a,
-                status.into_iter().collect(),
-            )?);
+        if !self.assets.records.is_empty() || status.is_some() {
+            out.push(Group {
+                class: Priority::Control,
+                assets: self.assets.take(),
+                status: status.into_iter().collect(),
+                ..Group::default()
+            });
         }
         for class in [Priority::OtWrite, Priority::Bulk] {
-            let f = std::mem::take(self.flows_mut(class));
-            if !f.is_empty() {
-                out.push(self.seal(class, f, Vec::new(), Vec::new())?);
+            let flows = self.flows_mut(class).take();
+            if !flows.is_empty() {
+                out.push(Group {
+                    class,
+                    flows,
+                    ..Group::default()
+                });
             }
         }
+        out
+    }
+}
+
+/// Seals groups into batches: the next seqs, encoding, compression, and a
+/// split in halves of whatever encodes larger than `max_bytes`.
+pub struct Sealer {
+    cfg: BatchConfig,
+    seqs: SeqStore,
+}
+
+impl Sealer {
+    pub fn new(cfg: BatchConfig, seqs: SeqStore) -> Self {
+        Sealer { cfg, seqs }
+    }
+
+    /// The largest payload this sealer makes (when a batch can be split).
+    pub fn max_bytes(&self) -> usize {
+        self.cfg.max_bytes
+    }
+
+    /// `g` as one batch, or as several when it encodes larger than the
+    /// limit (a single record is one batch whatever its size).
+    pub fn seal(&mut self, g: Group) -> Result<Vec<PreparedBatch>, StateError> {
+        let mut out = Vec::new();
+        self.seal_within(g, self.cfg.max_bytes, &mut out)?;
         Ok(out)
     }
 
-    fn seal(
+    /// The records of `b` sealed again under new seqs in batches of at most
+    /// `max_bytes` each (as far as records can be split); `None` if `b`
+    /// cannot be decoded.
+    pub fn reseal(
         &mut self,
-        class: Priority,
-        flows: Vec<FlowRecord>,
-        assets: Vec<AssetObservation>,
-        status: Vec<SensorStatus>,
-    ) -> Result<PreparedBatch, StateError> {
+        b: &PreparedBatch,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<PreparedBatch>>, StateError> {
+        let Some(batch) = decode_request(&b.request) else {
+            return Ok(None);
+        };
+        let g = Group {
+            class: b.class,
+            flows: batch.flows,
+            assets: batch.assets,
+            status: batch.status,
+        };
+        let mut out = Vec::new();
+        self.seal_within(g, max_bytes.max(1), &mut out)?;
+        Ok(Some(out))
+    }
+
+    /// Seals `g` under the next seq; when it encodes larger than `max`
+    /// and has two records or more, its halves instead (the seq is then
+    /// unused: seqs must increase, not be contiguous).
+    fn seal_within(
+        &mut self,
+        g: Group,
+        max: usize,
+        out: &mut Vec<PreparedBatch>,
+    ) -> Result<(), StateError> {
         let seq = self.seqs.allocate()?;
-        let n = flows.len();
+        let (class, flows, records) = (g.class, g.flows.len(), g.records());
         let batch = Batch {
             seq,
             sensor_id: String::new(),
             created_us: now_us(),
-            flows,
-            assets,
-            status,
+            flows: g.flows,
+            assets: g.assets,
+            status: g.status,
         };
-        Ok(PreparedBatch {
+        let request = codec::encode(&batch, self.cfg.compress.then_some(self.cfg.zstd_level));
+        if request.payload.len() > max && records > 1 {
+            let g = Group {
+                class,
+                flows: batch.flows,
+                assets: batch.assets,
+                status: batch.status,
+            };
+            let (first, second) = g.halves().expect("two records or more");
+            self.seal_within(first, max, out)?;
+            return self.seal_within(second, max, out);
+        }
+        out.push(PreparedBatch {
             seq,
-            flows: n,
+            flows,
             class,
-            request: codec::encode(&batch, self.cfg.compress.then_some(self.cfg.zstd_level)),
+            request,
             sent: false,
-        })
+        });
+        Ok(())
     }
 }
 
@@ -285,8 +420,6 @@ const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
-    use prost::Message;
-
     use super::*;
 
     #[test]
@@ -311,23 +444,34 @@ mod tests {
         ));
     }
 
+    fn sealer(dir: &Path, cfg: BatchConfig) -> Sealer {
+        Sealer::new(cfg, SeqStore::open(dir).unwrap())
+    }
+
+    fn seal_all(s: &mut Sealer, groups: Vec<Group>) -> Vec<PreparedBatch> {
+        groups
+            .into_iter()
+            .flat_map(|g| s.seal(g).unwrap())
+            .collect()
+    }
+
     #[test]
-    fn batcher_splits_at_max_flows_and_round_trips() {
+    fn batcher_groups_at_max_flows_and_batches_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = BatchConfig {
             max_flows: 3,
             ..BatchConfig::default()
         };
-        let mut b = Batcher::new(cfg, SeqStore::open(dir.path()).unwrap());
-        let recs = vec![FlowRecord::default(); 7];
-        let full = b.push(recs, Vec::new()).unwrap();
+        let mut s = sealer(dir.path(), cfg.clone());
+        let mut b = Batcher::new(cfg);
+        let full = seal_all(&mut s, b.push(vec![FlowRecord::default(); 7], Vec::new()));
         assert_eq!(full.len(), 2);
-        let mut rest = b.flush(None).unwrap();
+        let mut rest = seal_all(&mut s, b.flush(None));
         assert_eq!(rest.len(), 1);
         let last = rest.pop().unwrap();
         assert_eq!(last.flows, 1);
         assert_eq!(last.class, Priority::Bulk);
-        assert!(b.flush(None).unwrap().is_empty());
+        assert!(b.flush(None).is_empty());
         let seqs: Vec<u64> = full.iter().chain([&last]).map(|p| p.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
         let raw = zstd::bulk::decompress(&last.request.payload, 1 << 20).unwrap();
@@ -337,14 +481,13 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_split_by_priority_class() {
+    fn groups_are_split_by_priority_class() {
         use tidewatch_proto::v1::Operation;
-        let dir = tempfile::tempdir().unwrap();
         let cfg = BatchConfig {
             max_flows: 2,
             ..BatchConfig::default()
         };
-        let mut b = Batcher::new(cfg, SeqStore::open(dir.path()).unwrap());
+        let mut b = Batcher::new(cfg);
         let op = |class: OperationClass| FlowRecord {
             operations: vec![Operation {
                 class: class as i32,
@@ -359,17 +502,168 @@ mod tests {
             op(OperationClass::Control),
             op(OperationClass::Program),
         ];
-        let full = b.push(recs, vec![AssetObservation::default()]).unwrap();
+        let full = b.push(recs, vec![AssetObservation::default()]);
         assert_eq!(
-            full.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
-            [(Priority::OtWrite, 2), (Priority::Bulk, 2)]
+            full.iter()
+                .map(|g| (g.class, g.flows.len()))
+                .collect::<Vec<_>>(),
+            [(Priority::Bulk, 2), (Priority::OtWrite, 2)]
         );
-        let rest = b.flush(Some(SensorStatus::default())).unwrap();
+        let rest = b.flush(Some(SensorStatus::default()));
         assert_eq!(
-            rest.iter().map(|p| (p.class, p.flows)).collect::<Vec<_>>(),
-            [(Priority::Control, 0), (Priority::OtWrite, 1)]
+            rest.iter()
+                .map(|g| (g.class, g.flows.len(), g.assets.len(), g.status.len()))
+                .collect::<Vec<_>>(),
+            [(Priority::Control, 0, 1, 1), (Priority::OtWrite, 1, 0, 0)]
         );
-        let control = decode_request(&rest[0].request).unwrap();
-        assert_eq!((control.assets.len(), control.status.len()), (1, 1));
+    }
+
+    /// A flow as large as a hostile network can make one: 16 distinct,
+    /// random-looking DNS names of ~120 bytes (they do not compress).
+    fn fat_flow(i: u64) -> FlowRecord {
+        let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let indicators = (0..16)
+            .map(|_| {
+                (0..120)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        (b'a' + (x % 26) as u8) as char
+                    })
+                    .collect()
+            })
+            .collect();
+        FlowRecord {
+            app_protocol: "dns".into(),
+            indicators,
+            ..FlowRecord::default()
+        }
+    }
+
+    #[test]
+    fn full_batches_of_the_largest_flows_stay_under_the_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BatchConfig::default();
+        let mut s = sealer(dir.path(), cfg.clone());
+        let mut b = Batcher::new(cfg.clone());
+        let mut batches = seal_all(
+            &mut s,
+            b.push((0..4000).map(fat_flow).collect(), Vec::new()),
+        );
+        batches.extend(seal_all(&mut s, b.flush(None)));
+        let flows: usize = batches.iter().map(|b| b.flows).sum();
+        assert_eq!(flows, 4000);
+        assert!(batches.len() > 4000 / cfg.max_flows, "grouped by size too");
+        for b in &batches {
+            assert!(
+                b.request.payload.len() <= cfg.max_bytes,
+                "batch {} of {} bytes",
+                b.seq,
+                b.request.payload.len()
+            );
+        }
+        // Without the byte limit, a group of max_flows such flows would be
+        // over the collector's default limit of 1,000,000 bytes.
+        let big = Group {
+            class: Priority::Bulk,
+            flows: (0..cfg.max_flows as u64).map(fat_flow).collect(),
+            ..Group::default()
+        };
+        let unsplit = codec::encode(
+            &Batch {
+                flows: big.flows.clone(),
+                ..Batch::default()
+            },
+            Some(cfg.zstd_level),
+        );
+        assert!(unsplit.payload.len() > 1_000_000);
+        // And a sealer splits such a group by itself.
+        let parts = s.seal(big).unwrap();
+        assert!(parts.len() > 1);
+        assert!(parts
+            .iter()
+            .all(|p| p.request.payload.len() <= cfg.max_bytes));
+        assert_eq!(parts.iter().map(|p| p.flows).sum::<usize>(), cfg.max_flows);
+    }
+
+    #[test]
+    fn reseal_splits_a_batch_under_new_increasing_seqs_keeping_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sealer(dir.path(), BatchConfig::default());
+        let flows: Vec<FlowRecord> = (0..100).map(fat_flow).collect();
+        let b = s
+            .seal(Group {
+                class: Priority::OtWrite,
+                flows: flows.clone(),
+                ..Group::default()
+            })
+            .unwrap()
+            .pop()
+            .unwrap();
+        let parts = s.reseal(&b, b.request.payload.len() / 2).unwrap().unwrap();
+        assert!(parts.len() >= 2);
+        let mut seq = b.seq;
+        let mut back = Vec::new();
+        for p in &parts {
+            assert!(p.seq > seq && p.class == Priority::OtWrite);
+            assert!(p.request.payload.len() <= b.request.payload.len() / 2);
+            seq = p.seq;
+            let d = decode_request(&p.request).unwrap();
+            assert_eq!(d.seq, p.seq);
+            back.extend(d.flows);
+        }
+        assert_eq!(back, flows);
+        // A single record cannot be split; a payload that is not a batch
+        // cannot be resealed.
+        let one = s
+            .seal(Group {
+                class: Priority::Bulk,
+                flows: vec![fat_flow(1)],
+                ..Group::default()
+            })
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(s.reseal(&one, 10).unwrap().unwrap().len(), 1);
+        let mut junk = one.clone();
+        junk.request.payload = vec![0xff; 10];
+        assert!(s.reseal(&junk, 10).unwrap().is_none());
+    }
+
+    #[test]
+    fn halves_keep_every_record_once() {
+        let st = SensorStatus::default();
+        let a = AssetObservation::default();
+        for (flows, assets, status) in [
+            (2, 0, 0),
+            (5, 0, 1),
+            (1, 0, 1),
+            (0, 1, 1),
+            (0, 3, 1),
+            (1, 1, 0),
+            (0, 0, 2),
+        ] {
+            let g = Group {
+                class: Priority::Control,
+                flows: vec![FlowRecord::default(); flows],
+                assets: vec![a.clone(); assets],
+                status: vec![st.clone(); status],
+            };
+            let (x, y) = g.halves().unwrap();
+            assert!(
+                x.records() > 0 && y.records() > 0,
+                "{flows} {assets} {status}"
+            );
+            assert_eq!(
+                (
+                    x.flows.len() + y.flows.len(),
+                    x.assets.len() + y.assets.len(),
+                    x.status.len() + y.status.len()
+                ),
+                (flows, assets, status)
+            );
+        }
+        assert!(Group::default().halves().is_none());
     }
 }

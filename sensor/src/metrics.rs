@@ -10,6 +10,7 @@ use tidewatch_proto::metrics::Registry;
 use crate::batch::{decode_request, now_us, Priority};
 use crate::budget::DailyBudget;
 use crate::buffer::ClassedBuffer;
+use crate::forward::Refusals;
 use crate::pipeline::Progress;
 use crate::uplink::UplinkCounters;
 
@@ -30,6 +31,7 @@ struct OldestCache {
 pub fn registry(
     progress: Arc<Progress>,
     uplink: Arc<UplinkCounters>,
+    refusals: Arc<Refusals>,
     disk: Arc<Mutex<ClassedBuffer>>,
     budget: Arc<Mutex<DailyBudget>>,
 ) -> Arc<Registry> {
@@ -97,8 +99,24 @@ pub fn registry(
     );
     uplink_counter!(
         "tidewatch_sensor_uplink_batches_rejected",
-        "Batches the collector refused for good (dropped, logged).",
+        "Batches the collector refused for good, or over its message limit (split or set aside, logged).",
         batches_rejected
+    );
+    macro_rules! refusal_counter {
+        ($name:expr, $help:expr, $field:ident) => {{
+            let f = refusals.clone();
+            r.counter_fn($name, $help, move || one(f.$field.get() as f64));
+        }};
+    }
+    refusal_counter!(
+        "tidewatch_sensor_batches_split",
+        "Batches refused as too large and split into smaller ones (new seqs, same records).",
+        split
+    );
+    refusal_counter!(
+        "tidewatch_sensor_batches_set_aside",
+        "Batches set aside on disk since start (refused for good; see `buffer set-aside list`).",
+        set_aside
     );
     uplink_counter!(
         "tidewatch_sensor_uplink_batches_resent",
@@ -147,6 +165,16 @@ pub fn registry(
         "tidewatch_sensor_buffer_bytes",
         "Bytes of segments in the disk buffer.",
         |d| d.stats().bytes as f64,
+    );
+    buf_gauge(
+        "tidewatch_sensor_set_aside_batches",
+        "Batches held set aside on disk now, until retried or deleted.",
+        |d| d.set_aside_stats().batches as f64,
+    );
+    buf_gauge(
+        "tidewatch_sensor_set_aside_flows",
+        "Flow records in the batches held set aside now.",
+        |d| d.set_aside_stats().flows as f64,
     );
     buf_gauge(
         "tidewatch_sensor_buffer_limit_bytes",

@@ -8,6 +8,14 @@
 //! an exponential backoff with jitter, a new one resends every unacked batch
 //! from the first. The shore drops the duplicates this creates. HTTP/2
 //! keepalive pings detect a link that silently drops everything.
+//!
+//! A batch the collector refuses for good (too large, malformed) is reported
+//! as [`Done::Refused`] with the batch, for the forwarder to split or set
+//! aside: it never blocks the batches behind it. A stream broken because a
+//! request exceeded the collector's gRPC message limit teaches the uplink a
+//! size limit (below the largest batch then in flight, which was over it):
+//! a batch above it is refused here once it is the oldest unacked, without
+//! being sent.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -20,7 +28,8 @@ use tidewatch_proto::v1::{AckStatus, UploadAck, UploadRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-use tracing::{debug, error, info, warn};
+use tonic::Code;
+use tracing::{debug, info, warn};
 
 use crate::batch::{PreparedBatch, Priority};
 use crate::budget::DailyBudget;
@@ -99,13 +108,29 @@ enum StreamEnd {
     Retry(String),
 }
 
+/// A batch the uplink is done with, reported in order.
+#[derive(Debug)]
+pub enum Done {
+    /// The collector acked it (it is in Kafka).
+    Acked { class: Priority, seq: u64 },
+    /// The collector refused it for good, or it is over the size the
+    /// collector takes (then `status` is `TooLarge`).
+    Refused {
+        batch: PreparedBatch,
+        status: AckStatus,
+        detail: String,
+    },
+}
+
 pub struct Uplink {
     cfg: UplinkConfig,
     endpoint: Endpoint,
     counters: Arc<UplinkCounters>,
-    /// Receives the class and seq of every batch the uplink is done with
-    /// (acked, or refused for good), in order: the disk buffer forgets them.
-    done: Option<mpsc::UnboundedSender<(Priority, u64)>>,
+    /// Receives every batch the uplink is done with, in order.
+    done: Option<mpsc::UnboundedSender<Done>>,
+    /// Learned from a stream broken by the collector's message limit:
+    /// larger payloads are not sent.
+    max_send: usize,
     /// Charged for every send (batches are reserved against it by whoever
     /// hands them over, which is where the budget holds them back).
     budget: Option<Arc<Mutex<DailyBudget>>>,
@@ -138,13 +163,14 @@ impl Uplink {
             endpoint,
             counters: Arc::default(),
             done: None,
+            max_send: usize::MAX,
             budget: None,
             bucket,
         })
     }
 
     /// Reports finished batches (acked or refused for good) on `tx`.
-    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<(Priority, u64)>) -> Self {
+    pub fn with_done_channel(mut self, tx: mpsc::UnboundedSender<Done>) -> Self {
         self.done = Some(tx);
         self
     }
@@ -228,8 +254,9 @@ impl Uplink {
         let window = self.cfg.window.max(1);
         let (tx, rx) = mpsc::channel::<UploadRequest>(window);
         let mut sent = 0usize;
+        self.refuse_oversized_head(unacked);
         // Queue the resends before opening the stream.
-        while sent < unacked.len() && sent < window {
+        while sent < unacked.len() && sent < window && self.fits(&unacked[sent]) {
             if unacked[sent].sent {
                 self.counters.resent.inc();
             }
@@ -248,7 +275,12 @@ impl Uplink {
         // so that nothing it acked is sent again.
         let mut request_open = true;
         loop {
-            while request_open && sent < unacked.len() && sent < window {
+            if sent == 0 {
+                self.refuse_oversized_head(unacked);
+            }
+            // A batch over the learned limit waits until it is the oldest.
+            while request_open && sent < unacked.len() && sent < window && self.fits(&unacked[sent])
+            {
                 if let Some(b) = self.bucket.as_mut() {
                     let wait = b.reserve(
                         unacked[sent].request.payload.len(),
@@ -284,12 +316,64 @@ impl Uplink {
                         *backoff = self.cfg.backoff_initial;
                     }
                     Ok(None) => return StreamEnd::Retry("collector closed the stream".into()),
-                    Err(status) => return StreamEnd::Retry(format!("stream error: {status}")),
+                    Err(status) => {
+                        self.learn_limit(&status, &unacked.make_contiguous()[..sent]);
+                        return StreamEnd::Retry(format!("stream error: {status}"));
+                    }
                 },
                 _ = tokio::time::sleep(self.cfg.ack_timeout), if waiting => {
                     return StreamEnd::Retry(format!("no ack within {:?}", self.cfg.ack_timeout));
                 }
             }
+        }
+    }
+
+    fn fits(&self, b: &PreparedBatch) -> bool {
+        b.request.payload.len() <= self.max_send
+    }
+
+    /// A stream broken by the collector's message limit: one of the
+    /// batches in flight was over it, so the largest of them was.
+    fn learn_limit(&mut self, status: &tonic::Status, in_flight: &[PreparedBatch]) {
+        let over_limit = matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
+            && status.message().contains("message length too large");
+        if !over_limit {
+            return;
+        }
+        if let Some(largest) = in_flight.iter().map(|b| b.request.payload.len()).max() {
+            self.max_send = self.max_send.min(largest.saturating_sub(1));
+            warn!(
+                limit = self.max_send,
+                "the collector refused a request over its message limit; larger batches will be split"
+            );
+        }
+    }
+
+    /// Refuses the oldest unacked batches while they are over the learned
+    /// limit (never sent, so nothing is in flight behind them).
+    fn refuse_oversized_head(&mut self, unacked: &mut VecDeque<PreparedBatch>) {
+        while unacked.front().is_some_and(|b| !self.fits(b)) {
+            let b = unacked.pop_front().expect("front checked");
+            let detail = format!(
+                "{} bytes is over the collector's message limit (below {} bytes)",
+                b.request.payload.len(),
+                self.max_send + 1
+            );
+            self.refused(b, AckStatus::TooLarge, detail);
+        }
+    }
+
+    fn refused(&mut self, b: PreparedBatch, status: AckStatus, detail: String) {
+        self.counters.batches_rejected.inc();
+        self.counters.flows_rejected.add(b.flows as u64);
+        warn!(seq = b.seq, flows = b.flows, class = b.class.name(), status = status.as_str_name(), %detail,
+            "collector refused batch for good; it is split or set aside");
+        if let Some(tx) = &self.done {
+            let _ = tx.send(Done::Refused {
+                batch: b,
+                status,
+                detail,
+            });
         }
     }
 
@@ -330,7 +414,10 @@ impl Uplink {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
                 if let Some(tx) = &self.done {
-                    let _ = tx.send((b.class, b.seq));
+                    let _ = tx.send(Done::Acked {
+                        class: b.class,
+                        seq: b.seq,
+                    });
                 }
                 self.counters.batches_acked.inc();
                 self.counters.flows_acked.add(b.flows as u64);
@@ -346,13 +433,7 @@ impl Uplink {
             _ => {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
-                if let Some(tx) = &self.done {
-                    let _ = tx.send((b.class, b.seq));
-                }
-                self.counters.batches_rejected.inc();
-                self.counters.flows_rejected.add(b.flows as u64);
-                error!(seq = b.seq, flows = b.flows, status = status.as_str_name(), detail = %ack.detail,
-                    "collector refused batch permanently; dropping it");
+                self.refused(b, status, ack.detail);
                 Ok(())
             }
         }

@@ -577,6 +577,20 @@ const ANOMALIES: &[Anomaly] = &[
         },
         ..Anomaly::NOTHING
     },
+    // Vessel 2's sensor also holds a batch the collector refused.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw >= 6,
+        status: |st, _| {
+            st.batches_set_aside = 1;
+            st.records_set_aside = 40;
+            st.set_aside_reason = "ACK_STATUS_MALFORMED: payload is not a valid Batch".into();
+        },
+        truth: |t, s| {
+            t.sensor_health
+                .push((s[2].sensor_id.clone(), "set_aside".into()))
+        },
+        ..Anomaly::NOTHING
+    },
     // Vessel 0 exhausts its daily budget from hour 18.
     Anomaly {
         when: |a| a.vessel == 0 && a.hw >= 18,

@@ -123,6 +123,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "retention",
         sql: include_str!("../../../deploy/clickhouse/migrations/0004_retention.sql"),
     },
+    Migration {
+        version: 5,
+        name: "set_aside",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0005_set_aside.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.

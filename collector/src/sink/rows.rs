@@ -101,6 +101,9 @@ pub struct StatusRow {
     pub software_version: String,
     pub bytes_sent_today: u64,
     pub daily_byte_budget: u64,
+    pub batches_set_aside: u64,
+    pub records_set_aside: u64,
+    pub set_aside_reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -241,6 +244,9 @@ fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
         software_version: s.software_version.clone(),
         bytes_sent_today: s.bytes_sent_today,
         daily_byte_budget: s.daily_byte_budget,
+        batches_set_aside: s.batches_set_aside,
+        records_set_aside: s.records_set_aside,
+        set_aside_reason: s.set_aside_reason.clone(),
     }
 }
 

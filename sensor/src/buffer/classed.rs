@@ -14,10 +14,11 @@
 use std::path::{Path, PathBuf};
 
 use super::record::{self, SEGMENT_HEADER};
+use super::set_aside::{self, Entry, SetAside, SetAsideStats};
 use super::{
     BufferConfig, BufferError, BufferStats, DiskBuffer, OpenReport, Reader, Stored, WhenFull,
 };
-use crate::batch::{PreparedBatch, Priority};
+use crate::batch::{PreparedBatch, Priority, Sealer, StateError};
 
 /// The disk buffer of a running sensor: one [`DiskBuffer`] per upload
 /// class under one shared size cap.
@@ -25,6 +26,35 @@ pub struct ClassedBuffer {
     max_bytes: u64,
     when_full: WhenFull,
     bufs: [DiskBuffer; 3],
+    set_aside: SetAside,
+    /// Held (locked) while open: one process at a time owns the buffer.
+    _lock: std::fs::File,
+}
+
+/// What [`ClassedBuffer::retry_set_aside`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RetryReport {
+    /// Set-aside batches put back into the queue.
+    pub retried: u64,
+    /// The batches they became (sealed again under the current limits).
+    pub batches: u64,
+    pub flows: u64,
+    /// Set-aside batches that cannot be decoded (left where they are).
+    pub undecodable: u64,
+}
+
+/// Why a buffer operation that also seals failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Directory of the set-aside batches and split journals.
+pub fn set_aside_dir(buffer_dir: &Path) -> PathBuf {
+    buffer_dir.join("set-aside")
 }
 
 /// Directory of one class's part of the buffer.
@@ -35,6 +65,15 @@ pub fn class_dir(buffer_dir: &Path, class: Priority) -> PathBuf {
 impl ClassedBuffer {
     /// Opens (or creates) the three parts, validating every segment.
     pub fn open(cfg: BufferConfig) -> Result<(ClassedBuffer, OpenReport), BufferError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(super::io_err(&cfg.dir))?;
+        let lock_path = cfg.dir.join("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(super::io_err(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(BufferError::Config(format!(
+                "the buffer in {} is in use by another process (a running sensor?); stop it first",
+                cfg.dir.display()
+            )));
+        }
         let mut report = OpenReport::default();
         let mut open = |class: Priority| -> Result<DiskBuffer, BufferError> {
             let (b, r) = DiskBuffer::open(BufferConfig {
@@ -51,14 +90,136 @@ impl ClassedBuffer {
             open(Priority::OtWrite)?,
             open(Priority::Bulk)?,
         ];
-        Ok((
-            ClassedBuffer {
-                max_bytes: cfg.max_bytes,
-                when_full: cfg.when_full,
-                bufs,
-            },
-            report,
-        ))
+        let mut buf = ClassedBuffer {
+            max_bytes: cfg.max_bytes,
+            when_full: cfg.when_full,
+            bufs,
+            set_aside: SetAside::open(set_aside_dir(&cfg.dir))?,
+            _lock: lock,
+        };
+        report.splits_completed = buf.complete_splits()?;
+        Ok((buf, report))
+    }
+
+    /// Completes the splits a crash interrupted: the replaced batch is done
+    /// with, and every replacement not yet in the buffer goes in (nothing
+    /// else was appended to its class since, see [`Self::replace`]).
+    fn complete_splits(&mut self) -> Result<u64, BufferError> {
+        let all = set_aside::entries(self.set_aside.dir())?;
+        let mut done = 0;
+        for j in all.iter().filter(|e| e.is_split()) {
+            // A retry journaled before its set-aside batch was removed.
+            for e in all.iter().filter(|e| !e.is_split()) {
+                if (e.class, e.seq) == (j.class, j.seq) {
+                    self.set_aside.remove(e)?;
+                }
+            }
+            self.put_back(j)?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Acks the batch a journal replaces, appends its replacements that
+    /// are not in the buffer yet, syncs, and removes the journal.
+    fn put_back(&mut self, journal: &Entry) -> Result<(), BufferError> {
+        let class = journal.class;
+        self.ack(class, journal.seq)?;
+        for b in &journal.batches {
+            if b.seq > self.bufs[class as usize].last_seq() {
+                self.append(&b.clone().into_prepared(class))?;
+            }
+        }
+        self.sync()?;
+        self.set_aside.remove(journal)
+    }
+
+    /// Replaces `b`, the oldest batch of its class still in the uplink's
+    /// hands, by `replacements` (its records under new seqs, higher than
+    /// any in the buffer): journaled first, so a crash at any point leaves
+    /// the records in the queue exactly once.
+    pub fn replace(
+        &mut self,
+        b: &PreparedBatch,
+        replacements: &[PreparedBatch],
+        reason: &str,
+    ) -> Result<(), BufferError> {
+        let journal = self.journal(b.class, b.seq, reason, replacements)?;
+        self.put_back(&journal)
+    }
+
+    fn journal(
+        &self,
+        class: Priority,
+        seq: u64,
+        reason: &str,
+        replacements: &[PreparedBatch],
+    ) -> Result<Entry, BufferError> {
+        let path = self
+            .set_aside
+            .begin_split(class, seq, reason, replacements)?;
+        Ok(Entry {
+            path,
+            class,
+            seq,
+            reason: reason.to_string(),
+            batches: replacements
+                .iter()
+                .map(|r| Stored {
+                    seq: r.seq,
+                    flows: r.flows as u32,
+                    request: r.request.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Sets `b`, the oldest batch of its class still in the uplink's hands,
+    /// aside with `reason`, and takes it out of the queue.
+    pub fn set_aside(&mut self, b: &PreparedBatch, reason: &str) -> Result<(), BufferError> {
+        self.set_aside.put(b, reason)?;
+        self.ack(b.class, b.seq)
+    }
+
+    /// Counts `b` as dropped (it could be neither kept nor delivered).
+    pub fn count_dropped(&mut self, b: &PreparedBatch) {
+        self.bufs[b.class as usize].refuse(b);
+    }
+
+    /// What is set aside now.
+    pub fn set_aside_stats(&self) -> &SetAsideStats {
+        self.set_aside.stats()
+    }
+
+    /// Puts every set-aside batch back into the queue, sealed again by
+    /// `sealer` under its current limits (new seqs: the collector never
+    /// took the batch, so it goes up once).
+    pub fn retry_set_aside(&mut self, sealer: &mut Sealer) -> Result<RetryReport, SealError> {
+        let mut report = RetryReport::default();
+        for e in set_aside::entries(self.set_aside.dir())? {
+            if e.is_split() {
+                continue;
+            }
+            let mut replacements = Vec::new();
+            let mut decodable = true;
+            for b in &e.batches {
+                match sealer.reseal(&b.clone().into_prepared(e.class), sealer.max_bytes())? {
+                    Some(r) => replacements.extend(r),
+                    None => decodable = false,
+                }
+            }
+            if !decodable {
+                report.undecodable += 1;
+                continue;
+            }
+            let journal = self.journal(e.class, e.seq, "retry", &replacements)?;
+            self.set_aside.remove(&e)?;
+            self.put_back(&journal)?;
+            report.retried += 1;
+            report.batches += replacements.len() as u64;
+            report.flows += replacements.iter().map(|r| r.flows as u64).sum::<u64>();
+        }
+        Ok(report)
     }
 
     pub fn class(&self, c: Priority) -> &DiskBuffer {
@@ -309,5 +470,123 @@ mod tests {
             seqs.push(s.seq);
         }
         assert_eq!(seqs, [1001]);
+    }
+
+    #[test]
+    fn a_split_interrupted_at_any_step_completes_once_on_the_next_open() {
+        let replacements = [batch(10, Priority::Bulk, 50), batch(11, Priority::Bulk, 50)];
+        // How far the split got before the crash: journal only, then one
+        // replacement appended, then both.
+        for appended in 0..=2 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
+            buf.append(&batch(1, Priority::Bulk, 100)).unwrap();
+            buf.append(&batch(2, Priority::Bulk, 100)).unwrap();
+            buf.set_aside
+                .begin_split(Priority::Bulk, 1, "too large", &replacements)
+                .unwrap();
+            if appended > 0 {
+                buf.ack(Priority::Bulk, 1).unwrap();
+            }
+            for r in &replacements[..appended] {
+                buf.append(r).unwrap();
+            }
+            buf.sync().unwrap();
+            drop(buf);
+            let (buf, report) = ClassedBuffer::open(BufferConfig {
+                dir: dir.path().to_path_buf(),
+                max_bytes: 1 << 20,
+                fsync: Fsync::Never,
+                when_full: WhenFull::DropOldest,
+            })
+            .unwrap();
+            assert_eq!(report.splits_completed, 1);
+            assert_eq!(
+                drain(&buf, Priority::Bulk),
+                [2, 10, 11],
+                "appended {appended}"
+            );
+            assert!(set_aside::entries(&set_aside_dir(dir.path()))
+                .unwrap()
+                .is_empty());
+        }
+    }
+
+    #[test]
+    fn replace_and_set_aside_take_the_batch_out_of_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
+        for seq in 1..=3 {
+            buf.append(&batch(seq, Priority::OtWrite, 100)).unwrap();
+        }
+        buf.replace(
+            &batch(1, Priority::OtWrite, 100),
+            &[
+                batch(4, Priority::OtWrite, 40),
+                batch(5, Priority::OtWrite, 40),
+            ],
+            "too large",
+        )
+        .unwrap();
+        buf.set_aside(&batch(2, Priority::OtWrite, 100), "malformed")
+            .unwrap();
+        assert_eq!(drain(&buf, Priority::OtWrite), [3, 4, 5]);
+        assert_eq!(
+            buf.set_aside_stats(),
+            &SetAsideStats {
+                batches: 1,
+                flows: 10,
+                last_reason: "malformed".into()
+            }
+        );
+        // Reported again after a restart, and one process at a time.
+        assert!(ClassedBuffer::open(BufferConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 20,
+            fsync: Fsync::Never,
+            when_full: WhenFull::DropOldest,
+        })
+        .is_err());
+        drop(buf);
+        let buf = open(dir.path(), 1 << 20, WhenFull::DropOldest);
+        assert_eq!(buf.set_aside_stats().batches, 1);
+    }
+
+    #[test]
+    fn retry_puts_set_aside_records_back_under_new_seqs_once() {
+        use crate::batch::{BatchConfig, Group, Sealer, SeqStore};
+        use tidewatch_proto::v1::FlowRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let mut sealer = Sealer::new(BatchConfig::default(), SeqStore::open(dir.path()).unwrap());
+        let refused = sealer
+            .seal(Group {
+                class: Priority::Bulk,
+                flows: vec![FlowRecord::default(); 3],
+                ..Group::default()
+            })
+            .unwrap()
+            .pop()
+            .unwrap();
+        let mut buf = open(&dir.path().join("buffer"), 1 << 20, WhenFull::DropOldest);
+        buf.append(&refused).unwrap();
+        buf.set_aside(&refused, "ACK_STATUS_TOO_LARGE").unwrap();
+        assert!(drain(&buf, Priority::Bulk).is_empty());
+        let r = buf.retry_set_aside(&mut sealer).unwrap();
+        assert_eq!(
+            r,
+            RetryReport {
+                retried: 1,
+                batches: 1,
+                flows: 3,
+                undecodable: 0
+            }
+        );
+        let back = drain(&buf, Priority::Bulk);
+        assert_eq!(back.len(), 1);
+        assert!(back[0] > refused.seq);
+        assert_eq!(buf.set_aside_stats().batches, 0);
+        // Nothing is left to retry a second time.
+        assert_eq!(buf.retry_set_aside(&mut sealer).unwrap().retried, 0);
+        assert_eq!(drain(&buf, Priority::Bulk), back);
     }
 }

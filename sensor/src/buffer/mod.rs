@@ -7,6 +7,10 @@
 //!   one batch each (format in [`record`]).
 //! - `acked`: the highest seq acked by the collector (written atomically).
 //!
+//! Beside the classes' directories, `set-aside/` holds the batches taken out
+//! of the queue because the collector refused them for good, and the
+//! journals of batches split into smaller ones ([`set_aside`]).
+//!
 //! Durability is chosen with [`Fsync`]: after every batch (nothing acked by
 //! the sensor's own flow table is lost on power failure, at one fsync per
 //! batch), on an interval (the default: at most that much data lost on power
@@ -38,11 +42,13 @@ mod offline;
 mod reader;
 pub mod record;
 pub mod segment;
+pub mod set_aside;
 mod writer;
 
-pub use classed::ClassedBuffer;
+pub use classed::{ClassedBuffer, RetryReport, SealError};
 pub use offline::{inspect, repair, Inspection, SegmentReport};
 pub use reader::Reader;
+pub use set_aside::SetAsideStats;
 pub use writer::{DiskBuffer, OpenReport};
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,8 @@ pub struct OpenReport {
     pub segments: usize,
     pub pending_batches: u64,
     pub corrupt_records: u64,
+    /// Splits a crash had interrupted, completed on open.
+    pub splits_completed: u64,
 }
 
 /// What the buffer and its reader agree on, under one lock so that a batch
@@ -118,6 +120,15 @@ impl DiskBuffer {
 
     pub fn acked(&self) -> u64 {
         self.acked
+    }
+
+    /// The highest seq appended or acked (a batch appended next must have
+    /// a higher one).
+    pub fn last_seq(&self) -> u64 {
+        self.segments
+            .back()
+            .map_or(0, |s| s.last_seq)
+            .max(self.acked)
     }
 
     fn recount(&mut self) {

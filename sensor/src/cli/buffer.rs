@@ -1,15 +1,23 @@
 //! `tidewatch-sensor buffer check|repair|stats`: the disk buffer inspected
-//! or repaired offline, class by class.
+//! or repaired offline, class by class; `buffer set-aside ...`: the batches
+//! set aside.
 
-use anyhow::bail;
-use tidewatch_sensor::batch::Priority;
-use tidewatch_sensor::buffer::classed::class_dir;
-use tidewatch_sensor::buffer::{inspect, repair};
+use std::path::Path;
 
-use super::{BufferCmd, BufferCmdArgs};
+use anyhow::{bail, Context};
+use tidewatch_sensor::batch::{decode_request, BatchConfig, Priority, Sealer, SeqStore};
+use tidewatch_sensor::buffer::classed::{class_dir, set_aside_dir};
+use tidewatch_sensor::buffer::set_aside::{entries, Entry, SetAside};
+use tidewatch_sensor::buffer::{inspect, repair, ClassedBuffer};
+use tidewatch_sensor::output::{asset_json, write_flow_json};
+
+use super::{BufferCmd, BufferCmdArgs, RetryArgs, SetAsideCmd};
 
 pub fn main(args: BufferCmdArgs) -> anyhow::Result<()> {
     let BufferCmdArgs { state_dir, cmd } = args;
+    if let BufferCmd::SetAside(cmd) = cmd {
+        return set_aside(&state_dir, cmd);
+    }
     let dir = state_dir.join("buffer");
     let dir = dir.as_path();
     let mut damaged = 0;
@@ -30,6 +38,7 @@ pub fn main(args: BufferCmdArgs) -> anyhow::Result<()> {
                 let n = repair(&cdir)?;
                 println!("removed {n} damaged record(s) from {}", cdir.display());
             }
+            BufferCmd::SetAside(_) => unreachable!("handled above"),
         }
     }
     if !matches!(cmd, BufferCmd::Repair) {
@@ -90,4 +99,93 @@ fn print_buffer(dir: &std::path::Path, class: Priority) -> anyhow::Result<(u64, 
         ins.corrupt()
     );
     Ok((ins.segments.len() as u64, bytes, pending, ins.corrupt()))
+}
+
+fn set_aside(state_dir: &Path, cmd: SetAsideCmd) -> anyhow::Result<()> {
+    let dir = set_aside_dir(&state_dir.join("buffer"));
+    match cmd {
+        SetAsideCmd::List => {
+            let all: Vec<Entry> = entries(&dir)?
+                .into_iter()
+                .filter(|e| !e.is_split())
+                .collect();
+            for e in &all {
+                println!(
+                    "{}\tseq {}\t{} flows\t{} bytes\t{}",
+                    e.class.name(),
+                    e.seq,
+                    e.flows(),
+                    e.bytes(),
+                    e.reason
+                );
+            }
+            println!(
+                "{} batch(es) set aside, {} flows, in {}",
+                all.len(),
+                all.iter().map(Entry::flows).sum::<u64>(),
+                dir.display()
+            );
+        }
+        SetAsideCmd::Show { seq } => {
+            let e = find(&dir, seq)?;
+            let mut out = Vec::new();
+            for b in &e.batches {
+                let batch = decode_request(&b.request)
+                    .with_context(|| format!("set-aside batch {seq} cannot be decoded"))?;
+                for f in &batch.flows {
+                    write_flow_json(&mut out, f);
+                }
+                for a in &batch.assets {
+                    out.extend_from_slice(asset_json(a).to_string().as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+        }
+        SetAsideCmd::Retry(args) => retry(state_dir, args)?,
+        SetAsideCmd::Delete { seq } => {
+            let e = find(&dir, seq)?;
+            SetAside::open(dir.clone())?.remove(&e)?;
+            println!(
+                "deleted set-aside batch {seq} ({}, {} flows lost)",
+                e.class.name(),
+                e.flows()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn find(dir: &Path, seq: u64) -> anyhow::Result<Entry> {
+    entries(dir)?
+        .into_iter()
+        .find(|e| !e.is_split() && e.seq == seq)
+        .with_context(|| format!("no set-aside batch with seq {seq} in {}", dir.display()))
+}
+
+fn retry(state_dir: &Path, args: RetryArgs) -> anyhow::Result<()> {
+    super::check_batch_max_bytes(args.batch_max_bytes)?;
+    let (mut buf, _) = ClassedBuffer::open(args.buffer.config(state_dir)?)?;
+    let mut sealer = Sealer::new(
+        BatchConfig {
+            max_bytes: args.batch_max_bytes,
+            compress: !args.no_compress,
+            ..BatchConfig::default()
+        },
+        SeqStore::open(state_dir)?,
+    );
+    let r = buf.retry_set_aside(&mut sealer)?;
+    buf.sync()?;
+    println!(
+        "put {} set-aside batch(es) back into the queue as {} batch(es), {} flows; the sensor uploads them on its next start",
+        r.retried, r.batches, r.flows
+    );
+    if r.undecodable > 0 {
+        bail!(
+            "{} set-aside batch(es) cannot be decoded and stay set aside",
+            r.undecodable
+        );
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use tidewatch_sensor::batch::{BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::pipeline::{meter_file, Progress};
 
 use super::EstimateArgs;
@@ -13,6 +13,7 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     let EstimateArgs {
         file,
         batch_flows,
+        batch_max_bytes,
         no_compress,
         meter: meter_args,
     } = args;
@@ -20,21 +21,25 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     if batch_flows == 0 {
         bail!("--batch-flows must be at least 1");
     }
+    super::check_batch_max_bytes(batch_max_bytes)?;
     let mut table = meter_args.table(true)?;
     let scratch = std::env::temp_dir().join(format!("tidewatch-estimate-{}", std::process::id()));
-    let mut batcher = Batcher::new(
-        BatchConfig {
-            max_flows: batch_flows,
-            compress: !no_compress,
-            ..BatchConfig::default()
-        },
-        SeqStore::open(&scratch)?,
-    );
+    let cfg = BatchConfig {
+        max_flows: batch_flows,
+        max_bytes: batch_max_bytes,
+        compress: !no_compress,
+        ..BatchConfig::default()
+    };
+    let mut batcher = Batcher::new(cfg.clone());
+    let mut sealer = Sealer::new(cfg, SeqStore::open(&scratch)?);
     let (mut flows, mut assets, mut batches, mut bytes) = (0u64, 0u64, 0u64, 0u64);
-    let mut count = |b: PreparedBatch| {
-        batches += 1;
-        // gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
-        bytes += b.request.payload.len() as u64 + 5 + 16;
+    let mut count = |g: Group| -> anyhow::Result<()> {
+        for b in sealer.seal(g)? {
+            batches += 1;
+            // gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
+            bytes += b.request.payload.len() as u64 + 5 + 16;
+        }
+        Ok(())
     };
     let stop = AtomicBool::new(false);
     let metered = meter_file(
@@ -46,8 +51,8 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         |recs, a| {
             flows += recs.len() as u64;
             assets += a.len() as u64;
-            for b in batcher.push(recs, a)? {
-                count(b);
+            for g in batcher.push(recs, a) {
+                count(g)?;
             }
             Ok(())
         },
@@ -56,12 +61,10 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     let last = metered.and_then(|m| match m.cut {
         // An estimate from part of a file would be misleading.
         Some(e) => Err(anyhow::Error::new(e).context(format!("reading {}", file.display()))),
-        None => Ok(batcher.flush(None)?),
+        None => batcher.flush(None).into_iter().try_for_each(&mut count),
     });
     let _ = std::fs::remove_dir_all(&scratch);
-    for b in last? {
-        count(b);
-    }
+    last?;
     let per_flow = if flows > 0 {
         bytes as f64 / flows as f64
     } else {

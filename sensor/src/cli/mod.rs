@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use tidewatch_sensor::assets::{AssetTable, Oui};
+use tidewatch_sensor::batch::DEFAULT_BATCH_MAX_BYTES;
 use tidewatch_sensor::buffer::{BufferConfig, Fsync, WhenFull};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tracing::warn;
@@ -126,6 +127,11 @@ pub struct RunArgs {
     /// Maximum flow records per batch.
     #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = 2000)]
     pub batch_flows: usize,
+    /// Maximum bytes of a batch payload (encoded, compressed): records are
+    /// grouped by size too, and a larger batch is split. Keep it well under
+    /// the collector's --max-batch-bytes (1,000,000 by default).
+    #[arg(long, env = "TIDEWATCH_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
+    pub batch_max_bytes: usize,
     /// Batches in flight before waiting for acks.
     #[arg(long, env = "TIDEWATCH_WINDOW", default_value_t = 8)]
     pub window: usize,
@@ -218,6 +224,9 @@ pub struct EstimateArgs {
     /// Maximum flow records per batch, as for `run`.
     #[arg(long, default_value_t = 2000)]
     pub batch_flows: usize,
+    /// Maximum bytes of a batch payload, as for `run`.
+    #[arg(long, default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
+    pub batch_max_bytes: usize,
     /// Estimate without compression.
     #[arg(long)]
     pub no_compress: bool,
@@ -343,6 +352,44 @@ pub enum BufferCmd {
     Repair,
     /// Show size, backlog and acked position.
     Stats,
+    /// Batches the collector refused for good, set aside on disk so they
+    /// never block the queue: list, show, put back into the queue, delete.
+    #[command(subcommand)]
+    SetAside(SetAsideCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SetAsideCmd {
+    /// One line per batch set aside: class, seq, flows, bytes, reason.
+    List,
+    /// The records of one set-aside batch as JSON lines (flows as `read` prints them).
+    Show {
+        /// Seq of the batch (from `list`).
+        seq: u64,
+    },
+    /// Put every set-aside batch back into the upload queue, its records
+    /// sealed again under --batch-max-bytes with new seqs (after the cause
+    /// is fixed, e.g. the collector's limit raised). Run it with the sensor
+    /// stopped, with the sensor's options (its environment file).
+    Retry(RetryArgs),
+    /// Delete one set-aside batch for good (its flows are lost).
+    Delete {
+        /// Seq of the batch (from `list`).
+        seq: u64,
+    },
+}
+
+/// Options of `buffer set-aside retry`: how to seal again, and the buffer.
+#[derive(clap::Args)]
+pub struct RetryArgs {
+    /// Maximum bytes of a batch payload, as for `run`.
+    #[arg(long, env = "TIDEWATCH_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
+    pub batch_max_bytes: usize,
+    /// Seal uncompressed, as for `run`.
+    #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
+    pub no_compress: bool,
+    #[command(flatten)]
+    pub buffer: BufferArgs,
 }
 
 /// Disk buffer settings of `run`.
@@ -391,6 +438,17 @@ pub enum WhenFullArg {
     DropOldest,
     /// Refuse new batches of flows (a new status or asset batch replaces older ones).
     DropNewest,
+}
+
+/// Smallest `--batch-max-bytes`: a single record must always fit.
+const MIN_BATCH_MAX_BYTES: usize = 16 * 1024;
+
+/// Checks `--batch-max-bytes`.
+fn check_batch_max_bytes(v: usize) -> anyhow::Result<()> {
+    if v < MIN_BATCH_MAX_BYTES {
+        bail!("--batch-max-bytes must be at least {MIN_BATCH_MAX_BYTES} (a single record must fit), got {v}");
+    }
+    Ok(())
 }
 
 impl BufferArgs {

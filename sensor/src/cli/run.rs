@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tidewatch_sensor::batch::{BatchConfig, Batcher, PreparedBatch, SeqStore};
+use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, PreparedBatch, Sealer, SeqStore};
 use tidewatch_sensor::budget::BudgetConfig;
 use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
 use tidewatch_sensor::pipeline::Progress;
@@ -29,6 +29,7 @@ impl RunArgs {
         if self.batch_flows == 0 || self.window == 0 {
             bail!("--batch-flows and --window must be at least 1");
         }
+        super::check_batch_max_bytes(self.batch_max_bytes)?;
         if !(self.ack_timeout.is_finite() && self.ack_timeout > 0.0) {
             bail!("--ack-timeout must be a positive number of seconds");
         }
@@ -90,14 +91,14 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     args.validate()?;
     let mut table = args.meter.table(true)?;
     let uplink_cfg = args.uplink_config()?;
-    let mut batcher = Batcher::new(
-        BatchConfig {
-            max_flows: args.batch_flows,
-            compress: !args.no_compress,
-            ..BatchConfig::default()
-        },
-        SeqStore::open(&args.state_dir)?,
-    );
+    let batch_cfg = BatchConfig {
+        max_flows: args.batch_flows,
+        max_bytes: args.batch_max_bytes,
+        compress: !args.no_compress,
+        ..BatchConfig::default()
+    };
+    let mut batcher = Batcher::new(batch_cfg.clone());
+    let sealer = Sealer::new(batch_cfg, SeqStore::open(&args.state_dir)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,6 +106,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     let mut fwd = Forwarder::start(
         rt.handle(),
         &args.state_dir,
+        sealer,
         args.forwarder_config(uplink_cfg.clone())?,
     )?;
     let progress = std::sync::Arc::new(Progress::default());
@@ -127,10 +129,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     // Metering runs on this thread; every sealed batch goes to the disk
     // buffer, which absorbs any backlog.
     let mut kept: Vec<PreparedBatch> = Vec::new();
-    let mut push = |fwd: &mut Forwarder, b: PreparedBatch| -> anyhow::Result<()> {
-        fwd.push(&b)?;
+    let mut push = |fwd: &mut Forwarder, g: Group| -> anyhow::Result<()> {
+        let sealed = fwd.push(g)?;
         if args.resend_acked {
-            kept.push(b);
+            kept.extend(sealed);
         }
         Ok(())
     };
@@ -149,15 +151,15 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             progress: &progress,
         },
         |recs, assets| {
-            for b in batcher.push(recs, assets)? {
-                push(&mut fwd, b)?;
+            for g in batcher.push(recs, assets) {
+                push(&mut fwd, g)?;
                 last_flush = Instant::now();
             }
             let due_status = last_status.elapsed() >= status_every;
             if due_status || last_flush.elapsed() >= flush_every {
                 let st = due_status.then(|| fwd.status(&progress));
-                for b in batcher.flush(st)? {
-                    push(&mut fwd, b)?;
+                for g in batcher.flush(st) {
+                    push(&mut fwd, g)?;
                 }
                 last_flush = Instant::now();
                 if due_status {
@@ -168,25 +170,30 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
         },
     )?;
     debug_assert_eq!(Progress::get(&progress.frames), m.frames);
-    for b in batcher.flush(Some(fwd.status(&progress)))? {
-        push(&mut fwd, b)?;
+    for g in batcher.flush(Some(fwd.status(&progress))) {
+        push(&mut fwd, g)?;
     }
     let total_flows = fwd.flows_pushed();
     // Signalled (before or meanwhile): everything is on disk and the next
     // start resumes from the first unacked batch, so there is no need to
     // wait for the link.
-    let (stats, bs) = match fwd.finish(&rt, &stop)? {
+    let (stats, bs, aside) = match fwd.finish(&rt, &stop)? {
         Finished::Stopped { .. } => {
             return m.cut_error(args.pcap.as_ref(), "stored in the disk buffer")
         }
-        Finished::Delivered { uplink, buffer } => (uplink, buffer),
+        Finished::Delivered {
+            uplink,
+            buffer,
+            set_aside,
+        } => (uplink, buffer, set_aside),
     };
     info!(
         frames = m.frames,
         flows = total_flows,
         batches_acked = stats.batches_acked,
         flows_acked = stats.flows_acked,
-        batches_rejected = stats.batches_rejected,
+        batches_refused = stats.batches_rejected,
+        batches_set_aside = aside.batches,
         resent = stats.resent,
         reconnects = stats.reconnects,
         bytes_sent = stats.bytes_sent,
@@ -200,11 +207,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     if args.resend_acked {
         resend(&rt, uplink_cfg, kept)?;
     }
-    if stats.batches_rejected > 0 {
+    if aside.batches > 0 {
         bail!(
-            "the collector refused {} batch(es) ({} flows); see the log above",
-            stats.batches_rejected,
-            stats.flows_rejected
+            "{} batch(es) ({} flows) are set aside, refused by the collector (latest reason: {}); \
+             see `tidewatch-sensor buffer set-aside list`, fix the cause, then `buffer set-aside retry`",
+            aside.batches,
+            aside.flows,
+            aside.last_reason
         );
     }
     m.cut_error(args.pcap.as_ref(), "uploaded")
