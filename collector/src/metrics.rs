@@ -20,6 +20,9 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "bad_identity",
     "too_large",
     "too_many_records",
+    "decompressed_too_large",
+    "oversized_field",
+    "bad_records",
     "bad_seq",
     "seq_mismatch",
     "identity_mismatch",
@@ -38,6 +41,7 @@ pub struct IngestMetrics {
     pub records_acked: Arc<Counter>,
     pub flows_received: Arc<Counter>,
     pub flows_acked: Arc<Counter>,
+    pub bad_records: Arc<Counter>,
     pub bytes_received: Arc<Counter>,
     pub refused: Arc<CounterVec>,
     pub kafka_produce: Arc<Histogram>,
@@ -68,6 +72,10 @@ impl IngestMetrics {
             flows_acked: r.counter(
                 "tidewatch_ingest_flows_acked",
                 "Flow records in acked batches.",
+            ),
+            bad_records: r.counter(
+                "tidewatch_ingest_bad_records",
+                "Flow records that cannot be stored (bad address length, port out of range) in acked batches: the sink dead-letters each alone and stores the rest.",
             ),
             bytes_received: r.counter(
                 "tidewatch_ingest_received_bytes",

@@ -13,7 +13,7 @@
 //! BACnet are `bacnet_device`s; the sender of NMEA 0183 sentences is a
 //! `navigation_device`; a client issuing write, control or program
 //! operations is an `engineering_station`, one that only reads an
-//! `ot_client`; a MAC behind which more than [`MAX_IPS`] addresses appear is
+//! `ot_client`; a MAC behind which more than [`MAX_ASSET_IPS`] addresses appear is
 //! a `gateway`.
 
 use std::collections::{BTreeSet, HashMap};
@@ -25,8 +25,8 @@ use tidewatch_proto::v1::{AssetObservation, OperationClass};
 use crate::protocols::{AppProto, Roles};
 use tidewatch_proto::util::ip_bytes;
 
-/// Addresses kept per asset.
-pub const MAX_IPS: usize = 16;
+/// Addresses kept per asset (the wire protocol's limit).
+pub use tidewatch_proto::limits::MAX_ASSET_IPS;
 /// Assets kept; beyond it new MACs are counted, not tracked.
 pub const MAX_ASSETS: usize = 65_536;
 
@@ -143,7 +143,7 @@ impl AssetTable {
         if !usable || a.ips.contains(&ip) {
             return;
         }
-        if a.ips.len() < MAX_IPS {
+        if a.ips.len() < MAX_ASSET_IPS {
             a.ips.insert(ip);
             a.changed = true;
         } else if a.roles.insert("gateway") {

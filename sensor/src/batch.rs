@@ -412,11 +412,14 @@ impl Sealer {
 /// Decodes an upload request this sensor wrote back into its batch (`None`
 /// if it is not one).
 pub fn decode_request(r: &UploadRequest) -> Option<Batch> {
-    codec::decode(r.encoding, &r.payload, MAX_DECODED_BYTES).ok()
+    codec::decode(r.encoding, &r.payload, OWN_BATCHES).ok()
 }
 
-/// Largest batch this sensor decodes again (its own, for metrics).
-const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
+/// What this sensor decodes again (its own batches: metrics, splits).
+const OWN_BATCHES: codec::DecodeLimits = codec::DecodeLimits {
+    max_decoded_bytes: 64 * 1024 * 1024,
+    max_records: usize::MAX,
+};
 
 #[cfg(test)]
 mod tests {

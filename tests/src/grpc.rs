@@ -59,6 +59,7 @@ pub fn request(seq: u64, flows: u32, claim: &str) -> UploadRequest {
 }
 
 /// Client identity: `None` connects without a client certificate.
+#[derive(Clone, Copy)]
 pub struct ClientCert<'a> {
     pub cert: &'a Path,
     pub key: &'a Path,

@@ -8,6 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use prost::Message;
+use tidewatch_proto::v1::{AckStatus, Batch, Encoding, FlowRecord, Operation, UploadRequest};
+use tidewatch_tests::grpc::{request, upload, ClientCert};
 use tidewatch_tests::pcapgen::write_dns_flood_then_modbus;
 use tidewatch_tests::{
     bin, deliver_buffered, expect_flows, free_port, http_get, read_flows, run_ok, totals,
@@ -229,4 +232,200 @@ fn deliver_or_fail(shore: &Shore, cert: &tidewatch_tests::SensorCert, state: &Pa
 /// Ingest again on the shore's port, with its default limits.
 fn stack_ingest(shore: &Shore) -> tidewatch_tests::Proc {
     shore.stack.ingest(&shore.pki, shore.port, &[])
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
+
+fn zstd_request(seq: u64, wire: &[u8]) -> UploadRequest {
+    UploadRequest {
+        seq,
+        encoding: Encoding::ProtobufZstd as i32,
+        payload: zstd::bulk::compress(wire, 19).unwrap(),
+    }
+}
+
+#[test]
+fn decompression_and_protobuf_bombs_are_refused_in_bounded_memory_while_others_are_served() {
+    let (shore, mport) = shore_with_ingest_metrics(&[]);
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let attacker = pki.sensor("stolen-box", "mv-hostile");
+    let ca = pki.dir.join("ca.pem");
+    let cc = ClientCert {
+        cert: &attacker.cert,
+        key: &attacker.key,
+    };
+    // Each a few KB on the wire; prost would make GBs of them.
+    let empty_flows = [0x22u8, 0x00]; // field 4 (flows), length 0
+    let operations = Batch {
+        seq: 3,
+        flows: vec![FlowRecord {
+            operations: vec![Operation::default(); 1_000_000],
+            ..FlowRecord::default()
+        }],
+        ..Batch::default()
+    };
+    let indicator = Batch {
+        seq: 4,
+        flows: vec![FlowRecord {
+            indicators: vec!["a".repeat(12 << 20)],
+            ..FlowRecord::default()
+        }],
+        ..Batch::default()
+    };
+    let bombs = |round: u64| {
+        let s = round * 10;
+        let with_seq = |mut b: Batch, seq: u64| {
+            b.seq = seq;
+            zstd_request(seq, &b.encode_to_vec())
+        };
+        let mut r = vec![
+            // 64 MiB of 2-byte empty records: past the decompression limit.
+            zstd_request(s + 1, &empty_flows.repeat(32 << 20)),
+            // 4 million empty records within the byte limit.
+            zstd_request(s + 2, &empty_flows.repeat(4 << 20)),
+            with_seq(operations.clone(), s + 3),
+            with_seq(indicator.clone(), s + 4),
+        ];
+        for q in &mut r {
+            // The seq in the payload (absent for the raw floods) need not
+            // match: the shape is refused first.
+            assert!(q.payload.len() < 100_000, "{}", q.payload.len());
+        }
+        r
+    };
+    let before = peak_rss_kib(shore.ingest.as_ref().unwrap().pid());
+    for round in 0..5 {
+        let acks = upload(port, &ca, Some(cc), bombs(round)).unwrap();
+        let got: Vec<(i32, bool)> = acks.iter().map(|a| (a.status, a.retryable)).collect();
+        assert_eq!(
+            got,
+            [
+                (AckStatus::TooLarge as i32, false),
+                (AckStatus::TooLarge as i32, false),
+                (AckStatus::Malformed as i32, false),
+                (AckStatus::Malformed as i32, false),
+            ],
+            "{acks:#?}"
+        );
+        assert!(acks[2].detail.contains("operations") && acks[3].detail.contains("indicator"));
+    }
+    let after = peak_rss_kib(shore.ingest.as_ref().unwrap().pid());
+    println!("ingest peak RSS: {before} KiB before the bombs, {after} KiB after");
+    // Materialised, the second bomb alone would be about 1 GB of records.
+    assert!(after < 256 * 1024, "ingest peak RSS {after} KiB");
+    let r = refused(mport);
+    assert_eq!(
+        (
+            r.get("decompressed_too_large"),
+            r.get("too_many_records"),
+            r.get("oversized_field")
+        ),
+        (Some(&5.0), Some(&5.0), Some(&10.0)),
+        "{r:?}"
+    );
+    // Still serving: another sensor's batch is acked and stored.
+    let honest = pki.sensor("honest", "mv-hostile");
+    let hc = ClientCert {
+        cert: &honest.cert,
+        key: &honest.key,
+    };
+    let acks = upload(port, &ca, Some(hc), vec![request(1, 7, "")]).unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    expect_flows(
+        stack,
+        &BTreeMap::from([(
+            "honest".to_string(),
+            Totals {
+                flows: 7,
+                packets: 7 * 7,
+                bytes: 7 * 500,
+            },
+        )]),
+    );
+}
+
+#[test]
+fn a_record_the_sink_cannot_store_is_dead_lettered_alone_and_the_rest_stored() {
+    let (shore, mport) = shore_with_ingest_metrics(&[]);
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let s = pki.sensor("odd", "mv-hostile");
+    let ca = pki.dir.join("ca.pem");
+    let cc = ClientCert {
+        cert: &s.cert,
+        key: &s.key,
+    };
+    let with_flows = |seq: u64, flows: Vec<FlowRecord>| UploadRequest {
+        seq,
+        encoding: Encoding::Protobuf as i32,
+        payload: Batch {
+            seq,
+            flows,
+            ..Batch::default()
+        }
+        .encode_to_vec(),
+    };
+    let good = tidewatch_tests::grpc::flow;
+    let mut short_address = good(3);
+    short_address.server_ip = vec![10, 1, 0];
+    let mut big_port = good(4);
+    big_port.client_port = 70_000;
+    let mixed = with_flows(
+        1,
+        vec![good(0), short_address.clone(), good(1), big_port, good(2)],
+    );
+    let all_bad = with_flows(2, vec![short_address.clone(), short_address]);
+    let acks = upload(port, &ca, Some(cc), vec![mixed, all_bad]).unwrap();
+    let got: Vec<(i32, u32)> = acks.iter().map(|a| (a.status, a.records)).collect();
+    assert_eq!(
+        got,
+        [
+            (AckStatus::Accepted as i32, 3),
+            (AckStatus::Malformed as i32, 0)
+        ],
+        "{acks:#?}"
+    );
+    assert!(
+        acks[0].detail.contains("2 flow record(s) cannot be stored"),
+        "{acks:?}"
+    );
+    assert!(
+        acks[1].detail.contains("no record can be stored"),
+        "{acks:?}"
+    );
+    expect_flows(
+        stack,
+        &BTreeMap::from([(
+            "odd".to_string(),
+            Totals {
+                flows: 3,
+                packets: 3 * 7,
+                bytes: 3 * 500,
+            },
+        )]),
+    );
+    // The two bad records went to the dead-letter topic, one each.
+    tidewatch_tests::wait_until(Duration::from_secs(30), "two dead letters", || {
+        (stack.kafka_records(tidewatch_proto::DEADLETTER_TOPIC) == 2).then_some(())
+    });
+    let text = http_get(mport, "/metrics").unwrap();
+    assert!(
+        text.contains("tidewatch_ingest_bad_records_total 2"),
+        "{text}"
+    );
+    assert_eq!(
+        refused(mport),
+        BTreeMap::from([("bad_records".to_string(), 1.0)])
+    );
+    assert_eq!(
+        stack.query_u64("SELECT flows FROM tidewatch.batches WHERE sensor_id = 'odd'"),
+        3
+    );
 }

@@ -46,9 +46,14 @@ pub struct IngestArgs {
     /// topic's max.message.bytes.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_batch_bytes: usize,
-    /// Largest number of records in one batch.
+    /// Largest number of records in one batch (flows, assets, statuses).
+    /// Nested lists and strings in a record are capped at the sensor's own
+    /// limits; a batch over any of them is refused before it is decoded.
     #[arg(long, default_value_t = 50_000)]
     pub max_batch_records: usize,
+    /// Largest batch payload after decompression, in bytes.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_decoded_bytes: usize,
     /// Milliseconds a batch may wait for Kafka before the sensor is told to retry.
     #[arg(long, default_value_t = 30_000)]
     pub kafka_timeout_ms: u64,
@@ -75,8 +80,8 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    if args.max_batch_bytes == 0 || args.max_batch_records == 0 {
-        bail!("--max-batch-bytes and --max-batch-records must be at least 1");
+    if args.max_batch_bytes == 0 || args.max_batch_records == 0 || args.max_decoded_bytes == 0 {
+        bail!("--max-batch-bytes, --max-batch-records and --max-decoded-bytes must be at least 1");
     }
     let tls_cfg = tls::server_config(&tls::TlsFiles {
         cert: &args.tls_cert,
@@ -116,6 +121,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let limits = Limits {
         max_batch_bytes: args.max_batch_bytes,
         max_records: args.max_batch_records,
+        max_decoded_bytes: args.max_decoded_bytes,
         ..Limits::default()
     };
     let svc = IngestService::new(

@@ -12,6 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tidewatch_proto::codec;
+use tidewatch_proto::limits::check_flow;
 use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::uplink_server::Uplink;
 use tidewatch_proto::v1::{AckStatus, IngestedBatch, UploadAck, UploadRequest};
@@ -35,6 +36,9 @@ pub struct Limits {
     pub max_records: usize,
     /// Batches of one stream being written to Kafka at once.
     pub max_inflight_per_stream: usize,
+    /// Batches decoded and checked at once (off the async runtime's
+    /// threads, on the blocking pool), over every stream.
+    pub decode_workers: usize,
 }
 
 impl Default for Limits {
@@ -44,8 +48,18 @@ impl Default for Limits {
             max_decoded_bytes: 16 * 1024 * 1024,
             max_records: 50_000,
             max_inflight_per_stream: 32,
+            decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
+}
+
+/// What a valid batch holds.
+struct Checked {
+    records: u32,
+    flows: u64,
+    /// Flows that cannot be stored (see `limits::check_flow`).
+    bad_flows: u64,
+    first_bad: Option<String>,
 }
 
 /// Why a batch was refused.
@@ -70,6 +84,8 @@ impl Refusal {
 }
 
 struct Inner {
+    /// One permit per batch being decoded ([`Limits::decode_workers`]).
+    decode_slots: tokio::sync::Semaphore,
     producer: FutureProducer,
     topic: String,
     limits: Limits,
@@ -93,6 +109,7 @@ impl IngestService {
     ) -> Self {
         IngestService {
             inner: Arc::new(Inner {
+                decode_slots: tokio::sync::Semaphore::new(limits.decode_workers.max(1)),
                 producer,
                 topic,
                 limits,
@@ -105,8 +122,8 @@ impl IngestService {
 }
 
 impl Inner {
-    /// Checks one request; returns the number of records and of flows on success.
-    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<(u32, u64), Refusal> {
+    /// Checks one request; returns what it holds on success.
+    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<Checked, Refusal> {
         if req.payload.len() > self.limits.max_batch_bytes {
             return Err(Refusal::new(
                 AckStatus::TooLarge,
@@ -125,8 +142,18 @@ impl Inner {
                 "seq must be at least 1".into(),
             ));
         }
-        let batch = codec::decode(req.encoding, &req.payload, self.limits.max_decoded_bytes)
-            .map_err(|e| Refusal::new(AckStatus::Malformed, e.reason(), e.to_string()))?;
+        let limits = codec::DecodeLimits {
+            max_decoded_bytes: self.limits.max_decoded_bytes,
+            max_records: self.limits.max_records,
+        };
+        let batch = codec::decode(req.encoding, &req.payload, limits).map_err(|e| {
+            let status = if e.is_size() {
+                AckStatus::TooLarge
+            } else {
+                AckStatus::Malformed
+            };
+            Refusal::new(status, e.reason(), e.to_string())
+        })?;
         if batch.seq != req.seq {
             return Err(Refusal::new(
                 AckStatus::Malformed,
@@ -155,17 +182,29 @@ impl Inner {
                 "batch contains no records".into(),
             ));
         }
-        if records > self.limits.max_records {
+        // Records the sink could not store: counted here and dead-lettered
+        // alone there, unless no record of the batch is storable.
+        let mut bad = batch
+            .flows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| check_flow(f).err().map(|e| (i, e)));
+        let first_bad = bad.next();
+        let bad_flows = first_bad.as_ref().map_or(0, |_| 1 + bad.count());
+        if bad_flows == records {
+            let (i, e) = first_bad.expect("records > 0");
             return Err(Refusal::new(
-                AckStatus::TooLarge,
-                "too_many_records",
-                format!(
-                    "{records} records exceed the limit of {}",
-                    self.limits.max_records
-                ),
+                AckStatus::Malformed,
+                "bad_records",
+                format!("no record can be stored: flow {i}: {e}"),
             ));
         }
-        Ok((records as u32, batch.flows.len() as u64))
+        Ok(Checked {
+            records: records as u32,
+            flows: batch.flows.len() as u64,
+            bad_flows: bad_flows as u64,
+            first_bad: first_bad.map(|(i, e)| format!("flow {i}: {e}")),
+        })
     }
 
     async fn handle(self: Arc<Self>, req: UploadRequest, peer: Arc<PeerInfo>) -> UploadAck {
@@ -173,8 +212,26 @@ impl Inner {
         m.batches_received.inc();
         m.bytes_received.add(req.payload.len() as u64);
         let id = &peer.identity;
-        let (records, flows) = match self.validate(&req, id) {
-            Ok(n) => n,
+        // Decompressing and walking a batch is CPU work: on the blocking
+        // pool, a bounded number at once, never on the runtime's threads.
+        let (req, checked) = {
+            let _slot = self.decode_slots.acquire().await.expect("never closed");
+            let inner = self.clone();
+            let peer = peer.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = inner.validate(&req, &peer.identity);
+                (req, r)
+            })
+            .await
+            .expect("batch check panicked")
+        };
+        let Checked {
+            records,
+            flows,
+            bad_flows,
+            first_bad,
+        } = match checked {
+            Ok(c) => c,
             Err(r) => {
                 m.refused.inc(r.reason);
                 warn!(peer = %peer.remote, sensor = %id.sensor_id, seq = req.seq, status = %r.status.as_str_name(),
@@ -224,12 +281,21 @@ impl Inner {
                 m.records_acked.add(records as u64);
                 m.flows_acked.add(flows);
                 debug!(sensor = %id.sensor_id, seq = req.seq, records, ?delivery, "batch in Kafka");
+                let detail = match first_bad {
+                    Some(first) => {
+                        m.bad_records.add(bad_flows);
+                        warn!(sensor = %id.sensor_id, seq = req.seq, bad_flows, %first,
+                            "batch has flow records that cannot be stored; they will be dead-lettered");
+                        format!("{bad_flows} flow record(s) cannot be stored and are dead-lettered; first: {first}")
+                    }
+                    None => String::new(),
+                };
                 UploadAck {
                     seq: req.seq,
                     status: AckStatus::Accepted as i32,
                     retryable: false,
-                    detail: String::new(),
-                    records,
+                    detail,
+                    records: records - bad_flows as u32,
                 }
             }
             Err((e, _)) => {

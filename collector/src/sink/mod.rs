@@ -57,6 +57,10 @@ pub struct SinkArgs {
     /// Largest decompressed batch payload, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_decoded_bytes: usize,
+    /// Largest number of records in one batch (as ingest's
+    /// --max-batch-records); a larger one is dead-lettered.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_batch_records: usize,
     /// Fault injection for tests: exit after inserting the first chunk's rows,
     /// before writing the ledger and committing offsets (a crash at the worst moment).
     #[arg(long, hide = true)]

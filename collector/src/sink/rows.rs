@@ -1,6 +1,7 @@
 //! ClickHouse rows and their conversion from decoded batches. Field order and
 //! names match the `*_raw` tables of the schema (RowBinary is positional).
 
+use tidewatch_proto::limits::{check_flow, RecordError};
 use tidewatch_proto::util::{flow_end_name, ip_text, now_us, transport_name};
 use tidewatch_proto::v1::{
     AssetObservation, Batch, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
@@ -157,20 +158,21 @@ fn secs(us: i64) -> u32 {
     (us.max(0) / 1_000_000).min(u32::MAX as i64) as u32
 }
 
-/// Why a batch cannot be turned into rows.
-#[derive(Debug, thiserror::Error)]
-pub enum RowError {
-    #[error("flow {idx}: address of {len} bytes (expected 4 or 16)")]
-    BadAddress { idx: usize, len: usize },
-    #[error("flow {idx}: port {port} out of range")]
-    BadPort { idx: usize, port: u32 },
+/// A flow record of a batch that cannot be stored (the rest of the batch
+/// is), and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadFlow {
+    pub idx: usize,
+    pub record: FlowRecord,
+    pub error: RecordError,
 }
 
-fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, RowError> {
+fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, RecordError> {
+    check_flow(f)?;
     let c2s = f.c2s.unwrap_or_default();
     let s2c = f.s2c.unwrap_or_default();
-    let ip = |b: &[u8]| ip_text(b).ok_or(RowError::BadAddress { idx, len: b.len() });
-    let port = |p: u32| u16::try_from(p).map_err(|_| RowError::BadPort { idx, port: p });
+    let ip = |b: &[u8]| ip_text(b).expect("address length checked");
+    let port = |p: u32| p as u16; // checked
     Ok(FlowRow {
         sensor_id: env.sensor_id.clone(),
         vessel: env.vessel.clone(),
@@ -179,10 +181,10 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         received_at: secs(env.received_us),
         first_seen_us: f.first_seen_us,
         last_seen_us: f.last_seen_us,
-        client_ip: ip(&f.client_ip)?,
-        server_ip: ip(&f.server_ip)?,
-        client_port: port(f.client_port)?,
-        server_port: port(f.server_port)?,
+        client_ip: ip(&f.client_ip),
+        server_ip: ip(&f.server_ip),
+        client_port: port(f.client_port),
+        server_port: port(f.server_port),
         ip_protocol: (f.ip_protocol & 0xff) as u8,
         transport: transport_name(f.ip_protocol).into_owned(),
         app_protocol: f.app_protocol.clone(),
@@ -250,22 +252,27 @@ fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
     }
 }
 
-/// Appends the rows of one batch to `out`. All-or-nothing: on error `out` is
-/// unchanged.
+/// Appends the rows of one batch to `out`; returns its flow records that
+/// cannot be stored (for the dead-letter topic, one by one), which are left
+/// out. Each row keeps its record's index in the batch.
 pub fn append_rows(
     env: &IngestedBatch,
     batch: &Batch,
     partition: i32,
     offset: i64,
     out: &mut Rows,
-) -> Result<(), RowError> {
-    let flows = batch
-        .flows
-        .iter()
-        .enumerate()
-        .map(|(i, f)| flow_row(env, i, f))
-        .collect::<Result<Vec<_>, _>>()?;
-    out.flows.extend(flows);
+) -> Vec<BadFlow> {
+    let mut bad = Vec::new();
+    for (i, f) in batch.flows.iter().enumerate() {
+        match flow_row(env, i, f) {
+            Ok(row) => out.flows.push(row),
+            Err(error) => bad.push(BadFlow {
+                idx: i,
+                record: f.clone(),
+                error,
+            }),
+        }
+    }
     out.assets.extend(
         batch
             .assets
@@ -286,12 +293,12 @@ pub fn append_rows(
         seq: env.seq,
         received_at: secs(env.received_us),
         inserted_at: secs(now_us()),
-        flows: batch.flows.len() as u32,
+        flows: (batch.flows.len() - bad.len()) as u32,
         assets: batch.assets.len() as u32,
         statuses: batch.status.len() as u32,
         kafka_partition: partition,
         kafka_offset: offset,
         ingest_node: env.ingest_node.clone(),
     });
-    Ok(())
+    bad
 }

@@ -199,7 +199,11 @@ impl Sink {
                 return;
             }
         };
-        let batch = match codec::decode(env.encoding, &env.payload, self.args.max_decoded_bytes) {
+        let limits = codec::DecodeLimits {
+            max_decoded_bytes: self.args.max_decoded_bytes,
+            max_records: self.args.max_batch_records,
+        };
+        let batch = match codec::decode(env.encoding, &env.payload, limits) {
             Ok(b) => b,
             Err(e) => {
                 chunk.dead.push(dead(e.to_string()));
@@ -213,9 +217,23 @@ impl Sink {
             debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
             return;
         }
-        if let Err(e) = append_rows(&env, &batch, m.partition, m.offset, &mut chunk.rows) {
-            chunk.dead.push(dead(format!("cannot store batch: {e}")));
-            return;
+        // A flow that cannot be stored is dead-lettered alone (its record
+        // as the value), the rest of the batch is stored.
+        for b in append_rows(&env, &batch, m.partition, m.offset, &mut chunk.rows) {
+            warn!(sensor = %env.sensor_id, seq = env.seq, record = b.idx, error = %b.error,
+                "flow record cannot be stored; dead-lettered, the rest of its batch is stored");
+            chunk.dead.push(DeadLetter {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                reason: format!(
+                    "flow record {} of sensor {} batch {}: {}",
+                    b.idx, env.sensor_id, env.seq, b.error
+                ),
+                key: m.key.clone().unwrap_or_default(),
+                value: b.record.encode_to_vec(),
+                failed_us: now_us(),
+            });
         }
         chunk.in_chunk.insert(key.clone());
         chunk.batches.push(key);

@@ -32,12 +32,10 @@ pub use store::OpStore;
 
 /// Payload-carrying packets examined before a flow is left unknown.
 pub const MAX_TRIES: u8 = 8;
-/// Distinct operations kept per flow record.
-pub const MAX_OPS: usize = 64;
-/// Distinct indicators (DNS names, SNI, Host) kept per flow record.
-pub const MAX_INDICATORS: usize = 16;
-/// Longest indicator kept, in bytes.
-pub const MAX_INDICATOR_LEN: usize = 128;
+/// Distinct operations kept per flow record, distinct indicators (DNS names,
+/// SNI, Host) kept per flow record, longest indicator kept in bytes: the
+/// wire protocol's limits, which ingest enforces.
+pub use tidewatch_proto::limits::{MAX_INDICATORS, MAX_INDICATOR_LEN, MAX_OPERATIONS};
 
 /// One protocol, described once: everything the sensor knows of it outside
 /// its parser. [`PROTOCOLS`] lists them all; detection, dispatch, the
@@ -222,7 +220,7 @@ fn write_operations(v: &mut Vec<OpEntry>, out: &mut Vec<Operation>) {
     }
 }
 
-/// The distinct operations of one flow record, bounded to [`MAX_OPS`], as
+/// The distinct operations of one flow record, bounded to [`MAX_OPERATIONS`], as
 /// parsers see them: a flow's list in its table's [`OpStore`] while
 /// metering, or a vector of their own ([`Ops::default`], for tests and
 /// fuzzing). A flow has a handful of distinct operations, so a short list
@@ -285,7 +283,7 @@ impl<'a> Ops<'a> {
             Entries::Store { store, head } => store.find_or_add(head, same, new),
             Entries::Own(v) => match v.iter().position(same) {
                 Some(i) => Some(&mut v[i]),
-                None if v.len() >= MAX_OPS => None,
+                None if v.len() >= MAX_OPERATIONS => None,
                 None => {
                     v.push(new());
                     v.last_mut()
@@ -569,7 +567,7 @@ mod tests {
         for i in 0..200u32 {
             ops.add(i, "x", OperationClass::Read);
         }
-        assert_eq!(ops.to_proto().len(), MAX_OPS);
-        assert_eq!(ops.overflow, 200 - MAX_OPS as u64);
+        assert_eq!(ops.to_proto().len(), MAX_OPERATIONS);
+        assert_eq!(ops.overflow, 200 - MAX_OPERATIONS as u64);
     }
 }

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use tidewatch_proto::v1::{Operation, OperationClass};
 
-use super::{write_operations, OpEntry, MAX_OPS};
+use super::{write_operations, OpEntry, MAX_OPERATIONS};
 use crate::slab::Slab;
 
 /// "No entry": the end of a list, or a flow without operations.
@@ -51,7 +51,7 @@ impl OpStore {
     }
 
     /// The entry of the list at `head` that is `same`, or a `new` one added
-    /// at its end; `None` when the list is full ([`MAX_OPS`]).
+    /// at its end; `None` when the list is full ([`MAX_OPERATIONS`]).
     pub(super) fn find_or_add(
         &mut self,
         head: &mut u32,
@@ -67,7 +67,7 @@ impl OpStore {
             (last, at, len) = (at, n.next, len + 1);
         }
         if at == NONE {
-            if len >= MAX_OPS {
+            if len >= MAX_OPERATIONS {
                 return None;
             }
             at = self.alloc_detached(new());
