@@ -1,7 +1,9 @@
 //! The daily byte budget of the uplink (metered satellite links).
 //!
 //! The budget counts batch payload bytes put on the link per UTC day
-//! (resends included: they cost the same). A batch is handed to the uplink
+//! (resends included: they cost the same) and is a hard cap: a resend that
+//! does not fit in what is left waits for the next day, as a first send
+//! does (see `Uplink`). A batch is handed to the uplink
 //! only if it fits in what is left today (counting batches already handed
 //! over but not yet sent, which are booked as reserved); classes are tried in priority
 //! order (sensor status and assets, then OT-write flows, then bulk flows),

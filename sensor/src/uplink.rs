@@ -216,6 +216,7 @@ impl Uplink {
                 backoff = (backoff * 2).min(self.cfg.backoff_max);
             }
             first = false;
+            self.wait_for_budget(&unacked).await;
             let channel = match self.endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -256,7 +257,11 @@ impl Uplink {
         let mut sent = 0usize;
         self.refuse_oversized_head(unacked);
         // Queue the resends before opening the stream.
-        while sent < unacked.len() && sent < window && self.fits(&unacked[sent]) {
+        while sent < unacked.len()
+            && sent < window
+            && self.fits(&unacked[sent])
+            && self.budget_allows(&unacked[sent])
+        {
             if unacked[sent].sent {
                 self.counters.resent.inc();
             }
@@ -279,7 +284,11 @@ impl Uplink {
                 self.refuse_oversized_head(unacked);
             }
             // A batch over the learned limit waits until it is the oldest.
-            while request_open && sent < unacked.len() && sent < window && self.fits(&unacked[sent])
+            while request_open
+                && sent < unacked.len()
+                && sent < window
+                && self.fits(&unacked[sent])
+                && self.budget_allows(&unacked[sent])
             {
                 if let Some(b) = self.bucket.as_mut() {
                     let wait = b.reserve(
@@ -300,6 +309,9 @@ impl Uplink {
             if *source_done && unacked.is_empty() {
                 drop(tx);
                 return StreamEnd::Done;
+            }
+            if sent == 0 && unacked.front().is_some_and(|b| !self.budget_allows(b)) {
+                return StreamEnd::Retry("daily byte budget reached; resends wait".into());
             }
             let can_take = request_open && !*source_done && unacked.len() < window;
             let waiting = !unacked.is_empty();
@@ -325,6 +337,42 @@ impl Uplink {
                     return StreamEnd::Retry(format!("no ack within {:?}", self.cfg.ack_timeout));
                 }
             }
+        }
+    }
+
+    /// Whether `b` may go on the link now: a first send was reserved when
+    /// it was handed over; a resend costs again, so it must fit in what is
+    /// left today (the budget is a hard cap).
+    fn budget_allows(&self, b: &PreparedBatch) -> bool {
+        match &self.budget {
+            Some(budget) if b.sent => budget
+                .lock()
+                .expect("budget lock")
+                .allows(b.class, b.request.payload.len() as u64),
+            _ => true,
+        }
+    }
+
+    /// Waits while the oldest unacked batch is a resend the budget does
+    /// not allow today.
+    async fn wait_for_budget(&self, unacked: &VecDeque<PreparedBatch>) {
+        let Some(head) = unacked.front() else {
+            return;
+        };
+        let mut logged = false;
+        while !self.budget_allows(head) {
+            let wait = self
+                .budget
+                .as_ref()
+                .map(|b| b.lock().expect("budget lock").until_next_period())
+                .unwrap_or_default();
+            if !logged {
+                warn!(seq = head.seq, next_period_in = ?wait,
+                    "daily byte budget reached; resends wait for the next period (on disk, not lost)");
+                logged = true;
+            }
+            tokio::time::sleep(wait.clamp(Duration::from_millis(100), Duration::from_secs(5)))
+                .await;
         }
     }
 

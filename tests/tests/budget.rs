@@ -159,3 +159,54 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
         "bytes sent today beyond the budget: {status}"
     );
 }
+
+#[test]
+fn resends_are_held_to_the_budget_too() {
+    // Kafka goes away: ingest answers every batch "unavailable, retry"
+    // after its Kafka timeout, so the sensor sends the same batches again
+    // and again. Each resend costs link bytes; none may go past the budget
+    // (without the cap, 20,862 bytes went out against 12,000 in 20 s).
+    let budget = 12_000u64;
+    let shore = Shore::builder()
+        .ingest(&["--kafka-timeout-ms", "1000"])
+        .start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
+    stack.stop_kafka();
+    let s1 = pki.sensor("s1", "mv-vsat");
+    let mport = free_port();
+    let pcap = pcaps().join("bacnet/bacnet_example.pcap");
+    let mut s = SensorRun::new(&s1, shore.port, &pcap, &stack.path().join("state"))
+        .args(&[
+            "--batch-flows",
+            "5",
+            "--no-compress",
+            "--daily-budget-bytes",
+            &budget.to_string(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{mport}"),
+        ])
+        .spawn("sensor", stack.path());
+    s.wait_log("resends wait for the next period", Duration::from_secs(90));
+    let used = |what: &str| -> f64 {
+        metric(mport, "tidewatch_sensor_uplink_budget_used_bytes")
+            .unwrap_or_else(|| panic!("no budget metric {what}"))
+    };
+    let at_cap = used("at the cap");
+    // Some of it went to resends: more batches were sent than handed over.
+    assert!(
+        metric(mport, "tidewatch_sensor_uplink_batches_resent_total").unwrap_or(0.0) >= 1.0,
+        "{}",
+        s.log_text()
+    );
+    for _ in 0..20 {
+        let u = used("later");
+        assert!(
+            u <= budget as f64,
+            "budget {budget} exceeded: {u} bytes sent today"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(at_cap > 0.0 && at_cap <= budget as f64, "{at_cap}");
+    let st = s.terminate().expect("sensor stops on SIGTERM");
+    assert!(st.success(), "{}", s.log_text());
+}
