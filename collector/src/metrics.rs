@@ -42,6 +42,7 @@ pub struct IngestMetrics {
     pub flows_received: Arc<Counter>,
     pub flows_acked: Arc<Counter>,
     pub bad_records: Arc<Counter>,
+    pub seq_regressions: Arc<Counter>,
     pub bytes_received: Arc<Counter>,
     pub refused: Arc<CounterVec>,
     pub kafka_produce: Arc<Histogram>,
@@ -76,6 +77,10 @@ impl IngestMetrics {
             bad_records: r.counter(
                 "tidewatch_ingest_bad_records",
                 "Flow records that cannot be stored (bad address length, port out of range) in acked batches: the sink dead-letters each alone and stores the rest.",
+            ),
+            seq_regressions: r.counter(
+                "tidewatch_ingest_seq_regressions",
+                "Batches whose seq is far (a year of microseconds) below the highest their sensor sent: a clock set back or a reinstalled sensor with a wrong clock.",
             ),
             bytes_received: r.counter(
                 "tidewatch_ingest_received_bytes",

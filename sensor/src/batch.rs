@@ -1,12 +1,18 @@
 //! Batching: flow records -> `Batch` with a sensor-chosen, strictly increasing
 //! `seq` -> encoded `UploadRequest`.
 //!
-//! `seq` must never repeat over the sensor's life, across restarts too: the
-//! shore treats a repeated (sensor, seq) as a duplicate and drops it. The
-//! counter is therefore persisted in `STATE_DIR/seq` and reserved in blocks
-//! (written, fsynced and renamed into place before any seq of the block is
-//! used); a crash skips at most the rest of one block, which is harmless since
-//! seqs need to increase, not to be contiguous.
+//! `seq` must never repeat for one sensor identity, across restarts, and
+//! across reinstalls too: the shore treats a repeated (sensor, seq) as a
+//! duplicate and drops it. The counter is therefore persisted in
+//! `STATE_DIR/seq` and reserved in blocks (written, fsynced and renamed into
+//! place before any seq of the block is used); a crash skips at most the
+//! rest of one block, which is harmless since seqs need to increase, not to
+//! be contiguous. And on every start the counter moves up to at least the
+//! wall clock in microseconds: a box replaced or reinstalled with the same
+//! certificate (a new, or restored, state directory) starts above every seq
+//! its earlier incarnation used, as long as its clock is right (a sensor
+//! allocates far fewer than a million seqs a second). Ingest logs and counts
+//! a seq far below what it saw from that sensor (a clock set back).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,8 @@ use tidewatch_proto::v1::{
 };
 
 const SEQ_BLOCK: u64 = 4096;
+/// 2024-01-01T00:00:00Z in microseconds: a clock before it is wrong.
+const PLAUSIBLE_CLOCK_US: u64 = 1_704_067_200_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -56,6 +64,14 @@ impl SeqStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(io(e)),
         };
+        let clock = u64::try_from(now_us()).unwrap_or(0);
+        if clock < PLAUSIBLE_CLOCK_US {
+            tracing::error!(
+                clock_us = clock,
+                "the system clock is before 2024: batch seqs are seeded from it, so a reinstalled                  sensor may reuse seqs the shore already holds (set the clock, e.g. with NTP)"
+            );
+        }
+        let next = next.max(clock);
         Ok(SeqStore {
             path,
             next,
@@ -430,11 +446,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SeqStore::open(dir.path()).unwrap();
         let a: Vec<u64> = (0..10).map(|_| s.allocate().unwrap()).collect();
-        assert_eq!(a, (1..=10).collect::<Vec<_>>());
+        assert!(a.windows(2).all(|w| w[1] == w[0] + 1), "{a:?}");
         drop(s); // "crash"
         let mut s = SeqStore::open(dir.path()).unwrap();
         let b = s.allocate().unwrap();
-        assert!(b > 10, "seq {b} reused after restart");
+        assert!(b > a[9], "seq {b} reused after restart");
+    }
+
+    #[test]
+    fn a_new_or_restored_state_starts_above_the_clock_and_a_clock_set_back_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = now_us() as u64;
+        let first = SeqStore::open(dir.path()).unwrap().allocate().unwrap();
+        assert!(first >= before, "fresh state: {first} < clock {before}");
+        // A state restored from an old backup (or the first boxes' seqs
+        // from 1): the counter moves up to the clock.
+        fs::write(dir.path().join("seq"), "42\n").unwrap();
+        let restored = SeqStore::open(dir.path()).unwrap().allocate().unwrap();
+        assert!(restored >= before, "{restored}");
+        // A counter ahead of the clock (the clock went back) is kept.
+        let ahead = before * 2;
+        fs::write(dir.path().join("seq"), format!("{ahead}\n")).unwrap();
+        assert_eq!(
+            SeqStore::open(dir.path()).unwrap().allocate().unwrap(),
+            ahead
+        );
     }
 
     #[test]
@@ -476,10 +512,10 @@ mod tests {
         assert_eq!(last.class, Priority::Bulk);
         assert!(b.flush(None).is_empty());
         let seqs: Vec<u64> = full.iter().chain([&last]).map(|p| p.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(seqs, vec![seqs[0], seqs[0] + 1, seqs[0] + 2]);
         let raw = zstd::bulk::decompress(&last.request.payload, 1 << 20).unwrap();
         let decoded = Batch::decode(&raw[..]).unwrap();
-        assert_eq!(decoded.seq, 3);
+        assert_eq!(decoded.seq, seqs[2]);
         assert_eq!(decoded.flows.len(), 1);
     }
 

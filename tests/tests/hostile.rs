@@ -429,3 +429,56 @@ fn a_record_the_sink_cannot_store_is_dead_lettered_alone_and_the_rest_stored() {
         3
     );
 }
+
+#[test]
+fn a_reinstalled_sensor_loses_nothing_and_a_seq_set_back_is_reported() {
+    let (shore, mport) = shore_with_ingest_metrics(&[]);
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let cert = pki.sensor("crane-9", "port-of-rostock");
+    let corpus = tidewatch_tests::pcaps();
+    let mut want = Totals::default();
+    // The box, then its replacement with the same certificate and a new
+    // (empty) state directory.
+    for (i, capture) in ["modbus/modbus_example.pcap", "dnp3/dnp3_example.pcap"]
+        .iter()
+        .enumerate()
+    {
+        let pcap = corpus.join(capture);
+        let t = totals(&read_flows(&pcap));
+        want = Totals {
+            flows: want.flows + t.flows,
+            packets: want.packets + t.packets,
+            bytes: want.bytes + t.bytes,
+        };
+        let state = stack.path().join(format!("state-{i}"));
+        let mut s = SensorRun::new(&cert, port, &pcap, &state)
+            .args(&["--batch-flows", "5"])
+            .spawn(&format!("sensor-{i}"), stack.path());
+        assert!(
+            s.wait(Duration::from_secs(60)).success(),
+            "{}",
+            s.log_text()
+        );
+    }
+    expect_flows(stack, &BTreeMap::from([("crane-9".to_string(), want)]));
+    // A batch under a seq from long before (a clock set back): stored, as
+    // nothing holds that seq, and reported.
+    let ca = pki.dir.join("ca.pem");
+    let cc = ClientCert {
+        cert: &cert.cert,
+        key: &cert.key,
+    };
+    let acks = upload(port, &ca, Some(cc), vec![request(5, 1, "")]).unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    let text = http_get(mport, "/metrics").unwrap();
+    assert!(
+        text.contains("tidewatch_ingest_seq_regressions_total 1"),
+        "{text}"
+    );
+    assert!(shore
+        .ingest
+        .as_ref()
+        .unwrap()
+        .log_text()
+        .contains("seq regression"));
+}

@@ -86,6 +86,8 @@ impl Refusal {
 struct Inner {
     /// One permit per batch being decoded ([`Limits::decode_workers`]).
     decode_slots: tokio::sync::Semaphore,
+    /// The highest seq this node saw from each sensor.
+    highest_seq: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     producer: FutureProducer,
     topic: String,
     limits: Limits,
@@ -110,6 +112,7 @@ impl IngestService {
         IngestService {
             inner: Arc::new(Inner {
                 decode_slots: tokio::sync::Semaphore::new(limits.decode_workers.max(1)),
+                highest_seq: Default::default(),
                 producer,
                 topic,
                 limits,
@@ -121,7 +124,34 @@ impl IngestService {
     }
 }
 
+/// Sensors whose highest seq a node remembers (a fleet is far smaller).
+const MAX_TRACKED_SENSORS: usize = 100_000;
+/// A seq this far below the highest seen from its sensor is a regression:
+/// sensors seed seqs from their clock (in microseconds) at every start, so
+/// only a clock set back (or a reinstalled box with a wrong clock) goes
+/// back a year; an old batch sent late stays well within it.
+const SEQ_REGRESSION: u64 = 365 * 86_400 * 1_000_000;
+
 impl Inner {
+    /// Remembers `seq` of `sensor`; whether it is a regression (see
+    /// [`SEQ_REGRESSION`]), with the highest seen.
+    fn note_seq(&self, sensor: &str, seq: u64) -> Option<u64> {
+        let mut m = self.highest_seq.lock().expect("seq map lock");
+        match m.get_mut(sensor) {
+            Some(h) if seq.saturating_add(SEQ_REGRESSION) < *h => Some(*h),
+            Some(h) => {
+                *h = (*h).max(seq);
+                None
+            }
+            None => {
+                if m.len() < MAX_TRACKED_SENSORS {
+                    m.insert(sensor.to_string(), seq);
+                }
+                None
+            }
+        }
+    }
+
     /// Checks one request; returns what it holds on success.
     fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<Checked, Refusal> {
         if req.payload.len() > self.limits.max_batch_bytes {
@@ -245,6 +275,12 @@ impl Inner {
                 };
             }
         };
+        if let Some(highest) = self.note_seq(&id.sensor_id, req.seq) {
+            m.seq_regressions.inc();
+            warn!(sensor = %id.sensor_id, seq = req.seq, highest, "seq regression: far below the highest seq \
+                this sensor sent (its clock was set back, or it was reinstalled with a wrong clock); \
+                batches reusing stored seqs are dropped ashore as duplicates");
+        }
         let received_us = now_us();
         let envelope = IngestedBatch {
             sensor_id: id.sensor_id.clone(),
