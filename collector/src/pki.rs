@@ -9,9 +9,14 @@
 //! `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
 //! `sensors/<ID>.pem`, `sensors/<ID>-key.pem`, `index.tsv` (every certificate
 //! issued: serial, kind, id, vessel, not-after, revoked-at) and `crl.pem`.
+//!
+//! Every file is replaced atomically and fsynced (never truncated by a crash
+//! or a full disk, never written through a symlink, see
+//! [`tidewatch_proto::state_file`]); a certificate is entered in the index
+//! before its files are written, so none can exist that a revocation would
+//! miss; and one `pki` command at a time holds the directory (`.lock`).
 
 use std::fs;
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -20,6 +25,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use tidewatch_proto::state_file::{self, Access, Durability};
 use time::{Duration, OffsetDateTime};
 
 use crate::identity::{validate_name, InvalidName, SENSOR_URI_PREFIX, VESSEL_URI_PREFIX};
@@ -58,25 +64,22 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     }
 }
 
-/// Writes `data` to `path`, creating parent dirs; `secret` files get 0600.
+/// Replaces `path` by `data` (atomically, synced), creating parent dirs;
+/// `secret` files get 0600.
 fn write_file(path: &Path, data: &str, secret: bool, overwrite: bool) -> Result<(), PkiError> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
     }
-    if !overwrite && path.exists() {
+    if !overwrite && fs::symlink_metadata(path).is_ok() {
         return Err(PkiError::Exists(path.to_path_buf()));
     }
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let mut f = opts.open(path).map_err(io_err(path))?;
-    f.write_all(data.as_bytes()).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))?;
-    Ok(())
+    let access = if secret {
+        Access::Private
+    } else {
+        Access::Shared
+    };
+    state_file::replace_with(path, data.as_bytes(), Durability::Synced, access)
+        .map_err(io_err(path))
 }
 
 pub struct Pki {
@@ -125,8 +128,18 @@ impl Pki {
         self.dir.join("index.tsv")
     }
 
+    /// Holds the PKI directory against other `pki` commands until dropped.
+    fn lock(&self) -> Result<fs::File, PkiError> {
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let p = self.dir.join(".lock");
+        let f = fs::File::create(&p).map_err(io_err(&p))?;
+        f.lock().map_err(io_err(&p))?;
+        Ok(f)
+    }
+
     /// Creates the fleet CA (refuses to overwrite an existing one).
     pub fn init_ca(&self, name: &str, days: u32) -> Result<(PathBuf, PathBuf), PkiError> {
+        let _held = self.lock()?;
         let (cert_p, key_p) = (self.ca_cert_path(), self.ca_key_path());
         for p in [&cert_p, &key_p] {
             if p.exists() {
@@ -167,6 +180,7 @@ impl Pki {
                 why: "give at least one --dns or --ip the sensors will connect to",
             });
         }
+        let _held = self.lock()?;
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
         let mut params = leaf_params(&names[0], validity);
@@ -180,9 +194,9 @@ impl Pki {
         let serial = params.serial_number.clone().expect("set by leaf_params");
         let cert = params.signed_by(&key, &issuer)?;
         let (cert_p, key_p) = (self.dir.join("server.pem"), self.dir.join("server-key.pem"));
+        self.add_to_index(&serial, "server", &names[0], "-", validity.not_after)?;
         write_file(&key_p, &key.serialize_pem(), true, true)?;
         write_file(&cert_p, &cert.pem(), false, true)?;
-        self.append_index(&serial, "server", &names[0], "-", validity.not_after)?;
         Ok((cert_p, key_p))
     }
 
@@ -196,6 +210,7 @@ impl Pki {
     ) -> Result<(PathBuf, PathBuf), PkiError> {
         validate_name("sensor id", id)?;
         validate_name("vessel", vessel)?;
+        let _held = self.lock()?;
         let issuer = self.issuer()?;
         let key = KeyPair::generate()?;
         let mut params = leaf_params(id, validity);
@@ -216,13 +231,14 @@ impl Pki {
             dir.join(format!("{id}.pem")),
             dir.join(format!("{id}-key.pem")),
         );
+        self.add_to_index(&serial, "sensor", id, vessel, validity.not_after)?;
         write_file(&key_p, &key.serialize_pem(), true, true)?;
         write_file(&cert_p, &cert.pem(), false, true)?;
-        self.append_index(&serial, "sensor", id, vessel, validity.not_after)?;
         Ok((cert_p, key_p))
     }
 
-    fn append_index(
+    /// Enters a certificate in the index (the whole index rewritten).
+    fn add_to_index(
         &self,
         serial: &SerialNumber,
         kind: &str,
@@ -230,20 +246,24 @@ impl Pki {
         vessel: &str,
         not_after: OffsetDateTime,
     ) -> Result<(), PkiError> {
-        let p = self.index_path();
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&p)
-            .map_err(io_err(&p))?;
-        writeln!(
-            f,
-            "{}\t{kind}\t{id}\t{vessel}\t{}\t-",
-            hex(serial.as_ref()),
-            not_after.unix_timestamp()
-        )
-        .map_err(io_err(&p))?;
-        Ok(())
+        let mut rows = self.read_index()?;
+        rows.push(
+            [
+                hex(serial.as_ref()),
+                kind.into(),
+                id.into(),
+                vessel.into(),
+                not_after.unix_timestamp().to_string(),
+                "-".into(),
+            ]
+            .into(),
+        );
+        self.write_index(&rows)
+    }
+
+    fn write_index(&self, rows: &[Vec<String>]) -> Result<(), PkiError> {
+        let text: String = rows.iter().map(|r| r.join("\t") + "\n").collect();
+        write_file(&self.index_path(), &text, false, true)
     }
 
     fn read_index(&self) -> Result<Vec<Vec<String>>, PkiError> {
@@ -272,6 +292,7 @@ impl Pki {
     /// Revokes every certificate issued to sensor `id` and rewrites the CRL.
     /// Returns how many certificates were newly revoked.
     pub fn revoke_sensor(&self, id: &str) -> Result<usize, PkiError> {
+        let _held = self.lock()?;
         let mut rows = self.read_index()?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let mut found = false;
@@ -288,8 +309,7 @@ impl Pki {
         if !found {
             return Err(PkiError::UnknownSensor(id.to_string()));
         }
-        let text: String = rows.iter().map(|r| r.join("\t") + "\n").collect();
-        write_file(&self.index_path(), &text, false, true)?;
+        self.write_index(&rows)?;
         self.write_crl(&rows)?;
         Ok(newly)
     }
@@ -527,5 +547,51 @@ mod tests {
         assert!(parse_date("2024-02-29").is_ok());
         assert!(parse_date("2023-02-29").is_err());
         assert!(parse_date("yesterday").is_err());
+    }
+
+    #[test]
+    fn concurrent_commands_lose_no_index_row_and_revocations_stay_in_the_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.init_ca("test CA", 30).unwrap();
+        std::thread::scope(|s| {
+            for i in 0..6 {
+                let pki = Pki::new(dir.path());
+                s.spawn(move || {
+                    pki.issue_sensor(&format!("s{i}"), "mv-aurora", Validity::new(10, None), None)
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(pki.read_index().unwrap().len(), 6);
+        for id in ["s1", "s4"] {
+            assert_eq!(pki.revoke_sensor(id).unwrap(), 1);
+        }
+        let crl = fs::read_to_string(pki.crl_path()).unwrap();
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(crl.as_bytes())
+            .map(|c: rustls_pki_types::CertificateRevocationListDer| c.to_vec())
+            .unwrap();
+        let revoked: Vec<String> = pki
+            .read_index()
+            .unwrap()
+            .into_iter()
+            .filter(|r| r[5] != "-")
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(revoked.len(), 2);
+        for serial in &revoked {
+            let bytes = unhex(serial).unwrap();
+            assert!(
+                der.windows(bytes.len()).any(|w| w == bytes.as_slice()),
+                "serial {serial} missing from the CRL"
+            );
+        }
+        // A symlink planted at the CRL is refused, its target untouched.
+        fs::remove_file(pki.crl_path()).unwrap();
+        let target = dir.path().join("elsewhere");
+        fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, pki.crl_path()).unwrap();
+        assert!(matches!(pki.revoke_sensor("s2"), Err(PkiError::Io { .. })));
+        assert_eq!(fs::read_to_string(&target).unwrap(), "keep");
     }
 }

@@ -12,6 +12,7 @@ pub mod v1 {
 pub mod codec;
 pub mod limits;
 pub mod metrics;
+pub mod state_file;
 pub mod util;
 
 /// Kafka topic carrying `IngestedBatch` records. The version in the name

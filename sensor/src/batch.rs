@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use tidewatch_proto::codec;
 
-use crate::state_file::{self, Durability};
+use tidewatch_proto::state_file::{self, Durability};
 pub use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::{
     AssetObservation, Batch, FlowRecord, OperationClass, SensorStatus, UploadRequest,

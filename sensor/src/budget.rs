@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::batch::Priority;
-use crate::state_file::{self, Durability};
+use tidewatch_proto::state_file::{self, Durability};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {

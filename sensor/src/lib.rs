@@ -27,5 +27,4 @@ pub mod prefault;
 pub mod protocols;
 pub mod ratelimit;
 pub mod slab;
-pub mod state_file;
 pub mod uplink;

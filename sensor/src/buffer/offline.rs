@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::record::{self, Check, MAGIC, SEGMENT_HEADER};
 use super::segment::{list_segments, scan};
 use super::{io_err, BufferError};
-use crate::state_file::{self, Durability};
+use tidewatch_proto::state_file::{self, Durability};
 
 /// One segment as `inspect` sees it.
 #[derive(Debug, Clone)]

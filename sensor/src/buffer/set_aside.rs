@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use super::record::{self, Check};
 use super::{io_err, BufferError, Stored};
 use crate::batch::{PreparedBatch, Priority};
-use crate::state_file::{self, Durability};
+use tidewatch_proto::state_file::{self, Durability};
 
 /// Extension of a set-aside batch.
 const SET_ASIDE: &str = "batch";

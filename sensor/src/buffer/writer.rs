@@ -14,7 +14,7 @@ use super::record::{self, MAGIC, SEGMENT_HEADER};
 use super::segment::{list_segments, scan, segment_name, Segment};
 use super::{io_err, BufferConfig, BufferError, BufferStats, Fsync, Reader, Stored, WhenFull};
 use crate::batch::PreparedBatch;
-use crate::state_file::{self, Durability};
+use tidewatch_proto::state_file::{self, Durability};
 
 /// What `open` found.
 #[derive(Debug, Default, Clone, Copy)]
