@@ -27,6 +27,13 @@ pub enum Durability {
     Atomic,
 }
 
+/// Whether `e` means the filesystem is full (or the user's quota is).
+pub fn is_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull
+        || e.kind() == io::ErrorKind::QuotaExceeded
+        || matches!(e.raw_os_error(), Some(28 /* ENOSPC */ | 122 /* EDQUOT */))
+}
+
 /// Who may read a file written by [`replace_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

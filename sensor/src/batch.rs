@@ -41,6 +41,13 @@ pub enum StateError {
     Corrupt { path: PathBuf, content: String },
 }
 
+impl StateError {
+    /// The filesystem (or the quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StateError::Io { source, .. } if tidewatch_proto::state_file::is_disk_full(source))
+    }
+}
+
 /// Persistent allocator of batch sequence numbers.
 pub struct SeqStore {
     path: PathBuf,
@@ -89,6 +96,17 @@ impl SeqStore {
         let s = self.next;
         self.next += 1;
         Ok(s)
+    }
+
+    /// Makes sure at least `n` seqs are reserved on disk (so the next `n`
+    /// allocations cannot fail).
+    pub fn reserve(&mut self, n: u64) -> Result<(), StateError> {
+        if self.next + n > self.reserved_until {
+            let until = self.next + n.max(SEQ_BLOCK);
+            self.persist(until)?;
+            self.reserved_until = until;
+        }
+        Ok(())
     }
 
     fn persist(&self, value: u64) -> Result<(), StateError> {
@@ -346,6 +364,13 @@ pub struct Sealer {
 impl Sealer {
     pub fn new(cfg: BatchConfig, seqs: SeqStore) -> Self {
         Sealer { cfg, seqs }
+    }
+
+    /// Reserves the seqs of the next few batches on disk: once it succeeds,
+    /// sealing one group cannot fail (see [`SeqStore::reserve`]).
+    pub fn reserve_seqs(&mut self) -> Result<(), StateError> {
+        // A group is at most `max_bytes` of records: a few batches at most.
+        self.seqs.reserve(64)
     }
 
     /// The largest payload this sealer makes (when a batch can be split).

@@ -186,7 +186,29 @@ impl Forwarder {
     /// not an error). Returns the batches.
     pub fn push(&mut self, g: Group) -> Result<Vec<PreparedBatch>, ForwardError> {
         let mut d = self.disk.lock().expect("buffer lock");
-        let batches = self.sealer.lock().expect("sealer lock").seal(g)?;
+        let mut sealer = self.sealer.lock().expect("sealer lock");
+        // The seq counter needs a few bytes of disk: on a full disk, make
+        // room as the buffer does, or count the records as dropped.
+        loop {
+            match sealer.reserve_seqs() {
+                Ok(()) => break,
+                Err(e) if e.is_disk_full() => {
+                    if !d.make_room_on_full_disk()? {
+                        let flows = g.flows.len() as u64;
+                        d.count_dropped_on_full_disk(g.class, flows);
+                        warn!(
+                            flows,
+                            class = g.class.name(),
+                            "disk full and nothing left to drop; records dropped (counted)"
+                        );
+                        return Ok(Vec::new());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let batches = sealer.seal(g)?;
+        drop(sealer);
         for b in &batches {
             self.flows_pushed += b.flows as u64;
             let before = d.stats().dropped_batches;

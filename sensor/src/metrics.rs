@@ -205,16 +205,20 @@ pub fn registry(
         let d = disk.clone();
         r.counter_fn(
             "tidewatch_sensor_dropped_flows",
-            "Flow records lost on the sensor, by cause (buffer_full: dropped by the buffer cap) and upload class.",
+            "Flow records lost on the sensor, by cause (buffer_full: dropped by the buffer cap; disk_full: dropped to make room on a full disk) and upload class.",
             move || {
                 let d = d.lock().expect("buffer lock");
                 Priority::ALL
                     .iter()
-                    .map(|c| {
-                        (
-                            vec![("cause", "buffer_full".into()), ("class", c.name().into())],
-                            d.class(*c).stats().dropped_flows as f64,
-                        )
+                    .flat_map(|c| {
+                        let full = d.disk_full_flows(*c);
+                        let all = d.class(*c).stats().dropped_flows;
+                        [("buffer_full", all - full), ("disk_full", full)].map(|(cause, v)| {
+                            (
+                                vec![("cause", cause.into()), ("class", c.name().into())],
+                                v as f64,
+                            )
+                        })
                     })
                     .collect()
             },

@@ -27,6 +27,9 @@ pub struct ClassedBuffer {
     when_full: WhenFull,
     bufs: [DiskBuffer; 3],
     set_aside: SetAside,
+    /// Flows dropped by class to make room on a full disk (part of each
+    /// class's dropped flows).
+    disk_full_flows: [u64; 3],
     /// Held (locked) while open: one process at a time owns the buffer.
     _lock: std::fs::File,
 }
@@ -95,6 +98,7 @@ impl ClassedBuffer {
             when_full: cfg.when_full,
             bufs,
             set_aside: SetAside::open(set_aside_dir(&cfg.dir))?,
+            disk_full_flows: [0; 3],
             _lock: lock,
         };
         report.splits_completed = buf.complete_splits()?;
@@ -186,6 +190,13 @@ impl ClassedBuffer {
         self.bufs[b.class as usize].refuse(b);
     }
 
+    /// Counts `flows` of `class` as dropped for a full disk (records that
+    /// could not even be sealed).
+    pub fn count_dropped_on_full_disk(&mut self, class: Priority, flows: u64) {
+        self.bufs[class as usize].count_dropped(flows);
+        self.disk_full_flows[class as usize] += flows;
+    }
+
     /// What is set aside now.
     pub fn set_aside_stats(&self) -> &SetAsideStats {
         self.set_aside.stats()
@@ -266,20 +277,58 @@ impl ClassedBuffer {
                     return Ok(false);
                 }
                 WhenFull::DropOldest => {
-                    let mut dropped = false;
-                    for c in Priority::ALL.iter().rev() {
-                        if self.bufs[*c as usize].drop_oldest_segment()? {
-                            dropped = true;
-                            break;
-                        }
-                    }
-                    if !dropped {
+                    if !self.drop_oldest_segment()? {
                         break;
                     }
                 }
             }
         }
-        self.bufs[b.class as usize].append(b)
+        loop {
+            match self.bufs[b.class as usize].append(b) {
+                Err(e) if e.is_disk_full() => {
+                    if !self.make_room_on_full_disk()? {
+                        self.bufs[b.class as usize].refuse(b);
+                        self.disk_full_flows[b.class as usize] += b.flows as u64;
+                        return Ok(false);
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Drops the oldest segment of the lowest class that has one; false if
+    /// there is none.
+    fn drop_oldest_segment(&mut self) -> Result<bool, BufferError> {
+        for c in Priority::ALL.iter().rev() {
+            if self.bufs[*c as usize].drop_oldest_segment()? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The disk is full (whatever the cap): drops the oldest segment of
+    /// the lowest class, as the cap does, counting its flows as dropped
+    /// for a full disk; false if nothing is left to drop.
+    pub fn make_room_on_full_disk(&mut self) -> Result<bool, BufferError> {
+        let before: Vec<u64> = self.bufs.iter().map(|b| b.stats().dropped_flows).collect();
+        let dropped = self.drop_oldest_segment()?;
+        for (i, b) in self.bufs.iter().enumerate() {
+            self.disk_full_flows[i] += b.stats().dropped_flows - before[i];
+        }
+        if dropped {
+            tracing::warn!(
+                dropped_flows = self.disk_full_flows.iter().sum::<u64>(),
+                "disk full: dropped the oldest buffered batches to make room (counted)"
+            );
+        }
+        Ok(dropped)
+    }
+
+    /// Flows of `class` dropped to make room on a full disk.
+    pub fn disk_full_flows(&self, class: Priority) -> u64 {
+        self.disk_full_flows[class as usize]
     }
 
     pub fn sync(&mut self) -> Result<(), BufferError> {

@@ -59,6 +59,13 @@ pub enum BufferError {
     Config(String),
 }
 
+impl BufferError {
+    /// The filesystem (or the quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, BufferError::Io { source, .. } if tidewatch_proto::state_file::is_disk_full(source))
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
     move |source| BufferError::Io {
         path: path.to_path_buf(),

@@ -179,7 +179,12 @@ impl DiskBuffer {
                 .write(true)
                 .open(&path)
                 .map_err(io_err(&path))?;
-            f.write_all(MAGIC).map_err(io_err(&path))?;
+            if let Err(e) = f.write_all(MAGIC) {
+                // A segment without its header would be unreadable.
+                drop(f);
+                let _ = fs::remove_file(&path);
+                return Err(io_err(&path)(e));
+            }
             if let Some(dir) = path.parent() {
                 File::open(dir)
                     .and_then(|d| d.sync_all())
@@ -196,7 +201,14 @@ impl DiskBuffer {
         }
         let seg = self.segments.back_mut().expect("segment exists");
         let f = self.active.as_mut().expect("active segment");
-        f.write_all(&rec).map_err(io_err(&seg.path))?;
+        if let Err(e) = f.write_all(&rec) {
+            // Cut a partly written record (a full disk) so the segment
+            // still ends on a whole one and the next append continues it.
+            let _ = f
+                .set_len(seg.bytes)
+                .and_then(|()| f.seek(SeekFrom::Start(seg.bytes)));
+            return Err(io_err(&seg.path)(e));
+        }
         seg.bytes += rec_len;
         seg.last_seq = b.seq;
         seg.records.push((b.seq, b.flows as u32));
@@ -236,8 +248,13 @@ impl DiskBuffer {
 
     /// Counts `b` as dropped without storing it (buffer full, drop-newest).
     pub fn refuse(&mut self, b: &PreparedBatch) {
+        self.count_dropped(b.flows as u64);
+    }
+
+    /// Counts a batch of `flows` as dropped.
+    pub fn count_dropped(&mut self, flows: u64) {
         self.stats.dropped_batches += 1;
-        self.stats.dropped_flows += b.flows as u64;
+        self.stats.dropped_flows += flows;
     }
 
     fn drop_oldest(&mut self) -> Result<(), BufferError> {
