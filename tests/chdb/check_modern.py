@@ -3,10 +3,11 @@
 in-process modern ClickHouse engine from PyPI), since only the old 18.16
 server can run here.
 
-  check_modern.py SCHEMA.sql TOP_TALKERS.sql
+  check_modern.py SCHEMA.sql TOP_TALKERS.sql MAX_DAYS_PER_INSERT
 
 SCHEMA.sql is `tidewatch-collector migrate --print --server-version 26.9`,
-TOP_TALKERS.sql is `tidewatch-collector query top-talkers --print-sql ...`.
+TOP_TALKERS.sql is `tidewatch-collector query top-talkers --print-sql ...`,
+MAX_DAYS_PER_INSERT the sink's cut of its inserts by day.
 Prints a JSON report; exits 1 if any check fails.
 """
 import json
@@ -92,6 +93,27 @@ def main():
             + row(103, 0, '10.0.0.7', 1).replace(str(now_us - 60_000_000), str(now_us - 100 * day), 1))
     s.query("OPTIMIZE TABLE tidewatch.flows_raw FINAL")
     checks["ttl_expires_flows_raw"] = one("SELECT count() FROM tidewatch.flows_raw WHERE batch_seq = 103") == "0"
+    # A batch of flows on 300 consecutive days: one insert block is refused
+    # with the server's default max_partitions_per_insert_block (100), the
+    # sink's inserts of at most MAX_DAYS_PER_INSERT days each go through.
+    max_days = int(sys.argv[3])
+    span = [(d, now_us - (300 - d) * day) for d in range(300)]
+
+    def days_row(d, t):
+        return row(200, d, '10.0.0.6', 1).replace(str(now_us - 60_000_000), str(t), 1)
+
+    try:
+        s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES " + ", ".join(days_row(d, t) for d, t in span))
+        checks["one_insert_of_300_days_refused"] = False
+    except Exception as e:  # noqa: BLE001 - chDB raises its own error type
+        checks["one_insert_of_300_days_refused"] = "partitions" in str(e).lower()
+    for i in range(0, 300, max_days):
+        s.query(f"INSERT INTO tidewatch.flows_raw ({cols}) VALUES "
+                + ", ".join(days_row(d, t) for d, t in span[i:i + max_days]))
+    # Every insert went through (the TTL, 90 days of flows, drops the older
+    # rows as they are written: count the last 80 days).
+    checks["inserts_cut_by_days_go_through"] = one(
+        f"SELECT count() FROM tidewatch.flows_raw WHERE batch_seq = 200 AND first_seen_us >= {now_us - 80 * day}") == "80"
     s.query("USE tidewatch")  # the query, like the collector, uses the default database
     top = one(query.strip().rstrip(";"))
     lines = top.splitlines()

@@ -567,3 +567,63 @@ fn a_full_disk_drops_the_oldest_batches_counts_them_and_metering_goes_on() {
     );
     drop(disk);
 }
+
+#[test]
+fn flows_of_300_days_are_stored_whole_and_impossible_times_dead_lettered_with_a_count() {
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let cert = pki.sensor("archive", "mv-replay");
+    let state = stack.path().join("state");
+    let now_s = (tidewatch_proto::util::now_us() / 1_000_000) as u32;
+    let day_us = 86_400_000_000u64;
+    // 300 flows one day apart ending yesterday (one batch), then 5 flows
+    // from a clock at 1970, then 5 from a clock a month ahead.
+    let runs = [
+        ("days", 300, now_s - 301 * 86_400, day_us),
+        ("epoch", 5, 1_000, 1_000_000),
+        ("future", 5, now_s + 30 * 86_400, 1_000_000),
+    ];
+    let mut want = Totals::default();
+    for (name, flows, start, spacing) in runs {
+        let pcap = stack.path().join(format!("{name}.pcap"));
+        tidewatch_tests::pcapgen::write_udp_flows_spaced(&pcap, flows, 2, start, spacing).unwrap();
+        if name == "days" {
+            want = totals(&read_flows(&pcap));
+            assert_eq!(want.flows, 300);
+        }
+        let mut s = SensorRun::new(&cert, port, &pcap, &state).spawn(name, stack.path());
+        assert!(
+            s.wait(Duration::from_secs(60)).success(),
+            "{}",
+            s.log_text()
+        );
+    }
+    expect_flows(stack, &BTreeMap::from([("archive".to_string(), want)]));
+    // One flow a day on 300 days, each rolled up once.
+    assert_eq!(
+        stack.query_u64("SELECT uniqExact(toDate(first_seen)) FROM tidewatch.flows"),
+        300
+    );
+    assert_eq!(
+        stack.query_u64("SELECT sum(flows) FROM tidewatch.traffic_hourly"),
+        300
+    );
+    // The ten flows of impossible times (and the asset each of those runs
+    // observed then) are in the dead-letter topic, each alone.
+    tidewatch_tests::wait_until(Duration::from_secs(30), "twelve dead letters", || {
+        (stack.kafka_records(tidewatch_proto::DEADLETTER_TOPIC) == 12).then_some(())
+    });
+    let sink = shore.sink.as_ref().unwrap().log_text();
+    let flows_refused = |why: &str| {
+        sink.lines()
+            .filter(|l| l.contains("record cannot be stored") && l.contains("kind=\"flow\""))
+            .filter(|l| l.contains(why))
+            .count()
+    };
+    assert_eq!(flows_refused("before 2000-01-01"), 5, "{sink}");
+    assert_eq!(
+        flows_refused("days after the batch was received"),
+        5,
+        "{sink}"
+    );
+}

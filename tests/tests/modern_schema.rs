@@ -43,7 +43,8 @@ fn modern_schema_and_queries_run_on_chdb() {
         Command::new("python3")
             .arg(root().join("tests/chdb/check_modern.py"))
             .arg(dir.path().join("schema.sql"))
-            .arg(dir.path().join("query.sql")),
+            .arg(dir.path().join("query.sql"))
+            .arg(tidewatch_collector::sink::MAX_DAYS_PER_INSERT.to_string()),
     );
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     for (k, ok) in v["checks"].as_object().unwrap() {

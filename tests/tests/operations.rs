@@ -206,7 +206,7 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
         (stack.query_u64("SELECT count() FROM tidewatch.flows") == 4).then_some(())
     });
     sink.wait_log(
-        "undecodable record sent to the dead-letter topic",
+        "record sent to the dead-letter topic",
         Duration::from_secs(10),
     );
 

@@ -21,6 +21,8 @@ pub mod dedup;
 pub mod rows;
 mod worker;
 
+pub use worker::MAX_DAYS_PER_INSERT;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +59,15 @@ pub struct SinkArgs {
     /// Largest decompressed batch payload, in bytes.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_decoded_bytes: usize,
+    /// Records whose capture time is more than this many days before their
+    /// batch was received are dead-lettered, not stored (0: no limit;
+    /// records from before 2000, a clock at 1970, are dead-lettered always).
+    #[arg(long, default_value_t = 0)]
+    pub max_record_age_days: u32,
+    /// Records whose capture time is more than this many seconds after
+    /// their batch was received are dead-lettered (a clock in the future).
+    #[arg(long, default_value_t = 86_400)]
+    pub max_clock_ahead_secs: u64,
     /// Largest number of records in one batch (as ingest's
     /// --max-batch-records); a larger one is dead-lettered.
     #[arg(long, default_value_t = 50_000)]

@@ -11,7 +11,13 @@ use tidewatch_proto::v1::{
 /// here, beside the row that fills it.
 pub trait Table {
     const TABLE: &'static str;
+    /// The UTC day (since the epoch) of the time the table is partitioned
+    /// by: rows of one day are always in one partition (by day or by
+    /// month), so inserts can be cut by day (see the sink's insert).
+    fn day(&self) -> i64;
 }
+
+const US_PER_DAY: i64 = 86_400_000_000;
 
 /// Every table the sink writes, in insert order (the ledger last).
 pub const TABLES: [&str; 4] = [
@@ -23,16 +29,29 @@ pub const TABLES: [&str; 4] = [
 
 impl Table for FlowRow {
     const TABLE: &'static str = "flows_raw";
+    fn day(&self) -> i64 {
+        self.first_seen_us.div_euclid(US_PER_DAY)
+    }
 }
 impl Table for AssetRow {
     const TABLE: &'static str = "assets_raw";
+    fn day(&self) -> i64 {
+        self.last_seen_us.div_euclid(US_PER_DAY)
+    }
 }
 impl Table for StatusRow {
     const TABLE: &'static str = "sensor_status_raw";
+    fn day(&self) -> i64 {
+        self.observed_us.div_euclid(US_PER_DAY)
+    }
 }
-/// The batch ledger: one row per stored batch, what the sink's dedup reads.
+/// The batch ledger: one row per stored batch, what the sink's dedup reads
+/// (not partitioned).
 impl Table for BatchRow {
     const TABLE: &'static str = "batches";
+    fn day(&self) -> i64 {
+        0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -158,13 +177,55 @@ fn secs(us: i64) -> u32 {
     (us.max(0) / 1_000_000).min(u32::MAX as i64) as u32
 }
 
-/// A flow record of a batch that cannot be stored (the rest of the batch
-/// is), and why.
+/// A record of a batch that is not stored (the rest of the batch is), and
+/// why: for the dead-letter topic.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BadFlow {
+pub struct BadRecord {
+    /// "flow", "asset" or "status".
+    pub kind: &'static str,
     pub idx: usize,
-    pub record: FlowRecord,
-    pub error: RecordError,
+    /// The record, protobuf-encoded.
+    pub value: Vec<u8>,
+    pub reason: String,
+}
+
+/// The capture times the sink stores: from 2000-01-01 (and, if set, at
+/// most `max_age_us` before the batch was received) to `max_ahead_us` after
+/// it was received. Outside it a record's clock was wrong (a sensor at 1970
+/// or in the future): stored, it would be expired at once by the TTL, or
+/// kept for ever. Old captures replayed are within it.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeWindow {
+    /// 0: no limit but 2000-01-01.
+    pub max_age_us: i64,
+    pub max_ahead_us: i64,
+}
+
+/// 2000-01-01T00:00:00Z in microseconds.
+const EARLIEST_US: i64 = 946_684_800_000_000;
+
+impl TimeWindow {
+    /// Why `t_us` is outside the window around `received_us`, if it is.
+    fn check(&self, what: &str, t_us: i64, received_us: i64) -> Result<(), String> {
+        let days = |d: i64| d as f64 / US_PER_DAY as f64;
+        if t_us < EARLIEST_US {
+            Err(format!("{what} {t_us} µs is before 2000-01-01"))
+        } else if self.max_age_us > 0 && t_us < received_us.saturating_sub(self.max_age_us) {
+            Err(format!(
+                "{what} {t_us} µs is {:.1} days before the batch was received (at most {:.1} stored)",
+                days(received_us.saturating_sub(t_us)),
+                days(self.max_age_us)
+            ))
+        } else if t_us > received_us.saturating_add(self.max_ahead_us) {
+            Err(format!(
+                "{what} {t_us} µs is {:.1} days after the batch was received (at most {:.1} ahead)",
+                days(t_us.saturating_sub(received_us)),
+                days(self.max_ahead_us)
+            ))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, RecordError> {
@@ -252,50 +313,78 @@ fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
     }
 }
 
-/// Appends the rows of one batch to `out`; returns its flow records that
-/// cannot be stored (for the dead-letter topic, one by one), which are left
-/// out. Each row keeps its record's index in the batch.
+/// Appends the rows of one batch to `out`; returns its records that cannot
+/// be stored (for the dead-letter topic, one by one), which are left out:
+/// flows that fail [`check_flow`], and records whose time is outside
+/// `window`. Each row keeps its record's index in the batch.
 pub fn append_rows(
     env: &IngestedBatch,
     batch: &Batch,
+    window: TimeWindow,
     partition: i32,
     offset: i64,
     out: &mut Rows,
-) -> Vec<BadFlow> {
+) -> Vec<BadRecord> {
+    use prost::Message;
+    let rx = env.received_us;
     let mut bad = Vec::new();
+    let mut flows = 0u32;
     for (i, f) in batch.flows.iter().enumerate() {
-        match flow_row(env, i, f) {
-            Ok(row) => out.flows.push(row),
-            Err(error) => bad.push(BadFlow {
+        let row = window
+            .check("first_seen", f.first_seen_us, rx)
+            .and_then(|()| flow_row(env, i, f).map_err(|e| e.to_string()));
+        match row {
+            Ok(row) => {
+                out.flows.push(row);
+                flows += 1;
+            }
+            Err(reason) => bad.push(BadRecord {
+                kind: "flow",
                 idx: i,
-                record: f.clone(),
-                error,
+                value: f.encode_to_vec(),
+                reason,
             }),
         }
     }
-    out.assets.extend(
-        batch
-            .assets
-            .iter()
-            .enumerate()
-            .map(|(i, a)| asset_row(env, i, a)),
-    );
-    out.statuses.extend(
-        batch
-            .status
-            .iter()
-            .enumerate()
-            .map(|(i, s)| status_row(env, i, s)),
-    );
+    let mut assets = 0u32;
+    for (i, a) in batch.assets.iter().enumerate() {
+        match window.check("last_seen", a.last_seen_us, rx) {
+            Ok(()) => {
+                out.assets.push(asset_row(env, i, a));
+                assets += 1;
+            }
+            Err(reason) => bad.push(BadRecord {
+                kind: "asset",
+                idx: i,
+                value: a.encode_to_vec(),
+                reason,
+            }),
+        }
+    }
+    let mut statuses = 0u32;
+    for (i, st) in batch.status.iter().enumerate() {
+        match window.check("observed", st.observed_us, rx) {
+            Ok(()) => {
+                out.statuses.push(status_row(env, i, st));
+                statuses += 1;
+            }
+            Err(reason) => bad.push(BadRecord {
+                kind: "status",
+                idx: i,
+                value: st.encode_to_vec(),
+                reason,
+            }),
+        }
+    }
     out.batches.push(BatchRow {
         sensor_id: env.sensor_id.clone(),
         vessel: env.vessel.clone(),
         seq: env.seq,
         received_at: secs(env.received_us),
         inserted_at: secs(now_us()),
-        flows: (batch.flows.len() - bad.len()) as u32,
-        assets: batch.assets.len() as u32,
-        statuses: batch.status.len() as u32,
+        flows,
+        assets,
+        statuses,
         kafka_partition: partition,
         kafka_offset: offset,
         ingest_node: env.ingest_node.clone(),

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::dedup::SeenBatches;
-use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table};
+use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table, TimeWindow};
 use super::SinkArgs;
 use crate::metrics::SinkMetrics;
 
@@ -217,21 +217,25 @@ impl Sink {
             debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
             return;
         }
-        // A flow that cannot be stored is dead-lettered alone (its record
+        // A record that cannot be stored is dead-lettered alone (its record
         // as the value), the rest of the batch is stored.
-        for b in append_rows(&env, &batch, m.partition, m.offset, &mut chunk.rows) {
-            warn!(sensor = %env.sensor_id, seq = env.seq, record = b.idx, error = %b.error,
-                "flow record cannot be stored; dead-lettered, the rest of its batch is stored");
+        let window = TimeWindow {
+            max_age_us: self.args.max_record_age_days as i64 * 86_400_000_000,
+            max_ahead_us: (self.args.max_clock_ahead_secs * 1_000_000) as i64,
+        };
+        for b in append_rows(&env, &batch, window, m.partition, m.offset, &mut chunk.rows) {
+            warn!(sensor = %env.sensor_id, seq = env.seq, kind = b.kind, record = b.idx, reason = %b.reason,
+                "record cannot be stored; dead-lettered, the rest of its batch is stored");
             chunk.dead.push(DeadLetter {
                 topic: m.topic.clone(),
                 partition: m.partition,
                 offset: m.offset,
                 reason: format!(
-                    "flow record {} of sensor {} batch {}: {}",
-                    b.idx, env.sensor_id, env.seq, b.error
+                    "{} record {} of sensor {} batch {}: {}",
+                    b.kind, b.idx, env.sensor_id, env.seq, b.reason
                 ),
                 key: m.key.clone().unwrap_or_default(),
-                value: b.record.encode_to_vec(),
+                value: b.value,
                 failed_us: now_us(),
             });
         }
@@ -383,7 +387,7 @@ impl Sink {
 
     async fn dead_letter(&mut self, d: &DeadLetter) -> bool {
         warn!(topic = %d.topic, partition = d.partition, offset = d.offset, reason = %d.reason,
-            "undecodable record sent to the dead-letter topic");
+            "record sent to the dead-letter topic");
         let value = d.encode_to_vec();
         loop {
             let rec = FutureRecord::to(&self.args.deadletter_topic)
@@ -431,27 +435,91 @@ fn detach(m: &BorrowedMessage<'_>) -> Detached {
     }
 }
 
-/// Inserts `rows` into their table (one insert; nothing when empty).
+/// Days of data (partitions) in one insert at most: modern servers refuse
+/// an insert block that touches more than 100 partitions
+/// (`max_partitions_per_insert_block`), which a replayed archive or a sensor
+/// whose clock jumped would otherwise reach, stalling the partition.
+pub const MAX_DAYS_PER_INSERT: usize = 50;
+
+/// Inserts `rows` into their table: one insert per [`MAX_DAYS_PER_INSERT`]
+/// days of their data (usually one), nothing when empty. All rows of one
+/// day, so of one batch and hour, go in the same insert: the hourly
+/// rollups (one row per batch, hour and destination, from each insert)
+/// stay whole.
 async fn insert_table<T>(ch: &Client, rows: &[T]) -> Result<(), clickhouse::error::Error>
 where
     T: Table + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
     for<'b> T: clickhouse::Row<Value<'b> = T>,
 {
-    if rows.is_empty() {
-        return Ok(());
+    for part in by_days(rows, MAX_DAYS_PER_INSERT) {
+        let mut ins = ch.insert::<T>(<T as Table>::TABLE).await?.with_timeouts(
+            Some(Duration::from_secs(30)),
+            Some(Duration::from_secs(120)),
+        );
+        for r in part {
+            ins.write(r).await?;
+        }
+        ins.end().await?;
     }
-    let mut ins = ch.insert::<T>(<T as Table>::TABLE).await?.with_timeouts(
-        Some(Duration::from_secs(30)),
-        Some(Duration::from_secs(120)),
-    );
+    Ok(())
+}
+
+/// `rows` cut into groups of at most `max_days` distinct days each, in
+/// order of day; each row in exactly one group.
+fn by_days<T: Table>(rows: &[T], max_days: usize) -> Vec<Vec<&T>> {
+    let mut days: Vec<i64> = rows.iter().map(Table::day).collect();
+    days.sort_unstable();
+    days.dedup();
+    if days.len() <= max_days {
+        return if rows.is_empty() {
+            Vec::new()
+        } else {
+            vec![rows.iter().collect()]
+        };
+    }
+    let group_of = |d: i64| days.binary_search(&d).expect("listed") / max_days;
+    let mut groups: Vec<Vec<&T>> = vec![Vec::new(); days.len().div_ceil(max_days)];
     for r in rows {
-        ins.write(r).await?;
+        groups[group_of(r.day())].push(r);
     }
-    ins.end().await
+    groups
 }
 
 async fn insert_rows(ch: &Client, rows: &Rows) -> Result<(), clickhouse::error::Error> {
     insert_table(ch, &rows.flows).await?;
     insert_table(ch, &rows.assets).await?;
     insert_table(ch, &rows.statuses).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct R(i64);
+    impl Table for R {
+        const TABLE: &'static str = "t";
+        fn day(&self) -> i64 {
+            self.0
+        }
+    }
+
+    #[test]
+    fn inserts_are_cut_by_days_keeping_each_day_whole() {
+        assert!(by_days::<R>(&[], 50).is_empty());
+        // 300 days, three rows each, out of order.
+        let rows: Vec<R> = (0..900).map(|i| R((i * 7) % 300)).collect();
+        let groups = by_days(&rows, 50);
+        assert_eq!(groups.len(), 6);
+        let mut seen = std::collections::BTreeMap::new();
+        for (g, rows) in groups.iter().enumerate() {
+            let days: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.0).collect();
+            assert!(days.len() <= 50);
+            for d in days {
+                assert!(seen.insert(d, g).is_none(), "day {d} in two inserts");
+            }
+        }
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), 900);
+        // Within the limit: one insert.
+        assert_eq!(by_days(&rows[..10], 50).len(), 1);
+    }
 }
