@@ -130,6 +130,7 @@ pub struct SinkMetrics {
     pub rows_inserted: Arc<CounterVec>,
     pub duplicates_skipped: Arc<Counter>,
     pub dead_lettered: Arc<Counter>,
+    pub rows_refused: Arc<Counter>,
     pub insert_retries: Arc<Counter>,
     pub insert_seconds: Arc<Histogram>,
     pub commits: Arc<Counter>,
@@ -158,6 +159,10 @@ impl SinkMetrics {
             dead_lettered: r.counter(
                 "tidewatch_sink_dead_lettered",
                 "Kafka records sent to the dead-letter topic.",
+            ),
+            rows_refused: r.counter(
+                "tidewatch_sink_rows_refused",
+                "Rows ClickHouse refused for good (a data error), isolated by halving the insert and dead-lettered; the rest of their chunk is stored.",
             ),
             insert_retries: r.counter(
                 "tidewatch_sink_insert_retries",

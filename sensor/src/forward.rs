@@ -497,14 +497,18 @@ impl Feeder {
         }
     }
 
-    /// The first (highest-priority) waiting batch the budget allows, its
+    /// The highest-priority waiting batch, if the budget allows it, its
     /// bytes reserved.
     fn pick(&self, next: &[Option<Stored>]) -> Option<usize> {
         let mut b = self.budget.lock().expect("budget lock");
-        let pick = next.iter().enumerate().find_map(|(i, n)| {
-            let bytes = n.as_ref()?.request.payload.len() as u64;
-            b.allows(self.readers[i].0, bytes).then_some((i, bytes))
-        });
+        // Strict priority: the highest class with a batch waiting goes, or
+        // nothing does (a smaller batch of a lower class does not overtake
+        // one that waits for budget).
+        let pick = next
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| Some((i, n.as_ref()?.request.payload.len() as u64)))
+            .filter(|&(i, bytes)| b.allows(self.readers[i].0, bytes));
         if let Some((_, bytes)) = pick {
             b.reserve(bytes);
         }

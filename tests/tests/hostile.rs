@@ -627,3 +627,77 @@ fn flows_of_300_days_are_stored_whole_and_impossible_times_dead_lettered_with_a_
         "{sink}"
     );
 }
+
+#[test]
+fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_and_the_rest_stored_whole() {
+    let shore = Shore::builder().ingest(&[]).start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    // A rule the server enforces on the data itself: this port is refused
+    // at insert (a permanent error, code 395), before anything is written.
+    stack
+        .query(
+            "ALTER TABLE tidewatch.flows_raw ADD COLUMN poison UInt8 DEFAULT throwIf(client_port = 666)",
+        )
+        .unwrap();
+    let smport = free_port();
+    let sink = stack.sink(
+        "sink",
+        &["--metrics-listen", &format!("127.0.0.1:{smport}")],
+    );
+    let s = pki.sensor("poisoned", "mv-hostile");
+    let ca = pki.dir.join("ca.pem");
+    let cc = ClientCert {
+        cert: &s.cert,
+        key: &s.key,
+    };
+    let flow = tidewatch_tests::grpc::flow;
+    let mut poison = flow(3);
+    poison.client_port = 666;
+    let reqs = vec![
+        UploadRequest {
+            seq: 1,
+            encoding: Encoding::Protobuf as i32,
+            payload: Batch {
+                seq: 1,
+                flows: vec![flow(0), flow(1), poison, flow(2)],
+                ..Batch::default()
+            }
+            .encode_to_vec(),
+        },
+        request(2, 5, ""),
+    ];
+    let acks = upload(port, &ca, Some(cc), reqs).unwrap();
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{acks:?}"
+    );
+    expect_flows(
+        stack,
+        &BTreeMap::from([(
+            "poisoned".to_string(),
+            Totals {
+                flows: 8,
+                packets: 8 * 7,
+                bytes: 8 * 500,
+            },
+        )]),
+    );
+    // The hourly rollup holds every stored flow once, the refused one not.
+    assert_eq!(
+        stack.query_u64(
+            "SELECT sum(flows) FROM tidewatch.traffic_hourly WHERE sensor_id = 'poisoned'"
+        ),
+        8
+    );
+    tidewatch_tests::wait_until(Duration::from_secs(30), "one dead letter", || {
+        (stack.kafka_records(tidewatch_proto::DEADLETTER_TOPIC) == 1).then_some(())
+    });
+    let text = http_get(smport, "/metrics").unwrap();
+    assert!(
+        text.contains("tidewatch_sink_rows_refused_total 1"),
+        "{text}"
+    );
+    assert!(sink
+        .log_text()
+        .contains("halving it to find the refused rows"));
+}

@@ -53,6 +53,10 @@ pub struct SinkArgs {
     /// Rows per ClickHouse insert (at most; a chunk closes earlier on --max-wait-ms).
     #[arg(long, default_value_t = 100_000)]
     pub max_rows: usize,
+    /// Bytes of Kafka records per chunk (at most, roughly: a chunk closes
+    /// once it holds this many).
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_chunk_bytes: usize,
     /// Milliseconds to wait for more records before inserting a partial chunk.
     #[arg(long, default_value_t = 1000)]
     pub max_wait_ms: u64,
@@ -85,8 +89,8 @@ pub struct SinkArgs {
 /// Sets the sink up and runs its worker until SIGTERM/SIGINT.
 pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     args.clickhouse.validate()?;
-    if args.max_rows == 0 {
-        anyhow::bail!("--max-rows must be at least 1");
+    if args.max_rows == 0 || args.max_chunk_bytes == 0 {
+        anyhow::bail!("--max-rows and --max-chunk-bytes must be at least 1");
     }
     let dlq = args.kafka.producer(30_000)?;
     crate::kafka::wait_for_topic(&dlq, &args.kafka.kafka_brokers, &args.kafka.kafka_topic).await?;

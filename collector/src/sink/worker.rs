@@ -26,6 +26,8 @@ use crate::metrics::SinkMetrics;
 
 struct Chunk {
     rows: Rows,
+    /// Bytes of the Kafka records consumed.
+    bytes: usize,
     /// Highest offset consumed per (topic, partition).
     offsets: HashMap<(String, i32), i64>,
     dead: Vec<DeadLetter>,
@@ -37,6 +39,7 @@ impl Chunk {
     fn new() -> Self {
         Chunk {
             rows: Rows::default(),
+            bytes: 0,
             offsets: HashMap::new(),
             dead: Vec::new(),
             batches: Vec::new(),
@@ -149,7 +152,10 @@ impl Sink {
         };
         self.accept(first, &mut chunk).await;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.args.max_wait_ms);
-        while chunk.rows.len() < self.args.max_rows && !self.stopping() {
+        while chunk.rows.len() < self.args.max_rows
+            && chunk.bytes < self.args.max_chunk_bytes
+            && !self.stopping()
+        {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => {
                     let d = detach(&m);
@@ -168,6 +174,7 @@ impl Sink {
     /// Decodes one record into the chunk (rows, duplicate, or dead letter).
     async fn accept(&mut self, m: Detached, chunk: &mut Chunk) {
         self.metrics.kafka_records.inc();
+        chunk.bytes += m.payload.as_ref().map_or(0, Vec::len);
         let e = chunk
             .offsets
             .entry((m.topic.clone(), m.partition))
@@ -292,8 +299,13 @@ impl Sink {
         }
         let n_rows = chunk.rows.len();
         let started = Instant::now();
-        if !self.retry(Stage::Rows, &chunk.rows).await {
+        let Some(refused) = self.insert_chunk_rows(&chunk.rows).await else {
             return false;
+        };
+        for d in &refused {
+            if !self.dead_letter(d).await {
+                return false;
+            }
         }
         if self.args.fault_exit_after_insert {
             error!(
@@ -303,7 +315,7 @@ impl Sink {
             self.fault_exit = true;
             return false;
         }
-        if !self.retry(Stage::Ledger, &chunk.rows).await {
+        if !self.insert_ledger(&chunk.rows.batches).await {
             return false;
         }
         let mut tpl = TopicPartitionList::new();
@@ -342,44 +354,144 @@ impl Sink {
         true
     }
 
-    /// Runs one write stage until it succeeds or the sink is told to stop.
-    async fn retry(&mut self, stage: Stage, rows: &Rows) -> bool {
-        let what = match stage {
-            Stage::Rows => "insert rows",
-            Stage::Ledger => "insert ledger",
-        };
+    /// Inserts a chunk's rows, table by table. A transient error (the
+    /// server away, overloaded, the schema not there yet) is retried with
+    /// backoff; a permanent one (ClickHouse refuses the data itself) is
+    /// narrowed down by halving the rows until the refused ones are found,
+    /// and those come back (for the dead-letter topic) while every other row
+    /// is stored. `None` if told to stop first.
+    async fn insert_chunk_rows(&mut self, rows: &Rows) -> Option<Vec<DeadLetter>> {
+        let mut refused = Vec::new();
+        self.isolate(&rows.flows, &mut refused).await?;
+        self.isolate(&rows.assets, &mut refused).await?;
+        self.isolate(&rows.statuses, &mut refused).await?;
+        Some(refused)
+    }
+
+    /// Inserts `rows`, isolating the ones refused for good (see
+    /// [`Self::insert_chunk_rows`]): halves of a refused range are tried
+    /// until single rows are left; then every row but the refused ones goes
+    /// in once more as one insert, so that the hourly rollups (one row per
+    /// batch, hour and destination from each insert, the last one kept)
+    /// hold the whole of it. `None` if told to stop first.
+    async fn isolate<T>(&mut self, rows: &[T], refused: &mut Vec<DeadLetter>) -> Option<()>
+    where
+        T: Table + RowOrigin + clickhouse::Row + clickhouse::RowWrite + serde::Serialize + Clone,
+        for<'b> T: clickhouse::Row<Value<'b> = T>,
+    {
+        let mut bad = Vec::new();
+        // Ranges still to insert; halves of a refused range go back on it.
+        let mut todo: Vec<std::ops::Range<usize>> = Vec::new();
+        todo.push(0..rows.len());
+        while let Some(range) = todo.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            match self.insert_with_retry(&rows[range.clone()]).await? {
+                Ok(()) => {}
+                Err(e) if range.len() == 1 => bad.push((range.start, e)),
+                Err(e) => {
+                    warn!(table = T::TABLE, rows = range.len(), error = %e,
+                        "ClickHouse refused the insert for good; halving it to find the refused rows");
+                    let mid = range.start + range.len() / 2;
+                    todo.push(mid..range.end);
+                    todo.push(range.start..mid);
+                }
+            }
+        }
+        if bad.is_empty() {
+            return Some(());
+        }
+        let good: Vec<T> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !bad.iter().any(|(b, _)| b == i))
+            .map(|(_, r)| r.clone())
+            .collect();
+        if let Err(e) = self.insert_with_retry(&good).await? {
+            error!(table = T::TABLE, error = %e, "the rows left after isolating the refused ones were refused too");
+        }
+        for (i, e) in bad {
+            let row = &rows[i];
+            self.metrics.rows_refused.inc();
+            error!(table = T::TABLE, sensor = row.sensor(), seq = row.batch_seq(), error = %e,
+                "ClickHouse refused a row for good; dead-lettered, the rest is stored");
+            refused.push(DeadLetter {
+                topic: self.args.kafka.kafka_topic.clone(),
+                partition: -1,
+                offset: -1,
+                reason: format!(
+                    "ClickHouse refused this {} row of sensor {} batch {}: {e}",
+                    T::TABLE,
+                    row.sensor(),
+                    row.batch_seq()
+                ),
+                key: row.sensor().as_bytes().to_vec(),
+                value: serde_json::to_vec(row).unwrap_or_default(),
+                failed_us: now_us(),
+            });
+        }
+        Some(())
+    }
+
+    /// Inserts `rows`, retrying transient errors with backoff. `None` if
+    /// told to stop first; `Some(Err)` for an error retrying cannot fix.
+    async fn insert_with_retry<T>(
+        &mut self,
+        rows: &[T],
+    ) -> Option<Result<(), clickhouse::error::Error>>
+    where
+        T: Table + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
+        for<'b> T: clickhouse::Row<Value<'b> = T>,
+    {
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0u32;
         loop {
             let t0 = Instant::now();
-            let r = match stage {
-                Stage::Rows => insert_rows(&self.ch, rows).await,
-                Stage::Ledger => insert_table(&self.ch, &rows.batches).await,
-            };
-            match r {
+            match insert_table(&self.ch, rows).await {
                 Ok(()) => {
                     self.metrics.insert_seconds.observe_duration(t0.elapsed());
                     if attempt > 0 {
                         info!(
-                            what,
+                            table = T::TABLE,
                             attempts = attempt + 1,
-                            "ClickHouse write succeeded after retries"
+                            "ClickHouse insert succeeded after retries"
                         );
                     }
-                    return true;
+                    return Some(Ok(()));
                 }
+                Err(e) if is_permanent(&e) => return Some(Err(e)),
                 Err(e) => {
                     attempt += 1;
                     self.metrics.insert_retries.inc();
-                    warn!(what, attempt, error = %e, retry_in = ?backoff, "ClickHouse write failed; offsets stay uncommitted");
+                    warn!(table = T::TABLE, attempt, error = %e, retry_in = ?backoff, "ClickHouse insert failed; offsets stay uncommitted");
                     if self.stopping() {
-                        return false;
+                        return None;
                     }
                     self.pause(backoff).await;
                     if self.stopping() {
-                        return false;
+                        return None;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Inserts the ledger rows until they are in (the ledger is ours: even
+    /// an error that looks permanent is retried, slowly). False if told to
+    /// stop first.
+    async fn insert_ledger(&mut self, rows: &[BatchRow]) -> bool {
+        loop {
+            match self.insert_with_retry(rows).await {
+                None => return false,
+                Some(Ok(())) => return true,
+                Some(Err(e)) => {
+                    error!(error = %e, "ClickHouse refused the ledger rows; retrying in 5 s");
+                    self.pause(Duration::from_secs(5)).await;
+                    if self.stopping() {
+                        return false;
+                    }
                 }
             }
         }
@@ -410,11 +522,59 @@ impl Sink {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Stage {
-    Rows,
-    Ledger,
+/// ClickHouse error codes that mean the data itself is refused: retrying
+/// the same rows cannot succeed. Every other error (network, timeouts,
+/// overload, read-only replica, a schema not migrated yet) is retried.
+const PERMANENT_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    128, // TOO_LARGE_ARRAY_SIZE
+    131, // TOO_LARGE_STRING_SIZE
+    395, // FUNCTION_THROW_IF_VALUE_IS_NON_ZERO
+    469, // VIOLATED_CONSTRAINT
+];
+
+/// Whether ClickHouse refused the data itself (see [`PERMANENT_CODES`]).
+fn is_permanent(e: &clickhouse::error::Error) -> bool {
+    let clickhouse::error::Error::BadResponse(text) = e else {
+        return false;
+    };
+    error_code(text).is_some_and(|c| PERMANENT_CODES.contains(&c))
 }
+
+/// The code of a ClickHouse exception text ("Code: 395, e.displayText() ...").
+fn error_code(text: &str) -> Option<u32> {
+    let rest = &text[text.find("Code: ")? + 6..];
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+/// Where a row came from, for the dead-letter reason.
+trait RowOrigin {
+    fn sensor(&self) -> &str;
+    fn batch_seq(&self) -> u64;
+}
+
+macro_rules! row_origin {
+    ($($t:ty),*) => {$(
+        impl RowOrigin for $t {
+            fn sensor(&self) -> &str {
+                &self.sensor_id
+            }
+            fn batch_seq(&self) -> u64 {
+                self.batch_seq
+            }
+        }
+    )*};
+}
+row_origin!(FlowRow, AssetRow, StatusRow);
 
 /// An owned copy of what the sink needs from a Kafka message.
 struct Detached {
@@ -485,12 +645,6 @@ fn by_days<T: Table>(rows: &[T], max_days: usize) -> Vec<Vec<&T>> {
     groups
 }
 
-async fn insert_rows(ch: &Client, rows: &Rows) -> Result<(), clickhouse::error::Error> {
-    insert_table(ch, &rows.flows).await?;
-    insert_table(ch, &rows.assets).await?;
-    insert_table(ch, &rows.statuses).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +655,24 @@ mod tests {
         fn day(&self) -> i64 {
             self.0
         }
+    }
+
+    #[test]
+    fn data_errors_are_permanent_everything_else_is_retried() {
+        let bad = |t: &str| clickhouse::error::Error::BadResponse(t.to_string());
+        assert!(is_permanent(&bad(
+            "Code: 395, e.displayText() = DB::Exception: Value passed to 'throwIf' function is non zero"
+        )));
+        assert!(is_permanent(&bad("Code: 53. DB::Exception: Type mismatch")));
+        for transient in [
+            "Code: 252, e.displayText() = DB::Exception: Too many parts",
+            "Code: 60, e.displayText() = DB::Exception: Table tidewatch.flows_raw doesn't exist",
+            "Code: 242. DB::Exception: Table is in readonly mode",
+            "no code at all",
+        ] {
+            assert!(!is_permanent(&bad(transient)), "{transient}");
+        }
+        assert_eq!(error_code("Code: 16, e.displayText()"), Some(16));
     }
 
     #[test]
