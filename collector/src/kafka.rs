@@ -84,6 +84,21 @@ impl KafkaArgs {
         Ok(c.create()?)
     }
 
+    /// A consumer for reading partitions it is assigned, in no group and
+    /// committing nothing (tools that read a topic back).
+    pub fn reader(&self) -> Result<rdkafka::consumer::BaseConsumer, KafkaSetupError> {
+        let c = self.config(&[
+            (
+                "group.id",
+                format!("tidewatch-reader-{}", std::process::id()),
+            ),
+            ("enable.auto.commit", "false".into()),
+            ("enable.auto.offset.store", "false".into()),
+            ("isolation.level", "read_committed".into()),
+        ])?;
+        Ok(c.create()?)
+    }
+
     /// A consumer in `group` with manual commits.
     pub fn consumer(&self, group: &str) -> Result<StreamConsumer, KafkaSetupError> {
         let c = self.config(&[

@@ -7,6 +7,7 @@
 //! - [`query`]: analyst queries.
 
 pub mod clickhouse_args;
+pub mod deadletter;
 pub mod identity;
 pub mod ingest;
 pub mod kafka;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
-use tidewatch_collector::{ingest, maintenance, migrate, pki, query, registry, sink};
+use tidewatch_collector::{deadletter, ingest, maintenance, migrate, pki, query, registry, sink};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: registry::RegistryCmd,
     },
+    /// The dead-letter topic: list, show, replay (after the cause is fixed).
+    Deadletter(deadletter::DeadLetterArgs),
     /// Analyst queries.
     Query {
         #[command(flatten)]
@@ -115,5 +117,6 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             registry::run(&clickhouse.client(), cmd).await
         }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
+        Cmd::Deadletter(a) => deadletter::run(a).await,
     }
 }

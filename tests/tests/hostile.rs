@@ -701,3 +701,103 @@ fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_and_the_rest_stored_wh
         .log_text()
         .contains("halving it to find the refused rows"));
 }
+
+#[test]
+fn dead_letters_are_listed_shown_and_a_batch_replayed_after_the_fix_counts_once() {
+    // A sink that takes at most 3 records per batch dead-letters a batch of
+    // five whole; a flow with a bad port is dead-lettered alone.
+    let shore = Shore::builder().ingest(&[]).start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let mut sink = stack.sink("sink-strict", &["--max-batch-records", "3"]);
+    let s = pki.sensor("late", "mv-hostile");
+    let ca = pki.dir.join("ca.pem");
+    let cc = ClientCert {
+        cert: &s.cert,
+        key: &s.key,
+    };
+    let flow = tidewatch_tests::grpc::flow;
+    let mut bad_port = flow(9);
+    bad_port.server_port = 99_999;
+    let with_flows = |seq: u64, flows: Vec<FlowRecord>| UploadRequest {
+        seq,
+        encoding: Encoding::Protobuf as i32,
+        payload: Batch {
+            seq,
+            flows,
+            ..Batch::default()
+        }
+        .encode_to_vec(),
+    };
+    let reqs = vec![
+        request(1, 5, ""),
+        request(2, 2, ""),
+        with_flows(3, vec![flow(0), bad_port, flow(1)]),
+    ];
+    let acks = upload(port, &ca, Some(cc), reqs).unwrap();
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{acks:?}"
+    );
+    tidewatch_tests::wait_until(Duration::from_secs(30), "two dead letters", || {
+        (stack.kafka_records(tidewatch_proto::DEADLETTER_TOPIC) == 2).then_some(())
+    });
+    let deadletter = |args: &[&str]| run_ok(stack.collector().arg("deadletter").args(args));
+    let list = deadletter(&["list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(
+        lines[0].starts_with("0/0\tbatch\tlate\t1\t") && lines[0].contains("records exceed"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("0/1\tflow\tlate\t3\t") && lines[1].contains("port 99999"),
+        "{list}"
+    );
+    let shown: serde_json::Value = serde_json::from_str(&deadletter(&["show", "0/1"])).unwrap();
+    assert_eq!(shown["value"]["server_port"], 99_999, "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&deadletter(&["show", "0/0"])).unwrap();
+    assert_eq!(
+        shown["value"]["batch"]["flows"].as_array().unwrap().len(),
+        5,
+        "{shown}"
+    );
+    // A record letter cannot be replayed.
+    let refused = stack
+        .collector()
+        .args(["deadletter", "replay", "0/1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    // The fix: a sink with the default limits. Replaying once stores the
+    // batch; replaying again changes nothing.
+    assert!(sink.terminate().is_some_and(|st| st.success()));
+    let smport = free_port();
+    let _sink = stack.sink(
+        "sink",
+        &["--metrics-listen", &format!("127.0.0.1:{smport}")],
+    );
+    let mut want = Totals {
+        flows: 4,
+        packets: 4 * 7,
+        bytes: 4 * 500,
+    };
+    expect_flows(stack, &BTreeMap::from([("late".to_string(), want)]));
+    for _ in 0..2 {
+        let out = deadletter(&["replay"]);
+        assert!(
+            out.contains("replayed 1 batch letter(s)")
+                && out.contains("1 record letter(s) are not replayable"),
+            "{out}"
+        );
+    }
+    want = Totals {
+        flows: 9,
+        packets: 9 * 7,
+        bytes: 9 * 500,
+    };
+    expect_flows(stack, &BTreeMap::from([("late".to_string(), want)]));
+    tidewatch_tests::wait_until(Duration::from_secs(30), "the second replay skipped", || {
+        (tidewatch_tests::metric(smport, "tidewatch_sink_duplicate_batches_skipped_total")? == 1.0)
+            .then_some(())
+    });
+}

@@ -188,6 +188,8 @@ impl Sink {
             key: m.key.clone().unwrap_or_default(),
             value: m.payload.clone().unwrap_or_default(),
             failed_us: now_us(),
+            kind: "batch".into(),
+            ..DeadLetter::default()
         };
         let Some(payload) = m.payload.as_deref() else {
             chunk.dead.push(dead("record has no value".into()));
@@ -213,7 +215,11 @@ impl Sink {
         let batch = match codec::decode(env.encoding, &env.payload, limits) {
             Ok(b) => b,
             Err(e) => {
-                chunk.dead.push(dead(e.to_string()));
+                chunk.dead.push(DeadLetter {
+                    sensor_id: env.sensor_id.clone(),
+                    seq: env.seq,
+                    ..dead(e.to_string())
+                });
                 return;
             }
         };
@@ -244,6 +250,9 @@ impl Sink {
                 key: m.key.clone().unwrap_or_default(),
                 value: b.value,
                 failed_us: now_us(),
+                kind: b.kind.into(),
+                sensor_id: env.sensor_id.clone(),
+                seq: env.seq,
             });
         }
         chunk.in_chunk.insert(key.clone());
@@ -429,6 +438,9 @@ impl Sink {
                 key: row.sensor().as_bytes().to_vec(),
                 value: serde_json::to_vec(row).unwrap_or_default(),
                 failed_us: now_us(),
+                kind: "row".into(),
+                sensor_id: row.sensor().to_string(),
+                seq: row.batch_seq(),
             });
         }
         Some(())
