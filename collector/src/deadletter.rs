@@ -103,7 +103,7 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
             if at.is_some() && batches.is_empty() {
                 bail!("letter {} holds one record, not a batch: it cannot be replayed (see `deadletter show`)", at.unwrap_or_default());
             }
-            let producer = args.kafka.producer(30_000)?;
+            let producer = args.kafka.producer(30_000, 64)?;
             let mut replayed = 0u64;
             for l in &batches {
                 let d = &l.letter;

@@ -71,8 +71,14 @@ impl KafkaArgs {
     }
 
     /// An idempotent producer. `message_timeout_ms` bounds how long a batch
-    /// may wait for Kafka before the sensor gets a retryable refusal.
-    pub fn producer(&self, message_timeout_ms: u64) -> Result<FutureProducer, KafkaSetupError> {
+    /// may wait for Kafka before the sensor gets a retryable refusal; its
+    /// queue of messages not yet delivered holds at most `queue_mib` MiB
+    /// (librdkafka's default, 1 GiB, is more than a pod's memory).
+    pub fn producer(
+        &self,
+        message_timeout_ms: u64,
+        queue_mib: u32,
+    ) -> Result<FutureProducer, KafkaSetupError> {
         let c = self.config(&[
             ("enable.idempotence", "true".into()),
             ("acks", "all".into()),
@@ -80,6 +86,11 @@ impl KafkaArgs {
             ("linger.ms", "5".into()),
             ("message.max.bytes", "2097152".into()),
             ("message.timeout.ms", message_timeout_ms.to_string()),
+            (
+                "queue.buffering.max.kbytes",
+                (queue_mib.max(1) * 1024).to_string(),
+            ),
+            ("queue.buffering.max.messages", "100000".into()),
         ])?;
         Ok(c.create()?)
     }

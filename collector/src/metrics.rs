@@ -31,7 +31,12 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "bad_compression",
     "bad_protobuf",
     "kafka_unavailable",
+    "kafka_queue_full",
     "bad_grpc_message",
+    "handshake_limit",
+    "connection_limit",
+    "sensor_connection_limit",
+    "sensor_stream_limit",
 ];
 
 pub struct IngestMetrics {
@@ -48,6 +53,8 @@ pub struct IngestMetrics {
     pub kafka_produce: Arc<Histogram>,
     pub streams_open: Arc<Gauge>,
     pub connections: Arc<Counter>,
+    pub connections_open: Arc<Gauge>,
+    pub handshakes: Arc<Gauge>,
 }
 
 impl IngestMetrics {
@@ -103,6 +110,14 @@ impl IngestMetrics {
             connections: r.counter(
                 "tidewatch_ingest_connections_accepted",
                 "TLS connections accepted with a valid sensor certificate.",
+            ),
+            connections_open: r.gauge(
+                "tidewatch_ingest_connections_open",
+                "Authenticated sensor connections open (--max-connections, --max-connections-per-sensor).",
+            ),
+            handshakes: r.gauge(
+                "tidewatch_ingest_tls_handshakes",
+                "TLS handshakes in progress (--max-handshakes).",
             ),
             registry: r,
         };

@@ -801,3 +801,165 @@ fn dead_letters_are_listed_shown_and_a_batch_replayed_after_the_fix_counts_once(
             .then_some(())
     });
 }
+
+/// Opens `n` TCP connections to 127.0.0.1:`port` that never say anything
+/// and holds them `secs` seconds; prints how many it opened (a Python
+/// child, which raises its own open-file limit).
+fn idle_flood(port: u16, n: usize, secs: u64) -> std::process::Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import resource, socket, sys, time\n\
+             port, n, secs = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])\n\
+             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+             want = n + 64 if hard == resource.RLIM_INFINITY else min(hard, n + 64)\n\
+             resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))\n\
+             held = []\n\
+             for _ in range(n):\n\
+             \x20   s = socket.socket()\n\
+             \x20   s.connect(('127.0.0.1', port))\n\
+             \x20   held.append(s)\n\
+             print(len(held), flush=True)\n\
+             time.sleep(secs)\n",
+        )
+        .args([port.to_string(), n.to_string(), secs.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+#[test]
+fn a_thousand_streams_of_one_sensor_and_two_thousand_idle_connections_are_bounded() {
+    let (shore, mport) =
+        shore_with_ingest_metrics(&["--max-handshakes", "64", "--handshake-timeout-secs", "3"]);
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let ingest_pid = shore.ingest.as_ref().unwrap().pid();
+    let ca = pki.dir.join("ca.pem");
+    let greedy = pki.sensor("greedy", "mv-hostile");
+    let honest = pki.sensor("honest", "mv-hostile");
+    let rss_before = peak_rss_kib(ingest_pid);
+
+    // 1. One certificate, 20 connections × 50 upload streams held open.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (opened, turned_away) = rt.block_on(async {
+        let mut held = Vec::new();
+        let mut channels = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let cc = ClientCert {
+                cert: &greedy.cert,
+                key: &greedy.key,
+            };
+            let Ok(ch) = tidewatch_tests::grpc::channel(port, &ca, Some(cc)).await else {
+                continue;
+            };
+            // Held open, as an attacker would.
+            channels.push(ch.clone());
+            for _ in 0..50 {
+                let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(1);
+                held.push(tx);
+                let mut client = tidewatch_proto::v1::uplink_client::UplinkClient::new(ch.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)),
+                    )
+                    .await;
+                    match r {
+                        Ok(Ok(resp)) => Some(resp.into_inner()),
+                        _ => None,
+                    }
+                }));
+            }
+        }
+        let mut opened = Vec::new();
+        let mut turned_away = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Some(s) => opened.push(s),
+                None => turned_away += 1,
+            }
+        }
+        // While they are held: the honest sensor's batch goes through.
+        let hc = ClientCert {
+            cert: &honest.cert,
+            key: &honest.key,
+        };
+        let ch = tidewatch_tests::grpc::channel(port, &ca, Some(hc))
+            .await
+            .unwrap();
+        let mut client = tidewatch_proto::v1::uplink_client::UplinkClient::new(ch);
+        let mut acks = client
+            .upload(tokio_stream::iter(vec![request(1, 3, "")]))
+            .await
+            .unwrap()
+            .into_inner();
+        let ack = acks.message().await.unwrap().unwrap();
+        assert_eq!(ack.status, AckStatus::Accepted as i32, "{ack:?}");
+        let n = opened.len();
+        drop((held, opened, channels));
+        (n, turned_away)
+    });
+    println!("one certificate: {opened} upload streams open, {turned_away} refused");
+    assert!(opened <= 8, "{opened} streams of one sensor open");
+    assert_eq!(opened + turned_away, 1000);
+    let r = refused(mport);
+    assert!(
+        r.get("sensor_stream_limit").copied().unwrap_or(0.0) > 0.0,
+        "{r:?}"
+    );
+    assert!(
+        r.get("sensor_connection_limit").copied().unwrap_or(0.0) > 0.0,
+        "{r:?}"
+    );
+
+    // 2. Two thousand connections that never start TLS.
+    let mut flood = idle_flood(port, 2000, 6);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flood.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(
+        line.trim(),
+        "2000",
+        "the flood could not open its connections"
+    );
+    // Handshake places free up within the handshake timeout: a sensor
+    // reconnecting with backoff gets in.
+    let hc = ClientCert {
+        cert: &honest.cert,
+        key: &honest.key,
+    };
+    let acks =
+        tidewatch_tests::wait_until(Duration::from_secs(30), "the honest sensor served", || {
+            upload(port, &ca, Some(hc), vec![request(2, 3, "")]).ok()
+        });
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    let _ = flood.kill();
+    let _ = flood.wait();
+    let r = refused(mport);
+    assert!(
+        r.get("handshake_limit").copied().unwrap_or(0.0) >= 1000.0,
+        "{r:?}"
+    );
+    let rss_after = peak_rss_kib(ingest_pid);
+    println!("ingest peak RSS: {rss_before} KiB before, {rss_after} KiB after both floods");
+    assert!(rss_after < 256 * 1024, "ingest peak RSS {rss_after} KiB");
+    expect_flows(
+        stack,
+        &BTreeMap::from([(
+            "honest".to_string(),
+            Totals {
+                flows: 6,
+                packets: 6 * 7,
+                bytes: 6 * 500,
+            },
+        )]),
+    );
+}

@@ -57,6 +57,32 @@ pub struct IngestArgs {
     /// Milliseconds a batch may wait for Kafka before the sensor is told to retry.
     #[arg(long, default_value_t = 30_000)]
     pub kafka_timeout_ms: u64,
+    /// Bytes of batches waiting to be written to Kafka, in MiB (librdkafka's
+    /// queue); a batch that finds it full is refused as retryable.
+    #[arg(long, default_value_t = 64)]
+    pub kafka_queue_mib: u32,
+    /// TLS handshakes in progress at once; a connection beyond it is closed
+    /// at once (the sensor reconnects with backoff).
+    #[arg(long, default_value_t = 256)]
+    pub max_handshakes: usize,
+    /// Seconds a TLS handshake may take (a peer that sends nothing is
+    /// dropped after it).
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_secs: u64,
+    /// Authenticated connections open at once, over all sensors.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Connections one sensor certificate may hold open at once (a sensor
+    /// uses one; those of a dead link linger until keepalive closes them).
+    #[arg(long, default_value_t = 8)]
+    pub max_connections_per_sensor: usize,
+    /// Upload streams one sensor certificate may hold open at once (over
+    /// its connections); one beyond it is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 8)]
+    pub max_streams_per_sensor: usize,
+    /// HTTP/2 streams per connection (any RPC, health checks included).
+    #[arg(long, default_value_t = 16)]
+    pub max_streams_per_connection: u32,
     /// Serve Prometheus metrics (/metrics) and readiness (/healthz) over
     /// plain HTTP on this address, e.g. 0.0.0.0:9100 (default: off).
     #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
@@ -91,7 +117,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     })
     .context("loading TLS material")?;
 
-    let producer = args.kafka.producer(args.kafka_timeout_ms)?;
+    let producer = args
+        .kafka
+        .producer(args.kafka_timeout_ms, args.kafka_queue_mib)?;
     crate::kafka::wait_for_topic(
         &producer,
         &args.kafka.kafka_brokers,
@@ -122,6 +150,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         max_batch_bytes: args.max_batch_bytes,
         max_records: args.max_batch_records,
         max_decoded_bytes: args.max_decoded_bytes,
+        max_streams_per_sensor: args.max_streams_per_sensor.max(1),
+        kafka_timeout: Duration::from_millis(args.kafka_timeout_ms),
         ..Limits::default()
     };
     let svc = IngestService::new(
@@ -165,7 +195,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         tls_cfg,
         conn_tx,
         metrics.clone(),
-        Duration::from_secs(10),
+        tls::AcceptLimits {
+            handshakes: args.max_handshakes.max(1),
+            handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
+            connections: args.max_connections.max(1),
+            per_sensor: args.max_connections_per_sensor.max(1),
+        },
     ));
     info!(listen = %local, topic = %args.kafka.kafka_topic, brokers = %args.kafka.kafka_brokers, "ingest listening");
 
@@ -184,6 +219,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tonic::transport::Server::builder()
+        .max_concurrent_streams(args.max_streams_per_connection.max(1))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

@@ -39,6 +39,10 @@ pub struct Limits {
     /// Batches decoded and checked at once (off the async runtime's
     /// threads, on the blocking pool), over every stream.
     pub decode_workers: usize,
+    /// Upload streams one sensor may hold open at once.
+    pub max_streams_per_sensor: usize,
+    /// How long a batch may wait for room in the Kafka producer's queue.
+    pub kafka_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +53,8 @@ impl Default for Limits {
             max_records: 50_000,
             max_inflight_per_stream: 32,
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_streams_per_sensor: 8,
+            kafka_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -86,6 +92,8 @@ impl Refusal {
 struct Inner {
     /// One permit per batch being decoded ([`Limits::decode_workers`]).
     decode_slots: tokio::sync::Semaphore,
+    /// Upload streams open per sensor.
+    streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The highest seq this node saw from each sensor.
     highest_seq: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     producer: FutureProducer,
@@ -113,6 +121,7 @@ impl IngestService {
             inner: Arc::new(Inner {
                 decode_slots: tokio::sync::Semaphore::new(limits.decode_workers.max(1)),
                 highest_seq: Default::default(),
+                streams: Default::default(),
                 producer,
                 topic,
                 limits,
@@ -309,7 +318,11 @@ impl Inner {
         m.flows_received.add(flows);
         // Bounded by the producer's message.timeout.ms.
         let started = std::time::Instant::now();
-        let sent = self.producer.send(record, Timeout::Never).await;
+        // Waits for room in the producer's bounded queue at most this long.
+        let sent = self
+            .producer
+            .send(record, Timeout::After(self.limits.kafka_timeout))
+            .await;
         m.kafka_produce.observe_duration(started.elapsed());
         match sent {
             Ok(delivery) => {
@@ -335,7 +348,17 @@ impl Inner {
                 }
             }
             Err((e, _)) => {
-                m.refused.inc("kafka_unavailable");
+                let full = matches!(
+                    e,
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull
+                    )
+                );
+                m.refused.inc(if full {
+                    "kafka_queue_full"
+                } else {
+                    "kafka_unavailable"
+                });
                 warn!(sensor = %id.sensor_id, seq = req.seq, error = %e, "Kafka did not take the batch; sensor will retry");
                 UploadAck {
                     seq: req.seq,
@@ -349,19 +372,43 @@ impl Inner {
     }
 }
 
-/// Counts an open upload stream for as long as it lives.
-struct StreamGauge(Arc<IngestMetrics>);
+/// An open upload stream, counted (in total and for its sensor) for as
+/// long as it lives.
+struct OpenStream {
+    inner: Arc<Inner>,
+    sensor: String,
+}
 
-impl StreamGauge {
-    fn open(m: Arc<IngestMetrics>) -> Self {
-        m.streams_open.add(1.0);
-        StreamGauge(m)
+impl OpenStream {
+    /// Counts a new stream of `sensor`, or `None` if the sensor already
+    /// holds its limit of streams.
+    fn open(inner: Arc<Inner>, sensor: &str) -> Option<OpenStream> {
+        {
+            let mut m = inner.streams.lock().expect("stream map lock");
+            let n = m.entry(sensor.to_string()).or_insert(0);
+            if *n >= inner.limits.max_streams_per_sensor {
+                return None;
+            }
+            *n += 1;
+        }
+        inner.metrics.streams_open.add(1.0);
+        Some(OpenStream {
+            inner,
+            sensor: sensor.to_string(),
+        })
     }
 }
 
-impl Drop for StreamGauge {
+impl Drop for OpenStream {
     fn drop(&mut self) {
-        self.0.streams_open.add(-1.0);
+        let mut m = self.inner.streams.lock().expect("stream map lock");
+        if let Some(n) = m.get_mut(&self.sensor) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.sensor);
+            }
+        }
+        self.inner.metrics.streams_open.add(-1.0);
     }
 }
 
@@ -384,6 +431,14 @@ impl Uplink for IngestService {
         if *self.shutdown.borrow() {
             return Err(Status::unavailable("collector is shutting down"));
         }
+        let Some(open) = OpenStream::open(self.inner.clone(), &peer.identity.sensor_id) else {
+            self.inner.metrics.refused.inc("sensor_stream_limit");
+            warn!(peer = %peer.remote, sensor = %peer.identity.sensor_id,
+                "upload stream refused: this sensor holds its limit of open streams");
+            return Err(Status::resource_exhausted(
+                "this sensor already holds its limit of open upload streams; retry later",
+            ));
+        };
         let mut inbound = request.into_inner();
         let inner = self.inner.clone();
         let mut shutdown = self.shutdown.clone();
@@ -391,7 +446,7 @@ impl Uplink for IngestService {
         let (tx, rx) = mpsc::channel(max_inflight + 1);
         info!(peer = %peer.remote, sensor = %peer.identity.sensor_id, vessel = %peer.identity.vessel, "upload stream opened");
         tokio::spawn(async move {
-            let _open = StreamGauge::open(inner.metrics.clone());
+            let _open = open;
             let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             let mut reading = true;
             let mut final_status: Option<Status> = None;

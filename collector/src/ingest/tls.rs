@@ -118,10 +118,49 @@ pub struct PeerInfo {
     pub identity: SensorIdentity,
 }
 
-/// An established, authenticated connection.
+/// An established, authenticated connection. Holds its places under the
+/// connection limits ([`AcceptLimits`]) until it is dropped.
 pub struct SensorConn {
     inner: TlsStream<TcpStream>,
     info: PeerInfo,
+    _slots: ConnSlots,
+}
+
+/// Bounds on what the accept loop takes on.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// TLS handshakes in progress at once.
+    pub handshakes: usize,
+    pub handshake_timeout: Duration,
+    /// Authenticated connections open at once.
+    pub connections: usize,
+    /// Authenticated connections of one sensor open at once.
+    pub per_sensor: usize,
+}
+
+/// Open connections per sensor, shared by the accept loop and the
+/// connections themselves.
+type PerSensor = Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>;
+
+/// A connection's places under the limits: released when it closes.
+struct ConnSlots {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    per_sensor: PerSensor,
+    sensor: String,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl Drop for ConnSlots {
+    fn drop(&mut self) {
+        let mut m = self.per_sensor.lock().expect("connection map lock");
+        if let Some(n) = m.get_mut(&self.sensor) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.sensor);
+            }
+        }
+        self.metrics.connections_open.add(-1.0);
+    }
 }
 
 impl Connected for SensorConn {
@@ -167,18 +206,24 @@ impl AsyncWrite for SensorConn {
     }
 }
 
-/// Accepts TCP connections, runs the TLS handshake (bounded in time) and
-/// forwards authenticated connections. Refusals are logged with the peer
-/// address and the reason (no certificate, unknown CA, expired, revoked,
-/// not TLS at all, ...). Returns when `conns` is closed.
+/// Accepts TCP connections, runs the TLS handshake (bounded in time and in
+/// number: a connection beyond `limits.handshakes` is closed at once) and
+/// forwards authenticated connections within the connection limits (in
+/// total and per sensor; one beyond them is closed, the sensor reconnects
+/// with backoff). Refusals are counted and logged with the peer address and
+/// the reason (no certificate, unknown CA, expired, revoked, not TLS at all,
+/// a limit, ...). Returns when `conns` is closed.
 pub async fn accept_loop(
     listener: TcpListener,
     cfg: Arc<ServerConfig>,
     conns: mpsc::Sender<Result<SensorConn, io::Error>>,
     metrics: Arc<IngestMetrics>,
-    handshake_timeout: Duration,
+    limits: AcceptLimits,
 ) {
     let acceptor = TlsAcceptor::from(cfg);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes));
+    let total = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let per_sensor: PerSensor = Arc::default();
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -191,12 +236,22 @@ pub async fn accept_loop(
             },
             _ = conns.closed() => return,
         };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            metrics.refused.inc("handshake_limit");
+            debug!(peer = %remote, "too many TLS handshakes in progress; connection closed");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let conns = conns.clone();
         let metrics = metrics.clone();
+        let (total, per_sensor) = (total.clone(), per_sensor.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            metrics.handshakes.add(1.0);
+            let r = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+            metrics.handshakes.add(-1.0);
+            drop(handshake);
+            let tls = match r {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     metrics.refused.inc("tls_handshake");
@@ -205,7 +260,7 @@ pub async fn accept_loop(
                 }
                 Err(_) => {
                     metrics.refused.inc("tls_timeout");
-                    warn!(peer = %remote, timeout = ?handshake_timeout, "TLS handshake timed out");
+                    warn!(peer = %remote, timeout = ?limits.handshake_timeout, "TLS handshake timed out");
                     return;
                 }
             };
@@ -223,11 +278,35 @@ pub async fn accept_loop(
                     return;
                 }
             };
+            let Ok(total) = total.try_acquire_owned() else {
+                metrics.refused.inc("connection_limit");
+                warn!(peer = %remote, sensor = %identity.sensor_id, "too many connections open; connection closed");
+                return;
+            };
+            {
+                let mut m = per_sensor.lock().expect("connection map lock");
+                let n = m.entry(identity.sensor_id.clone()).or_insert(0);
+                if *n >= limits.per_sensor {
+                    metrics.refused.inc("sensor_connection_limit");
+                    warn!(peer = %remote, sensor = %identity.sensor_id, open = *n,
+                        "too many connections of this sensor open; connection closed");
+                    return;
+                }
+                *n += 1;
+            }
             metrics.connections.inc();
+            metrics.connections_open.add(1.0);
             debug!(peer = %remote, sensor = %identity.sensor_id, vessel = %identity.vessel, "sensor connected");
+            let slots = ConnSlots {
+                _total: total,
+                per_sensor,
+                sensor: identity.sensor_id.clone(),
+                metrics,
+            };
             let conn = SensorConn {
                 inner: tls,
                 info: PeerInfo { remote, identity },
+                _slots: slots,
             };
             let _ = conns.send(Ok(conn)).await;
         });

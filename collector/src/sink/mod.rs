@@ -92,7 +92,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if args.max_rows == 0 || args.max_chunk_bytes == 0 {
         anyhow::bail!("--max-rows and --max-chunk-bytes must be at least 1");
     }
-    let dlq = args.kafka.producer(30_000)?;
+    let dlq = args.kafka.producer(30_000, 64)?;
     crate::kafka::wait_for_topic(&dlq, &args.kafka.kafka_brokers, &args.kafka.kafka_topic).await?;
     crate::kafka::wait_for_topic(&dlq, &args.kafka.kafka_brokers, &args.deadletter_topic).await?;
     let consumer = args.kafka.consumer(&args.group)?;
