@@ -67,14 +67,21 @@ fn expected(pcap: &Path, dns: usize) -> Totals {
     totals(&flows)
 }
 
+/// The sensor "dns-flood" of `shore`, and a capture of `dns` DNS flows of
+/// 16 random names then 200 Modbus polls with the totals `read` gives.
+fn dns_flood(shore: &Shore, dns: u32) -> (tidewatch_tests::SensorCert, std::path::PathBuf, Totals) {
+    let cert = shore.pki.sensor("dns-flood", "mv-hostile");
+    let pcap = shore.stack.path().join("dns-flood.pcap");
+    write_dns_flood_then_modbus(&pcap, dns, 16, 200, 1_700_000_000).unwrap();
+    let want = expected(&pcap, dns as usize);
+    (cert, pcap, want)
+}
+
 #[test]
 fn flows_carrying_the_most_indicators_are_sealed_under_the_limit_and_stored_once() {
     let (shore, mport) = shore_with_ingest_metrics(&[]);
     let (stack, port) = (&shore.stack, shore.port);
-    let cert = shore.pki.sensor("dns-flood", "mv-hostile");
-    let pcap = stack.path().join("dns-flood.pcap");
-    write_dns_flood_then_modbus(&pcap, 4000, 16, 200, 1_700_000_000).unwrap();
-    let want = expected(&pcap, 4000);
+    let (cert, pcap, want) = dns_flood(&shore, 4000);
     let state = stack.path().join("state");
     let mut s = SensorRun::new(&cert, port, &pcap, &state).spawn("sensor", stack.path());
     let st = s.wait(Duration::from_secs(180));
@@ -97,10 +104,7 @@ fn batches_over_the_collectors_limits_are_split_and_every_flow_stored_once() {
     // are refused as too large, their halves go in.
     let (shore, mport) = shore_with_ingest_metrics(&[]);
     let (stack, port) = (&shore.stack, shore.port);
-    let cert = shore.pki.sensor("dns-flood", "mv-hostile");
-    let pcap = stack.path().join("dns-flood.pcap");
-    write_dns_flood_then_modbus(&pcap, 4000, 16, 200, 1_700_000_000).unwrap();
-    let want = expected(&pcap, 4000);
+    let (cert, pcap, want) = dns_flood(&shore, 4000);
     let state = stack.path().join("state");
     let mut s = SensorRun::new(&cert, port, &pcap, &state)
         .args(&["--batch-flows", "4000", "--batch-max-bytes", "8000000"])
@@ -140,10 +144,7 @@ fn what_cannot_be_split_enough_is_set_aside_reported_ashore_and_retried_once() {
         .sink(&[])
         .start();
     let (stack, port) = (&shore.stack, shore.port);
-    let cert = shore.pki.sensor("dns-flood", "mv-hostile");
-    let pcap = stack.path().join("dns-flood.pcap");
-    write_dns_flood_then_modbus(&pcap, 40, 16, 200, 1_700_000_000).unwrap();
-    let want = expected(&pcap, 40);
+    let (cert, pcap, want) = dns_flood(&shore, 40);
     let state = stack.path().join("state");
     let mut s = SensorRun::new(&cert, port, &pcap, &state).spawn("sensor", stack.path());
     let st = s.wait(Duration::from_secs(180));

@@ -55,7 +55,11 @@ fn main() {
     let certs: Vec<SensorCert> = (0..certs)
         .map(|i| pki.sensor(&format!("sim-{i}"), "mv-bench"))
         .collect();
-    println!("issued {} certificates in {:.1} s", certs.len(), t.elapsed().as_secs_f64());
+    println!(
+        "issued {} certificates in {:.1} s",
+        certs.len(),
+        t.elapsed().as_secs_f64()
+    );
     let port = free_port();
     let ingest = stack.ingest(
         &pki,
@@ -78,7 +82,9 @@ fn main() {
     let payload = |seq: u64, base: u64| -> UploadRequest {
         let batch = Batch {
             seq,
-            flows: (0..per_batch as u64).map(|i| bench_flow(base + i)).collect(),
+            flows: (0..per_batch as u64)
+                .map(|i| bench_flow(base + i))
+                .collect(),
             ..Batch::default()
         };
         UploadRequest {
@@ -159,7 +165,11 @@ fn main() {
         drop(channels);
         (open_kib, acked, upload_s, peak_kib)
     });
-    assert_eq!(acked, (streams * batches) as u64, "not every batch was acked");
+    assert_eq!(
+        acked,
+        (streams * batches) as u64,
+        "not every batch was acked"
+    );
     let mib = |k: u64| k as f64 / 1024.0;
     println!(
         "ingest RSS: {:.0} MiB idle, {:.0} MiB with {streams} streams open ({:.1} KiB per stream)",
