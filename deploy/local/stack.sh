@@ -43,6 +43,8 @@ install() {
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
+  # tcpreplay: the live-capture test replays a capture onto a veth pair.
+  command -v tcpreplay >/dev/null 2>&1 || pkgs+=(tcpreplay)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

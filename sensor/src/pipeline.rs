@@ -8,7 +8,9 @@ use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::capture::{CaptureError, LiveCapture, LiveError, LiveStats, PcapReader, RawPacket};
+use crate::capture::{
+    CaptureError, LiveCapture, LiveConfig, LiveError, LiveStats, PcapReader, RawPacket,
+};
 use crate::decode::{arp_sender, decode, Undecoded};
 use crate::flow::{FlowStats, FlowTable};
 
@@ -209,16 +211,15 @@ fn flush(table: &mut FlowTable, sink: &mut Sink<'_>) -> Result<(), MeterError> {
 /// kernel still holds and flushes every flow. Logs "live capture started"
 /// once the interface is open. `on_stats` receives the kernel counters once a second.
 pub fn meter_live(
-    iface: &str,
-    filter: Option<&str>,
+    live: LiveConfig<'_>,
     table: &mut FlowTable,
     stop: &AtomicBool,
     duration: Option<Duration>,
     progress: &Progress,
     mut sink: impl FnMut(Vec<FlowRecord>, Vec<AssetObservation>) -> anyhow::Result<()>,
 ) -> Result<(CaptureStats, FlowStats, LiveStats), MeterError> {
-    let mut cap = LiveCapture::open(iface, filter, 200)?;
-    tracing::info!(interface = iface, filter = ?filter, "live capture started");
+    let mut cap = LiveCapture::open(live, 200)?;
+    tracing::info!(interface = live.iface, filter = ?live.filter, buffer_bytes = live.buffer_bytes, "live capture started");
     let started = Instant::now();
     let mut last_hand_off = Instant::now();
     let mut stats = CaptureStats::default();

@@ -1,6 +1,8 @@
 //! Live capture on a network interface through libpcap: promiscuous,
-//! immediate delivery, nanosecond timestamps where the kernel gives them,
-//! an optional BPF filter, and the kernel's receive/drop counters.
+//! nanosecond timestamps where the kernel gives them, an optional BPF
+//! filter, and the kernel's receive/drop counters. Not in immediate mode:
+//! the kernel hands the ring over in blocks (when full, or after the read
+//! timeout), so a busy link costs one wake-up per block, not per packet.
 //!
 //! Needs CAP_NET_RAW (and CAP_NET_ADMIN for promiscuous mode on some
 //! systems), not root.
@@ -25,21 +27,34 @@ pub struct LiveStats {
     pub dropped: u64,
 }
 
+/// What to capture live, and the kernel ring's size.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveConfig<'a> {
+    pub iface: &'a str,
+    /// BPF filter in tcpdump syntax.
+    pub filter: Option<&'a str>,
+    pub buffer_bytes: usize,
+}
+
 pub struct LiveCapture {
     iface: String,
     cap: pcap::Capture<pcap::Active>,
     linktype: u32,
     nanos: bool,
     wait: std::time::Duration,
+    /// The last read found a packet: read again before polling.
+    ready: bool,
 }
 
 impl LiveCapture {
-    /// Opens `iface`; `read_timeout_ms` bounds how long `next_packet` waits.
-    pub fn open(
-        iface: &str,
-        filter: Option<&str>,
-        read_timeout_ms: i32,
-    ) -> Result<Self, LiveError> {
+    /// Opens the interface of `cfg`; `read_timeout_ms` bounds how long
+    /// `next_packet` waits.
+    pub fn open(cfg: LiveConfig<'_>, read_timeout_ms: i32) -> Result<Self, LiveError> {
+        let LiveConfig {
+            iface,
+            filter,
+            buffer_bytes,
+        } = cfg;
         let open_err = |source| LiveError::Open {
             iface: iface.to_string(),
             source,
@@ -48,8 +63,8 @@ impl LiveCapture {
             .map_err(open_err)?
             .promisc(true)
             .snaplen(65535)
-            .immediate_mode(true)
-            .buffer_size(8 * 1024 * 1024)
+            .immediate_mode(false)
+            .buffer_size(buffer_bytes.min(i32::MAX as usize) as i32)
             .timeout(read_timeout_ms)
             .precision(pcap::Precision::Nano);
         // Non-blocking: libpcap's read timeout is not honoured in every
@@ -73,24 +88,31 @@ impl LiveCapture {
             linktype,
             nanos: true,
             wait: std::time::Duration::from_millis(read_timeout_ms.max(1) as u64),
+            ready: false,
         })
     }
 
     /// The next packet, or `None` after about `read_timeout_ms` without one.
+    /// While packets are waiting, each is one non-blocking read; only an
+    /// empty ring costs a `poll` (a system call per packet would cap the
+    /// rate far below the wire's).
     #[allow(unsafe_code)] // see the SAFETY comments
     pub fn next_packet(&mut self) -> Result<Option<RawPacket<'_>>, LiveError> {
         use std::os::fd::AsRawFd;
-        let mut pfd = libc::pollfd {
-            fd: self.cap.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = self.wait.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for the duration of the call; the fd is
-        // owned by `self.cap`, which outlives it.
-        let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if ready == 0 {
-            return Ok(None);
+        if !self.ready {
+            let mut pfd = libc::pollfd {
+                fd: self.cap.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = self.wait.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd for the duration of the call; the fd
+            // is owned by `self.cap`, which outlives it.
+            let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if ready == 0 {
+                return Ok(None);
+            }
+            self.ready = true;
         }
         match self.cap.next_packet() {
             Ok(p) => {
@@ -107,7 +129,11 @@ impl LiveCapture {
                     data: p.data,
                 }))
             }
-            Err(pcap::Error::TimeoutExpired) => Ok(None),
+            Err(pcap::Error::TimeoutExpired) => {
+                // The ring is empty: wait in poll next time.
+                self.ready = false;
+                Ok(None)
+            }
             Err(source) => Err(LiveError::Read {
                 iface: self.iface.clone(),
                 source,

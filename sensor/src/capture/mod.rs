@@ -7,7 +7,7 @@ pub mod pcap;
 mod readahead;
 
 pub use self::pcap::{CaptureError, PcapReader};
-pub use live::{LiveCapture, LiveError, LiveStats};
+pub use live::{LiveCapture, LiveConfig, LiveError, LiveStats};
 
 /// Link-layer header types (LINKTYPE_* values of the pcap/pcapng formats).
 pub mod linktype {

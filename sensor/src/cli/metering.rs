@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tidewatch_proto::v1::{AssetObservation, FlowRecord};
 use tidewatch_sensor::capture::CaptureError;
+use tidewatch_sensor::capture::LiveConfig;
 use tidewatch_sensor::flow::FlowTable;
 use tidewatch_sensor::pipeline::{meter_file, meter_live, FileMetered, Progress};
 use tracing::{info, warn};
@@ -71,8 +72,11 @@ pub fn meter(
     } = ctl;
     if let Some(iface) = &live.interface {
         let (cap, flows, k) = meter_live(
-            iface,
-            live.filter.as_deref(),
+            LiveConfig {
+                iface,
+                filter: live.filter.as_deref(),
+                buffer_bytes: live.capture_buffer_mib as usize * 1024 * 1024,
+            },
             table,
             stop,
             duration,

@@ -342,6 +342,17 @@ pub struct LiveArgs {
         requires = "interface"
     )]
     pub filter: Option<String>,
+    /// Kernel capture buffer in MiB (live capture only): what absorbs a
+    /// burst while the sensor is busy; a full buffer drops packets
+    /// (counted as kernel drops).
+    #[arg(
+        long,
+        env = "TIDEWATCH_CAPTURE_BUFFER_MIB",
+        value_name = "MIB",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..=4096)
+    )]
+    pub capture_buffer_mib: u32,
 }
 
 #[derive(Subcommand)]
