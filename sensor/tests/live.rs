@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod common;
+
 fn ip(args: &[&str]) {
     let st = Command::new("ip").args(args).status().expect("run ip");
     assert!(st.success(), "ip {args:?} failed");
@@ -151,6 +153,78 @@ fn watch_lines(
     (rx, t)
 }
 
+/// `tidewatch-sensor read --interface IFACE --filter ip` running in
+/// namespace `ns` (after `prefix`, e.g. a change of user), its output
+/// collected on threads.
+struct LiveSensor {
+    child: std::process::Child,
+    capturing: std::sync::mpsc::Receiver<bool>,
+    stderr: std::thread::JoinHandle<String>,
+    stdout: std::thread::JoinHandle<String>,
+}
+
+impl LiveSensor {
+    fn start(ns: &str, iface: &str, prefix: &[&str]) -> LiveSensor {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(prefix)
+            .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
+            .args(["--interface", iface, "--filter", "ip"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (capturing, stderr) = watch_lines(child.stderr.take().unwrap(), "live capture started");
+        let out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::BufReader::new(out), &mut s).unwrap();
+            s
+        });
+        LiveSensor {
+            child,
+            capturing,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Waits until the sensor has opened the interface.
+    fn wait_capturing(&self) {
+        assert_eq!(
+            self.capturing.recv_timeout(Duration::from_secs(60)),
+            Ok(true),
+            "the sensor never said it was capturing"
+        );
+    }
+
+    /// Stops it with SIGTERM (to the sensor itself: `ip netns exec` may run
+    /// it as a child); its exit status, stderr and flows.
+    fn stop(mut self) -> (std::process::ExitStatus, String, Vec<Value>) {
+        let pid = self.child.id().to_string();
+        let child = Command::new("pkill")
+            .args(["-TERM", "-P", &pid])
+            .status()
+            .unwrap();
+        if !child.success() {
+            assert!(Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success());
+        }
+        let status = self.child.wait().unwrap();
+        let flows = self
+            .stdout
+            .join()
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (status, self.stderr.join().unwrap(), flows)
+    }
+}
+
 #[test]
 fn live_capture_on_a_veth_between_namespaces() {
     let net = Net::new();
@@ -162,67 +236,25 @@ fn live_capture_on_a_veth_between_namespaces() {
     let (server_ready, _) = watch_lines(server.stdout.take().unwrap(), "ready");
     // As an unprivileged user holding CAP_NET_RAW and no other capability,
     // as the systemd unit runs it; stopped by SIGTERM once the traffic is done.
-    let mut sensor = Command::new("ip")
-        .args(["netns", "exec", &net.a])
-        .args(NET_RAW_ONLY)
-        .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
-        .args(["--interface", &net.ia, "--filter", "ip"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (capturing, stderr) = watch_lines(sensor.stderr.take().unwrap(), "live capture started");
-    let stdout = sensor.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s).unwrap();
-        s
-    });
+    let sensor = LiveSensor::start(&net.a, &net.ia, NET_RAW_ONLY);
     // Traffic only once both ends say they are ready.
-    let ready = |rx: std::sync::mpsc::Receiver<bool>, what: &str| {
-        assert_eq!(
-            rx.recv_timeout(Duration::from_secs(60)),
-            Ok(true),
-            "{what} never said it was ready"
-        );
-    };
-    ready(server_ready, "the Modbus server");
-    ready(capturing, "the sensor");
+    assert_eq!(
+        server_ready.recv_timeout(Duration::from_secs(60)),
+        Ok(true),
+        "the Modbus server never said it was ready"
+    );
+    sensor.wait_capturing();
     let st = Command::new("ip")
         .args(["netns", "exec", &net.b, "python3", "-c", CLIENT])
         .status()
         .unwrap();
     assert!(st.success(), "traffic client failed");
     // The client has had every answer: all the counted packets were captured.
-    // SIGTERM to the sensor itself (`ip netns exec` may run it as a child).
-    let pid = sensor.id().to_string();
-    let child = Command::new("pkill")
-        .args(["-TERM", "-P", &pid])
-        .status()
-        .unwrap();
-    if !child.success() {
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-    let status = sensor.wait().unwrap();
+    let (status, stderr, flows) = sensor.stop();
     let _ = server.kill();
     let _ = server.wait();
-    let out = std::process::Output {
-        status,
-        stdout: stdout.join().unwrap().into_bytes(),
-        stderr: stderr.join().unwrap().into_bytes(),
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sensor failed: {stderr}");
+    assert!(status.success(), "sensor failed: {stderr}");
     assert!(stderr.contains("live capture stopped"), "{stderr}");
-    let flows: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let nmea = flows
         .iter()
         .find(|f| f["server_port"] == 10110)
@@ -305,40 +337,10 @@ fn a_replay_below_the_lossless_rate_is_metered_whole_as_the_file_is() {
     let dir = tempfile::tempdir().unwrap();
     let pcap = dir.path().join("mixed.pcap");
     let frames = write_mixed_capture(&pcap, 40_000, 4_000);
-    let file: Vec<Value> = {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
-            .arg("read")
-            .arg(&pcap)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let file = common::read_json(&pcap, &[]);
     let net = Net::new();
-    let mut sensor = Command::new("ip")
-        .args(["netns", "exec", &net.a])
-        .args([env!("CARGO_BIN_EXE_tidewatch-sensor"), "read"])
-        .args(["--interface", &net.ia, "--filter", "ip"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (capturing, stderr) = watch_lines(sensor.stderr.take().unwrap(), "live capture started");
-    let stdout = sensor.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut std::io::BufReader::new(stdout), &mut s).unwrap();
-        s
-    });
-    assert_eq!(
-        capturing.recv_timeout(Duration::from_secs(60)),
-        Ok(true),
-        "the sensor never started"
-    );
+    let sensor = LiveSensor::start(&net.a, &net.ia, &[]);
+    sensor.wait_capturing();
     let ib = net.ia.replacen("tva", "tvb", 1);
     let replay = Command::new("ip")
         .args([
@@ -361,32 +363,12 @@ fn a_replay_below_the_lossless_rate_is_metered_whole_as_the_file_is() {
     );
     // Let the last packets reach the ring, then stop the sensor.
     std::thread::sleep(Duration::from_secs(1));
-    let pid = sensor.id().to_string();
-    if !Command::new("pkill")
-        .args(["-TERM", "-P", &pid])
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-    let status = sensor.wait().unwrap();
-    let stderr = stderr.join().unwrap();
+    let (status, stderr, live) = sensor.stop();
     assert!(status.success(), "sensor failed: {stderr}");
     assert!(
         stderr.contains(&format!("frames={frames} kernel_drops=0")),
         "not every packet metered, or drops: {stderr}"
     );
-    let live: Vec<Value> = stdout
-        .join()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(
         totals(&live),
         totals(&file),
