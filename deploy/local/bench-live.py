@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Live capture benchmark: packets the sensor meters and the kernel drops on
-a veth pair, side by side with tcpdump on the same replay.
+a veth pair, side by side with tcpdump and softflowd on the same replay.
 
   deploy/local/bench-live.py [--packets 500000] [--flows 20000] [--rates 100,200,500,1000,top]
-                             [--tools tidewatch,tcpdump]
+                             [--tools tidewatch,tcpdump,softflowd] [--parallel 1]
 
 Builds a realistic capture (mixed sizes averaging ~370 bytes: Modbus/TCP
 polls, NMEA 0183 over UDP, bulk TCP segments; FLOWS concurrent flows), creates
 two network namespaces joined by a veth pair, and for each rate (Mbps, or
 `top` for tcpreplay's top speed) replays it with `tcpreplay --mbps` from one
 namespace while one tool listens on the other end: `tidewatch-sensor read
---interface`, then `tcpdump -w /dev/null`. Prints, per rate and tool, the
-packets seen, the kernel drops and the CPU seconds used. Removes what it
-created. Needs root, iproute2, tcpreplay, tcpdump (Debian packages) and a
+--interface`, then `tcpdump -w /dev/null`, then `softflowd -i` (its libpcap
+counters, read with softflowctl). Prints, per rate and tool, the packets
+seen, the kernel drops and the CPU seconds used. Removes what it created.
+Needs root, iproute2, tcpreplay, tcpdump, softflowd (Debian packages) and a
 release build of tidewatch-sensor. TIDEWATCH_* variables reach the sensor
 (e.g. TIDEWATCH_CAPTURE_BUFFER_MIB=8).
 """
@@ -103,6 +104,7 @@ class Net:
         sh("ip", "link", "add", self.ia, "netns", self.a, "type", "veth", "peer", "name", self.ib, "netns", self.b)
         for ns, i in ((self.a, self.ia), (self.b, self.ib)):
             sh("ip", "-n", ns, "link", "set", i, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
         return self
 
     def __exit__(self, *exc):
@@ -110,23 +112,37 @@ class Net:
             sh("ip", "netns", "del", ns, check=False)
 
 
-def replay(net, cap, rate):
-    args = ["--topspeed"] if rate == "top" else [f"--mbps={rate}"]
-    r = sh("ip", "netns", "exec", net.a, "tcpreplay", "-q", "-i", net.ia, *args, cap, check=False)
-    m = re.search(r"Actual: (\d+) packets .* in ([\d.]+) seconds", r.stdout.replace("\n", " "))
-    return (int(m.group(1)), float(m.group(2))) if m else (0, 0.0)
+def replay(net, cap, rate, parallel):
+    """`parallel` tcpreplay processes each replay `cap` (each at rate/parallel
+    Mbps); returns (packets sent, seconds of the longest)."""
+    args = ["--topspeed"] if rate == "top" else [f"--mbps={float(rate) / parallel:g}"]
+    procs = [subprocess.Popen(["ip", "netns", "exec", net.a, "tcpreplay", "-q", "-i", net.ia, *args, cap],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(parallel)]
+    sent, secs = 0, 0.0
+    for p in procs:
+        out = p.communicate()[0]
+        m = re.search(r"Actual: (\d+) packets .* in ([\d.]+) seconds", out.replace("\n", " "))
+        if m:
+            sent += int(m.group(1))
+            secs = max(secs, float(m.group(2)))
+    return sent, secs
 
 
-def measure(net, cap, rate, tool):
+def measure(net, cap, rate, tool, parallel):
     """Starts `tool` listening in namespace b, replays, stops it; returns
     (packets sent, seconds, packets seen, kernel drops, CPU seconds)."""
     sensor = os.path.join(ROOT, "target", "release", "tidewatch-sensor")
     if tool == "tidewatch":
         cmd = [sensor, "read", "--interface", net.ib]
         ready = "live capture started"
-    else:
+    elif tool == "tcpdump":
         cmd = ["tcpdump", "-i", net.ib, "-w", "/dev/null", "-B", "8192"]
         ready = "listening on"
+    else:
+        ctl = os.path.join(tempfile.gettempdir(), f"tidewatch-bench-softflowd-{os.getpid()}.ctl")
+        cmd = ["softflowd", "-d", "-i", net.ib, "-n", "127.0.0.1:9", "-c", ctl, "-m", "100000"]
+        ready = "starting data collection"
     err = tempfile.TemporaryFile("w+")
     p = subprocess.Popen(["ip", "netns", "exec", net.b, *cmd], stdout=subprocess.DEVNULL, stderr=err,
                          env={**os.environ, "RUST_LOG": "info"})
@@ -138,9 +154,12 @@ def measure(net, cap, rate, tool):
         time.sleep(0.05)
     time.sleep(0.5)
     cpu0 = cpu_seconds(p.pid)
-    sent, secs = replay(net, cap, rate)
+    sent, secs = replay(net, cap, rate, parallel)
     time.sleep(1.0)
     cpu = cpu_seconds(p.pid) - cpu0
+    if tool == "softflowd":
+        # Its libpcap counters, before it goes.
+        stats = sh("ip", "netns", "exec", net.b, "softflowctl", "-c", ctl, "statistics", check=False).stdout
     p.send_signal(signal.SIGTERM)
     try:
         p.wait(timeout=30)
@@ -154,11 +173,17 @@ def measure(net, cap, rate, tool):
         m = re.search(r"live capture stopped.*?frames=(\d+) kernel_drops=(\d+)", text)
         if m:
             seen, drops = int(m.group(1)), int(m.group(2))
-    else:
+    elif tool == "tcpdump":
         a = re.search(r"(\d+) packets captured", text)
         d = re.search(r"(\d+) packets dropped by kernel", text)
         if a and d:
             seen, drops = int(a.group(1)), int(d.group(1))
+    else:
+        r = re.search(r"received by libpcap: (\d+)", stats)
+        d = re.search(r"dropped by libpcap: (\d+)", stats)
+        i = re.search(r"dropped by interface: (\d+)", stats)
+        if r and d and i:
+            seen, drops = int(r.group(1)), int(d.group(1)) + int(i.group(1))
     return sent, secs, seen, drops, cpu
 
 
@@ -167,13 +192,15 @@ def main():
     ap.add_argument("--packets", type=int, default=500_000)
     ap.add_argument("--flows", type=int, default=20_000)
     ap.add_argument("--rates", default="100,200,500,1000,top")
-    ap.add_argument("--tools", default="tidewatch,tcpdump")
+    ap.add_argument("--tools", default="tidewatch,tcpdump,softflowd")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="tcpreplay processes at once (to go past one's top speed)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench-live.py creates network namespaces: run it as root")
-    for t in ("ip", "tcpreplay", "tcpdump"):
+    for t in ("ip", "tcpreplay", "tcpdump", "softflowd", "softflowctl"):
         if not shutil.which(t):
-            sys.exit(f"{t} not found: apt-get install iproute2 tcpreplay tcpdump")
+            sys.exit(f"{t} not found: apt-get install iproute2 tcpreplay tcpdump softflowd")
     if not os.path.exists(os.path.join(ROOT, "target", "release", "tidewatch-sensor")):
         sys.exit("build tidewatch-sensor first: cargo build --release -p tidewatch-sensor")
     with tempfile.TemporaryDirectory() as d:
@@ -184,7 +211,7 @@ def main():
         with Net() as net:
             for rate in a.rates.split(","):
                 for tool in a.tools.split(","):
-                    sent, secs, seen, drops, cpu = measure(net, cap, rate, tool)
+                    sent, secs, seen, drops, cpu = measure(net, cap, rate, tool, max(1, a.parallel))
                     pps = sent / secs if secs else 0
                     pct = f"{100 * drops / sent:.1f}" if drops is not None and sent else "-"
                     print(f"{rate:>6} {tool:>10} {sent:>8} {pps:>8.0f} {seen if seen is not None else '-':>8} "
