@@ -29,21 +29,11 @@ import sys
 import tempfile
 import time
 
+from frames import eth_ip, tcp, udp
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-GGA = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"
-
-
-def eth_ip(src, dst, proto, l4):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, src, dst)
-    return b"\x02\x0e\x8c\x00\x00\x01\x02\x1b\x1b\x00\x00\x02\x08\x00" + ip + l4
-
-
-def tcp(sp, dp, flags, payload):
-    return struct.pack("!HHIIBBHHH", sp, dp, 1, 1, 0x50, flags, 65535, 0, 0) + payload
-
-
-def udp(sp, dp, payload):
-    return struct.pack("!HHHH", sp, dp, 8 + len(payload), 0) + payload
+# The NMEA sentence of the live capture (its sizes are the figures').
+NMEA = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"
 
 
 def build(path, packets, flows):
@@ -67,7 +57,7 @@ def build(path, packets, flows):
                 l4 = tcp(cport, 502, 0x18, mb) if to_server else tcp(502, cport, 0x18, mb)
                 frame = eth_ip(src, dst, 6, l4)
             elif kind < 7:  # NMEA over UDP: medium
-                body = GGA * 4 if to_server else b"ack"
+                body = NMEA * 4 if to_server else b"ack"
                 l4 = udp(cport, 10110, body) if to_server else udp(10110, cport, body)
                 frame = eth_ip(src, dst, 17, l4)
             else:  # bulk TCP: full-size segments one way, ACKs back

@@ -21,23 +21,9 @@ import sys
 import tempfile
 import time
 
+from frames import GGA, eth_ip, tcp, udp
+
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-
-def eth_ip(src, dst, proto, l4):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, proto, 0, src, dst)
-    return b"\x00\x0e\x8c\x00\x00\x01\x00\x1b\x1b\x00\x00\x02\x08\x00" + ip + l4
-
-
-def tcp(sp, dp, flags, payload):
-    return struct.pack("!HHIIBBHHH", sp, dp, 1, 1, 0x50, flags, 65535, 0, 0) + payload
-
-
-def udp(sp, dp, payload):
-    return struct.pack("!HHHH", sp, dp, 8 + len(payload), 0) + payload
-
-
-GGA = b"$GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,*76\r\n"
 
 
 def build(path, flows, per_flow):

@@ -43,18 +43,38 @@ pub fn flow(i: u32) -> FlowRecord {
 
 /// A request carrying `flows` flows with the given seq and identity claim.
 pub fn request(seq: u64, flows: u32, claim: &str) -> UploadRequest {
-    let batch = Batch {
+    encoded(Batch {
         seq,
         sensor_id: claim.to_string(),
-        created_us: 0,
         flows: (0..flows).map(flow).collect(),
-        assets: Vec::new(),
-        status: Vec::new(),
-    };
-    UploadRequest {
+        ..Batch::default()
+    })
+}
+
+/// A request carrying exactly `flows` (no identity claim).
+pub fn request_with(seq: u64, flows: Vec<FlowRecord>) -> UploadRequest {
+    encoded(Batch {
         seq,
+        flows,
+        ..Batch::default()
+    })
+}
+
+/// `batch` as a plain-protobuf request under its own seq.
+fn encoded(batch: Batch) -> UploadRequest {
+    UploadRequest {
+        seq: batch.seq,
         encoding: Encoding::Protobuf as i32,
         payload: batch.encode_to_vec(),
+    }
+}
+
+/// What `n` flows made by [`flow`] add up to (7 packets, 500 bytes each).
+pub fn flow_totals(n: u64) -> crate::Totals {
+    crate::Totals {
+        flows: n,
+        packets: n * 7,
+        bytes: n * 500,
     }
 }
 
@@ -63,6 +83,16 @@ pub fn request(seq: u64, flows: u32, claim: &str) -> UploadRequest {
 pub struct ClientCert<'a> {
     pub cert: &'a Path,
     pub key: &'a Path,
+}
+
+impl<'a> ClientCert<'a> {
+    /// The identity of a sensor certificate the harness issued.
+    pub fn of(c: &'a crate::SensorCert) -> Self {
+        ClientCert {
+            cert: &c.cert,
+            key: &c.key,
+        }
+    }
 }
 
 /// An mTLS channel to ingest on 127.0.0.1 (server name "localhost").

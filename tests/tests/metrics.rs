@@ -249,10 +249,7 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     let acks = upload(
         ingest_port,
         &s1.ca,
-        Some(ClientCert {
-            cert: &s1.cert,
-            key: &s1.key,
-        }),
+        Some(ClientCert::of(&s1)),
         vec![request(0, 1, "")],
     )
     .unwrap();

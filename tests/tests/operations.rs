@@ -21,10 +21,7 @@ fn health(port: u16, c: &SensorCert, service: &str) -> Result<i32, String> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = ClientCert {
-            cert: &c.cert,
-            key: &c.key,
-        };
+        let client = ClientCert::of(c);
         let ch = channel(port, &c.ca, Some(client)).await?;
         HealthClient::new(ch)
             .check(HealthCheckRequest {
@@ -75,10 +72,7 @@ fn upload_keeping_open(
         .build()
         .unwrap();
     rt.block_on(async {
-        let client = ClientCert {
-            cert: &cert.cert,
-            key: &cert.key,
-        };
+        let client = ClientCert::of(cert);
         let ch = channel(port, &cert.ca, Some(client)).await.unwrap();
         let mut c = tidewatch_proto::v1::uplink_client::UplinkClient::new(ch);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -192,10 +186,7 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
     let acks = upload(
         port,
         &ca,
-        Some(ClientCert {
-            cert: &s1.cert,
-            key: &s1.key,
-        }),
+        Some(ClientCert::of(&s1)),
         vec![request(1, 4, "")],
     )
     .unwrap();

@@ -9,13 +9,6 @@ use tidewatch_proto::v1::{AckStatus, Encoding, UploadRequest};
 use tidewatch_tests::grpc::{request, upload, ClientCert};
 use tidewatch_tests::*;
 
-fn cc(c: &SensorCert) -> ClientCert<'_> {
-    ClientCert {
-        cert: &c.cert,
-        key: &c.key,
-    }
-}
-
 /// Number of ingested batches in Kafka, read back through a sink.
 fn stored_flows(stack: &Stack) -> u64 {
     stack.query_u64("SELECT count() FROM tidewatch.flows")
@@ -63,17 +56,32 @@ fn mtls_refusals_and_identity_claims() {
     );
 
     // Certificate from another CA.
-    let r = upload(port, &ca, Some(cc(&foreign)), vec![request(1, 2, "")]);
+    let r = upload(
+        port,
+        &ca,
+        Some(ClientCert::of(&foreign)),
+        vec![request(1, 2, "")],
+    );
     assert!(r.is_err(), "foreign certificate accepted: {r:?}");
     ingest.wait_log("UnknownIssuer", Duration::from_secs(10));
 
     // Expired certificate.
-    let r = upload(port, &ca, Some(cc(&expired)), vec![request(1, 2, "")]);
+    let r = upload(
+        port,
+        &ca,
+        Some(ClientCert::of(&expired)),
+        vec![request(1, 2, "")],
+    );
     assert!(r.is_err(), "expired certificate accepted: {r:?}");
     ingest.wait_log("certificate expired", Duration::from_secs(10));
 
     // Revoked certificate.
-    let r = upload(port, &ca, Some(cc(&revoked)), vec![request(1, 2, "")]);
+    let r = upload(
+        port,
+        &ca,
+        Some(ClientCert::of(&revoked)),
+        vec![request(1, 2, "")],
+    );
     assert!(r.is_err(), "revoked certificate accepted: {r:?}");
     ingest.wait_log("Revoked", Duration::from_secs(10));
 
@@ -81,7 +89,7 @@ fn mtls_refusals_and_identity_claims() {
     let acks = upload(
         port,
         &ca,
-        Some(cc(&good)),
+        Some(ClientCert::of(&good)),
         vec![request(1, 2, "someone-else")],
     )
     .unwrap();
@@ -100,7 +108,7 @@ fn mtls_refusals_and_identity_claims() {
     let acks = upload(
         port,
         &ca,
-        Some(cc(&good)),
+        Some(ClientCert::of(&good)),
         vec![request(2, 3, "good"), request(3, 4, "")],
     )
     .unwrap();
@@ -155,7 +163,7 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
     let acks = upload(
         port,
         &ca,
-        Some(cc(&s)),
+        Some(ClientCert::of(&s)),
         vec![garbage, bad_zstd, mismatched, empty, too_large, ok],
     )
     .unwrap();
@@ -194,7 +202,7 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
 
     // A message far beyond the gRPC limit ends the stream with a gRPC error.
     let huge = request(7, 2000, "");
-    let r = upload(port, &ca, Some(cc(&s)), vec![huge]);
+    let r = upload(port, &ca, Some(ClientCert::of(&s)), vec![huge]);
     let e = r.expect_err("oversized gRPC message accepted");
     assert!(
         e.contains("ResourceExhausted") || e.contains("too large") || e.contains("message length"),
@@ -202,7 +210,7 @@ fn bad_input_is_refused_and_ingest_keeps_serving() {
     );
 
     // And ingest still serves: a normal batch after all of that.
-    let acks = upload(port, &ca, Some(cc(&s)), vec![request(8, 3, "")]).unwrap();
+    let acks = upload(port, &ca, Some(ClientCert::of(&s)), vec![request(8, 3, "")]).unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32);
     wait_until(Duration::from_secs(60), "accepted flows stored", || {
         (stored_flows(stack) == 8).then_some(())

@@ -407,10 +407,7 @@ fn no_ack_while_kafka_is_down_then_acked_and_stored_once() {
     let send = |seq: u64| {
         let cert = s.clone();
         std::thread::spawn(move || {
-            let c = ClientCert {
-                cert: &cert.cert,
-                key: &cert.key,
-            };
+            let c = ClientCert::of(&cert);
             let acks = upload(port, &cert.ca, Some(c), vec![request(seq, 5, "")]);
             (acks, Instant::now())
         })

@@ -313,6 +313,34 @@ fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
     }
 }
 
+/// The rows `row` makes of `records` (by index), appended to `out`; a
+/// record it refuses goes to `bad` as a [`BadRecord`] of `kind` with the
+/// reason. Returns how many rows were kept.
+fn keep_storable<R: prost::Message, T>(
+    records: &[R],
+    kind: &'static str,
+    out: &mut Vec<T>,
+    bad: &mut Vec<BadRecord>,
+    row: impl Fn(usize, &R) -> Result<T, String>,
+) -> u32 {
+    let mut kept = 0;
+    for (idx, r) in records.iter().enumerate() {
+        match row(idx, r) {
+            Ok(t) => {
+                out.push(t);
+                kept += 1;
+            }
+            Err(reason) => bad.push(BadRecord {
+                kind,
+                idx,
+                value: r.encode_to_vec(),
+                reason,
+            }),
+        }
+    }
+    kept
+}
+
 /// Appends the rows of one batch to `out`; returns its records that cannot
 /// be stored (for the dead-letter topic, one by one), which are left out:
 /// flows that fail [`check_flow`], and records whose time is outside
@@ -325,57 +353,26 @@ pub fn append_rows(
     offset: i64,
     out: &mut Rows,
 ) -> Vec<BadRecord> {
-    use prost::Message;
     let rx = env.received_us;
     let mut bad = Vec::new();
-    let mut flows = 0u32;
-    for (i, f) in batch.flows.iter().enumerate() {
-        let row = window
-            .check("first_seen", f.first_seen_us, rx)
-            .and_then(|()| flow_row(env, i, f).map_err(|e| e.to_string()));
-        match row {
-            Ok(row) => {
-                out.flows.push(row);
-                flows += 1;
-            }
-            Err(reason) => bad.push(BadRecord {
-                kind: "flow",
-                idx: i,
-                value: f.encode_to_vec(),
-                reason,
-            }),
-        }
-    }
-    let mut assets = 0u32;
-    for (i, a) in batch.assets.iter().enumerate() {
-        match window.check("last_seen", a.last_seen_us, rx) {
-            Ok(()) => {
-                out.assets.push(asset_row(env, i, a));
-                assets += 1;
-            }
-            Err(reason) => bad.push(BadRecord {
-                kind: "asset",
-                idx: i,
-                value: a.encode_to_vec(),
-                reason,
-            }),
-        }
-    }
-    let mut statuses = 0u32;
-    for (i, st) in batch.status.iter().enumerate() {
-        match window.check("observed", st.observed_us, rx) {
-            Ok(()) => {
-                out.statuses.push(status_row(env, i, st));
-                statuses += 1;
-            }
-            Err(reason) => bad.push(BadRecord {
-                kind: "status",
-                idx: i,
-                value: st.encode_to_vec(),
-                reason,
-            }),
-        }
-    }
+    let flows = keep_storable(&batch.flows, "flow", &mut out.flows, &mut bad, |i, f| {
+        window.check("first_seen", f.first_seen_us, rx)?;
+        flow_row(env, i, f).map_err(|e| e.to_string())
+    });
+    let assets = keep_storable(&batch.assets, "asset", &mut out.assets, &mut bad, |i, a| {
+        window.check("last_seen", a.last_seen_us, rx)?;
+        Ok(asset_row(env, i, a))
+    });
+    let statuses = keep_storable(
+        &batch.status,
+        "status",
+        &mut out.statuses,
+        &mut bad,
+        |i, st| {
+            window.check("observed", st.observed_us, rx)?;
+            Ok(status_row(env, i, st))
+        },
+    );
     out.batches.push(BatchRow {
         sensor_id: env.sensor_id.clone(),
         vessel: env.vessel.clone(),

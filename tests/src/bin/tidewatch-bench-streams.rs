@@ -106,10 +106,7 @@ fn main() {
         let mut s = 0;
         'certs: for (c, cert) in certs.iter().enumerate() {
             for _ in 0..conns_per_cert {
-                let cc = ClientCert {
-                    cert: &cert.cert,
-                    key: &cert.key,
-                };
+                let cc = ClientCert::of(cert);
                 let ch = channel(port, &pki.dir.join("ca.pem"), Some(cc))
                     .await
                     .unwrap_or_else(|e| panic!("certificate {c}: {e}"));

@@ -146,10 +146,7 @@ async fn upload_windowed(
     reqs: Vec<UploadRequest>,
     window: usize,
 ) -> u64 {
-    let client = ClientCert {
-        cert: &c.cert,
-        key: &c.key,
-    };
+    let client = ClientCert::of(c);
     let ch = channel(port, &c.ca, Some(client)).await.expect("connect");
     let mut client = UplinkClient::new(ch).max_decoding_message_size(64 << 20);
     let (tx, rx) = mpsc::channel::<UploadRequest>(window);
