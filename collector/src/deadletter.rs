@@ -132,7 +132,7 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
                 info!(partition = l.partition, offset = l.offset, sensor = %d.sensor_id, seq = d.seq, "dead letter replayed");
             }
             println!(
-                "replayed {replayed} batch letter(s) to {}; {} record letter(s) are not replayable",
+                "replayed {replayed} batch letter(s) to {}; {} other letter(s) (one record each, or not a letter) are not replayable",
                 args.kafka.kafka_topic,
                 others.len()
             );
@@ -177,8 +177,14 @@ fn read_all(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<Letter>> {
             continue;
         };
         let m = m.with_context(|| format!("reading {topic}"))?;
-        let letter = DeadLetter::decode(m.payload().unwrap_or_default())
-            .with_context(|| format!("{}/{} is not a DeadLetter", m.partition(), m.offset()))?;
+        // Something else written to the topic is listed, not fatal.
+        let letter =
+            DeadLetter::decode(m.payload().unwrap_or_default()).unwrap_or_else(|e| DeadLetter {
+                kind: "not-a-letter".into(),
+                reason: format!("not a tidewatch DeadLetter: {e}"),
+                value: m.payload().unwrap_or_default().to_vec(),
+                ..DeadLetter::default()
+            });
         out.push(Letter {
             partition: m.partition(),
             offset: m.offset(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use prost::Message;
 use tidewatch_proto::v1::{AckStatus, Batch, Encoding, FlowRecord, Operation, UploadRequest};
-use tidewatch_tests::grpc::{request, upload, ClientCert};
+use tidewatch_tests::grpc::{flow_totals, request, request_with, upload, ClientCert};
 use tidewatch_tests::pcapgen::write_dns_flood_then_modbus;
 use tidewatch_tests::{
     bin, deliver_buffered, expect_flows, free_port, http_get, read_flows, run_ok, totals,
@@ -259,10 +259,7 @@ fn decompression_and_protobuf_bombs_are_refused_in_bounded_memory_while_others_a
     let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let attacker = pki.sensor("stolen-box", "mv-hostile");
     let ca = pki.dir.join("ca.pem");
-    let cc = ClientCert {
-        cert: &attacker.cert,
-        key: &attacker.key,
-    };
+    let cc = ClientCert::of(&attacker);
     // Each a few KB on the wire; prost would make GBs of them.
     let empty_flows = [0x22u8, 0x00]; // field 4 (flows), length 0
     let operations = Batch {
@@ -334,22 +331,12 @@ fn decompression_and_protobuf_bombs_are_refused_in_bounded_memory_while_others_a
     );
     // Still serving: another sensor's batch is acked and stored.
     let honest = pki.sensor("honest", "mv-hostile");
-    let hc = ClientCert {
-        cert: &honest.cert,
-        key: &honest.key,
-    };
+    let hc = ClientCert::of(&honest);
     let acks = upload(port, &ca, Some(hc), vec![request(1, 7, "")]).unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
     expect_flows(
         stack,
-        &BTreeMap::from([(
-            "honest".to_string(),
-            Totals {
-                flows: 7,
-                packets: 7 * 7,
-                bytes: 7 * 500,
-            },
-        )]),
+        &BTreeMap::from([("honest".to_string(), flow_totals(7))]),
     );
 }
 
@@ -359,30 +346,17 @@ fn a_record_the_sink_cannot_store_is_dead_lettered_alone_and_the_rest_stored() {
     let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let s = pki.sensor("odd", "mv-hostile");
     let ca = pki.dir.join("ca.pem");
-    let cc = ClientCert {
-        cert: &s.cert,
-        key: &s.key,
-    };
-    let with_flows = |seq: u64, flows: Vec<FlowRecord>| UploadRequest {
-        seq,
-        encoding: Encoding::Protobuf as i32,
-        payload: Batch {
-            seq,
-            flows,
-            ..Batch::default()
-        }
-        .encode_to_vec(),
-    };
+    let cc = ClientCert::of(&s);
     let good = tidewatch_tests::grpc::flow;
     let mut short_address = good(3);
     short_address.server_ip = vec![10, 1, 0];
     let mut big_port = good(4);
     big_port.client_port = 70_000;
-    let mixed = with_flows(
+    let mixed = request_with(
         1,
         vec![good(0), short_address.clone(), good(1), big_port, good(2)],
     );
-    let all_bad = with_flows(2, vec![short_address.clone(), short_address]);
+    let all_bad = request_with(2, vec![short_address.clone(), short_address]);
     let acks = upload(port, &ca, Some(cc), vec![mixed, all_bad]).unwrap();
     let got: Vec<(i32, u32)> = acks.iter().map(|a| (a.status, a.records)).collect();
     assert_eq!(
@@ -403,14 +377,7 @@ fn a_record_the_sink_cannot_store_is_dead_lettered_alone_and_the_rest_stored() {
     );
     expect_flows(
         stack,
-        &BTreeMap::from([(
-            "odd".to_string(),
-            Totals {
-                flows: 3,
-                packets: 3 * 7,
-                bytes: 3 * 500,
-            },
-        )]),
+        &BTreeMap::from([("odd".to_string(), flow_totals(3))]),
     );
     // The two bad records went to the dead-letter topic, one each.
     tidewatch_tests::wait_until(Duration::from_secs(30), "two dead letters", || {
@@ -465,10 +432,7 @@ fn a_reinstalled_sensor_loses_nothing_and_a_seq_set_back_is_reported() {
     // A batch under a seq from long before (a clock set back): stored, as
     // nothing holds that seq, and reported.
     let ca = pki.dir.join("ca.pem");
-    let cc = ClientCert {
-        cert: &cert.cert,
-        key: &cert.key,
-    };
+    let cc = ClientCert::of(&cert);
     let acks = upload(port, &ca, Some(cc), vec![request(5, 1, "")]).unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
     let text = http_get(mport, "/metrics").unwrap();
@@ -647,24 +611,12 @@ fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_and_the_rest_stored_wh
     );
     let s = pki.sensor("poisoned", "mv-hostile");
     let ca = pki.dir.join("ca.pem");
-    let cc = ClientCert {
-        cert: &s.cert,
-        key: &s.key,
-    };
+    let cc = ClientCert::of(&s);
     let flow = tidewatch_tests::grpc::flow;
     let mut poison = flow(3);
     poison.client_port = 666;
     let reqs = vec![
-        UploadRequest {
-            seq: 1,
-            encoding: Encoding::Protobuf as i32,
-            payload: Batch {
-                seq: 1,
-                flows: vec![flow(0), flow(1), poison, flow(2)],
-                ..Batch::default()
-            }
-            .encode_to_vec(),
-        },
+        request_with(1, vec![flow(0), flow(1), poison, flow(2)]),
         request(2, 5, ""),
     ];
     let acks = upload(port, &ca, Some(cc), reqs).unwrap();
@@ -674,14 +626,7 @@ fn a_row_clickhouse_refuses_is_isolated_and_dead_lettered_and_the_rest_stored_wh
     );
     expect_flows(
         stack,
-        &BTreeMap::from([(
-            "poisoned".to_string(),
-            Totals {
-                flows: 8,
-                packets: 8 * 7,
-                bytes: 8 * 500,
-            },
-        )]),
+        &BTreeMap::from([("poisoned".to_string(), flow_totals(8))]),
     );
     // The hourly rollup holds every stored flow once, the refused one not.
     assert_eq!(
@@ -712,27 +657,14 @@ fn dead_letters_are_listed_shown_and_a_batch_replayed_after_the_fix_counts_once(
     let mut sink = stack.sink("sink-strict", &["--max-batch-records", "3"]);
     let s = pki.sensor("late", "mv-hostile");
     let ca = pki.dir.join("ca.pem");
-    let cc = ClientCert {
-        cert: &s.cert,
-        key: &s.key,
-    };
+    let cc = ClientCert::of(&s);
     let flow = tidewatch_tests::grpc::flow;
     let mut bad_port = flow(9);
     bad_port.server_port = 99_999;
-    let with_flows = |seq: u64, flows: Vec<FlowRecord>| UploadRequest {
-        seq,
-        encoding: Encoding::Protobuf as i32,
-        payload: Batch {
-            seq,
-            flows,
-            ..Batch::default()
-        }
-        .encode_to_vec(),
-    };
     let reqs = vec![
         request(1, 5, ""),
         request(2, 2, ""),
-        with_flows(3, vec![flow(0), bad_port, flow(1)]),
+        request_with(3, vec![flow(0), bad_port, flow(1)]),
     ];
     let acks = upload(port, &ca, Some(cc), reqs).unwrap();
     assert!(
@@ -742,10 +674,26 @@ fn dead_letters_are_listed_shown_and_a_batch_replayed_after_the_fix_counts_once(
     tidewatch_tests::wait_until(Duration::from_secs(30), "two dead letters", || {
         (stack.kafka_records(tidewatch_proto::DEADLETTER_TOPIC) == 2).then_some(())
     });
+    // Something else written to the topic: listed, not fatal.
+    {
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let p: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", stack.kafka_brokers())
+            .create()
+            .unwrap();
+        p.send(
+            BaseRecord::<[u8], [u8]>::to(tidewatch_proto::DEADLETTER_TOPIC)
+                .payload(&b"\xff\xfe junk"[..]),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+        p.flush(Duration::from_secs(10)).unwrap();
+    }
     let deadletter = |args: &[&str]| run_ok(stack.collector().arg("deadletter").args(args));
     let list = deadletter(&["list"]);
     let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 3, "{list}");
+    assert_eq!(lines.len(), 4, "{list}");
+    assert!(lines[2].starts_with("0/2\tnot-a-letter\t"), "{list}");
     assert!(
         lines[0].starts_with("0/0\tbatch\tlate\t1\t") && lines[0].contains("records exceed"),
         "{list}"
@@ -777,25 +725,19 @@ fn dead_letters_are_listed_shown_and_a_batch_replayed_after_the_fix_counts_once(
         "sink",
         &["--metrics-listen", &format!("127.0.0.1:{smport}")],
     );
-    let mut want = Totals {
-        flows: 4,
-        packets: 4 * 7,
-        bytes: 4 * 500,
-    };
+    let mut want = flow_totals(4);
     expect_flows(stack, &BTreeMap::from([("late".to_string(), want)]));
     for _ in 0..2 {
         let out = deadletter(&["replay"]);
         assert!(
             out.contains("replayed 1 batch letter(s)")
-                && out.contains("1 record letter(s) are not replayable"),
+                && out.contains(
+                    "2 other letter(s) (one record each, or not a letter) are not replayable"
+                ),
             "{out}"
         );
     }
-    want = Totals {
-        flows: 9,
-        packets: 9 * 7,
-        bytes: 9 * 500,
-    };
+    want = flow_totals(9);
     expect_flows(stack, &BTreeMap::from([("late".to_string(), want)]));
     tidewatch_tests::wait_until(Duration::from_secs(30), "the second replay skipped", || {
         (tidewatch_tests::metric(smport, "tidewatch_sink_duplicate_batches_skipped_total")? == 1.0)
@@ -851,10 +793,7 @@ fn a_thousand_streams_of_one_sensor_and_two_thousand_idle_connections_are_bounde
         let mut channels = Vec::new();
         let mut tasks = Vec::new();
         for _ in 0..20 {
-            let cc = ClientCert {
-                cert: &greedy.cert,
-                key: &greedy.key,
-            };
+            let cc = ClientCert::of(&greedy);
             let Ok(ch) = tidewatch_tests::grpc::channel(port, &ca, Some(cc)).await else {
                 continue;
             };
@@ -886,10 +825,7 @@ fn a_thousand_streams_of_one_sensor_and_two_thousand_idle_connections_are_bounde
             }
         }
         // While they are held: the honest sensor's batch goes through.
-        let hc = ClientCert {
-            cert: &honest.cert,
-            key: &honest.key,
-        };
+        let hc = ClientCert::of(&honest);
         let ch = tidewatch_tests::grpc::channel(port, &ca, Some(hc))
             .await
             .unwrap();
@@ -933,10 +869,7 @@ fn a_thousand_streams_of_one_sensor_and_two_thousand_idle_connections_are_bounde
     );
     // Handshake places free up within the handshake timeout: a sensor
     // reconnecting with backoff gets in.
-    let hc = ClientCert {
-        cert: &honest.cert,
-        key: &honest.key,
-    };
+    let hc = ClientCert::of(&honest);
     let acks =
         tidewatch_tests::wait_until(Duration::from_secs(30), "the honest sensor served", || {
             upload(port, &ca, Some(hc), vec![request(2, 3, "")]).ok()
@@ -954,13 +887,32 @@ fn a_thousand_streams_of_one_sensor_and_two_thousand_idle_connections_are_bounde
     assert!(rss_after < 256 * 1024, "ingest peak RSS {rss_after} KiB");
     expect_flows(
         stack,
-        &BTreeMap::from([(
-            "honest".to_string(),
-            Totals {
-                flows: 6,
-                packets: 6 * 7,
-                bytes: 6 * 500,
-            },
-        )]),
+        &BTreeMap::from([("honest".to_string(), flow_totals(6))]),
     );
+}
+
+#[test]
+fn a_cap_of_zero_is_refused_clearly() {
+    for flag in [
+        "--max-handshakes",
+        "--max-streams-per-sensor",
+        "--kafka-queue-mib",
+    ] {
+        let out = Command::new(bin("tidewatch-collector"))
+            .args([
+                "ingest",
+                "--listen",
+                "127.0.0.1:1",
+                "--tls-cert",
+                "x",
+                "--tls-key",
+                "x",
+            ])
+            .args(["--client-ca", "x", flag, "0"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
+    }
 }

@@ -106,8 +106,30 @@ async fn shutdown_signal() {
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    if args.max_batch_bytes == 0 || args.max_batch_records == 0 || args.max_decoded_bytes == 0 {
-        bail!("--max-batch-bytes, --max-batch-records and --max-decoded-bytes must be at least 1");
+    for (flag, v) in [
+        ("--max-batch-bytes", args.max_batch_bytes),
+        ("--max-batch-records", args.max_batch_records),
+        ("--max-decoded-bytes", args.max_decoded_bytes),
+        ("--kafka-queue-mib", args.kafka_queue_mib as usize),
+        ("--max-handshakes", args.max_handshakes),
+        (
+            "--handshake-timeout-secs",
+            args.handshake_timeout_secs as usize,
+        ),
+        ("--max-connections", args.max_connections),
+        (
+            "--max-connections-per-sensor",
+            args.max_connections_per_sensor,
+        ),
+        ("--max-streams-per-sensor", args.max_streams_per_sensor),
+        (
+            "--max-streams-per-connection",
+            args.max_streams_per_connection as usize,
+        ),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1");
+        }
     }
     let tls_cfg = tls::server_config(&tls::TlsFiles {
         cert: &args.tls_cert,
@@ -150,7 +172,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         max_batch_bytes: args.max_batch_bytes,
         max_records: args.max_batch_records,
         max_decoded_bytes: args.max_decoded_bytes,
-        max_streams_per_sensor: args.max_streams_per_sensor.max(1),
+        max_streams_per_sensor: args.max_streams_per_sensor,
         kafka_timeout: Duration::from_millis(args.kafka_timeout_ms),
         ..Limits::default()
     };
@@ -196,10 +218,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         conn_tx,
         metrics.clone(),
         tls::AcceptLimits {
-            handshakes: args.max_handshakes.max(1),
-            handshake_timeout: Duration::from_secs(args.handshake_timeout_secs.max(1)),
-            connections: args.max_connections.max(1),
-            per_sensor: args.max_connections_per_sensor.max(1),
+            handshakes: args.max_handshakes,
+            handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
+            connections: args.max_connections,
+            per_sensor: args.max_connections_per_sensor,
         },
     ));
     info!(listen = %local, topic = %args.kafka.kafka_topic, brokers = %args.kafka.kafka_brokers, "ingest listening");
@@ -219,7 +241,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tonic::transport::Server::builder()
-        .max_concurrent_streams(args.max_streams_per_connection.max(1))
+        .max_concurrent_streams(args.max_streams_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
