@@ -916,3 +916,36 @@ fn a_cap_of_zero_is_refused_clearly() {
         assert!(err.contains(&format!("{flag} must be at least 1")), "{err}");
     }
 }
+
+#[test]
+fn batches_of_one_stream_reach_kafka_in_the_order_sent_though_checked_side_by_side() {
+    // Large and small batches alternate: checked on the blocking pool side
+    // by side, a small one is ready first, yet Kafka gets them in order.
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let s = pki.sensor("ordered", "mv-hostile");
+    let ca = pki.dir.join("ca.pem");
+    let reqs: Vec<UploadRequest> = (1..=30)
+        .map(|seq| request(seq, if seq % 2 == 1 { 3000 } else { 1 }, ""))
+        .collect();
+    let acks = upload(port, &ca, Some(ClientCert::of(&s)), reqs).unwrap();
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{acks:?}"
+    );
+    expect_flows(
+        stack,
+        &BTreeMap::from([("ordered".to_string(), flow_totals(15 * 3000 + 15))]),
+    );
+    let offsets: Vec<i64> = stack
+        .query("SELECT kafka_offset FROM tidewatch.batches FINAL WHERE sensor_id = 'ordered' ORDER BY seq")
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(
+        offsets,
+        (0..30).collect::<Vec<i64>>(),
+        "Kafka order differs from the stream's"
+    );
+}

@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use futures::stream::{FuturesOrdered, StreamExt};
 use prost::Message;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::types::RDKafkaErrorCode;
 use tidewatch_proto::codec;
 use tidewatch_proto::limits::check_flow;
 use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::uplink_server::Uplink;
 use tidewatch_proto::v1::{AckStatus, IngestedBatch, UploadAck, UploadRequest};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
@@ -246,7 +247,12 @@ impl Inner {
         })
     }
 
-    async fn handle(self: Arc<Self>, req: UploadRequest, peer: Arc<PeerInfo>) -> UploadAck {
+    async fn handle(
+        self: Arc<Self>,
+        req: UploadRequest,
+        peer: Arc<PeerInfo>,
+        turn: Turn,
+    ) -> UploadAck {
         let m = &self.metrics;
         m.batches_received.inc();
         m.bytes_received.add(req.payload.len() as u64);
@@ -264,6 +270,12 @@ impl Inner {
             .await
             .expect("batch check panicked")
         };
+        // Batches are checked side by side but go to Kafka in the order of
+        // the stream: wait until the one before is in the producer's queue
+        // (or refused).
+        if let Some(prev) = turn.prev {
+            let _ = prev.await;
+        }
         let Checked {
             records,
             flows,
@@ -319,10 +331,30 @@ impl Inner {
         // Bounded by the producer's message.timeout.ms.
         let started = std::time::Instant::now();
         // Waits for room in the producer's bounded queue at most this long.
-        let sent = self
-            .producer
-            .send(record, Timeout::After(self.limits.kafka_timeout))
-            .await;
+        let deadline = started + self.limits.kafka_timeout;
+        let mut record = record;
+        let queued = loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => break Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    record = r;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => break Err(e),
+            }
+        };
+        // In the queue (or not): the next batch of the stream may go.
+        drop(turn.mine);
+        let sent = match queued {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(d)) => Ok(d),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err(e) => Err(e),
+        };
         m.kafka_produce.observe_duration(started.elapsed());
         match sent {
             Ok(delivery) => {
@@ -347,12 +379,10 @@ impl Inner {
                     records: records - bad_flows as u32,
                 }
             }
-            Err((e, _)) => {
+            Err(e) => {
                 let full = matches!(
                     e,
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull
-                    )
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
                 );
                 m.refused.inc(if full {
                     "kafka_queue_full"
@@ -370,6 +400,14 @@ impl Inner {
             }
         }
     }
+}
+
+/// A batch's place in its stream's order to Kafka: it waits for `prev`
+/// (the batch before it is queued in the producer, or refused), and drops
+/// `mine` once it is queued itself.
+struct Turn {
+    prev: Option<oneshot::Receiver<()>>,
+    mine: oneshot::Sender<()>,
 }
 
 /// An open upload stream, counted (in total and for its sensor) for as
@@ -448,6 +486,7 @@ impl Uplink for IngestService {
         tokio::spawn(async move {
             let _open = open;
             let mut inflight: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+            let mut last_turn: Option<oneshot::Receiver<()>> = None;
             let mut reading = true;
             let mut final_status: Option<Status> = None;
             loop {
@@ -469,7 +508,11 @@ impl Uplink for IngestService {
                         }
                     }
                     m = inbound.message(), if reading && inflight.len() < max_inflight => match m {
-                        Ok(Some(req)) => inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone()))),
+                        Ok(Some(req)) => {
+                            let (mine, next) = oneshot::channel();
+                            let turn = Turn { prev: last_turn.replace(next), mine };
+                            inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone(), turn)));
+                        }
                         Ok(None) => reading = false,
                         Err(status) => {
                             inner.metrics.refused.inc("bad_grpc_message");
