@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tidewatch/v1/records.proto",
         "tidewatch/v1/uplink.proto",
         "tidewatch/v1/kafka.proto",
+        "tidewatch/v1/signer.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

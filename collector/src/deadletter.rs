@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use prost::Message as _;
 use rdkafka::consumer::Consumer;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -117,13 +117,17 @@ pub async fn run(args: DeadLetterArgs) -> anyhow::Result<()> {
                     );
                     continue;
                 }
+                let mut record = FutureRecord::to(&args.kafka.kafka_topic)
+                    .key(&d.key)
+                    .payload(&d.value);
+                if !d.signature.is_empty() {
+                    record = record.headers(OwnedHeaders::new().insert(Header {
+                        key: crate::envelope::SIGNATURE_HEADER,
+                        value: Some(d.signature.as_slice()),
+                    }));
+                }
                 producer
-                    .send(
-                        FutureRecord::to(&args.kafka.kafka_topic)
-                            .key(&d.key)
-                            .payload(&d.value),
-                        Timeout::After(Duration::from_secs(30)),
-                    )
+                    .send(record, Timeout::After(Duration::from_secs(30)))
                     .await
                     .map_err(|(e, _)| {
                         anyhow::anyhow!("cannot write to {}: {e}", args.kafka.kafka_topic)

@@ -3,11 +3,14 @@
 //! - [`ingest`]: mTLS gRPC endpoint -> Kafka (ack after delivery).
 //! - [`sink`]: Kafka -> ClickHouse (commit after insert), dead-letter topic.
 //! - [`schema`]: versioned, server-version-aware ClickHouse migrations.
-//! - [`pki`] and [`identity`]: fleet certificates and how identity is read.
+//! - [`pki`] and [`identity`]: fleet certificates and how identity is read;
+//!   [`signer`]: the one process holding the CA key, renewing for ingest.
+//! - [`envelope`]: ingest's signature on each Kafka record, checked by the sink.
 //! - [`query`]: analyst queries.
 
 pub mod clickhouse_args;
 pub mod deadletter;
+pub mod envelope;
 pub mod identity;
 pub mod ingest;
 pub mod kafka;
@@ -18,4 +21,5 @@ pub mod pki;
 pub mod query;
 pub mod registry;
 pub mod schema;
+pub mod signer;
 pub mod sink;

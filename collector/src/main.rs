@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
-use tidewatch_collector::{deadletter, ingest, maintenance, migrate, pki, query, registry, sink};
+use tidewatch_collector::{
+    deadletter, envelope, ingest, maintenance, migrate, pki, query, registry, signer, sink,
+};
 
 #[derive(Parser)]
 #[command(
@@ -16,7 +18,9 @@ use tidewatch_collector::{deadletter, ingest, maintenance, migrate, pki, query, 
   ingest   accepts sensor uploads over mutually authenticated gRPC and acks a batch once it is in Kafka\n\
   sink     consumes Kafka and inserts into ClickHouse, committing offsets only after the insert\n\
   migrate  creates or upgrades the ClickHouse schema for the detected server version\n\
-  pki      creates the fleet CA and issues server and sensor certificates\n\
+  pki      creates the fleet CA, signs sensors' requests, issues server and ingest certificates, revokes\n\
+  signer   holds the CA key and renews sensor certificates for ingest (only ingest reaches it)\n\
+  envelope-key makes the key pair ingest signs Kafka records with (the sink verifies)\n\
   registry loads and shows the fleet registry (sensor -> vessel, IMO, site, role)\n\
   maintenance drops partitions past the retention (servers without TTL)\n\
   query    runs analyst queries against ClickHouse\n\n\
@@ -42,6 +46,16 @@ enum Cmd {
         dir: PathBuf,
         #[command(subcommand)]
         cmd: pki::PkiCmd,
+    },
+    /// Renew sensor certificates for ingest: the only process holding the CA key.
+    Signer(signer::SignerArgs),
+    /// Make the Ed25519 key pair ingest signs Kafka envelopes with
+    /// (envelope-signing-key.pem, 0600) and the sinks verify them with
+    /// (envelope-verify-key.pem).
+    EnvelopeKey {
+        /// Directory to write the two files to (neither may exist).
+        #[arg(long)]
+        out_dir: PathBuf,
     },
     /// Retention by partition dropping (for servers without TTL).
     Maintenance {
@@ -103,6 +117,12 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Sink(a) => sink::run(a).await,
         Cmd::Migrate(a) => migrate::run(a).await,
         Cmd::Pki { dir, cmd } => pki::run(&dir, cmd),
+        Cmd::Signer(a) => signer::run(a).await,
+        Cmd::EnvelopeKey { out_dir } => {
+            let (sk, vk) = envelope::generate(&out_dir)?;
+            println!("ingest:  --envelope-signing-key {}  (keep secret)\nsinks:   --envelope-verify-key {}", sk.display(), vk.display());
+            Ok(())
+        }
         Cmd::Maintenance { clickhouse, cmd } => {
             clickhouse.validate()?;
             maintenance::run(

@@ -17,7 +17,13 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "tls_handshake",
     "tls_timeout",
     "no_client_cert",
-    "bad_identity",
+    "bad_certificate",
+    "no_sensor_uri",
+    "many_sensor_uris",
+    "many_vessel_uris",
+    "no_client_auth_eku",
+    "bad_sensor_id",
+    "revoked",
     "too_large",
     "too_many_records",
     "decompressed_too_large",
@@ -55,7 +61,17 @@ pub struct IngestMetrics {
     pub connections: Arc<Counter>,
     pub connections_open: Arc<Gauge>,
     pub handshakes: Arc<Gauge>,
+    pub connections_closed: Arc<CounterVec>,
+    pub tls_reloads: Arc<Counter>,
+    pub tls_reload_failures: Arc<Counter>,
+    pub crl_revoked: Arc<Gauge>,
+    pub renewals: Arc<CounterVec>,
 }
+
+/// Why ingest closed an open connection itself.
+pub const CLOSE_REASONS: &[&str] = &["revoked", "max_age", "certificate_expired"];
+/// How renewal requests ended.
+pub const RENEWAL_RESULTS: &[&str] = &["issued", "refused", "signer_unavailable", "disabled", "busy"];
 
 impl IngestMetrics {
     pub fn new() -> Arc<Self> {
@@ -119,10 +135,38 @@ impl IngestMetrics {
                 "tidewatch_ingest_tls_handshakes",
                 "TLS handshakes in progress (--max-handshakes).",
             ),
+            connections_closed: r.counter_vec(
+                "tidewatch_ingest_connections_closed",
+                "Open connections ingest closed itself, by reason (revoked: the CRL now lists the certificate; max_age, certificate_expired: drained, the sensor reconnects and is checked again).",
+                "reason",
+            ),
+            tls_reloads: r.counter(
+                "tidewatch_ingest_tls_reloads",
+                "Times the TLS material (CRL, client CA, server certificate) was reloaded after a change.",
+            ),
+            tls_reload_failures: r.counter(
+                "tidewatch_ingest_tls_reload_failures",
+                "Changed TLS material that could not be loaded (the previous stays in use; logged).",
+            ),
+            crl_revoked: r.gauge(
+                "tidewatch_ingest_crl_revoked_certificates",
+                "Certificates the CRL in use lists as revoked.",
+            ),
+            renewals: r.counter_vec(
+                "tidewatch_ingest_certificate_renewals",
+                "Certificate renewal requests from sensors, by result.",
+                "result",
+            ),
             registry: r,
         };
         for reason in REFUSAL_REASONS {
             m.refused.touch(reason);
+        }
+        for reason in CLOSE_REASONS {
+            m.connections_closed.touch(reason);
+        }
+        for result in RENEWAL_RESULTS {
+            m.renewals.touch(result);
         }
         Arc::new(m)
     }
@@ -145,6 +189,7 @@ pub struct SinkMetrics {
     pub rows_inserted: Arc<CounterVec>,
     pub duplicates_skipped: Arc<Counter>,
     pub dead_lettered: Arc<Counter>,
+    pub envelopes_refused: Arc<Counter>,
     pub rows_refused: Arc<Counter>,
     pub insert_retries: Arc<Counter>,
     pub insert_seconds: Arc<Histogram>,
@@ -170,6 +215,10 @@ impl SinkMetrics {
             duplicates_skipped: r.counter(
                 "tidewatch_sink_duplicate_batches_skipped",
                 "Batches skipped because the ledger already has them (sensor resends).",
+            ),
+            envelopes_refused: r.counter(
+                "tidewatch_sink_envelopes_refused",
+                "Kafka records whose signature is missing, unknown or wrong (not written by ingest): dead-lettered, never stored.",
             ),
             dead_lettered: r.counter(
                 "tidewatch_sink_dead_lettered",

@@ -1,14 +1,23 @@
-//! Fleet PKI: a private CA that issues the collector's server certificate and
-//! one client certificate per sensor, plus a CRL for revoked sensors.
+//! Fleet PKI: a private CA that signs one client certificate per sensor (from
+//! a CSR whose key was born on the sensor, [`Pki::sign_sensor_csr`]; renewed
+//! over the link through the signer, [`Pki::renew_sensor`]), the ingest
+//! nodes' certificates towards the signer, and (unless the server has a CA
+//! of its own: run a second PKI directory) the collector's server
+//! certificates; plus a CRL for revoked sensors.
 //!
 //! Identity convention (read back by ingest, see [`crate::identity`]): a sensor
 //! certificate carries the SAN URIs `urn:tidewatch:sensor:<ID>` and
-//! `urn:tidewatch:vessel:<VESSEL>`, and its subject CN is the sensor id.
+//! `urn:tidewatch:vessel:<VESSEL>` and the clientAuth usage; its subject CN
+//! is the sensor id. The names a CSR asks for are ignored: the identity is
+//! the operator's (`pki sign --id --vessel`) or, on renewal, the one of the
+//! certificate being renewed.
 //!
 //! Files in the PKI directory (keys are written with mode 0600):
 //! `ca.pem`, `ca-key.pem`, `server.pem`, `server-key.pem`,
-//! `sensors/<ID>.pem`, `sensors/<ID>-key.pem`, `index.tsv` (every certificate
-//! issued: serial, kind, id, vessel, not-after, revoked-at) and `crl.pem`.
+//! `sensors/<ID>.pem` (and `sensors/<ID>-key.pem` from the lab-only
+//! `issue-sensor`), `ingest/<NAME>.pem`, `ingest/<NAME>-key.pem`,
+//! `index.tsv` (every certificate issued: serial, kind, id, vessel,
+//! not-after, revoked-at) and `crl.pem`.
 //!
 //! Every file is replaced atomically and fsynced (never truncated by a crash
 //! or a full disk, never written through a symlink, see
@@ -21,14 +30,18 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams,
+    CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use tidewatch_proto::state_file::{self, Access, Durability};
 use time::{Duration, OffsetDateTime};
 
-use crate::identity::{validate_name, InvalidName, SENSOR_URI_PREFIX, VESSEL_URI_PREFIX};
+use crate::identity::{
+    identity_of, validate_name, IdentityPolicy, InvalidName, INGEST_URI_PREFIX, SENSOR_URI_PREFIX,
+    VESSEL_URI_PREFIX,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -55,6 +68,10 @@ pub enum PkiError {
     UnknownSensor(String),
     #[error("corrupt index line {line}: {content:?}")]
     Index { line: usize, content: String },
+    #[error("certificate signing request refused: {0}")]
+    Csr(String),
+    #[error("renewal refused: {0}")]
+    Renewal(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -94,6 +111,17 @@ pub struct Validity {
 }
 
 impl Validity {
+    /// From now for `secs` seconds (backdated by a tenth of that, at most
+    /// five minutes, for clocks slightly behind).
+    pub fn for_secs(secs: u64) -> Self {
+        let now = OffsetDateTime::now_utc();
+        let secs = secs.min(100 * 365 * 86_400) as i64;
+        Validity {
+            not_before: now - Duration::seconds((secs / 10).min(300)),
+            not_after: now + Duration::seconds(secs),
+        }
+    }
+
     /// From now for `days` days, or ending at `not_after` if given.
     pub fn new(days: u32, not_after: Option<OffsetDateTime>) -> Self {
         let now = OffsetDateTime::now_utc();
@@ -200,7 +228,9 @@ impl Pki {
         Ok((cert_p, key_p))
     }
 
-    /// Issues a sensor client certificate carrying its identity.
+    /// Issues a sensor certificate and its key, both made here (lab use:
+    /// the key travels to the sensor; in a fleet the key is born on the
+    /// sensor, see [`Pki::sign_sensor_csr`]).
     pub fn issue_sensor(
         &self,
         id: &str,
@@ -208,11 +238,109 @@ impl Pki {
         validity: Validity,
         out_dir: Option<&Path>,
     ) -> Result<(PathBuf, PathBuf), PkiError> {
+        let _held = self.lock()?;
+        let key = KeyPair::generate()?;
+        let pem = self.sign_sensor(id, vessel, validity, &key)?;
+        let dir = out_dir
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.join("sensors"));
+        let (cert_p, key_p) = (
+            dir.join(format!("{id}.pem")),
+            dir.join(format!("{id}-key.pem")),
+        );
+        write_file(&key_p, &key.serialize_pem(), true, true)?;
+        write_file(&cert_p, &pem, false, true)?;
+        Ok((cert_p, key_p))
+    }
+
+    /// Signs a sensor's CSR (PEM or DER) for the identity the operator
+    /// gives; the names the CSR asks for are ignored, only its key (whose
+    /// possession its signature proves) is used. Writes the certificate to
+    /// `out` (default `DIR/sensors/ID.pem`).
+    pub fn sign_sensor_csr(
+        &self,
+        csr: &[u8],
+        id: &str,
+        vessel: &str,
+        validity: Validity,
+        out: Option<&Path>,
+    ) -> Result<PathBuf, PkiError> {
+        let csr = parse_csr(csr)?;
+        let _held = self.lock()?;
+        let pem = self.sign_sensor(id, vessel, validity, &csr.public_key)?;
+        let out = out
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.dir.join("sensors").join(format!("{id}.pem")));
+        write_file(&out, &pem, false, true)?;
+        Ok(out)
+    }
+
+    /// Renews a sensor certificate: `presented` (DER, the certificate the
+    /// sensor is connected with) must be signed by this CA, be a valid
+    /// sensor certificate, be in the index under the same identity, not be
+    /// revoked and not be expired; the new certificate, for the key of
+    /// `csr` (DER or PEM), carries the same identity. Returns its PEM and
+    /// not-after (Unix seconds).
+    pub fn renew_sensor(
+        &self,
+        presented: &[u8],
+        csr: &[u8],
+        lifetime_secs: u64,
+    ) -> Result<(String, i64), PkiError> {
+        let refuse = |why: String| PkiError::Renewal(why);
+        let csr = parse_csr(csr)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(presented)
+            .map_err(|e| refuse(format!("presented certificate cannot be parsed: {e}")))?;
+        let ca_pem = fs::read(self.ca_cert_path()).map_err(io_err(&self.ca_cert_path()))?;
+        let (_, ca) = x509_parser::pem::parse_x509_pem(&ca_pem)
+            .map_err(|e| refuse(format!("CA certificate unreadable: {e}")))?;
+        let ca = ca
+            .parse_x509()
+            .map_err(|e| refuse(format!("CA certificate unreadable: {e}")))?;
+        cert.verify_signature(Some(ca.public_key()))
+            .map_err(|_| refuse("presented certificate is not signed by this CA".into()))?;
+        if !cert.validity().is_valid() {
+            return Err(refuse(
+                "presented certificate is expired (or not yet valid): re-enroll the sensor".into(),
+            ));
+        }
+        let id = identity_of(&cert, IdentityPolicy::default())
+            .map_err(|e| refuse(e.to_string()))?;
+        let _held = self.lock()?;
+        let rows = self.read_index()?;
+        let row = rows
+            .iter()
+            .find(|r| r[0] == id.serial)
+            .ok_or_else(|| refuse(format!("certificate {} is not in the index", id.serial)))?;
+        if row[1] != "sensor" || row[2] != id.sensor_id || row[3] != id.vessel {
+            return Err(refuse(format!(
+                "certificate {} is indexed as {} {} {}, not sensor {} {}",
+                id.serial, row[1], row[2], row[3], id.sensor_id, id.vessel
+            )));
+        }
+        if row[5] != "-" {
+            return Err(refuse(format!(
+                "certificate {} of sensor {} is revoked: re-enroll the sensor",
+                id.serial, id.sensor_id
+            )));
+        }
+        let validity = Validity::for_secs(lifetime_secs);
+        let pem = self.sign_sensor(&id.sensor_id, &id.vessel, validity, &csr.public_key)?;
+        Ok((pem, validity.not_after.unix_timestamp()))
+    }
+
+    /// Signs a sensor certificate for `key` and enters it in the index
+    /// (the caller holds the lock). Returns its PEM.
+    fn sign_sensor(
+        &self,
+        id: &str,
+        vessel: &str,
+        validity: Validity,
+        key: &impl PublicKeyData,
+    ) -> Result<String, PkiError> {
         validate_name("sensor id", id)?;
         validate_name("vessel", vessel)?;
-        let _held = self.lock()?;
         let issuer = self.issuer()?;
-        let key = KeyPair::generate()?;
         let mut params = leaf_params(id, validity);
         params.subject_alt_names = vec![
             SanType::URI(format!("{SENSOR_URI_PREFIX}{id}").try_into()?),
@@ -223,15 +351,30 @@ impl Pki {
             .push(DnType::OrganizationalUnitName, vessel);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let serial = params.serial_number.clone().expect("set by leaf_params");
-        let cert = params.signed_by(&key, &issuer)?;
-        let dir = out_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.dir.join("sensors"));
-        let (cert_p, key_p) = (
-            dir.join(format!("{id}.pem")),
-            dir.join(format!("{id}-key.pem")),
-        );
+        let cert = params.signed_by(key, &issuer)?;
         self.add_to_index(&serial, "sensor", id, vessel, validity.not_after)?;
+        Ok(cert.pem())
+    }
+
+    /// Issues an ingest node's client certificate towards the signer
+    /// (SAN URI `urn:tidewatch:ingest:<NAME>`, clientAuth): not a sensor,
+    /// ingest refuses it as one.
+    pub fn issue_ingest(&self, name: &str, validity: Validity) -> Result<(PathBuf, PathBuf), PkiError> {
+        validate_name("ingest name", name)?;
+        let _held = self.lock()?;
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(name, validity);
+        params.subject_alt_names = vec![SanType::URI(format!("{INGEST_URI_PREFIX}{name}").try_into()?)];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = params.serial_number.clone().expect("set by leaf_params");
+        let cert = params.signed_by(&key, &issuer)?;
+        let dir = self.dir.join("ingest");
+        let (cert_p, key_p) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
+        self.add_to_index(&serial, "ingest", name, "-", validity.not_after)?;
         write_file(&key_p, &key.serialize_pem(), true, true)?;
         write_file(&cert_p, &cert.pem(), false, true)?;
         Ok((cert_p, key_p))
@@ -380,6 +523,19 @@ fn leaf_params(cn: &str, v: Validity) -> CertificateParams {
     p
 }
 
+/// Parses a CSR (PEM or DER), checking its signature (proof that the
+/// requester holds the key).
+fn parse_csr(csr: &[u8]) -> Result<CertificateSigningRequestParams, PkiError> {
+    if csr.len() > 64 * 1024 {
+        return Err(PkiError::Csr(format!("{} bytes is not a CSR", csr.len())));
+    }
+    let r = match std::str::from_utf8(csr) {
+        Ok(text) if text.contains("-----BEGIN") => CertificateSigningRequestParams::from_pem(text),
+        _ => CertificateSigningRequestParams::from_der(&csr.to_vec().into()),
+    };
+    r.map_err(|e| PkiError::Csr(e.to_string()))
+}
+
 fn random_serial() -> SerialNumber {
     let mut b: [u8; 16] = rand::random();
     b[0] &= 0x7f; // positive
@@ -420,10 +576,44 @@ pub fn parse_date(s: &str) -> Result<OffsetDateTime, PkiError> {
     Ok(date.midnight().assume_utc())
 }
 
+/// How long a certificate is valid: `--days`, `--lifetime-secs` (short-lived
+/// fleets and tests) or `--not-after`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LifetimeArgs {
+    /// Days of validity from now.
+    #[arg(long, default_value_t = 825)]
+    pub days: u32,
+    /// Seconds of validity from now, instead of --days.
+    #[arg(long, conflicts_with_all = ["days", "not_after"])]
+    pub lifetime_secs: Option<u64>,
+    /// End of validity (YYYY-MM-DD) instead of --days; may be in the past.
+    #[arg(long, conflicts_with = "days")]
+    pub not_after: Option<String>,
+}
+
+impl LifetimeArgs {
+    pub fn validity(&self) -> Result<Validity, PkiError> {
+        if let Some(s) = self.lifetime_secs {
+            if s == 0 {
+                return Err(PkiError::Invalid {
+                    what: "--lifetime-secs",
+                    value: "0".into(),
+                    why: "must be at least 1",
+                });
+            }
+            return Ok(Validity::for_secs(s));
+        }
+        let end = self.not_after.as_deref().map(parse_date).transpose()?;
+        Ok(Validity::new(self.days, end))
+    }
+}
+
 /// The `pki` subcommands.
 #[derive(clap::Subcommand)]
 pub enum PkiCmd {
-    /// Create the fleet CA (ca.pem, ca-key.pem) and an empty CRL.
+    /// Create a CA (ca.pem, ca-key.pem) and an empty CRL. One CA can sign
+    /// everything; for a separate server CA, run init-ca and issue-server in
+    /// a second directory and give sensors that ca.pem as --ca.
     InitCa {
         /// CA common name.
         #[arg(long, default_value = "tidewatch fleet CA")]
@@ -442,7 +632,28 @@ pub enum PkiCmd {
         #[arg(long, default_value_t = 825)]
         days: u32,
     },
-    /// Issue a sensor certificate carrying its identity.
+    /// Sign a sensor's certificate signing request (made on the sensor by
+    /// `tidewatch-sensor enroll`; its key never leaves the sensor). The
+    /// identity is the one given here; names in the CSR are ignored.
+    Sign {
+        /// The CSR (PEM or DER).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Sensor id (1-64 of A-Z a-z 0-9 . _ -), unique in the fleet.
+        #[arg(long)]
+        id: String,
+        /// Vessel, crane or site the sensor belongs to.
+        #[arg(long)]
+        vessel: String,
+        #[command(flatten)]
+        lifetime: LifetimeArgs,
+        /// Where to write the certificate (default: DIR/sensors/ID.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// LAB USE: issue a sensor certificate together with its private key,
+    /// both made here (the key must then be carried to the sensor). In a
+    /// fleet, use `tidewatch-sensor enroll` and `pki sign`.
     IssueSensor {
         /// Sensor id (1-64 of A-Z a-z 0-9 . _ -), unique in the fleet.
         #[arg(long)]
@@ -450,14 +661,21 @@ pub enum PkiCmd {
         /// Vessel, crane or site the sensor belongs to.
         #[arg(long)]
         vessel: String,
-        #[arg(long, default_value_t = 825)]
-        days: u32,
-        /// End of validity (YYYY-MM-DD) instead of --days; may be in the past.
-        #[arg(long)]
-        not_after: Option<String>,
+        #[command(flatten)]
+        lifetime: LifetimeArgs,
         /// Where to write ID.pem and ID-key.pem (default: DIR/sensors).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Issue an ingest node's client certificate towards the signer
+    /// (ingest/NAME.pem, ingest/NAME-key.pem); it is not a sensor
+    /// certificate and cannot upload.
+    IssueIngest {
+        /// Name of the ingest node or deployment.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
     },
     /// Revoke every certificate of a sensor and rewrite crl.pem.
     Revoke {
@@ -472,28 +690,42 @@ pub fn run(dir: &Path, cmd: PkiCmd) -> anyhow::Result<()> {
     match cmd {
         PkiCmd::InitCa { name, days } => {
             let (c, k) = p.init_ca(&name, days)?;
-            println!("created fleet CA\n  certificate: {}  (copy to every sensor and to ingest --client-ca)\n  private key: {}  (keep offline; needed to issue and revoke)\n  CRL:         {}  (ingest --crl)", c.display(), k.display(), p.crl_path().display());
+            println!("created CA\n  certificate: {}  (sensors: --ca if it signs the server certificate; ingest: --client-ca if it signs sensors)\n  private key: {}  (keep offline, or in the signer only)\n  CRL:         {}  (ingest --crl)", c.display(), k.display(), p.crl_path().display());
         }
         PkiCmd::IssueServer { dns, ip, days } => {
             let mut names = dns;
             names.extend(ip.iter().map(|i| i.to_string()));
             let (c, k) = p.issue_server(&names, Validity::new(days, None))?;
-            println!("issued server certificate for {}\n  ingest --tls-cert {} --tls-key {} --client-ca {}", names.join(", "), c.display(), k.display(), p.ca_cert_path().display());
+            println!("issued server certificate for {}\n  ingest --tls-cert {} --tls-key {}", names.join(", "), c.display(), k.display());
+        }
+        PkiCmd::Sign {
+            csr,
+            id,
+            vessel,
+            lifetime,
+            out,
+        } => {
+            let bytes = fs::read(&csr).map_err(io_err(&csr))?;
+            let c = p.sign_sensor_csr(&bytes, &id, &vessel, lifetime.validity()?, out.as_deref())?;
+            println!("signed sensor certificate {id} (vessel {vessel}): {}\n  copy it and {} to the sensor (--cert, --ca)", c.display(), p.ca_cert_path().display());
         }
         PkiCmd::IssueSensor {
             id,
             vessel,
-            days,
-            not_after,
+            lifetime,
             out,
         } => {
-            let end = not_after.as_deref().map(parse_date).transpose()?;
-            let (c, k) = p.issue_sensor(&id, &vessel, Validity::new(days, end), out.as_deref())?;
+            let (c, k) = p.issue_sensor(&id, &vessel, lifetime.validity()?, out.as_deref())?;
+            eprintln!("warning: issue-sensor made the private key here (lab use); in a fleet the key is born on the sensor: `tidewatch-sensor enroll`, then `pki sign`");
             println!("issued sensor certificate {id} (vessel {vessel})\n  copy to the sensor: {} {} {}\n  tidewatch-sensor run --ca ca.pem --cert {id}.pem --key {id}-key.pem ...", p.ca_cert_path().display(), c.display(), k.display());
+        }
+        PkiCmd::IssueIngest { name, days } => {
+            let (c, k) = p.issue_ingest(&name, Validity::new(days, None))?;
+            println!("issued ingest certificate {name}\n  ingest --signer-cert {} --signer-key {}", c.display(), k.display());
         }
         PkiCmd::Revoke { id } => {
             let n = p.revoke_sensor(&id)?;
-            println!("revoked {n} certificate(s) of sensor {id}; CRL rewritten: {}\n  restart ingest (or roll the pods) so it loads the new CRL", p.crl_path().display());
+            println!("revoked {n} certificate(s) of sensor {id}; CRL rewritten: {}\n  ingest reloads it within seconds and closes the sensor's open streams; copy it where ingest reads --crl (the chart's Secret) if that is elsewhere", p.crl_path().display());
         }
     }
     Ok(())
@@ -529,6 +761,10 @@ mod tests {
         }
         let pem = fs::read(&c).unwrap();
         let id = crate::identity::identity_from_pem(&pem).unwrap();
+        assert_eq!(id.not_after, {
+            let (_, c) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+            c.parse_x509().unwrap().validity().not_after.timestamp()
+        });
         assert_eq!(id.sensor_id, "s1");
         assert_eq!(id.vessel, "mv-aurora");
         assert_eq!(pki.revoke_sensor("s1").unwrap(), 1);
@@ -540,6 +776,94 @@ mod tests {
         assert!(fs::read_to_string(pki.crl_path())
             .unwrap()
             .contains("X509 CRL"));
+    }
+
+    /// A CSR for a fresh key, asking for names of its own choosing.
+    fn csr_asking_for(uri: &str) -> (KeyPair, Vec<u8>) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = vec![SanType::URI(uri.to_string().try_into().unwrap())];
+        let der = p.serialize_request(&key).unwrap().der().to_vec();
+        (key, der)
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_the_operators_identity_and_renewed_only_for_a_valid_unrevoked_sensor() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.init_ca("test CA", 30).unwrap();
+        // The CSR asks to be another sensor: ignored.
+        let (key, csr) = csr_asking_for("urn:tidewatch:sensor:admiral");
+        let out = pki
+            .sign_sensor_csr(&csr, "s1", "mv-aurora", Validity::new(10, None), None)
+            .unwrap();
+        let pem = fs::read_to_string(&out).unwrap();
+        let id = crate::identity::identity_from_pem(pem.as_bytes()).unwrap();
+        assert_eq!((id.sensor_id.as_str(), id.vessel.as_str()), ("s1", "mv-aurora"));
+        let der = der_of(&pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        assert_eq!(crate::identity::san_uris(&cert, SENSOR_URI_PREFIX), vec!["s1"]);
+        // A CSR whose signature does not match (altered) is refused.
+        let mut altered = csr.clone();
+        let n = altered.len();
+        altered[n - 5] ^= 0x55;
+        assert!(matches!(
+            pki.sign_sensor_csr(&altered, "s2", "mv-aurora", Validity::new(10, None), None),
+            Err(PkiError::Csr(_))
+        ));
+
+        // Renewal: same identity, new key, longer life; in the index.
+        let presented = der_of(&pem);
+        let (new_key, new_csr) = csr_asking_for("urn:tidewatch:sensor:admiral");
+        let (renewed, not_after) = pki.renew_sensor(&presented, &new_csr, 3600).unwrap();
+        let rid = crate::identity::identity_from_pem(renewed.as_bytes()).unwrap();
+        assert_eq!((rid.sensor_id.as_str(), rid.vessel.as_str()), ("s1", "mv-aurora"));
+        assert_eq!(rid.not_after, not_after);
+        let rder = der_of(&renewed);
+        let (_, rc) = x509_parser::parse_x509_certificate(&rder).unwrap();
+        assert_eq!(rc.public_key().subject_public_key.data.as_ref(), new_key.public_key_raw());
+        assert!(pki.read_index().unwrap().iter().any(|r| r[0] == rid.serial));
+
+        let refused = |presented: &[u8]| match pki.renew_sensor(presented, &new_csr, 3600) {
+            Err(PkiError::Renewal(why)) => why,
+            other => panic!("renewal not refused: {other:?}"),
+        };
+        // Not a sensor certificate: the server's.
+        let (server, _) = pki.issue_server(&["localhost".into()], Validity::new(10, None)).unwrap();
+        assert!(refused(&der_of(&fs::read_to_string(server).unwrap())).contains("clientAuth"));
+        // Expired.
+        let (old, _) = pki
+            .issue_sensor("old", "mv-aurora", Validity::new(1, parse_date("2020-01-01").ok()), None)
+            .unwrap();
+        assert!(refused(&der_of(&fs::read_to_string(old).unwrap())).contains("expired"));
+        // From another CA, under the same name.
+        let other = tempfile::tempdir().unwrap();
+        let rogue = Pki::new(other.path());
+        rogue.init_ca("rogue CA", 30).unwrap();
+        let (forged, _) = rogue.issue_sensor("s1", "mv-aurora", Validity::new(10, None), None).unwrap();
+        assert!(refused(&der_of(&fs::read_to_string(forged).unwrap())).contains("not signed by this CA"));
+        // Revoked (every certificate of the sensor, the renewed one too).
+        pki.revoke_sensor("s1").unwrap();
+        assert!(refused(&presented).contains("revoked"));
+        assert!(refused(&der_of(&renewed)).contains("revoked"));
+        // Signed by this CA but never entered in its index.
+        let issuer = pki.issuer().unwrap();
+        let mut p = leaf_params("ghost", Validity::new(10, None));
+        p.subject_alt_names = vec![SanType::URI("urn:tidewatch:sensor:ghost".try_into().unwrap())];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let ghost = p.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+        assert!(refused(ghost.der()).contains("not in the index"));
     }
 
     #[test]

@@ -42,20 +42,37 @@ set -a; . "$D/stack/stack.env"; set +a
 say "creating the schema"
 "$BIN/tidewatch-collector" migrate 2>/dev/null
 
-say "issuing the fleet PKI"
+say "fleet PKI: the CA, the server and ingest certificates, and each sensor enrolled"
 P="$D/pki"
 "$BIN/tidewatch-collector" pki --dir "$P" init-ca
 "$BIN/tidewatch-collector" pki --dir "$P" issue-server --dns localhost --ip 127.0.0.1 >/dev/null
-"$BIN/tidewatch-collector" pki --dir "$P" issue-sensor --id crane-07 --vessel port-of-hamburg >/dev/null
-"$BIN/tidewatch-collector" pki --dir "$P" issue-sensor --id bridge-01 --vessel mv-northern-star >/dev/null
-echo "issued sensor certificates crane-07 (port-of-hamburg) and bridge-01 (mv-northern-star)"
+"$BIN/tidewatch-collector" pki --dir "$P" issue-ingest --name ingest-0 >/dev/null
+for s in crane-07:port-of-hamburg bridge-01:mv-northern-star; do
+  id=${s%%:*}; vessel=${s#*:}
+  # On the sensor: its key is born there and never leaves it.
+  "$BIN/tidewatch-sensor" enroll --key "$D/sensor-$id/key.pem" --csr "$D/sensor-$id/sensor.csr" >/dev/null
+  # Ashore: the operator signs the request for the identity they choose.
+  "$BIN/tidewatch-collector" pki --dir "$P" sign --csr "$D/sensor-$id/sensor.csr" --id "$id" \
+    --vessel "$vessel" --out "$D/sensor-$id/cert.pem" >/dev/null
+done
+echo "enrolled sensors crane-07 (port-of-hamburg) and bridge-01 (mv-northern-star)"
+"$BIN/tidewatch-collector" envelope-key --out-dir "$D/envelope" >/dev/null
 
-say "starting collector ingest and sink (logs in $D)"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$BIN/tidewatch-collector" ingest --listen "127.0.0.1:$PORT" --tls-cert "$P/server.pem" \
-  --tls-key "$P/server-key.pem" --client-ca "$P/ca.pem" --crl "$P/crl.pem" >"$D/ingest.log" 2>&1 &
+say "starting the signer, collector ingest and sink (logs in $D)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=$(free_port)
+SIGNER_PORT=$(free_port)
+"$BIN/tidewatch-collector" signer --dir "$P" --listen "127.0.0.1:$SIGNER_PORT" --tls-cert "$P/server.pem" \
+  --tls-key "$P/server-key.pem" --client-ca "$P/ca.pem" >"$D/signer.log" 2>&1 &
 PIDS+=($!)
-"$BIN/tidewatch-collector" sink --max-wait-ms 300 >"$D/sink.log" 2>&1 &
+"$BIN/tidewatch-collector" ingest --listen "127.0.0.1:$PORT" --tls-cert "$P/server.pem" \
+  --tls-key "$P/server-key.pem" --client-ca "$P/ca.pem" --crl "$P/crl.pem" \
+  --envelope-signing-key "$D/envelope/envelope-signing-key.pem" \
+  --signer "https://localhost:$SIGNER_PORT" --signer-ca "$P/ca.pem" \
+  --signer-cert "$P/ingest/ingest-0.pem" --signer-key "$P/ingest/ingest-0-key.pem" >"$D/ingest.log" 2>&1 &
+PIDS+=($!)
+"$BIN/tidewatch-collector" sink --max-wait-ms 300 \
+  --envelope-verify-key "$D/envelope/envelope-verify-key.pem" >"$D/sink.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 600); do grep -q "ingest listening" "$D/ingest.log" && break; sleep 0.1; done
 grep -q "ingest listening" "$D/ingest.log" || { cat "$D/ingest.log"; exit 1; }
@@ -64,7 +81,7 @@ replay() { # id pcap...
   local id=$1; shift
   for f in "$@"; do
     "$BIN/tidewatch-sensor" run --pcap "$PCAPS/$f" --collector "https://127.0.0.1:$PORT" \
-      --server-name localhost --ca "$P/ca.pem" --cert "$P/sensors/$id.pem" --key "$P/sensors/$id-key.pem" \
+      --server-name localhost --ca "$P/ca.pem" --cert "$D/sensor-$id/cert.pem" --key "$D/sensor-$id/key.pem" \
       --state-dir "$D/sensor-$id" 2>>"$D/sensor-$id.log"
     echo "  $id uploaded $f"
   done

@@ -35,11 +35,16 @@ install() {
   # Debian packages: ClickHouse server/client, libpcap headers (sensor live
   # capture), ieee-data (OUI registry for asset vendors), iproute2 (network
   # namespaces in the live-capture test), systemd (systemd-analyze checks
-  # the sensor's unit), util-linux (setpriv: capture with CAP_NET_RAW only).
+  # the sensor's unit), util-linux (setpriv: capture with CAP_NET_RAW only),
+  # libssl-dev and pkg-config (librdkafka's TLS and SASL/SCRAM to the broker),
+  # openssl (the PKI tests read certificates and CSRs back with it).
   local pkgs=()
   command -v clickhouse-server >/dev/null 2>&1 || pkgs+=(clickhouse-server clickhouse-client)
   [ -f /usr/include/pcap/pcap.h ] || pkgs+=(libpcap-dev)
   [ -f /usr/share/ieee-data/oui.csv ] || pkgs+=(ieee-data)
+  [ -f /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
+  command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+  command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)

@@ -6,6 +6,7 @@
 //! - [`batch`]: batches with persistent, strictly increasing sequence numbers.
 //! - [`forward`]: the forwarding half: disk buffer → uplink → acks, within the budget.
 //! - [`uplink`]: mTLS gRPC upload with acknowledgements and resend.
+//! - [`identity`]: the sensor's key and certificate: enrollment, renewal.
 //! - [`buffer`]: the disk buffer batches wait in until the collector acks them,
 //!   one part per upload priority class.
 //! - [`budget`]: the daily byte budget of the uplink.
@@ -20,6 +21,7 @@ pub mod capture;
 pub mod decode;
 pub mod flow;
 pub mod forward;
+pub mod identity;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

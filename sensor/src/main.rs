@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cli::run::main(*args),
         Cmd::Estimate(args) => cli::estimate::main(args),
         Cmd::Buffer(args) => cli::buffer::main(args),
+        Cmd::Enroll(args) => cli::enroll::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

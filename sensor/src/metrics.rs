@@ -133,12 +133,28 @@ pub fn registry(
         "Batch payload bytes put on the link, resends included.",
         bytes_sent
     );
+    uplink_counter!(
+        "tidewatch_sensor_certificate_renewals",
+        "Certificates renewed over the link.",
+        renewals
+    );
+    uplink_counter!(
+        "tidewatch_sensor_certificate_renewal_failures",
+        "Renewal attempts that failed (logged with the reason; retried within the window).",
+        renewal_failures
+    );
     {
         let u = uplink.clone();
         r.gauge_fn(
             "tidewatch_sensor_uplink_connected",
             "1 while an upload stream to the collector is open.",
             move || one(u.connected.get()),
+        );
+        let u = uplink.clone();
+        r.gauge_fn(
+            "tidewatch_sensor_certificate_not_after_seconds",
+            "End of validity of the certificate in use, Unix seconds (alert well before it).",
+            move || one(u.cert_not_after.get()),
         );
     }
 

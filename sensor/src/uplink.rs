@@ -16,23 +16,35 @@
 //! size limit (below the largest batch then in flight, which was over it):
 //! a batch above it is refused here once it is the oldest unacked, without
 //! being sent.
+//!
+//! Certificate renewal rides on the same connection: once the sensor's
+//! certificate enters its renewal window, the uplink asks for a new one
+//! (`Renew`, a fresh key's CSR; charged to the budget as control traffic),
+//! saves it, stops sending on the stream, waits for the acks of what is in
+//! flight and reconnects with the new certificate: no batch is resent or
+//! lost by the switch. A refusal (revoked, unknown to the CA) is logged as
+//! needing re-enrollment; other failures are retried within the window.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tidewatch_proto::metrics::{Counter, Gauge};
 use tidewatch_proto::v1::uplink_client::UplinkClient;
-use tidewatch_proto::v1::{AckStatus, UploadAck, UploadRequest};
+use tidewatch_proto::v1::{AckStatus, RenewRequest, RenewResponse, UploadAck, UploadRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::batch::{PreparedBatch, Priority};
 use crate::budget::DailyBudget;
+use crate::identity::{self, RenewalKey};
 use crate::ratelimit::TokenBucket;
 
 #[derive(Debug, Clone)]
@@ -42,8 +54,10 @@ pub struct UplinkConfig {
     /// Name the collector's certificate must carry (defaults to the host).
     pub server_name: Option<String>,
     pub ca_pem: Vec<u8>,
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
+    /// The certificate and key presented to the collector.
+    pub identity: identity::Identity,
+    /// Renew the certificate over the link (off: `None`).
+    pub renewal: Option<Renewal>,
     pub window: usize,
     pub connect_timeout: Duration,
     pub ack_timeout: Duration,
@@ -53,6 +67,15 @@ pub struct UplinkConfig {
     pub backoff_max: Duration,
     /// Upload rate limit in bytes per second (batch payloads), 0 = none.
     pub rate_limit: u64,
+}
+
+/// When and where the uplink renews the sensor's certificate.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// Renewed certificates are saved here (see [`identity::renewed_path`]).
+    pub state_dir: PathBuf,
+    /// Renew once this fraction of the lifetime is left (e.g. 1/3).
+    pub fraction: f64,
 }
 
 /// Live counters of the uplink (shared with the metrics endpoint).
@@ -67,6 +90,11 @@ pub struct UplinkCounters {
     pub bytes_sent: Counter,
     /// 1 while an upload stream is open.
     pub connected: Gauge,
+    /// Certificates renewed over the link, and attempts that failed.
+    pub renewals: Counter,
+    pub renewal_failures: Counter,
+    /// End of the current certificate's validity, Unix seconds.
+    pub cert_not_after: Gauge,
 }
 
 impl UplinkCounters {
@@ -106,7 +134,13 @@ enum StreamEnd {
     Done,
     /// Stream broke; reconnect and resend.
     Retry(String),
+    /// A new certificate was installed and nothing is in flight: reconnect
+    /// with it at once.
+    Renewed,
 }
+
+/// A renewal under way: the key it asked for, and the call.
+type RenewCall = Pin<Box<dyn Future<Output = Result<RenewResponse, tonic::Status>> + Send>>;
 
 /// A batch the uplink is done with, reported in order.
 #[derive(Debug)]
@@ -135,37 +169,28 @@ pub struct Uplink {
     /// hands them over, which is where the budget holds them back).
     budget: Option<Arc<Mutex<DailyBudget>>>,
     bucket: Option<TokenBucket>,
+    /// No renewal is tried before this (after a failure).
+    next_renewal_try: SystemTime,
 }
 
 impl Uplink {
     pub fn new(cfg: UplinkConfig) -> Result<Self, UplinkError> {
-        let bad =
-            |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
-            .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem));
-        if let Some(name) = &cfg.server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        let endpoint = Endpoint::from_shared(cfg.endpoint.clone())
-            .map_err(|e| bad(&e))?
-            .tls_config(tls)
-            .map_err(|e| bad(&e))?
-            .connect_timeout(cfg.connect_timeout)
-            .http2_keep_alive_interval(cfg.keepalive_interval)
-            .keep_alive_timeout(cfg.keepalive_timeout)
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
+        let endpoint = endpoint(&cfg, &cfg.identity)?;
         let bucket = (cfg.rate_limit > 0)
             .then(|| TokenBucket::new(cfg.rate_limit, std::time::Instant::now()));
+        let counters = Arc::<UplinkCounters>::default();
+        counters
+            .cert_not_after
+            .set(cfg.identity.not_after as f64);
         Ok(Uplink {
             cfg,
             endpoint,
-            counters: Arc::default(),
+            counters,
             done: None,
             max_send: usize::MAX,
             budget: None,
             bucket,
+            next_renewal_try: SystemTime::UNIX_EPOCH,
         })
     }
 
@@ -183,6 +208,7 @@ impl Uplink {
 
     /// Counts into `c` (shared with whoever reports them).
     pub fn with_counters(mut self, c: Arc<UplinkCounters>) -> Self {
+        c.cert_not_after.set(self.cfg.identity.not_after as f64);
         self.counters = c;
         self
     }
@@ -220,7 +246,14 @@ impl Uplink {
             let channel = match self.endpoint.connect().await {
                 Ok(c) => c,
                 Err(e) => {
-                    warn!(endpoint = %self.cfg.endpoint, error = %error_chain(&e), "cannot connect to collector");
+                    if self.cfg.identity.expired(SystemTime::now()) {
+                        error!(endpoint = %self.cfg.endpoint, not_after = self.cfg.identity.not_after,
+                            serial = %self.cfg.identity.serial, error = %error_chain(&e),
+                            "cannot connect: this sensor's certificate has expired and cannot be renewed; \
+                             re-enroll it (tidewatch-sensor enroll, then pki sign ashore); batches wait on disk");
+                    } else {
+                        warn!(endpoint = %self.cfg.endpoint, error = %error_chain(&e), "cannot connect to collector");
+                    }
                     continue;
                 }
             };
@@ -237,6 +270,10 @@ impl Uplink {
             self.counters.connected.set(0.0);
             match end {
                 StreamEnd::Done => return self.counters.snapshot(),
+                StreamEnd::Renewed => {
+                    info!(unacked = unacked.len(), "reconnecting with the renewed certificate");
+                    first = true;
+                }
                 StreamEnd::Retry(why) => {
                     warn!(unacked = unacked.len(), reason = %why, "upload stream interrupted; will resend unacked batches")
                 }
@@ -269,8 +306,10 @@ impl Uplink {
             let _ = tx.try_send(unacked[sent].request.clone());
             sent += 1;
         }
-        let mut client = UplinkClient::new(channel);
-        let mut acks = match client.upload(ReceiverStream::new(rx)).await {
+        let client = UplinkClient::new(channel);
+        let mut renewal: Option<(RenewalKey, RenewCall)> = None;
+        let mut renewed = false;
+        let mut acks = match client.clone().upload(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => return StreamEnd::Retry(format!("open stream: {status}")),
         };
@@ -310,6 +349,16 @@ impl Uplink {
                 drop(tx);
                 return StreamEnd::Done;
             }
+            if renewed && sent == 0 {
+                // Everything sent on this stream is acked: close it (the
+                // collector ends it once its acks are out) and reconnect.
+                drop(tx);
+                return StreamEnd::Renewed;
+            }
+            if renewal.is_none() && !renewed {
+                renewal = self.start_renewal(&client);
+            }
+            let renew_check = self.until_renewal_check();
             if sent == 0 && unacked.front().is_some_and(|b| !self.budget_allows(b)) {
                 return StreamEnd::Retry("daily byte budget reached; resends wait".into());
             }
@@ -336,7 +385,137 @@ impl Uplink {
                 _ = tokio::time::sleep(self.cfg.ack_timeout), if waiting => {
                     return StreamEnd::Retry(format!("no ack within {:?}", self.cfg.ack_timeout));
                 }
+                r = async { (&mut renewal.as_mut().expect("checked").1).await }, if renewal.is_some() => {
+                    let (key, _) = renewal.take().expect("checked");
+                    if self.finish_renewal(key, r) {
+                        // Send nothing more on this stream.
+                        renewed = true;
+                        request_open = false;
+                    }
+                }
+                _ = tokio::time::sleep(renew_check), if renewal.is_none() && !renewed => {}
             }
+        }
+    }
+
+    /// Time until a renewal may next be due (checked again then).
+    fn until_renewal_check(&self) -> Duration {
+        let Some(r) = &self.cfg.renewal else {
+            return Duration::from_secs(3600);
+        };
+        let at = self
+            .cfg
+            .identity
+            .renew_at(r.fraction)
+            .max(self.next_renewal_try);
+        at.duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .clamp(Duration::from_millis(100), Duration::from_secs(3600))
+    }
+
+    /// Starts a renewal on the connection if one is due, the budget lets
+    /// the request through (as control traffic) and no failure is being
+    /// waited out.
+    fn start_renewal(
+        &mut self,
+        client: &UplinkClient<Channel>,
+    ) -> Option<(RenewalKey, RenewCall)> {
+        let r = self.cfg.renewal.as_ref()?;
+        let now = SystemTime::now();
+        if now < self.cfg.identity.renew_at(r.fraction) || now < self.next_renewal_try {
+            return None;
+        }
+        let key = match RenewalKey::new() {
+            Ok(k) => k,
+            Err(e) => {
+                self.renewal_failed(&format!("cannot make a key: {e}"), false);
+                return None;
+            }
+        };
+        // The request and the certificate coming back, roughly.
+        let bytes = key.csr_der.len() as u64 + 2048;
+        if let Some(b) = &self.budget {
+            let mut b = b.lock().expect("budget lock");
+            if !b.allows(Priority::Control, bytes) {
+                drop(b);
+                self.renewal_failed("the daily byte budget leaves no room for it", false);
+                return None;
+            }
+            b.charge(bytes);
+        }
+        self.counters.bytes_sent.add(bytes);
+        info!(serial = %self.cfg.identity.serial, not_after = self.cfg.identity.not_after,
+            "certificate in its renewal window; asking the collector for a new one");
+        let mut client = client.clone();
+        let req = RenewRequest {
+            csr: key.csr_der.clone(),
+        };
+        let call: RenewCall = Box::pin(async move {
+            match tokio::time::timeout(Duration::from_secs(60), client.renew(req)).await {
+                Ok(r) => r.map(tonic::Response::into_inner),
+                Err(_) => Err(tonic::Status::deadline_exceeded("no answer within 60 s")),
+            }
+        });
+        Some((key, call))
+    }
+
+    /// Installs the certificate a renewal brought (saved first, so a crash
+    /// keeps it), or notes why it failed. Whether a new one is installed.
+    fn finish_renewal(
+        &mut self,
+        key: RenewalKey,
+        r: Result<RenewResponse, tonic::Status>,
+    ) -> bool {
+        let resp = match r {
+            Ok(resp) => resp,
+            Err(status) => {
+                let permanent = status.code() == Code::PermissionDenied;
+                self.renewal_failed(
+                    &format!("{:?}: {}", status.code(), status.message()),
+                    permanent,
+                );
+                return false;
+            }
+        };
+        let renewal = self.cfg.renewal.clone().expect("renewing");
+        let installed = key
+            .accept(&resp.certificate_pem, &self.cfg.identity)
+            .and_then(|id| id.save_renewed(&renewal.state_dir).map(|()| id))
+            .map_err(|e| e.to_string())
+            .and_then(|id| endpoint(&self.cfg, &id).map(|ep| (id, ep)).map_err(|e| e.to_string()));
+        match installed {
+            Ok((id, ep)) => {
+                info!(old_serial = %self.cfg.identity.serial, serial = %id.serial, not_after = id.not_after,
+                    "certificate renewed; switching to it once the batches in flight are acked");
+                self.counters.renewals.inc();
+                self.counters.cert_not_after.set(id.not_after as f64);
+                self.cfg.identity = id;
+                self.endpoint = ep;
+                true
+            }
+            Err(e) => {
+                self.renewal_failed(&format!("the new certificate is unusable: {e}"), false);
+                false
+            }
+        }
+    }
+
+    /// Counts a failed renewal and sets when to try again: within the time
+    /// left (a tenth of it, between a second and ten minutes), or, when the
+    /// collector refused for good, in an hour.
+    fn renewal_failed(&mut self, why: &str, permanent: bool) {
+        self.counters.renewal_failures.inc();
+        let now = SystemTime::now();
+        let left = self.cfg.identity.remaining(now);
+        if permanent {
+            error!(reason = %why, expires_in = ?left, serial = %self.cfg.identity.serial,
+                "the collector refuses to renew this sensor's certificate (revoked, or unknown to the CA): \
+                 re-enroll it before it expires (tidewatch-sensor enroll, then pki sign ashore)");
+            self.next_renewal_try = now + Duration::from_secs(3600);
+        } else {
+            let wait = (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+            warn!(reason = %why, retry_in = ?wait, expires_in = ?left, "certificate renewal failed; will retry");
+            self.next_renewal_try = now + wait;
         }
     }
 
@@ -486,6 +665,26 @@ impl Uplink {
             }
         }
     }
+}
+
+/// The collector endpoint, presenting `id`.
+fn endpoint(cfg: &UplinkConfig, id: &identity::Identity) -> Result<Endpoint, UplinkError> {
+    let bad = |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
+        .identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+    if let Some(name) = &cfg.server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(Endpoint::from_shared(cfg.endpoint.clone())
+        .map_err(|e| bad(&e))?
+        .tls_config(tls)
+        .map_err(|e| bad(&e))?
+        .connect_timeout(cfg.connect_timeout)
+        .http2_keep_alive_interval(cfg.keepalive_interval)
+        .keep_alive_timeout(cfg.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true))
 }
 
 /// `e` and its sources, joined, for logs.

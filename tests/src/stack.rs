@@ -41,11 +41,27 @@ impl Stack {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{k} missing in stack.env"))
         };
+        // Ingest signs envelopes with this pair's private key, the sinks
+        // check them with its public key.
+        run_ok(
+            Command::new(bin("tidewatch-collector"))
+                .args(["envelope-key", "--out-dir"])
+                .arg(dir.path().join("envelope")),
+        );
         Stack {
             ch_http_port: get("CH_HTTP_PORT"),
             kafka_port: get("KAFKA_PORT"),
             dir,
         }
+    }
+
+    /// Ingest's envelope signing key and the sinks' verify key.
+    pub fn envelope_keys(&self) -> (PathBuf, PathBuf) {
+        let d = self.path().join("envelope");
+        (
+            d.join("envelope-signing-key.pem"),
+            d.join("envelope-verify-key.pem"),
+        )
     }
 
     pub fn path(&self) -> &Path {
@@ -104,11 +120,15 @@ impl Stack {
             .sum()
     }
 
-    /// Environment for collector commands talking to this stack.
+    /// Environment for collector commands talking to this stack (its
+    /// ClickHouse, its broker, its envelope keys).
     pub fn collector(&self) -> Command {
         let mut c = Command::new(bin("tidewatch-collector"));
+        let (sign, verify) = self.envelope_keys();
         c.env("TIDEWATCH_CLICKHOUSE_URL", self.clickhouse_url())
             .env("TIDEWATCH_KAFKA_BROKERS", self.kafka_brokers())
+            .env("TIDEWATCH_ENVELOPE_SIGNING_KEY", sign)
+            .env("TIDEWATCH_ENVELOPE_VERIFY_KEYS", verify)
             .env("RUST_LOG", "info,rdkafka=warn");
         c
     }
@@ -139,14 +159,20 @@ impl Stack {
 
     /// Starts ingest with the given PKI and returns it once it listens.
     pub fn ingest(&self, pki: &Pki, port: u16, extra: &[&str]) -> Proc {
+        self.ingest_served_by(pki, pki, port, extra)
+    }
+
+    /// Starts ingest trusting the sensors of `pki`, presenting the server
+    /// certificate of `server` (the same PKI, or one with its own CA).
+    pub fn ingest_served_by(&self, pki: &Pki, server: &Pki, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = self.collector();
         cmd.arg("ingest")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--tls-cert")
-            .arg(pki.dir.join("server.pem"))
+            .arg(server.dir.join("server.pem"))
             .arg("--tls-key")
-            .arg(pki.dir.join("server-key.pem"))
+            .arg(server.dir.join("server-key.pem"))
             .arg("--client-ca")
             .arg(pki.dir.join("ca.pem"))
             .arg("--crl")

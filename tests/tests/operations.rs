@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use prost::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use tidewatch_collector::envelope::{SigningKey, SIGNATURE_HEADER};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tidewatch_proto::v1::{AckStatus, DeadLetter, Encoding, IngestedBatch};
@@ -168,13 +170,21 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
         .enable_all()
         .build()
         .unwrap();
+    // Signed with ingest's key (as if ingest had written them), so that
+    // what is checked here is the decoding, not the signature.
+    let key = SigningKey::load(&stack.envelope_keys().0).unwrap();
     rt.block_on(async {
         for value in [b"\xff\xfe garbage".to_vec(), bad_envelope] {
+            let sig = key.sign(&value);
             producer
                 .send(
                     FutureRecord::to("tidewatch.batches.v1")
                         .key("s1")
-                        .payload(&value),
+                        .payload(&value)
+                        .headers(OwnedHeaders::new().insert(Header {
+                            key: SIGNATURE_HEADER,
+                            value: Some(sig.as_slice()),
+                        })),
                     Timeout::Never,
                 )
                 .await

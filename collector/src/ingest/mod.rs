@@ -21,9 +21,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
+use crate::envelope::SigningKey;
+use crate::identity::IdentityPolicy;
 use crate::kafka::KafkaArgs;
 use crate::metrics::IngestMetrics;
 use service::{IngestService, Limits};
+use tidewatch_proto::v1::signer_client::SignerClient;
 
 #[derive(Debug, clap::Args)]
 pub struct IngestArgs {
@@ -39,9 +42,48 @@ pub struct IngestArgs {
     /// Fleet CA (PEM); sensors must present a certificate it signed.
     #[arg(long, env = "TIDEWATCH_CLIENT_CA", value_name = "PEM")]
     pub client_ca: PathBuf,
-    /// Certificate revocation list (PEM) of the fleet CA.
+    /// Certificate revocation list (PEM) of the fleet CA. Reloaded when it
+    /// changes (as the other TLS files): open connections of a newly
+    /// revoked sensor are closed within seconds.
     #[arg(long, env = "TIDEWATCH_CRL", value_name = "PEM")]
     pub crl: Option<PathBuf>,
+    /// Seconds between checks of the TLS files (CRL, client CA, server
+    /// certificate and key) for a change.
+    #[arg(long, default_value_t = 2)]
+    pub tls_reload_secs: u64,
+    /// Seconds a connection may live: then it drains (no new batch, acks
+    /// sent, stream ended) and the sensor reconnects, going through the
+    /// certificate checks again. A connection also drains when its
+    /// certificate expires.
+    #[arg(long, default_value_t = 3600)]
+    pub max_connection_age_secs: u64,
+    /// Seconds a draining connection has before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub drain_grace_secs: u64,
+    /// Also accept certificates without a urn:tidewatch:sensor: SAN URI,
+    /// reading the sensor id from the subject CN and the vessel from the OU
+    /// (certificates made before the URI convention). Off: any certificate
+    /// the CA signed would pass as a sensor.
+    #[arg(long)]
+    pub allow_legacy_cn_identity: bool,
+    /// Ed25519 private key (PKCS#8 PEM) ingest signs every Kafka record
+    /// with; the sinks store only what it signed (`tidewatch-collector
+    /// envelope-key` makes a pair).
+    #[arg(long, env = "TIDEWATCH_ENVELOPE_SIGNING_KEY", value_name = "PEM")]
+    pub envelope_signing_key: PathBuf,
+    /// The signer renewing sensor certificates, e.g. https://tidewatch-signer:4444
+    /// (default: none; sensors asking to renew are told so).
+    #[arg(long, env = "TIDEWATCH_SIGNER", value_name = "URL", requires_all = ["signer_ca", "signer_cert", "signer_key"])]
+    pub signer: Option<String>,
+    /// CA of the signer's server certificate (PEM).
+    #[arg(long, env = "TIDEWATCH_SIGNER_CA", value_name = "PEM")]
+    pub signer_ca: Option<PathBuf>,
+    /// Ingest's client certificate towards the signer (`pki issue-ingest`).
+    #[arg(long, env = "TIDEWATCH_SIGNER_CERT", value_name = "PEM")]
+    pub signer_cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, env = "TIDEWATCH_SIGNER_KEY", value_name = "PEM")]
+    pub signer_key: Option<PathBuf>,
     /// Largest batch payload accepted, in bytes. Keep it below the Kafka
     /// topic's max.message.bytes.
     #[arg(long, default_value_t = 1_000_000)]
@@ -96,6 +138,32 @@ pub struct IngestArgs {
     pub kafka: KafkaArgs,
 }
 
+/// A client of the signer at `url`, presenting ingest's certificate
+/// (connected lazily: a signer down only delays renewals).
+fn signer_client(
+    url: &str,
+    args: &IngestArgs,
+) -> anyhow::Result<SignerClient<tonic::transport::Channel>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let read = |what: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
+        let p = p.as_ref().with_context(|| format!("--signer needs {what}"))?;
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("--signer-ca", &args.signer_ca)?))
+        .identity(Identity::from_pem(
+            read("--signer-cert", &args.signer_cert)?,
+            read("--signer-key", &args.signer_key)?,
+        ));
+    let channel = Endpoint::from_shared(url.to_string())
+        .with_context(|| format!("invalid --signer {url:?}"))?
+        .tls_config(tls)
+        .with_context(|| format!("invalid --signer {url:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    Ok(SignerClient::new(channel))
+}
+
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("install SIGTERM handler");
@@ -126,18 +194,28 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
             "--max-streams-per-connection",
             args.max_streams_per_connection as usize,
         ),
+        ("--tls-reload-secs", args.tls_reload_secs as usize),
+        (
+            "--max-connection-age-secs",
+            args.max_connection_age_secs as usize,
+        ),
     ] {
         if v == 0 {
             bail!("{flag} must be at least 1");
         }
     }
-    let tls_cfg = tls::server_config(&tls::TlsFiles {
-        cert: &args.tls_cert,
-        key: &args.tls_key,
-        client_ca: &args.client_ca,
-        crl: args.crl.as_deref(),
-    })
-    .context("loading TLS material")?;
+    let tls_files = tls::TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        client_ca: args.client_ca.clone(),
+        crl: args.crl.clone(),
+    };
+    let tls_cfg = tls::server_config(&tls_files).context("loading TLS material")?;
+    let envelope_key = SigningKey::load(&args.envelope_signing_key)?;
+    let signer = match &args.signer {
+        Some(url) => Some(signer_client(url, &args)?),
+        None => None,
+    };
 
     let producer = args
         .kafka
@@ -176,13 +254,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         kafka_timeout: Duration::from_millis(args.kafka_timeout_ms),
         ..Limits::default()
     };
+    info!(key_id = %envelope_key.id(), signer = ?args.signer, "envelopes are signed");
     let svc = IngestService::new(
         producer.clone(),
         args.kafka.kafka_topic.clone(),
         limits,
         metrics.clone(),
         shutdown_rx,
-    );
+    )
+    .with_trust(Some(envelope_key), signer);
     health_reporter
         .set_serving::<UplinkServer<IngestService>>()
         .await;
@@ -212,16 +292,36 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
     let (conn_tx, conn_rx) = mpsc::channel(64);
+    let (cfg_tx, cfg_rx) = watch::channel(tls_cfg);
+    let open = Arc::new(tls::OpenConns::default());
+    if let Some(crl) = &args.crl {
+        metrics
+            .crl_revoked
+            .set(tls::revoked_serials(crl).context("reading the CRL")?.len() as f64);
+    }
+    let reload = tokio::spawn(tls::watch_files(
+        tls_files,
+        cfg_tx,
+        open.clone(),
+        metrics.clone(),
+        Duration::from_secs(args.tls_reload_secs),
+    ));
     let accept = tokio::spawn(tls::accept_loop(
         listener,
-        tls_cfg,
+        cfg_rx,
         conn_tx,
+        open,
         metrics.clone(),
         tls::AcceptLimits {
             handshakes: args.max_handshakes,
             handshake_timeout: Duration::from_secs(args.handshake_timeout_secs),
             connections: args.max_connections,
             per_sensor: args.max_connections_per_sensor,
+            max_age: Duration::from_secs(args.max_connection_age_secs),
+            drain_grace: Duration::from_secs(args.drain_grace_secs),
+            identity: IdentityPolicy {
+                legacy_cn: args.allow_legacy_cn_identity,
+            },
         },
     ));
     info!(listen = %local, topic = %args.kafka.kafka_topic, brokers = %args.kafka.kafka_brokers, "ingest listening");
@@ -250,6 +350,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         .await
         .context("gRPC server failed")?;
     accept.abort();
+    reload.abort();
     let flush = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)));
     if let Ok(Err(e)) = flush.await {
         warn!(error = %e, "producer flush at shutdown incomplete");

@@ -15,14 +15,19 @@ use rdkafka::types::RDKafkaErrorCode;
 use tidewatch_proto::codec;
 use tidewatch_proto::limits::check_flow;
 use tidewatch_proto::util::now_us;
+use tidewatch_proto::v1::signer_client::SignerClient;
 use tidewatch_proto::v1::uplink_server::Uplink;
-use tidewatch_proto::v1::{AckStatus, IngestedBatch, UploadAck, UploadRequest};
+use tidewatch_proto::v1::{
+    AckStatus, IngestedBatch, RenewRequest, RenewResponse, SignRenewalRequest, UploadAck,
+    UploadRequest,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::tls::PeerInfo;
+use super::tls::{Closing, PeerInfo};
+use crate::envelope::SigningKey;
 use crate::identity::SensorIdentity;
 use crate::metrics::IngestMetrics;
 
@@ -97,11 +102,17 @@ struct Inner {
     streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The highest seq this node saw from each sensor.
     highest_seq: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Sensors with a renewal under way (one at a time each).
+    renewing: std::sync::Mutex<std::collections::HashSet<String>>,
     producer: FutureProducer,
     topic: String,
     limits: Limits,
     metrics: Arc<IngestMetrics>,
     node: String,
+    /// Signs every envelope for the sink (`None`: unsigned, by choice).
+    envelope_key: Option<SigningKey>,
+    /// Where renewals are signed (`None`: renewal off).
+    signer: Option<SignerClient<tonic::transport::Channel>>,
 }
 
 #[derive(Clone)]
@@ -123,14 +134,30 @@ impl IngestService {
                 decode_slots: tokio::sync::Semaphore::new(limits.decode_workers.max(1)),
                 highest_seq: Default::default(),
                 streams: Default::default(),
+                renewing: Default::default(),
                 producer,
                 topic,
                 limits,
                 metrics,
                 node: crate::kafka::node_name(),
+                envelope_key: None,
+                signer: None,
             }),
             shutdown,
         }
+    }
+
+    /// Signs envelopes with `key`, and renews certificates through `signer`
+    /// (call before serving).
+    pub fn with_trust(
+        mut self,
+        envelope_key: Option<SigningKey>,
+        signer: Option<SignerClient<tonic::transport::Channel>>,
+    ) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("not shared yet");
+        inner.envelope_key = envelope_key;
+        inner.signer = signer;
+        self
     }
 }
 
@@ -296,6 +323,18 @@ impl Inner {
                 };
             }
         };
+        // A connection closed meanwhile (its certificate revoked): nothing
+        // more it sent goes to Kafka.
+        if let Closing::Closed(why) = *peer.closing.borrow() {
+            m.refused.inc("revoked");
+            return UploadAck {
+                seq: req.seq,
+                status: AckStatus::Unauthorized as i32,
+                retryable: true,
+                detail: format!("connection closed by ingest: {why}"),
+                records: 0,
+            };
+        }
         if let Some(highest) = self.note_seq(&id.sensor_id, req.seq) {
             m.seq_regressions.inc();
             warn!(sensor = %id.sensor_id, seq = req.seq, highest, "seq regression: far below the highest seq \
@@ -314,7 +353,7 @@ impl Inner {
         }
         .encode_to_vec();
         let seq_text = req.seq.to_string();
-        let headers = OwnedHeaders::new()
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "tidewatch-sensor",
                 value: Some(id.sensor_id.as_bytes()),
@@ -323,6 +362,13 @@ impl Inner {
                 key: "tidewatch-seq",
                 value: Some(seq_text.as_bytes()),
             });
+        let signature = self.envelope_key.as_ref().map(|k| k.sign(&envelope));
+        if let Some(sig) = &signature {
+            headers = headers.insert(Header {
+                key: crate::envelope::SIGNATURE_HEADER,
+                value: Some(sig.as_slice()),
+            });
+        }
         let record = FutureRecord::to(&self.topic)
             .key(id.sensor_id.as_bytes())
             .payload(&envelope)
@@ -452,6 +498,92 @@ impl Drop for OpenStream {
 
 type AckFuture = Pin<Box<dyn Future<Output = UploadAck> + Send>>;
 
+/// The status that ends a stream on a connection ingest is ending.
+fn closing_status(c: Closing) -> Result<(), Status> {
+    match c {
+        Closing::Open => Ok(()),
+        Closing::Draining(why) => Err(Status::unavailable(format!(
+            "connection drained ({why}); reconnect"
+        ))),
+        Closing::Closed(why) => Err(Status::permission_denied(format!(
+            "connection closed by ingest: {why}"
+        ))),
+    }
+}
+
+/// Largest CSR a renewal may carry.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+impl Inner {
+    /// Forwards a sensor's renewal to the signer, for the certificate it
+    /// is connected with (one renewal per sensor at a time).
+    async fn renew(&self, peer: &PeerInfo, csr: Vec<u8>) -> Result<RenewResponse, Status> {
+        let m = &self.metrics;
+        let id = &peer.identity;
+        let Some(signer) = self.signer.clone() else {
+            m.renewals.inc("disabled");
+            return Err(Status::unimplemented(
+                "this collector does not renew certificates (ingest has no --signer); re-enroll the sensor before expiry",
+            ));
+        };
+        if csr.len() > MAX_CSR_BYTES {
+            m.renewals.inc("refused");
+            return Err(Status::invalid_argument(format!(
+                "CSR of {} bytes (at most {MAX_CSR_BYTES})",
+                csr.len()
+            )));
+        }
+        if !self
+            .renewing
+            .lock()
+            .expect("renewal set lock")
+            .insert(id.sensor_id.clone())
+        {
+            m.renewals.inc("busy");
+            return Err(Status::resource_exhausted(
+                "a renewal of this sensor is already under way",
+            ));
+        }
+        let req = SignRenewalRequest {
+            presented_certificate: peer.certificate.to_vec(),
+            csr,
+        };
+        let r = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            signer.clone().sign_renewal(req),
+        )
+        .await;
+        self.renewing
+            .lock()
+            .expect("renewal set lock")
+            .remove(&id.sensor_id);
+        match r {
+            Ok(Ok(resp)) => {
+                let resp = resp.into_inner();
+                m.renewals.inc("issued");
+                info!(sensor = %id.sensor_id, old_serial = %id.serial, not_after = resp.not_after,
+                    "sensor certificate renewed");
+                Ok(resp)
+            }
+            Ok(Err(s)) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
+                m.renewals.inc("refused");
+                warn!(sensor = %id.sensor_id, serial = %id.serial, reason = %s.message(), "renewal refused by the signer");
+                Err(s)
+            }
+            Ok(Err(s)) => {
+                m.renewals.inc("signer_unavailable");
+                warn!(sensor = %id.sensor_id, code = ?s.code(), error = %s.message(), "signer unavailable; the sensor will retry");
+                Err(Status::unavailable(format!("signer unavailable: {}", s.message())))
+            }
+            Err(_) => {
+                m.renewals.inc("signer_unavailable");
+                warn!(sensor = %id.sensor_id, "signer did not answer within 20 s; the sensor will retry");
+                Err(Status::unavailable("signer did not answer in time"))
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Uplink for IngestService {
     type UploadStream = ReceiverStream<Result<UploadAck, Status>>;
@@ -469,6 +601,9 @@ impl Uplink for IngestService {
         if *self.shutdown.borrow() {
             return Err(Status::unavailable("collector is shutting down"));
         }
+        if let Err(s) = closing_status(*peer.closing.borrow()) {
+            return Err(s);
+        }
         let Some(open) = OpenStream::open(self.inner.clone(), &peer.identity.sensor_id) else {
             self.inner.metrics.refused.inc("sensor_stream_limit");
             warn!(peer = %peer.remote, sensor = %peer.identity.sensor_id,
@@ -480,6 +615,7 @@ impl Uplink for IngestService {
         let mut inbound = request.into_inner();
         let inner = self.inner.clone();
         let mut shutdown = self.shutdown.clone();
+        let mut closing = peer.closing.clone();
         let max_inflight = inner.limits.max_inflight_per_stream.max(1);
         let (tx, rx) = mpsc::channel(max_inflight + 1);
         info!(peer = %peer.remote, sensor = %peer.identity.sensor_id, vessel = %peer.identity.vessel, "upload stream opened");
@@ -507,6 +643,16 @@ impl Uplink for IngestService {
                             final_status = Some(Status::unavailable("collector is shutting down; reconnect"));
                         }
                     }
+                    r = closing.changed(), if reading => {
+                        let now = *closing.borrow_and_update();
+                        if let Err(s) = closing_status(now) {
+                            reading = false;
+                            final_status = Some(s);
+                        } else if r.is_err() {
+                            // The connection is gone.
+                            reading = false;
+                        }
+                    }
                     m = inbound.message(), if reading && inflight.len() < max_inflight => match m {
                         Ok(Some(req)) => {
                             let (mine, next) = oneshot::channel();
@@ -530,5 +676,19 @@ impl Uplink for IngestService {
             debug!(peer = %peer.remote, "upload stream closed");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+        closing_status(*peer.closing.borrow())?;
+        let csr = request.into_inner().csr;
+        self.inner.renew(&peer, csr).await.map(Response::new)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -22,6 +22,7 @@ use tracing::{debug, error, info, warn};
 use super::dedup::SeenBatches;
 use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table, TimeWindow};
 use super::SinkArgs;
+use crate::envelope::{VerifyKeys, SIGNATURE_HEADER};
 use crate::metrics::SinkMetrics;
 
 struct Chunk {
@@ -56,6 +57,8 @@ pub(super) struct Sink {
     pub dlq: FutureProducer,
     pub ch: Client,
     pub seen: SeenBatches,
+    /// Ingest's verify keys (`None`: unsigned envelopes accepted, by choice).
+    pub verify: Option<VerifyKeys>,
     pub metrics: Arc<SinkMetrics>,
     pub shutdown: watch::Receiver<bool>,
     /// Set when fault injection stopped the sink.
@@ -189,12 +192,31 @@ impl Sink {
             value: m.payload.clone().unwrap_or_default(),
             failed_us: now_us(),
             kind: "batch".into(),
+            signature: m.signature.clone().unwrap_or_default(),
             ..DeadLetter::default()
         };
         let Some(payload) = m.payload.as_deref() else {
             chunk.dead.push(dead("record has no value".into()));
             return;
         };
+        // Only what ingest wrote: anything else on the topic (a client
+        // that reached the broker, a record altered there) is refused
+        // before it is even decoded.
+        if let Some(keys) = &self.verify {
+            if let Err(e) = keys.verify(payload, m.signature.as_deref()) {
+                self.metrics.envelopes_refused.inc();
+                let claimed = IngestedBatch::decode(payload).ok();
+                warn!(partition = m.partition, offset = m.offset, reason = %e,
+                    claimed_sensor = claimed.as_ref().map_or("", |e| e.sensor_id.as_str()),
+                    "record refused: not signed by ingest; dead-lettered, never stored");
+                chunk.dead.push(DeadLetter {
+                    sensor_id: claimed.as_ref().map(|e| e.sensor_id.clone()).unwrap_or_default(),
+                    seq: claimed.map_or(0, |e| e.seq),
+                    ..dead(format!("envelope refused: {e}"))
+                });
+                return;
+            }
+        }
         let env = match IngestedBatch::decode(payload) {
             Ok(e) if !e.sensor_id.is_empty() && e.seq > 0 => e,
             Ok(_) => {
@@ -253,6 +275,7 @@ impl Sink {
                 kind: b.kind.into(),
                 sensor_id: env.sensor_id.clone(),
                 seq: env.seq,
+                signature: Vec::new(),
             });
         }
         chunk.in_chunk.insert(key.clone());
@@ -441,6 +464,7 @@ impl Sink {
                 kind: "row".into(),
                 sensor_id: row.sensor().to_string(),
                 seq: row.batch_seq(),
+                signature: Vec::new(),
             });
         }
         Some(())
@@ -595,15 +619,24 @@ struct Detached {
     offset: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
+    /// The `tidewatch-signature` header (the last one, if repeated).
+    signature: Option<Vec<u8>>,
 }
 
 fn detach(m: &BorrowedMessage<'_>) -> Detached {
+    let signature = m.headers().and_then(|h| {
+        h.iter()
+            .filter(|h| h.key == SIGNATURE_HEADER)
+            .filter_map(|h| h.value.map(<[u8]>::to_vec))
+            .last()
+    });
     Detached {
         topic: m.topic().to_string(),
         partition: m.partition(),
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec),
+        signature,
     }
 }
 

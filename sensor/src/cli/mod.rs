@@ -14,6 +14,7 @@ use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tracing::warn;
 
 pub mod buffer;
+pub mod enroll;
 pub mod estimate;
 mod metering;
 pub mod read;
@@ -30,7 +31,9 @@ Every `run` option can also be set in the environment as TIDEWATCH_<OPTION> (e.g
 --batch-flows as TIDEWATCH_BATCH_FLOWS), which is how the systemd unit reads \
 /etc/tidewatch/sensor.env; command-line options win.\n\n\
 `read` inspects a capture locally (no upload); `run` meters a capture and uploads the flows, \
-waiting until the collector has acknowledged every batch (an ack means the batch is in Kafka).\n\n\
+waiting until the collector has acknowledged every batch (an ack means the batch is in Kafka). \
+`enroll` makes the sensor's key (it never leaves the box) and the request the shore signs; \
+`run` renews the certificate over the link before it expires.\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
 pub struct Cli {
@@ -50,6 +53,25 @@ pub enum Cmd {
     Estimate(EstimateArgs),
     /// Inspect or repair the disk buffer (STATE_DIR/buffer) while the sensor is stopped.
     Buffer(BufferCmdArgs),
+    /// Make this sensor's private key (mode 0600; it never leaves the box)
+    /// and a certificate signing request to have signed ashore with
+    /// `tidewatch-collector pki sign --csr FILE --id ID --vessel VESSEL`.
+    Enroll(EnrollArgs),
+}
+
+/// Options of `enroll`.
+#[derive(clap::Args)]
+pub struct EnrollArgs {
+    /// Where to write the private key (then `run --key`).
+    #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
+    pub key: PathBuf,
+    /// Where to write the certificate signing request (PEM), for the shore.
+    #[arg(long, value_name = "PEM", default_value = "sensor.csr")]
+    pub csr: PathBuf,
+    /// Replace an existing key (its certificate stops matching: the sensor
+    /// needs the new CSR signed before it can upload again).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Options of `read`.
@@ -111,12 +133,21 @@ pub struct RunArgs {
     /// Fleet CA certificate (PEM) that signed the collector's certificate.
     #[arg(long, env = "TIDEWATCH_CA", value_name = "PEM")]
     pub ca: PathBuf,
-    /// This sensor's certificate (PEM), issued by `tidewatch-collector pki issue-sensor`.
+    /// This sensor's certificate (PEM), signed ashore for its enrolled key
+    /// (`tidewatch-collector pki sign`). A renewed certificate, kept in
+    /// STATE_DIR/identity/renewed.pem, is used instead while it ends later.
     #[arg(long, env = "TIDEWATCH_CERT", value_name = "PEM")]
     pub cert: PathBuf,
-    /// This sensor's private key (PEM).
+    /// This sensor's private key (PEM), made by `tidewatch-sensor enroll`.
     #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
     pub key: PathBuf,
+    /// Ask the collector for a new certificate (for a fresh key) once this
+    /// fraction of the current one's lifetime is left.
+    #[arg(long, env = "TIDEWATCH_RENEW_FRACTION", default_value_t = 1.0 / 3.0, value_name = "FRACTION")]
+    pub renew_fraction: f64,
+    /// Never renew the certificate over the link.
+    #[arg(long, env = "TIDEWATCH_NO_RENEW")]
+    pub no_renew: bool,
     /// Directory for persistent state (disk buffer, batch sequence counter, budget use).
     #[arg(
         long,

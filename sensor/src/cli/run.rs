@@ -11,7 +11,8 @@ use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, PreparedBatch, Sealer
 use tidewatch_sensor::budget::BudgetConfig;
 use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
 use tidewatch_sensor::pipeline::Progress;
-use tidewatch_sensor::uplink::{Uplink, UplinkConfig};
+use tidewatch_sensor::identity::Identity;
+use tidewatch_sensor::uplink::{Renewal, Uplink, UplinkConfig};
 use tracing::info;
 
 use super::metering::{meter, stop_flag, Control};
@@ -43,6 +44,12 @@ impl RunArgs {
                 bail!("{name} must be a positive number of seconds, got {v}");
             }
         }
+        if !(self.renew_fraction > 0.0 && self.renew_fraction < 1.0) {
+            bail!(
+                "--renew-fraction must be between 0 and 1 (e.g. 0.33: renew in the last third), got {}",
+                self.renew_fraction
+            );
+        }
         if self.budget_reserve_percent > 90 {
             bail!(
                 "--budget-reserve-percent {} leaves too little for bulk flows (at most 90)",
@@ -53,12 +60,19 @@ impl RunArgs {
     }
 
     fn uplink_config(&self) -> anyhow::Result<UplinkConfig> {
+        let identity = Identity::load(&self.cert, &self.key, Some(&self.state_dir))
+            .context("loading the sensor's certificate and key")?;
+        info!(serial = %identity.serial, origin = ?identity.origin, not_after = identity.not_after,
+            "sensor certificate loaded");
         Ok(UplinkConfig {
             endpoint: self.collector.clone(),
             server_name: self.server_name.clone(),
             ca_pem: read_pem("CA certificate", &self.ca)?,
-            cert_pem: read_pem("sensor certificate", &self.cert)?,
-            key_pem: read_pem("sensor key", &self.key)?,
+            identity,
+            renewal: (!self.no_renew).then(|| Renewal {
+                state_dir: self.state_dir.clone(),
+                fraction: self.renew_fraction,
+            }),
             window: self.window,
             connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs_f64(self.ack_timeout),
@@ -223,9 +237,10 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
 /// with its original seq, on a fresh uplink; the shore must drop them.
 fn resend(
     rt: &tokio::runtime::Runtime,
-    cfg: UplinkConfig,
+    mut cfg: UplinkConfig,
     batches: Vec<PreparedBatch>,
 ) -> anyhow::Result<()> {
+    cfg.renewal = None;
     info!(
         batches = batches.len(),
         "fault injection: resending every acked batch with its original seq"

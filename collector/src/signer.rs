@@ -1,0 +1,158 @@
+//! `tidewatch-collector signer`: the one process that holds the sensor CA's
+//! key, so that ingest (exposed to every ship) never does.
+//!
+//! Ingest forwards a sensor's renewal to it over mutual TLS, presenting an
+//! ingest certificate (`pki issue-ingest`: SAN URI `urn:tidewatch:ingest:*`);
+//! any other client is refused. The signer trusts ingest with nothing but
+//! the transport: it checks the sensor certificate itself ([`Pki::renew_sensor`]:
+//! signed by its CA, a sensor certificate, in its index under the same
+//! identity, not revoked, not expired) and signs the CSR's key for that
+//! identity only, entering the new certificate in its index (so `pki
+//! revoke` on this directory revokes it too). Run one replica, with the
+//! PKI directory on storage of its own; only ingest may reach its port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tidewatch_proto::v1::signer_server::{Signer, SignerServer};
+use tidewatch_proto::v1::{RenewResponse, SignRenewalRequest};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::identity::{san_uris, INGEST_URI_PREFIX};
+use crate::pki::{Pki, PkiError};
+
+#[derive(Debug, clap::Args)]
+pub struct SignerArgs {
+    /// PKI directory with the sensor CA (ca.pem, ca-key.pem) and its index.
+    #[arg(long, env = "TIDEWATCH_PKI_DIR", default_value = "pki")]
+    pub dir: PathBuf,
+    /// Address to listen on for ingest.
+    #[arg(long, env = "TIDEWATCH_SIGNER_LISTEN", default_value = "0.0.0.0:4444")]
+    pub listen: SocketAddr,
+    /// The signer's server certificate chain (PEM).
+    #[arg(long, env = "TIDEWATCH_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: PathBuf,
+    /// The signer's server key (PEM).
+    #[arg(long, env = "TIDEWATCH_TLS_KEY", value_name = "PEM")]
+    pub tls_key: PathBuf,
+    /// CA that signed the ingest certificates (usually DIR/ca.pem).
+    #[arg(long, env = "TIDEWATCH_CLIENT_CA", value_name = "PEM")]
+    pub client_ca: PathBuf,
+    /// Lifetime of a renewed certificate, in days.
+    #[arg(long, default_value_t = 90)]
+    pub days: u32,
+    /// Lifetime of a renewed certificate in seconds, instead of --days
+    /// (short-lived fleets, tests).
+    #[arg(long, conflicts_with = "days")]
+    pub lifetime_secs: Option<u64>,
+}
+
+struct SignerService {
+    pki: Arc<Pki>,
+    lifetime_secs: u64,
+}
+
+#[tonic::async_trait]
+impl Signer for SignerService {
+    async fn sign_renewal(
+        &self,
+        request: Request<SignRenewalRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
+        let caller = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|d| d.to_vec()))
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let ingest = x509_parser::parse_x509_certificate(&caller)
+            .ok()
+            .and_then(|(_, c)| san_uris(&c, INGEST_URI_PREFIX).first().map(|s| s.to_string()));
+        let Some(ingest) = ingest else {
+            warn!("renewal refused: the caller is not an ingest (no {INGEST_URI_PREFIX}* SAN URI)");
+            return Err(Status::permission_denied("only ingest may ask for renewals"));
+        };
+        let req = request.into_inner();
+        let pki = self.pki.clone();
+        let lifetime = self.lifetime_secs;
+        let r = tokio::task::spawn_blocking(move || {
+            pki.renew_sensor(&req.presented_certificate, &req.csr, lifetime)
+        })
+        .await
+        .map_err(|_| Status::internal("signing panicked"))?;
+        match r {
+            Ok((pem, not_after)) => {
+                let id = crate::identity::identity_from_pem(pem.as_bytes())
+                    .map(|i| (i.sensor_id, i.serial))
+                    .unwrap_or_default();
+                info!(sensor = %id.0, serial = %id.1, not_after, ingest = %ingest, "sensor certificate renewed");
+                Ok(Response::new(RenewResponse {
+                    certificate_pem: pem,
+                    not_after,
+                }))
+            }
+            Err(e @ (PkiError::Renewal(_) | PkiError::Name(_))) => {
+                warn!(ingest = %ingest, reason = %e, "renewal refused");
+                Err(Status::permission_denied(e.to_string()))
+            }
+            Err(e @ PkiError::Csr(_)) => {
+                warn!(ingest = %ingest, reason = %e, "renewal refused");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+            Err(e) => {
+                warn!(ingest = %ingest, error = %e, "renewal failed");
+                Err(Status::unavailable(e.to_string()))
+            }
+        }
+    }
+}
+
+pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("server certificate", &args.tls_cert)?,
+            read("server key", &args.tls_key)?,
+        ))
+        .client_ca_root(Certificate::from_pem(read("client CA", &args.client_ca)?));
+    let pki = Pki::new(&args.dir);
+    anyhow::ensure!(
+        pki.ca_cert_path().exists(),
+        "no CA in {}: the signer needs the sensor CA's ca.pem and ca-key.pem there",
+        args.dir.display()
+    );
+    let lifetime_secs = args
+        .lifetime_secs
+        .unwrap_or(u64::from(args.days) * 86_400)
+        .max(1);
+    let svc = SignerService {
+        pki: Arc::new(pki),
+        lifetime_secs,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(listen = %listener.local_addr()?, dir = %args.dir.display(), lifetime_secs, "signer listening");
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(SignerServer::new(svc).max_decoding_message_size(256 * 1024))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("install SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                info!("signer stopping");
+            },
+        )
+        .await
+        .context("signer failed")?;
+    Ok(())
+}
