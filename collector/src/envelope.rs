@@ -57,7 +57,9 @@ pub enum EnvelopeError {
 
 fn key_id(public: &[u8]) -> [u8; KEY_ID_LEN] {
     let d = ring::digest::digest(&ring::digest::SHA256, public);
-    d.as_ref()[..KEY_ID_LEN].try_into().expect("digest is longer")
+    d.as_ref()[..KEY_ID_LEN]
+        .try_into()
+        .expect("digest is longer")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -80,7 +82,8 @@ pub struct SigningKey {
 impl SigningKey {
     /// Reads an Ed25519 private key (PKCS#8 PEM).
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let der = PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| read_err(path)(e.to_string()))?;
+        let der =
+            PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| read_err(path)(e.to_string()))?;
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
             .map_err(|e| read_err(path)(format!("not an Ed25519 private key: {e}")))?;
         let id = key_id(pair.public_key().as_ref());

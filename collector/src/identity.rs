@@ -72,7 +72,9 @@ pub struct IdentityPolicy {
 pub enum IdentityError {
     #[error("client certificate cannot be parsed: {0}")]
     Parse(String),
-    #[error("client certificate is not a sensor certificate: it has no {SENSOR_URI_PREFIX}<ID> SAN URI")]
+    #[error(
+        "client certificate is not a sensor certificate: it has no {SENSOR_URI_PREFIX}<ID> SAN URI"
+    )]
     Missing,
     #[error("client certificate carries {0} {SENSOR_URI_PREFIX}* SAN URIs; a sensor certificate has exactly one")]
     ManySensors(usize),
@@ -132,9 +134,7 @@ pub fn identity_of(
         [one] => (one.to_string(), vessels.first().map(|v| v.to_string())),
         [] if policy.legacy_cn => {
             let first = |it: &mut dyn Iterator<Item = &AttributeTypeAndValue>| {
-                it.next()
-                    .and_then(|c| c.as_str().ok())
-                    .map(str::to_string)
+                it.next().and_then(|c| c.as_str().ok()).map(str::to_string)
             };
             let cn = first(&mut subject.iter_common_name()).ok_or(IdentityError::Missing)?;
             let ou = vessels

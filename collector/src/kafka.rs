@@ -170,3 +170,48 @@ pub async fn wait_for_topic(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    /// The chart's default: TLS and SCRAM. librdkafka refuses these settings
+    /// at client creation when it was built without OpenSSL, so this checks
+    /// the build as much as the settings.
+    #[tokio::test]
+    async fn clients_take_tls_with_scram_as_the_chart_sets_them() {
+        let cli = Cli::parse_from([
+            "x",
+            "--kafka-brokers",
+            "127.0.0.1:1",
+            "--kafka-option",
+            "security.protocol=SASL_SSL",
+            "--kafka-option",
+            "sasl.mechanism=SCRAM-SHA-512",
+            "--kafka-username",
+            "ingest",
+            "--kafka-password",
+            "secret",
+        ]);
+        let c = cli.kafka.config(&[]).unwrap();
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("sasl.username"), Some("ingest"));
+        let _producer = cli
+            .kafka
+            .producer(1000, 1)
+            .expect("SASL_SSL + SCRAM producer");
+        let _consumer = cli.kafka.consumer("g").expect("SASL_SSL + SCRAM consumer");
+        let bad = Cli::parse_from(["x", "--kafka-option", "sasl.mechanism"]);
+        assert!(matches!(
+            bad.kafka.config(&[]),
+            Err(KafkaSetupError::Option(_))
+        ));
+    }
+}

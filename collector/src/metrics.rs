@@ -71,7 +71,13 @@ pub struct IngestMetrics {
 /// Why ingest closed an open connection itself.
 pub const CLOSE_REASONS: &[&str] = &["revoked", "max_age", "certificate_expired"];
 /// How renewal requests ended.
-pub const RENEWAL_RESULTS: &[&str] = &["issued", "refused", "signer_unavailable", "disabled", "busy"];
+pub const RENEWAL_RESULTS: &[&str] = &[
+    "issued",
+    "refused",
+    "signer_unavailable",
+    "disabled",
+    "busy",
+];
 
 impl IngestMetrics {
     pub fn new() -> Arc<Self> {

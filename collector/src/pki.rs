@@ -72,6 +72,8 @@ pub enum PkiError {
     Csr(String),
     #[error("renewal refused: {0}")]
     Renewal(String),
+    #[error("renewal too early: {0}")]
+    TooEarly(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -102,6 +104,10 @@ fn write_file(path: &Path, data: &str, secret: bool, overwrite: bool) -> Result<
 pub struct Pki {
     dir: PathBuf,
 }
+
+/// A certificate may be renewed once at most this fraction of its lifetime
+/// is left (sensors ask at a third by default, at most at half).
+pub const RENEWAL_WINDOW: f64 = 0.6;
 
 /// Validity of an issued certificate.
 #[derive(Debug, Clone, Copy)]
@@ -195,9 +201,20 @@ impl Pki {
         Ok(Issuer::from_ca_cert_pem(&cert_pem, key)?)
     }
 
-    /// Issues the collector's server certificate for the given DNS names / IPs.
+    /// Issues the collector's server certificate for the given DNS names /
+    /// IPs (`server.pem`, `server-key.pem`).
     pub fn issue_server(
         &self,
+        names: &[String],
+        validity: Validity,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        self.issue_server_as("server", names, validity)
+    }
+
+    /// Issues a server certificate as `BASE.pem`, `BASE-key.pem`.
+    pub fn issue_server_as(
+        &self,
+        base: &str,
         names: &[String],
         validity: Validity,
     ) -> Result<(PathBuf, PathBuf), PkiError> {
@@ -221,7 +238,10 @@ impl Pki {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let serial = params.serial_number.clone().expect("set by leaf_params");
         let cert = params.signed_by(&key, &issuer)?;
-        let (cert_p, key_p) = (self.dir.join("server.pem"), self.dir.join("server-key.pem"));
+        let (cert_p, key_p) = (
+            self.dir.join(format!("{base}.pem")),
+            self.dir.join(format!("{base}-key.pem")),
+        );
         self.add_to_index(&serial, "server", &names[0], "-", validity.not_after)?;
         write_file(&key_p, &key.serialize_pem(), true, true)?;
         write_file(&cert_p, &cert.pem(), false, true)?;
@@ -265,9 +285,7 @@ impl Pki {
         validity: Validity,
         out: Option<&Path>,
     ) -> Result<PathBuf, PkiError> {
-        let csr = parse_csr(csr)?;
-        let _held = self.lock()?;
-        let pem = self.sign_sensor(id, vessel, validity, &csr.public_key)?;
+        let pem = self.sign_sensor_csr_pem(csr, id, vessel, validity)?;
         let out = out
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.dir.join("sensors").join(format!("{id}.pem")));
@@ -275,11 +293,26 @@ impl Pki {
         Ok(out)
     }
 
+    /// As [`Pki::sign_sensor_csr`], returning the certificate's PEM.
+    pub fn sign_sensor_csr_pem(
+        &self,
+        csr: &[u8],
+        id: &str,
+        vessel: &str,
+        validity: Validity,
+    ) -> Result<String, PkiError> {
+        let csr = parse_csr(csr)?;
+        let _held = self.lock()?;
+        self.sign_sensor(id, vessel, validity, &csr.public_key)
+    }
+
     /// Renews a sensor certificate: `presented` (DER, the certificate the
     /// sensor is connected with) must be signed by this CA, be a valid
     /// sensor certificate, be in the index under the same identity, not be
-    /// revoked and not be expired; the new certificate, for the key of
-    /// `csr` (DER or PEM), carries the same identity. Returns its PEM and
+    /// revoked and not be expired, and be in its renewal window (at most
+    /// [`RENEWAL_WINDOW`] of its lifetime left: a sensor cannot have
+    /// certificates made for it at will); the new certificate, for the key
+    /// of `csr` (DER or PEM), carries the same identity. Returns its PEM and
     /// not-after (Unix seconds).
     pub fn renew_sensor(
         &self,
@@ -304,8 +337,8 @@ impl Pki {
                 "presented certificate is expired (or not yet valid): re-enroll the sensor".into(),
             ));
         }
-        let id = identity_of(&cert, IdentityPolicy::default())
-            .map_err(|e| refuse(e.to_string()))?;
+        let id =
+            identity_of(&cert, IdentityPolicy::default()).map_err(|e| refuse(e.to_string()))?;
         let _held = self.lock()?;
         let rows = self.read_index()?;
         let row = rows
@@ -322,6 +355,18 @@ impl Pki {
             return Err(refuse(format!(
                 "certificate {} of sensor {} is revoked: re-enroll the sensor",
                 id.serial, id.sensor_id
+            )));
+        }
+        let v = cert.validity();
+        let life = (v.not_after.timestamp() - v.not_before.timestamp()).max(1) as f64;
+        let left = (v.not_after.timestamp() - OffsetDateTime::now_utc().unix_timestamp()) as f64;
+        if left > life * RENEWAL_WINDOW {
+            return Err(PkiError::TooEarly(format!(
+                "certificate {} has {:.0} s of {:.0} s left; renewal opens with {:.0} s left",
+                id.serial,
+                left,
+                life,
+                life * RENEWAL_WINDOW
             )));
         }
         let validity = Validity::for_secs(lifetime_secs);
@@ -359,25 +404,41 @@ impl Pki {
     /// Issues an ingest node's client certificate towards the signer
     /// (SAN URI `urn:tidewatch:ingest:<NAME>`, clientAuth): not a sensor,
     /// ingest refuses it as one.
-    pub fn issue_ingest(&self, name: &str, validity: Validity) -> Result<(PathBuf, PathBuf), PkiError> {
-        validate_name("ingest name", name)?;
-        let _held = self.lock()?;
-        let issuer = self.issuer()?;
-        let key = KeyPair::generate()?;
-        let mut params = leaf_params(name, validity);
-        params.subject_alt_names = vec![SanType::URI(format!("{INGEST_URI_PREFIX}{name}").try_into()?)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let serial = params.serial_number.clone().expect("set by leaf_params");
-        let cert = params.signed_by(&key, &issuer)?;
+    pub fn issue_ingest(
+        &self,
+        name: &str,
+        validity: Validity,
+    ) -> Result<(PathBuf, PathBuf), PkiError> {
+        let (key, cert) = self.make_ingest(name, validity)?;
         let dir = self.dir.join("ingest");
         let (cert_p, key_p) = (
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}-key.pem")),
         );
-        self.add_to_index(&serial, "ingest", name, "-", validity.not_after)?;
-        write_file(&key_p, &key.serialize_pem(), true, true)?;
-        write_file(&cert_p, &cert.pem(), false, true)?;
+        write_file(&key_p, &key, true, true)?;
+        write_file(&cert_p, &cert, false, true)?;
         Ok((cert_p, key_p))
+    }
+
+    /// An ingest certificate, indexed: its key and certificate PEM.
+    pub fn make_ingest(
+        &self,
+        name: &str,
+        validity: Validity,
+    ) -> Result<(String, String), PkiError> {
+        validate_name("ingest name", name)?;
+        let _held = self.lock()?;
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = leaf_params(name, validity);
+        params.subject_alt_names = vec![SanType::URI(
+            format!("{INGEST_URI_PREFIX}{name}").try_into()?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let serial = params.serial_number.clone().expect("set by leaf_params");
+        let cert = params.signed_by(&key, &issuer)?;
+        self.add_to_index(&serial, "ingest", name, "-", validity.not_after)?;
+        Ok((key.serialize_pem(), cert.pem()))
     }
 
     /// Enters a certificate in the index (the whole index rewritten).
@@ -608,6 +669,13 @@ impl LifetimeArgs {
     }
 }
 
+/// What `pki print` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PrintWhat {
+    Ca,
+    Crl,
+}
+
 /// The `pki` subcommands.
 #[derive(clap::Subcommand)]
 pub enum PkiCmd {
@@ -636,7 +704,7 @@ pub enum PkiCmd {
     /// `tidewatch-sensor enroll`; its key never leaves the sensor). The
     /// identity is the one given here; names in the CSR are ignored.
     Sign {
-        /// The CSR (PEM or DER).
+        /// The CSR (PEM or DER); `-`: standard input.
         #[arg(long)]
         csr: PathBuf,
         /// Sensor id (1-64 of A-Z a-z 0-9 . _ -), unique in the fleet.
@@ -647,7 +715,8 @@ pub enum PkiCmd {
         vessel: String,
         #[command(flatten)]
         lifetime: LifetimeArgs,
-        /// Where to write the certificate (default: DIR/sensors/ID.pem).
+        /// Where to write the certificate (default: DIR/sensors/ID.pem;
+        /// `-`: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -676,6 +745,17 @@ pub enum PkiCmd {
         name: String,
         #[arg(long, default_value_t = 825)]
         days: u32,
+        /// Print the key and certificate (one PEM text, for a Kubernetes
+        /// Secret) instead of writing files.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Print a public file of the PKI: the CA certificate (ingest's
+    /// --client-ca, the sensors' --ca when it signed the server) or the
+    /// current CRL (ingest's --crl).
+    Print {
+        #[arg(value_enum)]
+        what: PrintWhat,
     },
     /// Revoke every certificate of a sensor and rewrite crl.pem.
     Revoke {
@@ -696,7 +776,12 @@ pub fn run(dir: &Path, cmd: PkiCmd) -> anyhow::Result<()> {
             let mut names = dns;
             names.extend(ip.iter().map(|i| i.to_string()));
             let (c, k) = p.issue_server(&names, Validity::new(days, None))?;
-            println!("issued server certificate for {}\n  ingest --tls-cert {} --tls-key {}", names.join(", "), c.display(), k.display());
+            println!(
+                "issued server certificate for {}\n  ingest --tls-cert {} --tls-key {}",
+                names.join(", "),
+                c.display(),
+                k.display()
+            );
         }
         PkiCmd::Sign {
             csr,
@@ -705,8 +790,22 @@ pub fn run(dir: &Path, cmd: PkiCmd) -> anyhow::Result<()> {
             lifetime,
             out,
         } => {
-            let bytes = fs::read(&csr).map_err(io_err(&csr))?;
-            let c = p.sign_sensor_csr(&bytes, &id, &vessel, lifetime.validity()?, out.as_deref())?;
+            let bytes = if csr.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(io_err(&csr))?;
+                b
+            } else {
+                fs::read(&csr).map_err(io_err(&csr))?
+            };
+            if out.as_deref().is_some_and(|o| o.as_os_str() == "-") {
+                print!(
+                    "{}",
+                    p.sign_sensor_csr_pem(&bytes, &id, &vessel, lifetime.validity()?)?
+                );
+                return Ok(());
+            }
+            let c =
+                p.sign_sensor_csr(&bytes, &id, &vessel, lifetime.validity()?, out.as_deref())?;
             println!("signed sensor certificate {id} (vessel {vessel}): {}\n  copy it and {} to the sensor (--cert, --ca)", c.display(), p.ca_cert_path().display());
         }
         PkiCmd::IssueSensor {
@@ -719,9 +818,25 @@ pub fn run(dir: &Path, cmd: PkiCmd) -> anyhow::Result<()> {
             eprintln!("warning: issue-sensor made the private key here (lab use); in a fleet the key is born on the sensor: `tidewatch-sensor enroll`, then `pki sign`");
             println!("issued sensor certificate {id} (vessel {vessel})\n  copy to the sensor: {} {} {}\n  tidewatch-sensor run --ca ca.pem --cert {id}.pem --key {id}-key.pem ...", p.ca_cert_path().display(), c.display(), k.display());
         }
-        PkiCmd::IssueIngest { name, days } => {
+        PkiCmd::IssueIngest { name, days, print } => {
+            if print {
+                let (k, c) = p.make_ingest(&name, Validity::new(days, None))?;
+                print!("{k}{c}");
+                return Ok(());
+            }
             let (c, k) = p.issue_ingest(&name, Validity::new(days, None))?;
-            println!("issued ingest certificate {name}\n  ingest --signer-cert {} --signer-key {}", c.display(), k.display());
+            println!(
+                "issued ingest certificate {name}\n  ingest --signer-cert {} --signer-key {}",
+                c.display(),
+                k.display()
+            );
+        }
+        PkiCmd::Print { what } => {
+            let path = match what {
+                PrintWhat::Ca => p.ca_cert_path(),
+                PrintWhat::Crl => p.crl_path(),
+            };
+            print!("{}", fs::read_to_string(&path).map_err(io_err(&path))?);
         }
         PkiCmd::Revoke { id } => {
             let n = p.revoke_sensor(&id)?;
@@ -801,19 +916,33 @@ mod tests {
         pki.init_ca("test CA", 30).unwrap();
         // The CSR asks to be another sensor: ignored.
         let (key, csr) = csr_asking_for("urn:tidewatch:sensor:admiral");
+        // Issued 29 days ago, one day left: in its renewal window.
+        let tomorrow = OffsetDateTime::now_utc() + Duration::days(1);
         let out = pki
-            .sign_sensor_csr(&csr, "s1", "mv-aurora", Validity::new(10, None), None)
+            .sign_sensor_csr(
+                &csr,
+                "s1",
+                "mv-aurora",
+                Validity::new(10, Some(tomorrow)),
+                None,
+            )
             .unwrap();
         let pem = fs::read_to_string(&out).unwrap();
         let id = crate::identity::identity_from_pem(pem.as_bytes()).unwrap();
-        assert_eq!((id.sensor_id.as_str(), id.vessel.as_str()), ("s1", "mv-aurora"));
+        assert_eq!(
+            (id.sensor_id.as_str(), id.vessel.as_str()),
+            ("s1", "mv-aurora")
+        );
         let der = der_of(&pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert_eq!(
             cert.public_key().subject_public_key.data.as_ref(),
             key.public_key_raw()
         );
-        assert_eq!(crate::identity::san_uris(&cert, SENSOR_URI_PREFIX), vec!["s1"]);
+        assert_eq!(
+            crate::identity::san_uris(&cert, SENSOR_URI_PREFIX),
+            vec!["s1"]
+        );
         // A CSR whose signature does not match (altered) is refused.
         let mut altered = csr.clone();
         let n = altered.len();
@@ -828,31 +957,52 @@ mod tests {
         let (new_key, new_csr) = csr_asking_for("urn:tidewatch:sensor:admiral");
         let (renewed, not_after) = pki.renew_sensor(&presented, &new_csr, 3600).unwrap();
         let rid = crate::identity::identity_from_pem(renewed.as_bytes()).unwrap();
-        assert_eq!((rid.sensor_id.as_str(), rid.vessel.as_str()), ("s1", "mv-aurora"));
+        assert_eq!(
+            (rid.sensor_id.as_str(), rid.vessel.as_str()),
+            ("s1", "mv-aurora")
+        );
         assert_eq!(rid.not_after, not_after);
         let rder = der_of(&renewed);
         let (_, rc) = x509_parser::parse_x509_certificate(&rder).unwrap();
-        assert_eq!(rc.public_key().subject_public_key.data.as_ref(), new_key.public_key_raw());
+        assert_eq!(
+            rc.public_key().subject_public_key.data.as_ref(),
+            new_key.public_key_raw()
+        );
         assert!(pki.read_index().unwrap().iter().any(|r| r[0] == rid.serial));
 
+        // The renewed one has its whole life ahead: too early to renew it.
+        assert!(matches!(
+            pki.renew_sensor(&rder, &new_csr, 3600),
+            Err(PkiError::TooEarly(_))
+        ));
         let refused = |presented: &[u8]| match pki.renew_sensor(presented, &new_csr, 3600) {
             Err(PkiError::Renewal(why)) => why,
             other => panic!("renewal not refused: {other:?}"),
         };
         // Not a sensor certificate: the server's.
-        let (server, _) = pki.issue_server(&["localhost".into()], Validity::new(10, None)).unwrap();
+        let (server, _) = pki
+            .issue_server(&["localhost".into()], Validity::new(10, None))
+            .unwrap();
         assert!(refused(&der_of(&fs::read_to_string(server).unwrap())).contains("clientAuth"));
         // Expired.
         let (old, _) = pki
-            .issue_sensor("old", "mv-aurora", Validity::new(1, parse_date("2020-01-01").ok()), None)
+            .issue_sensor(
+                "old",
+                "mv-aurora",
+                Validity::new(1, parse_date("2020-01-01").ok()),
+                None,
+            )
             .unwrap();
         assert!(refused(&der_of(&fs::read_to_string(old).unwrap())).contains("expired"));
         // From another CA, under the same name.
         let other = tempfile::tempdir().unwrap();
         let rogue = Pki::new(other.path());
         rogue.init_ca("rogue CA", 30).unwrap();
-        let (forged, _) = rogue.issue_sensor("s1", "mv-aurora", Validity::new(10, None), None).unwrap();
-        assert!(refused(&der_of(&fs::read_to_string(forged).unwrap())).contains("not signed by this CA"));
+        let (forged, _) = rogue
+            .issue_sensor("s1", "mv-aurora", Validity::new(10, None), None)
+            .unwrap();
+        assert!(refused(&der_of(&fs::read_to_string(forged).unwrap()))
+            .contains("not signed by this CA"));
         // Revoked (every certificate of the sensor, the renewed one too).
         pki.revoke_sensor("s1").unwrap();
         assert!(refused(&presented).contains("revoked"));
@@ -860,7 +1010,9 @@ mod tests {
         // Signed by this CA but never entered in its index.
         let issuer = pki.issuer().unwrap();
         let mut p = leaf_params("ghost", Validity::new(10, None));
-        p.subject_alt_names = vec![SanType::URI("urn:tidewatch:sensor:ghost".try_into().unwrap())];
+        p.subject_alt_names = vec![SanType::URI(
+            "urn:tidewatch:sensor:ghost".try_into().unwrap(),
+        )];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let ghost = p.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
         assert!(refused(ghost.der()).contains("not in the index"));

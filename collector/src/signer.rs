@@ -33,15 +33,30 @@ pub struct SignerArgs {
     /// Address to listen on for ingest.
     #[arg(long, env = "TIDEWATCH_SIGNER_LISTEN", default_value = "0.0.0.0:4444")]
     pub listen: SocketAddr,
-    /// The signer's server certificate chain (PEM).
-    #[arg(long, env = "TIDEWATCH_TLS_CERT", value_name = "PEM")]
-    pub tls_cert: PathBuf,
-    /// The signer's server key (PEM).
-    #[arg(long, env = "TIDEWATCH_TLS_KEY", value_name = "PEM")]
-    pub tls_key: PathBuf,
-    /// CA that signed the ingest certificates (usually DIR/ca.pem).
+    /// The signer's server certificate chain (PEM). Default: DIR/signer.pem,
+    /// issued by the CA at the first start for the --dns names.
+    #[arg(
+        long,
+        env = "TIDEWATCH_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The signer's server key (PEM). Default: DIR/signer-key.pem.
+    #[arg(
+        long,
+        env = "TIDEWATCH_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Names ingest reaches the signer by, for the certificate made at the
+    /// first start (repeatable).
+    #[arg(long = "dns", default_value = "localhost")]
+    pub dns: Vec<String>,
+    /// CA that signed the ingest certificates (default: DIR/ca.pem).
     #[arg(long, env = "TIDEWATCH_CLIENT_CA", value_name = "PEM")]
-    pub client_ca: PathBuf,
+    pub client_ca: Option<PathBuf>,
     /// Lifetime of a renewed certificate, in days.
     #[arg(long, default_value_t = 90)]
     pub days: u32,
@@ -68,10 +83,16 @@ impl Signer for SignerService {
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
         let ingest = x509_parser::parse_x509_certificate(&caller)
             .ok()
-            .and_then(|(_, c)| san_uris(&c, INGEST_URI_PREFIX).first().map(|s| s.to_string()));
+            .and_then(|(_, c)| {
+                san_uris(&c, INGEST_URI_PREFIX)
+                    .first()
+                    .map(|s| s.to_string())
+            });
         let Some(ingest) = ingest else {
             warn!("renewal refused: the caller is not an ingest (no {INGEST_URI_PREFIX}* SAN URI)");
-            return Err(Status::permission_denied("only ingest may ask for renewals"));
+            return Err(Status::permission_denied(
+                "only ingest may ask for renewals",
+            ));
         };
         let req = request.into_inner();
         let pki = self.pki.clone();
@@ -96,6 +117,10 @@ impl Signer for SignerService {
                 warn!(ingest = %ingest, reason = %e, "renewal refused");
                 Err(Status::permission_denied(e.to_string()))
             }
+            Err(e @ PkiError::TooEarly(_)) => {
+                warn!(ingest = %ingest, reason = %e, "renewal asked for too early");
+                Err(Status::failed_precondition(e.to_string()))
+            }
             Err(e @ PkiError::Csr(_)) => {
                 warn!(ingest = %ingest, reason = %e, "renewal refused");
                 Err(Status::invalid_argument(e.to_string()))
@@ -108,22 +133,51 @@ impl Signer for SignerService {
     }
 }
 
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
 pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
     let read = |what: &str, p: &PathBuf| {
         std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
     };
+    let pki = Pki::new(&args.dir);
+    // A fresh volume: wait (running, so that an operator can exec into the
+    // pod) until the CA is created there.
+    if !pki.ca_cert_path().exists() {
+        warn!(dir = %args.dir.display(), "no CA yet: waiting for `tidewatch-collector pki init-ca` in this directory");
+        let stop = stop_signal();
+        tokio::pin!(stop);
+        while !pki.ca_cert_path().exists() {
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = &mut stop => return Ok(()),
+            }
+        }
+    }
+    let (cert, key) = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => {
+            let (c, k) = (args.dir.join("signer.pem"), args.dir.join("signer-key.pem"));
+            if !c.exists() || !k.exists() {
+                pki.issue_server_as("signer", &args.dns, crate::pki::Validity::new(825, None))?;
+                info!(names = ?args.dns, cert = %c.display(), "issued the signer's server certificate");
+            }
+            (c, k)
+        }
+    };
+    let client_ca = args.client_ca.clone().unwrap_or_else(|| pki.ca_cert_path());
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(
-            read("server certificate", &args.tls_cert)?,
-            read("server key", &args.tls_key)?,
+            read("server certificate", &cert)?,
+            read("server key", &key)?,
         ))
-        .client_ca_root(Certificate::from_pem(read("client CA", &args.client_ca)?));
-    let pki = Pki::new(&args.dir);
-    anyhow::ensure!(
-        pki.ca_cert_path().exists(),
-        "no CA in {}: the signer needs the sensor CA's ca.pem and ca-key.pem there",
-        args.dir.display()
-    );
+        .client_ca_root(Certificate::from_pem(read("client CA", &client_ca)?));
     let lifetime_secs = args
         .lifetime_secs
         .unwrap_or(u64::from(args.days) * 86_400)
@@ -142,13 +196,7 @@ pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("install SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+                stop_signal().await;
                 info!("signer stopping");
             },
         )

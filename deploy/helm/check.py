@@ -230,6 +230,16 @@ def check_network_policies(docs, values, label):
     kafka = {url_port(b.strip(), 9092) for b in values["kafka"]["brokers"].split(",") if b.strip()}
     ch = url_port(values["clickhouse"]["url"], 8443 if values["clickhouse"]["url"].startswith("https") else 8123)
     needs = {"-ingest": kafka, "-sink": kafka | {ch}, "-migrate": {ch}}
+    if values["signer"]["enabled"]:
+        # The signer talks to nobody; only ingest reaches it, and ingest may.
+        needs["-ingest"] = kafka | {values["signer"]["port"]}
+        needs["-signer"] = set()
+        sp = next(d for n, d in policies.items() if n.endswith("-signer"))
+        if sp["spec"]["egress"] != []:
+            fail(f"{label}: the signer may reach out: {sp['spec']['egress']}")
+        frm = [f.get("podSelector", {}).get("matchLabels", {}) for r in sp["spec"]["ingress"] for f in r.get("from", [])]
+        if [m.get("app.kubernetes.io/component") for m in frm] != ["ingest"]:
+            fail(f"{label}: the signer is reachable from {frm}, not ingest alone")
     for suffix, want in needs.items():
         np = next((d for n, d in policies.items() if n.endswith(suffix)), None)
         if np is None:
@@ -258,23 +268,51 @@ def cases():
         assert find(docs, "Service", "-ingest")["spec"]["type"] == "ClusterIP"
         assert find(docs, "PodDisruptionBudget", "-ingest")
         assert find(docs, "PodDisruptionBudget", "-sink")
-        assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 3
+        assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 4
         assert not find(docs, "ServiceMonitor", "")
         assert not find(docs, "Certificate", "")
         vols = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
         assert vols["tls"]["secret"]["secretName"] == "tidewatch-ingest-tls"
+        assert vols["sensor-ca"]["secret"]["secretName"] == "tidewatch-sensor-ca"
         assert not any(a.startswith("--crl") for a in ic["args"])
+        # Sensors are verified against the sensor CA; the CA key is nowhere
+        # but in the signer's volume.
+        assert "--client-ca=/etc/tidewatch/sensor-ca/ca.crt" in ic["args"], ic["args"]
+        assert "--signer=https://tw-tidewatch-signer:4444" in ic["args"], ic["args"]
+        assert "--envelope-signing-key=/etc/tidewatch/envelope/envelope-signing-key.pem" in ic["args"]
+        assert vols["envelope"]["secret"]["items"] == [
+            {"key": "envelope-signing-key.pem", "path": "envelope-signing-key.pem"}]
+        assert "--envelope-verify-key=/etc/tidewatch/envelope/envelope-verify-key.pem" in sc["args"], sc["args"]
+        svols = {v["name"]: v for v in sink["spec"]["template"]["spec"]["volumes"]}
+        assert svols["envelope"]["secret"]["secretName"] == "tidewatch-envelope-verify"
+        signer = find(docs, "Deployment", "-signer")
+        assert signer["spec"]["replicas"] == 1 and signer["spec"]["strategy"]["type"] == "Recreate"
+        spod = signer["spec"]["template"]["spec"]
+        assert [v.get("persistentVolumeClaim", {}).get("claimName") for v in spod["volumes"]] == ["tw-tidewatch-signer"]
+        assert env_names(spod["containers"][0])["TIDEWATCH_PKI_DIR"]["value"] == "/var/lib/tidewatch/pki"
+        for _, d in docs:
+            if d["kind"] in ("Deployment", "Job") and not d["metadata"]["name"].endswith("-signer"):
+                mounted = [v.get("persistentVolumeClaim") for v in d["spec"]["template"]["spec"].get("volumes", [])]
+                assert not any(mounted), f"{d['metadata']['name']} mounts the signer's volume"
+        pvc = find(docs, "PersistentVolumeClaim", "-signer")
+        assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # Kafka: TLS and SCRAM, one user per component.
+        for c, user in ((ic, "tidewatch-kafka-ingest"), (sc, "tidewatch-kafka-sink")):
+            assert "--kafka-option=security.protocol=SASL_SSL" in c["args"], c["args"]
+            assert "--kafka-option=sasl.mechanism=SCRAM-SHA-512" in c["args"], c["args"]
+            assert env_names(c)["TIDEWATCH_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == user
 
     def cert_manager(docs, ingest, ic, sink, sc):
         cert = find(docs, "Certificate", "-ingest")
-        issuer = find(docs, "Issuer", "-fleet-ca")
+        issuer = find(docs, "Issuer", "-server-ca")
         assert cert and issuer, kinds(docs)
-        assert issuer["spec"]["ca"]["secretName"] == "fleet-ca-keypair"
+        assert issuer["spec"]["ca"]["secretName"] == "server-ca-keypair"
         assert cert["spec"]["dnsNames"] == ["ingest.fleet.example.com"]
         assert cert["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
         vols = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
         assert vols["tls"]["secret"]["secretName"] == cert["spec"]["secretName"]
-        assert "--client-ca=/etc/tidewatch/tls/ca.crt" in ic["args"]
+        # The issued Secret's ca.crt (the server CA) does not verify sensors.
+        assert "--client-ca=/etc/tidewatch/sensor-ca/ca.crt" in ic["args"]
 
     def cluster_issuer(docs, ingest, ic, sink, sc):
         cert = find(docs, "Certificate", "-ingest")
@@ -316,9 +354,9 @@ def cases():
 
     def secrets(docs, ingest, ic, sink, sc):
         ie, se = env_names(ic), env_names(sc)
-        for env in (ie, se):
+        for env, user in ((ie, "kafka-ingest"), (se, "kafka-sink")):
             assert env["TIDEWATCH_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-                "name": "kafka-user",
+                "name": user,
                 "key": "password",
             }
         assert se["TIDEWATCH_CLICKHOUSE_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "ch-pass"
@@ -329,7 +367,13 @@ def cases():
         assert "--crl=/etc/tidewatch/crl/crl.pem" in ic["args"]
         for c in (ic, sc):
             assert "--kafka-option=security.protocol=SASL_SSL" in c["args"], c["args"]
-            assert "--kafka-option=sasl.mechanism=SCRAM-SHA-512" in c["args"], c["args"]
+            assert "--kafka-option=sasl.mechanism=SCRAM-SHA-256" in c["args"], c["args"]
+            assert "--kafka-option=ssl.ca.location=/etc/tidewatch/kafka-ca/ca.crt" in c["args"], c["args"]
+            mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+            assert mounts["kafka-ca"] == "/etc/tidewatch/kafka-ca"
+        for d in (ingest, sink):
+            vols = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+            assert vols["kafka-ca"]["secret"]["secretName"] == "kafka-cluster-ca"
         reg = find(docs, "ConfigMap", "-fleet")
         assert '"imo": "9321483"' in reg["data"]["registry.json"]
         load = find(docs, "Job", "-fleet-registry")
@@ -339,6 +383,16 @@ def cases():
         assert pod["volumes"][0]["configMap"]["name"] == reg["metadata"]["name"]
         cfg = find(docs, "ConfigMap", "-config")
         assert cfg["data"]["TIDEWATCH_CLICKHOUSE_URL"] == "https://ch.example.com:8443"
+
+    def lab(docs, ingest, ic, sink, sc):
+        for c in (ic, sc):
+            assert "--kafka-option=security.protocol=PLAINTEXT" in c["args"], c["args"]
+            assert not any("sasl" in a for a in c["args"]), c["args"]
+            assert "TIDEWATCH_KAFKA_PASSWORD" not in env_names(c)
+        assert not find(docs, "Deployment", "-signer")
+        assert not find(docs, "PersistentVolumeClaim", "")
+        assert not any(a.startswith("--signer") for a in ic["args"]), ic["args"]
+        assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 3
 
     def no_migrate(docs, ingest, ic, sink, sc):
         assert not find(docs, "Job", "")
@@ -350,7 +404,7 @@ def cases():
             "existingSecret": "",
             "certManager": {
                 "enabled": True,
-                "caSecretName": "fleet-ca-keypair",
+                "serverCaSecretName": "server-ca-keypair",
                 "dnsNames": ["ingest.fleet.example.com"],
             },
         }
@@ -386,8 +440,8 @@ def cases():
     yield "Kafka SASL, ClickHouse password, CRL, fleet registry", {
         "kafka": {
             "brokers": "b0.kafka.example.com:9093,b1.kafka.example.com:9093",
-            "options": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"},
-            "sasl": {"existingSecret": "kafka-user"},
+            "security": {"saslMechanism": "SCRAM-SHA-256", "caSecret": {"name": "kafka-cluster-ca"}},
+            "sasl": {"ingest": {"existingSecret": "kafka-ingest"}, "sink": {"existingSecret": "kafka-sink"}},
         },
         "clickhouse": {
             "url": "https://ch.example.com:8443",
@@ -402,6 +456,10 @@ def cases():
             ]
         },
     }, secrets
+    yield "lab: plaintext Kafka, no signer", {
+        "kafka": {"brokers": "kafka:9092", "ports": [9092], "security": {"protocol": "PLAINTEXT"}},
+        "signer": {"enabled": False},
+    }, lab
     yield "migration disabled", {"migrate": {"enabled": False}}, no_migrate
 
 
@@ -426,6 +484,18 @@ REFUSALS = [
         "issuerRef.name",
     ),
     ("nodePort with ClusterIP", {"ingest": {"service": {"nodePort": 30443}}}, "nodePort"),
+    (
+        "cert-manager issuing from the sensor CA",
+        {"tls": {"certManager": {"enabled": True, "serverCaSecretName": "tidewatch-sensor-ca",
+                                 "dnsNames": ["x"]}}},
+        "never from the sensor CA",
+    ),
+    ("the old single CA key", {"tls": {"certManager": {"caSecretName": "fleet-ca"}}}, "caSecretName"),
+    ("no sensor CA", {"tls": {"sensorCA": {"existingSecret": ""}}}, "tls.sensorCA"),
+    ("SASL without a sink user", {"kafka": {"sasl": {"sink": {"existingSecret": ""}}}}, "kafka.sasl"),
+    ("unknown Kafka protocol", {"kafka": {"security": {"protocol": "TLS"}}}, "protocol"),
+    ("unsigned envelopes", {"envelope": {"signingKey": {"existingSecret": ""}}}, "envelope"),
+    ("signer without an ingest client", {"signer": {"ingestClient": {"existingSecret": ""}}}, "signer.ingestClient"),
     (
         "rollups kept shorter than flows",
         {"migrate": {"flowRetentionDays": 90, "rollupRetentionDays": 30}},

@@ -62,8 +62,7 @@ say "starting the signer, collector ingest and sink (logs in $D)"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port)
 SIGNER_PORT=$(free_port)
-"$BIN/tidewatch-collector" signer --dir "$P" --listen "127.0.0.1:$SIGNER_PORT" --tls-cert "$P/server.pem" \
-  --tls-key "$P/server-key.pem" --client-ca "$P/ca.pem" >"$D/signer.log" 2>&1 &
+"$BIN/tidewatch-collector" signer --dir "$P" --listen "127.0.0.1:$SIGNER_PORT" >"$D/signer.log" 2>&1 &
 PIDS+=($!)
 "$BIN/tidewatch-collector" ingest --listen "127.0.0.1:$PORT" --tls-cert "$P/server.pem" \
   --tls-key "$P/server-key.pem" --client-ca "$P/ca.pem" --crl "$P/crl.pem" \

@@ -221,8 +221,7 @@ impl Identity {
         }
         let mut both = self.key_pem.clone();
         both.extend_from_slice(&self.cert_pem);
-        state_file::replace_with(&p, &both, Durability::Synced, Access::Private)
-            .map_err(io_err(&p))
+        state_file::replace_with(&p, &both, Durability::Synced, Access::Private).map_err(io_err(&p))
     }
 
     /// When to ask for a new certificate: once `fraction` of the lifetime
@@ -290,7 +289,10 @@ mod tests {
             uris: vec![],
             public_key_raw: vec![],
         };
-        assert_eq!(id.renew_at(1.0 / 3.0), UNIX_EPOCH + Duration::from_secs(1_200));
+        assert_eq!(
+            id.renew_at(1.0 / 3.0),
+            UNIX_EPOCH + Duration::from_secs(1_200)
+        );
         assert!(!id.expired(UNIX_EPOCH + Duration::from_secs(1_299)));
         assert!(id.expired(UNIX_EPOCH + Duration::from_secs(1_300)));
         assert_eq!(

@@ -179,9 +179,7 @@ impl Uplink {
         let bucket = (cfg.rate_limit > 0)
             .then(|| TokenBucket::new(cfg.rate_limit, std::time::Instant::now()));
         let counters = Arc::<UplinkCounters>::default();
-        counters
-            .cert_not_after
-            .set(cfg.identity.not_after as f64);
+        counters.cert_not_after.set(cfg.identity.not_after as f64);
         Ok(Uplink {
             cfg,
             endpoint,
@@ -271,7 +269,10 @@ impl Uplink {
             match end {
                 StreamEnd::Done => return self.counters.snapshot(),
                 StreamEnd::Renewed => {
-                    info!(unacked = unacked.len(), "reconnecting with the renewed certificate");
+                    info!(
+                        unacked = unacked.len(),
+                        "reconnecting with the renewed certificate"
+                    );
                     first = true;
                 }
                 StreamEnd::Retry(why) => {
@@ -416,10 +417,7 @@ impl Uplink {
     /// Starts a renewal on the connection if one is due, the budget lets
     /// the request through (as control traffic) and no failure is being
     /// waited out.
-    fn start_renewal(
-        &mut self,
-        client: &UplinkClient<Channel>,
-    ) -> Option<(RenewalKey, RenewCall)> {
+    fn start_renewal(&mut self, client: &UplinkClient<Channel>) -> Option<(RenewalKey, RenewCall)> {
         let r = self.cfg.renewal.as_ref()?;
         let now = SystemTime::now();
         if now < self.cfg.identity.renew_at(r.fraction) || now < self.next_renewal_try {
@@ -443,7 +441,6 @@ impl Uplink {
             }
             b.charge(bytes);
         }
-        self.counters.bytes_sent.add(bytes);
         info!(serial = %self.cfg.identity.serial, not_after = self.cfg.identity.not_after,
             "certificate in its renewal window; asking the collector for a new one");
         let mut client = client.clone();
@@ -461,11 +458,7 @@ impl Uplink {
 
     /// Installs the certificate a renewal brought (saved first, so a crash
     /// keeps it), or notes why it failed. Whether a new one is installed.
-    fn finish_renewal(
-        &mut self,
-        key: RenewalKey,
-        r: Result<RenewResponse, tonic::Status>,
-    ) -> bool {
+    fn finish_renewal(&mut self, key: RenewalKey, r: Result<RenewResponse, tonic::Status>) -> bool {
         let resp = match r {
             Ok(resp) => resp,
             Err(status) => {
@@ -482,7 +475,11 @@ impl Uplink {
             .accept(&resp.certificate_pem, &self.cfg.identity)
             .and_then(|id| id.save_renewed(&renewal.state_dir).map(|()| id))
             .map_err(|e| e.to_string())
-            .and_then(|id| endpoint(&self.cfg, &id).map(|ep| (id, ep)).map_err(|e| e.to_string()));
+            .and_then(|id| {
+                endpoint(&self.cfg, &id)
+                    .map(|ep| (id, ep))
+                    .map_err(|e| e.to_string())
+            });
         match installed {
             Ok((id, ep)) => {
                 info!(old_serial = %self.cfg.identity.serial, serial = %id.serial, not_after = id.not_after,
@@ -669,7 +666,8 @@ impl Uplink {
 
 /// The collector endpoint, presenting `id`.
 fn endpoint(cfg: &UplinkConfig, id: &identity::Identity) -> Result<Endpoint, UplinkError> {
-    let bad = |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
+    let bad =
+        |e: &dyn std::fmt::Display| UplinkError::Endpoint(cfg.endpoint.clone(), e.to_string());
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
         .identity(Identity::from_pem(&id.cert_pem, &id.key_pem));

@@ -52,7 +52,11 @@ impl Pki {
     /// `tidewatch-sensor enroll`, its CSR signed here for `id` and `vessel`
     /// (`sign_args`: more `pki sign` options, e.g. `--lifetime-secs`).
     pub fn enroll(&self, id: &str, vessel: &str, dir: &Path, sign_args: &[&str]) -> SensorCert {
-        let (key, csr, cert) = (dir.join("key.pem"), dir.join("sensor.csr"), dir.join("cert.pem"));
+        let (key, csr, cert) = (
+            dir.join("key.pem"),
+            dir.join("sensor.csr"),
+            dir.join("cert.pem"),
+        );
         run_ok(
             Command::new(bin("tidewatch-sensor"))
                 .arg("enroll")
@@ -82,12 +86,6 @@ impl Pki {
             .arg(&self.dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--tls-cert")
-            .arg(self.dir.join("server.pem"))
-            .arg("--tls-key")
-            .arg(self.dir.join("server-key.pem"))
-            .arg("--client-ca")
-            .arg(self.dir.join("ca.pem"))
             .arg("--lifetime-secs")
             .arg(lifetime_secs.to_string())
             .env("RUST_LOG", "info");

@@ -908,7 +908,7 @@ fn a_cap_of_zero_is_refused_clearly() {
                 "--tls-key",
                 "x",
             ])
-            .args(["--client-ca", "x", flag, "0"])
+            .args(["--client-ca", "x", "--envelope-signing-key", "x", flag, "0"])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

@@ -33,8 +33,8 @@ fn signed_by_ca(
     eku: Option<ExtendedKeyUsagePurpose>,
 ) -> SensorCert {
     let ca_pem = std::fs::read_to_string(pki.dir.join("ca.pem")).unwrap();
-    let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca-key.pem")).unwrap())
-        .unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(pki.dir.join("ca-key.pem")).unwrap()).unwrap();
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
     let mut p = CertificateParams::default();
     p.distinguished_name.push(DnType::CommonName, name);
@@ -93,12 +93,21 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
     assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
     // The sensor CA does not vouch for the server: a sensor trusting it
     // alone cannot connect.
-    assert!(upload(port, &good.ca, Some(ClientCert::of(&good)), vec![request(2, 1, "")]).is_err());
+    assert!(upload(
+        port,
+        &good.ca,
+        Some(ClientCert::of(&good)),
+        vec![request(2, 1, "")]
+    )
+    .is_err());
 
     // Certificates the fleet CA signed that are not sensor certificates.
     let client = Some(ExtendedKeyUsagePurpose::ClientAuth);
     let refused = [
-        (signed_by_ca(pki, "no-uri", &[], client.clone()), "no_sensor_uri"),
+        (
+            signed_by_ca(pki, "no-uri", &[], client.clone()),
+            "no_sensor_uri",
+        ),
         (
             signed_by_ca(
                 pki,
@@ -120,9 +129,21 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
         key: pki.dir.join("ingest/ingest-0-key.pem"),
     };
     let mut seen = Vec::new();
-    for (cert, reason) in refused.iter().chain([(ingest_cert, "no_sensor_uri")].iter()) {
-        let r = upload(port, &server_ca, Some(ClientCert::of(cert)), vec![request(1, 5, "")]);
-        assert!(r.is_err(), "{} accepted as a sensor: {r:?}", cert.cert.display());
+    for (cert, reason) in refused
+        .iter()
+        .chain([(ingest_cert, "no_sensor_uri")].iter())
+    {
+        let r = upload(
+            port,
+            &server_ca,
+            Some(ClientCert::of(cert)),
+            vec![request(1, 5, "")],
+        );
+        assert!(
+            r.is_err(),
+            "{} accepted as a sensor: {r:?}",
+            cert.cert.display()
+        );
         ingest.wait_log(&format!("reason={reason}"), Duration::from_secs(10));
         seen.push(reason.to_string());
     }
@@ -135,12 +156,21 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
         .collect();
     assert!(lines.len() >= 4, "{log}");
     for l in &lines {
-        assert!(l.contains(" reason=") && l.contains("not a sensor certificate") || l.contains("exactly one"), "{l}");
+        assert!(
+            l.contains(" reason=") && l.contains("not a sensor certificate")
+                || l.contains("exactly one"),
+            "{l}"
+        );
         eprintln!("ingest: {l}");
     }
     // A sensor certificate from the server's CA is not from the fleet CA.
     let stray = server.sensor("stray", "mv-ok");
-    let r = upload(port, &server_ca, Some(ClientCert::of(&stray)), vec![request(1, 5, "")]);
+    let r = upload(
+        port,
+        &server_ca,
+        Some(ClientCert::of(&stray)),
+        vec![request(1, 5, "")],
+    );
     assert!(r.is_err(), "certificate of the server CA accepted: {r:?}");
     ingest.wait_log("UnknownIssuer", Duration::from_secs(10));
 
@@ -203,7 +233,11 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     let mut extra = pki.signer_args(signer_port);
     // Connections also age out (drained, the sensor reconnects).
     extra.extend(["--max-connection-age-secs", "7", "--drain-grace-secs", "5"].map(String::from));
-    let mut ingest = stack.ingest(pki, port, &extra.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut ingest = stack.ingest(
+        pki,
+        port,
+        &extra.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     let link = LinkEmu::start(port);
     link.latency(20);
 
@@ -227,8 +261,16 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     assert!(renewed >= 2, "renewed {renewed} time(s):\n{log}");
     assert_eq!(log.matches("sensor certificate loaded").count(), 1);
     assert!(
-        ingest.log_text().matches("sensor certificate renewed").count() >= 2
-            && signer.log_text().matches("sensor certificate renewed").count() >= 2
+        ingest
+            .log_text()
+            .matches("sensor certificate renewed")
+            .count()
+            >= 2
+            && signer
+                .log_text()
+                .matches("sensor certificate renewed")
+                .count()
+                >= 2
     );
     ingest.wait_log("connection drained", Duration::from_secs(1));
 
@@ -247,14 +289,21 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     // same sensor's.
     let renewed_pem = state.join("identity/renewed.pem");
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&renewed_pem).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&renewed_pem)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     assert_eq!(std::fs::read(&s1.cert).unwrap(), enrolled);
-    let id = tidewatch_collector::identity::identity_from_pem(&std::fs::read(&renewed_pem).unwrap())
-        .unwrap();
-    assert_eq!((id.sensor_id.as_str(), id.vessel.as_str()), ("s1", "mv-renew"));
-    let first =
-        tidewatch_collector::identity::identity_from_pem(&enrolled).unwrap();
+    let id =
+        tidewatch_collector::identity::identity_from_pem(&std::fs::read(&renewed_pem).unwrap())
+            .unwrap();
+    assert_eq!(
+        (id.sensor_id.as_str(), id.vessel.as_str()),
+        ("s1", "mv-renew")
+    );
+    let first = tidewatch_collector::identity::identity_from_pem(&enrolled).unwrap();
     assert!(id.not_after > first.not_after);
 
     // Only ingest reaches the signer: a (valid) sensor certificate is
@@ -284,7 +333,10 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     });
     let e = status.expect_err("a sensor got a certificate from the signer directly");
-    assert!(e.contains("PermissionDenied") && e.contains("only ingest"), "{e}");
+    assert!(
+        e.contains("PermissionDenied") && e.contains("only ingest"),
+        "{e}"
+    );
     signer.wait_log("the caller is not an ingest", Duration::from_secs(5));
 
     // A revoked sensor cannot renew (even where ingest's CRL lags: the
@@ -314,7 +366,10 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     });
     let e = status.expect_err("a revoked sensor renewed");
-    assert!(e.contains("PermissionDenied") && e.contains("revoked"), "{e}");
+    assert!(
+        e.contains("PermissionDenied") && e.contains("revoked"),
+        "{e}"
+    );
     no_crl.wait_log("renewal refused by the signer", Duration::from_secs(5));
 }
 
@@ -342,10 +397,17 @@ fn revoking_a_sensor_ends_its_open_stream_within_seconds_and_loses_nothing() {
         "certificate revoked: its open connection is closed",
         Duration::from_secs(5),
     );
-    eprintln!("stream closed {:?} after the revocation", revoked_at.elapsed());
+    eprintln!(
+        "stream closed {:?} after the revocation",
+        revoked_at.elapsed()
+    );
     // Its next connection is refused.
     ingest.wait_log("TLS handshake refused", Duration::from_secs(15));
-    assert!(ingest.log_text().contains("Revoked"), "{}", ingest.log_text());
+    assert!(
+        ingest.log_text().contains("Revoked"),
+        "{}",
+        ingest.log_text()
+    );
 
     // Nothing it sends from then on is stored: the count settles (what
     // reached Kafka before the close) and stays, while the sensor meters
@@ -354,8 +416,15 @@ fn revoking_a_sensor_ends_its_open_stream_within_seconds_and_loses_nothing() {
     let settled = stored(stack, "s1");
     s.wait_log("metering done", Duration::from_secs(60));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(stored(stack, "s1"), settled, "flows stored after the revocation");
-    assert!(settled < want.flows, "the revocation came after the whole upload");
+    assert_eq!(
+        stored(stack, "s1"),
+        settled,
+        "flows stored after the revocation"
+    );
+    assert!(
+        settled < want.flows,
+        "the revocation came after the whole upload"
+    );
     assert!(s.terminate().is_some());
 
     // Re-enrolled (a new key and certificate), it delivers what waited on
@@ -378,7 +447,10 @@ fn a_batch_written_to_kafka_around_ingest_is_dead_lettered_and_never_stored() {
     )
     .unwrap();
     assert_eq!(acks[0].status, AckStatus::Accepted as i32);
-    expect_flows(stack, &BTreeMap::from([("honest".to_string(), flow_totals(3))]));
+    expect_flows(
+        stack,
+        &BTreeMap::from([("honest".to_string(), flow_totals(3))]),
+    );
 
     // What ingest wrote: the envelope and its signature.
     let c: BaseConsumer = ClientConfig::new()
@@ -388,7 +460,10 @@ fn a_batch_written_to_kafka_around_ingest_is_dead_lettered_and_never_stored() {
         .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..c
-        .fetch_metadata(Some(tidewatch_proto::BATCHES_TOPIC), Duration::from_secs(10))
+        .fetch_metadata(
+            Some(tidewatch_proto::BATCHES_TOPIC),
+            Duration::from_secs(10),
+        )
         .unwrap()
         .topics()[0]
         .partitions()
@@ -454,11 +529,19 @@ fn a_batch_written_to_kafka_around_ingest_is_dead_lettered_and_never_stored() {
     });
     for (sensor, reason) in [
         ("honest", "envelope refused: unsigned envelope"),
-        ("honest", "envelope refused: envelope signed with unknown key"),
-        ("victim", "envelope refused: envelope signature does not match its content"),
+        (
+            "honest",
+            "envelope refused: envelope signed with unknown key",
+        ),
+        (
+            "victim",
+            "envelope refused: envelope signature does not match its content",
+        ),
     ] {
         assert!(
-            letters.lines().any(|l| l.contains(&format!("\t{sensor}\t")) && l.contains(reason)),
+            letters
+                .lines()
+                .any(|l| l.contains(&format!("\t{sensor}\t")) && l.contains(reason)),
             "no letter for {sensor} with {reason:?}:\n{letters}"
         );
     }
@@ -469,9 +552,14 @@ fn a_batch_written_to_kafka_around_ingest_is_dead_lettered_and_never_stored() {
             .contains("6 letter(s)")
             .then_some(())
     });
-    expect_flows(stack, &BTreeMap::from([("honest".to_string(), flow_totals(3))]));
+    expect_flows(
+        stack,
+        &BTreeMap::from([("honest".to_string(), flow_totals(3))]),
+    );
     assert_eq!(
-        stack.query_u64("SELECT count() FROM tidewatch.batches WHERE sensor_id != 'honest' OR seq != 1"),
+        stack.query_u64(
+            "SELECT count() FROM tidewatch.batches WHERE sensor_id != 'honest' OR seq != 1"
+        ),
         0
     );
 }

@@ -146,7 +146,9 @@ fn signer_client(
 ) -> anyhow::Result<SignerClient<tonic::transport::Channel>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let read = |what: &str, p: &Option<PathBuf>| -> anyhow::Result<Vec<u8>> {
-        let p = p.as_ref().with_context(|| format!("--signer needs {what}"))?;
+        let p = p
+            .as_ref()
+            .with_context(|| format!("--signer needs {what}"))?;
         std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
     };
     let tls = ClientTlsConfig::new()

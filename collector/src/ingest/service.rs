@@ -565,7 +565,12 @@ impl Inner {
                     "sensor certificate renewed");
                 Ok(resp)
             }
-            Ok(Err(s)) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument) => {
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+                ) =>
+            {
                 m.renewals.inc("refused");
                 warn!(sensor = %id.sensor_id, serial = %id.serial, reason = %s.message(), "renewal refused by the signer");
                 Err(s)
@@ -573,7 +578,10 @@ impl Inner {
             Ok(Err(s)) => {
                 m.renewals.inc("signer_unavailable");
                 warn!(sensor = %id.sensor_id, code = ?s.code(), error = %s.message(), "signer unavailable; the sensor will retry");
-                Err(Status::unavailable(format!("signer unavailable: {}", s.message())))
+                Err(Status::unavailable(format!(
+                    "signer unavailable: {}",
+                    s.message()
+                )))
             }
             Err(_) => {
                 m.renewals.inc("signer_unavailable");
@@ -601,9 +609,7 @@ impl Uplink for IngestService {
         if *self.shutdown.borrow() {
             return Err(Status::unavailable("collector is shutting down"));
         }
-        if let Err(s) = closing_status(*peer.closing.borrow()) {
-            return Err(s);
-        }
+        closing_status(*peer.closing.borrow())?;
         let Some(open) = OpenStream::open(self.inner.clone(), &peer.identity.sensor_id) else {
             self.inner.metrics.refused.inc("sensor_stream_limit");
             warn!(peer = %peer.remote, sensor = %peer.identity.sensor_id,

@@ -68,10 +68,15 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Every file's content, to notice a change.
     fn contents(&self) -> Vec<Option<Vec<u8>>> {
-        [Some(&self.cert), Some(&self.key), Some(&self.client_ca), self.crl.as_ref()]
-            .into_iter()
-            .map(|p| p.and_then(|p| std::fs::read(p).ok()))
-            .collect()
+        [
+            Some(&self.cert),
+            Some(&self.key),
+            Some(&self.client_ca),
+            self.crl.as_ref(),
+        ]
+        .into_iter()
+        .map(|p| p.and_then(|p| std::fs::read(p).ok()))
+        .collect()
     }
 }
 
@@ -123,21 +128,21 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsSetupErro
 
 /// The CRLs of a PEM file (at least one).
 fn crls(crl_path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsSetupError> {
-        let crls: Vec<CertificateRevocationListDer<'static>> =
-            CertificateRevocationListDer::pem_file_iter(crl_path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|source| TlsSetupError::Read {
-                    what: "CRL",
-                    path: crl_path.display().to_string(),
-                    source,
-                })?;
-        if crls.is_empty() {
-            return Err(TlsSetupError::Empty {
+    let crls: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_file_iter(crl_path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| TlsSetupError::Read {
                 what: "CRL",
                 path: crl_path.display().to_string(),
-            });
-        }
-        Ok(crls)
+                source,
+            })?;
+    if crls.is_empty() {
+        return Err(TlsSetupError::Empty {
+            what: "CRL",
+            path: crl_path.display().to_string(),
+        });
+    }
+    Ok(crls)
 }
 
 /// The serials (lowercase hex, as [`SensorIdentity::serial`]) the CRL file
@@ -192,8 +197,11 @@ pub async fn watch_files(
                 metrics.tls_reloads.inc();
                 metrics.crl_revoked.set(revoked.len() as f64);
                 let closed = conns.close_revoked(&revoked, &metrics);
-                info!(revoked = revoked.len(), connections_closed = closed,
-                    "TLS material changed and reloaded (CRL, client CA, server certificate)");
+                info!(
+                    revoked = revoked.len(),
+                    connections_closed = closed,
+                    "TLS material changed and reloaded (CRL, client CA, server certificate)"
+                );
             }
             Err(e) => {
                 metrics.tls_reload_failures.inc();
@@ -221,12 +229,19 @@ impl Closing {
     }
 }
 
+/// An open connection as [`OpenConns`] knows it.
+struct OpenConn {
+    sensor: String,
+    serial: String,
+    closing: watch::Sender<Closing>,
+}
+
 /// The open connections, by certificate serial, so that a revocation can
 /// close them.
 #[derive(Default)]
 pub struct OpenConns {
     next: AtomicU64,
-    conns: Mutex<HashMap<u64, (String, String, watch::Sender<Closing>)>>,
+    conns: Mutex<HashMap<u64, OpenConn>>,
 }
 
 impl OpenConns {
@@ -236,7 +251,11 @@ impl OpenConns {
         let (tx, _) = watch::channel(Closing::Open);
         self.conns.lock().expect("connection registry lock").insert(
             id,
-            (identity.sensor_id.clone(), identity.serial.clone(), tx.clone()),
+            OpenConn {
+                sensor: identity.sensor_id.clone(),
+                serial: identity.serial.clone(),
+                closing: tx.clone(),
+            },
         );
         (
             ConnEntry {
@@ -252,23 +271,15 @@ impl OpenConns {
     pub fn close_revoked(&self, revoked: &HashSet<String>, metrics: &IngestMetrics) -> usize {
         let m = self.conns.lock().expect("connection registry lock");
         let mut n = 0;
-        for (sensor, serial, tx) in m.values() {
-            if revoked.contains(serial) && tx.send_replace(Closing::Closed("revoked")) != Closing::Closed("revoked") {
+        for c in m.values().filter(|c| revoked.contains(&c.serial)) {
+            let closed = Closing::Closed("revoked");
+            if c.closing.send_replace(closed) != closed {
                 n += 1;
                 metrics.connections_closed.inc("revoked");
-                warn!(sensor = %sensor, serial = %serial, "certificate revoked: its open connection is closed");
+                warn!(sensor = %c.sensor, serial = %c.serial, "certificate revoked: its open connection is closed");
             }
         }
         n
-    }
-
-    /// Connections open now.
-    pub fn len(&self) -> usize {
-        self.conns.lock().expect("connection registry lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -508,7 +519,9 @@ pub async fn accept_loop(
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     let revoked = e.to_string().contains("Revoked");
-                    metrics.refused.inc(if revoked { "revoked" } else { "tls_handshake" });
+                    metrics
+                        .refused
+                        .inc(if revoked { "revoked" } else { "tls_handshake" });
                     warn!(peer = %remote, error = %e, "TLS handshake refused");
                     return;
                 }

@@ -81,8 +81,13 @@ pub struct SinkArgs {
     /// record not signed by one of them is dead-lettered, never stored.
     /// Repeat (or separate with commas) to accept the old and the new key
     /// during a rotation.
-    #[arg(long, env = "TIDEWATCH_ENVELOPE_VERIFY_KEYS", value_name = "PEM", value_delimiter = ',',
-        required_unless_present = "accept_unsigned_envelopes")]
+    #[arg(
+        long,
+        env = "TIDEWATCH_ENVELOPE_VERIFY_KEYS",
+        value_name = "PEM",
+        value_delimiter = ',',
+        required_unless_present = "accept_unsigned_envelopes"
+    )]
     pub envelope_verify_key: Vec<std::path::PathBuf>,
     /// Store envelopes without checking who wrote them (anything that can
     /// write to the topic can then write under any sensor's name; for a

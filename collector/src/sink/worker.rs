@@ -210,7 +210,10 @@ impl Sink {
                     claimed_sensor = claimed.as_ref().map_or("", |e| e.sensor_id.as_str()),
                     "record refused: not signed by ingest; dead-lettered, never stored");
                 chunk.dead.push(DeadLetter {
-                    sensor_id: claimed.as_ref().map(|e| e.sensor_id.clone()).unwrap_or_default(),
+                    sensor_id: claimed
+                        .as_ref()
+                        .map(|e| e.sensor_id.clone())
+                        .unwrap_or_default(),
                     seq: claimed.map_or(0, |e| e.seq),
                     ..dead(format!("envelope refused: {e}"))
                 });

@@ -142,7 +142,7 @@ pub struct RunArgs {
     #[arg(long, env = "TIDEWATCH_KEY", value_name = "PEM")]
     pub key: PathBuf,
     /// Ask the collector for a new certificate (for a fresh key) once this
-    /// fraction of the current one's lifetime is left.
+    /// fraction of the current one's lifetime is left (at most 0.5).
     #[arg(long, env = "TIDEWATCH_RENEW_FRACTION", default_value_t = 1.0 / 3.0, value_name = "FRACTION")]
     pub renew_fraction: f64,
     /// Never renew the certificate over the link.

@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, PreparedBatch, Sealer, SeqStore};
 use tidewatch_sensor::budget::BudgetConfig;
 use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
-use tidewatch_sensor::pipeline::Progress;
 use tidewatch_sensor::identity::Identity;
+use tidewatch_sensor::pipeline::Progress;
 use tidewatch_sensor::uplink::{Renewal, Uplink, UplinkConfig};
 use tracing::info;
 
@@ -44,9 +44,10 @@ impl RunArgs {
                 bail!("{name} must be a positive number of seconds, got {v}");
             }
         }
-        if !(self.renew_fraction > 0.0 && self.renew_fraction < 1.0) {
+        if !(self.renew_fraction > 0.0 && self.renew_fraction <= 0.5) {
             bail!(
-                "--renew-fraction must be between 0 and 1 (e.g. 0.33: renew in the last third), got {}",
+                "--renew-fraction must be above 0 and at most 0.5 (the collector renews no earlier \
+                 than the last half of a lifetime; e.g. 0.33: renew in the last third), got {}",
                 self.renew_fraction
             );
         }

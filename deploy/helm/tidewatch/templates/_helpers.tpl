@@ -45,7 +45,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Name of the Secret holding the ingest server certificate and fleet CA. */}}
+{{/* Name of the Secret holding the ingest server certificate. */}}
 {{- define "tidewatch.tlsSecret" -}}
 {{- if .Values.tls.certManager.enabled }}
 {{- printf "%s-ingest-tls" (include "tidewatch.fullname" .) }}
@@ -57,10 +57,27 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Cross-field checks the JSON schema cannot express. */}}
 {{- define "tidewatch.validate" -}}
 {{- if not (or .Values.tls.certManager.enabled .Values.tls.existingSecret) }}
-{{- fail "tls: ingest needs a server certificate and the fleet CA: set tls.existingSecret (keys tls.crt, tls.key, ca.crt) or tls.certManager.enabled=true" }}
+{{- fail "tls: ingest needs a server certificate: set tls.existingSecret (keys tls.crt, tls.key) or tls.certManager.enabled=true" }}
+{{- end }}
+{{- if not .Values.tls.sensorCA.existingSecret }}
+{{- fail "tls.sensorCA.existingSecret: ingest needs the sensor CA certificate to verify sensors (a Secret with ca.crt; `tidewatch-collector pki print ca`)" }}
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.createIssuer) (not .Values.tls.certManager.issuerRef.name) }}
-{{- fail "tls.certManager: with createIssuer=false, set issuerRef.name (an issuer backed by the fleet CA)" }}
+{{- fail "tls.certManager: with createIssuer=false, set issuerRef.name (an issuer backed by the server CA)" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled .Values.tls.certManager.createIssuer (eq .Values.tls.certManager.serverCaSecretName .Values.tls.sensorCA.existingSecret) }}
+{{- fail "tls.certManager.serverCaSecretName is the sensor CA's Secret: cert-manager must issue from a server CA of its own, never from the sensor CA (anyone able to create a Certificate could mint sensors)" }}
+{{- end }}
+{{- if hasPrefix "SASL" .Values.kafka.security.protocol }}
+{{- if not (and .Values.kafka.sasl.ingest.existingSecret .Values.kafka.sasl.sink.existingSecret) }}
+{{- fail (printf "kafka.security.protocol=%s: set kafka.sasl.ingest.existingSecret and kafka.sasl.sink.existingSecret (one SASL user per component, for the ACLs)" .Values.kafka.security.protocol) }}
+{{- end }}
+{{- end }}
+{{- if not (and .Values.envelope.signingKey.existingSecret .Values.envelope.verifyKeys.existingSecret .Values.envelope.verifyKeys.keys) }}
+{{- fail "envelope: ingest signs every Kafka record and the sinks check it: set envelope.signingKey.existingSecret and envelope.verifyKeys.existingSecret with its keys (`tidewatch-collector envelope-key`)" }}
+{{- end }}
+{{- if and .Values.signer.enabled (not .Values.signer.ingestClient.existingSecret) }}
+{{- fail "signer.ingestClient.existingSecret: ingest needs its certificate towards the signer (`pki issue-ingest --name ingest --print` in the signer pod)" }}
 {{- end }}
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.dnsNames) (not .Values.tls.certManager.ipAddresses) }}
 {{- fail "tls.certManager: list the names sensors connect to in dnsNames or ipAddresses" }}
@@ -76,19 +93,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Kafka SASL credentials from the Secret, as environment variables. */}}
+{{/* Kafka SASL credentials of one component, as environment variables:
+     (dict "ctx" $ "component" "ingest") */}}
 {{- define "tidewatch.kafkaSecretEnv" -}}
-{{- with .Values.kafka.sasl.existingSecret }}
+{{- $s := index .ctx.Values.kafka.sasl .component -}}
+{{- if and (hasPrefix "SASL" .ctx.Values.kafka.security.protocol) $s.existingSecret }}
 - name: TIDEWATCH_KAFKA_USERNAME
   valueFrom:
     secretKeyRef:
-      name: {{ . }}
-      key: {{ $.Values.kafka.sasl.usernameKey }}
+      name: {{ $s.existingSecret }}
+      key: {{ $s.usernameKey }}
 - name: TIDEWATCH_KAFKA_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ . }}
-      key: {{ $.Values.kafka.sasl.passwordKey }}
+      name: {{ $s.existingSecret }}
+      key: {{ $s.passwordKey }}
 {{- end }}
 {{- end }}
 
@@ -103,10 +122,35 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Extra librdkafka settings as arguments. */}}
+{{/* Kafka security and extra librdkafka settings as arguments. */}}
 {{- define "tidewatch.kafkaArgs" -}}
+{{- $sec := .Values.kafka.security }}
+- --kafka-option=security.protocol={{ $sec.protocol }}
+{{- if hasPrefix "SASL" $sec.protocol }}
+- --kafka-option=sasl.mechanism={{ $sec.saslMechanism }}
+{{- end }}
+{{- if $sec.caSecret.name }}
+- --kafka-option=ssl.ca.location=/etc/tidewatch/kafka-ca/{{ $sec.caSecret.key }}
+{{- end }}
 {{- range $k, $v := .Values.kafka.options }}
 - --kafka-option={{ $k }}={{ $v }}
+{{- end }}
+{{- end }}
+
+{{/* The brokers' CA as a volume mount and volume (when set). */}}
+{{- define "tidewatch.kafkaCaMount" -}}
+{{- if .Values.kafka.security.caSecret.name }}
+- name: kafka-ca
+  mountPath: /etc/tidewatch/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- define "tidewatch.kafkaCaVolume" -}}
+{{- with .Values.kafka.security.caSecret.name }}
+- name: kafka-ca
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0444
 {{- end }}
 {{- end }}
 
