@@ -159,25 +159,30 @@ impl Stack {
 
     /// Starts ingest with the given PKI and returns it once it listens.
     pub fn ingest(&self, pki: &Pki, port: u16, extra: &[&str]) -> Proc {
-        self.ingest_served_by(pki, pki, port, extra)
+        let tls = IngestTls {
+            server: pki,
+            sensors: pki,
+            crl: true,
+        };
+        self.ingest_with(tls, port, extra)
     }
 
-    /// Starts ingest trusting the sensors of `pki`, presenting the server
-    /// certificate of `server` (the same PKI, or one with its own CA).
-    pub fn ingest_served_by(&self, pki: &Pki, server: &Pki, port: u16, extra: &[&str]) -> Proc {
+    /// Starts ingest with the TLS material of `tls`.
+    pub fn ingest_with(&self, tls: IngestTls<'_>, port: u16, extra: &[&str]) -> Proc {
         let mut cmd = self.collector();
         cmd.arg("ingest")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--tls-cert")
-            .arg(server.dir.join("server.pem"))
+            .arg(tls.server.dir.join("server.pem"))
             .arg("--tls-key")
-            .arg(server.dir.join("server-key.pem"))
+            .arg(tls.server.dir.join("server-key.pem"))
             .arg("--client-ca")
-            .arg(pki.dir.join("ca.pem"))
-            .arg("--crl")
-            .arg(pki.dir.join("crl.pem"))
-            .args(extra);
+            .arg(tls.sensors.dir.join("ca.pem"));
+        if tls.crl {
+            cmd.arg("--crl").arg(tls.sensors.dir.join("crl.pem"));
+        }
+        cmd.args(extra);
         let mut p = Proc::spawn(&format!("ingest-{port}"), self.path(), &mut cmd);
         p.wait_log("ingest listening", Duration::from_secs(90));
         p
@@ -235,6 +240,16 @@ impl Drop for Stack {
             .arg(self.dir.path().join("stack"))
             .output();
     }
+}
+
+/// Where ingest's TLS material comes from.
+pub struct IngestTls<'a> {
+    /// The PKI whose `server.pem` ingest presents.
+    pub server: &'a Pki,
+    /// The PKI whose CA (and CRL) ingest verifies sensors against.
+    pub sensors: &'a Pki,
+    /// Whether ingest is given that PKI's CRL.
+    pub crl: bool,
 }
 
 /// A stack with the schema migrated, a fleet PKI (in `DIR/pki`) and,

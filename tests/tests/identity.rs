@@ -64,6 +64,36 @@ fn signed_by_ca(
     c
 }
 
+/// A CSR (DER) for a fresh key.
+fn new_csr() -> Vec<u8> {
+    let k = KeyPair::generate().unwrap();
+    CertificateParams::default()
+        .serialize_request(&k)
+        .unwrap()
+        .der()
+        .to_vec()
+}
+
+/// Makes one gRPC call over mTLS to 127.0.0.1:`port` as `cert`; a failure
+/// as "Code: message".
+fn call<T, F, Fut>(port: u16, cert: &SensorCert, f: F) -> Result<T, String>
+where
+    F: FnOnce(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(port, &cert.ca, Some(ClientCert::of(cert))).await?;
+        f(ch)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    })
+}
+
 /// Stored flows of one sensor.
 fn stored(stack: &Stack, sensor: &str) -> u64 {
     stack.query_u64(&format!(
@@ -79,7 +109,12 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
     // trust that one (their --ca), ingest trusts the sensor CA.
     let server = Pki::with_ca_name(stack.path().join("server-pki"), "tidewatch server CA");
     let port = free_port();
-    let mut ingest = stack.ingest_served_by(pki, &server, port, &[]);
+    let separate = || IngestTls {
+        server: &server,
+        sensors: pki,
+        crl: true,
+    };
+    let mut ingest = stack.ingest_with(separate(), port, &[]);
     let server_ca = server.dir.join("ca.pem");
 
     let good = pki.enroll("good", "mv-ok", &stack.path().join("good"), &[]);
@@ -179,7 +214,7 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
     let legacy = signed_by_ca(pki, "old-crane", &[], client);
     let legacy_port = free_port();
     let _legacy_ingest =
-        stack.ingest_served_by(pki, &server, legacy_port, &["--allow-legacy-cn-identity"]);
+        stack.ingest_with(separate(), legacy_port, &["--allow-legacy-cn-identity"]);
     let acks = upload(
         legacy_port,
         &server_ca,
@@ -309,28 +344,13 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     // Only ingest reaches the signer: a (valid) sensor certificate is
     // refused.
     let s3 = pki.sensor("s3", "mv-renew");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let csr = {
-        let k = KeyPair::generate().unwrap();
-        CertificateParams::default()
-            .serialize_request(&k)
-            .unwrap()
-            .der()
-            .to_vec()
-    };
-    let status = rt.block_on(async {
-        let ch = channel(signer_port, &s3.ca, Some(ClientCert::of(&s3))).await?;
-        SignerClient::new(ch)
-            .sign_renewal(SignRenewalRequest {
-                presented_certificate: Vec::new(),
-                csr: csr.clone(),
-            })
-            .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    let csr = new_csr();
+    let status = call(signer_port, &s3, |ch| async move {
+        let req = SignRenewalRequest {
+            presented_certificate: Vec::new(),
+            csr,
+        };
+        SignerClient::new(ch).sign_renewal(req).await
     });
     let e = status.expect_err("a sensor got a certificate from the signer directly");
     assert!(
@@ -343,27 +363,19 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     // signer checks its own index), and needs re-enrollment.
     let s2 = pki.enroll("s2", "mv-renew", &stack.path().join("box2"), &[]);
     let no_crl_port = free_port();
-    let mut cmd = stack.collector();
-    cmd.arg("ingest")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{no_crl_port}"))
-        .arg("--tls-cert")
-        .arg(pki.dir.join("server.pem"))
-        .arg("--tls-key")
-        .arg(pki.dir.join("server-key.pem"))
-        .arg("--client-ca")
-        .arg(pki.dir.join("ca.pem"))
-        .args(&extra[..8]);
-    let mut no_crl = Proc::spawn("ingest-no-crl", stack.path(), &mut cmd);
-    no_crl.wait_log("ingest listening", Duration::from_secs(60));
+    let tls = IngestTls {
+        server: pki,
+        sensors: pki,
+        crl: false,
+    };
+    let signer_args = pki.signer_args(signer_port);
+    let signer_args: Vec<&str> = signer_args.iter().map(String::as_str).collect();
+    let mut no_crl = stack.ingest_with(tls, no_crl_port, &signer_args);
     pki.run(&["revoke", "--id", "s2"]);
-    let status = rt.block_on(async {
-        let ch = channel(no_crl_port, &s2.ca, Some(ClientCert::of(&s2))).await?;
+    let status = call(no_crl_port, &s2, |ch| async move {
         UplinkClient::new(ch)
-            .renew(RenewRequest { csr: csr.clone() })
+            .renew(RenewRequest { csr: new_csr() })
             .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     });
     let e = status.expect_err("a revoked sensor renewed");
     assert!(
