@@ -45,10 +45,10 @@ use crate::identity::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("certificate error: {0}")]
     Cert(#[from] rcgen::Error),
@@ -77,9 +77,9 @@ pub enum PkiError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io {
+    move |error| PkiError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -24,10 +24,10 @@ use x509_parser::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0} already exists; refusing to overwrite a key (pass --force to replace it, which ends the enrolled identity)")]
     Exists(PathBuf),
@@ -38,9 +38,9 @@ pub enum IdentityError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
-    move |source| IdentityError::Io {
+    move |error| IdentityError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 

@@ -61,6 +61,7 @@ impl RunArgs {
     }
 
     fn uplink_config(&self) -> anyhow::Result<UplinkConfig> {
+        let ca_pem = read_pem("CA certificate", &self.ca)?;
         let identity = Identity::load(&self.cert, &self.key, Some(&self.state_dir))
             .context("loading the sensor's certificate and key")?;
         info!(serial = %identity.serial, origin = ?identity.origin, not_after = identity.not_after,
@@ -68,7 +69,7 @@ impl RunArgs {
         Ok(UplinkConfig {
             endpoint: self.collector.clone(),
             server_name: self.server_name.clone(),
-            ca_pem: read_pem("CA certificate", &self.ca)?,
+            ca_pem,
             identity,
             renewal: (!self.no_renew).then(|| Renewal {
                 state_dir: self.state_dir.clone(),
