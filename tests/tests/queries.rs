@@ -215,6 +215,39 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
         .run("ot-writes", &["--engineering-host", writer])
         .is_empty());
 
+    // Tables fit the terminal: long cells are cut (marked …) to the width
+    // in COLUMNS; the same rows print whole with COLUMNS wide enough.
+    let table = |columns: usize| {
+        let out = p
+            .stack
+            .collector()
+            .args(["query", "ot-writes", "--format", "table"])
+            .args([
+                "--since",
+                &p.since.to_string(),
+                "--until",
+                &p.until.to_string(),
+            ])
+            .env("COLUMNS", columns.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (wide, _) = table(100_000);
+    let widest = wide.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(widest > 80, "ot-writes fits in 80 columns anyway:\n{wide}");
+    let (narrow, note) = table(80);
+    assert!(note.contains("cut to fit 80 columns"), "{note}");
+    assert_eq!(narrow.lines().count(), wide.lines().count());
+    for l in narrow.lines() {
+        assert!(l.chars().count() <= 80, "line over 80 columns: {l:?}");
+    }
+    assert!(narrow.contains('…'), "{narrow}");
+
     // --vessel narrows every query to one vessel.
     let v0 = &fleet.sensors[0].vessel;
     let rows = p.run("new-destinations", &["--vessel", v0]);

@@ -455,17 +455,27 @@ pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Res
                     )?;
                 }
             } else {
-                let mut w: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+                let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
                 for r in &table {
                     for (i, c) in r.iter().enumerate() {
                         w[i] = w[i].max(c.chars().count());
                     }
                 }
+                let full = w.clone();
+                if let Some(width) = terminal_width() {
+                    fit_widths(&mut w, width);
+                }
+                if w != full {
+                    eprintln!(
+                        "(long cells cut to fit {} columns, marked …; --format json or csv prints them whole)",
+                        terminal_width().unwrap_or_default()
+                    );
+                }
                 let line = |cells: &[String]| {
                     cells
                         .iter()
                         .enumerate()
-                        .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+                        .map(|(i, c)| format!("{:<width$}", cut(c, w[i]), width = w[i]))
                         .collect::<Vec<_>>()
                         .join("  ")
                 };
@@ -487,9 +497,70 @@ pub fn print_rows<T: Serialize>(rows: &[T], format: OutputFormat) -> anyhow::Res
     Ok(())
 }
 
+/// Columns a table may take: `COLUMNS` if set, else the terminal's width
+/// when standard output is one; `None` (no limit) when writing to a pipe
+/// or a file.
+fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS").ok().and_then(|v| v.parse().ok()) {
+        return Some(n);
+    }
+    terminal_size::terminal_size_of(std::io::stdout()).map(|(w, _)| w.0 as usize)
+}
+
+/// Narrows the widest columns (headers cut like cells, none below 8
+/// characters) until the table, with two spaces between columns, fits in
+/// `total` characters, or as far as that floor allows.
+fn fit_widths(w: &mut [usize], total: usize) {
+    let floor: Vec<usize> = w.iter().map(|&w| w.min(8)).collect();
+    let used = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    while used(w) > total {
+        // The widest column that may still shrink gives one character (of
+        // equal ones the rightmost: identifiers come first).
+        let Some(i) = (0..w.len())
+            .filter(|&i| w[i] > floor[i])
+            .max_by_key(|&i| (w[i], i))
+        else {
+            return;
+        };
+        w[i] -= 1;
+    }
+}
+
+/// `s` in at most `width` characters: cut, with … as the last one.
+fn cut(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_fit_the_width_by_cutting_the_widest_cells() {
+        let mut w = vec![16, 300, 5];
+        fit_widths(&mut w, 80);
+        assert_eq!(w, vec![16, 55, 5]);
+        assert_eq!(w.iter().sum::<usize>() + 4, 80);
+        // Two wide columns share the cut; none goes below its floor.
+        let mut w = vec![100, 300, 5];
+        fit_widths(&mut w, 60);
+        assert_eq!(w, vec![26, 25, 5]);
+        let mut w = vec![100, 300, 5];
+        fit_widths(&mut w, 10);
+        assert_eq!(w, vec![8, 8, 5], "no column below 8 characters");
+        // A table that fits is left alone.
+        let mut w = vec![6, 10, 5];
+        fit_widths(&mut w, 80);
+        assert_eq!(w, vec![6, 10, 5]);
+        assert_eq!(cut("read_coils,write_single_coil", 12), "read_coils,…");
+        assert_eq!(cut("modbus", 12), "modbus");
+        assert_eq!(cut("ü-ü-ü-ü", 4), "ü-ü…");
+    }
 
     #[test]
     fn time_forms() {
