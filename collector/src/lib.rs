@@ -6,13 +6,14 @@
 //! - [`pki`] and [`identity`]: fleet certificates and how identity is read;
 //!   [`signer`]: the one process holding the CA key, renewing for ingest.
 //! - [`envelope`]: ingest's signature on each Kafka record, checked by the sink.
-//! - [`query`]: analyst queries.
+//! - [`query`]: analyst queries; [`intel`]: threat-intel feeds and the retro-hunt.
 
 pub mod clickhouse_args;
 pub mod deadletter;
 pub mod envelope;
 pub mod identity;
 pub mod ingest;
+pub mod intel;
 pub mod kafka;
 pub mod maintenance;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::{
-    deadletter, envelope, ingest, maintenance, migrate, pki, query, registry, signer, sink,
+    deadletter, envelope, ingest, intel, maintenance, migrate, pki, query, registry, signer, sink,
 };
 
 #[derive(Parser)]
@@ -23,7 +23,8 @@ use tidewatch_collector::{
   envelope-key makes the key pair ingest signs Kafka records with (the sink verifies)\n\
   registry loads and shows the fleet registry (sensor -> vessel, IMO, site, role)\n\
   maintenance drops partitions past the retention (servers without TTL)\n\
-  query    runs analyst queries against ClickHouse\n\n\
+  query    runs analyst queries against ClickHouse\n\
+  intel    loads threat-intel feeds (STIX 2.1, MISP, lists) and hunts for them over stored flows\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
 struct Cli {
@@ -70,6 +71,13 @@ enum Cmd {
         clickhouse: ClickHouseArgs,
         #[command(subcommand)]
         cmd: registry::RegistryCmd,
+    },
+    /// Threat intelligence: load feeds, hunt for their indicators in stored flows.
+    Intel {
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(subcommand)]
+        cmd: intel::IntelCmd,
     },
     /// The dead-letter topic: list, show, replay (after the cause is fixed).
     Deadletter(deadletter::DeadLetterArgs),
@@ -137,6 +145,10 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             registry::run(&clickhouse.client(), cmd).await
         }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
+        Cmd::Intel { clickhouse, cmd } => {
+            clickhouse.validate()?;
+            intel::run(&clickhouse.client(), cmd).await
+        }
         Cmd::Deadletter(a) => deadletter::run(a).await,
     }
 }

@@ -128,6 +128,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "set_aside",
         sql: include_str!("../../../deploy/clickhouse/migrations/0005_set_aside.sql"),
     },
+    Migration {
+        version: 6,
+        name: "intel",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0006_intel.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.
