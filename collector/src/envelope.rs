@@ -160,6 +160,54 @@ impl VerifyKeys {
     }
 }
 
+/// How a consumer of the batches topic (the sink, the detector) checks
+/// who wrote each record.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Ed25519 public key(s) (PEM) of ingest's envelope signing key; a
+    /// record not signed by one of them is refused (the sink dead-letters
+    /// it, never stores it). Repeat (or separate with commas) to accept the
+    /// old and the new key during a rotation.
+    #[arg(
+        long,
+        env = "TIDEWATCH_ENVELOPE_VERIFY_KEYS",
+        value_name = "PEM",
+        value_delimiter = ',',
+        required_unless_present = "accept_unsigned_envelopes"
+    )]
+    pub envelope_verify_key: Vec<PathBuf>,
+    /// Take envelopes without checking who wrote them (anything that can
+    /// write to the topic can then write under any sensor's name; for a
+    /// topic holding records from before signing, during an upgrade).
+    #[arg(long)]
+    pub accept_unsigned_envelopes: bool,
+}
+
+impl VerifyArgs {
+    /// The verify keys, or `None` when signatures are not checked.
+    pub fn keys(&self) -> Result<Option<VerifyKeys>, KeyError> {
+        if self.accept_unsigned_envelopes {
+            tracing::warn!("--accept-unsigned-envelopes: envelope signatures are not checked");
+            return Ok(None);
+        }
+        let keys = VerifyKeys::load(&self.envelope_verify_key)?;
+        tracing::info!(key_ids = ?keys.ids(), "envelope signatures are checked");
+        Ok(Some(keys))
+    }
+}
+
+/// The `tidewatch-signature` header of a Kafka record (the last one, if
+/// repeated).
+pub fn signature_of<M: rdkafka::message::Message>(m: &M) -> Option<Vec<u8>> {
+    use rdkafka::message::Headers;
+    m.headers().and_then(|h| {
+        h.iter()
+            .filter(|h| h.key == SIGNATURE_HEADER)
+            .filter_map(|h| h.value.map(<[u8]>::to_vec))
+            .last()
+    })
+}
+
 /// Writes a new key pair: `DIR/envelope-signing-key.pem` (0600, for
 /// ingest) and `DIR/envelope-verify-key.pem` (for the sinks). Refuses to
 /// overwrite either.

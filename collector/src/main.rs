@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::{
-    deadletter, envelope, ingest, intel, maintenance, migrate, pki, query, registry, signer, sink,
+    alerts, deadletter, detect, envelope, ingest, intel, maintenance, migrate, pki, query,
+    registry, signer, sink,
 };
 
 #[derive(Parser)]
@@ -24,7 +25,9 @@ use tidewatch_collector::{
   registry loads and shows the fleet registry (sensor -> vessel, IMO, site, role)\n\
   maintenance drops partitions past the retention (servers without TTL)\n\
   query    runs analyst queries against ClickHouse\n\
-  intel    loads threat-intel feeds (STIX 2.1, MISP, lists) and hunts for them over stored flows\n\n\
+  intel    loads threat-intel feeds (STIX 2.1, MISP, lists) and hunts for them over stored flows\n\
+  detect   raises alerts as batches arrive (its own consumer group), stored once each\n\
+  alerts   lists alerts and records their handling (ack, close, suppress, reopen)\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
 struct Cli {
@@ -71,6 +74,15 @@ enum Cmd {
         clickhouse: ClickHouseArgs,
         #[command(subcommand)]
         cmd: registry::RegistryCmd,
+    },
+    /// Streaming detection: alerts as batches arrive.
+    Detect(detect::DetectArgs),
+    /// Alerts and their handling.
+    Alerts {
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(subcommand)]
+        cmd: alerts::AlertsCmd,
     },
     /// Threat intelligence: load feeds, hunt for their indicators in stored flows.
     Intel {
@@ -145,6 +157,11 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             registry::run(&clickhouse.client(), cmd).await
         }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
+        Cmd::Detect(a) => detect::run(a).await,
+        Cmd::Alerts { clickhouse, cmd } => {
+            clickhouse.validate()?;
+            alerts::run(&clickhouse.client(), cmd).await
+        }
         Cmd::Intel { clickhouse, cmd } => {
             clickhouse.validate()?;
             intel::run(&clickhouse.client(), cmd).await

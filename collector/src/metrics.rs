@@ -188,6 +188,49 @@ impl IngestMetrics {
     }
 }
 
+pub struct DetectMetrics {
+    pub registry: Arc<Registry>,
+    pub kafka_records: Arc<Counter>,
+    pub flows_checked: Arc<Counter>,
+    pub envelopes_refused: Arc<Counter>,
+    pub alerts: Arc<CounterVec>,
+    pub indicators: Arc<Gauge>,
+}
+
+/// The detector's rules, pre-registered at zero.
+pub const DETECT_RULES: &[&str] = &["intel-contact"];
+
+impl DetectMetrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        let m = DetectMetrics {
+            kafka_records: r.counter("tidewatch_detect_kafka_records", "Kafka records read."),
+            flows_checked: r.counter(
+                "tidewatch_detect_flows_checked",
+                "Flow records checked against the rules.",
+            ),
+            envelopes_refused: r.counter(
+                "tidewatch_detect_envelopes_refused",
+                "Records not signed by ingest, left unchecked (the sink dead-letters them).",
+            ),
+            alerts: r.counter_vec(
+                "tidewatch_detect_alerts",
+                "Alerts raised (stored and published), by rule; a re-raised alert counts again but is stored once.",
+                "rule",
+            ),
+            indicators: r.gauge(
+                "tidewatch_detect_intel_indicators",
+                "Threat-intel indicators loaded.",
+            ),
+            registry: r,
+        };
+        for rule in DETECT_RULES {
+            m.alerts.touch(rule);
+        }
+        Arc::new(m)
+    }
+}
+
 pub struct SinkMetrics {
     pub registry: Arc<Registry>,
     pub kafka_records: Arc<Counter>,

@@ -20,6 +20,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BATCHES_TOPIC="${TIDEWATCH_KAFKA_TOPIC:-tidewatch.batches.v1}"
 DLQ_TOPIC="${TIDEWATCH_DEADLETTER_TOPIC:-tidewatch.deadletter.v1}"
+ALERTS_TOPIC="${TIDEWATCH_ALERTS_TOPIC:-tidewatch.alerts.v1}"
 PARTITIONS="${TIDEWATCH_PARTITIONS:-3}"
 
 log() { echo "stack: $*" >&2; }
@@ -217,13 +218,13 @@ start_kafka() {
   local existing
   existing=$("$bin" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null || true)
   local t p
-  for t in "$BATCHES_TOPIC" "$DLQ_TOPIC"; do
+  for t in "$BATCHES_TOPIC" "$DLQ_TOPIC" "$ALERTS_TOPIC"; do
     if grep -q "$t" <<<"$existing"; then continue; fi
-    p=$PARTITIONS; [ "$t" = "$DLQ_TOPIC" ] && p=1
+    p=$PARTITIONS; [ "$t" = "$BATCHES_TOPIC" ] || p=1
     "$bin" topic create "$t" --partitions "$p" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null \
       || die "cannot create topic $t"
   done
-  log "Kafka-protocol broker (tansu) on 127.0.0.1:$KAFKA_PORT, topics $BATCHES_TOPIC ($PARTITIONS partitions), $DLQ_TOPIC"
+  log "Kafka-protocol broker (tansu) on 127.0.0.1:$KAFKA_PORT, topics $BATCHES_TOPIC ($PARTITIONS partitions), $DLQ_TOPIC, $ALERTS_TOPIC"
 }
 
 cmd=${1:-}

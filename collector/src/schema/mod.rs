@@ -133,6 +133,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "intel",
         sql: include_str!("../../../deploy/clickhouse/migrations/0006_intel.sql"),
     },
+    Migration {
+        version: 7,
+        name: "alerts",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0007_alerts.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.

@@ -77,23 +77,8 @@ pub struct SinkArgs {
     /// --max-batch-records); a larger one is dead-lettered.
     #[arg(long, default_value_t = 50_000)]
     pub max_batch_records: usize,
-    /// Ed25519 public key(s) (PEM) of ingest's envelope signing key; a
-    /// record not signed by one of them is dead-lettered, never stored.
-    /// Repeat (or separate with commas) to accept the old and the new key
-    /// during a rotation.
-    #[arg(
-        long,
-        env = "TIDEWATCH_ENVELOPE_VERIFY_KEYS",
-        value_name = "PEM",
-        value_delimiter = ',',
-        required_unless_present = "accept_unsigned_envelopes"
-    )]
-    pub envelope_verify_key: Vec<std::path::PathBuf>,
-    /// Store envelopes without checking who wrote them (anything that can
-    /// write to the topic can then write under any sensor's name; for a
-    /// topic holding records from before signing, during an upgrade).
-    #[arg(long)]
-    pub accept_unsigned_envelopes: bool,
+    #[command(flatten)]
+    pub envelope: crate::envelope::VerifyArgs,
     /// Fault injection for tests: exit after inserting the first chunk's rows,
     /// before writing the ledger and committing offsets (a crash at the worst moment).
     #[arg(long, hide = true)]
@@ -110,14 +95,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if args.max_rows == 0 || args.max_chunk_bytes == 0 {
         anyhow::bail!("--max-rows and --max-chunk-bytes must be at least 1");
     }
-    let verify = if args.accept_unsigned_envelopes {
-        tracing::warn!("--accept-unsigned-envelopes: envelope signatures are not checked");
-        None
-    } else {
-        let keys = crate::envelope::VerifyKeys::load(&args.envelope_verify_key)?;
-        info!(key_ids = ?keys.ids(), "envelope signatures are checked");
-        Some(keys)
-    };
+    let verify = args.envelope.keys()?;
     let dlq = args.kafka.producer(30_000, 64)?;
     crate::kafka::wait_for_topic(&dlq, &args.kafka.kafka_brokers, &args.kafka.kafka_topic).await?;
     crate::kafka::wait_for_topic(&dlq, &args.kafka.kafka_brokers, &args.deadletter_topic).await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
@@ -22,7 +22,7 @@ use tracing::{debug, error, info, warn};
 use super::dedup::SeenBatches;
 use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table, TimeWindow};
 use super::SinkArgs;
-use crate::envelope::{VerifyKeys, SIGNATURE_HEADER};
+use crate::envelope::{signature_of, VerifyKeys};
 use crate::metrics::SinkMetrics;
 
 struct Chunk {
@@ -627,12 +627,7 @@ struct Detached {
 }
 
 fn detach(m: &BorrowedMessage<'_>) -> Detached {
-    let signature = m.headers().and_then(|h| {
-        h.iter()
-            .filter(|h| h.key == SIGNATURE_HEADER)
-            .filter_map(|h| h.value.map(<[u8]>::to_vec))
-            .last()
-    });
+    let signature = signature_of(m);
     Detached {
         topic: m.topic().to_string(),
         partition: m.partition(),

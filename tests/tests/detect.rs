@@ -1,0 +1,254 @@
+//! Streaming detection against the real broker and ClickHouse: a contact
+//! with a threat-intel indicator raises one alert per vessel, indicator and
+//! hour, stored once however often the detector reads the batches again,
+//! published to the alerts topic, and handled for the record.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use serde_json::Value;
+use tidewatch_proto::v1::AckStatus;
+use tidewatch_tests::grpc::{flow, request_with, upload, ClientCert};
+use tidewatch_tests::*;
+
+const STIX: &str = r#"{"type": "bundle", "id": "bundle--1", "objects": [
+  {"type": "indicator", "id": "indicator--c2", "name": "crane C2", "valid_from": "2026-11-28T00:00:00Z",
+   "pattern": "[ipv4-addr:value = '203.0.113.7'] OR [domain-name:value = 'cdn.bad.example']"}]}"#;
+
+fn flow_to(i: u32, server: Ipv4Addr, names: &[&str]) -> tidewatch_proto::v1::FlowRecord {
+    let mut f = flow(i);
+    f.server_ip = server.octets().to_vec();
+    f.indicators = names.iter().map(|n| n.to_string()).collect();
+    f
+}
+
+fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
+    let mut cmd = stack.collector();
+    cmd.args([
+        "detect",
+        "--group",
+        group,
+        "--intel-refresh-secs",
+        "1",
+        "--max-wait-ms",
+        "200",
+    ]);
+    let mut p = Proc::spawn(name, stack.path(), &mut cmd);
+    p.wait_log("detector started", Duration::from_secs(60));
+    p.wait_log("threat-intel indicators loaded", Duration::from_secs(30));
+    p
+}
+
+/// The distinct keys of the alerts topic.
+fn published(stack: &Stack) -> BTreeSet<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka_brokers())
+        .set("group.id", "alerts-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("tidewatch.alerts.v1", 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let end = stack.kafka_records("tidewatch.alerts.v1");
+    let mut keys = BTreeSet::new();
+    let mut read = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read < end && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            read += 1;
+            keys.insert(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
+        }
+    }
+    assert_eq!(read, end, "alerts topic not read to its end");
+    keys
+}
+
+#[test]
+fn an_intel_contact_raises_one_alert_stored_once_and_handled_for_the_record() {
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let feed = stack.path().join("cert.json");
+    std::fs::write(&feed, STIX).unwrap();
+    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    let mut det = detector(stack, "detect", "tidewatch-detect");
+
+    let c2 = Ipv4Addr::new(203, 0, 113, 7);
+    let normal = Ipv4Addr::new(10, 1, 0, 10);
+    let bridge = pki.sensor("bridge-1", "mv-aurora");
+    let crane = pki.sensor("crane-2", "port-of-kiel");
+    // bridge-1: the same indicator three times in one hour, over two
+    // batches; crane-2: the domain (as seen, in capitals).
+    let sends = [
+        (
+            &bridge,
+            1,
+            vec![
+                flow_to(0, c2, &[]),
+                flow_to(1, normal, &[]),
+                flow_to(2, c2, &[]),
+            ],
+        ),
+        (&bridge, 2, vec![flow_to(30, c2, &[])]),
+        (
+            &crane,
+            1,
+            vec![
+                flow_to(0, normal, &["CDN.Bad.Example"]),
+                flow_to(1, normal, &[]),
+            ],
+        ),
+    ];
+    for (cert, seq, flows) in sends {
+        let acks = upload(
+            port,
+            &cert.ca,
+            Some(ClientCert::of(cert)),
+            vec![request_with(seq, flows)],
+        )
+        .unwrap();
+        assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    }
+    // A forged record with a contact under bridge-1's name: not ingest's,
+    // so no alert.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka_brokers())
+        .create()
+        .unwrap();
+    let forged = tidewatch_proto::v1::IngestedBatch {
+        sensor_id: "bridge-1".into(),
+        vessel: "mv-forged".into(),
+        seq: 99,
+        received_us: 1,
+        encoding: tidewatch_proto::v1::Encoding::Protobuf as i32,
+        payload: request_with(99, vec![flow_to(0, c2, &[])]).payload,
+        ingest_node: "x".into(),
+    };
+    p.send(
+        BaseRecord::<[u8], [u8]>::to(tidewatch_proto::BATCHES_TOPIC)
+            .key(b"bridge-1")
+            .payload(&prost::Message::encode_to_vec(&forged)),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
+
+    let count = |table: &str| stack.query_u64(&format!("SELECT count() FROM tidewatch.{table}"));
+    wait_until(Duration::from_secs(60), "two alerts", || {
+        (count("alerts") == 2).then_some(())
+    });
+    det.wait_log(
+        "record refused, not checked for alerts",
+        Duration::from_secs(10),
+    );
+    let rows = stack
+        .query(
+            "SELECT rule, vessel, sensor_id, subject, state FROM tidewatch.alerts ORDER BY vessel",
+        )
+        .unwrap();
+    assert_eq!(
+        rows,
+        "intel-contact\tmv-aurora\tbridge-1\t203.0.113.7\topen\n\
+         intel-contact\tport-of-kiel\tcrane-2\tcdn.bad.example\topen\n"
+    );
+    let ids: BTreeSet<String> = stack
+        .query("SELECT id FROM tidewatch.alerts")
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // The earliest contact of the hour is the evidence.
+    let evidence = stack
+        .query("SELECT evidence FROM tidewatch.alerts WHERE vessel = 'mv-aurora'")
+        .unwrap();
+    let ev: Value = serde_json::from_str(evidence.trim()).unwrap();
+    assert_eq!(
+        (ev["batch_seq"].as_u64(), ev["record_idx"].as_u64()),
+        (Some(1), Some(0)),
+        "{ev}"
+    );
+
+    // Read everything again (a detector of a new group, from the start):
+    // the same alerts, raised again under the same ids, stored once.
+    assert!(det.terminate().is_some_and(|s| s.success()));
+    let raw_before = count("alerts_raw");
+    let mut again = detector(stack, "detect-again", "tidewatch-detect-rerun");
+    again.wait_log("alert raised", Duration::from_secs(60));
+    wait_until(Duration::from_secs(60), "alerts raised again", || {
+        (count("alerts_raw") >= raw_before + 2).then_some(())
+    });
+    assert_eq!(count("alerts"), 2);
+    assert_eq!(published(stack), ids, "the topic carries other ids");
+
+    // Handling, for the record: who, when, a note, never overwritten.
+    let mv = stack
+        .query("SELECT id FROM tidewatch.alerts WHERE vessel = 'mv-aurora'")
+        .unwrap()
+        .trim()
+        .to_string();
+    let alerts = |args: &[&str]| {
+        let out = stack.collector().arg("alerts").args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = alerts(&[
+        "ack",
+        &mv,
+        "--who",
+        "alice",
+        "--note",
+        "bridge PC isolated, imaging disk",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = alerts(&[
+        "close",
+        &mv,
+        "--who",
+        "bob",
+        "--note",
+        "malware removed; see case 42",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = alerts(&["ack", "0000", "--who", "alice", "--note", "x"]);
+    assert!(!ok && out.contains("no alert"), "{out}");
+    let (ok, out) = alerts(&["close", &mv, "--who", "bob"]);
+    assert!(!ok && out.contains("--note"), "{out}");
+    let (ok, show) = alerts(&["show", &mv]);
+    assert!(ok, "{show}");
+    let v: Value = serde_json::from_str(&show).unwrap();
+    let h: Vec<(&str, &str)> = v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["action"].as_str().unwrap(), x["who"].as_str().unwrap()))
+        .collect();
+    assert_eq!(h, vec![("acknowledged", "alice"), ("closed", "bob")]);
+    assert_eq!(v["evidence"]["matched"], "203.0.113.7");
+    let list = |state: &str| {
+        let (ok, out) = alerts(&[
+            "list",
+            "--since",
+            "2023-11-14",
+            "--until",
+            "2023-11-16",
+            "--format",
+            "json",
+            "--state",
+            state,
+        ]);
+        assert!(ok, "{out}");
+        let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+        rows.iter()
+            .map(|r| r["vessel"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list("closed"), vec!["mv-aurora"]);
+    assert_eq!(list("open"), vec!["port-of-kiel"]);
+}
