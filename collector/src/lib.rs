@@ -7,11 +7,13 @@
 //!   [`signer`]: the one process holding the CA key, renewing for ingest.
 //! - [`envelope`]: ingest's signature on each Kafka record, checked by the sink.
 //! - [`query`]: analyst queries; [`intel`]: threat-intel feeds and the retro-hunt.
-//! - [`detect`]: streaming detection into [`alerts`] (stored once, handled for the record).
+//! - [`detect`]: streaming detection into [`alerts`] (stored once, handled for the record);
+//!   [`deliver`]: alerts into a SOC's syslog receiver.
 
 pub mod alerts;
 pub mod clickhouse_args;
 pub mod deadletter;
+pub mod deliver;
 pub mod detect;
 pub mod envelope;
 pub mod identity;

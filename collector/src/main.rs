@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::{
-    alerts, deadletter, detect, envelope, ingest, intel, maintenance, migrate, pki, query,
+    alerts, deadletter, deliver, detect, envelope, ingest, intel, maintenance, migrate, pki, query,
     registry, signer, sink,
 };
 
@@ -27,7 +27,8 @@ use tidewatch_collector::{
   query    runs analyst queries against ClickHouse\n\
   intel    loads threat-intel feeds (STIX 2.1, MISP, lists) and hunts for them over stored flows\n\
   detect   raises alerts as batches arrive (its own consumer group), stored once each\n\
-  alerts   lists alerts and records their handling (ack, close, suppress, reopen)\n\n\
+  alerts   lists alerts and records their handling (ack, close, suppress, reopen)\n\
+  deliver  sends alerts to a syslog receiver (RFC 5424 over TCP or TLS; JSON or CEF)\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
 struct Cli {
@@ -77,6 +78,8 @@ enum Cmd {
     },
     /// Streaming detection: alerts as batches arrive.
     Detect(detect::DetectArgs),
+    /// Send alerts to a syslog receiver (one process per destination).
+    Deliver(deliver::DeliverArgs),
     /// Alerts and their handling.
     Alerts {
         #[command(flatten)]
@@ -158,6 +161,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
         Cmd::Detect(a) => detect::run(a).await,
+        Cmd::Deliver(a) => deliver::run(a).await,
         Cmd::Alerts { clickhouse, cmd } => {
             clickhouse.validate()?;
             alerts::run(&clickhouse.client(), cmd).await

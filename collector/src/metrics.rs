@@ -231,6 +231,39 @@ impl DetectMetrics {
     }
 }
 
+pub struct DeliverMetrics {
+    pub registry: Arc<Registry>,
+    pub delivered: Arc<Counter>,
+    pub failures: Arc<Counter>,
+    pub already_delivered: Arc<Counter>,
+    pub undecodable: Arc<Counter>,
+}
+
+impl DeliverMetrics {
+    pub fn new() -> Arc<Self> {
+        let r = Registry::new();
+        Arc::new(DeliverMetrics {
+            delivered: r.counter(
+                "tidewatch_deliver_alerts_delivered",
+                "Alerts delivered (confirmed by the receiver) and recorded.",
+            ),
+            failures: r.counter(
+                "tidewatch_deliver_failures",
+                "Delivery attempts that failed (retried with backoff; nothing is dropped).",
+            ),
+            already_delivered: r.counter(
+                "tidewatch_deliver_already_delivered",
+                "Alerts read again (raised again, or after a restart) and not sent twice.",
+            ),
+            undecodable: r.counter(
+                "tidewatch_deliver_undecodable",
+                "Records of the alerts topic that are not alerts (skipped, logged).",
+            ),
+            registry: r,
+        })
+    }
+}
+
 pub struct SinkMetrics {
     pub registry: Arc<Registry>,
     pub kafka_records: Arc<Counter>,

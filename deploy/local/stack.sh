@@ -46,6 +46,11 @@ install() {
   [ -f /usr/include/openssl/ssl.h ] || pkgs+=(libssl-dev)
   command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
   command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+  # rsyslog (with its OpenSSL driver): the real syslog receiver of the
+  # alert delivery tests.
+  command -v rsyslogd >/dev/null 2>&1 || pkgs+=(rsyslog)
+  [ -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || [ -e /usr/lib/aarch64-linux-gnu/rsyslog/lmnsd_ossl.so ] \
+    || pkgs+=(rsyslog-openssl)
   command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
   command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
   command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)

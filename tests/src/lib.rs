@@ -11,7 +11,8 @@
 //! - [`totals`]: flow totals expected against stored;
 //! - [`http`]: a minimal HTTP client;
 //! - [`fleet`], [`synth`], [`pcapgen`]: generated traffic; [`grpc`]: an
-//!   independent upload client; [`linkemu`]: the link emulator.
+//!   independent upload client; [`linkemu`]: the link emulator; [`syslog`]:
+//!   a real syslog receiver (rsyslogd).
 //!
 //! The binaries must be built first (`cargo build --workspace --bins`); the
 //! README's test command does that.
@@ -26,6 +27,7 @@ pub mod process;
 pub mod sensor;
 pub mod stack;
 pub mod synth;
+pub mod syslog;
 pub mod totals;
 
 pub use http::{http_get, http_post, metric};

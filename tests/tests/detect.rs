@@ -252,3 +252,149 @@ fn an_intel_contact_raises_one_alert_stored_once_and_handled_for_the_record() {
     assert_eq!(list("closed"), vec!["mv-aurora"]);
     assert_eq!(list("open"), vec!["port-of-kiel"]);
 }
+
+/// The alert ids in received syslog messages, with how often each came.
+fn received_ids(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut ids = std::collections::BTreeMap::new();
+    for l in lines {
+        let id = l
+            .split("[tidewatch@32473 id=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no alert id in {l:?}"));
+        *ids.entry(id.to_string()).or_insert(0) += 1;
+    }
+    ids
+}
+
+fn deliverer(stack: &Stack, name: &str, port: u16, extra: &[&str]) -> Proc {
+    let mut cmd = stack.collector();
+    cmd.args([
+        "deliver",
+        "--name",
+        name,
+        "--syslog",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(extra);
+    let mut p = Proc::spawn(&format!("deliver-{name}"), stack.path(), &mut cmd);
+    p.wait_log("delivery started", Duration::from_secs(60));
+    p
+}
+
+#[test]
+fn alerts_reach_a_real_syslog_receiver_once_each_across_its_crash() {
+    use tidewatch_tests::syslog::Rsyslog;
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let feed = stack.path().join("list.txt");
+    // Five indicators: each contact below raises its own alert.
+    let c2: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+    std::fs::write(
+        &feed,
+        c2.iter()
+            .map(|ip| format!("{ip}, C2 node\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    let _det = detector(stack, "detect", "tidewatch-detect");
+    let mut rsyslog = Rsyslog::start(&stack.path().join("rsyslog"));
+    let mut soc = deliverer(stack, "soc", rsyslog.port, &[]);
+    let s = pki.sensor("bridge-1", "mv-aurora");
+    let contact = |seq: u64, ips: &[Ipv4Addr]| {
+        let flows = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| flow_to(i as u32, *ip, &[]))
+            .collect();
+        let acks = upload(
+            port,
+            &s.ca,
+            Some(ClientCert::of(&s)),
+            vec![request_with(seq, flows)],
+        )
+        .unwrap();
+        assert_eq!(acks[0].status, AckStatus::Accepted as i32);
+    };
+    contact(1, &c2[..3]);
+    wait_until(Duration::from_secs(60), "three alerts received", || {
+        (received_ids(&rsyslog.messages()).len() == 3).then_some(())
+    });
+
+    // The receiver crashes; two more alerts wait (retried) until it is back.
+    rsyslog.kill();
+    contact(2, &c2[3..]);
+    soc.wait_log("alert not delivered; retrying", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    rsyslog.restart();
+    wait_until(Duration::from_secs(60), "five alerts received", || {
+        (received_ids(&rsyslog.messages()).len() == 5).then_some(())
+    });
+
+    // Restarted, and with every alert raised again in the topic (a second
+    // detector over the same batches), the destination sends none twice.
+    assert!(soc.terminate().is_some());
+    let mut again = detector(stack, "detect-again", "tidewatch-detect-rerun");
+    again.wait_log("alert raised", Duration::from_secs(60));
+    let mut soc = deliverer(stack, "soc", rsyslog.port, &[]);
+    wait_until(Duration::from_secs(60), "the copies read", || {
+        soc.log_text().contains("delivery started").then_some(())
+    });
+    // A second destination in CEF gets every alert once as well.
+    let mut siem = deliverer(stack, "siem", rsyslog.port, &["--syslog-format", "cef"]);
+    wait_until(Duration::from_secs(60), "five CEF alerts", || {
+        let cef = rsyslog
+            .messages()
+            .iter()
+            .filter(|l| l.contains("CEF:0|tidewatch|"))
+            .count();
+        (cef == 5).then_some(())
+    });
+    // And a third over TLS (RFC 5425), the receiver's certificate checked.
+    let tls = Rsyslog::start_with(
+        &stack.path().join("rsyslog-tls"),
+        Some((
+            pki.dir.join("ca.pem"),
+            pki.dir.join("server.pem"),
+            pki.dir.join("server-key.pem"),
+        )),
+    );
+    let ca = pki.dir.join("ca.pem").display().to_string();
+    let mut secure = deliverer(
+        stack,
+        "soc-tls",
+        tls.port,
+        &[
+            "--syslog-tls",
+            "--syslog-ca",
+            &ca,
+            "--syslog-server-name",
+            "localhost",
+        ],
+    );
+    wait_until(Duration::from_secs(60), "five alerts over TLS", || {
+        (received_ids(&tls.messages()).len() == 5).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = rsyslog.messages();
+    let ids = received_ids(&lines);
+    assert_eq!(ids.len(), 5);
+    assert!(
+        ids.values().all(|&n| n == 2),
+        "an alert came twice to one destination: {ids:?}"
+    );
+    let json: Vec<&String> = lines.iter().filter(|l| !l.contains("CEF:0|")).collect();
+    assert_eq!(json.len(), 5);
+    for l in &json {
+        assert!(l.starts_with("<163>1 2023-11-14T22:13:20"), "{l}");
+        let body: Value = serde_json::from_str(l.split_once("] ").unwrap().1).unwrap();
+        assert_eq!(body["rule"], "intel-contact");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(received_ids(&tls.messages()).values().all(|&n| n == 1));
+    assert!(
+        soc.terminate().is_some() && siem.terminate().is_some() && secure.terminate().is_some()
+    );
+    assert!(soc.log_text().contains("delivery stopped"));
+}

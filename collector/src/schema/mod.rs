@@ -138,6 +138,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../../../deploy/clickhouse/migrations/0007_alerts.sql"),
     },
+    Migration {
+        version: 8,
+        name: "alert_deliveries",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0008_alert_deliveries.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.
