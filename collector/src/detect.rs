@@ -16,7 +16,6 @@
 //! the same alerts again under the same ids, which collapse ([`crate::alerts`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,7 +30,6 @@ use serde::Deserialize;
 use tidewatch_proto::codec;
 use tidewatch_proto::util::ip_text;
 use tidewatch_proto::v1::{FlowRecord, IngestedBatch};
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::alerts::{alert_id, Alert};
@@ -216,31 +214,10 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         .with_context(|| format!("subscribing to {}", args.kafka.kafka_topic))?;
     let ch = args.clickhouse.client();
     let metrics = DetectMetrics::new();
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received; finishing the current chunk"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received; finishing the current chunk"),
-        }
-        let _ = stop_tx.send(true);
-    });
-    let metrics_task = {
-        let stop = stop.clone();
-        crate::metrics::start(
-            args.metrics_listen,
-            metrics.registry.clone(),
-            Arc::new(move || {
-                if *stop.borrow() {
-                    Err("shutting down".into())
-                } else {
-                    Ok(())
-                }
-            }),
-        )
-        .await?
-    };
+    let stop = crate::metrics::stop_on_signal("finishing the current chunk");
+    let metrics_task =
+        crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
+            .await?;
     let mut intel = IntelIndex::default();
     let mut intel_loaded: Option<Instant> = None;
     let refresh = Duration::from_secs(args.intel_refresh_secs);

@@ -351,6 +351,37 @@ impl SinkMetrics {
 }
 
 /// Serves `registry` on `addr` when given; logs where.
+/// Serves `registry` on `addr` (if given), healthy until `stop` is set.
+pub async fn start_until(
+    addr: Option<SocketAddr>,
+    registry: Arc<Registry>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let health: Health = Arc::new(move || {
+        if *stop.borrow() {
+            Err("shutting down".into())
+        } else {
+            Ok(())
+        }
+    });
+    start(addr, registry, health).await
+}
+
+/// A flag set on SIGTERM or SIGINT (logged with `then`, what happens next).
+pub fn stop_on_signal(then: &'static str) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; {then}"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; {then}"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
 pub async fn start(
     addr: Option<SocketAddr>,
     registry: Arc<Registry>,

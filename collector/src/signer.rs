@@ -133,30 +133,20 @@ impl Signer for SignerService {
     }
 }
 
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
     let read = |what: &str, p: &PathBuf| {
         std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
     };
     let pki = Pki::new(&args.dir);
+    let mut stop = crate::metrics::stop_on_signal("signer stopping");
     // A fresh volume: wait (running, so that an operator can exec into the
     // pod) until the CA is created there.
     if !pki.ca_cert_path().exists() {
         warn!(dir = %args.dir.display(), "no CA yet: waiting for `tidewatch-collector pki init-ca` in this directory");
-        let stop = stop_signal();
-        tokio::pin!(stop);
         while !pki.ca_cert_path().exists() {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                _ = &mut stop => return Ok(()),
+                _ = stop.wait_for(|v| *v) => return Ok(()),
             }
         }
     }
@@ -195,9 +185,8 @@ pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
         .add_service(SignerServer::new(svc).max_decoding_message_size(256 * 1024))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                stop_signal().await;
-                info!("signer stopping");
+            async move {
+                let _ = stop.wait_for(|v| *v).await;
             },
         )
         .await

@@ -104,6 +104,45 @@ impl Stack {
         format!("127.0.0.1:{}", self.kafka_port)
     }
 
+    /// Every record of `topic` up to its end now, from the start of each
+    /// partition (partition by partition, in offset order).
+    pub fn topic_records(&self, topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.kafka_brokers())
+            .set(
+                "group.id",
+                format!("tidewatch-test-reader-{}", std::process::id()),
+            )
+            .create()
+            .expect("Kafka reader");
+        let t = Duration::from_secs(10);
+        let md = c.fetch_metadata(Some(topic), t).expect("topic metadata");
+        let mut tpl = TopicPartitionList::new();
+        let mut end = 0;
+        for p in md.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+                .expect("partition");
+            end += c.fetch_watermarks(topic, p.id(), t).expect("watermarks").1;
+        }
+        c.assign(&tpl).expect("assign");
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while (out.len() as i64) < end {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "read {} of the {end} records of {topic}",
+                out.len()
+            );
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+                out.push(m.detach());
+            }
+        }
+        out.sort_by_key(|m| (m.partition(), m.offset()));
+        out
+    }
+
     /// Records in `topic`: its high watermarks summed over its partitions.
     pub fn kafka_records(&self, topic: &str) -> i64 {
         use rdkafka::consumer::{BaseConsumer, Consumer};

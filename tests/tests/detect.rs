@@ -7,9 +7,8 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message as _};
 use serde_json::Value;
 use tidewatch_proto::v1::AckStatus;
 use tidewatch_tests::grpc::{flow, request_with, upload, ClientCert};
@@ -45,27 +44,11 @@ fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
 
 /// The distinct keys of the alerts topic.
 fn published(stack: &Stack) -> BTreeSet<String> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack.kafka_brokers())
-        .set("group.id", "alerts-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("tidewatch.alerts.v1", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let end = stack.kafka_records("tidewatch.alerts.v1");
-    let mut keys = BTreeSet::new();
-    let mut read = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while read < end && std::time::Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            read += 1;
-            keys.insert(String::from_utf8(m.key().unwrap().to_vec()).unwrap());
-        }
-    }
-    assert_eq!(read, end, "alerts topic not read to its end");
-    keys
+    stack
+        .topic_records("tidewatch.alerts.v1")
+        .iter()
+        .map(|m| String::from_utf8(m.key().unwrap().to_vec()).unwrap())
+        .collect()
 }
 
 #[test]

@@ -11,10 +11,9 @@ use prost::Message;
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message as _};
 use tidewatch_collector::envelope::{self, SigningKey, SIGNATURE_HEADER};
 use tidewatch_proto::v1::signer_client::SignerClient;
 use tidewatch_proto::v1::uplink_client::UplinkClient;
@@ -465,36 +464,10 @@ fn a_batch_written_to_kafka_around_ingest_is_dead_lettered_and_never_stored() {
     );
 
     // What ingest wrote: the envelope and its signature.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack.kafka_brokers())
-        .set("group.id", "forger")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..c
-        .fetch_metadata(
-            Some(tidewatch_proto::BATCHES_TOPIC),
-            Duration::from_secs(10),
-        )
-        .unwrap()
-        .topics()[0]
-        .partitions()
-        .len()
-    {
-        tpl.add_partition_offset(tidewatch_proto::BATCHES_TOPIC, p as i32, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let (value, sig) = wait_until(Duration::from_secs(30), "ingest's record", || {
-        let m = c.poll(Duration::from_millis(200))?.ok()?;
-        let sig = m
-            .headers()?
-            .iter()
-            .find(|h| h.key == SIGNATURE_HEADER)?
-            .value?
-            .to_vec();
-        Some((m.payload()?.to_vec(), sig))
-    });
+    let records = stack.topic_records(tidewatch_proto::BATCHES_TOPIC);
+    assert_eq!(records.len(), 1);
+    let value = records[0].payload().unwrap().to_vec();
+    let sig = tidewatch_collector::envelope::signature_of(&records[0]).expect("ingest's signature");
     let env = IngestedBatch::decode(&value[..]).unwrap();
     let under = |sensor: &str, seq: u64| {
         IngestedBatch {

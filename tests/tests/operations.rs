@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use prost::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Message as _};
 use tidewatch_collector::envelope::{SigningKey, SIGNATURE_HEADER};
 use tidewatch_proto::v1::{AckStatus, DeadLetter, Encoding, IngestedBatch};
 use tidewatch_tests::grpc::{channel, request, upload, ClientCert};
@@ -212,22 +211,14 @@ fn health_service_answers_and_bad_records_go_to_the_dead_letter_topic() {
     );
 
     // Both bad records are in the dead-letter topic with their reasons.
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack.kafka_brokers())
-        .set("group.id", "dlq-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("tidewatch.deadletter.v1", 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let mut letters = Vec::new();
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    while letters.len() < 2 && std::time::Instant::now() < end {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            letters.push(DeadLetter::decode(m.payload().unwrap()).unwrap());
-        }
-    }
+    let letters = wait_until(Duration::from_secs(30), "two dead letters", || {
+        let l: Vec<DeadLetter> = stack
+            .topic_records("tidewatch.deadletter.v1")
+            .iter()
+            .map(|m| DeadLetter::decode(m.payload().unwrap()).unwrap())
+            .collect();
+        (l.len() >= 2).then_some(l)
+    });
     assert_eq!(letters.len(), 2, "dead letters: {letters:?}");
     assert!(
         letters[0].reason.contains("not an IngestedBatch"),

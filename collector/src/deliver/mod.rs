@@ -15,7 +15,6 @@
 pub mod syslog;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +23,6 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::alerts::Alert;
@@ -105,31 +103,10 @@ pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
         .subscribe(&[&args.alerts_topic])
         .with_context(|| format!("subscribing to {}", args.alerts_topic))?;
     let metrics = DeliverMetrics::new();
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received; stopping after the current alert"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received; stopping after the current alert"),
-        }
-        let _ = stop_tx.send(true);
-    });
-    let metrics_task = {
-        let stop = stop.clone();
-        crate::metrics::start(
-            args.metrics_listen,
-            metrics.registry.clone(),
-            Arc::new(move || {
-                if *stop.borrow() {
-                    Err("shutting down".into())
-                } else {
-                    Ok(())
-                }
-            }),
-        )
-        .await?
-    };
+    let stop = crate::metrics::stop_on_signal("stopping after the current alert");
+    let metrics_task =
+        crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
+            .await?;
     info!(destination = %args.name, syslog = %args.syslog, tls = args.syslog_tls, format = ?args.syslog_format,
         already_delivered = done.len(), "delivery started");
     let mut wait_stop = stop.clone();

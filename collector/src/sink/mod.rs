@@ -30,7 +30,6 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Offset;
-use tokio::sync::watch;
 use tracing::info;
 
 use crate::clickhouse_args::ClickHouseArgs;
@@ -103,34 +102,13 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     consumer
         .subscribe(&[&args.kafka.kafka_topic])
         .with_context(|| format!("subscribing to {}", args.kafka.kafka_topic))?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM received; finishing the current chunk"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received; finishing the current chunk"),
-        }
-        let _ = tx.send(true);
-    });
+    let rx = crate::metrics::stop_on_signal("finishing the current chunk");
     let ch = args.clickhouse.client();
     let metrics = SinkMetrics::new();
     let consumer = Arc::new(consumer);
-    let metrics_task = {
-        let stop = rx.clone();
-        crate::metrics::start(
-            args.metrics_listen,
-            metrics.registry.clone(),
-            Arc::new(move || {
-                if *stop.borrow() {
-                    Err("shutting down".into())
-                } else {
-                    Ok(())
-                }
-            }),
-        )
-        .await?
-    };
+    let metrics_task =
+        crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), rx.clone())
+            .await?;
     // The lag task holds only a weak reference: dropping the sink closes the
     // consumer (leaving the group) at once.
     let lag_task = tokio::spawn(lag_loop(Arc::downgrade(&consumer), metrics.clone()));
