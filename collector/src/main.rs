@@ -28,7 +28,7 @@ use tidewatch_collector::{
   intel    loads threat-intel feeds (STIX 2.1, MISP, lists) and hunts for them over stored flows\n\
   detect   raises alerts as batches arrive (its own consumer group), stored once each\n\
   alerts   lists alerts and records their handling (ack, close, suppress, reopen)\n\
-  deliver  sends alerts to a syslog receiver (RFC 5424 over TCP or TLS; JSON or CEF)\n\n\
+  deliver  sends alerts to a syslog receiver (RFC 5424 over TCP or TLS; JSON or CEF) or a webhook\n\n\
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
 )]
 struct Cli {
@@ -78,7 +78,7 @@ enum Cmd {
     },
     /// Streaming detection: alerts as batches arrive.
     Detect(detect::DetectArgs),
-    /// Send alerts to a syslog receiver (one process per destination).
+    /// Send alerts to a syslog receiver or a webhook (one process per destination).
     Deliver(deliver::DeliverArgs),
     /// Alerts and their handling.
     Alerts {

@@ -3,7 +3,7 @@
 //! hour, stored once however often the detector reads the batches again,
 //! published to the alerts topic, and handled for the record.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -380,4 +380,131 @@ fn alerts_reach_a_real_syslog_receiver_once_each_across_its_crash() {
         soc.terminate().is_some() && siem.terminate().is_some() && secure.terminate().is_some()
     );
     assert!(soc.log_text().contains("delivery stopped"));
+}
+
+/// A webhook receiver: answers 503 to the first `fail_first` requests, then
+/// 200, and keeps every request (headers lowercased, body) with its answer.
+struct Receiver {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(BTreeMap<String, String>, Vec<u8>, u16)>>>,
+}
+
+impl Receiver {
+    fn start(fail_first: usize) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let got: std::sync::Arc<std::sync::Mutex<Vec<_>>> = Default::default();
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut headers = BTreeMap::new();
+                let mut line = String::new();
+                let _ = r.read_line(&mut line); // request line
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
+                }
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                if r.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let mut all = g.lock().unwrap();
+                let status = if all.len() < fail_first { 503 } else { 200 };
+                all.push((headers, body, status));
+                drop(all);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            }
+        });
+        Receiver { port, got }
+    }
+}
+
+#[test]
+fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let feed = stack.path().join("list.txt");
+    let c2: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+    std::fs::write(
+        &feed,
+        c2.iter().map(|ip| format!("{ip}\n")).collect::<String>(),
+    )
+    .unwrap();
+    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    let _det = detector(stack, "detect", "tidewatch-detect");
+    // The receiver fails its first two requests (a case tool restarting).
+    let hook = Receiver::start(2);
+    let secret = stack.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let mut cmd = stack.collector();
+    cmd.args(["deliver", "--name", "cases", "--webhook"])
+        .arg(format!(
+            "http://127.0.0.1:{}/hooks/tidewatch?team=soc",
+            hook.port
+        ))
+        .arg("--webhook-secret-file")
+        .arg(&secret)
+        .args(["--webhook-header", "Authorization: Bearer t0ken"]);
+    let mut d = Proc::spawn("deliver-cases", stack.path(), &mut cmd);
+    d.wait_log("delivery started", Duration::from_secs(60));
+    let s = pki.sensor("bridge-1", "mv-aurora");
+    let flows = c2
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| flow_to(i as u32, *ip, &[]))
+        .collect();
+    let acks = upload(
+        port,
+        &s.ca,
+        Some(ClientCert::of(&s)),
+        vec![request_with(1, flows)],
+    )
+    .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32);
+    wait_until(Duration::from_secs(60), "three alerts accepted", || {
+        let n = hook
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.2 == 200)
+            .count();
+        (n == 3).then_some(())
+    });
+    d.wait_log("alert not delivered; retrying", Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
+    let got = hook.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 5, "2 refused + 3 accepted");
+    let mut ids = BTreeSet::new();
+    for (h, body, status) in &got {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(h["idempotency-key"], id);
+        assert_eq!(h["x-tidewatch-alert-id"], id);
+        assert_eq!(h["authorization"], "Bearer t0ken");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(
+            h["x-tidewatch-signature"],
+            tidewatch_collector::deliver::webhook::signature(b"s3cret", body)
+        );
+        if *status == 200 {
+            assert!(ids.insert(id.to_string()), "{id} accepted twice");
+        }
+    }
+    assert_eq!(ids.len(), 3);
 }

@@ -1,6 +1,7 @@
 //! `tidewatch-collector deliver`: alerts from the alerts topic into the
-//! tools a SOC watches. One process per destination, each with its own
-//! consumer group, so one receiver being down holds back no other.
+//! tools a SOC watches: a syslog receiver ([`syslog`]) or a webhook
+//! ([`webhook`]). One process per destination, each with its own consumer
+//! group, so one receiver being down holds back no other.
 //!
 //! Nothing lost, nothing twice per alert id:
 //! - the consumer group's committed offset is the destination's cursor: it
@@ -13,6 +14,7 @@
 //!   message carries the alert id for the receiver to key on.
 
 pub mod syslog;
+pub mod webhook;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -30,6 +32,7 @@ use crate::clickhouse_args::ClickHouseArgs;
 use crate::kafka::KafkaArgs;
 use crate::metrics::DeliverMetrics;
 use syslog::{Body, Syslog};
+use webhook::Webhook;
 
 #[derive(Debug, clap::Args)]
 pub struct DeliverArgs {
@@ -45,8 +48,13 @@ pub struct DeliverArgs {
     #[arg(long)]
     pub name: String,
     /// Syslog receiver (host:port), RFC 5424 over TCP, octet-counted.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub syslog: String,
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "webhook",
+        conflicts_with = "webhook"
+    )]
+    pub syslog: Option<String>,
     /// Over TLS (RFC 5425).
     #[arg(long)]
     pub syslog_tls: bool,
@@ -59,10 +67,39 @@ pub struct DeliverArgs {
     /// The message body: JSON, or CEF (ArcSight Common Event Format).
     #[arg(long, value_enum, default_value = "json")]
     pub syslog_format: Body,
+    /// Webhook URL (http or https) alerts are POSTed to as JSON.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// CA of an https webhook's certificate (PEM; default: the system's CAs).
+    #[arg(long, value_name = "PEM", requires = "webhook")]
+    pub webhook_ca: Option<std::path::PathBuf>,
+    /// File holding the secret the body is signed with (HMAC-SHA256, header
+    /// X-Tidewatch-Signature: sha256=HEX).
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    pub webhook_secret_file: Option<std::path::PathBuf>,
+    /// Extra header of every POST, "Name: value" (repeatable), e.g. an
+    /// authorization token.
+    #[arg(long = "webhook-header", value_name = "HEADER", requires = "webhook")]
+    pub webhook_headers: Vec<String>,
     /// Serve Prometheus metrics (/metrics) and liveness (/healthz) over
     /// plain HTTP on this address (default: off).
     #[arg(long, env = "TIDEWATCH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where alerts go.
+enum Destination {
+    Syslog(Syslog),
+    Webhook(Webhook),
+}
+
+impl Destination {
+    async fn send(&self, a: &Alert) -> anyhow::Result<()> {
+        match self {
+            Destination::Syslog(s) => s.send(a).await,
+            Destination::Webhook(w) => w.send(a).await,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, clickhouse::Row)]
@@ -85,13 +122,31 @@ async fn delivered_ids(ch: &Client, name: &str) -> anyhow::Result<HashSet<String
 pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
     args.clickhouse.validate()?;
     crate::identity::validate_name("destination name", &args.name)?;
-    let dest = Syslog::new(
-        &args.syslog,
-        args.syslog_tls,
-        args.syslog_ca.as_ref(),
-        args.syslog_server_name.as_deref(),
-        args.syslog_format,
-    )?;
+    let (dest, target) = match (&args.syslog, &args.webhook) {
+        (Some(addr), _) => (
+            Destination::Syslog(Syslog::new(
+                addr,
+                args.syslog_tls,
+                args.syslog_ca.as_ref(),
+                args.syslog_server_name.as_deref(),
+                args.syslog_format,
+            )?),
+            format!(
+                "syslog {addr} (tls: {}, {:?})",
+                args.syslog_tls, args.syslog_format
+            ),
+        ),
+        (None, Some(url)) => (
+            Destination::Webhook(Webhook::new(
+                url,
+                args.webhook_ca.as_ref(),
+                args.webhook_secret_file.as_ref(),
+                &args.webhook_headers,
+            )?),
+            format!("webhook {url}"),
+        ),
+        (None, None) => anyhow::bail!("give --syslog or --webhook"),
+    };
     let ch = args.clickhouse.client();
     let mut done = delivered_ids(&ch, &args.name).await?;
     let producer = args.kafka.producer(30_000, 1)?;
@@ -107,8 +162,7 @@ pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
     let metrics_task =
         crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
             .await?;
-    info!(destination = %args.name, syslog = %args.syslog, tls = args.syslog_tls, format = ?args.syslog_format,
-        already_delivered = done.len(), "delivery started");
+    info!(destination = %args.name, to = %target, already_delivered = done.len(), "delivery started");
     let mut wait_stop = stop.clone();
     'records: loop {
         let m = tokio::select! {

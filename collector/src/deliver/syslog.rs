@@ -55,26 +55,10 @@ impl Syslog {
             .map(|(h, _)| h.trim_matches(['[', ']']))
             .with_context(|| format!("syslog address {addr:?} is not host:port"))?;
         let tls = if tls {
-            let mut roots = rustls::RootCertStore::empty();
-            let ca = ca
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
-            use rustls_pki_types::pem::PemObject;
-            for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca)
-                .with_context(|| format!("cannot read CA {}", ca.display()))?
-            {
-                roots.add(c.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
-            }
-            let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
             let name =
                 rustls_pki_types::ServerName::try_from(server_name.unwrap_or(host).to_string())
                     .with_context(|| format!("invalid TLS server name for {addr}"))?;
-            Some((tokio_rustls::TlsConnector::from(Arc::new(cfg)), name))
+            Some((tls_connector(ca)?, name))
         } else {
             None
         };
@@ -108,6 +92,28 @@ impl Syslog {
             None => confirm(tcp, &msg).await,
         }
     }
+}
+
+/// A TLS client verifying servers against `ca` (PEM; default: the
+/// system's CAs).
+pub fn tls_connector(ca: Option<&PathBuf>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = ca
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("/etc/ssl/certs/ca-certificates.crt"));
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca)
+        .with_context(|| format!("cannot read CA {}", ca.display()))?
+    {
+        roots.add(c.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
 }
 
 /// Writes `msg`, closes our side and waits for the receiver to close its.
