@@ -382,11 +382,15 @@ fn alerts_reach_a_real_syslog_receiver_once_each_across_its_crash() {
     assert!(soc.log_text().contains("delivery stopped"));
 }
 
+/// A request the receiver got: headers (names lowercased), body, the
+/// status it answered.
+type Received = (BTreeMap<String, String>, Vec<u8>, u16);
+
 /// A webhook receiver: answers 503 to the first `fail_first` requests, then
-/// 200, and keeps every request (headers lowercased, body) with its answer.
+/// 200, and keeps every request.
 struct Receiver {
     port: u16,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(BTreeMap<String, String>, Vec<u8>, u16)>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
