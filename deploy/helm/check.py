@@ -230,6 +230,8 @@ def check_network_policies(docs, values, label):
     kafka = {url_port(b.strip(), 9092) for b in values["kafka"]["brokers"].split(",") if b.strip()}
     ch = url_port(values["clickhouse"]["url"], 8443 if values["clickhouse"]["url"].startswith("https") else 8123)
     needs = {"-ingest": kafka, "-sink": kafka | {ch}, "-migrate": {ch}}
+    if values["detect"]["enabled"]:
+        needs["-detect"] = kafka | {ch}
     if values["signer"]["enabled"]:
         # The signer talks to nobody; only ingest reaches it, and ingest may.
         needs["-ingest"] = kafka | {values["signer"]["port"]}
@@ -268,8 +270,13 @@ def cases():
         assert find(docs, "Service", "-ingest")["spec"]["type"] == "ClusterIP"
         assert find(docs, "PodDisruptionBudget", "-ingest")
         assert find(docs, "PodDisruptionBudget", "-sink")
-        assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 4
+        assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 5
         assert not find(docs, "ServiceMonitor", "")
+        detect = find(docs, "Deployment", "-detect")
+        dc = detect["spec"]["template"]["spec"]["containers"][0]
+        assert dc["args"][0] == "detect" and "--alerts-topic=tidewatch.alerts.v1" in dc["args"], dc["args"]
+        assert env_names(dc)["TIDEWATCH_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "tidewatch-kafka-detect"
+        assert not find(docs, "Deployment", "-deliver-"), "no destination, no delivery pod"
         assert not find(docs, "Certificate", "")
         vols = {v["name"]: v for v in ingest["spec"]["template"]["spec"]["volumes"]}
         assert vols["tls"]["secret"]["secretName"] == "tidewatch-ingest-tls"
@@ -349,7 +356,8 @@ def cases():
             if d["kind"] == "Service"
             and all(d["metadata"]["labels"].get(k) == v for k, v in sel.items())
         ]
-        assert sorted(matched) == ["tw-tidewatch-ingest-metrics", "tw-tidewatch-sink-metrics"], matched
+        assert sorted(matched) == ["tw-tidewatch-detect-metrics", "tw-tidewatch-ingest-metrics",
+                                  "tw-tidewatch-sink-metrics"], matched
         assert not any(d["kind"] == "NetworkPolicy" for _, d in docs)
 
     def secrets(docs, ingest, ic, sink, sc):
@@ -383,6 +391,28 @@ def cases():
         assert pod["volumes"][0]["configMap"]["name"] == reg["metadata"]["name"]
         cfg = find(docs, "ConfigMap", "-config")
         assert cfg["data"]["TIDEWATCH_CLICKHOUSE_URL"] == "https://ch.example.com:8443"
+
+    def alerting(docs, ingest, ic, sink, sc):
+        soc = find(docs, "Deployment", "-deliver-soc")
+        cases = find(docs, "Deployment", "-deliver-cases")
+        assert soc and cases, kinds(docs)
+        a = soc["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert a[:2] == ["deliver", "--name=soc"], a
+        for want in ("--syslog=siem.example.com:6514", "--syslog-format=cef", "--syslog-tls",
+                     "--syslog-ca=/etc/tidewatch/destination-ca/ca.crt"):
+            assert want in a, a
+        vols = {v["name"]: v for v in soc["spec"]["template"]["spec"]["volumes"]}
+        assert vols["destination-ca"]["secret"]["secretName"] == "siem-ca"
+        b = cases["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--webhook=https://cases.example.com/hooks/tidewatch" in b, b
+        assert "--webhook-secret-file=/etc/tidewatch/webhook-secret/secret" in b, b
+        for d in (soc, cases):
+            assert d["spec"]["replicas"] == 1
+            e = env_names(d["spec"]["template"]["spec"]["containers"][0])
+            assert e["TIDEWATCH_KAFKA_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "tidewatch-kafka-deliver"
+        np = find(docs, "NetworkPolicy", "-deliver")
+        ports = {p["port"] for r in np["spec"]["egress"] for p in r.get("ports", [])}
+        assert {6514, 443} <= ports, ports
 
     def lab(docs, ingest, ic, sink, sc):
         for c in (ic, sc):
@@ -456,9 +486,18 @@ def cases():
             ]
         },
     }, secrets
+    yield "alerting: detector, syslog and webhook destinations", {
+        "deliver": {"destinations": [
+            {"name": "soc", "syslog": {"address": "siem.example.com:6514", "tls": True, "format": "cef",
+                                        "caSecret": {"name": "siem-ca", "key": "ca.crt"}}},
+            {"name": "cases", "webhook": {"url": "https://cases.example.com/hooks/tidewatch",
+                                          "secretSecret": {"name": "cases-hmac", "key": "secret"}}},
+        ]},
+    }, alerting
     yield "lab: plaintext Kafka, no signer", {
         "kafka": {"brokers": "kafka:9092", "ports": [9092], "security": {"protocol": "PLAINTEXT"}},
         "signer": {"enabled": False},
+        "detect": {"enabled": False},
     }, lab
     yield "migration disabled", {"migrate": {"enabled": False}}, no_migrate
 
@@ -496,6 +535,9 @@ REFUSALS = [
     ("unknown Kafka protocol", {"kafka": {"security": {"protocol": "TLS"}}}, "protocol"),
     ("unsigned envelopes", {"envelope": {"signingKey": {"existingSecret": ""}}}, "envelope"),
     ("signer without an ingest client", {"signer": {"ingestClient": {"existingSecret": ""}}}, "signer.ingestClient"),
+    ("a destination with neither", {"deliver": {"destinations": [{"name": "x"}]}}, "give syslog or webhook"),
+    ("a destination with both", {"deliver": {"destinations": [
+        {"name": "x", "syslog": {"address": "a:514"}, "webhook": {"url": "http://b/"}}]}}, "not both"),
     (
         "rollups kept shorter than flows",
         {"migrate": {"flowRetentionDays": 90, "rollupRetentionDays": 30}},

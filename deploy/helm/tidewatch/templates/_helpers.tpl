@@ -72,9 +72,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not (and .Values.kafka.sasl.ingest.existingSecret .Values.kafka.sasl.sink.existingSecret) }}
 {{- fail (printf "kafka.security.protocol=%s: set kafka.sasl.ingest.existingSecret and kafka.sasl.sink.existingSecret (one SASL user per component, for the ACLs)" .Values.kafka.security.protocol) }}
 {{- end }}
+{{- if and .Values.detect.enabled (not .Values.kafka.sasl.detect.existingSecret) }}
+{{- fail "kafka.sasl.detect.existingSecret: the detector needs its SASL user" }}
+{{- end }}
+{{- if and .Values.deliver.destinations (not .Values.kafka.sasl.deliver.existingSecret) }}
+{{- fail "kafka.sasl.deliver.existingSecret: alert delivery needs its SASL user" }}
+{{- end }}
 {{- end }}
 {{- if not (and .Values.envelope.signingKey.existingSecret .Values.envelope.verifyKeys.existingSecret .Values.envelope.verifyKeys.keys) }}
 {{- fail "envelope: ingest signs every Kafka record and the sinks check it: set envelope.signingKey.existingSecret and envelope.verifyKeys.existingSecret with its keys (`tidewatch-collector envelope-key`)" }}
+{{- end }}
+{{- range .Values.deliver.destinations }}
+{{- if eq (len (compact (list .syslog .webhook))) 0 }}
+{{- fail (printf "deliver.destinations %s: give syslog or webhook" .name) }}
+{{- end }}
+{{- if and .syslog .webhook }}
+{{- fail (printf "deliver.destinations %s: syslog or webhook, not both (one destination each)" .name) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.signer.enabled (not .Values.signer.ingestClient.existingSecret) }}
 {{- fail "signer.ingestClient.existingSecret: ingest needs its certificate towards the signer (`pki issue-ingest --name ingest --print` in the signer pod)" }}
