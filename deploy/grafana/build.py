@@ -86,6 +86,28 @@ def build():
             "WHERE observed_at >= $__fromTime AND observed_at < $__toTime AND ('${vessel}' = '' OR vessel = '${vessel}')\n"
             "GROUP BY time, sensor_id ORDER BY time"), "short", 16, 8),
     ]
+    window = ("first_seen_us >= toUInt32($__fromTime) * 1000000 AND first_seen_us < toUInt32($__toTime) * 1000000"
+              " AND ('${vessel}' = '' OR vessel = '${vessel}')")
+    rows = 8 * ((len(PACK) + 1) // 2)
+    alerts_rate = overview(30, "Alerts per vessel (per hour)", (
+        "SELECT toStartOfHour(toDateTime(intDiv(first_seen_us, 1000000))) AS time, vessel, count() AS alerts\n"
+        "FROM alerts\n"
+        f"WHERE {window}\n"
+        "GROUP BY time, vessel ORDER BY time"), "short", 0, 8)
+    alerts_rate["gridPos"]["y"] = 8 + rows
+    panels.append(alerts_rate)
+    panels.append({
+        "id": 31, "type": "table", "title": "Alerts and their handling", "datasource": DS,
+        "description": "tidewatch-collector alerts list (handled with alerts ack|close|suppress)",
+        "gridPos": {"h": 8, "w": 16, "x": 8, "y": 8 + rows},
+        "targets": [{"refId": "A", "datasource": DS, "editorType": "sql", "format": 1, "queryType": "table",
+                     "rawSql": (
+                         "SELECT toString(toDateTime(intDiv(first_seen_us, 1000000))) AS first_seen, vessel, sensor_id,\n"
+                         "    rule, severity, subject, summary, state, state_by, state_note, id\n"
+                         "FROM alerts\n"
+                         f"WHERE {window}\n"
+                         "ORDER BY first_seen_us DESC LIMIT 500")}],
+    })
     for n, (name, title, extra) in enumerate(PACK):
         panels.append({
             "id": 10 + n, "type": "table", "title": title, "datasource": DS,

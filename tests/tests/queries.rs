@@ -280,7 +280,21 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     )
     .unwrap();
     let panels = dash["panels"].as_array().unwrap();
-    assert_eq!(panels.len(), 3 + queries().len());
+    assert_eq!(
+        panels.len(),
+        3 + queries().len() + 2,
+        "overview, pack, alerts"
+    );
+    // One alert in the window, for the alert panels to show.
+    stack
+        .query(&format!(
+            "INSERT INTO tidewatch.alerts_raw (id, rule, severity, vessel, sensor_id, subject, bucket_start, \
+             first_seen_us, summary, evidence, raised_at) VALUES ('a1', 'intel-contact', 'high', '{}', 's', \
+             '203.0.113.7', {since}, {since}000001, 'test', '{{}}', {since})",
+            fleet.sensors[0].vessel,
+            since = p.since
+        ))
+        .unwrap();
     for panel in panels {
         let sql = panel["targets"][0]["rawSql"]
             .as_str()
