@@ -190,6 +190,14 @@ impl VerifyArgs {
             tracing::warn!("--accept-unsigned-envelopes: envelope signatures are not checked");
             return Ok(None);
         }
+        if self.envelope_verify_key.is_empty() {
+            return Err(KeyError::Read {
+                path: PathBuf::from("--envelope-verify-key"),
+                why: "give ingest's envelope verify key(s), or --accept-unsigned-envelopes \
+                      to take records without checking who wrote them"
+                    .into(),
+            });
+        }
         let keys = VerifyKeys::load(&self.envelope_verify_key)?;
         tracing::info!(key_ids = ?keys.ids(), "envelope signatures are checked");
         Ok(Some(keys))

@@ -194,6 +194,7 @@ pub struct DetectMetrics {
     pub flows_checked: Arc<Counter>,
     pub envelopes_refused: Arc<Counter>,
     pub alerts: Arc<CounterVec>,
+    pub suppressed: Arc<Counter>,
     pub indicators: Arc<Gauge>,
 }
 
@@ -217,6 +218,10 @@ impl DetectMetrics {
                 "tidewatch_detect_alerts",
                 "Alerts raised (stored and published), by rule; a re-raised alert counts again but is stored once.",
                 "rule",
+            ),
+            suppressed: r.counter(
+                "tidewatch_detect_suppressed",
+                "Findings a suppression of the rules file held back (no alert).",
             ),
             indicators: r.gauge(
                 "tidewatch_detect_intel_indicators",

@@ -393,6 +393,10 @@ def cases():
         assert cfg["data"]["TIDEWATCH_CLICKHOUSE_URL"] == "https://ch.example.com:8443"
 
     def alerting(docs, ingest, ic, sink, sc):
+        det = find(docs, "Deployment", "-detect")
+        assert "--rules=/etc/tidewatch/rules/rules.yaml" in det["spec"]["template"]["spec"]["containers"][0]["args"]
+        rules = yaml.safe_load(find(docs, "ConfigMap", "-detect-rules")["data"]["rules.yaml"])
+        assert rules["rules"]["intel-contact"]["severity"] == "critical", rules
         soc = find(docs, "Deployment", "-deliver-soc")
         cases = find(docs, "Deployment", "-deliver-cases")
         assert soc and cases, kinds(docs)
@@ -487,6 +491,8 @@ def cases():
         },
     }, secrets
     yield "alerting: detector, syslog and webhook destinations", {
+        "detect": {"rules": {"intel-contact": {"severity": "critical",
+                                               "suppress": [{"vessel": "mv-test", "note": "test vessel"}]}}},
         "deliver": {"destinations": [
             {"name": "soc", "syslog": {"address": "siem.example.com:6514", "tls": True, "format": "cef",
                                         "caSecret": {"name": "siem-ca", "key": "ca.crt"}}},

@@ -25,7 +25,13 @@ fn flow_to(i: u32, server: Ipv4Addr, names: &[&str]) -> tidewatch_proto::v1::Flo
     f
 }
 
+/// The rules of these tests: severity raised, and the tug's contacts with
+/// the C2 address suppressed (a known and accepted case).
+const RULES: &str = "rules:\n  intel-contact:\n    severity: critical\n    suppress:\n      - vessel: tug-3\n        subject: 203.0.113.7\n        note: sandbox vessel of the CERT, ticket 4711\n";
+
 fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
+    let rules = stack.path().join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
     let mut cmd = stack.collector();
     cmd.args([
         "detect",
@@ -35,7 +41,9 @@ fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
         "1",
         "--max-wait-ms",
         "200",
-    ]);
+    ])
+    .arg("--rules")
+    .arg(&rules);
     let mut p = Proc::spawn(name, stack.path(), &mut cmd);
     p.wait_log("detector started", Duration::from_secs(60));
     p.wait_log("threat-intel indicators loaded", Duration::from_secs(30));
@@ -58,12 +66,39 @@ fn an_intel_contact_raises_one_alert_stored_once_and_handled_for_the_record() {
     let feed = stack.path().join("cert.json");
     std::fs::write(&feed, STIX).unwrap();
     run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    // A rules file with a mistake is refused with its place.
+    let bad = stack.path().join("bad-rules.yaml");
+    std::fs::write(&bad, RULES.replace("critical", "severe")).unwrap();
+    let out = stack
+        .collector()
+        .args(["detect", "--check-rules"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 3, column"),
+        "{err}"
+    );
+    let good = stack.path().join("good-rules.yaml");
+    std::fs::write(&good, RULES).unwrap();
+    let ok = run_ok(
+        stack
+            .collector()
+            .args(["detect", "--check-rules"])
+            .arg(&good),
+    );
+    assert!(
+        ok.contains("severity critical") && ok.contains("1 suppression(s)"),
+        "{ok}"
+    );
     let mut det = detector(stack, "detect", "tidewatch-detect");
 
     let c2 = Ipv4Addr::new(203, 0, 113, 7);
     let normal = Ipv4Addr::new(10, 1, 0, 10);
     let bridge = pki.sensor("bridge-1", "mv-aurora");
     let crane = pki.sensor("crane-2", "port-of-kiel");
+    let tug = pki.sensor("tug-3", "tug-3");
     // bridge-1: the same indicator three times in one hour, over two
     // batches; crane-2: the domain (as seen, in capitals).
     let sends = [
@@ -77,6 +112,8 @@ fn an_intel_contact_raises_one_alert_stored_once_and_handled_for_the_record() {
             ],
         ),
         (&bridge, 2, vec![flow_to(30, c2, &[])]),
+        // Suppressed by the rules file: no alert.
+        (&tug, 1, vec![flow_to(0, c2, &[])]),
         (
             &crane,
             1,
@@ -130,13 +167,13 @@ fn an_intel_contact_raises_one_alert_stored_once_and_handled_for_the_record() {
     );
     let rows = stack
         .query(
-            "SELECT rule, vessel, sensor_id, subject, state FROM tidewatch.alerts ORDER BY vessel",
+            "SELECT rule, severity, vessel, sensor_id, subject, state FROM tidewatch.alerts ORDER BY vessel",
         )
         .unwrap();
     assert_eq!(
         rows,
-        "intel-contact\tmv-aurora\tbridge-1\t203.0.113.7\topen\n\
-         intel-contact\tport-of-kiel\tcrane-2\tcdn.bad.example\topen\n"
+        "intel-contact\tcritical\tmv-aurora\tbridge-1\t203.0.113.7\topen\n\
+         intel-contact\tcritical\tport-of-kiel\tcrane-2\tcdn.bad.example\topen\n"
     );
     let ids: BTreeSet<String> = stack
         .query("SELECT id FROM tidewatch.alerts")
@@ -370,7 +407,8 @@ fn alerts_reach_a_real_syslog_receiver_once_each_across_its_crash() {
     let json: Vec<&String> = lines.iter().filter(|l| !l.contains("CEF:0|")).collect();
     assert_eq!(json.len(), 5);
     for l in &json {
-        assert!(l.starts_with("<163>1 2023-11-14T22:13:20"), "{l}");
+        // local4.crit: the rules file makes these critical.
+        assert!(l.starts_with("<162>1 2023-11-14T22:13:20"), "{l}");
         let body: Value = serde_json::from_str(l.split_once("] ").unwrap().1).unwrap();
         assert_eq!(body["rule"], "intel-contact");
     }

@@ -8,7 +8,10 @@
 //!   carried (DNS query, TLS SNI, HTTP Host), equals a threat-intel
 //!   indicator (`intel load`; reloaded every `--intel-refresh-secs`), before
 //!   the indicator's end of validity. One alert per vessel, indicator and
-//!   `--bucket-secs` window.
+//!   window (`bucket_secs`, default `--bucket-secs`).
+//!
+//! Severity, windows and suppressions come from the rules file
+//! ([`rules`]; `--rules FILE`, checked alone with `--check-rules FILE`).
 //!
 //! Per chunk of records: alerts are stored in ClickHouse (`alerts_raw`,
 //! retried while it is away) and published to the alerts topic, and only
@@ -37,6 +40,9 @@ use crate::clickhouse_args::ClickHouseArgs;
 use crate::envelope::{signature_of, VerifyArgs, VerifyKeys};
 use crate::kafka::KafkaArgs;
 use crate::metrics::DetectMetrics;
+use rules::{Rule, RulesFile};
+
+pub mod rules;
 
 /// Kafka topic the detector publishes alerts to (JSON, key = alert id).
 pub const ALERTS_TOPIC: &str = "tidewatch.alerts.v1";
@@ -59,6 +65,13 @@ pub struct DetectArgs {
     /// Topic alerts are published to.
     #[arg(long, env = "TIDEWATCH_ALERTS_TOPIC", default_value = ALERTS_TOPIC)]
     pub alerts_topic: String,
+    /// The rules file (YAML: severity, window, suppressions per rule; see
+    /// the README). Default: every rule on with its defaults.
+    #[arg(long, env = "TIDEWATCH_DETECT_RULES", value_name = "FILE")]
+    pub rules: Option<std::path::PathBuf>,
+    /// Only check a rules file (errors with their line and column) and exit.
+    #[arg(long, value_name = "FILE")]
+    pub check_rules: Option<std::path::PathBuf>,
     /// Seconds between reloads of the threat-intel indicators.
     #[arg(long, default_value_t = 60)]
     pub intel_refresh_secs: u64,
@@ -132,18 +145,29 @@ impl IntelIndex {
     }
 }
 
-/// The alerts one batch raises (by id: one per id).
+/// The alerts one batch raises under `rule` (by id: one per id); how many
+/// contacts its suppressions held back.
 pub fn evaluate(
     env: &IngestedBatch,
     flows: &[FlowRecord],
     intel: &IntelIndex,
-    bucket_secs: i64,
+    rule: &Rule,
+    default_bucket_secs: i64,
     out: &mut BTreeMap<String, Alert>,
-) {
+) -> u64 {
+    if !rule.enabled {
+        return 0;
+    }
+    let bucket_secs = rule.bucket_secs.map_or(default_bucket_secs, |b| b.0 as i64);
     let now = (tidewatch_proto::util::now_us() / 1_000_000).max(0) as u32;
+    let mut suppressed = 0;
     for (idx, f) in flows.iter().enumerate() {
         for (matched, i) in intel.contacts(f) {
             let at_s = f.first_seen_us / 1_000_000;
+            if rule.suppressed(&env.vessel, &i.value, at_s) {
+                suppressed += 1;
+                continue;
+            }
             let bucket = at_s - at_s.rem_euclid(bucket_secs);
             let id = alert_id("intel-contact", &env.vessel, &i.value, bucket);
             let (client, server) = (
@@ -168,7 +192,7 @@ pub fn evaluate(
                     Alert {
                         id,
                         rule: "intel-contact".into(),
-                        severity: "high".into(),
+                        severity: rule.severity.name().into(),
                         vessel: env.vessel.clone(),
                         sensor_id: env.sensor_id.clone(),
                         subject: i.value.clone(),
@@ -190,10 +214,35 @@ pub fn evaluate(
             }
         }
     }
+    suppressed
 }
 
 /// Sets the detector up and runs it until SIGTERM/SIGINT.
+/// Reads and checks a rules file.
+pub fn read_rules(path: &std::path::Path) -> anyhow::Result<RulesFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read rules {}", path.display()))?;
+    rules::parse(&text).map_err(|e| anyhow::anyhow!("rules {}: {e}", path.display()))
+}
+
 pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
+    if let Some(p) = &args.check_rules {
+        let r = read_rules(p)?;
+        let ic = &r.rules.intel_contact;
+        println!(
+            "rules {}: valid; intel-contact: {}, severity {}, window {} s, {} suppression(s)",
+            p.display(),
+            if ic.enabled { "on" } else { "off" },
+            ic.severity.name(),
+            ic.bucket_secs.map_or(args.bucket_secs, |b| b.0),
+            ic.suppress.len()
+        );
+        return Ok(());
+    }
+    let rules = match &args.rules {
+        Some(p) => read_rules(p)?,
+        None => RulesFile::default(),
+    };
     args.clickhouse.validate()?;
     anyhow::ensure!(
         args.bucket_secs > 0 && args.intel_refresh_secs > 0 && args.max_records > 0,
@@ -279,13 +328,15 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                 continue;
             };
             metrics.flows_checked.add(batch.flows.len() as u64);
-            evaluate(
+            let held = evaluate(
                 &env,
                 &batch.flows,
                 &intel,
+                &rules.rules.intel_contact,
                 args.bucket_secs as i64,
                 &mut alerts,
             );
+            metrics.suppressed.add(held);
         }
         if records == 0 {
             continue;

@@ -1,0 +1,202 @@
+//! The detector's rules file (YAML), validated whole with the line and
+//! column of anything wrong (`detect --check-rules FILE`):
+//!
+//! ```yaml
+//! rules:
+//!   intel-contact:
+//!     enabled: true
+//!     severity: high          # info, low, medium, high, critical
+//!     bucket_secs: 3600       # one alert per vessel and subject per window
+//!     suppress:               # known and accepted: no alert
+//!       - vessel: mv-aurora
+//!         subject: 203.0.113.7
+//!         note: vendor's update server, ticket 4711
+//!         until: 2027-01-01
+//! ```
+//!
+//! A rule left out keeps its defaults; an unknown rule or key is an error.
+
+use serde::Deserialize;
+
+/// How serious an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    #[serde(default)]
+    pub rules: Rules,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rules {
+    #[serde(rename = "intel-contact", default)]
+    pub intel_contact: Rule,
+}
+
+/// One rule's settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rule {
+    pub enabled: bool,
+    pub severity: Severity,
+    /// The alert window (default: the detector's --bucket-secs).
+    pub bucket_secs: Option<BucketSecs>,
+    pub suppress: Vec<Suppression>,
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Rule {
+            enabled: true,
+            severity: Severity::High,
+            bucket_secs: None,
+            suppress: Vec::new(),
+        }
+    }
+}
+
+/// An alert window: at least a minute.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "u64")]
+pub struct BucketSecs(pub u64);
+
+impl TryFrom<u64> for BucketSecs {
+    type Error = String;
+    fn try_from(v: u64) -> Result<Self, String> {
+        if v < 60 {
+            return Err(format!("bucket_secs {v} is under a minute"));
+        }
+        Ok(BucketSecs(v))
+    }
+}
+
+/// Alerts not raised: of a vessel, about a subject, or both, until a date.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawSuppression")]
+pub struct Suppression {
+    pub vessel: Option<String>,
+    pub subject: Option<String>,
+    pub note: String,
+    /// End (exclusive), Unix seconds; `None`: no end.
+    pub until: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuppression {
+    vessel: Option<String>,
+    subject: Option<String>,
+    note: Option<String>,
+    until: Option<String>,
+}
+
+impl TryFrom<RawSuppression> for Suppression {
+    type Error = String;
+    fn try_from(r: RawSuppression) -> Result<Self, String> {
+        if r.vessel.is_none() && r.subject.is_none() {
+            return Err("a suppression names a vessel, a subject or both".into());
+        }
+        let note = r
+            .note
+            .filter(|n| !n.trim().is_empty())
+            .ok_or("a suppression needs a note saying why (it is part of the record)")?;
+        let until = r
+            .until
+            .map(|u| {
+                crate::pki::parse_date(&u)
+                    .map(|t| t.unix_timestamp())
+                    .map_err(|_| format!("until {u:?} is not a date (YYYY-MM-DD)"))
+            })
+            .transpose()?;
+        Ok(Suppression {
+            vessel: r.vessel,
+            subject: r.subject.map(|s| s.to_ascii_lowercase()),
+            note,
+            until,
+        })
+    }
+}
+
+impl Rule {
+    /// Whether an alert about `subject` on `vessel` at `at_s` is suppressed.
+    pub fn suppressed(&self, vessel: &str, subject: &str, at_s: i64) -> bool {
+        self.suppress.iter().any(|s| {
+            s.vessel.as_deref().is_none_or(|v| v == vessel)
+                && s.subject
+                    .as_deref()
+                    .is_none_or(|x| x.eq_ignore_ascii_case(subject))
+                && s.until.is_none_or(|u| at_s < u)
+        })
+    }
+}
+
+/// Parses a rules file; an error names the line and column.
+pub fn parse(text: &str) -> Result<RulesFile, String> {
+    yaml_serde::from_str(text).map_err(|e| match e.location() {
+        Some(l) => format!("line {}, column {}: {e}", l.line(), l.column()),
+        None => e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rules_file_is_read_with_defaults_and_refused_with_the_place_of_the_error() {
+        let r = parse(
+            "rules:\n  intel-contact:\n    severity: critical\n    suppress:\n      - vessel: mv-aurora\n        subject: 203.0.113.7\n        note: vendor update server\n        until: 2027-01-01\n",
+        )
+        .unwrap();
+        let ic = &r.rules.intel_contact;
+        assert!(ic.enabled);
+        assert_eq!(ic.severity, Severity::Critical);
+        assert!(ic.suppressed("mv-aurora", "203.0.113.7", 1_790_000_000));
+        assert!(
+            !ic.suppressed("mv-aurora", "203.0.113.7", 1_798_761_600),
+            "past until"
+        );
+        assert!(!ic.suppressed("mv-borealis", "203.0.113.7", 1_790_000_000));
+        assert!(
+            parse("").unwrap().rules.intel_contact.enabled,
+            "an empty file: defaults"
+        );
+
+        for (text, want) in [
+            ("rules:\n  intel-contact:\n    severity: severe\n", "line 3"),
+            ("rules:\n  intel-contact:\n    bucket_secs: 10\n", "under a minute"),
+            ("rules:\n  new-device: {}\n", "line 2"),
+            ("rules:\n  intel-contact:\n    enabeld: false\n", "enabeld"),
+            ("rules:\n  intel-contact:\n    suppress:\n      - vessel: mv-a\n", "needs a note"),
+            ("rules:\n  intel-contact:\n    suppress:\n      - note: x\n", "names a vessel"),
+            ("rules:\n  intel-contact:\n    suppress:\n      - {vessel: a, note: x, until: soon}\n", "not a date"),
+            ("rules: [\n", "line"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            assert!(e.starts_with("line "), "{text:?}: no line in {e}");
+        }
+    }
+}
