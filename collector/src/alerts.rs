@@ -32,6 +32,14 @@ pub struct Alert {
     /// JSON: the flow key or query row that fired it.
     pub evidence: String,
     pub raised_at: u32,
+    /// Grows as `first_seen_us` falls: of the copies of an alert, the one
+    /// with the earliest evidence is kept ([`evidence_rank`]).
+    pub evidence_rank: u64,
+}
+
+/// The `evidence_rank` of evidence at `first_seen_us`.
+pub fn evidence_rank(first_seen_us: i64) -> u64 {
+    u64::MAX - first_seen_us.max(0) as u64
 }
 
 /// The id of the alert of `rule` about `subject` on `vessel` in the bucket

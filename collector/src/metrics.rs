@@ -199,7 +199,7 @@ pub struct DetectMetrics {
 }
 
 /// The detector's rules, pre-registered at zero.
-pub const DETECT_RULES: &[&str] = &["intel-contact"];
+pub const DETECT_RULES: &[&str] = &["intel-contact", "ot-write"];
 
 impl DetectMetrics {
     pub fn new() -> Arc<Self> {

@@ -30,8 +30,12 @@ fn flow_to(i: u32, server: Ipv4Addr, names: &[&str]) -> tidewatch_proto::v1::Flo
 const RULES: &str = "rules:\n  intel-contact:\n    severity: critical\n    suppress:\n      - vessel: tug-3\n        subject: 203.0.113.7\n        note: sandbox vessel of the CERT, ticket 4711\n";
 
 fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
-    let rules = stack.path().join("rules.yaml");
-    std::fs::write(&rules, RULES).unwrap();
+    detector_with(stack, name, group, RULES)
+}
+
+fn detector_with(stack: &Stack, name: &str, group: &str, rules_text: &str) -> Proc {
+    let rules = stack.path().join(format!("{name}-rules.yaml"));
+    std::fs::write(&rules, rules_text).unwrap();
     let mut cmd = stack.collector();
     cmd.args([
         "detect",
@@ -48,6 +52,97 @@ fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
     p.wait_log("detector started", Duration::from_secs(60));
     p.wait_log("threat-intel indicators loaded", Duration::from_secs(30));
     p
+}
+
+#[test]
+fn an_ot_write_from_a_host_not_known_as_an_engineering_station_raises_an_alert() {
+    use tidewatch_proto::v1::{AssetObservation, Batch, Operation, OperationClass};
+    let shore = Shore::start();
+    let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
+    let s = pki.sensor("bridge-1", "mv-aurora");
+    let ip = |last: u8| Ipv4Addr::new(10, 1, 1, last);
+    let t0 = flow(0).first_seen_us;
+    // What the sensor reported: .30 an engineering station for two days,
+    // .88 one since just now (it wrote for the first time).
+    let station = |last: u8, first_seen_us: i64| AssetObservation {
+        ips: vec![ip(last).octets().to_vec()],
+        first_seen_us,
+        last_seen_us: t0,
+        roles: vec!["engineering_station".into()],
+        ..AssetObservation::default()
+    };
+    let assets = Batch {
+        seq: 1,
+        assets: vec![station(30, t0 - 2 * 86_400_000_000), station(88, t0)],
+        ..Batch::default()
+    };
+    let req = tidewatch_proto::v1::UploadRequest {
+        seq: 1,
+        encoding: tidewatch_proto::v1::Encoding::Protobuf as i32,
+        payload: prost::Message::encode_to_vec(&assets),
+    };
+    let acks = upload(port, &s.ca, Some(ClientCert::of(&s)), vec![req]).unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    wait_until(Duration::from_secs(60), "assets stored", || {
+        (stack.query_u64("SELECT count() FROM tidewatch.assets") == 2).then_some(())
+    });
+    let rules = "rules:\n  ot-write:\n    severity: critical\n    engineering_hosts:\n      mv-aurora: [10.1.1.31]\n";
+    let _det = detector_with(stack, "detect", "tidewatch-detect", rules);
+
+    let op = |class: OperationClass, name: &str| Operation {
+        code: 6,
+        name: name.into(),
+        class: class as i32,
+        count: 1,
+        errors: 0,
+    };
+    let from = |i: u32, last: u8, ops: Vec<Operation>| {
+        let mut f = flow(i);
+        f.client_ip = ip(last).octets().to_vec();
+        f.app_protocol = "modbus".into();
+        f.operations = ops;
+        f
+    };
+    let write = || {
+        vec![
+            op(OperationClass::Read, "read_holding_registers"),
+            op(OperationClass::Write, "write_single_register"),
+        ]
+    };
+    let flows = vec![
+        from(0, 30, write()), // a known station
+        from(1, 31, write()), // listed in the rules
+        from(2, 66, write()), // unknown: alert
+        from(3, 66, vec![op(OperationClass::Program, "program_download")]), // same host, hour: same alert
+        from(4, 77, vec![op(OperationClass::Read, "read_coils")]),          // reads only
+        from(5, 88, write()),                                               // a newcomer: alert
+    ];
+    let acks = upload(
+        port,
+        &s.ca,
+        Some(ClientCert::of(&s)),
+        vec![request_with(2, flows)],
+    )
+    .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+    wait_until(Duration::from_secs(60), "two ot-write alerts", || {
+        (stack.query_u64("SELECT count() FROM tidewatch.alerts WHERE rule = 'ot-write'") == 2)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        stack
+            .query("SELECT rule, severity, vessel, subject FROM tidewatch.alerts ORDER BY subject")
+            .unwrap(),
+        "ot-write\tcritical\tmv-aurora\t10.1.1.66\not-write\tcritical\tmv-aurora\t10.1.1.88\n"
+    );
+    let summary = stack
+        .query("SELECT summary FROM tidewatch.alerts WHERE subject = '10.1.1.66'")
+        .unwrap();
+    assert!(
+        summary.contains("write_single_register") && summary.contains("modbus"),
+        "{summary}"
+    );
 }
 
 /// The distinct keys of the alerts topic.

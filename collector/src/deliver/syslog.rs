@@ -286,6 +286,7 @@ mod tests {
                 r#"{"client_ip": "10.1.0.5", "server_ip": "203.0.113.7", "server_port": 443}"#
                     .into(),
             raised_at: 1_700_000_100,
+            evidence_rank: 0,
         }
     }
 

@@ -10,6 +10,12 @@
 //!   the indicator's end of validity. One alert per vessel, indicator and
 //!   window (`bucket_secs`, default `--bucket-secs`).
 //!
+//! - `ot-write`: a write, control or program operation from a host that is
+//!   neither listed as an engineering station of its vessel in the rules
+//!   file nor reported in that role by the vessel's sensors at least
+//!   `known_after_secs` before (the stations are reloaded with the
+//!   indicators). One alert per vessel, writing host and window.
+//!
 //! Severity, windows and suppressions come from the rules file
 //! ([`rules`]; `--rules FILE`, checked alone with `--check-rules FILE`).
 //!
@@ -35,7 +41,7 @@ use tidewatch_proto::util::ip_text;
 use tidewatch_proto::v1::{FlowRecord, IngestedBatch};
 use tracing::{debug, info, warn};
 
-use crate::alerts::{alert_id, Alert};
+use crate::alerts::{alert_id, evidence_rank, Alert};
 use crate::clickhouse_args::ClickHouseArgs;
 use crate::envelope::{signature_of, VerifyArgs, VerifyKeys};
 use crate::kafka::KafkaArgs;
@@ -145,6 +151,138 @@ impl IntelIndex {
     }
 }
 
+/// When each host was first reported as an engineering station, by
+/// (vessel, address), microseconds.
+#[derive(Default)]
+pub struct Stations {
+    first_seen: HashMap<(String, String), i64>,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct StationRow {
+    vessel: String,
+    ip: String,
+    first_seen_us: i64,
+}
+
+impl Stations {
+    async fn load(ch: &Client) -> Result<Self, clickhouse::error::Error> {
+        let rows: Vec<StationRow> = ch
+            .query(
+                "SELECT vessel, ip, min(first_seen_us) AS first_seen_us FROM \
+                 (SELECT vessel, arrayJoin(ips) AS ip, first_seen_us FROM assets \
+                  WHERE has(roles, 'engineering_station')) GROUP BY vessel, ip",
+            )
+            .fetch_all()
+            .await?;
+        Ok(Stations {
+            first_seen: rows
+                .into_iter()
+                .map(|r| ((r.vessel, r.ip), r.first_seen_us))
+                .collect(),
+        })
+    }
+
+    /// Whether `host` was a station of `vessel` at least `ahead_us` before `at_us`.
+    fn known(&self, vessel: &str, host: &str, at_us: i64, ahead_us: i64) -> bool {
+        self.first_seen
+            .get(&(vessel.to_string(), host.to_string()))
+            .is_some_and(|&t| t <= at_us - ahead_us)
+    }
+}
+
+/// The `ot-write` alerts of one batch (by id: one per id); how many its
+/// suppressions held back.
+pub fn evaluate_ot_writes(
+    env: &IngestedBatch,
+    flows: &[FlowRecord],
+    stations: &Stations,
+    rule: &rules::OtWrite,
+    default_bucket_secs: i64,
+    out: &mut BTreeMap<String, Alert>,
+) -> u64 {
+    use tidewatch_proto::v1::OperationClass;
+    let common = rule.rule();
+    if !common.enabled {
+        return 0;
+    }
+    let bucket_secs = common
+        .bucket_secs
+        .map_or(default_bucket_secs, |b| b.0 as i64);
+    let now = (tidewatch_proto::util::now_us() / 1_000_000).max(0) as u32;
+    let mut suppressed = 0;
+    for (idx, f) in flows.iter().enumerate() {
+        let writes: Vec<&str> = f
+            .operations
+            .iter()
+            .filter(|o| {
+                matches!(
+                    OperationClass::try_from(o.class),
+                    Ok(OperationClass::Write | OperationClass::Control | OperationClass::Program)
+                )
+            })
+            .map(|o| o.name.as_str())
+            .collect();
+        if writes.is_empty() {
+            continue;
+        }
+        let client = ip_text(&f.client_ip).unwrap_or_default();
+        if rule.allowed(&env.vessel, &client)
+            || stations.known(
+                &env.vessel,
+                &client,
+                f.first_seen_us,
+                rule.known_after_secs as i64 * 1_000_000,
+            )
+        {
+            continue;
+        }
+        let at_s = f.first_seen_us / 1_000_000;
+        if common.suppressed(&env.vessel, &client, at_s) {
+            suppressed += 1;
+            continue;
+        }
+        let bucket = at_s - at_s.rem_euclid(bucket_secs);
+        let id = alert_id("ot-write", &env.vessel, &client, bucket);
+        if out
+            .get(&id)
+            .is_some_and(|a| a.first_seen_us <= f.first_seen_us)
+        {
+            continue;
+        }
+        let server = ip_text(&f.server_ip).unwrap_or_default();
+        let evidence = serde_json::json!({
+            "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
+            "first_seen_us": f.first_seen_us, "client_ip": client, "server_ip": server,
+            "client_port": f.client_port, "server_port": f.server_port,
+            "app_protocol": f.app_protocol, "operations": writes,
+        });
+        out.insert(
+            id.clone(),
+            Alert {
+                id,
+                rule: "ot-write".into(),
+                severity: common.severity.name().into(),
+                vessel: env.vessel.clone(),
+                sensor_id: env.sensor_id.clone(),
+                subject: client.clone(),
+                bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
+                first_seen_us: f.first_seen_us,
+                summary: format!(
+                    "{client} -> {server}:{} {} {} from a host not known as an engineering station",
+                    f.server_port,
+                    f.app_protocol,
+                    writes.join(",")
+                ),
+                evidence: evidence.to_string(),
+                raised_at: now,
+                evidence_rank: evidence_rank(f.first_seen_us),
+            },
+        );
+    }
+    suppressed
+}
+
 /// The alerts one batch raises under `rule` (by id: one per id); how many
 /// contacts its suppressions held back.
 pub fn evaluate(
@@ -209,6 +347,7 @@ pub fn evaluate(
                         ),
                         evidence: evidence.to_string(),
                         raised_at: now,
+                        evidence_rank: evidence_rank(f.first_seen_us),
                     },
                 );
             }
@@ -228,14 +367,27 @@ pub fn read_rules(path: &std::path::Path) -> anyhow::Result<RulesFile> {
 pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.check_rules {
         let r = read_rules(p)?;
-        let ic = &r.rules.intel_contact;
+        let (ic, ow) = (&r.rules.intel_contact, r.rules.ot_write.rule());
+        for (name, rule) in [("intel-contact", ic), ("ot-write", &ow)] {
+            println!(
+                "rules {}: {name}: {}, severity {}, window {} s, {} suppression(s)",
+                p.display(),
+                if rule.enabled { "on" } else { "off" },
+                rule.severity.name(),
+                rule.bucket_secs.map_or(args.bucket_secs, |b| b.0),
+                rule.suppress.len()
+            );
+        }
+        let hosts: usize = r
+            .rules
+            .ot_write
+            .engineering_hosts
+            .values()
+            .map(Vec::len)
+            .sum();
         println!(
-            "rules {}: valid; intel-contact: {}, severity {}, window {} s, {} suppression(s)",
-            p.display(),
-            if ic.enabled { "on" } else { "off" },
-            ic.severity.name(),
-            ic.bucket_secs.map_or(args.bucket_secs, |b| b.0),
-            ic.suppress.len()
+            "rules {}: valid; ot-write lists {hosts} engineering host(s)",
+            p.display()
         );
         return Ok(());
     }
@@ -268,6 +420,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
             .await?;
     let mut intel = IntelIndex::default();
+    let mut stations = Stations::default();
     let mut intel_loaded: Option<Instant> = None;
     let refresh = Duration::from_secs(args.intel_refresh_secs);
     let limits = codec::DecodeLimits {
@@ -277,17 +430,20 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     info!(group = %args.group, topic = %args.kafka.kafka_topic, alerts_topic = %args.alerts_topic, "detector started");
     'chunks: while !*stop.borrow() {
         if intel_loaded.is_none_or(|t| t.elapsed() >= refresh) {
-            match IntelIndex::load(&ch).await {
-                Ok(i) => {
+            match tokio::try_join!(IntelIndex::load(&ch), Stations::load(&ch)) {
+                Ok((i, st)) => {
                     if intel_loaded.is_none() || i.len() != intel.len() {
                         info!(indicators = i.len(), "threat-intel indicators loaded");
                     }
                     metrics.indicators.set(i.len() as f64);
                     intel = i;
+                    stations = st;
                     intel_loaded = Some(Instant::now());
                 }
-                // Keep the previous set; retried at the next chunk.
-                Err(e) => warn!(error = %e, "cannot load threat-intel indicators"),
+                // Keep the previous sets; retried at the next chunk.
+                Err(e) => {
+                    warn!(error = %e, "cannot load threat-intel indicators and engineering stations")
+                }
             }
         }
         let mut alerts = BTreeMap::new();
@@ -333,6 +489,15 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                 &batch.flows,
                 &intel,
                 &rules.rules.intel_contact,
+                args.bucket_secs as i64,
+                &mut alerts,
+            );
+            metrics.suppressed.add(held);
+            let held = evaluate_ot_writes(
+                &env,
+                &batch.flows,
+                &stations,
+                &rules.rules.ot_write,
                 args.bucket_secs as i64,
                 &mut alerts,
             );

@@ -3,6 +3,11 @@
 //!
 //! ```yaml
 //! rules:
+//!   ot-write:
+//!     engineering_hosts:      # allowed to write, per vessel ("*": all)
+//!       mv-aurora: [10.1.1.30]
+//!     known_after_secs: 86400 # a host reported as an engineering station
+//!                             # this long before a write is known
 //!   intel-contact:
 //!     enabled: true
 //!     severity: high          # info, low, medium, high, critical
@@ -53,6 +58,59 @@ pub struct RulesFile {
 pub struct Rules {
     #[serde(rename = "intel-contact", default)]
     pub intel_contact: Rule,
+    #[serde(rename = "ot-write", default)]
+    pub ot_write: OtWrite,
+}
+
+/// The `ot-write` rule: an OT write, control or program operation from a
+/// host that is not a known engineering station of its vessel.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtWrite {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub bucket_secs: Option<BucketSecs>,
+    pub suppress: Vec<Suppression>,
+    /// Hosts allowed to write, by vessel; "*" for every vessel.
+    pub engineering_hosts: std::collections::BTreeMap<String, Vec<String>>,
+    /// A host the sensors reported as an engineering station at least this
+    /// many seconds before a write is known (a sensor gives the role to any
+    /// host that writes, so a newcomer is not known on its first write).
+    pub known_after_secs: u64,
+}
+
+impl Default for OtWrite {
+    fn default() -> Self {
+        OtWrite {
+            enabled: true,
+            severity: Severity::High,
+            bucket_secs: None,
+            suppress: Vec::new(),
+            engineering_hosts: Default::default(),
+            known_after_secs: 86_400,
+        }
+    }
+}
+
+impl OtWrite {
+    /// The settings it shares with every rule.
+    pub fn rule(&self) -> Rule {
+        Rule {
+            enabled: self.enabled,
+            severity: self.severity,
+            bucket_secs: self.bucket_secs,
+            suppress: self.suppress.clone(),
+        }
+    }
+
+    /// Whether `host` is allowed to write on `vessel` by the file.
+    pub fn allowed(&self, vessel: &str, host: &str) -> bool {
+        [vessel, "*"].iter().any(|v| {
+            self.engineering_hosts
+                .get(*v)
+                .is_some_and(|hosts| hosts.iter().any(|h| h == host))
+        })
+    }
 }
 
 /// One rule's settings.

@@ -1,7 +1,9 @@
 -- tidewatch schema, version 7: alerts and their handling.
 -- An alert's id is deterministic (rule, vessel, subject, time bucket), so a
 -- detector restarted, re-run over the same batches, or running twice
--- raises it once: copies collapse here, and the view reads FINAL.
+-- raises it once: copies collapse here, and the view reads FINAL. Of the
+-- copies, the one with the earliest evidence is kept (evidence_rank grows
+-- as first_seen_us falls), whatever order they were written in.
 -- What was done about an alert (acknowledged, closed, suppressed, reopened:
 -- who, when, a note) is appended to alert_history and never overwritten:
 -- the record of investigation a class survey asks for.
@@ -19,9 +21,10 @@ CREATE TABLE IF NOT EXISTS {{db}}.alerts_raw
     first_seen_us Int64,
     summary String,
     evidence String,
-    raised_at DateTime
+    raised_at DateTime,
+    evidence_rank UInt64
 )
-ENGINE = ReplacingMergeTree
+ENGINE = ReplacingMergeTree(evidence_rank)
 PARTITION BY toYYYYMM(bucket_start)
 ORDER BY id;
 
