@@ -120,12 +120,11 @@ impl Stack {
         let t = Duration::from_secs(10);
         let md = c.fetch_metadata(Some(topic), t).expect("topic metadata");
         let mut tpl = TopicPartitionList::new();
-        let mut end = 0;
         for p in md.topics()[0].partitions() {
             tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
                 .expect("partition");
-            end += c.fetch_watermarks(topic, p.id(), t).expect("watermarks").1;
         }
+        let end = self.kafka_records(topic);
         c.assign(&tpl).expect("assign");
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -133,6 +133,9 @@ impl IntelIndex {
 
     /// The indicators `f` contacted while they were valid, with what matched.
     fn contacts<'a>(&'a self, f: &FlowRecord) -> Vec<(String, &'a Indicator)> {
+        if self.by_match.is_empty() {
+            return Vec::new();
+        }
         let mut keys: Vec<String> = [&f.client_ip, &f.server_ip]
             .into_iter()
             .filter_map(|ip| ip_text(ip))
@@ -149,6 +152,66 @@ impl IntelIndex {
         }
         out
     }
+}
+
+/// What a rule found in a flow.
+struct Finding {
+    rule: &'static str,
+    severity: rules::Severity,
+    subject: String,
+    summary: String,
+    /// Rule-specific evidence, beside the flow's key.
+    detail: serde_json::Value,
+}
+
+/// Raises the alert of `finding` in flow `idx` of `env` into `out`: one per
+/// id (rule, vessel, subject, window), with the earliest flow as evidence.
+fn raise(
+    out: &mut BTreeMap<String, Alert>,
+    env: &IngestedBatch,
+    idx: usize,
+    f: &FlowRecord,
+    bucket_secs: i64,
+    now: u32,
+    finding: Finding,
+) {
+    let at_s = f.first_seen_us / 1_000_000;
+    let bucket = at_s - at_s.rem_euclid(bucket_secs);
+    let id = alert_id(finding.rule, &env.vessel, &finding.subject, bucket);
+    if out
+        .get(&id)
+        .is_some_and(|a| a.first_seen_us <= f.first_seen_us)
+    {
+        return;
+    }
+    let mut evidence = serde_json::json!({
+        "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
+        "first_seen_us": f.first_seen_us,
+        "client_ip": ip_text(&f.client_ip).unwrap_or_default(),
+        "server_ip": ip_text(&f.server_ip).unwrap_or_default(),
+        "client_port": f.client_port, "server_port": f.server_port,
+        "app_protocol": f.app_protocol,
+    });
+    if let (Some(e), serde_json::Value::Object(d)) = (evidence.as_object_mut(), finding.detail) {
+        e.extend(d);
+    }
+    out.insert(
+        id.clone(),
+        Alert {
+            id,
+            rule: finding.rule.into(),
+            severity: finding.severity.name().into(),
+            vessel: env.vessel.clone(),
+            sensor_id: env.sensor_id.clone(),
+            subject: finding.subject,
+            bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
+            first_seen_us: f.first_seen_us,
+            summary: finding.summary,
+            evidence: evidence.to_string(),
+            raised_at: now,
+            evidence_rank: evidence_rank(f.first_seen_us),
+        },
+    );
 }
 
 /// When each host was first reported as an engineering station, by
@@ -242,43 +305,20 @@ pub fn evaluate_ot_writes(
             suppressed += 1;
             continue;
         }
-        let bucket = at_s - at_s.rem_euclid(bucket_secs);
-        let id = alert_id("ot-write", &env.vessel, &client, bucket);
-        if out
-            .get(&id)
-            .is_some_and(|a| a.first_seen_us <= f.first_seen_us)
-        {
-            continue;
-        }
         let server = ip_text(&f.server_ip).unwrap_or_default();
-        let evidence = serde_json::json!({
-            "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
-            "first_seen_us": f.first_seen_us, "client_ip": client, "server_ip": server,
-            "client_port": f.client_port, "server_port": f.server_port,
-            "app_protocol": f.app_protocol, "operations": writes,
-        });
-        out.insert(
-            id.clone(),
-            Alert {
-                id,
-                rule: "ot-write".into(),
-                severity: common.severity.name().into(),
-                vessel: env.vessel.clone(),
-                sensor_id: env.sensor_id.clone(),
-                subject: client.clone(),
-                bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
-                first_seen_us: f.first_seen_us,
-                summary: format!(
-                    "{client} -> {server}:{} {} {} from a host not known as an engineering station",
-                    f.server_port,
-                    f.app_protocol,
-                    writes.join(",")
-                ),
-                evidence: evidence.to_string(),
-                raised_at: now,
-                evidence_rank: evidence_rank(f.first_seen_us),
-            },
-        );
+        let finding = Finding {
+            rule: "ot-write",
+            severity: common.severity,
+            subject: client.clone(),
+            summary: format!(
+                "{client} -> {server}:{} {} {} from a host not known as an engineering station",
+                f.server_port,
+                f.app_protocol,
+                writes.join(",")
+            ),
+            detail: serde_json::json!({ "operations": writes }),
+        };
+        raise(out, env, idx, f, bucket_secs, now, finding);
     }
     suppressed
 }
@@ -306,57 +346,35 @@ pub fn evaluate(
                 suppressed += 1;
                 continue;
             }
-            let bucket = at_s - at_s.rem_euclid(bucket_secs);
-            let id = alert_id("intel-contact", &env.vessel, &i.value, bucket);
             let (client, server) = (
                 ip_text(&f.client_ip).unwrap_or_default(),
                 ip_text(&f.server_ip).unwrap_or_default(),
             );
-            let evidence = serde_json::json!({
-                "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
-                "first_seen_us": f.first_seen_us, "client_ip": client, "server_ip": server,
-                "client_port": f.client_port, "server_port": f.server_port,
-                "app_protocol": f.app_protocol, "matched": matched,
-                "indicator": {"source": i.source, "kind": i.kind, "value": i.value,
-                              "description": i.description},
-            });
-            // The earliest contact in the bucket is the alert's evidence.
-            let keep = out
-                .get(&id)
-                .is_none_or(|a| f.first_seen_us < a.first_seen_us);
-            if keep {
-                out.insert(
-                    id.clone(),
-                    Alert {
-                        id,
-                        rule: "intel-contact".into(),
-                        severity: rule.severity.name().into(),
-                        vessel: env.vessel.clone(),
-                        sensor_id: env.sensor_id.clone(),
-                        subject: i.value.clone(),
-                        bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
-                        first_seen_us: f.first_seen_us,
-                        summary: format!(
-                            "{client} -> {server}:{} contacted {} {} ({}{}{})",
-                            f.server_port,
-                            i.kind,
-                            i.value,
-                            i.source,
-                            if i.description.is_empty() { "" } else { ": " },
-                            i.description
-                        ),
-                        evidence: evidence.to_string(),
-                        raised_at: now,
-                        evidence_rank: evidence_rank(f.first_seen_us),
-                    },
-                );
-            }
+            let finding = Finding {
+                rule: "intel-contact",
+                severity: rule.severity,
+                subject: i.value.clone(),
+                summary: format!(
+                    "{client} -> {server}:{} contacted {} {} ({}{}{})",
+                    f.server_port,
+                    i.kind,
+                    i.value,
+                    i.source,
+                    if i.description.is_empty() { "" } else { ": " },
+                    i.description
+                ),
+                detail: serde_json::json!({
+                    "matched": matched,
+                    "indicator": {"source": i.source, "kind": i.kind, "value": i.value,
+                                  "description": i.description},
+                }),
+            };
+            raise(out, env, idx, f, bucket_secs, now, finding);
         }
     }
     suppressed
 }
 
-/// Sets the detector up and runs it until SIGTERM/SIGINT.
 /// Reads and checks a rules file.
 pub fn read_rules(path: &std::path::Path) -> anyhow::Result<RulesFile> {
     let text = std::fs::read_to_string(path)
@@ -364,6 +382,7 @@ pub fn read_rules(path: &std::path::Path) -> anyhow::Result<RulesFile> {
     rules::parse(&text).map_err(|e| anyhow::anyhow!("rules {}: {e}", path.display()))
 }
 
+/// Sets the detector up and runs it until SIGTERM/SIGINT.
 pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.check_rules {
         let r = read_rules(p)?;

@@ -520,7 +520,7 @@ impl Inner {
     async fn renew(&self, peer: &PeerInfo, csr: Vec<u8>) -> Result<RenewResponse, Status> {
         let m = &self.metrics;
         let id = &peer.identity;
-        let Some(signer) = self.signer.clone() else {
+        let Some(mut signer) = self.signer.clone() else {
             m.renewals.inc("disabled");
             return Err(Status::unimplemented(
                 "this collector does not renew certificates (ingest has no --signer); re-enroll the sensor before expiry",
@@ -548,11 +548,8 @@ impl Inner {
             presented_certificate: peer.certificate.to_vec(),
             csr,
         };
-        let r = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            signer.clone().sign_renewal(req),
-        )
-        .await;
+        let r = tokio::time::timeout(std::time::Duration::from_secs(20), signer.sign_renewal(req))
+            .await;
         self.renewing
             .lock()
             .expect("renewal set lock")
