@@ -382,6 +382,33 @@ fn received_ids(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
     ids
 }
 
+/// Loads a list feed of `n` C2 addresses (203.0.113.1..n) and returns them.
+fn load_c2_list(stack: &Stack, n: u8) -> Vec<Ipv4Addr> {
+    let c2: Vec<Ipv4Addr> = (1..=n).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
+    let feed = stack.path().join("list.txt");
+    let text: String = c2.iter().map(|ip| format!("{ip}, C2 node\n")).collect();
+    std::fs::write(&feed, text).unwrap();
+    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    c2
+}
+
+/// Uploads batch `seq` of sensor `s`: one flow to each of `ips`.
+fn contact_from(port: u16, s: &SensorCert, seq: u64, ips: &[Ipv4Addr]) {
+    let flows = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| flow_to(i as u32, *ip, &[]))
+        .collect();
+    let acks = upload(
+        port,
+        &s.ca,
+        Some(ClientCert::of(s)),
+        vec![request_with(seq, flows)],
+    )
+    .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32, "{acks:?}");
+}
+
 fn deliverer(stack: &Stack, name: &str, port: u16, extra: &[&str]) -> Proc {
     let mut cmd = stack.collector();
     cmd.args([
@@ -402,36 +429,13 @@ fn alerts_reach_a_real_syslog_receiver_once_each_across_its_crash() {
     use tidewatch_tests::syslog::Rsyslog;
     let shore = Shore::start();
     let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
-    let feed = stack.path().join("list.txt");
     // Five indicators: each contact below raises its own alert.
-    let c2: Vec<Ipv4Addr> = (1..=5).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
-    std::fs::write(
-        &feed,
-        c2.iter()
-            .map(|ip| format!("{ip}, C2 node\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
-    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    let c2 = load_c2_list(stack, 5);
     let _det = detector(stack, "detect", "tidewatch-detect");
     let mut rsyslog = Rsyslog::start(&stack.path().join("rsyslog"));
     let mut soc = deliverer(stack, "soc", rsyslog.port, &[]);
     let s = pki.sensor("bridge-1", "mv-aurora");
-    let contact = |seq: u64, ips: &[Ipv4Addr]| {
-        let flows = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| flow_to(i as u32, *ip, &[]))
-            .collect();
-        let acks = upload(
-            port,
-            &s.ca,
-            Some(ClientCert::of(&s)),
-            vec![request_with(seq, flows)],
-        )
-        .unwrap();
-        assert_eq!(acks[0].status, AckStatus::Accepted as i32);
-    };
+    let contact = |seq: u64, ips: &[Ipv4Addr]| contact_from(port, &s, seq, ips);
     contact(1, &c2[..3]);
     wait_until(Duration::from_secs(60), "three alerts received", || {
         (received_ids(&rsyslog.messages()).len() == 3).then_some(())
@@ -575,19 +579,44 @@ impl Receiver {
 fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
     let shore = Shore::start();
     let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
-    let feed = stack.path().join("list.txt");
-    let c2: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect();
-    std::fs::write(
-        &feed,
-        c2.iter().map(|ip| format!("{ip}\n")).collect::<String>(),
-    )
-    .unwrap();
-    run_ok(stack.collector().args(["intel", "load"]).arg(&feed));
+    let c2 = load_c2_list(stack, 3);
     let _det = detector(stack, "detect", "tidewatch-detect");
     // The receiver fails its first two requests (a case tool restarting).
     let hook = Receiver::start(2);
     let secret = stack.path().join("hook.secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
+    // A malformed header is refused at start with its flag.
+    let out = stack
+        .collector()
+        .args([
+            "deliver",
+            "--name",
+            "cases",
+            "--webhook",
+            "http://127.0.0.1:1/",
+        ])
+        .args(["--webhook-header", "no colon here"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--webhook-header \"no colon here\""),
+        "{err}"
+    );
+    // A record on the alerts topic that is not an alert is skipped, and
+    // holds nothing back.
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", stack.kafka_brokers())
+        .create()
+        .unwrap();
+    p.send(
+        BaseRecord::<[u8], [u8]>::to("tidewatch.alerts.v1")
+            .key(b"x")
+            .payload(b"{\"truncated\": "),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
+    p.flush(Duration::from_secs(10)).unwrap();
     let mut cmd = stack.collector();
     cmd.args(["deliver", "--name", "cases", "--webhook"])
         .arg(format!(
@@ -600,19 +629,7 @@ fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
     let mut d = Proc::spawn("deliver-cases", stack.path(), &mut cmd);
     d.wait_log("delivery started", Duration::from_secs(60));
     let s = pki.sensor("bridge-1", "mv-aurora");
-    let flows = c2
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| flow_to(i as u32, *ip, &[]))
-        .collect();
-    let acks = upload(
-        port,
-        &s.ca,
-        Some(ClientCert::of(&s)),
-        vec![request_with(1, flows)],
-    )
-    .unwrap();
-    assert_eq!(acks[0].status, AckStatus::Accepted as i32);
+    contact_from(port, &s, 1, &c2);
     wait_until(Duration::from_secs(60), "three alerts accepted", || {
         let n = hook
             .got
@@ -624,6 +641,7 @@ fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
         (n == 3).then_some(())
     });
     d.wait_log("alert not delivered; retrying", Duration::from_secs(1));
+    d.wait_log("not an alert; skipped", Duration::from_secs(1));
     std::thread::sleep(Duration::from_secs(2));
     let got = hook.got.lock().unwrap().clone();
     assert_eq!(got.len(), 5, "2 refused + 3 accepted");

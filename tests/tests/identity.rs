@@ -382,6 +382,31 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
         "{e}"
     );
     no_crl.wait_log("renewal refused by the signer", Duration::from_secs(5));
+
+    // Hostile renewals from a valid sensor: an oversized CSR is refused by
+    // ingest without reaching the signer, a garbage one by the signer; both
+    // clearly, and ingest keeps serving.
+    for (csr, want) in [
+        (vec![0x30; 17 * 1024], "InvalidArgument: CSR of 17408 bytes"),
+        (
+            b"\x30\x03\x02\x01\x00 not a CSR".to_vec(),
+            "InvalidArgument",
+        ),
+    ] {
+        let e = call(port, &s3, |ch| async move {
+            UplinkClient::new(ch).renew(RenewRequest { csr }).await
+        })
+        .expect_err("a hostile CSR was signed");
+        assert!(e.contains(want), "{e}");
+    }
+    let acks = upload(
+        port,
+        &s3.ca,
+        Some(ClientCert::of(&s3)),
+        vec![request(1, 2, "")],
+    )
+    .unwrap();
+    assert_eq!(acks[0].status, AckStatus::Accepted as i32);
 }
 
 #[test]
