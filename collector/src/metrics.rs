@@ -196,10 +196,13 @@ pub struct DetectMetrics {
     pub alerts: Arc<CounterVec>,
     pub suppressed: Arc<Counter>,
     pub indicators: Arc<Gauge>,
+    pub assets_checked: Arc<Counter>,
+    pub scheduled_runs: Arc<CounterVec>,
+    pub hunts: Arc<Counter>,
 }
 
-/// The detector's rules, pre-registered at zero.
-pub const DETECT_RULES: &[&str] = &["intel-contact", "ot-write"];
+/// The detector's streaming rules, pre-registered at zero.
+pub const DETECT_RULES: &[&str] = &["intel-contact", "ot-write", "new-device", "zone-crossing"];
 
 impl DetectMetrics {
     pub fn new() -> Arc<Self> {
@@ -227,10 +230,26 @@ impl DetectMetrics {
                 "tidewatch_detect_intel_indicators",
                 "Threat-intel indicators loaded.",
             ),
+            assets_checked: r.counter(
+                "tidewatch_detect_assets_checked",
+                "Asset observations checked for new devices.",
+            ),
+            scheduled_runs: r.counter_vec(
+                "tidewatch_detect_scheduled_runs",
+                "Scheduled pack queries run over a window, by result (ok, failed: retried at the next chunk).",
+                "result",
+            ),
+            hunts: r.counter(
+                "tidewatch_detect_intel_hunts",
+                "Intel loads hunted for over stored history.",
+            ),
             registry: r,
         };
         for rule in DETECT_RULES {
             m.alerts.touch(rule);
+        }
+        for result in ["ok", "failed"] {
+            m.scheduled_runs.touch(result);
         }
         Arc::new(m)
     }

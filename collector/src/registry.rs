@@ -10,7 +10,20 @@
 //!
 //! `zones` names the network zones of the sensor's site (IPv4 CIDRs; zone
 //! names are lowercase words such as ot, it, crew, nav, shore), used by the
-//! segmentation query.
+//! segmentation query. `conduits` lists the traffic allowed across them
+//! (IACS UR E26 4.2.1: only explicitly allowed traffic crosses a zone
+//! boundary), from the client's zone to the server's, `outside` standing
+//! for addresses in no zone; ports and protocols narrow a conduit (a flow
+//! passes if it matches one of each listed):
+//!
+//! ```json
+//! "conduits": [{"from": "it", "to": "outside", "ports": [443]},
+//!              {"from": "it", "to": "ot", "protocols": ["modbus"]}]
+//! ```
+//!
+//! The detector's zone-crossing rule raises an alert for any connection
+//! between two different zones of a sensor with zones that no conduit
+//! allows.
 //!
 //! `registry load FILE` validates the whole file first (nothing is written
 //! if any entry is wrong) and then writes it to `fleet_registry_raw` under
@@ -41,6 +54,36 @@ pub struct Entry {
     pub role: String,
     #[serde(default)]
     pub zones: std::collections::BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub conduits: Vec<Conduit>,
+}
+
+/// The zone of addresses in none of a site's zones.
+pub const OUTSIDE: &str = "outside";
+
+/// Traffic allowed from one zone to another (client's zone to server's).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Conduit {
+    pub from: String,
+    pub to: String,
+    /// Server ports allowed (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Application protocols allowed, as the sensor names them (empty: any).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<String>,
+}
+
+impl Conduit {
+    /// Whether it allows a flow from zone `from` to zone `to` on `port`
+    /// speaking `protocol`.
+    pub fn allows(&self, from: &str, to: &str, port: u16, protocol: &str) -> bool {
+        self.from == from
+            && self.to == to
+            && (self.ports.is_empty() || self.ports.contains(&port))
+            && (self.protocols.is_empty() || self.protocols.iter().any(|p| p == protocol))
+    }
 }
 
 /// An IPv4 CIDR as (network, mask).
@@ -143,12 +186,45 @@ pub fn validate(entries: &[Entry]) -> Result<(), RegistryError> {
             if zone.is_empty() || !zone.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 return Err(bad(format!("zone name {zone:?}: use lowercase letters")));
             }
+            if zone == OUTSIDE {
+                return Err(bad(format!(
+                    "zone name {OUTSIDE:?} is reserved for addresses in no zone"
+                )));
+            }
             for c in cidrs {
                 if parse_cidr(c).is_none() {
                     return Err(bad(format!(
                         "zone {zone}: {c:?} is not an IPv4 network in CIDR form (e.g. 10.1.1.0/24)"
                     )));
                 }
+            }
+        }
+        for (i, c) in e.conduits.iter().enumerate() {
+            for z in [&c.from, &c.to] {
+                if z != OUTSIDE && !e.zones.contains_key(z) {
+                    return Err(bad(format!(
+                        "conduit {i}: zone {z:?} is neither one of the sensor's zones nor {OUTSIDE:?}"
+                    )));
+                }
+            }
+            if c.from == c.to {
+                return Err(bad(format!(
+                    "conduit {i}: from and to are both {:?} (traffic within a zone needs no conduit)",
+                    c.from
+                )));
+            }
+            if c.ports.contains(&0) {
+                return Err(bad(format!("conduit {i}: port 0")));
+            }
+            if let Some(p) = c.protocols.iter().find(|p| {
+                p.is_empty()
+                    || !p.chars().all(|ch| {
+                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "-_".contains(ch)
+                    })
+            }) {
+                return Err(bad(format!(
+                    "conduit {i}: protocol {p:?}: use the sensor's lowercase names (modbus, s7comm, tls, ...)"
+                )));
             }
         }
         if !seen.insert(e.id.clone()) {
@@ -168,6 +244,8 @@ pub struct Row {
     pub zone_names: Vec<String>,
     pub zone_nets: Vec<u32>,
     pub zone_masks: Vec<u32>,
+    /// JSON array of [`Conduit`]s.
+    pub conduits: String,
     pub active: u8,
     pub loaded_at: u32,
     pub version: u64,
@@ -205,6 +283,7 @@ pub async fn load(ch: &Client, entries: &[Entry]) -> anyhow::Result<LoadReport> 
             zone_names,
             zone_nets,
             zone_masks,
+            conduits: serde_json::to_string(&e.conduits)?,
             active: 1,
             loaded_at: (now_us / 1_000_000) as u32,
             version: now_us,
@@ -336,5 +415,48 @@ mod tests {
                 .contains("unknown field")
         );
         assert!(err("sensors: []").contains("not a fleet registry"));
+
+        let zoned = |conduits: &str| {
+            format!(
+                r#"{{"sensors": [{{"id": "a", "vessel": "v", "zones": {{"ot": ["10.1.1.0/24"], "it": ["10.1.2.0/24"]}},
+                   "conduits": {conduits}}}]}}"#
+            )
+        };
+        let ok = parse(&zoned(
+            r#"[{"from": "it", "to": "outside", "ports": [443]}, {"from": "it", "to": "ot", "protocols": ["modbus"]}]"#,
+        ))
+        .unwrap();
+        let c = &ok[0].conduits;
+        assert!(c[0].allows("it", "outside", 443, "tls"));
+        assert!(!c[0].allows("it", "outside", 80, "http"));
+        assert!(
+            !c[0].allows("outside", "it", 443, "tls"),
+            "a conduit has a direction"
+        );
+        assert!(c[1].allows("it", "ot", 502, "modbus"));
+        assert!(!c[1].allows("it", "ot", 102, "s7comm"));
+        for (conduits, want) in [
+            (
+                r#"[{"from": "it", "to": "nav"}]"#,
+                "zone \"nav\" is neither",
+            ),
+            (r#"[{"from": "it", "to": "it"}]"#, "both \"it\""),
+            (r#"[{"from": "it", "to": "ot", "ports": [0]}]"#, "port 0"),
+            (
+                r#"[{"from": "it", "to": "ot", "protocols": ["Modbus"]}]"#,
+                "lowercase",
+            ),
+            (
+                r#"[{"from": "it", "to": "ot", "port": [502]}]"#,
+                "unknown field",
+            ),
+        ] {
+            let e = err(&zoned(conduits));
+            assert!(e.contains(want), "{conduits}: {e}");
+        }
+        assert!(err(
+            r#"{"sensors": [{"id": "a", "vessel": "v", "zones": {"outside": ["10.0.0.0/8"]}}]}"#
+        )
+        .contains("reserved"));
     }
 }

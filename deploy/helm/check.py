@@ -397,6 +397,8 @@ def cases():
         assert "--rules=/etc/tidewatch/rules/rules.yaml" in det["spec"]["template"]["spec"]["containers"][0]["args"]
         rules = yaml.safe_load(find(docs, "ConfigMap", "-detect-rules")["data"]["rules.yaml"])
         assert rules["rules"]["intel-contact"]["severity"] == "critical", rules
+        assert rules["scheduled"] == [{"query": "beaconing", "every_secs": 1800,
+                                       "args": ["--min-count", "30"]}], rules
         soc = find(docs, "Deployment", "-deliver-soc")
         cases = find(docs, "Deployment", "-deliver-cases")
         assert soc and cases, kinds(docs)
@@ -492,7 +494,8 @@ def cases():
     }, secrets
     yield "alerting: detector, syslog and webhook destinations", {
         "detect": {"rules": {"intel-contact": {"severity": "critical",
-                                               "suppress": [{"vessel": "mv-test", "note": "test vessel"}]}}},
+                                               "suppress": [{"vessel": "mv-test", "note": "test vessel"}]}},
+                   "scheduled": [{"query": "beaconing", "every_secs": 1800, "args": ["--min-count", "30"]}]},
         "deliver": {"destinations": [
             {"name": "soc", "syslog": {"address": "siem.example.com:6514", "tls": True, "format": "cef",
                                         "caSecret": {"name": "siem-ca", "key": "ca.crt"}}},

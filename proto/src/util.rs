@@ -23,6 +23,14 @@ pub fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     }
 }
 
+/// Text form of a MAC address (`aa:bb:cc:dd:ee:ff`), as ClickHouse keeps it.
+pub fn mac_text(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Lowercase transport name of an IP protocol number ("tcp", "udp", ... or "ip-N").
 pub fn transport_name(proto: u32) -> std::borrow::Cow<'static, str> {
     match proto {

@@ -897,6 +897,13 @@ impl Fleet {
                         "crew": [format!("10.{v}.3.0/24")],
                         "nav": [format!("10.{v}.4.0/24")],
                     },
+                    // What the baseline crosses: IT and crew ashore, crew
+                    // to the DNS server in IT.
+                    "conduits": [
+                        {"from": "it", "to": "outside"},
+                        {"from": "crew", "to": "outside", "ports": [80, 443]},
+                        {"from": "crew", "to": "it", "ports": [53], "protocols": ["dns"]},
+                    ],
                 })
             })
             .collect();

@@ -27,13 +27,13 @@ fn flow_to(i: u32, server: Ipv4Addr, names: &[&str]) -> tidewatch_proto::v1::Flo
 
 /// The rules of these tests: severity raised, and the tug's contacts with
 /// the C2 address suppressed (a known and accepted case).
-const RULES: &str = "rules:\n  intel-contact:\n    severity: critical\n    suppress:\n      - vessel: tug-3\n        subject: 203.0.113.7\n        note: sandbox vessel of the CERT, ticket 4711\n";
+const RULES: &str = "rules:\n  intel-contact:\n    severity: critical\n    suppress:\n      - vessel: tug-3\n        subject: 203.0.113.7\n        note: sandbox vessel of the CERT, ticket 4711\nscheduled: []\n";
 
 fn detector(stack: &Stack, name: &str, group: &str) -> Proc {
-    detector_with(stack, name, group, RULES)
+    detector_with(stack, name, group, RULES, &[])
 }
 
-fn detector_with(stack: &Stack, name: &str, group: &str, rules_text: &str) -> Proc {
+fn detector_with(stack: &Stack, name: &str, group: &str, rules_text: &str, extra: &[&str]) -> Proc {
     let rules = stack.path().join(format!("{name}-rules.yaml"));
     std::fs::write(&rules, rules_text).unwrap();
     let mut cmd = stack.collector();
@@ -41,13 +41,14 @@ fn detector_with(stack: &Stack, name: &str, group: &str, rules_text: &str) -> Pr
         "detect",
         "--group",
         group,
-        "--intel-refresh-secs",
+        "--refresh-secs",
         "1",
         "--max-wait-ms",
         "200",
     ])
     .arg("--rules")
-    .arg(&rules);
+    .arg(&rules)
+    .args(extra);
     let mut p = Proc::spawn(name, stack.path(), &mut cmd);
     p.wait_log("detector started", Duration::from_secs(60));
     p.wait_log("threat-intel indicators loaded", Duration::from_secs(30));
@@ -86,8 +87,8 @@ fn an_ot_write_from_a_host_not_known_as_an_engineering_station_raises_an_alert()
     wait_until(Duration::from_secs(60), "assets stored", || {
         (stack.query_u64("SELECT count() FROM tidewatch.assets") == 2).then_some(())
     });
-    let rules = "rules:\n  ot-write:\n    severity: critical\n    engineering_hosts:\n      mv-aurora: [10.1.1.31]\n";
-    let _det = detector_with(stack, "detect", "tidewatch-detect", rules);
+    let rules = "rules:\n  ot-write:\n    severity: critical\n    engineering_hosts:\n      mv-aurora: [10.1.1.31]\nscheduled: []\n";
+    let _det = detector_with(stack, "detect", "tidewatch-detect", rules, &[]);
 
     let op = |class: OperationClass, name: &str| Operation {
         code: 6,
@@ -662,4 +663,185 @@ fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
         }
     }
     assert_eq!(ids.len(), 3);
+}
+
+/// Today's midnight (UTC), Unix seconds; when it is less than 15 minutes
+/// ahead, waits past it first (the test's scheduled windows end there).
+fn midnight_clear_of_the_test() -> i64 {
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let next = now - now % 86_400 + 86_400;
+        if next - now > 900 {
+            return now - now % 86_400;
+        }
+        std::thread::sleep(Duration::from_secs((next - now + 5) as u64));
+    }
+}
+
+#[test]
+fn the_synthetic_fleet_raises_one_alert_per_planted_anomaly_delivered_once_across_a_detector_crash()
+{
+    use tidewatch_collector::detect::rules::DEFAULT_SCHEDULED;
+    use tidewatch_tests::fleet::{Loaded, Spec};
+    use tidewatch_tests::syslog::Rsyslog;
+    // The fleet's last day is yesterday (UTC): the window the daily
+    // scheduled queries evaluate first.
+    let midnight = midnight_clear_of_the_test();
+    let loaded = Loaded::start(Spec {
+        start_s: midnight - 3 * 86_400,
+        ..Spec::default()
+    });
+    let (stack, fleet) = (&loaded.stack, &loaded.fleet);
+    let t = &fleet.truth;
+    assert_eq!(t.window_start_s, midnight - 86_400);
+    let sched: String = DEFAULT_SCHEDULED
+        .iter()
+        .map(|q| format!("  - {{query: {q}, every_secs: 86400, window_secs: 86400}}\n"))
+        .collect();
+    let rules = format!("rules:\n  new-device:\n    zones: [ot, crew]\nscheduled:\n{sched}");
+    let mut rsyslog = Rsyslog::start(&stack.path().join("rsyslog"));
+    let _soc = deliverer(stack, "soc", rsyslog.port, &[]);
+
+    // Killed (SIGKILL) while it works through the fleet in chunks of two
+    // records, once it has raised its first alerts.
+    let mut first = detector_with(
+        stack,
+        "detect-1",
+        "detect-1",
+        &rules,
+        &["--max-records", "2"],
+    );
+    first.wait_log("alert raised", Duration::from_secs(120));
+    first.kill();
+    let before = stack.query_u64("SELECT count() FROM tidewatch.alerts");
+    // Restarted in a group of its own (the test broker never expires the
+    // dead member, see restarts.rs), it reads the whole topic again and
+    // runs the schedule again: every alert raised again, under its id.
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let _second = detector_with(
+        stack,
+        "detect-2",
+        "detect-2",
+        &rules,
+        &["--metrics-listen", &listen],
+    );
+    // Every batch is one record (the topic's offsets count transaction
+    // markers too).
+    let records = stack.query_u64("SELECT count() FROM tidewatch.batches") as f64;
+    wait_until(Duration::from_secs(120), "the topic read again", || {
+        (http::metric(mport, "tidewatch_detect_kafka_records_total").unwrap_or(0.0) >= records)
+            .then_some(())
+    });
+
+    // Every planted anomaly: one alert of its rule and vessel, keyed as
+    // the truth lists it; nothing on the baseline.
+    let vessel_of: BTreeMap<&str, &str> = fleet
+        .sensors
+        .iter()
+        .map(|s| (s.sensor_id.as_str(), s.vessel.as_str()))
+        .collect();
+    let mut want: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut add = |rule: &str, key: String| want.insert((rule.to_string(), key));
+    let devices = t.new_assets.iter().map(|(v, ip)| (v, ip));
+    for (v, ip) in devices.chain(t.changed_vendors.iter().map(|(v, ip, _, _)| (v, ip))) {
+        add("new-device", format!("{v} {ip}"));
+    }
+    for (v, c, _) in &t.unexpected_ot_writes {
+        add("ot-write", format!("{v} {c}"));
+    }
+    for (v, c, _) in &t.segmentation_breaks {
+        add("zone-crossing", format!("{v} {c}"));
+    }
+    for (v, d) in &t.new_destinations {
+        add("query:new-destinations", format!("{v} {d}"));
+    }
+    for (v, _, d, _) in &t.volume_spikes {
+        add("query:volume-spikes", format!("{v} {d}"));
+    }
+    for (v, c, d) in &t.beacons {
+        add(
+            "query:beaconing",
+            format!("{v} {c} {}", d.replace(':', " ")),
+        );
+    }
+    for (v, c) in &t.scans {
+        add("query:scans", format!("{v} {c}"));
+    }
+    for (d, _) in &t.campaigns {
+        add("query:campaigns", format!("* {d}"));
+    }
+    for (id, what) in &t.sensor_health {
+        add(
+            "query:sensor-health",
+            format!("{} {id} {what}", vessel_of[id.as_str()]),
+        );
+    }
+    let stored = || -> Vec<Value> {
+        stack
+            .query_tidewatch(
+                "SELECT id, rule, vessel, subject, evidence FROM alerts FORMAT JSONEachRow",
+            )
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let key = |a: &Value| -> (String, String) {
+        let (rule, vessel, subject) = (
+            a["rule"].as_str().unwrap(),
+            a["vessel"].as_str().unwrap(),
+            a["subject"].as_str().unwrap(),
+        );
+        let k = match rule {
+            "new-device" => {
+                let e: Value = serde_json::from_str(a["evidence"].as_str().unwrap()).unwrap();
+                format!("{vessel} {}", e["ips"][0].as_str().unwrap())
+            }
+            "zone-crossing" => format!("{vessel} {}", subject.split(' ').next().unwrap()),
+            _ => format!("{vessel} {subject}"),
+        };
+        (rule.to_string(), k)
+    };
+    let alerts = wait_until(
+        Duration::from_secs(60),
+        "every planted anomaly's alert",
+        || {
+            let a = stored();
+            (a.len() >= want.len()).then_some(a)
+        },
+    );
+    let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for a in &alerts {
+        *got.entry(key(a)).or_default() += 1;
+    }
+    let missed: Vec<_> = want.iter().filter(|k| !got.contains_key(k)).collect();
+    let extra: Vec<_> = got.iter().filter(|(k, _)| !want.contains(k)).collect();
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    println!(
+        "{} planted anomalies, {} alerts ({before} before the crash); missed {missed:?}, on the baseline {extra:?}, twice {twice:?}",
+        want.len(),
+        alerts.len()
+    );
+    assert!(missed.is_empty() && extra.is_empty() && twice.is_empty());
+
+    // At the syslog receiver: every alert, each once.
+    let ids: BTreeSet<String> = alerts
+        .iter()
+        .map(|a| a["id"].as_str().unwrap().to_string())
+        .collect();
+    let received = wait_until(
+        Duration::from_secs(60),
+        "every alert at the receiver",
+        || {
+            let r = received_ids(&rsyslog.messages());
+            (r.len() >= ids.len()).then_some(r)
+        },
+    );
+    assert_eq!(received.keys().cloned().collect::<BTreeSet<_>>(), ids);
+    assert!(received.values().all(|n| *n == 1), "{received:?}");
+    rsyslog.kill();
 }

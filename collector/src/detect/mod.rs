@@ -1,41 +1,36 @@
-//! `tidewatch-collector detect`: streaming detection as batches arrive.
+//! `tidewatch-collector detect`: the detection service.
 //!
-//! Its own consumer group on the batches topic (it neither slows nor waits
-//! for the sink), the same check of ingest's signature as the sink, then
-//! each flow against the rules. Rules so far:
+//! - **Streaming rules** ([`streaming`]: intel-contact, ot-write,
+//!   zone-crossing, new-device) on each batch as it arrives: its own
+//!   consumer group on the batches topic (it neither slows nor waits for
+//!   the sink), the same check of ingest's signature as the sink.
+//! - **Scheduled queries** ([`scheduled`]): the analysts' query pack on
+//!   sliding windows, and the retro-hunt of each threat-intel load.
 //!
-//! - `intel-contact`: a flow whose client or server address, or a name it
-//!   carried (DNS query, TLS SNI, HTTP Host), equals a threat-intel
-//!   indicator (`intel load`; reloaded every `--intel-refresh-secs`), before
-//!   the indicator's end of validity. One alert per vessel, indicator and
-//!   window (`bucket_secs`, default `--bucket-secs`).
+//! What the rules compare with ([`known`]: indicators, engineering
+//! stations, zones and conduits, devices) is reloaded from ClickHouse every
+//! `--refresh-secs`. Severity, windows, suppressions and schedules come from
+//! the rules file ([`rules`]; `--rules FILE`, checked alone with
+//! `--check-rules FILE`).
 //!
-//! - `ot-write`: a write, control or program operation from a host that is
-//!   neither listed as an engineering station of its vessel in the rules
-//!   file nor reported in that role by the vessel's sensors at least
-//!   `known_after_secs` before (the stations are reloaded with the
-//!   indicators). One alert per vessel, writing host and window.
-//!
-//! Severity, windows and suppressions come from the rules file
-//! ([`rules`]; `--rules FILE`, checked alone with `--check-rules FILE`).
-//!
-//! Per chunk of records: alerts are stored in ClickHouse (`alerts_raw`,
+//! An alert's id is its rule, vessel, subject and window
+//! ([`crate::alerts::alert_id`]). Per round (a chunk of records, with the
+//! scheduled work then due), alerts are stored in ClickHouse (`alerts_raw`,
 //! retried while it is away) and published to the alerts topic, and only
-//! then are the offsets committed, so a crash re-reads the chunk and raises
-//! the same alerts again under the same ids, which collapse ([`crate::alerts`]).
+//! then are the offsets committed and the schedule moved on, so a crash
+//! raises the same alerts again under the same ids, which collapse; so do
+//! the alerts of two replicas or of a re-read topic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clickhouse::Client;
 use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use serde::Deserialize;
 use tidewatch_proto::codec;
 use tidewatch_proto::util::ip_text;
 use tidewatch_proto::v1::{FlowRecord, IngestedBatch};
@@ -46,9 +41,13 @@ use crate::clickhouse_args::ClickHouseArgs;
 use crate::envelope::{signature_of, VerifyArgs, VerifyKeys};
 use crate::kafka::KafkaArgs;
 use crate::metrics::DetectMetrics;
+use known::Known;
 use rules::{Rule, RulesFile};
 
+pub mod known;
 pub mod rules;
+pub mod scheduled;
+pub mod streaming;
 
 /// Kafka topic the detector publishes alerts to (JSON, key = alert id).
 pub const ALERTS_TOPIC: &str = "tidewatch.alerts.v1";
@@ -78,9 +77,14 @@ pub struct DetectArgs {
     /// Only check a rules file (errors with their line and column) and exit.
     #[arg(long, value_name = "FILE")]
     pub check_rules: Option<std::path::PathBuf>,
-    /// Seconds between reloads of the threat-intel indicators.
+    /// Seconds between reloads of what the rules compare with (threat-intel
+    /// indicators, engineering stations, zones and conduits, devices); new
+    /// intel loads are hunted for then.
     #[arg(long, default_value_t = 60)]
-    pub intel_refresh_secs: u64,
+    pub refresh_secs: u64,
+    /// Days of stored flows hunted for the indicators of each new intel load.
+    #[arg(long, default_value_t = 90)]
+    pub hunt_days: u32,
     /// An alert is raised once per rule, vessel and subject in a window of
     /// this many seconds (of the evidence's time).
     #[arg(long, default_value_t = 3600)]
@@ -97,282 +101,158 @@ pub struct DetectArgs {
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
-/// One loaded indicator, as the detector matches it.
-#[derive(Debug, Clone, Deserialize, clickhouse::Row)]
-struct Indicator {
-    source: String,
-    kind: String,
-    value: String,
-    matches: String,
-    description: String,
-    valid_until: u32,
+/// A flow's key and what identifies it, as alerts show it.
+#[derive(Debug, Clone)]
+pub struct FlowKey {
+    pub sensor_id: String,
+    pub batch_seq: u64,
+    pub record_idx: u32,
+    pub first_seen_us: i64,
+    pub client_ip: String,
+    pub server_ip: String,
+    pub client_port: u32,
+    pub server_port: u32,
+    pub app_protocol: String,
 }
 
-/// The indicators by what they match.
-#[derive(Default)]
-pub struct IntelIndex {
-    by_match: HashMap<String, Vec<Indicator>>,
-}
-
-impl IntelIndex {
-    async fn load(ch: &Client) -> Result<Self, clickhouse::error::Error> {
-        let rows: Vec<Indicator> = ch
-            .query("SELECT source, kind, value, matches, description, toUInt32(valid_until) AS valid_until FROM intel_indicators")
-            .fetch_all()
-            .await?;
-        let mut by_match: HashMap<String, Vec<Indicator>> = HashMap::new();
-        for r in rows {
-            by_match.entry(r.matches.clone()).or_default().push(r);
-        }
-        Ok(IntelIndex { by_match })
-    }
-
-    fn len(&self) -> usize {
-        self.by_match.values().map(Vec::len).sum()
-    }
-
-    /// The indicators `f` contacted while they were valid, with what matched.
-    fn contacts<'a>(&'a self, f: &FlowRecord) -> Vec<(String, &'a Indicator)> {
-        if self.by_match.is_empty() {
-            return Vec::new();
-        }
-        let mut keys: Vec<String> = [&f.client_ip, &f.server_ip]
-            .into_iter()
-            .filter_map(|ip| ip_text(ip))
-            .collect();
-        keys.extend(f.indicators.iter().map(|n| n.to_ascii_lowercase()));
-        let at_s = f.first_seen_us / 1_000_000;
-        let mut out = Vec::new();
-        for k in keys {
-            for i in self.by_match.get(&k).into_iter().flatten() {
-                if i.valid_until == 0 || at_s <= i.valid_until as i64 {
-                    out.push((k.clone(), i));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// What a rule found in a flow.
-struct Finding {
-    rule: &'static str,
-    severity: rules::Severity,
-    subject: String,
-    summary: String,
-    /// Rule-specific evidence, beside the flow's key.
-    detail: serde_json::Value,
-}
-
-/// Raises the alert of `finding` in flow `idx` of `env` into `out`: one per
-/// id (rule, vessel, subject, window), with the earliest flow as evidence.
-fn raise(
-    out: &mut BTreeMap<String, Alert>,
-    env: &IngestedBatch,
-    idx: usize,
-    f: &FlowRecord,
-    bucket_secs: i64,
-    now: u32,
-    finding: Finding,
-) {
-    let at_s = f.first_seen_us / 1_000_000;
-    let bucket = at_s - at_s.rem_euclid(bucket_secs);
-    let id = alert_id(finding.rule, &env.vessel, &finding.subject, bucket);
-    if out
-        .get(&id)
-        .is_some_and(|a| a.first_seen_us <= f.first_seen_us)
-    {
-        return;
-    }
-    let mut evidence = serde_json::json!({
-        "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
-        "first_seen_us": f.first_seen_us,
-        "client_ip": ip_text(&f.client_ip).unwrap_or_default(),
-        "server_ip": ip_text(&f.server_ip).unwrap_or_default(),
-        "client_port": f.client_port, "server_port": f.server_port,
-        "app_protocol": f.app_protocol,
-    });
-    if let (Some(e), serde_json::Value::Object(d)) = (evidence.as_object_mut(), finding.detail) {
-        e.extend(d);
-    }
-    out.insert(
-        id.clone(),
-        Alert {
-            id,
-            rule: finding.rule.into(),
-            severity: finding.severity.name().into(),
-            vessel: env.vessel.clone(),
+impl FlowKey {
+    pub fn of(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> FlowKey {
+        FlowKey {
             sensor_id: env.sensor_id.clone(),
-            subject: finding.subject,
-            bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
+            batch_seq: env.seq,
+            record_idx: idx as u32,
             first_seen_us: f.first_seen_us,
-            summary: finding.summary,
-            evidence: evidence.to_string(),
-            raised_at: now,
-            evidence_rank: evidence_rank(f.first_seen_us),
-        },
-    );
-}
-
-/// When each host was first reported as an engineering station, by
-/// (vessel, address), microseconds.
-#[derive(Default)]
-pub struct Stations {
-    first_seen: HashMap<(String, String), i64>,
-}
-
-#[derive(Debug, Deserialize, clickhouse::Row)]
-struct StationRow {
-    vessel: String,
-    ip: String,
-    first_seen_us: i64,
-}
-
-impl Stations {
-    async fn load(ch: &Client) -> Result<Self, clickhouse::error::Error> {
-        let rows: Vec<StationRow> = ch
-            .query(
-                "SELECT vessel, ip, min(first_seen_us) AS first_seen_us FROM \
-                 (SELECT vessel, arrayJoin(ips) AS ip, first_seen_us FROM assets \
-                  WHERE has(roles, 'engineering_station')) GROUP BY vessel, ip",
-            )
-            .fetch_all()
-            .await?;
-        Ok(Stations {
-            first_seen: rows
-                .into_iter()
-                .map(|r| ((r.vessel, r.ip), r.first_seen_us))
-                .collect(),
-        })
-    }
-
-    /// Whether `host` was a station of `vessel` at least `ahead_us` before `at_us`.
-    fn known(&self, vessel: &str, host: &str, at_us: i64, ahead_us: i64) -> bool {
-        self.first_seen
-            .get(&(vessel.to_string(), host.to_string()))
-            .is_some_and(|&t| t <= at_us - ahead_us)
-    }
-}
-
-/// The `ot-write` alerts of one batch (by id: one per id); how many its
-/// suppressions held back.
-pub fn evaluate_ot_writes(
-    env: &IngestedBatch,
-    flows: &[FlowRecord],
-    stations: &Stations,
-    rule: &rules::OtWrite,
-    default_bucket_secs: i64,
-    out: &mut BTreeMap<String, Alert>,
-) -> u64 {
-    use tidewatch_proto::v1::OperationClass;
-    let common = rule.rule();
-    if !common.enabled {
-        return 0;
-    }
-    let bucket_secs = common
-        .bucket_secs
-        .map_or(default_bucket_secs, |b| b.0 as i64);
-    let now = (tidewatch_proto::util::now_us() / 1_000_000).max(0) as u32;
-    let mut suppressed = 0;
-    for (idx, f) in flows.iter().enumerate() {
-        let writes: Vec<&str> = f
-            .operations
-            .iter()
-            .filter(|o| {
-                matches!(
-                    OperationClass::try_from(o.class),
-                    Ok(OperationClass::Write | OperationClass::Control | OperationClass::Program)
-                )
-            })
-            .map(|o| o.name.as_str())
-            .collect();
-        if writes.is_empty() {
-            continue;
+            client_ip: ip_text(&f.client_ip).unwrap_or_default(),
+            server_ip: ip_text(&f.server_ip).unwrap_or_default(),
+            client_port: f.client_port,
+            server_port: f.server_port,
+            app_protocol: f.app_protocol.clone(),
         }
-        let client = ip_text(&f.client_ip).unwrap_or_default();
-        if rule.allowed(&env.vessel, &client)
-            || stations.known(
-                &env.vessel,
-                &client,
-                f.first_seen_us,
-                rule.known_after_secs as i64 * 1_000_000,
-            )
+    }
+
+    /// The flow's key with a rule's `detail` beside it.
+    pub fn evidence(&self, detail: serde_json::Value) -> serde_json::Value {
+        let mut e = serde_json::json!({
+            "sensor_id": self.sensor_id, "batch_seq": self.batch_seq, "record_idx": self.record_idx,
+            "first_seen_us": self.first_seen_us,
+            "client_ip": self.client_ip, "server_ip": self.server_ip,
+            "client_port": self.client_port, "server_port": self.server_port,
+            "app_protocol": self.app_protocol,
+        });
+        if let (Some(e), serde_json::Value::Object(d)) = (e.as_object_mut(), detail) {
+            e.extend(d);
+        }
+        e
+    }
+}
+
+/// What a rule found: an alert once its window is known.
+pub struct Finding<'a> {
+    pub rule: &'a str,
+    pub vessel: &'a str,
+    pub sensor_id: &'a str,
+    /// What it is about; the alert id's subject and what suppressions name.
+    pub subject: String,
+    /// When the evidence happened, microseconds.
+    pub at_us: i64,
+    pub summary: String,
+    pub evidence: serde_json::Value,
+}
+
+/// The alerts of one round, one per id, each with its earliest evidence.
+pub struct Raised {
+    by_id: BTreeMap<String, Alert>,
+    /// Findings a suppression held back.
+    pub suppressed: u64,
+    default_bucket_secs: i64,
+    now: u32,
+}
+
+impl Raised {
+    pub fn new(default_bucket_secs: i64) -> Self {
+        Raised {
+            by_id: BTreeMap::new(),
+            suppressed: 0,
+            default_bucket_secs,
+            now: (tidewatch_proto::util::now_us() / 1_000_000).clamp(0, u32::MAX as i64) as u32,
+        }
+    }
+
+    /// Raises the alert of `f` under `rule`'s severity, window and
+    /// suppressions.
+    pub fn raise(&mut self, rule: &Rule, f: Finding<'_>) {
+        let at_s = f.at_us.div_euclid(1_000_000);
+        if rule.suppressed(f.vessel, &f.subject, at_s) {
+            self.suppressed += 1;
+            return;
+        }
+        let bucket_secs = rule
+            .bucket_secs
+            .map_or(self.default_bucket_secs, |b| b.0 as i64);
+        let bucket = at_s - at_s.rem_euclid(bucket_secs);
+        let id = alert_id(f.rule, f.vessel, &f.subject, bucket);
+        if self
+            .by_id
+            .get(&id)
+            .is_some_and(|a| a.first_seen_us <= f.at_us)
         {
-            continue;
+            return;
         }
-        let at_s = f.first_seen_us / 1_000_000;
-        if common.suppressed(&env.vessel, &client, at_s) {
-            suppressed += 1;
-            continue;
-        }
-        let server = ip_text(&f.server_ip).unwrap_or_default();
-        let finding = Finding {
-            rule: "ot-write",
-            severity: common.severity,
-            subject: client.clone(),
-            summary: format!(
-                "{client} -> {server}:{} {} {} from a host not known as an engineering station",
-                f.server_port,
-                f.app_protocol,
-                writes.join(",")
-            ),
-            detail: serde_json::json!({ "operations": writes }),
-        };
-        raise(out, env, idx, f, bucket_secs, now, finding);
+        self.by_id.insert(
+            id.clone(),
+            Alert {
+                id,
+                rule: f.rule.into(),
+                severity: rule.severity.name().into(),
+                vessel: f.vessel.into(),
+                sensor_id: f.sensor_id.into(),
+                subject: f.subject,
+                bucket_start: bucket.clamp(0, u32::MAX as i64) as u32,
+                first_seen_us: f.at_us,
+                summary: f.summary,
+                evidence: f.evidence.to_string(),
+                raised_at: self.now,
+                evidence_rank: evidence_rank(f.at_us),
+            },
+        );
     }
-    suppressed
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    pub fn into_alerts(self) -> Vec<Alert> {
+        self.by_id.into_values().collect()
+    }
 }
 
-/// The alerts one batch raises under `rule` (by id: one per id); how many
-/// contacts its suppressions held back.
-pub fn evaluate(
-    env: &IngestedBatch,
-    flows: &[FlowRecord],
-    intel: &IntelIndex,
-    rule: &Rule,
-    default_bucket_secs: i64,
-    out: &mut BTreeMap<String, Alert>,
-) -> u64 {
-    if !rule.enabled {
-        return 0;
+/// The alerts already published in this run, by id, with the time of the
+/// evidence they carried: raised again with no earlier evidence, an alert
+/// is neither stored nor published again. Forgotten past a bound.
+#[derive(Default)]
+struct Published {
+    first_seen_us: HashMap<String, i64>,
+}
+
+impl Published {
+    const MAX: usize = 200_000;
+
+    fn is_news(&self, a: &Alert) -> bool {
+        self.first_seen_us
+            .get(&a.id)
+            .is_none_or(|&t| a.first_seen_us < t)
     }
-    let bucket_secs = rule.bucket_secs.map_or(default_bucket_secs, |b| b.0 as i64);
-    let now = (tidewatch_proto::util::now_us() / 1_000_000).max(0) as u32;
-    let mut suppressed = 0;
-    for (idx, f) in flows.iter().enumerate() {
-        for (matched, i) in intel.contacts(f) {
-            let at_s = f.first_seen_us / 1_000_000;
-            if rule.suppressed(&env.vessel, &i.value, at_s) {
-                suppressed += 1;
-                continue;
-            }
-            let (client, server) = (
-                ip_text(&f.client_ip).unwrap_or_default(),
-                ip_text(&f.server_ip).unwrap_or_default(),
-            );
-            let finding = Finding {
-                rule: "intel-contact",
-                severity: rule.severity,
-                subject: i.value.clone(),
-                summary: format!(
-                    "{client} -> {server}:{} contacted {} {} ({}{}{})",
-                    f.server_port,
-                    i.kind,
-                    i.value,
-                    i.source,
-                    if i.description.is_empty() { "" } else { ": " },
-                    i.description
-                ),
-                detail: serde_json::json!({
-                    "matched": matched,
-                    "indicator": {"source": i.source, "kind": i.kind, "value": i.value,
-                                  "description": i.description},
-                }),
-            };
-            raise(out, env, idx, f, bucket_secs, now, finding);
+
+    fn add(&mut self, a: &Alert) {
+        if self.first_seen_us.len() >= Self::MAX {
+            self.first_seen_us.clear();
         }
+        self.first_seen_us.insert(a.id.clone(), a.first_seen_us);
     }
-    suppressed
 }
 
 /// Reads and checks a rules file.
@@ -382,32 +262,51 @@ pub fn read_rules(path: &std::path::Path) -> anyhow::Result<RulesFile> {
     rules::parse(&text).map_err(|e| anyhow::anyhow!("rules {}: {e}", path.display()))
 }
 
+/// Prints what a checked rules file sets.
+fn print_rules(p: &std::path::Path, r: &RulesFile, default_bucket_secs: u64) {
+    let rs = &r.rules;
+    let (ow, nd) = (rs.ot_write.rule(), rs.new_device.rule());
+    for (name, rule) in [
+        ("intel-contact", &rs.intel_contact),
+        ("ot-write", &ow),
+        ("zone-crossing", &rs.zone_crossing),
+        ("new-device", &nd),
+    ] {
+        println!(
+            "rules {}: {name}: {}, severity {}, window {} s, {} suppression(s)",
+            p.display(),
+            if rule.enabled { "on" } else { "off" },
+            rule.severity.name(),
+            rule.bucket_secs.map_or(default_bucket_secs, |b| b.0),
+            rule.suppress.len()
+        );
+    }
+    for s in &r.scheduled {
+        println!(
+            "rules {}: {}: {}, severity {}, every {} s over {} s, window {} s, {} suppression(s)",
+            p.display(),
+            s.rule_name(),
+            if s.rule.enabled { "on" } else { "off" },
+            s.rule.severity.name(),
+            s.every_secs,
+            s.window_secs,
+            s.rule.bucket_secs.map_or(default_bucket_secs, |b| b.0),
+            s.rule.suppress.len()
+        );
+    }
+    let hosts: usize = rs.ot_write.engineering_hosts.values().map(Vec::len).sum();
+    println!(
+        "rules {}: valid; ot-write lists {hosts} engineering host(s); new-device watches zone(s) {}",
+        p.display(),
+        rs.new_device.zones.join(", ")
+    );
+}
+
 /// Sets the detector up and runs it until SIGTERM/SIGINT.
 pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     if let Some(p) = &args.check_rules {
         let r = read_rules(p)?;
-        let (ic, ow) = (&r.rules.intel_contact, r.rules.ot_write.rule());
-        for (name, rule) in [("intel-contact", ic), ("ot-write", &ow)] {
-            println!(
-                "rules {}: {name}: {}, severity {}, window {} s, {} suppression(s)",
-                p.display(),
-                if rule.enabled { "on" } else { "off" },
-                rule.severity.name(),
-                rule.bucket_secs.map_or(args.bucket_secs, |b| b.0),
-                rule.suppress.len()
-            );
-        }
-        let hosts: usize = r
-            .rules
-            .ot_write
-            .engineering_hosts
-            .values()
-            .map(Vec::len)
-            .sum();
-        println!(
-            "rules {}: valid; ot-write lists {hosts} engineering host(s)",
-            p.display()
-        );
+        print_rules(p, &r, args.bucket_secs);
         return Ok(());
     }
     let rules = match &args.rules {
@@ -416,8 +315,8 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     };
     args.clickhouse.validate()?;
     anyhow::ensure!(
-        args.bucket_secs > 0 && args.intel_refresh_secs > 0 && args.max_records > 0,
-        "--bucket-secs, --intel-refresh-secs and --max-records must be at least 1"
+        args.bucket_secs > 0 && args.refresh_secs > 0 && args.max_records > 0,
+        "--bucket-secs, --refresh-secs and --max-records must be at least 1"
     );
     let verify = args.envelope.keys()?;
     let producer = args.kafka.producer(30_000, 64)?;
@@ -438,34 +337,105 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     let metrics_task =
         crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
             .await?;
-    let mut intel = IntelIndex::default();
-    let mut stations = Stations::default();
-    let mut intel_loaded: Option<Instant> = None;
-    let refresh = Duration::from_secs(args.intel_refresh_secs);
+    let mut known = Known::default();
+    let mut hunted: Option<BTreeSet<u64>> = None;
+    let mut loaded_at: Option<Instant> = None;
+    let refresh = Duration::from_secs(args.refresh_secs);
+    let mut schedule = scheduled::Schedule::new(rules.scheduled.len());
+    let mut published = Published::default();
     let limits = codec::DecodeLimits {
         max_decoded_bytes: 16 * 1024 * 1024,
         max_records: 50_000,
     };
-    info!(group = %args.group, topic = %args.kafka.kafka_topic, alerts_topic = %args.alerts_topic, "detector started");
-    'chunks: while !*stop.borrow() {
-        if intel_loaded.is_none_or(|t| t.elapsed() >= refresh) {
-            match tokio::try_join!(IntelIndex::load(&ch), Stations::load(&ch)) {
-                Ok((i, st)) => {
-                    if intel_loaded.is_none() || i.len() != intel.len() {
-                        info!(indicators = i.len(), "threat-intel indicators loaded");
+    info!(group = %args.group, topic = %args.kafka.kafka_topic, alerts_topic = %args.alerts_topic,
+        scheduled = rules.scheduled.len(), "detector started");
+    'rounds: while !*stop.borrow() {
+        let mut raised = Raised::new(args.bucket_secs as i64);
+        if loaded_at.is_none_or(|t| t.elapsed() >= refresh) {
+            match tokio::try_join!(Known::load(&ch), scheduled::hunted(&ch)) {
+                Ok((k, h)) => {
+                    if loaded_at.is_none() || k.intel.len() != known.intel.len() {
+                        info!(indicators = k.intel.len(), "threat-intel indicators loaded");
                     }
-                    metrics.indicators.set(i.len() as f64);
-                    intel = i;
-                    stations = st;
-                    intel_loaded = Some(Instant::now());
+                    metrics.indicators.set(k.intel.len() as f64);
+                    known = k;
+                    hunted = Some(h);
+                    loaded_at = Some(Instant::now());
                 }
-                // Keep the previous sets; retried at the next chunk.
+                // Keep the previous sets; retried at the next round.
                 Err(e) => {
-                    warn!(error = %e, "cannot load threat-intel indicators and engineering stations")
+                    warn!(error = %e, "cannot load what the rules compare with from ClickHouse")
                 }
             }
         }
-        let mut alerts = BTreeMap::new();
+        let now_s = tidewatch_proto::util::now_us() / 1_000_000;
+        // Retro-hunts of the intel loads not hunted yet.
+        let mut hunts = Vec::new();
+        let new_loads: Vec<(u64, u32)> = match &hunted {
+            Some(h) => known
+                .intel
+                .versions
+                .iter()
+                .filter(|(v, _)| !h.contains(v))
+                .map(|(v, n)| (*v, *n))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (version, indicators) in new_loads {
+            let since = now_s - args.hunt_days as i64 * 86_400;
+            let before = raised.len();
+            match scheduled::hunt(
+                &ch,
+                version,
+                since,
+                now_s,
+                &rules.rules.intel_contact,
+                &mut raised,
+            )
+            .await
+            {
+                Ok(contacts) => {
+                    info!(
+                        version,
+                        contacts,
+                        alerts = raised.len() - before,
+                        days = args.hunt_days,
+                        "intel load hunted for over stored flows"
+                    );
+                    hunts.push(scheduled::Hunt {
+                        version,
+                        since: since.max(0) as u32,
+                        until: now_s as u32,
+                        indicators,
+                        alerts: (raised.len() - before) as u32,
+                        hunted_at: now_s as u32,
+                    });
+                }
+                Err(e) => {
+                    warn!(version, error = %format!("{e:#}"), "retro-hunt failed; retried at the next round")
+                }
+            }
+        }
+        // Scheduled queries due.
+        let mut ran = Vec::new();
+        for (i, until) in schedule.due(&rules.scheduled, now_s) {
+            let s = &rules.scheduled[i];
+            match scheduled::run_query(&args.clickhouse, s, until, &mut raised).await {
+                Ok(rows) => {
+                    metrics.scheduled_runs.inc("ok");
+                    debug!(
+                        query = s.plan.query.name,
+                        until, rows, "scheduled query run"
+                    );
+                    ran.push((i, until));
+                }
+                Err(e) => {
+                    metrics.scheduled_runs.inc("failed");
+                    warn!(query = s.plan.query.name, error = %format!("{e:#}"), "scheduled query failed; retried at the next round");
+                }
+            }
+        }
+        // A chunk of records.
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut records = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(args.max_wait_ms);
@@ -503,35 +473,24 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                 continue;
             };
             metrics.flows_checked.add(batch.flows.len() as u64);
-            let held = evaluate(
-                &env,
-                &batch.flows,
-                &intel,
-                &rules.rules.intel_contact,
-                args.bucket_secs as i64,
-                &mut alerts,
-            );
-            metrics.suppressed.add(held);
-            let held = evaluate_ot_writes(
-                &env,
-                &batch.flows,
-                &stations,
-                &rules.rules.ot_write,
-                args.bucket_secs as i64,
-                &mut alerts,
-            );
-            metrics.suppressed.add(held);
+            metrics.assets_checked.add(batch.assets.len() as u64);
+            streaming::check_batch(&env, &batch, &mut known, &rules.rules, &mut raised);
         }
-        if records == 0 {
+        if records == 0 && raised.is_empty() && hunts.is_empty() && ran.is_empty() {
             continue;
         }
-        let alerts: Vec<Alert> = alerts.into_values().collect();
-        // Stored and published before the offsets move on.
+        metrics.suppressed.add(raised.suppressed);
+        let alerts: Vec<Alert> = raised
+            .into_alerts()
+            .into_iter()
+            .filter(|a| published.is_news(a))
+            .collect();
+        // Stored and published before the offsets and the schedule move on.
         let mut backoff = Duration::from_millis(200);
         while let Err(e) = crate::alerts::store(&ch, &alerts).await {
             warn!(error = %e, alerts = alerts.len(), "cannot store alerts; retrying");
             if *stop.borrow() {
-                break 'chunks;
+                break 'rounds;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -550,27 +509,47 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                     Err((e, _)) => {
                         warn!(error = %e, "cannot publish an alert; retrying");
                         if *stop.borrow() {
-                            break 'chunks;
+                            break 'rounds;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
             }
+            published.add(a);
             metrics.alerts.inc(&a.rule);
             info!(id = %a.id, rule = %a.rule, vessel = %a.vessel, sensor = %a.sensor_id, subject = %a.subject,
                 summary = %a.summary, "alert raised");
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &offsets {
-            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
-            {
-                warn!(error = %e, "cannot build offset list");
+        if records > 0 {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), offset) in &offsets {
+                if let Err(e) =
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+                {
+                    warn!(error = %e, "cannot build offset list");
+                }
+            }
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => debug!(records, "offsets committed"),
+                Err(e) => {
+                    warn!(error = %e, "offset commit failed; records will be read again (alerts collapse)")
+                }
             }
         }
-        match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => debug!(records, "offsets committed"),
-            Err(e) => {
-                warn!(error = %e, "offset commit failed; records will be read again (alerts collapse)")
+        for (i, until) in ran {
+            schedule.done(i, until);
+        }
+        for h in hunts {
+            match scheduled::record_hunt(&ch, &h).await {
+                Ok(()) => {
+                    metrics.hunts.inc();
+                    if let Some(set) = hunted.as_mut() {
+                        set.insert(h.version);
+                    }
+                }
+                Err(e) => {
+                    warn!(version = h.version, error = %e, "cannot record the hunt; it runs again (alerts collapse)")
+                }
             }
         }
     }

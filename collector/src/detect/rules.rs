@@ -8,6 +8,7 @@
 //!       mv-aurora: [10.1.1.30]
 //!     known_after_secs: 86400 # a host reported as an engineering station
 //!                             # this long before a write is known
+//!     learning_secs: 86400    # writes in a vessel's first day are its baseline
 //!   intel-contact:
 //!     enabled: true
 //!     severity: high          # info, low, medium, high, critical
@@ -17,9 +18,23 @@
 //!         subject: 203.0.113.7
 //!         note: vendor's update server, ticket 4711
 //!         until: 2027-01-01
+//!   new-device:
+//!     zones: [ot]             # zones (fleet registry) watched for new MACs
+//!     learning_secs: 86400    # a vessel's first day of assets is its baseline
+//!   zone-crossing:
+//!     severity: high          # conduits come from the fleet registry
+//! scheduled:                  # pack queries on sliding windows
+//!   - query: beaconing
+//!     every_secs: 3600        # windows end on multiples of this (UTC)
+//!     window_secs: 86400
+//!     args: [--min-count, "30"]   # its flags, as after `query beaconing`
+//!     severity: medium
 //! ```
 //!
 //! A rule left out keeps its defaults; an unknown rule or key is an error.
+//! Without `scheduled`, [`DEFAULT_SCHEDULED`] run hourly over a day; the
+//! queries the streaming rules already cover live (ot-writes, segmentation,
+//! asset-changes) are not scheduled unless listed.
 
 use serde::Deserialize;
 
@@ -46,11 +61,22 @@ impl Severity {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RulesFile {
     #[serde(default)]
     pub rules: Rules,
+    #[serde(default = "default_scheduled")]
+    pub scheduled: Vec<Scheduled>,
+}
+
+impl Default for RulesFile {
+    fn default() -> Self {
+        RulesFile {
+            rules: Rules::default(),
+            scheduled: default_scheduled(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +86,180 @@ pub struct Rules {
     pub intel_contact: Rule,
     #[serde(rename = "ot-write", default)]
     pub ot_write: OtWrite,
+    #[serde(rename = "new-device", default)]
+    pub new_device: NewDevice,
+    #[serde(rename = "zone-crossing", default)]
+    pub zone_crossing: Rule,
+}
+
+/// The `new-device` rule: a device (MAC) never seen on its vessel before,
+/// with an address in a watched zone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NewDevice {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub bucket_secs: Option<BucketSecs>,
+    pub suppress: Vec<Suppression>,
+    /// Zones of the fleet registry watched.
+    pub zones: Vec<String>,
+    /// Devices seen in a vessel's first this many seconds of asset
+    /// reports are its baseline, not new.
+    pub learning_secs: u64,
+}
+
+impl Default for NewDevice {
+    fn default() -> Self {
+        NewDevice {
+            enabled: true,
+            severity: Severity::High,
+            bucket_secs: None,
+            suppress: Vec::new(),
+            zones: vec!["ot".into()],
+            learning_secs: 86_400,
+        }
+    }
+}
+
+impl NewDevice {
+    pub fn rule(&self) -> Rule {
+        Rule {
+            enabled: self.enabled,
+            severity: self.severity,
+            bucket_secs: self.bucket_secs,
+            suppress: self.suppress.clone(),
+        }
+    }
+}
+
+/// The pack queries run when the rules file lists none.
+pub const DEFAULT_SCHEDULED: &[&str] = &[
+    "new-destinations",
+    "volume-spikes",
+    "beaconing",
+    "scans",
+    "campaigns",
+    "sensor-health",
+];
+
+fn default_scheduled() -> Vec<Scheduled> {
+    DEFAULT_SCHEDULED
+        .iter()
+        .map(|q| {
+            Scheduled::try_from(RawScheduled {
+                query: q.to_string(),
+                ..RawScheduled::default()
+            })
+            .expect("the default scheduled queries are valid")
+        })
+        .collect()
+}
+
+/// A pack query the detector runs on sliding windows: at every multiple of
+/// `every_secs` (Unix time) over the `window_secs` before it, one alert per
+/// row and subject (rule `query:NAME`), its window (`bucket_secs`, default
+/// a day) taken from the row's time. Overlapping windows see late data
+/// (a vessel offline for hours) and raise what they find again under the
+/// same ids.
+#[derive(Debug)]
+pub struct Scheduled {
+    pub rule: Rule,
+    pub every_secs: u64,
+    pub window_secs: u64,
+    /// Its flags, checked: the query as `query NAME ARGS...` would run it.
+    pub plan: crate::query::Planned,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawScheduled {
+    query: String,
+    enabled: bool,
+    severity: Option<Severity>,
+    bucket_secs: Option<BucketSecs>,
+    suppress: Vec<Suppression>,
+    every_secs: u64,
+    window_secs: u64,
+    args: Vec<String>,
+}
+
+impl Default for RawScheduled {
+    fn default() -> Self {
+        RawScheduled {
+            query: String::new(),
+            enabled: true,
+            severity: None,
+            bucket_secs: None,
+            suppress: Vec::new(),
+            every_secs: 3600,
+            window_secs: 86_400,
+            args: Vec::new(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scheduled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = RawScheduled::deserialize(d)?;
+        Scheduled::try_from(raw).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<RawScheduled> for Scheduled {
+    type Error = String;
+    fn try_from(r: RawScheduled) -> Result<Self, String> {
+        use clap::Parser;
+        crate::query::pack::find(&r.query).map_err(|_| {
+            let names: Vec<&str> = crate::query::pack::PACK.iter().map(|q| q.name).collect();
+            format!("query {:?} is not one of {}", r.query, names.join(", "))
+        })?;
+        if r.every_secs < 60 || r.window_secs < r.every_secs {
+            return Err(format!(
+                "{}: every_secs must be at least 60 and window_secs at least every_secs (got {} and {})",
+                r.query, r.every_secs, r.window_secs
+            ));
+        }
+        if let Some(a) = r.args.iter().find(|a| {
+            ["--since", "--until", "--format", "--print-sql"]
+                .iter()
+                .any(|f| a.split('=').next() == Some(*f))
+        }) {
+            return Err(format!(
+                "{}: {a} is set by the schedule, not in args",
+                r.query
+            ));
+        }
+        let line = std::iter::once(r.query.clone()).chain(r.args.iter().cloned());
+        let cmd = crate::query::QueryLine::try_parse_from(line)
+            .map_err(|e| format!("{}: args: {}", r.query, e.kind()))?
+            .cmd;
+        let plan = cmd
+            .plan()
+            .map_err(|e| format!("{}: args: {e:#}", r.query))?;
+        let severity = r.severity.unwrap_or(if r.query == "sensor-health" {
+            Severity::Low
+        } else {
+            Severity::Medium
+        });
+        Ok(Scheduled {
+            rule: Rule {
+                enabled: r.enabled,
+                severity,
+                bucket_secs: Some(r.bucket_secs.unwrap_or(BucketSecs(86_400))),
+                suppress: r.suppress,
+            },
+            every_secs: r.every_secs,
+            window_secs: r.window_secs,
+            plan,
+        })
+    }
+}
+
+impl Scheduled {
+    /// The rule name of its alerts.
+    pub fn rule_name(&self) -> String {
+        format!("query:{}", self.plan.query.name)
+    }
 }
 
 /// The `ot-write` rule: an OT write, control or program operation from a
@@ -77,6 +277,9 @@ pub struct OtWrite {
     /// many seconds before a write is known (a sensor gives the role to any
     /// host that writes, so a newcomer is not known on its first write).
     pub known_after_secs: u64,
+    /// Writes in a vessel's first this many seconds of asset reports are its
+    /// baseline: its stations are being learnt.
+    pub learning_secs: u64,
 }
 
 impl Default for OtWrite {
@@ -88,6 +291,7 @@ impl Default for OtWrite {
             suppress: Vec::new(),
             engineering_hosts: Default::default(),
             known_after_secs: 86_400,
+            learning_secs: 86_400,
         }
     }
 }
@@ -241,11 +445,29 @@ mod tests {
             parse("").unwrap().rules.intel_contact.enabled,
             "an empty file: defaults"
         );
+        assert_eq!(parse("").unwrap().scheduled.len(), DEFAULT_SCHEDULED.len());
+        assert!(parse("scheduled: []\n").unwrap().scheduled.is_empty());
+        let r = parse(
+            "rules:\n  new-device:\n    zones: [ot, nav]\nscheduled:\n  - query: scans\n    every_secs: 600\n    args: [--min-targets, '20', --vessel, mv-a]\n",
+        )
+        .unwrap();
+        assert_eq!(r.rules.new_device.zones, ["ot", "nav"]);
+        let s = &r.scheduled[0];
+        assert_eq!(
+            (s.rule_name().as_str(), s.every_secs, s.window_secs),
+            ("query:scans", 600, 86_400)
+        );
+        assert_eq!(s.plan.common.vessel.as_deref(), Some("mv-a"));
+        assert!(format!("{:?}", s.plan.extra).contains("Int(20)"));
 
         for (text, want) in [
             ("rules:\n  intel-contact:\n    severity: severe\n", "line 3"),
             ("rules:\n  intel-contact:\n    bucket_secs: 10\n", "under a minute"),
-            ("rules:\n  new-device: {}\n", "line 2"),
+            ("rules:\n  old-device: {}\n", "line 2"),
+            ("scheduled:\n  - query: beacons\n", "not one of"),
+            ("scheduled:\n  - query: scans\n    args: [--min-targets, many]\n", "line 2"),
+            ("scheduled:\n  - query: scans\n    args: [--since, 2d]\n", "set by the schedule"),
+            ("scheduled:\n  - query: scans\n    every_secs: 10\n", "at least 60"),
             ("rules:\n  intel-contact:\n    enabeld: false\n", "enabeld"),
             ("rules:\n  intel-contact:\n    suppress:\n      - vessel: mv-a\n", "needs a note"),
             ("rules:\n  intel-contact:\n    suppress:\n      - note: x\n", "names a vessel"),

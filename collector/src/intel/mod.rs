@@ -92,6 +92,11 @@ pub struct Contact {
     pub indicator: String,
     pub source: String,
     pub description: String,
+    /// The flow's key and time, for the record.
+    pub first_seen_us: i64,
+    pub batch_seq: u64,
+    pub record_idx: u32,
+    pub client_port: u16,
 }
 
 fn unix_u32(t: i64) -> u32 {
@@ -125,27 +130,69 @@ pub async fn load(ch: &Client, source: &str, feed: &Feed) -> anyhow::Result<usiz
     Ok(feed.indicators.len())
 }
 
-/// The retro-hunt's SQL: flows in [since, until) whose addresses or names
-/// (lowercased, as names compare) equal an indicator's `matches` (one JOIN; works on ClickHouse 18.16),
-/// with a `?` to bind for the source and the vessel when given.
-pub fn hunt_sql(since: i64, until: i64, source: bool, vessel: bool) -> String {
-    let source = if source { " AND source = ?" } else { "" };
-    let vessel = if vessel { " AND vessel = ?" } else { "" };
-    format!(
+/// Which indicators and flows a hunt covers (beside its time window).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HuntFilter<'a> {
+    /// Only indicators of this source.
+    pub source: Option<&'a str>,
+    /// Only indicators of this load (`version`).
+    pub version: Option<u64>,
+    /// Only flows of this vessel.
+    pub vessel: Option<&'a str>,
+}
+
+/// The retro-hunt: flows in [since, until) whose addresses or names
+/// (lowercased, as names compare) equal an indicator's `matches` while it
+/// was valid (one JOIN; works on ClickHouse 18.16), in time order.
+pub async fn hunt(
+    ch: &Client,
+    since: i64,
+    until: i64,
+    filter: HuntFilter<'_>,
+) -> Result<Vec<Contact>, clickhouse::error::Error> {
+    let vessel = if filter.vessel.is_some() {
+        " AND vessel = ?"
+    } else {
+        ""
+    };
+    let source = if filter.source.is_some() {
+        " AND source = ?"
+    } else {
+        ""
+    };
+    let version = if filter.version.is_some() {
+        " AND version = ?"
+    } else {
+        ""
+    };
+    let sql = format!(
         "SELECT vessel, sensor_id, toString(toDateTime(intDiv(first_seen_us, 1000000))) AS first_seen, \
-         client_ip, server_ip, server_port, app_protocol, matched, kind, value AS indicator, source, description \
+         client_ip, server_ip, server_port, app_protocol, matched, kind, value AS indicator, source, description, \
+         first_seen_us, batch_seq, record_idx, client_port \
          FROM ( \
-           SELECT vessel, sensor_id, first_seen_us, client_ip, server_ip, server_port, app_protocol, \
+           SELECT vessel, sensor_id, batch_seq, record_idx, first_seen_us, client_ip, server_ip, client_port, server_port, app_protocol, \
              arrayJoin(arrayConcat([client_ip, server_ip], arrayMap(x -> lower(x), indicators))) AS matched \
            FROM flows \
            WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000{vessel} \
          ) ALL INNER JOIN ( \
            SELECT matches AS matched, kind, value, source, description, valid_until \
-           FROM intel_indicators WHERE 1{source} \
+           FROM intel_indicators WHERE 1{source}{version} \
          ) USING matched \
          WHERE valid_until = toDateTime(0) OR first_seen_us <= toUInt64(valid_until) * 1000000 \
          ORDER BY first_seen_us, vessel, sensor_id, matched, source"
-    )
+    );
+    let mut q = ch.query(&sql);
+    // In the order the SQL holds them: the vessel (flows) first.
+    if let Some(v) = filter.vessel {
+        q = q.bind(v);
+    }
+    if let Some(s) = filter.source {
+        q = q.bind(s);
+    }
+    if let Some(v) = filter.version {
+        q = q.bind(v);
+    }
+    q.fetch_all().await
 }
 
 pub async fn run(ch: &Client, cmd: IntelCmd) -> anyhow::Result<()> {
@@ -198,14 +245,12 @@ pub async fn run(ch: &Client, cmd: IntelCmd) -> anyhow::Result<()> {
             format,
         } => {
             let (since, until) = window.resolve()?;
-            let sql = hunt_sql(since, until, source.is_some(), vessel.is_some());
-            let mut q = ch.query(&sql);
-            // In the order the SQL holds them: the vessel (flows) first.
-            for v in vessel.iter().chain(source.iter()) {
-                q = q.bind(v);
-            }
-            let rows: Vec<Contact> = q
-                .fetch_all()
+            let filter = HuntFilter {
+                source: source.as_deref(),
+                vessel: vessel.as_deref(),
+                version: None,
+            };
+            let rows = hunt(ch, since, until, filter)
                 .await
                 .context("hunting (run `migrate` first)")?;
             print_rows(&rows, format)?;

@@ -281,96 +281,130 @@ pub async fn top_talkers(
     q.fetch_all().await.context("top-talkers query failed")
 }
 
+/// A pack query with its flags checked: what [`pack::run`] and the
+/// detector's scheduled queries run.
+#[derive(Debug)]
+pub struct Planned {
+    pub query: &'static pack::PackQuery,
+    pub common: pack::Common,
+    /// The query's own placeholder values.
+    pub extra: Vec<(&'static str, pack::Lit)>,
+}
+
+/// A `query` command line alone (the detector's rules file gives scheduled
+/// queries their flags as they would be typed after `query`).
+#[derive(Debug, clap::Parser)]
+#[command(name = "query", no_binary_name = true)]
+pub struct QueryLine {
+    #[command(subcommand)]
+    pub cmd: QueryCmd,
+}
+
 pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
     ch.validate()?;
-    use pack::Lit;
-    let (name, common, extra): (&str, pack::Common, Vec<(&'static str, Lit)>) = match cmd {
-        QueryCmd::NewDestinations { common } => ("new-destinations", common, vec![]),
-        QueryCmd::VolumeSpikes {
+    if matches!(cmd, QueryCmd::TopTalkers { .. }) {
+        return top_talkers_cmd(ch, cmd).await;
+    }
+    let p = cmd.plan()?;
+    pack::run(&ch, &p).await
+}
+
+impl QueryCmd {
+    /// The pack query this command runs, with its values checked.
+    pub fn plan(self) -> anyhow::Result<Planned> {
+        use pack::Lit;
+        let (name, common, extra): (&str, pack::Common, Vec<(&'static str, Lit)>) = match self {
+            QueryCmd::NewDestinations { common } => ("new-destinations", common, vec![]),
+            QueryCmd::VolumeSpikes {
+                common,
+                min_bytes,
+                sigmas,
+            } => (
+                "volume-spikes",
+                common,
+                vec![
+                    ("min_bytes", Lit::Int(min_bytes.min(i64::MAX as u64) as i64)),
+                    ("sigmas", pack::non_negative("sigmas", sigmas)?),
+                ],
+            ),
+            QueryCmd::Beaconing {
+                common,
+                min_count,
+                max_jitter,
+                max_size_cv,
+                min_period_s,
+            } => (
+                "beaconing",
+                common,
+                vec![
+                    ("min_count", Lit::Int(min_count.max(2) as i64)),
+                    ("max_jitter", pack::non_negative("max-jitter", max_jitter)?),
+                    (
+                        "max_size_cv",
+                        pack::non_negative("max-size-cv", max_size_cv)?,
+                    ),
+                    (
+                        "min_period_s",
+                        pack::non_negative("min-period-s", min_period_s)?,
+                    ),
+                ],
+            ),
+            QueryCmd::OtWrites {
+                common,
+                engineering_hosts,
+            } => (
+                "ot-writes",
+                common,
+                vec![(
+                    "engineering_hosts",
+                    Lit::Strs(engineering_hosts.iter().map(|i| i.to_string()).collect()),
+                )],
+            ),
+            QueryCmd::Segmentation { common } => ("segmentation", common, vec![]),
+            QueryCmd::Scans {
+                common,
+                min_targets,
+            } => (
+                "scans",
+                common,
+                vec![("min_targets", Lit::Int(min_targets.max(1) as i64))],
+            ),
+            QueryCmd::AssetChanges { common } => ("asset-changes", common, vec![]),
+            QueryCmd::Campaigns {
+                common,
+                min_vessels,
+                spread_s,
+            } => (
+                "campaigns",
+                common,
+                vec![
+                    ("min_vessels", Lit::Int(min_vessels.max(2) as i64)),
+                    ("spread_s", Lit::Int(spread_s as i64)),
+                ],
+            ),
+            QueryCmd::SensorHealth {
+                common,
+                silence_s,
+                min_backlog,
+            } => (
+                "sensor-health",
+                common,
+                vec![
+                    ("silence_s", Lit::Int(silence_s as i64)),
+                    (
+                        "min_backlog",
+                        Lit::Int(min_backlog.min(i64::MAX as u64) as i64),
+                    ),
+                ],
+            ),
+            QueryCmd::TopTalkers { .. } => bail!("top-talkers is not a query of the pack"),
+        };
+        Ok(Planned {
+            query: pack::find(name)?,
             common,
-            min_bytes,
-            sigmas,
-        } => (
-            "volume-spikes",
-            common,
-            vec![
-                ("min_bytes", Lit::Int(min_bytes.min(i64::MAX as u64) as i64)),
-                ("sigmas", pack::non_negative("sigmas", sigmas)?),
-            ],
-        ),
-        QueryCmd::Beaconing {
-            common,
-            min_count,
-            max_jitter,
-            max_size_cv,
-            min_period_s,
-        } => (
-            "beaconing",
-            common,
-            vec![
-                ("min_count", Lit::Int(min_count.max(2) as i64)),
-                ("max_jitter", pack::non_negative("max-jitter", max_jitter)?),
-                (
-                    "max_size_cv",
-                    pack::non_negative("max-size-cv", max_size_cv)?,
-                ),
-                (
-                    "min_period_s",
-                    pack::non_negative("min-period-s", min_period_s)?,
-                ),
-            ],
-        ),
-        QueryCmd::OtWrites {
-            common,
-            engineering_hosts,
-        } => (
-            "ot-writes",
-            common,
-            vec![(
-                "engineering_hosts",
-                Lit::Strs(engineering_hosts.iter().map(|i| i.to_string()).collect()),
-            )],
-        ),
-        QueryCmd::Segmentation { common } => ("segmentation", common, vec![]),
-        QueryCmd::Scans {
-            common,
-            min_targets,
-        } => (
-            "scans",
-            common,
-            vec![("min_targets", Lit::Int(min_targets.max(1) as i64))],
-        ),
-        QueryCmd::AssetChanges { common } => ("asset-changes", common, vec![]),
-        QueryCmd::Campaigns {
-            common,
-            min_vessels,
-            spread_s,
-        } => (
-            "campaigns",
-            common,
-            vec![
-                ("min_vessels", Lit::Int(min_vessels.max(2) as i64)),
-                ("spread_s", Lit::Int(spread_s as i64)),
-            ],
-        ),
-        QueryCmd::SensorHealth {
-            common,
-            silence_s,
-            min_backlog,
-        } => (
-            "sensor-health",
-            common,
-            vec![
-                ("silence_s", Lit::Int(silence_s as i64)),
-                (
-                    "min_backlog",
-                    Lit::Int(min_backlog.min(i64::MAX as u64) as i64),
-                ),
-            ],
-        ),
-        top @ QueryCmd::TopTalkers { .. } => return top_talkers_cmd(ch, top).await,
-    };
-    pack::run(&ch, name, &common, extra).await
+            extra,
+        })
+    }
 }
 
 async fn top_talkers_cmd(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
@@ -527,7 +561,7 @@ fn fit_widths(w: &mut [usize], total: usize) {
 }
 
 /// `s` in at most `width` characters: cut, with … as the last one.
-fn cut(s: &str, width: usize) -> String {
+pub fn cut(s: &str, width: usize) -> String {
     if s.chars().count() <= width {
         return s.to_string();
     }

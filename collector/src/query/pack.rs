@@ -11,32 +11,49 @@ use anyhow::{bail, Context};
 use super::{print_rows, OutputFormat, Window};
 use crate::clickhouse_args::ClickHouseArgs;
 
+/// One query of the pack, describing itself: its name, its SQL and what
+/// each row of its answer is about, so that the detector can raise an
+/// alert per row ([`crate::detect::scheduled`]).
+#[derive(Debug)]
 pub struct PackQuery {
     pub name: &'static str,
     pub sql: &'static str,
+    /// The columns naming what a row is about (beside its vessel); an
+    /// array column gives one subject per element.
+    pub subject: &'static [&'static str],
+    /// The column (DateTime) of when it happened; `None`: the window's end.
+    pub at: Option<&'static str>,
+    /// Rows are about the fleet, not one vessel (no `vessel` column).
+    pub fleet_wide: bool,
 }
 
-macro_rules! pack {
-    ($($name:literal),* $(,)?) => {
-        &[$(PackQuery {
+macro_rules! query {
+    ($name:literal, subject: [$($s:literal),*], at: $at:expr, fleet_wide: $fw:expr) => {
+        PackQuery {
             name: $name,
             sql: include_str!(concat!("../../../deploy/clickhouse/queries/", $name, ".sql")),
-        }),*]
+            subject: &[$($s),*],
+            at: $at,
+            fleet_wide: $fw,
+        }
+    };
+    ($name:literal, subject: [$($s:literal),*], at: $at:expr) => {
+        query!($name, subject: [$($s),*], at: $at, fleet_wide: false)
     };
 }
 
 /// Every query of the pack.
-pub const PACK: &[PackQuery] = pack!(
-    "new-destinations",
-    "volume-spikes",
-    "beaconing",
-    "ot-writes",
-    "segmentation",
-    "scans",
-    "asset-changes",
-    "campaigns",
-    "sensor-health",
-);
+pub const PACK: &[PackQuery] = &[
+    query!("new-destinations", subject: ["server_ip"], at: Some("first_at")),
+    query!("volume-spikes", subject: ["server_ip"], at: Some("hour")),
+    query!("beaconing", subject: ["client_ip", "server_ip", "server_port"], at: Some("first_at")),
+    query!("ot-writes", subject: ["client_ip"], at: Some("first_at")),
+    query!("segmentation", subject: ["client_ip", "client_zone", "server_zone"], at: Some("first_at")),
+    query!("scans", subject: ["client_ip"], at: Some("first_at")),
+    query!("asset-changes", subject: ["ip", "change"], at: Some("first_at")),
+    query!("campaigns", subject: ["server_ip"], at: Some("first_at"), fleet_wide: true),
+    query!("sensor-health", subject: ["sensor_id", "problems"], at: None),
+];
 
 /// Flags every pack query takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -156,16 +173,11 @@ pub async fn fetch(
         .collect()
 }
 
-/// Renders and runs (or prints) pack query `name`.
-pub async fn run(
-    ch: &ClickHouseArgs,
-    name: &str,
-    common: &Common,
-    extra: Vec<(&'static str, Lit)>,
-) -> anyhow::Result<()> {
-    let q = find(name)?;
+/// Renders and runs (or prints) a planned pack query.
+pub async fn run(ch: &ClickHouseArgs, p: &super::Planned) -> anyhow::Result<()> {
+    let (q, common, name) = (p.query, &p.common, p.query.name);
     let mut values = common_values(common)?;
-    values.extend(extra);
+    values.extend(p.extra.iter().cloned());
     let sql = render(q, &values)?;
     if common.print_sql {
         println!("{};", sql.trim_end());

@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alert_deliveries",
         sql: include_str!("../../../deploy/clickhouse/migrations/0008_alert_deliveries.sql"),
     },
+    Migration {
+        version: 9,
+        name: "conduits_hunts",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0009_conduits_hunts.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.

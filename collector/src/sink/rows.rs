@@ -275,12 +275,7 @@ fn asset_row(env: &IngestedBatch, idx: usize, a: &AssetObservation) -> AssetRow 
         batch_seq: env.seq,
         record_idx: idx as u32,
         received_at: secs(env.received_us),
-        mac: a
-            .mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":"),
+        mac: tidewatch_proto::util::mac_text(&a.mac),
         ips: a.ips.iter().filter_map(|b| ip_text(b)).collect(),
         vendor: a.vendor.clone(),
         first_seen_us: a.first_seen_us,
