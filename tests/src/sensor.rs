@@ -19,7 +19,8 @@ use crate::process::{bin, run_ok, Proc};
 pub struct SensorRun {
     cert: SensorCert,
     ingest_port: u16,
-    pcap: PathBuf,
+    /// `--pcap FILE` or `--interface IFACE`.
+    source: [std::ffi::OsString; 2],
     state: PathBuf,
     args: Vec<String>,
 }
@@ -30,9 +31,17 @@ impl SensorRun {
         SensorRun {
             cert: cert.clone(),
             ingest_port,
-            pcap: pcap.to_path_buf(),
+            source: ["--pcap".into(), pcap.into()],
             state: state.to_path_buf(),
             args: Vec::new(),
+        }
+    }
+
+    /// Captures live on `iface` (needs CAP_NET_RAW) instead.
+    pub fn live(cert: &SensorCert, ingest_port: u16, iface: &str, state: &Path) -> SensorRun {
+        SensorRun {
+            source: ["--interface".into(), iface.into()],
+            ..SensorRun::new(cert, ingest_port, Path::new(""), state)
         }
     }
 
@@ -46,8 +55,7 @@ impl SensorRun {
     pub fn spawn(self, name: &str, log_dir: &Path) -> Proc {
         let mut cmd = Command::new(bin("tidewatch-sensor"));
         cmd.arg("run")
-            .arg("--pcap")
-            .arg(&self.pcap)
+            .args(&self.source)
             .arg("--collector")
             .arg(format!("https://127.0.0.1:{}", self.ingest_port))
             .arg("--server-name")

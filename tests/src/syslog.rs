@@ -1,6 +1,7 @@
 //! A real syslog receiver for tests: Debian's rsyslogd with a config of
 //! its own (TCP input on a free 127.0.0.1 port, octet-counted framing, each
-//! message's raw text appended to a file, processed synchronously).
+//! message's raw text appended to a file, processed synchronously; and
+//! again, after the time rsyslog received it, to a second file).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +13,8 @@ pub struct Rsyslog {
     pub port: u16,
     /// Where received messages go, one per line.
     pub out: PathBuf,
+    /// The same, each after its reception time (RFC 3339, microseconds).
+    arrivals: PathBuf,
     dir: PathBuf,
     /// (CA, certificate, key) for TLS (RFC 5425, OpenSSL driver).
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
@@ -30,6 +33,7 @@ impl Rsyslog {
         let mut r = Rsyslog {
             port: free_port(),
             out: dir.join("received.log"),
+            arrivals: dir.join("arrivals.log"),
             dir: dir.to_path_buf(),
             tls,
             proc: None,
@@ -62,13 +66,16 @@ impl Rsyslog {
 main_queue(queue.type="Direct")
 module(load="imtcp"{module_tls})
 template(name="raw" type="string" string="%rawmsg%\n")
+template(name="timed" type="string" string="%timegenerated:::date-rfc3339% %rawmsg%\n")
 ruleset(name="tw" queue.type="Direct") {{
   action(type="omfile" file="{out}" template="raw" queue.type="Direct" flushOnTXEnd="on" asyncWriting="off")
+  action(type="omfile" file="{arrivals}" template="timed" queue.type="Direct" flushOnTXEnd="on" asyncWriting="off")
 }}
 input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="tw")
 "#,
                 work = self.dir.join("work").display(),
                 out = self.out.display(),
+                arrivals = self.arrivals.display(),
                 port = self.port
             ),
         )
@@ -101,6 +108,21 @@ input(type="imtcp" address="127.0.0.1" port="{port}" ruleset="tw")
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
+            .collect()
+    }
+
+    /// The messages received so far, each with the Unix time (seconds)
+    /// rsyslog received it.
+    pub fn arrivals(&self) -> Vec<(f64, String)> {
+        use time::format_description::well_known::Rfc3339;
+        std::fs::read_to_string(&self.arrivals)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (at, msg) = l.split_once(' ')?;
+                let t = time::OffsetDateTime::parse(at, &Rfc3339).ok()?;
+                Some((t.unix_timestamp_nanos() as f64 / 1e9, msg.to_string()))
+            })
             .collect()
     }
 }
