@@ -128,7 +128,8 @@ fn main() {
     println!("tidewatch-bench-alerts: flow's last packet -> alert received by rsyslog (ot-write, {writes} per setting)");
     for (round, flush) in [(1u8, None), (2, Some("1"))] {
         let state = stack.path().join(format!("sensor-{round}"));
-        let mut run = SensorRun::live(&cert, port, "lo", &state).args(&["--filter", "tcp port 502"]);
+        let mut run =
+            SensorRun::live(&cert, port, "lo", &state).args(&["--filter", "tcp port 502"]);
         if let Some(f) = flush {
             run = run.args(&["--flush-interval", f]);
         }
@@ -204,7 +205,14 @@ fn main() {
         .args(["-c", "0"])
         .arg(c.get_program())
         .args(c.get_args())
-        .args(["detect", "--group", "bench", "--max-records", "1000", "--rules"])
+        .args([
+            "detect",
+            "--group",
+            "bench",
+            "--max-records",
+            "1000",
+            "--rules",
+        ])
         .arg(&bench_rules)
         .args(["--metrics-listen", &listen]);
     for (k, v) in c.get_envs() {
