@@ -258,8 +258,8 @@ fn fleet_registry_loads_with_migrate_reloads_and_refuses_bad_files() {
             .args(["registry", "show", "--format", "csv"]),
     );
     assert!(
-        show.contains("bridge-b,mv-aurora,9321483,,bridge,[],[],[],1,")
-            && show.contains("crane-a,port-of-kiel,,kiel,crane,[],[],[],1,"),
+        show.contains("bridge-b,mv-aurora,9321483,,bridge,[],[],[],[],1,")
+            && show.contains("crane-a,port-of-kiel,,kiel,crane,[],[],[],[],1,"),
         "{show}"
     );
 
