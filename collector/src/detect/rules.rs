@@ -92,43 +92,85 @@ pub struct Rules {
     pub zone_crossing: Rule,
 }
 
-/// The `new-device` rule: a device (MAC) never seen on its vessel before,
-/// with an address in a watched zone.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NewDevice {
-    pub enabled: bool,
-    pub severity: Severity,
-    pub bucket_secs: Option<BucketSecs>,
-    pub suppress: Vec<Suppression>,
-    /// Zones of the fleet registry watched.
-    pub zones: Vec<String>,
-    /// Devices seen in a vessel's first this many seconds of asset
-    /// reports are its baseline, not new.
-    pub learning_secs: u64,
+/// Declares a rule's settings: those every rule has (`enabled`,
+/// `severity`, `bucket_secs`, `suppress`; [`Rule`]) and its own, each with
+/// its default, flat in the rule's YAML map.
+macro_rules! rule_settings {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $f:ident: $t:ty = $d:expr),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            pub enabled: bool,
+            pub severity: Severity,
+            pub bucket_secs: Option<BucketSecs>,
+            pub suppress: Vec<Suppression>,
+            $($(#[$fm])* pub $f: $t),*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    enabled: true,
+                    severity: Severity::High,
+                    bucket_secs: None,
+                    suppress: Vec::new(),
+                    $($f: $d),*
+                }
+            }
+        }
+
+        impl $name {
+            /// The settings it shares with every rule.
+            pub fn rule(&self) -> Rule {
+                Rule {
+                    enabled: self.enabled,
+                    severity: self.severity,
+                    bucket_secs: self.bucket_secs,
+                    suppress: self.suppress.clone(),
+                }
+            }
+        }
+    };
 }
 
-impl Default for NewDevice {
-    fn default() -> Self {
-        NewDevice {
-            enabled: true,
-            severity: Severity::High,
-            bucket_secs: None,
-            suppress: Vec::new(),
-            zones: vec!["ot".into()],
-            learning_secs: 86_400,
-        }
+rule_settings! {
+    /// The `new-device` rule: a device (MAC) never seen on its vessel
+    /// before, with an address in a watched zone.
+    NewDevice {
+        /// Zones of the fleet registry watched.
+        zones: Vec<String> = vec!["ot".into()],
+        /// Devices seen in a vessel's first this many seconds of asset
+        /// reports are its baseline, not new.
+        learning_secs: u64 = 86_400,
     }
 }
 
-impl NewDevice {
-    pub fn rule(&self) -> Rule {
-        Rule {
-            enabled: self.enabled,
-            severity: self.severity,
-            bucket_secs: self.bucket_secs,
-            suppress: self.suppress.clone(),
-        }
+rule_settings! {
+    /// The `ot-write` rule: an OT write, control or program operation from
+    /// a host that is not a known engineering station of its vessel.
+    OtWrite {
+        /// Hosts allowed to write, by vessel; "*" for every vessel.
+        engineering_hosts: std::collections::BTreeMap<String, Vec<String>> = Default::default(),
+        /// A host the sensors reported as an engineering station at least
+        /// this many seconds before a write is known (a sensor gives the
+        /// role to any host that writes, so a newcomer is not known on its
+        /// first write).
+        known_after_secs: u64 = 86_400,
+        /// Writes in a vessel's first this many seconds of asset reports
+        /// are its baseline: its stations are being learnt.
+        learning_secs: u64 = 86_400,
+    }
+}
+
+impl OtWrite {
+    /// Whether `host` is allowed to write on `vessel` by the file.
+    pub fn allowed(&self, vessel: &str, host: &str) -> bool {
+        [vessel, "*"].iter().any(|v| {
+            self.engineering_hosts
+                .get(*v)
+                .is_some_and(|hosts| hosts.iter().any(|h| h == host))
+        })
     }
 }
 
@@ -259,61 +301,6 @@ impl Scheduled {
     /// The rule name of its alerts.
     pub fn rule_name(&self) -> String {
         format!("query:{}", self.plan.query.name)
-    }
-}
-
-/// The `ot-write` rule: an OT write, control or program operation from a
-/// host that is not a known engineering station of its vessel.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtWrite {
-    pub enabled: bool,
-    pub severity: Severity,
-    pub bucket_secs: Option<BucketSecs>,
-    pub suppress: Vec<Suppression>,
-    /// Hosts allowed to write, by vessel; "*" for every vessel.
-    pub engineering_hosts: std::collections::BTreeMap<String, Vec<String>>,
-    /// A host the sensors reported as an engineering station at least this
-    /// many seconds before a write is known (a sensor gives the role to any
-    /// host that writes, so a newcomer is not known on its first write).
-    pub known_after_secs: u64,
-    /// Writes in a vessel's first this many seconds of asset reports are its
-    /// baseline: its stations are being learnt.
-    pub learning_secs: u64,
-}
-
-impl Default for OtWrite {
-    fn default() -> Self {
-        OtWrite {
-            enabled: true,
-            severity: Severity::High,
-            bucket_secs: None,
-            suppress: Vec::new(),
-            engineering_hosts: Default::default(),
-            known_after_secs: 86_400,
-            learning_secs: 86_400,
-        }
-    }
-}
-
-impl OtWrite {
-    /// The settings it shares with every rule.
-    pub fn rule(&self) -> Rule {
-        Rule {
-            enabled: self.enabled,
-            severity: self.severity,
-            bucket_secs: self.bucket_secs,
-            suppress: self.suppress.clone(),
-        }
-    }
-
-    /// Whether `host` is allowed to write on `vessel` by the file.
-    pub fn allowed(&self, vessel: &str, host: &str) -> bool {
-        [vessel, "*"].iter().any(|v| {
-            self.engineering_hosts
-                .get(*v)
-                .is_some_and(|hosts| hosts.iter().any(|h| h == host))
-        })
     }
 }
 

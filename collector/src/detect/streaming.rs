@@ -38,40 +38,35 @@ pub fn check_batch(
     rules: &Rules,
     out: &mut Raised,
 ) {
+    let mut c = Check {
+        env,
+        known,
+        rules,
+        out,
+    };
     for (idx, f) in batch.flows.iter().enumerate() {
         let key = FlowKey::of(env, idx, f);
         if rules.intel_contact.enabled {
-            intel_contact(env, &key, f, known, rules, out);
+            c.intel_contact(&key, f);
         }
         if rules.ot_write.enabled {
-            ot_write(env, &key, f, known, rules, out);
+            c.ot_write(&key, f);
         }
         if rules.zone_crossing.enabled {
-            zone_crossing(env, &key, f, known, rules, out);
+            c.zone_crossing(&key, f);
         }
     }
     for (idx, a) in batch.assets.iter().enumerate() {
-        new_device(env, idx, a, known, rules, out);
+        c.new_device(idx, a);
     }
 }
 
-fn intel_contact(
-    env: &IngestedBatch,
-    key: &FlowKey,
-    f: &FlowRecord,
-    known: &Known,
-    rules: &Rules,
-    out: &mut Raised,
-) {
-    for (matched, i) in known.intel.contacts(f) {
-        let finding = intel_finding(
-            &env.vessel,
-            key,
-            &matched,
-            [&i.kind, &i.value, &i.source, &i.description],
-        );
-        out.raise(&rules.intel_contact, finding);
-    }
+/// One batch being checked.
+struct Check<'a> {
+    env: &'a IngestedBatch,
+    known: &'a mut Known,
+    rules: &'a Rules,
+    out: &'a mut Raised,
 }
 
 /// The finding of a contact with an indicator (`[kind, value, source,
@@ -103,155 +98,152 @@ pub fn intel_finding<'a>(
     }
 }
 
-fn ot_write(
-    env: &IngestedBatch,
-    key: &FlowKey,
-    f: &FlowRecord,
-    known: &Known,
-    rules: &Rules,
-    out: &mut Raised,
-) {
-    let rule = &rules.ot_write;
-    let writes: Vec<&str> = f
-        .operations
-        .iter()
-        .filter(|o| {
-            matches!(
-                OperationClass::try_from(o.class),
-                Ok(OperationClass::Write | OperationClass::Control | OperationClass::Program)
-            )
-        })
-        .map(|o| o.name.as_str())
-        .collect();
-    if writes.is_empty()
-        || rule.allowed(&env.vessel, &key.client_ip)
-        || !known.devices.past_learning(
-            &env.vessel,
-            f.first_seen_us,
-            rule.learning_secs as i64 * 1_000_000,
-        )
-        || known.stations.known(
-            &env.vessel,
-            &key.client_ip,
-            f.first_seen_us,
-            rule.known_after_secs as i64 * 1_000_000,
-        )
-    {
-        return;
-    }
-    let finding = Finding {
-        rule: "ot-write",
-        vessel: &env.vessel,
-        sensor_id: &env.sensor_id,
-        subject: key.client_ip.clone(),
-        at_us: f.first_seen_us,
-        summary: format!(
-            "{} -> {}:{} {} {} from a host not known as an engineering station",
-            key.client_ip,
-            key.server_ip,
-            f.server_port,
-            f.app_protocol,
-            writes.join(",")
-        ),
-        evidence: key.evidence(serde_json::json!({ "operations": writes })),
-    };
-    out.raise(&rule.rule(), finding);
-}
-
 fn v4(b: &[u8]) -> Option<Ipv4Addr> {
     <[u8; 4]>::try_from(b).ok().map(Ipv4Addr::from)
 }
 
-fn zone_crossing(
-    env: &IngestedBatch,
-    key: &FlowKey,
-    f: &FlowRecord,
-    known: &Known,
-    rules: &Rules,
-    out: &mut Raised,
-) {
-    let Some(site) = known.sites.of(&env.sensor_id) else {
-        return;
-    };
-    let (Some(client), Some(server)) = (v4(&f.client_ip), v4(&f.server_ip)) else {
-        return;
-    };
-    let (from, to) = (site.zone_of(client), site.zone_of(server));
-    if from == to
-        || (to == crate::registry::OUTSIDE && (server.is_multicast() || server.is_broadcast()))
-        || site.allows(from, to, f.server_port as u16, &f.app_protocol)
-    {
-        return;
+impl Check<'_> {
+    fn intel_contact(&mut self, key: &FlowKey, f: &FlowRecord) {
+        let (env, known, rules) = (self.env, &*self.known, self.rules);
+        for (matched, i) in known.intel.contacts(f) {
+            let finding = intel_finding(
+                &env.vessel,
+                key,
+                &matched,
+                [&i.kind, &i.value, &i.source, &i.description],
+            );
+            self.out.raise(&rules.intel_contact, finding);
+        }
     }
-    let finding = Finding {
-        rule: "zone-crossing",
-        vessel: &env.vessel,
-        sensor_id: &env.sensor_id,
-        subject: format!("{} {from}->{to}", key.client_ip),
-        at_us: f.first_seen_us,
-        summary: format!(
-            "{} ({from}) -> {}:{} ({to}) {}: no conduit allows {from} to {to}",
-            key.client_ip, key.server_ip, f.server_port, f.app_protocol
-        ),
-        evidence: key.evidence(serde_json::json!({ "client_zone": from, "server_zone": to })),
-    };
-    out.raise(&rules.zone_crossing, finding);
-}
 
-fn new_device(
-    env: &IngestedBatch,
-    idx: usize,
-    a: &AssetObservation,
-    known: &mut Known,
-    rules: &Rules,
-    out: &mut Raised,
-) {
-    let rule = &rules.new_device;
-    if a.mac.is_empty() {
-        return;
+    fn ot_write(&mut self, key: &FlowKey, f: &FlowRecord) {
+        let (env, known, rules) = (self.env, &*self.known, self.rules);
+        let rule = &rules.ot_write;
+        let writes: Vec<&str> = f
+            .operations
+            .iter()
+            .filter(|o| {
+                matches!(
+                    OperationClass::try_from(o.class),
+                    Ok(OperationClass::Write | OperationClass::Control | OperationClass::Program)
+                )
+            })
+            .map(|o| o.name.as_str())
+            .collect();
+        if writes.is_empty()
+            || rule.allowed(&env.vessel, &key.client_ip)
+            || !known.devices.past_learning(
+                &env.vessel,
+                f.first_seen_us,
+                rule.learning_secs as i64 * 1_000_000,
+            )
+            || known.stations.known(
+                &env.vessel,
+                &key.client_ip,
+                f.first_seen_us,
+                rule.known_after_secs as i64 * 1_000_000,
+            )
+        {
+            return;
+        }
+        let finding = Finding {
+            rule: "ot-write",
+            vessel: &env.vessel,
+            sensor_id: &env.sensor_id,
+            subject: key.client_ip.clone(),
+            at_us: f.first_seen_us,
+            summary: format!(
+                "{} -> {}:{} {} {} from a host not known as an engineering station",
+                key.client_ip,
+                key.server_ip,
+                f.server_port,
+                f.app_protocol,
+                writes.join(",")
+            ),
+            evidence: key.evidence(serde_json::json!({ "operations": writes })),
+        };
+        self.out.raise(&rule.rule(), finding);
     }
-    let mac = mac_text(&a.mac);
-    let new = known.devices.first_sighting(
-        &env.vessel,
-        &mac,
-        a.first_seen_us,
-        rule.learning_secs as i64 * 1_000_000,
-    );
-    if !new || !rule.enabled {
-        return;
+
+    fn zone_crossing(&mut self, key: &FlowKey, f: &FlowRecord) {
+        let (env, known, rules) = (self.env, &*self.known, self.rules);
+        let Some(site) = known.sites.of(&env.sensor_id) else {
+            return;
+        };
+        let (Some(client), Some(server)) = (v4(&f.client_ip), v4(&f.server_ip)) else {
+            return;
+        };
+        let (from, to) = (site.zone_of(client), site.zone_of(server));
+        if from == to
+            || (to == crate::registry::OUTSIDE && (server.is_multicast() || server.is_broadcast()))
+            || site.allows(from, to, f.server_port as u16, &f.app_protocol)
+        {
+            return;
+        }
+        let finding = Finding {
+            rule: "zone-crossing",
+            vessel: &env.vessel,
+            sensor_id: &env.sensor_id,
+            subject: format!("{} {from}->{to}", key.client_ip),
+            at_us: f.first_seen_us,
+            summary: format!(
+                "{} ({from}) -> {}:{} ({to}) {}: no conduit allows {from} to {to}",
+                key.client_ip, key.server_ip, f.server_port, f.app_protocol
+            ),
+            evidence: key.evidence(serde_json::json!({ "client_zone": from, "server_zone": to })),
+        };
+        self.out.raise(&rules.zone_crossing, finding);
     }
-    let Some(site) = known.sites.of(&env.sensor_id) else {
-        return;
-    };
-    let Some((ip, zone)) = a
-        .ips
-        .iter()
-        .filter_map(|b| v4(b))
-        .map(|ip| (ip, site.zone_of(ip)))
-        .find(|(_, z)| rule.zones.iter().any(|w| w == z))
-    else {
-        return;
-    };
-    let ips: Vec<String> = a.ips.iter().filter_map(|b| ip_text(b)).collect();
-    let finding = Finding {
-        rule: "new-device",
-        vessel: &env.vessel,
-        sensor_id: &env.sensor_id,
-        subject: mac.clone(),
-        at_us: a.first_seen_us,
-        summary: format!(
-            "new device {mac} ({}) at {ip} in zone {zone}",
-            if a.vendor.is_empty() {
-                "unknown vendor"
-            } else {
-                &a.vendor
-            }
-        ),
-        evidence: serde_json::json!({
-            "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
-            "first_seen_us": a.first_seen_us, "mac": mac, "ips": ips, "vendor": a.vendor,
-            "zone": zone, "protocols": a.protocols, "roles": a.roles,
-        }),
-    };
-    out.raise(&rule.rule(), finding);
+
+    fn new_device(&mut self, idx: usize, a: &AssetObservation) {
+        let (env, rules) = (self.env, self.rules);
+        let rule = &rules.new_device;
+        if a.mac.is_empty() {
+            return;
+        }
+        let mac = mac_text(&a.mac);
+        let new = self.known.devices.first_sighting(
+            &env.vessel,
+            &mac,
+            a.first_seen_us,
+            rule.learning_secs as i64 * 1_000_000,
+        );
+        if !new || !rule.enabled {
+            return;
+        }
+        let Some(site) = self.known.sites.of(&env.sensor_id) else {
+            return;
+        };
+        let Some((ip, zone)) = a
+            .ips
+            .iter()
+            .filter_map(|b| v4(b))
+            .map(|ip| (ip, site.zone_of(ip)))
+            .find(|(_, z)| rule.zones.iter().any(|w| w == z))
+        else {
+            return;
+        };
+        let ips: Vec<String> = a.ips.iter().filter_map(|b| ip_text(b)).collect();
+        let finding = Finding {
+            rule: "new-device",
+            vessel: &env.vessel,
+            sensor_id: &env.sensor_id,
+            subject: mac.clone(),
+            at_us: a.first_seen_us,
+            summary: format!(
+                "new device {mac} ({}) at {ip} in zone {zone}",
+                if a.vendor.is_empty() {
+                    "unknown vendor"
+                } else {
+                    &a.vendor
+                }
+            ),
+            evidence: serde_json::json!({
+                "sensor_id": env.sensor_id, "batch_seq": env.seq, "record_idx": idx,
+                "first_seen_us": a.first_seen_us, "mac": mac, "ips": ips, "vendor": a.vendor,
+                "zone": zone, "protocols": a.protocols, "roles": a.roles,
+            }),
+        };
+        self.out.raise(&rule.rule(), finding);
+    }
 }
