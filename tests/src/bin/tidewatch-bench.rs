@@ -8,7 +8,8 @@
 //!    row is in ClickHouse, and rows per CPU-second of the sink process.
 //!
 //! Run it with `deploy/local/bench.sh` (release build). Options:
-//! `--batches N --flows-per-batch N --streams N --window N`.
+//! `--batches N --flows-per-batch N --streams N --window N`, and
+//! `--no-rollups` (the rollup views dropped: the raw-insert ceiling).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,20 @@ fn main() {
 
     let stack = Stack::start();
     stack.migrate();
+    if std::env::args().any(|a| a == "--no-rollups") {
+        // The raw-insert ceiling: the rollup views dropped, so an insert
+        // of flows does only its own work.
+        let views = stack
+            .query("SELECT name FROM system.tables WHERE database = 'tidewatch' AND engine = 'MaterializedView'")
+            .unwrap();
+        for v in views.lines() {
+            stack.query(&format!("DROP TABLE tidewatch.`{v}`")).unwrap();
+        }
+        println!(
+            "rollup views dropped: {}",
+            views.lines().collect::<Vec<_>>().join(", ")
+        );
+    }
     let pki = Pki::new(stack.path().join("pki"));
     let certs: Vec<SensorCert> = (0..streams)
         .map(|i| pki.sensor(&format!("bench-{i}"), "mv-bench"))
@@ -113,7 +128,12 @@ fn main() {
         total_flows as f64 / ingest_cpu.max(0.001)
     );
 
-    let sink = stack.sink("sink", &["--max-rows", "200000"]);
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let sink = stack.sink(
+        "sink",
+        &["--max-rows", "200000", "--metrics-listen", &listen],
+    );
     let cpu0 = cpu_seconds(pid_of(&sink));
     let t0 = Instant::now();
     // The clock starts at the first stored row, so the consumer-group join
@@ -133,6 +153,20 @@ fn main() {
         (first.0 - t0).as_secs_f64(),
         rows as f64 / sink_s.max(0.001),
         total_flows as f64 / sink_cpu.max(0.001)
+    );
+    // Where the time went: the sink's ClickHouse inserts (rows, then the
+    // ledger; the rollup views run inside them) against the rest
+    // (consuming from Kafka, checking, decoding, committing).
+    let m = |name: &str| http::metric(mport, name).unwrap_or(0.0);
+    let (ins_s, inserts) = (
+        m("tidewatch_sink_clickhouse_insert_seconds_sum"),
+        m("tidewatch_sink_clickhouse_insert_seconds_count"),
+    );
+    let wall = t0.elapsed().as_secs_f64();
+    println!(
+        "sink time: {ins_s:.2} s in {inserts:.0} ClickHouse inserts ({:.0} % of the {wall:.2} s from start), {:.0} batches per chunk; the rest consuming, checking, decoding, committing",
+        100.0 * ins_s / wall,
+        batches as f64 / m("tidewatch_sink_offset_commits_total").max(1.0)
     );
     let dedup = stack.query_u64("SELECT count() FROM tidewatch.flows");
     assert_eq!(dedup, total_flows, "exactly-once view disagrees");
