@@ -321,6 +321,8 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     std::fs::create_dir_all(&data).unwrap();
     for table in [
         "flows_raw",
+        "traffic_hourly_raw",
+        "dest_hourly_raw",
         "assets_raw",
         "sensor_status_raw",
         "fleet_registry_raw",

@@ -148,6 +148,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "conduits_hunts",
         sql: include_str!("../../../deploy/clickhouse/migrations/0009_conduits_hunts.sql"),
     },
+    Migration {
+        version: 10,
+        name: "rollups_by_the_sink",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0010_rollups_by_the_sink.sql"),
+    },
 ];
 
 /// Renders a migration into its statements for the given capabilities.

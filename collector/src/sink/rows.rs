@@ -20,8 +20,10 @@ pub trait Table {
 const US_PER_DAY: i64 = 86_400_000_000;
 
 /// Every table the sink writes, in insert order (the ledger last).
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; 6] = [
     FlowRow::TABLE,
+    TrafficHourlyRow::TABLE,
+    DestHourlyRow::TABLE,
     AssetRow::TABLE,
     StatusRow::TABLE,
     BatchRow::TABLE,
@@ -43,6 +45,18 @@ impl Table for StatusRow {
     const TABLE: &'static str = "sensor_status_raw";
     fn day(&self) -> i64 {
         self.observed_us.div_euclid(US_PER_DAY)
+    }
+}
+impl Table for TrafficHourlyRow {
+    const TABLE: &'static str = "traffic_hourly_raw";
+    fn day(&self) -> i64 {
+        self.hour as i64 / 86_400
+    }
+}
+impl Table for DestHourlyRow {
+    const TABLE: &'static str = "dest_hourly_raw";
+    fn day(&self) -> i64 {
+        self.hour as i64 / 86_400
     }
 }
 /// The batch ledger: one row per stored batch, what the sink's dedup reads
@@ -86,6 +100,104 @@ pub struct FlowRow {
     pub op_counts: Vec<u64>,
     pub op_errors: Vec<u64>,
     pub indicators: Vec<String>,
+}
+
+/// The hourly rollup of a batch's flows per destination service: one row
+/// per (batch, hour, server, port, transport, protocol). Keyed by its
+/// batch, so a batch stored twice collapses (ReplacingMergeTree).
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
+pub struct TrafficHourlyRow {
+    pub vessel: String,
+    pub sensor_id: String,
+    pub batch_seq: u64,
+    pub hour: u32,
+    pub server_ip: String,
+    pub server_port: u16,
+    pub transport: String,
+    pub app_protocol: String,
+    pub flows: u64,
+    pub packets: u64,
+    pub c2s_bytes: u64,
+    pub s2c_bytes: u64,
+    pub first_flow_us: i64,
+}
+
+/// The hourly rollup of a batch's flows per destination address.
+#[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
+pub struct DestHourlyRow {
+    pub vessel: String,
+    pub sensor_id: String,
+    pub batch_seq: u64,
+    pub hour: u32,
+    pub server_ip: String,
+    pub flows: u64,
+    pub c2s_bytes: u64,
+    pub s2c_bytes: u64,
+}
+
+/// The hourly rollups of stored flow rows, aggregated per batch here
+/// rather than by views in ClickHouse (half of an insert's time there, see
+/// `tidewatch-bench --no-rollups`); each row keyed by its batch and hour.
+pub fn rollups<'a>(
+    flows: impl Iterator<Item = &'a FlowRow>,
+) -> (Vec<TrafficHourlyRow>, Vec<DestHourlyRow>) {
+    use std::collections::BTreeMap;
+    let mut traffic: BTreeMap<(&str, u64, u32, &str, u16, &str, &str), TrafficHourlyRow> =
+        BTreeMap::new();
+    let mut dest: BTreeMap<(&str, u64, u32, &str), DestHourlyRow> = BTreeMap::new();
+    for f in flows {
+        let secs = f.first_seen_us.div_euclid(1_000_000);
+        let hour = (secs - secs.rem_euclid(3600)).clamp(0, u32::MAX as i64) as u32;
+        let t = traffic
+            .entry((
+                &f.sensor_id,
+                f.batch_seq,
+                hour,
+                &f.server_ip,
+                f.server_port,
+                &f.transport,
+                &f.app_protocol,
+            ))
+            .or_insert_with(|| TrafficHourlyRow {
+                vessel: f.vessel.clone(),
+                sensor_id: f.sensor_id.clone(),
+                batch_seq: f.batch_seq,
+                hour,
+                server_ip: f.server_ip.clone(),
+                server_port: f.server_port,
+                transport: f.transport.clone(),
+                app_protocol: f.app_protocol.clone(),
+                flows: 0,
+                packets: 0,
+                c2s_bytes: 0,
+                s2c_bytes: 0,
+                first_flow_us: i64::MAX,
+            });
+        t.flows += 1;
+        t.packets += f.c2s_packets + f.s2c_packets;
+        t.c2s_bytes += f.c2s_bytes;
+        t.s2c_bytes += f.s2c_bytes;
+        t.first_flow_us = t.first_flow_us.min(f.first_seen_us);
+        let d = dest
+            .entry((&f.sensor_id, f.batch_seq, hour, &f.server_ip))
+            .or_insert_with(|| DestHourlyRow {
+                vessel: f.vessel.clone(),
+                sensor_id: f.sensor_id.clone(),
+                batch_seq: f.batch_seq,
+                hour,
+                server_ip: f.server_ip.clone(),
+                flows: 0,
+                c2s_bytes: 0,
+                s2c_bytes: 0,
+            });
+        d.flows += 1;
+        d.c2s_bytes += f.c2s_bytes;
+        d.s2c_bytes += f.s2c_bytes;
+    }
+    (
+        traffic.into_values().collect(),
+        dest.into_values().collect(),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -382,4 +494,93 @@ pub fn append_rows(
         ingest_node: env.ingest_node.clone(),
     });
     bad
+}
+
+#[cfg(test)]
+mod rollup_tests {
+    use super::*;
+
+    fn flow(seq: u64, at_s: i64, server: &str, port: u16, bytes: u64) -> FlowRow {
+        FlowRow {
+            sensor_id: "s1".into(),
+            vessel: "v".into(),
+            batch_seq: seq,
+            record_idx: 0,
+            received_at: 0,
+            first_seen_us: at_s * 1_000_000,
+            last_seen_us: at_s * 1_000_000,
+            client_ip: "10.0.0.1".into(),
+            server_ip: server.into(),
+            client_port: 40_000,
+            server_port: port,
+            ip_protocol: 6,
+            transport: "tcp".into(),
+            app_protocol: "tls".into(),
+            vlan: 0,
+            c2s_packets: 2,
+            c2s_bytes: bytes,
+            c2s_payload_bytes: 0,
+            c2s_tcp_flags: 0,
+            s2c_packets: 1,
+            s2c_bytes: 10,
+            s2c_payload_bytes: 0,
+            s2c_tcp_flags: 0,
+            end_reason: "fin".into(),
+            op_codes: vec![],
+            op_names: vec![],
+            op_classes: vec![],
+            op_counts: vec![],
+            op_errors: vec![],
+            indicators: vec![],
+        }
+    }
+
+    #[test]
+    fn rollups_are_per_batch_hour_and_destination() {
+        let h = 1_767_225_600; // an hour start
+        let flows = [
+            flow(1, h + 5, "192.0.2.1", 443, 100),
+            flow(1, h + 3599, "192.0.2.1", 443, 50),
+            flow(1, h + 3600, "192.0.2.1", 443, 7), // the next hour
+            flow(1, h + 10, "192.0.2.1", 80, 1),    // another port, same address
+            flow(2, h + 20, "192.0.2.1", 443, 1000), // another batch
+        ];
+        let (traffic, dest) = rollups(flows.iter());
+        let t: Vec<(u64, u32, u16, u64, u64, u64, i64)> = traffic
+            .iter()
+            .map(|r| {
+                (
+                    r.batch_seq,
+                    r.hour,
+                    r.server_port,
+                    r.flows,
+                    r.packets,
+                    r.c2s_bytes,
+                    r.first_flow_us,
+                )
+            })
+            .collect();
+        let h = h as u32;
+        assert_eq!(
+            t,
+            [
+                (1, h, 80, 1, 3, 1, (h as i64 + 10) * 1_000_000),
+                (1, h, 443, 2, 6, 150, (h as i64 + 5) * 1_000_000),
+                (1, h + 3600, 443, 1, 3, 7, (h as i64 + 3600) * 1_000_000),
+                (2, h, 443, 1, 3, 1000, (h as i64 + 20) * 1_000_000),
+            ]
+        );
+        let d: Vec<(u64, u32, u64, u64, u64)> = dest
+            .iter()
+            .map(|r| (r.batch_seq, r.hour, r.flows, r.c2s_bytes, r.s2c_bytes))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                (1, h, 3, 151, 30),
+                (1, h + 3600, 1, 7, 10),
+                (2, h, 1, 1000, 10)
+            ]
+        );
+    }
 }

@@ -20,7 +20,10 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use super::dedup::SeenBatches;
-use super::rows::{append_rows, AssetRow, BatchRow, FlowRow, Rows, StatusRow, Table, TimeWindow};
+use super::rows::{
+    append_rows, rollups, AssetRow, BatchRow, DestHourlyRow, FlowRow, Rows, StatusRow, Table,
+    TimeWindow, TrafficHourlyRow,
+};
 use super::SinkArgs;
 use crate::envelope::{signature_of, VerifyKeys};
 use crate::metrics::SinkMetrics;
@@ -397,7 +400,22 @@ impl Sink {
     /// is stored. `None` if told to stop first.
     async fn insert_chunk_rows(&mut self, rows: &Rows) -> Option<Vec<DeadLetter>> {
         let mut refused = Vec::new();
-        self.isolate(&rows.flows, &mut refused).await?;
+        let bad = self.isolate(&rows.flows, &mut refused).await?;
+        // The hourly rollups of the flows stored, per batch (a batch stored
+        // again writes the same rows, which collapse).
+        let (traffic, dest) = rollups(
+            rows.flows
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !bad.contains(i))
+                .map(|(_, f)| f),
+        );
+        self.isolate(&traffic, &mut refused).await?;
+        self.isolate(&dest, &mut refused).await?;
+        let m = &self.metrics;
+        m.rows_inserted
+            .add(TrafficHourlyRow::TABLE, traffic.len() as u64);
+        m.rows_inserted.add(DestHourlyRow::TABLE, dest.len() as u64);
         self.isolate(&rows.assets, &mut refused).await?;
         self.isolate(&rows.statuses, &mut refused).await?;
         Some(refused)
@@ -405,11 +423,13 @@ impl Sink {
 
     /// Inserts `rows`, isolating the ones refused for good (see
     /// [`Self::insert_chunk_rows`]): halves of a refused range are tried
-    /// until single rows are left; then every row but the refused ones goes
-    /// in once more as one insert, so that the hourly rollups (one row per
-    /// batch, hour and destination from each insert, the last one kept)
-    /// hold the whole of it. `None` if told to stop first.
-    async fn isolate<T>(&mut self, rows: &[T], refused: &mut Vec<DeadLetter>) -> Option<()>
+    /// until single rows are left. The indexes of the refused rows; `None`
+    /// if told to stop first.
+    async fn isolate<T>(
+        &mut self,
+        rows: &[T],
+        refused: &mut Vec<DeadLetter>,
+    ) -> Option<std::collections::BTreeSet<usize>>
     where
         T: Table + RowOrigin + clickhouse::Row + clickhouse::RowWrite + serde::Serialize + Clone,
         for<'b> T: clickhouse::Row<Value<'b> = T>,
@@ -434,18 +454,7 @@ impl Sink {
                 }
             }
         }
-        if bad.is_empty() {
-            return Some(());
-        }
-        let good: Vec<T> = rows
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !bad.iter().any(|(b, _)| b == i))
-            .map(|(_, r)| r.clone())
-            .collect();
-        if let Err(e) = self.insert_with_retry(&good).await? {
-            error!(table = T::TABLE, error = %e, "the rows left after isolating the refused ones were refused too");
-        }
+        let indexes = bad.iter().map(|(i, _)| *i).collect();
         for (i, e) in bad {
             let row = &rows[i];
             self.metrics.rows_refused.inc();
@@ -470,7 +479,7 @@ impl Sink {
                 signature: Vec::new(),
             });
         }
-        Some(())
+        Some(indexes)
     }
 
     /// Inserts `rows`, retrying transient errors with backoff. `None` if
@@ -613,7 +622,13 @@ macro_rules! row_origin {
         }
     )*};
 }
-row_origin!(FlowRow, AssetRow, StatusRow);
+row_origin!(
+    FlowRow,
+    TrafficHourlyRow,
+    DestHourlyRow,
+    AssetRow,
+    StatusRow
+);
 
 /// An owned copy of what the sink needs from a Kafka message.
 struct Detached {
