@@ -142,8 +142,9 @@ pub fn rollups<'a>(
     flows: impl Iterator<Item = &'a FlowRow>,
 ) -> (Vec<TrafficHourlyRow>, Vec<DestHourlyRow>) {
     use std::collections::BTreeMap;
-    let mut traffic: BTreeMap<(&str, u64, u32, &str, u16, &str, &str), TrafficHourlyRow> =
-        BTreeMap::new();
+    /// sensor, batch, hour, server, port, transport, protocol
+    type ServiceKey<'a> = (&'a str, u64, u32, &'a str, u16, &'a str, &'a str);
+    let mut traffic: BTreeMap<ServiceKey, TrafficHourlyRow> = BTreeMap::new();
     let mut dest: BTreeMap<(&str, u64, u32, &str), DestHourlyRow> = BTreeMap::new();
     for f in flows {
         let secs = f.first_seen_us.div_euclid(1_000_000);
