@@ -236,7 +236,7 @@ impl DetectMetrics {
             ),
             scheduled_runs: r.counter_vec(
                 "tidewatch_detect_scheduled_runs",
-                "Scheduled pack queries run over a window, by result (ok, failed: retried at the next chunk).",
+                "Scheduled pack queries run over a window, by result (ok; failed: tried again 30 s later).",
                 "result",
             ),
             hunts: r.counter(

@@ -339,6 +339,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
             .await?;
     let mut known = Known::default();
     let mut hunted: Option<BTreeSet<u64>> = None;
+    let mut hunt_retry_at = i64::MIN;
     let mut loaded_at: Option<Instant> = None;
     let refresh = Duration::from_secs(args.refresh_secs);
     let mut schedule = scheduled::Schedule::new(rules.scheduled.len());
@@ -372,14 +373,14 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         // Retro-hunts of the intel loads not hunted yet.
         let mut hunts = Vec::new();
         let new_loads: Vec<(u64, u32)> = match &hunted {
-            Some(h) => known
+            Some(h) if hunt_retry_at <= now_s => known
                 .intel
                 .versions
                 .iter()
                 .filter(|(v, _)| !h.contains(v))
                 .map(|(v, n)| (*v, *n))
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         for (version, indicators) in new_loads {
             let since = now_s - args.hunt_days as i64 * 86_400;
@@ -412,7 +413,10 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                     });
                 }
                 Err(e) => {
-                    warn!(version, error = %format!("{e:#}"), "retro-hunt failed; retried at the next round")
+                    hunt_retry_at = now_s + scheduled::RETRY_SECS;
+                    warn!(version, error = %format!("{e:#}"), retry_in_secs = scheduled::RETRY_SECS,
+                        "retro-hunt failed");
+                    break;
                 }
             }
         }
@@ -431,7 +435,9 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     metrics.scheduled_runs.inc("failed");
-                    warn!(query = s.plan.query.name, error = %format!("{e:#}"), "scheduled query failed; retried at the next round");
+                    schedule.failed(i, now_s);
+                    warn!(query = s.plan.query.name, error = %format!("{e:#}"),
+                        retry_in_secs = scheduled::RETRY_SECS, "scheduled query failed");
                 }
             }
         }

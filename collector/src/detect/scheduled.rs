@@ -4,8 +4,8 @@
 //! A scheduled query runs when a multiple of its `every_secs` (Unix time)
 //! has passed, over the `window_secs` before it, so every detector replica
 //! and every restart evaluates the same windows. The first run after a
-//! start is for the latest such window; a run that fails is retried at the
-//! next chunk. Each row, and each element of an array subject column
+//! start is for the latest such window; a run that fails (ClickHouse away)
+//! is tried again [`RETRY_SECS`] later. Each row, and each element of an array subject column
 //! (sensor-health's problems), raises an alert of rule `query:NAME`; its
 //! window is taken from the row's own time column ([`PackQuery::at`]), so
 //! an ongoing finding seen again by the overlapping windows that follow
@@ -14,7 +14,8 @@
 //! A threat-intel load (`intel load`, one version per load) is hunted for
 //! once over the last `--hunt-days` of stored flows; its contacts raise the
 //! `intel-contact` alerts the live rule would have raised (same ids), and
-//! the load is then recorded in `intel_hunts`.
+//! the load is then recorded in `intel_hunts` (a failed hunt is tried again
+//! [`RETRY_SECS`] later).
 //!
 //! [`PackQuery::at`]: crate::query::pack::PackQuery::at
 
@@ -30,15 +31,21 @@ use super::{Finding, FlowKey, Raised};
 use crate::clickhouse_args::ClickHouseArgs;
 use crate::query::pack::{self, Lit};
 
-/// The last window end each scheduled query ran for.
+/// Seconds before a failed scheduled query or hunt is tried again.
+pub const RETRY_SECS: i64 = 30;
+
+/// The last window end each scheduled query ran for, and when one that
+/// failed may be tried again.
 pub struct Schedule {
     last: Vec<Option<i64>>,
+    retry_at: Vec<i64>,
 }
 
 impl Schedule {
     pub fn new(n: usize) -> Self {
         Schedule {
             last: vec![None; n],
+            retry_at: vec![i64::MIN; n],
         }
     }
 
@@ -47,7 +54,7 @@ impl Schedule {
         queries
             .iter()
             .enumerate()
-            .filter(|(_, q)| q.rule.enabled)
+            .filter(|(i, q)| q.rule.enabled && self.retry_at[*i] <= now_s)
             .filter_map(|(i, q)| {
                 let until = now_s - now_s.rem_euclid(q.every_secs as i64);
                 (self.last[i] != Some(until)).then_some((i, until))
@@ -57,6 +64,11 @@ impl Schedule {
 
     pub fn done(&mut self, i: usize, until: i64) {
         self.last[i] = Some(until);
+    }
+
+    /// Query `i` failed at `now_s`: not tried again for [`RETRY_SECS`].
+    pub fn failed(&mut self, i: usize, now_s: i64) {
+        self.retry_at[i] = now_s + RETRY_SECS;
     }
 }
 
@@ -222,4 +234,34 @@ pub async fn record_hunt(ch: &Client, h: &Hunt) -> Result<(), clickhouse::error:
     let mut ins = ch.insert::<Hunt>("intel_hunts").await?;
     ins.write(h).await?;
     ins.end().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_end_on_multiples_of_the_cadence_and_a_failure_waits() {
+        let rules = crate::detect::rules::parse(
+            "scheduled:\n  - {query: scans, every_secs: 3600}\n  - {query: beaconing, every_secs: 600, enabled: false}\n",
+        )
+        .unwrap();
+        let q = &rules.scheduled;
+        let mut s = Schedule::new(q.len());
+        let t = 1_767_225_600 + 3_700; // 100 s past an hour
+        assert_eq!(
+            s.due(q, t),
+            [(0, t - 100)],
+            "the latest window at start; a disabled one never"
+        );
+        s.done(0, t - 100);
+        assert!(s.due(q, t + 3_400).is_empty(), "within the hour");
+        assert_eq!(s.due(q, t + 3_500), [(0, t + 3_500)]);
+        s.failed(0, t + 3_500);
+        assert!(
+            s.due(q, t + 3_500 + RETRY_SECS - 1).is_empty(),
+            "backing off"
+        );
+        assert_eq!(s.due(q, t + 3_500 + RETRY_SECS), [(0, t + 3_500)]);
+    }
 }
