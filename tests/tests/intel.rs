@@ -197,6 +197,8 @@ fn feeds_load_whole_or_not_at_all_and_the_hunt_finds_every_planted_contact() {
         "200",
         "--hunt-days",
         "1500",
+        "--hunt-settle-secs",
+        "1",
     ])
     .arg("--rules")
     .arg(&rules);

@@ -85,6 +85,11 @@ pub struct DetectArgs {
     /// Days of stored flows hunted for the indicators of each new intel load.
     #[arg(long, default_value_t = 90)]
     pub hunt_days: u32,
+    /// Seconds after an intel load before it is hunted for: flows the
+    /// detector read just before it knew the load are in ClickHouse by then
+    /// (longer than the sink's lag).
+    #[arg(long, default_value_t = 120)]
+    pub hunt_settle_secs: u64,
     /// An alert is raised once per rule, vessel and subject in a window of
     /// this many seconds (of the evidence's time).
     #[arg(long, default_value_t = 3600)]
@@ -377,7 +382,11 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                 .intel
                 .versions
                 .iter()
-                .filter(|(v, _)| !h.contains(v))
+                // A load's version is its time, in microseconds.
+                .filter(|(v, _)| {
+                    !h.contains(v)
+                        && (**v / 1_000_000) as i64 + args.hunt_settle_secs as i64 <= now_s
+                })
                 .map(|(v, n)| (*v, *n))
                 .collect(),
             _ => Vec::new(),

@@ -12,7 +12,9 @@
 //! raises the same id.
 //!
 //! A threat-intel load (`intel load`, one version per load) is hunted for
-//! once over the last `--hunt-days` of stored flows; its contacts raise the
+//! once over the last `--hunt-days` of stored flows, `--hunt-settle-secs`
+//! after it was loaded: the live rule matches what the detector reads
+//! after its next reload, and what it read before is in ClickHouse by then; its contacts raise the
 //! `intel-contact` alerts the live rule would have raised (same ids), and
 //! the load is then recorded in `intel_hunts` (a failed hunt is tried again
 //! [`RETRY_SECS`] later).
