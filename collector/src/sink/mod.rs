@@ -16,7 +16,7 @@
 //! count every flow once.
 //!
 //! Here: the options and the setup (`run`: consumer, dead-letter producer,
-//! signals, metrics, lag); the loop itself is the worker ([`worker`]).
+//! signals, metrics, lag); the loop itself is the worker (`worker.rs`).
 
 pub mod dedup;
 pub mod rows;
