@@ -665,7 +665,7 @@ fn alerts_reach_a_webhook_signed_once_each_after_it_recovers() {
     assert_eq!(ids.len(), 3);
 }
 
-/// Today's midnight (UTC), Unix seconds; when it is less than 15 minutes
+/// Today's midnight (UTC), Unix seconds; when it is less than 5 minutes
 /// ahead, waits past it first (the test's scheduled windows end there).
 fn midnight_clear_of_the_test() -> i64 {
     loop {
@@ -674,7 +674,7 @@ fn midnight_clear_of_the_test() -> i64 {
             .unwrap()
             .as_secs() as i64;
         let next = now - now % 86_400 + 86_400;
-        if next - now > 900 {
+        if next - now > 300 {
             return now - now % 86_400;
         }
         std::thread::sleep(Duration::from_secs((next - now + 5) as u64));
