@@ -31,7 +31,7 @@ use super::rules::{Rule, Scheduled};
 use super::streaming::intel_finding;
 use super::{Finding, FlowKey, Raised};
 use crate::clickhouse_args::ClickHouseArgs;
-use crate::query::pack::{self, Lit};
+use crate::query::pack;
 
 /// Seconds before a failed scheduled query or hunt is tried again.
 pub const RETRY_SECS: i64 = 30;
@@ -92,15 +92,7 @@ pub async fn run_query(
 ) -> anyhow::Result<usize> {
     let q = s.plan.query;
     let since = until - s.window_secs as i64;
-    let mut values = pack::common_values(&s.plan.common)?;
-    values.insert("since", Lit::Int(since));
-    values.insert("until", Lit::Int(until));
-    values.insert(
-        "baseline_since",
-        Lit::Int((since - s.plan.common.baseline_days as i64 * 86_400).max(0)),
-    );
-    values.extend(s.plan.extra.iter().cloned());
-    let sql = pack::render(q, &values)?;
+    let sql = s.plan.sql(since, until)?;
     let sql = match q.at {
         Some(at) => format!("SELECT *, toUInt32({at}) AS alert_at_s FROM (\n{sql}\n)"),
         None => sql,

@@ -309,6 +309,15 @@ pub async fn run(ch: ClickHouseArgs, cmd: QueryCmd) -> anyhow::Result<()> {
     pack::run(&ch, &p).await
 }
 
+impl Planned {
+    /// Its SQL over the window [since, until), every placeholder filled.
+    pub fn sql(&self, since: i64, until: i64) -> anyhow::Result<String> {
+        let mut values = pack::window_values(&self.common, since, until)?;
+        values.extend(self.extra.iter().cloned());
+        pack::render(self.query, &values)
+    }
+}
+
 impl QueryCmd {
     /// The pack query this command runs, with its values checked.
     pub fn plan(self) -> anyhow::Result<Planned> {

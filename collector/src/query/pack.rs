@@ -129,9 +129,13 @@ pub fn find(name: &str) -> anyhow::Result<&'static PackQuery> {
         .with_context(|| format!("no query named {name:?}"))
 }
 
-/// The values every query understands, from the common flags.
-pub fn common_values(c: &Common) -> anyhow::Result<BTreeMap<&'static str, Lit>> {
-    let (since, until) = c.window.resolve()?;
+/// The values every query understands, from the common flags, for the
+/// window [since, until) (the baseline is the `--baseline-days` before it).
+pub fn window_values(
+    c: &Common,
+    since: i64,
+    until: i64,
+) -> anyhow::Result<BTreeMap<&'static str, Lit>> {
     let vessel = c.vessel.clone().unwrap_or_default();
     if vessel.contains('?') {
         bail!("--vessel must not contain '?'");
@@ -175,10 +179,9 @@ pub async fn fetch(
 
 /// Renders and runs (or prints) a planned pack query.
 pub async fn run(ch: &ClickHouseArgs, p: &super::Planned) -> anyhow::Result<()> {
-    let (q, common, name) = (p.query, &p.common, p.query.name);
-    let mut values = common_values(common)?;
-    values.extend(p.extra.iter().cloned());
-    let sql = render(q, &values)?;
+    let (common, name) = (&p.common, p.query.name);
+    let (since, until) = common.window.resolve()?;
+    let sql = p.sql(since, until)?;
     if common.print_sql {
         println!("{};", sql.trim_end());
         return Ok(());
