@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 
 use clickhouse::Client;
 use serde::Deserialize;
-use tidewatch_proto::util::ip_text;
 use tidewatch_proto::v1::FlowRecord;
 
+use super::FlowKey;
 use crate::registry::{Conduit, OUTSIDE};
 
 /// Everything the streaming rules compare with.
@@ -102,14 +102,16 @@ impl IntelIndex {
         self.by_match.is_empty()
     }
 
-    /// The indicators `f` contacted while they were valid, with what matched.
-    pub fn contacts<'a>(&'a self, f: &FlowRecord) -> Vec<(String, &'a Indicator)> {
+    /// The indicators flow `f` (its addresses as text in `key`) contacted
+    /// while they were valid, with what matched.
+    pub fn contacts<'a>(&'a self, key: &FlowKey, f: &FlowRecord) -> Vec<(String, &'a Indicator)> {
         if self.by_match.is_empty() {
             return Vec::new();
         }
-        let mut keys: Vec<String> = [&f.client_ip, &f.server_ip]
+        let mut keys: Vec<String> = [&key.client_ip, &key.server_ip]
             .into_iter()
-            .filter_map(|ip| ip_text(ip))
+            .filter(|ip| !ip.is_empty())
+            .cloned()
             .collect();
         keys.extend(f.indicators.iter().map(|n| n.to_ascii_lowercase()));
         let at_s = f.first_seen_us / 1_000_000;

@@ -105,7 +105,7 @@ fn v4(b: &[u8]) -> Option<Ipv4Addr> {
 impl Check<'_> {
     fn intel_contact(&mut self, key: &FlowKey, f: &FlowRecord) {
         let (env, known, rules) = (self.env, &*self.known, self.rules);
-        for (matched, i) in known.intel.contacts(f) {
+        for (matched, i) in known.intel.contacts(key, f) {
             let finding = intel_finding(
                 &env.vessel,
                 key,

@@ -431,7 +431,7 @@ impl Sink {
         refused: &mut Vec<DeadLetter>,
     ) -> Option<std::collections::BTreeSet<usize>>
     where
-        T: Table + RowOrigin + clickhouse::Row + clickhouse::RowWrite + serde::Serialize + Clone,
+        T: Table + RowOrigin + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
         for<'b> T: clickhouse::Row<Value<'b> = T>,
     {
         let mut bad = Vec::new();
