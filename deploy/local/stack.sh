@@ -12,6 +12,17 @@
 #   stack.sh stop-kafka DIR
 #   stack.sh kill-clickhouse DIR | kill-kafka DIR   crash it (SIGKILL), for tests
 #
+# Cluster mode: ZooKeeper and four ClickHouse servers as 2 shards x 2
+# replicas (cluster "tidewatch": remote_servers, macros and the ON CLUSTER
+# DDL queue generated per node), and the broker with 6 partitions. Node 1
+# is the stack's ClickHouse address (CH_HTTP_PORT); every node's ports are
+# in DIR/stack.env (CH_HTTP_PORT_1..4, CH_TCP_PORT_1..4).
+#
+#   stack.sh start-cluster DIR       start ZooKeeper, the four nodes and the broker
+#   stack.sh stop DIR                (as above) stops whatever runs
+#   stack.sh start-node DIR N | stop-node DIR N | kill-node DIR N
+#   stack.sh start-zookeeper DIR | stop-zookeeper DIR | kill-zookeeper DIR
+#
 # Tests run against tansu (an Apache-Kafka-compatible broker written in Rust)
 # because Apache Kafka cannot be installed offline here; tidewatch itself only
 # speaks the Kafka protocol, and production targets Apache Kafka.
@@ -22,6 +33,9 @@ BATCHES_TOPIC="${TIDEWATCH_KAFKA_TOPIC:-tidewatch.batches.v1}"
 DLQ_TOPIC="${TIDEWATCH_DEADLETTER_TOPIC:-tidewatch.deadletter.v1}"
 ALERTS_TOPIC="${TIDEWATCH_ALERTS_TOPIC:-tidewatch.alerts.v1}"
 PARTITIONS="${TIDEWATCH_PARTITIONS:-3}"
+CLUSTER_NAME=tidewatch
+CLUSTER_SHARDS=2
+CLUSTER_REPLICAS=2
 
 log() { echo "stack: $*" >&2; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -56,6 +70,9 @@ install() {
   command -v setpriv >/dev/null 2>&1 || pkgs+=(util-linux)
   # tcpreplay: the live-capture test replays a capture onto a veth pair.
   command -v tcpreplay >/dev/null 2>&1 || pkgs+=(tcpreplay)
+  # zookeeper (with a Java runtime): coordinates the replicated tables and
+  # the ON CLUSTER DDL of the cluster mode.
+  [ -f /usr/share/java/zookeeper.jar ] || pkgs+=(zookeeper)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -159,9 +176,13 @@ load_env() {
 
 start_clickhouse() {
   load_env
-  local d="$DIR/clickhouse"
+  start_clickhouse_at "$DIR/clickhouse" "$CH_HTTP_PORT" "$CH_TCP_PORT"
+}
+
+start_clickhouse_at() { # dir http_port tcp_port (the dir's config.d is kept)
+  local d=$1 http=$2 tcp=$3
   mkdir -p "$d/log" "$d/data" "$d/tmp" "$d/user_files" "$d/format_schemas"
-  sed -e "s#@DIR@#$d#g" -e "s#@HTTP_PORT@#$CH_HTTP_PORT#g" -e "s#@TCP_PORT@#$CH_TCP_PORT#g" \
+  sed -e "s#@DIR@#$d#g" -e "s#@HTTP_PORT@#$http#g" -e "s#@TCP_PORT@#$tcp#g" \
     "$HERE/clickhouse-config.xml.in" > "$d/config.xml"
   cp "$HERE/clickhouse-users.xml" "$d/users.xml"
   # exec: the background subshell becomes the server (no shell left holding
@@ -175,7 +196,7 @@ start_clickhouse() {
     if ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
       rm -f "$d/pid"
       if grep -qs "Address already in use" "$d/log/"*.log; then
-        log "ClickHouse: port $CH_HTTP_PORT or $CH_TCP_PORT already in use"
+        log "ClickHouse: port $http, $tcp or another of $d already in use"
         rm -f "$d/log/"*.log
         return "$PORT_TAKEN"
       fi
@@ -184,15 +205,135 @@ start_clickhouse() {
     fi
     # Answers on its own port: another process holding the port makes
     # the server exit (above), and must not be taken for it meanwhile.
-    if listens "$(cat "$d/pid")" "$CH_HTTP_PORT" &&
-      curl -sf --max-time 5 "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%201" >/dev/null 2>&1; then
-      log "ClickHouse $(curl -s "http://127.0.0.1:$CH_HTTP_PORT/?query=SELECT%20version()") on 127.0.0.1:$CH_HTTP_PORT (data $d)"
+    if listens "$(cat "$d/pid")" "$http" &&
+      curl -sf --max-time 5 "http://127.0.0.1:$http/?query=SELECT%201" >/dev/null 2>&1; then
+      log "ClickHouse $(curl -s "http://127.0.0.1:$http/?query=SELECT%20version()") on 127.0.0.1:$http (data $d)"
       return 0
     fi
     sleep 0.1
   done
   tail_logs "$d/log/"*.log
   die "ClickHouse did not answer within 60 s"
+}
+
+zookeeper_ok() { # port: whether ZooKeeper answers "imok"
+  python3 - "$1" <<'PY' 2>/dev/null
+import socket, sys
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+    s.sendall(b"ruok")
+    sys.exit(0 if s.recv(4) == b"imok" else 1)
+PY
+}
+
+start_zookeeper() {
+  load_env
+  local d="$DIR/zookeeper" i
+  [ -f /usr/share/java/zookeeper.jar ] || die "zookeeper not installed; run: stack.sh install"
+  mkdir -p "$d/data"
+  cat > "$d/zoo.cfg" <<CFG
+tickTime=2000
+dataDir=$d/data
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=200
+admin.enableServer=false
+4lw.commands.whitelist=ruok,mntr
+CFG
+  (cd "$d" && exec setsid java -Xmx256m -cp /usr/share/java/zookeeper.jar:/etc/zookeeper/conf \
+      org.apache.zookeeper.server.ZooKeeperServerMain "$d/zoo.cfg" >"$d/zookeeper.log" 2>&1 </dev/null) &
+  echo $! > "$d/pid"
+  disown $!
+  for ((i = 0; i < 600; i++)); do
+    if ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+      rm -f "$d/pid"
+      if grep -qs "Address already in use" "$d/zookeeper.log"; then
+        log "ZooKeeper: port $ZK_PORT already in use"
+        return "$PORT_TAKEN"
+      fi
+      tail_logs "$d/zookeeper.log"
+      die "ZooKeeper exited during start"
+    fi
+    if listens "$(cat "$d/pid")" "$ZK_PORT" && zookeeper_ok "$ZK_PORT"; then
+      log "ZooKeeper on 127.0.0.1:$ZK_PORT (data $d)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail_logs "$d/zookeeper.log"
+  die "ZooKeeper did not answer within 60 s"
+}
+
+node_var() { # NAME N: the value of NAME_N in stack.env
+  local v="$1_$2"
+  [ -n "${!v:-}" ] || die "node $2 unknown: $v missing in $DIR/stack.env"
+  echo "${!v}"
+}
+
+start_node() { # N (1-based: shard = (N-1)/replicas + 1)
+  load_env
+  local n=$1 d="$DIR/clickhouse-$1" shards="" s r m
+  mkdir -p "$d/config.d"
+  for ((s = 1; s <= CLUSTER_SHARDS; s++)); do
+    shards+="            <shard>\n                <internal_replication>true</internal_replication>\n"
+    for ((r = 1; r <= CLUSTER_REPLICAS; r++)); do
+      m=$(((s - 1) * CLUSTER_REPLICAS + r))
+      shards+="                <replica><host>127.0.0.1</host><port>$(node_var CH_TCP_PORT "$m")</port></replica>\n"
+    done
+    shards+="            </shard>\n"
+  done
+  sed -e "s#@INTERSERVER_PORT@#$(node_var CH_INTERSERVER_PORT "$n")#g" -e "s#@ZK_PORT@#$ZK_PORT#g" \
+    -e "s#@SHARD@#$(((n - 1) / CLUSTER_REPLICAS + 1))#g" -e "s#@REPLICA@#node$n#g" \
+    -e "s#@CLUSTER@#$CLUSTER_NAME#g" -e "s#@SHARDS@#${shards%\\n}#" \
+    "$HERE/clickhouse-cluster.xml.in" > "$d/config.d/cluster.xml"
+  start_clickhouse_at "$d" "$(node_var CH_HTTP_PORT "$n")" "$(node_var CH_TCP_PORT "$n")"
+}
+
+write_cluster_env() { # picks every port of the cluster
+  local n nodes=$((CLUSTER_SHARDS * CLUSTER_REPLICAS)) http1 tcp1
+  http1=$(free_port); tcp1=$(free_port)
+  write_env "$http1" "$tcp1" "$(free_port)"
+  {
+    echo "CLUSTER=$CLUSTER_NAME"
+    echo "CH_NODES=\"$(seq -s ' ' 1 "$nodes")\""
+    echo "ZK_PORT=$(free_port)"
+    for ((n = 1; n <= nodes; n++)); do
+      if ((n == 1)); then echo "CH_HTTP_PORT_1=$http1"; echo "CH_TCP_PORT_1=$tcp1"
+      else echo "CH_HTTP_PORT_$n=$(free_port)"; echo "CH_TCP_PORT_$n=$(free_port)"; fi
+      echo "CH_INTERSERVER_PORT_$n=$(free_port)"
+    done
+  } >> "$DIR/stack.env"
+}
+
+stop_all() {
+  local d
+  stop_pid "$DIR/kafka/pid" broker
+  stop_pid "$DIR/clickhouse/pid" ClickHouse
+  for d in "$DIR"/clickhouse-*/; do
+    [ -d "$d" ] && stop_pid "${d%/}/pid" "ClickHouse ${d%/}"
+  done
+  stop_pid "$DIR/zookeeper/pid" ZooKeeper
+}
+
+start_cluster() {
+  local attempt n rc
+  for ((attempt = 0; attempt < 4; attempt++)); do
+    write_cluster_env
+    load_env
+    rc=0
+    start_zookeeper || rc=$?
+    if [ "$rc" = 0 ]; then
+      for n in $CH_NODES; do
+        start_node "$n" || { rc=$?; break; }
+      done
+    fi
+    if [ "$rc" = 0 ]; then start_kafka || rc=$?; fi
+    [ "$rc" = 0 ] && return 0
+    stop_all
+    [ "$rc" = "$PORT_TAKEN" ] || die "cannot start the cluster"
+    rm -rf "$DIR"/clickhouse-* "$DIR/zookeeper" "$DIR/kafka"
+    log "a port was taken; picking others"
+  done
+  die "cannot start the cluster: ports kept being taken"
 }
 
 start_kafka() {
@@ -265,16 +406,30 @@ case "$cmd" in
       done
     done
     ;;
+  start-cluster)
+    [ -n "$DIR" ] || die "usage: stack.sh start-cluster DIR"
+    mkdir -p "$DIR"; DIR=$(cd "$DIR" && pwd)
+    [ ! -f "$DIR/stack.env" ] || die "$DIR already holds a stack"
+    command -v clickhouse-server >/dev/null || die "clickhouse-server not installed; run: stack.sh install"
+    tansu_bin >/dev/null || die "tansu not installed; run: stack.sh install"
+    PARTITIONS="${TIDEWATCH_PARTITIONS:-6}"
+    start_cluster
+    ;;
   stop)
     [ -n "$DIR" ] || die "usage: stack.sh stop DIR"
-    stop_pid "$DIR/kafka/pid" broker
-    stop_pid "$DIR/clickhouse/pid" ClickHouse
+    stop_all
     ;;
+  start-node) start_node "${3:?usage: stack.sh start-node DIR N}" || die "cannot start node $3" ;;
+  stop-node) stop_pid "$DIR/clickhouse-${3:?usage: stack.sh stop-node DIR N}/pid" "ClickHouse node $3" ;;
+  kill-node) kill_pid "$DIR/clickhouse-${3:?usage: stack.sh kill-node DIR N}/pid" ;;
+  start-zookeeper) start_zookeeper || die "cannot start ZooKeeper" ;;
+  stop-zookeeper) stop_pid "$DIR/zookeeper/pid" ZooKeeper ;;
+  kill-zookeeper) kill_pid "$DIR/zookeeper/pid" ;;
   start-clickhouse) start_clickhouse || die "cannot start ClickHouse" ;;
   stop-clickhouse) stop_pid "$DIR/clickhouse/pid" ClickHouse ;;
   start-kafka) start_kafka || die "cannot start the broker" ;;
   stop-kafka) stop_pid "$DIR/kafka/pid" broker ;;
   kill-clickhouse) kill_pid "$DIR/clickhouse/pid" ;;
   kill-kafka) kill_pid "$DIR/kafka/pid" ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
