@@ -48,6 +48,18 @@ impl ClickHouseArgs {
     }
 
     /// A client without a default database (for DDL that names it).
+    ///
+    /// Two settings matter on a cluster (`migrate --cluster`) and change
+    /// nothing on a single server:
+    /// - `insert_distributed_sync`: an insert into a Distributed table
+    ///   returns once every shard has stored its rows, not once they are
+    ///   queued on the node it went to. The sink commits Kafka offsets after
+    ///   its insert returns, so nothing is acknowledged before it is stored
+    ///   where the Distributed reads find it.
+    /// - `distributed_product_mode = global`: an `IN` or `JOIN` subquery
+    ///   over a Distributed table inside a query over another runs once and
+    ///   its result goes to every shard (the query pack's baselines), instead
+    ///   of being refused.
     pub fn server_client(&self) -> Client {
         // Schema validation needs RowBinaryWithNamesAndTypes, which old
         // servers (18.16) lack; rows are checked by our own tests instead.
@@ -57,6 +69,8 @@ impl ClickHouseArgs {
             .with_password(&self.clickhouse_password)
             .with_compression(Compression::None)
             .with_validation(false)
+            .with_setting("insert_distributed_sync", "1")
+            .with_setting("distributed_product_mode", "global")
     }
 
     /// A client whose default database is the tidewatch database.

@@ -8,6 +8,12 @@
 //! are partitioned by month and kept `--rollup-retention-days` (longer, so
 //! analysts keep baselines after the raw flows are gone). A partition is
 //! dropped only when all of it is older than the retention.
+//!
+//! On a cluster (`--cluster`, as given to `migrate`) the partitions are
+//! those of the per-node tables (`flows_raw_local`, ...) on every shard,
+//! read from one live replica of each, and each is dropped `ON CLUSTER`:
+//! ClickHouse drops it on one replica of every shard, and replication
+//! drops it on the others.
 
 use anyhow::{bail, Context};
 use clickhouse::Client;
@@ -51,7 +57,105 @@ pub enum MaintenanceCmd {
         /// List what would be dropped without dropping it.
         #[arg(long)]
         dry_run: bool,
+        /// The cluster the schema was migrated for (`migrate --cluster`).
+        #[arg(long, env = "TIDEWATCH_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+        cluster: Option<String>,
     },
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct Replica {
+    shard_num: u32,
+    host_address: String,
+    port: u16,
+}
+
+/// Where partitions are listed and how they are dropped.
+enum Layout {
+    Single,
+    /// The cluster's name and a `remote()` address expression reaching one
+    /// live replica of each shard (`a|b,c|d`).
+    Cluster {
+        name: String,
+        shards: String,
+    },
+}
+
+impl Layout {
+    async fn new(ch: &Client, cluster: Option<String>) -> anyhow::Result<Layout> {
+        let Some(name) = cluster else {
+            return Ok(Layout::Single);
+        };
+        let replicas: Vec<Replica> = ch
+            .query(
+                "SELECT shard_num, host_address, port FROM system.clusters \
+                 WHERE cluster = ? ORDER BY shard_num, replica_num",
+            )
+            .bind(&name)
+            .fetch_all()
+            .await
+            .context("listing the cluster's nodes")?;
+        if replicas.is_empty() {
+            bail!("cluster {name} is not in this server's remote_servers");
+        }
+        let mut shards: Vec<Vec<String>> = Vec::new();
+        let mut last = None;
+        for r in replicas {
+            if last != Some(r.shard_num) {
+                shards.push(Vec::new());
+                last = Some(r.shard_num);
+            }
+            let addr = if r.host_address.contains(':') {
+                format!("[{}]:{}", r.host_address, r.port)
+            } else {
+                format!("{}:{}", r.host_address, r.port)
+            };
+            shards.last_mut().expect("pushed").push(addr);
+        }
+        let shards = shards
+            .iter()
+            .map(|s| s.join("|"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Layout::Cluster { name, shards })
+    }
+
+    /// The active partitions of `table` (on every shard of a cluster).
+    async fn partitions(
+        &self,
+        ch: &Client,
+        database: &str,
+        table: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        let (parts, table) = match self {
+            Layout::Single => ("system.parts".to_string(), table.to_string()),
+            Layout::Cluster { shards, .. } => (
+                format!("remote('{shards}', system, parts)"),
+                format!("{table}{}", crate::schema::cluster::LOCAL_SUFFIX),
+            ),
+        };
+        let rows: Vec<Part> = ch
+            .query(&format!(
+                "SELECT DISTINCT partition FROM {parts} \
+                 WHERE database = ? AND table = ? AND active ORDER BY partition"
+            ))
+            .bind(database)
+            .bind(&table)
+            .fetch_all()
+            .await
+            .with_context(|| format!("listing the partitions of {database}.{table}"))?;
+        Ok(rows.into_iter().map(|p| p.partition).collect())
+    }
+
+    fn drop_partition(&self, database: &str, table: &str, id: &str) -> String {
+        match self {
+            Layout::Single => format!("ALTER TABLE {database}.{table} DROP PARTITION {id}"),
+            Layout::Cluster { name, .. } => format!(
+                "ALTER TABLE {database}.{table}{} ON CLUSTER {name} DROP PARTITION {id}",
+                crate::schema::cluster::LOCAL_SUFFIX
+            ),
+        }
+    }
 }
 
 /// The last day a partition covers, or `None` for a partition id this
@@ -96,26 +200,18 @@ pub async fn run(ch: &Client, database: &str, cmd: MaintenanceCmd) -> anyhow::Re
         flow_retention_days,
         rollup_retention_days,
         dry_run,
+        cluster,
     } = cmd;
     if flow_retention_days == 0 || rollup_retention_days < flow_retention_days {
         bail!(
             "--flow-retention-days must be at least 1 and --rollup-retention-days at least as long"
         );
     }
+    let layout = Layout::new(ch, cluster).await?;
     let today = OffsetDateTime::now_utc().date();
     let mut dropped = 0;
     for (table, g, keep) in TABLES {
-        let parts: Vec<Part> = ch
-            .query(
-                "SELECT DISTINCT partition FROM system.parts \
-                 WHERE database = ? AND table = ? AND active ORDER BY partition",
-            )
-            .bind(database)
-            .bind(*table)
-            .fetch_all()
-            .await
-            .with_context(|| format!("listing the partitions of {database}.{table}"))?;
-        let ids: Vec<String> = parts.into_iter().map(|p| p.partition).collect();
+        let ids = layout.partitions(ch, database, table).await?;
         let days = match keep {
             Keep::Flows => flow_retention_days,
             Keep::Rollups => rollup_retention_days,
@@ -125,12 +221,10 @@ pub async fn run(ch: &Client, database: &str, cmd: MaintenanceCmd) -> anyhow::Re
                 println!("would drop {database}.{table} partition {id} (older than {days} days)");
                 continue;
             }
-            ch.query(&format!(
-                "ALTER TABLE {database}.{table} DROP PARTITION {id}"
-            ))
-            .execute()
-            .await
-            .with_context(|| format!("dropping {database}.{table} partition {id}"))?;
+            ch.query(&layout.drop_partition(database, table, &id))
+                .execute()
+                .await
+                .with_context(|| format!("dropping {database}.{table} partition {id}"))?;
             println!("dropped {database}.{table} partition {id} (older than {days} days)");
             dropped += 1;
         }

@@ -10,7 +10,7 @@ use tracing::info;
 
 use crate::clickhouse_args::ClickHouseArgs;
 use crate::registry;
-use crate::schema::{self, Caps, RenderOptions, ServerVersion, MIGRATIONS};
+use crate::schema::{self, Caps, RenderOptions, Renderer, ServerVersion, MIGRATIONS};
 
 /// Options of `migrate`.
 #[derive(Debug, clap::Args)]
@@ -29,6 +29,13 @@ pub struct MigrateArgs {
     /// Server version to render for with --print (e.g. 18.16 or 24.8).
     #[arg(long)]
     pub server_version: Option<String>,
+    /// Render for this ClickHouse cluster (a name in the servers'
+    /// `remote_servers`, with ZooKeeper and the macros `{shard}` and
+    /// `{replica}` configured): replicated tables on every node, Distributed
+    /// tables over them sharded by sensor, views on every node, all DDL ON
+    /// CLUSTER. A database is migrated for one topology for good.
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
     /// After migrating, load this fleet registry file (as `registry load`).
     #[arg(long, env = "TIDEWATCH_FLEET_REGISTRY", value_name = "JSON")]
     pub fleet_registry: Option<PathBuf>,
@@ -42,6 +49,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         rollup_retention_days,
         print,
         server_version,
+        cluster,
         fleet_registry,
     } = args;
     clickhouse.validate()?;
@@ -50,25 +58,36 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             "retention: --flow-retention-days must be at least 1 and --rollup-retention-days at least as long"
         );
     }
+    if let Some(c) = &cluster {
+        if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+            anyhow::bail!("--cluster {c:?}: use letters, digits and underscores");
+        }
+    }
     let opts = RenderOptions {
         database: clickhouse.clickhouse_database.clone(),
         flow_retention_days,
         rollup_retention_days,
+        cluster,
     };
     if print {
         let v = ServerVersion::parse(server_version.as_deref().unwrap_or_default())?;
         let caps = Caps::for_version(v);
-        for s in schema::bootstrap_statements(&opts.database) {
+        let mut renderer = Renderer::new(caps, &opts);
+        for s in renderer.bootstrap()? {
             println!("{s};\n");
         }
         for m in MIGRATIONS {
             println!(
-                "-- migration {} ({}) for ClickHouse {v} [{}]",
+                "-- migration {} ({}) for ClickHouse {v} [{}{}]",
                 m.version,
                 m.name,
-                caps.variant()
+                caps.variant(),
+                opts.cluster
+                    .as_deref()
+                    .map(|c| format!(", cluster {c}"))
+                    .unwrap_or_default()
             );
-            for s in schema::render(m, caps, &opts)? {
+            for s in renderer.migration(m)? {
                 println!("{s};\n");
             }
         }

@@ -8,6 +8,12 @@
 //! oldest LTS that has them all, which production runs); older servers such
 //! as Debian's 18.16 get plain types, no codecs and no TTL (retention there is
 //! done by dropping partitions).
+//!
+//! On a cluster (`migrate --cluster NAME`) the same migrations are rewritten
+//! statement by statement for shards × replicas: [`cluster`] says how, and
+//! why every copy of a batch lands on one shard.
+
+pub mod cluster;
 
 use std::fmt;
 
@@ -32,6 +38,10 @@ pub enum SchemaError {
     Markers(u32),
     #[error("migration {0}: unknown placeholder {1}")]
     Placeholder(u32, String),
+    #[error("migration {0}: cannot render for a cluster: {1}")]
+    Cluster(u32, String),
+    #[error("{0}")]
+    Topology(String),
 }
 
 /// A server version such as 18.16.1 or 24.8.4.13.
@@ -93,6 +103,65 @@ pub struct RenderOptions {
     pub flow_retention_days: u32,
     /// Retention of the hourly rollups (TTL on modern servers).
     pub rollup_retention_days: u32,
+    /// The cluster (in the servers' `remote_servers`) to render for, or
+    /// `None` for a single server.
+    pub cluster: Option<String>,
+}
+
+impl RenderOptions {
+    /// What the migrations ledger records besides the server variant.
+    fn topology(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("cluster {c}"),
+            None => "single node".to_string(),
+        }
+    }
+}
+
+/// Renders the bootstrap statements and then the migrations, in order, for
+/// one server version and topology (on a cluster, a migration's rendering
+/// depends on the tables the earlier ones left, so every migration is
+/// rendered, applied or not).
+pub struct Renderer<'a> {
+    caps: Caps,
+    opts: &'a RenderOptions,
+    cluster: Option<cluster::Distribute>,
+}
+
+impl<'a> Renderer<'a> {
+    pub fn new(caps: Caps, opts: &'a RenderOptions) -> Self {
+        Renderer {
+            caps,
+            opts,
+            cluster: opts.cluster.as_deref().map(cluster::Distribute::new),
+        }
+    }
+
+    /// The database and the migrations ledger.
+    pub fn bootstrap(&mut self) -> Result<Vec<String>, SchemaError> {
+        self.distribute(0, bootstrap_statements(&self.opts.database))
+    }
+
+    /// The statements of `m`; call for every migration in order.
+    pub fn migration(&mut self, m: &Migration) -> Result<Vec<String>, SchemaError> {
+        let single = render(m, self.caps, self.opts)?;
+        self.distribute(m.version, single)
+    }
+
+    fn distribute(
+        &mut self,
+        version: u32,
+        single: Vec<String>,
+    ) -> Result<Vec<String>, SchemaError> {
+        let Some(d) = self.cluster.as_mut() else {
+            return Ok(single);
+        };
+        let mut out = Vec::with_capacity(single.len() * 2);
+        for s in &single {
+            out.extend(d.statement(version, s)?);
+        }
+        Ok(out)
+    }
 }
 
 pub struct Migration {
@@ -155,8 +224,9 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Renders a migration into its statements for the given capabilities.
-pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<String>, SchemaError> {
+/// Renders a migration into its single-node statements for the given
+/// capabilities.
+fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<String>, SchemaError> {
     let mut kept = String::new();
     let mut block: Option<bool> = None; // Some(keep?) inside a marker block
     for line in m.sql.lines() {
@@ -232,7 +302,7 @@ pub fn render(m: &Migration, caps: Caps, opts: &RenderOptions) -> Result<Vec<Str
 
 /// The database and the migration bookkeeping table, created before any
 /// migration runs.
-pub fn bootstrap_statements(db: &str) -> Vec<String> {
+fn bootstrap_statements(db: &str) -> Vec<String> {
     vec![
         format!("CREATE DATABASE IF NOT EXISTS {db}"),
         format!(
@@ -283,13 +353,50 @@ pub struct MigrateReport {
     pub already: Vec<u32>,
 }
 
+/// Whether `db` was migrated for a single server or a cluster (by its
+/// ledger's engine), refusing to migrate it as the other.
+async fn check_topology(server: &Client, opts: &RenderOptions) -> Result<(), SchemaError> {
+    let db = &opts.database;
+    let engines: Vec<String> = server
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'schema_migrations'")
+        .bind(db)
+        .fetch_all()
+        .await?;
+    let distributed = engines.first().map(|e| e == "Distributed");
+    match (&opts.cluster, distributed) {
+        (Some(_), Some(false)) => Err(SchemaError::Topology(format!(
+            "database {db} was migrated for a single server; it cannot become a cluster's (migrate without --cluster)"
+        ))),
+        (None, Some(true)) => Err(SchemaError::Topology(format!(
+            "database {db} was migrated for a cluster; migrate it with --cluster"
+        ))),
+        (Some(c), _) => {
+            let hosts: u64 = server
+                .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+                .bind(c)
+                .fetch_one()
+                .await?;
+            if hosts == 0 {
+                return Err(SchemaError::Topology(format!(
+                    "cluster {c} is not in this server's remote_servers"
+                )));
+            }
+            Ok(())
+        }
+        (None, _) => Ok(()),
+    }
+}
+
 /// Applies every pending migration.
 pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateReport, SchemaError> {
     let version = server_version(server).await?;
     let caps = Caps::for_version(version);
     let db = &opts.database;
-    info!(server = %version, variant = caps.variant(), database = %db, "migrating schema");
-    for stmt in bootstrap_statements(db) {
+    let topology = opts.topology();
+    info!(server = %version, variant = caps.variant(), %topology, database = %db, "migrating schema");
+    check_topology(server, opts).await?;
+    let mut renderer = Renderer::new(caps, opts);
+    for stmt in renderer.bootstrap()? {
         server.query(&stmt).execute().await?;
     }
     let done: Vec<Applied> = server
@@ -304,6 +411,7 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
         already: Vec::new(),
     };
     for m in MIGRATIONS {
+        let statements = renderer.migration(m)?;
         if let Some(a) = done.iter().find(|a| a.version == m.version) {
             if a.checksum != checksum(m.sql) {
                 warn!(
@@ -315,7 +423,6 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
             report.already.push(m.version);
             continue;
         }
-        let statements = render(m, caps, opts)?;
         for (i, s) in statements.iter().enumerate() {
             server
                 .query(s)
@@ -337,7 +444,7 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
         ins.write(&AppliedRow {
             version: m.version,
             name: m.name.to_string(),
-            variant: caps.variant().to_string(),
+            variant: format!("{}, {topology}", caps.variant()),
             server_version: version.to_string(),
             checksum: checksum(m.sql),
             applied_at: std::time::SystemTime::now()
@@ -367,6 +474,41 @@ mod tests {
             database: "tw".into(),
             flow_retention_days: 30,
             rollup_retention_days: 400,
+            cluster: None,
+        }
+    }
+
+    #[test]
+    fn every_migration_renders_for_a_cluster_of_either_variant() {
+        let opts = RenderOptions {
+            cluster: Some("fleet".into()),
+            ..opts()
+        };
+        for v in [(18, 16), (24, 8)] {
+            let caps = Caps::for_version(ServerVersion {
+                major: v.0,
+                minor: v.1,
+            });
+            let mut r = Renderer::new(caps, &opts);
+            let mut all = r.bootstrap().unwrap();
+            for m in MIGRATIONS {
+                all.extend(r.migration(m).unwrap());
+            }
+            let ddl = all.iter().filter(|s| !s.starts_with("INSERT INTO "));
+            for s in ddl {
+                assert!(s.contains(" ON CLUSTER fleet"), "{s}");
+            }
+            let text = all.join("\n");
+            assert!(text.contains(
+                "ENGINE = Distributed(fleet, tw, flows_raw_local, cityHash64(sensor_id))"
+            ));
+            assert!(text.contains(
+                "ENGINE = Distributed(fleet, tw, schema_migrations_local, cityHash64(version))"
+            ));
+            assert!(
+                !text.contains("ENGINE = MergeTree")
+                    && !text.contains("ENGINE = ReplacingMergeTree")
+            );
         }
     }
 

@@ -18,7 +18,7 @@ FROM
               OR bitAnd(IPv4StringToNum(server_ip), 4294901760) IN (3232235520, 2851995648)
               OR IPv4StringToNum(server_ip) >= 3758096384))
            OR (position(server_ip, ':') > 0 AND NOT match(lower(server_ip), '^(fe[89ab]|fc|fd|ff|::1$)')))
-      AND server_ip NOT IN (
+      AND server_ip GLOBAL NOT IN (
           SELECT server_ip FROM dest_hourly_raw
           WHERE hour >= toDateTime({baseline_since}) AND hour < toStartOfHour(toDateTime({since}))
           UNION ALL

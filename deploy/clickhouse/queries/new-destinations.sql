@@ -17,7 +17,7 @@ WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
           OR bitAnd(IPv4StringToNum(server_ip), 4294901760) IN (3232235520, 2851995648)
           OR IPv4StringToNum(server_ip) >= 3758096384))
        OR (position(server_ip, ':') > 0 AND NOT match(lower(server_ip), '^(fe[89ab]|fc|fd|ff|::1$)')))
-  AND (vessel, server_ip) NOT IN (
+  AND (vessel, server_ip) GLOBAL NOT IN (
       SELECT vessel, server_ip FROM dest_hourly_raw
       WHERE hour >= toDateTime({baseline_since}) AND hour < toStartOfHour(toDateTime({since}))
       UNION ALL

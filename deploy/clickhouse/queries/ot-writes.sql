@@ -13,7 +13,7 @@ WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
   AND ({vessel} = '' OR vessel = {vessel})
   AND hasAny(op_classes, ['write', 'control', 'program'])
   AND NOT has({engineering_hosts}, client_ip)
-  AND (vessel, client_ip) NOT IN (
+  AND (vessel, client_ip) GLOBAL NOT IN (
       SELECT vessel, arrayJoin(ips) FROM assets
       WHERE has(roles, 'engineering_station') AND last_seen_us < {since} * 1000000)
 GROUP BY vessel, client_ip, server_ip, server_port, app_protocol

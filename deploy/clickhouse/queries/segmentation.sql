@@ -15,7 +15,7 @@ FROM
         if(ci = 0, 'outside', zone_names[ci]) AS client_zone,
         if(si = 0, 'outside', zone_names[si]) AS server_zone
     FROM flows_raw FINAL
-    ANY LEFT JOIN
+    GLOBAL ANY LEFT JOIN
     (
         SELECT sensor_id, zone_names, zone_nets, zone_masks
         FROM fleet_registry
