@@ -4,7 +4,8 @@
 //! offset is committed only after its rows are in ClickHouse.
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::ClientContext;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -41,6 +42,14 @@ pub struct KafkaArgs {
     /// SASL password (sets sasl.password; prefer the environment variable).
     #[arg(long, env = "TIDEWATCH_KAFKA_PASSWORD", hide_env_values = true)]
     pub kafka_password: Option<String>,
+    /// Static group membership: a name of this replica that stays the same
+    /// across its restarts (the chart uses the pod name). A replica that
+    /// crashes and restarts under the same name gets its partitions back at
+    /// once, without taking them from the other replicas of its consumer
+    /// group; a replica gone for good is dropped by the group after its
+    /// session timeout (10 s). Unique per replica.
+    #[arg(long, env = "TIDEWATCH_KAFKA_GROUP_INSTANCE_ID", value_name = "NAME")]
+    pub kafka_group_instance_id: Option<String>,
 }
 
 impl KafkaArgs {
@@ -111,8 +120,8 @@ impl KafkaArgs {
     }
 
     /// A consumer in `group` with manual commits.
-    pub fn consumer(&self, group: &str) -> Result<StreamConsumer, KafkaSetupError> {
-        let c = self.config(&[
+    pub fn consumer(&self, group: &str) -> Result<GroupConsumer, KafkaSetupError> {
+        let mut c = self.config(&[
             ("group.id", group.to_string()),
             ("enable.auto.commit", "false".into()),
             ("enable.auto.offset.store", "false".into()),
@@ -124,7 +133,51 @@ impl KafkaArgs {
             ("session.timeout.ms", "10000".into()),
             ("isolation.level", "read_committed".into()),
         ])?;
-        Ok(c.create()?)
+        if let Some(id) = self
+            .kafka_group_instance_id
+            .as_deref()
+            .filter(|i| !i.is_empty())
+        {
+            c.set("group.instance.id", id);
+        }
+        Ok(c.create_with_context(GroupLog {
+            group: group.to_string(),
+        })?)
+    }
+}
+
+/// A consumer in a group (sink, detector, deliver): it logs what the
+/// group's rebalances give it and take from it.
+pub type GroupConsumer = StreamConsumer<GroupLog>;
+
+/// Logs each rebalance of a [`GroupConsumer`]: which partitions it was
+/// assigned or lost, so an operator sees how replicas share the topic.
+pub struct GroupLog {
+    group: String,
+}
+
+impl ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let list = |tpl: &rdkafka::TopicPartitionList| {
+            tpl.elements()
+                .iter()
+                .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(group = %self.group, partitions = %list(tpl), "partitions assigned")
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(group = %self.group, partitions = %list(tpl), "partitions revoked")
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance failed")
+            }
+        }
     }
 }
 

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
+
+use crate::kafka::GroupConsumer;
 use rdkafka::Offset;
 use tracing::info;
 
@@ -148,7 +150,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
 
 /// Refreshes the consumer-lag gauge every 5 s (also while an insert is
 /// being retried, which is when the lag grows).
-async fn lag_loop(consumer: std::sync::Weak<StreamConsumer>, metrics: Arc<SinkMetrics>) {
+async fn lag_loop(consumer: std::sync::Weak<GroupConsumer>, metrics: Arc<SinkMetrics>) {
     loop {
         let Some(c) = consumer.upgrade() else { return };
         let m = metrics.clone();
@@ -159,7 +161,7 @@ async fn lag_loop(consumer: std::sync::Weak<StreamConsumer>, metrics: Arc<SinkMe
 
 /// Lag per assigned partition: high watermark minus committed offset (or
 /// minus the low watermark when nothing was committed yet). Blocking.
-fn refresh_lag(consumer: &StreamConsumer, metrics: &SinkMetrics) {
+fn refresh_lag(consumer: &GroupConsumer, metrics: &SinkMetrics) {
     let t = Duration::from_secs(2);
     let Ok(committed) = consumer.committed(t) else {
         return;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use prost::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
+
+use crate::kafka::GroupConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -56,7 +58,7 @@ impl Chunk {
 /// and dedup memory.
 pub(super) struct Sink {
     pub args: SinkArgs,
-    pub consumer: Arc<StreamConsumer>,
+    pub consumer: Arc<GroupConsumer>,
     pub dlq: FutureProducer,
     pub ch: Client,
     pub seen: SeenBatches,
