@@ -973,8 +973,17 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// On a single ClickHouse server.
     pub fn start(spec: Spec) -> Loaded {
-        let stack = crate::Stack::start();
+        Loaded::start_on(crate::Stack::start(), spec)
+    }
+
+    /// On the ClickHouse cluster of [`crate::Stack::start_cluster`].
+    pub fn start_cluster(spec: Spec) -> Loaded {
+        Loaded::start_on(crate::Stack::start_cluster(), spec)
+    }
+
+    fn start_on(stack: crate::Stack, spec: Spec) -> Loaded {
         stack.migrate();
         let pki = crate::Pki::new(stack.path().join("pki"));
         let port = crate::free_port();

@@ -34,6 +34,16 @@ pub struct LinkEmu {
 impl LinkEmu {
     /// Listens on a free 127.0.0.1 port and forwards to 127.0.0.1:`upstream`.
     pub fn start(upstream: u16) -> LinkEmu {
+        LinkEmu::balance(&[upstream])
+    }
+
+    /// As [`LinkEmu::start`], in front of several servers: each connection
+    /// goes to the next of `upstreams` in turn that accepts it (a small TCP
+    /// balancer, as a Kubernetes Service in front of ingest replicas).
+    pub fn balance(upstreams: &[u16]) -> LinkEmu {
+        let upstreams = upstreams.to_vec();
+        assert!(!upstreams.is_empty());
+        let mut next = 0usize;
         let l = TcpListener::bind("127.0.0.1:0").expect("bind link emulator");
         let port = l.local_addr().unwrap().port();
         l.set_nonblocking(true).unwrap();
@@ -44,7 +54,12 @@ impl LinkEmu {
                 match l.accept() {
                     Ok((client, _)) => {
                         client.set_nonblocking(false).ok();
-                        let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        let server = (0..upstreams.len()).find_map(|_| {
+                            let port = upstreams[next % upstreams.len()];
+                            next += 1;
+                            TcpStream::connect(("127.0.0.1", port)).ok()
+                        });
+                        let Some(server) = server else {
                             reset(&client);
                             continue;
                         };

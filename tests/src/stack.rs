@@ -15,32 +15,62 @@ use crate::process::{bin, free_port, root, run_ok, Proc};
 /// One local stack (ClickHouse + broker) with its own ports and data.
 pub struct Stack {
     pub dir: tempfile::TempDir,
+    /// ClickHouse (node 1 of a cluster).
     pub ch_http_port: u16,
     pub kafka_port: u16,
+    /// Set for a stack started with [`Stack::start_cluster`].
+    pub cluster: Option<Cluster>,
+}
+
+/// The ClickHouse cluster of a stack: 2 shards × 2 replicas and ZooKeeper
+/// (`stack.sh start-cluster`).
+pub struct Cluster {
+    /// Its name in the nodes' `remote_servers`.
+    pub name: String,
+    /// HTTP port of node N at index N - 1; nodes 1 and 2 are shard 1's
+    /// replicas, nodes 3 and 4 shard 2's.
+    pub http_ports: Vec<u16>,
 }
 
 impl Stack {
+    /// A single ClickHouse server and the broker.
     pub fn start() -> Stack {
+        Stack::start_with("start", |c| {
+            c.env("CH_HTTP_PORT", free_port().to_string())
+                .env("CH_TCP_PORT", free_port().to_string())
+                .env("KAFKA_PORT", free_port().to_string());
+        })
+    }
+
+    /// ZooKeeper, four ClickHouse servers as 2 shards × 2 replicas, and the
+    /// broker with 6 partitions.
+    pub fn start_cluster() -> Stack {
+        Stack::start_with("start-cluster", |_| {})
+    }
+
+    fn start_with(how: &str, ports: impl FnOnce(&mut Command)) -> Stack {
         let dir = tempfile::Builder::new()
             .prefix("tidewatch-test-")
             .tempdir()
             .expect("temp dir");
         let stack_dir = dir.path().join("stack");
-        run_ok(
-            Command::new(root().join("deploy/local/stack.sh"))
-                .arg("start")
-                .arg(&stack_dir)
-                .env("CH_HTTP_PORT", free_port().to_string())
-                .env("CH_TCP_PORT", free_port().to_string())
-                .env("KAFKA_PORT", free_port().to_string()),
-        );
+        let mut cmd = Command::new(root().join("deploy/local/stack.sh"));
+        cmd.arg(how).arg(&stack_dir);
+        ports(&mut cmd);
+        run_ok(&mut cmd);
         let env = fs::read_to_string(stack_dir.join("stack.env")).expect("stack.env");
+        let value = |k: &str| -> Option<&str> {
+            env.lines().find_map(|l| l.strip_prefix(&format!("{k}=")))
+        };
         let get = |k: &str| -> u16 {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            value(k)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{k} missing in stack.env"))
         };
+        let cluster = value("CLUSTER").map(|name| Cluster {
+            name: name.to_string(),
+            http_ports: (1..=4).map(|n| get(&format!("CH_HTTP_PORT_{n}"))).collect(),
+        });
         // Ingest signs envelopes with this pair's private key, the sinks
         // check them with its public key.
         run_ok(
@@ -51,8 +81,43 @@ impl Stack {
         Stack {
             ch_http_port: get("CH_HTTP_PORT"),
             kafka_port: get("KAFKA_PORT"),
+            cluster,
             dir,
         }
+    }
+
+    fn cluster(&self) -> &Cluster {
+        self.cluster.as_ref().expect("not a cluster stack")
+    }
+
+    /// SIGKILL one ClickHouse node of the cluster (1-based), as a crash.
+    pub fn kill_node(&self, n: usize) {
+        self.stack_node_cmd("kill-node", n);
+    }
+    /// Starts a node again, same ports and data.
+    pub fn start_node(&self, n: usize) {
+        self.stack_node_cmd("start-node", n);
+    }
+    /// SIGKILL ZooKeeper, as a crash.
+    pub fn kill_zookeeper(&self) {
+        self.stack_cmd("kill-zookeeper");
+    }
+    pub fn start_zookeeper(&self) {
+        self.stack_cmd("start-zookeeper");
+    }
+
+    fn stack_node_cmd(&self, what: &str, n: usize) {
+        run_ok(
+            Command::new(root().join("deploy/local/stack.sh"))
+                .arg(what)
+                .arg(self.dir.path().join("stack"))
+                .arg(n.to_string()),
+        );
+    }
+
+    /// A query on node `n` of the cluster (1-based; TabSeparated result).
+    pub fn node_query(&self, n: usize, sql: &str) -> Result<String, String> {
+        http_post(self.cluster().http_ports[n - 1], "/", sql)
     }
 
     /// Ingest's envelope signing key and the sinks' verify key.
@@ -159,7 +224,7 @@ impl Stack {
     }
 
     /// Environment for collector commands talking to this stack (its
-    /// ClickHouse, its broker, its envelope keys).
+    /// ClickHouse and cluster, its broker, its envelope keys).
     pub fn collector(&self) -> Command {
         let mut c = Command::new(bin("tidewatch-collector"));
         let (sign, verify) = self.envelope_keys();
@@ -168,10 +233,14 @@ impl Stack {
             .env("TIDEWATCH_ENVELOPE_SIGNING_KEY", sign)
             .env("TIDEWATCH_ENVELOPE_VERIFY_KEYS", verify)
             .env("RUST_LOG", "info,rdkafka=warn");
+        if let Some(cluster) = &self.cluster {
+            c.env("TIDEWATCH_CLICKHOUSE_CLUSTER", &cluster.name);
+        }
         c
     }
 
-    /// Runs `migrate` against this stack.
+    /// Runs `migrate` against this stack (for its cluster, if it has one:
+    /// see [`Stack::collector`]).
     pub fn migrate(&self) {
         run_ok(self.collector().arg("migrate"));
     }
@@ -247,6 +316,10 @@ impl Stack {
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
             .collect();
         logs.push(stack.join("clickhouse/log/clickhouse-server.err.log"));
+        for n in 1..=4 {
+            logs.push(stack.join(format!("clickhouse-{n}/log/clickhouse-server.err.log")));
+        }
+        logs.push(stack.join("zookeeper/zookeeper.log"));
         logs.sort();
         for log in logs {
             let Ok(text) = fs::read_to_string(&log) else {

@@ -270,7 +270,7 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     // every connection that has not switched to a new certificate by then:
     // at 7 s the jitter decided whether any drain happened at all.
     extra.extend(["--max-connection-age-secs", "4", "--drain-grace-secs", "5"].map(String::from));
-    let mut ingest = stack.ingest(
+    let ingest = stack.ingest(
         pki,
         port,
         &extra.iter().map(String::as_str).collect::<Vec<_>>(),
