@@ -303,6 +303,13 @@ def cases():
                 assert not any(mounted), f"{d['metadata']['name']} mounts the signer's volume"
         pvc = find(docs, "PersistentVolumeClaim", "-signer")
         assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # Consumers are static group members named by their pods; one
+        # server, no cluster.
+        for suffix in ("-sink", "-detect"):
+            c = find(docs, "Deployment", suffix)["spec"]["template"]["spec"]["containers"][0]
+            ref = env_names(c)["TIDEWATCH_KAFKA_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
+            assert ref["fieldPath"] == "metadata.name", ref
+        assert "TIDEWATCH_CLICKHOUSE_CLUSTER" not in find(docs, "ConfigMap", "-config")["data"]
         # Kafka: TLS and SCRAM, one user per component.
         for c, user in ((ic, "tidewatch-kafka-ingest"), (sc, "tidewatch-kafka-sink")):
             assert "--kafka-option=security.protocol=SASL_SSL" in c["args"], c["args"]
@@ -430,6 +437,12 @@ def cases():
         assert not any(a.startswith("--signer") for a in ic["args"]), ic["args"]
         assert len([d for _, d in docs if d["kind"] == "NetworkPolicy"]) == 3
 
+    def ch_cluster(docs, ingest, ic, sink, sc):
+        job = find(docs, "Job", "-migrate")["spec"]["template"]["spec"]["containers"][0]
+        assert env_names(job)["TIDEWATCH_CLICKHOUSE_CLUSTER"]["value"] == "fleet_ch", job["env"]
+        assert find(docs, "ConfigMap", "-config")["data"]["TIDEWATCH_CLICKHOUSE_CLUSTER"] == "fleet_ch"
+        assert sink["spec"]["replicas"] == 3
+
     def no_migrate(docs, ingest, ic, sink, sc):
         assert not find(docs, "Job", "")
         assert not find(docs, "Job", "-fleet-registry"), "no registry job without sensors"
@@ -508,6 +521,10 @@ def cases():
         "signer": {"enabled": False},
         "detect": {"enabled": False},
     }, lab
+    yield "ClickHouse cluster, three sinks", {
+        "clickhouse": {"url": "http://clickhouse-fleet.clickhouse:8123", "cluster": "fleet_ch"},
+        "sink": {"replicas": 3},
+    }, ch_cluster
     yield "migration disabled", {"migrate": {"enabled": False}}, no_migrate
 
 
@@ -518,6 +535,7 @@ REFUSALS = [
     ("port out of range", {"ingest": {"port": 70000}}, "port"),
     ("unknown top-level key", {"ingset": {"replicas": 2}}, "ingset"),
     ("bad database name", {"clickhouse": {"database": "tide-watch"}}, "database"),
+    ("bad cluster name", {"clickhouse": {"cluster": "fleet ch"}}, "cluster"),
     ("broker without port", {"kafka": {"brokers": "kafka"}}, "brokers"),
     ("unknown fleet role", {"fleet": {"sensors": [{"id": "a", "vessel": "v", "role": "galley"}]}}, "role"),
     ("no TLS source", {"tls": {"existingSecret": ""}}, "tls.existingSecret"),

@@ -3,7 +3,7 @@
 # each with its own data directory and free ports. Used by the demo and by the
 # tests (which start one stack per test, so tests can run in parallel).
 #
-#   stack.sh install                 install what is missing (ClickHouse, libpcap, ieee-data, tansu, Python test deps)
+#   stack.sh install                 install what is missing (ClickHouse, ZooKeeper, libpcap, ieee-data, tansu, Python test deps)
 #   stack.sh start DIR               start both, create topics, write DIR/stack.env
 #   stack.sh stop DIR                stop both
 #   stack.sh start-clickhouse DIR    (re)start ClickHouse only, same ports and data
@@ -431,5 +431,5 @@ case "$cmd" in
   stop-kafka) stop_pid "$DIR/kafka/pid" broker ;;
   kill-clickhouse) kill_pid "$DIR/clickhouse/pid" ;;
   kill-kafka) kill_pid "$DIR/kafka/pid" ;;
-  *) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -1,6 +1,8 @@
 //! ClickHouse rows and their conversion from decoded batches. Field order and
 //! names match the `*_raw` tables of the schema (RowBinary is positional).
 
+use std::borrow::Cow;
+
 use tidewatch_proto::limits::{check_flow, RecordError};
 use tidewatch_proto::util::{flow_end_name, ip_text, now_us, transport_name};
 use tidewatch_proto::v1::{
@@ -82,7 +84,7 @@ pub struct FlowRow {
     pub client_port: u16,
     pub server_port: u16,
     pub ip_protocol: u8,
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub app_protocol: String,
     pub vlan: u16,
     pub c2s_packets: u64,
@@ -93,10 +95,10 @@ pub struct FlowRow {
     pub s2c_bytes: u64,
     pub s2c_payload_bytes: u64,
     pub s2c_tcp_flags: u8,
-    pub end_reason: String,
+    pub end_reason: &'static str,
     pub op_codes: Vec<u32>,
     pub op_names: Vec<String>,
-    pub op_classes: Vec<String>,
+    pub op_classes: Vec<&'static str>,
     pub op_counts: Vec<u64>,
     pub op_errors: Vec<u64>,
     pub indicators: Vec<String>,
@@ -113,7 +115,7 @@ pub struct TrafficHourlyRow {
     pub hour: u32,
     pub server_ip: String,
     pub server_port: u16,
-    pub transport: String,
+    pub transport: Cow<'static, str>,
     pub app_protocol: String,
     pub flows: u64,
     pub packets: u64,
@@ -136,30 +138,35 @@ pub struct DestHourlyRow {
 }
 
 /// The hourly rollups of stored flow rows, aggregated per batch here
-/// rather than by views in ClickHouse (half of an insert's time there, see
-/// `tidewatch-bench --no-rollups`); each row keyed by its batch and hour.
+/// rather than by materialized views in ClickHouse (which took half of an
+/// insert's time there); each row keyed by its batch and hour, in the order
+/// the flows first name it.
 pub fn rollups<'a>(
     flows: impl Iterator<Item = &'a FlowRow>,
 ) -> (Vec<TrafficHourlyRow>, Vec<DestHourlyRow>) {
-    use std::collections::BTreeMap;
+    use std::collections::HashMap;
     /// sensor, batch, hour, server, port, transport, protocol
     type ServiceKey<'a> = (&'a str, u64, u32, &'a str, u16, &'a str, &'a str);
-    let mut traffic: BTreeMap<ServiceKey, TrafficHourlyRow> = BTreeMap::new();
-    let mut dest: BTreeMap<(&str, u64, u32, &str), DestHourlyRow> = BTreeMap::new();
+    let mut traffic: Vec<TrafficHourlyRow> = Vec::new();
+    let mut dest: Vec<DestHourlyRow> = Vec::new();
+    // Key → index of its row: hashing beats ordered maps here, whose every
+    // comparison went through the (equal) sensor name first.
+    let mut services: HashMap<ServiceKey, usize> = HashMap::new();
+    let mut addresses: HashMap<(&str, u64, u32, &str), usize> = HashMap::new();
     for f in flows {
         let secs = f.first_seen_us.div_euclid(1_000_000);
         let hour = (secs - secs.rem_euclid(3600)).clamp(0, u32::MAX as i64) as u32;
-        let t = traffic
-            .entry((
-                &f.sensor_id,
-                f.batch_seq,
-                hour,
-                &f.server_ip,
-                f.server_port,
-                &f.transport,
-                &f.app_protocol,
-            ))
-            .or_insert_with(|| TrafficHourlyRow {
+        let key = (
+            f.sensor_id.as_str(),
+            f.batch_seq,
+            hour,
+            f.server_ip.as_str(),
+            f.server_port,
+            &*f.transport,
+            f.app_protocol.as_str(),
+        );
+        let i = *services.entry(key).or_insert_with(|| {
+            traffic.push(TrafficHourlyRow {
                 vessel: f.vessel.clone(),
                 sensor_id: f.sensor_id.clone(),
                 batch_seq: f.batch_seq,
@@ -174,14 +181,22 @@ pub fn rollups<'a>(
                 s2c_bytes: 0,
                 first_flow_us: i64::MAX,
             });
+            traffic.len() - 1
+        });
+        let t = &mut traffic[i];
         t.flows += 1;
         t.packets += f.c2s_packets + f.s2c_packets;
         t.c2s_bytes += f.c2s_bytes;
         t.s2c_bytes += f.s2c_bytes;
         t.first_flow_us = t.first_flow_us.min(f.first_seen_us);
-        let d = dest
-            .entry((&f.sensor_id, f.batch_seq, hour, &f.server_ip))
-            .or_insert_with(|| DestHourlyRow {
+        let key = (
+            f.sensor_id.as_str(),
+            f.batch_seq,
+            hour,
+            f.server_ip.as_str(),
+        );
+        let i = *addresses.entry(key).or_insert_with(|| {
+            dest.push(DestHourlyRow {
                 vessel: f.vessel.clone(),
                 sensor_id: f.sensor_id.clone(),
                 batch_seq: f.batch_seq,
@@ -191,14 +206,14 @@ pub fn rollups<'a>(
                 c2s_bytes: 0,
                 s2c_bytes: 0,
             });
+            dest.len() - 1
+        });
+        let d = &mut dest[i];
         d.flows += 1;
         d.c2s_bytes += f.c2s_bytes;
         d.s2c_bytes += f.s2c_bytes;
     }
-    (
-        traffic.into_values().collect(),
-        dest.into_values().collect(),
-    )
+    (traffic, dest)
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -273,7 +288,7 @@ impl Rows {
     }
 }
 
-fn class_name(c: i32) -> String {
+fn class_name(c: i32) -> &'static str {
     match OperationClass::try_from(c).unwrap_or(OperationClass::Unspecified) {
         OperationClass::Read => "read",
         OperationClass::Write => "write",
@@ -283,7 +298,6 @@ fn class_name(c: i32) -> String {
         OperationClass::Other => "other",
         OperationClass::Unspecified => "",
     }
-    .into()
 }
 
 fn secs(us: i64) -> u32 {
@@ -360,7 +374,7 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         client_port: port(f.client_port),
         server_port: port(f.server_port),
         ip_protocol: (f.ip_protocol & 0xff) as u8,
-        transport: transport_name(f.ip_protocol).into_owned(),
+        transport: transport_name(f.ip_protocol),
         app_protocol: f.app_protocol.clone(),
         vlan: (f.vlan & 0x0fff) as u16,
         c2s_packets: c2s.packets,
@@ -371,7 +385,7 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         s2c_bytes: s2c.ip_bytes,
         s2c_payload_bytes: s2c.payload_bytes,
         s2c_tcp_flags: (s2c.tcp_flags & 0xff) as u8,
-        end_reason: flow_end_name(f.end).to_string(),
+        end_reason: flow_end_name(f.end),
         op_codes: f.operations.iter().map(|o| o.code).collect(),
         op_names: f.operations.iter().map(|o| o.name.clone()).collect(),
         op_classes: f.operations.iter().map(|o| class_name(o.class)).collect(),
@@ -526,7 +540,7 @@ mod rollup_tests {
             s2c_bytes: 10,
             s2c_payload_bytes: 0,
             s2c_tcp_flags: 0,
-            end_reason: "fin".into(),
+            end_reason: "fin",
             op_codes: vec![],
             op_names: vec![],
             op_classes: vec![],
@@ -547,7 +561,7 @@ mod rollup_tests {
             flow(2, h + 20, "192.0.2.1", 443, 1000), // another batch
         ];
         let (traffic, dest) = rollups(flows.iter());
-        let t: Vec<(u64, u32, u16, u64, u64, u64, i64)> = traffic
+        let mut t: Vec<(u64, u32, u16, u64, u64, u64, i64)> = traffic
             .iter()
             .map(|r| {
                 (
@@ -561,6 +575,7 @@ mod rollup_tests {
                 )
             })
             .collect();
+        t.sort();
         let h = h as u32;
         assert_eq!(
             t,
@@ -571,10 +586,11 @@ mod rollup_tests {
                 (2, h, 443, 1, 3, 1000, (h as i64 + 20) * 1_000_000),
             ]
         );
-        let d: Vec<(u64, u32, u64, u64, u64)> = dest
+        let mut d: Vec<(u64, u32, u64, u64, u64)> = dest
             .iter()
             .map(|r| (r.batch_seq, r.hour, r.flows, r.c2s_bytes, r.s2c_bytes))
             .collect();
+        d.sort();
         assert_eq!(
             d,
             [

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer};
-
-use crate::kafka::GroupConsumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -28,6 +26,7 @@ use super::rows::{
 };
 use super::SinkArgs;
 use crate::envelope::{signature_of, VerifyKeys};
+use crate::kafka::GroupConsumer;
 use crate::metrics::SinkMetrics;
 
 struct Chunk {

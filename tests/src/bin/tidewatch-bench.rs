@@ -3,13 +3,18 @@
 //! 1. ingest: synthetic batches (zstd-compressed, as the sensor sends them)
 //!    are uploaded over several mTLS streams with a window of unacked
 //!    batches; measured: acked flows/s (an ack means "in Kafka") and flows per
-//!    CPU-second of the ingest process;
+//!    CPU-second of the ingest processes;
 //! 2. sink: started once everything is in Kafka; measured: rows/s until every
-//!    row is in ClickHouse, and rows per CPU-second of the sink process.
+//!    row is in ClickHouse, and rows per CPU-second of the sink processes;
+//! 3. ClickHouse alone (the ceiling of the sink): the same flow rows, read
+//!    back as RowBinary, inserted again in chunks of the sink's size into an
+//!    empty copy of `flows_raw` over HTTP, as the sink inserts them but with
+//!    nothing else to do (no rollups, no ledger, no Kafka).
 //!
 //! Run it with `deploy/local/bench.sh` (release build). Options:
-//! `--batches N --flows-per-batch N --streams N --window N`, and
-//! `--no-rollups` (the rollup views dropped: the raw-insert ceiling).
+//! `--batches N --flows-per-batch N --streams N --window N`, `--ingests N`
+//! (behind one balancer), `--sinks N` (one consumer group), `--cluster` (the
+//! local 2 × 2 ClickHouse cluster instead of one server).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,10 +41,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn pid_of(p: &Proc) -> u32 {
-    p.pid()
-}
-
 fn main() {
     let batches = arg("--batches", 400);
     let per_batch = arg("--flows-per-batch", 1000);
@@ -48,28 +49,31 @@ fn main() {
     let total_flows = (batches * per_batch) as u64;
     println!("tidewatch-bench: {batches} batches x {per_batch} flows = {total_flows} flows, {streams} streams, window {window}");
 
-    let stack = Stack::start();
+    let cluster = std::env::args().any(|a| a == "--cluster");
+    let (n_ingests, n_sinks) = (arg("--ingests", 1).max(1), arg("--sinks", 1).max(1));
+    let stack = if cluster {
+        Stack::start_cluster()
+    } else {
+        Stack::start()
+    };
     stack.migrate();
-    if std::env::args().any(|a| a == "--no-rollups") {
-        // The raw-insert ceiling: the rollup views dropped, so an insert
-        // of flows does only its own work.
-        let views = stack
-            .query("SELECT name FROM system.tables WHERE database = 'tidewatch' AND engine = 'MaterializedView'")
-            .unwrap();
-        for v in views.lines() {
-            stack.query(&format!("DROP TABLE tidewatch.`{v}`")).unwrap();
+    println!(
+        "ClickHouse: {}; {n_ingests} ingest(s), {n_sinks} sink(s)",
+        if cluster {
+            "2 shards x 2 replicas (4 servers) and ZooKeeper"
+        } else {
+            "one server"
         }
-        println!(
-            "rollup views dropped: {}",
-            views.lines().collect::<Vec<_>>().join(", ")
-        );
-    }
+    );
     let pki = Pki::new(stack.path().join("pki"));
     let certs: Vec<SensorCert> = (0..streams)
         .map(|i| pki.sensor(&format!("bench-{i}"), "mv-bench"))
         .collect();
-    let port = free_port();
-    let ingest = stack.ingest(&pki, port, &[]);
+    let ports: Vec<u16> = (0..n_ingests).map(|_| free_port()).collect();
+    let ingests: Vec<Proc> = ports.iter().map(|p| stack.ingest(&pki, *p, &[])).collect();
+    let balancer = (n_ingests > 1).then(|| linkemu::LinkEmu::balance(&ports));
+    let port = balancer.as_ref().map_or(ports[0], |b| b.port);
+    let ingest_cpu = || ingests.iter().map(|p| cpu_seconds(p.pid())).sum::<f64>();
 
     // Pre-encode every request (not part of the measurement).
     let mut per_stream: Vec<Vec<UploadRequest>> = vec![Vec::new(); streams];
@@ -103,7 +107,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let cpu0 = cpu_seconds(pid_of(&ingest));
+    let cpu0 = ingest_cpu();
     let t0 = Instant::now();
     let acked: u64 = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -120,7 +124,7 @@ fn main() {
         n
     });
     let ingest_s = t0.elapsed().as_secs_f64();
-    let ingest_cpu = cpu_seconds(pid_of(&ingest)) - cpu0;
+    let ingest_cpu = ingest_cpu() - cpu0;
     assert_eq!(acked, batches as u64, "not every batch was acked");
     println!(
         "ingest: {total_flows} flows acked in {ingest_s:.2} s = {:.0} flows/s; ingest CPU {ingest_cpu:.2} s = {:.0} flows per CPU-second",
@@ -128,13 +132,27 @@ fn main() {
         total_flows as f64 / ingest_cpu.max(0.001)
     );
 
-    let mport = free_port();
-    let listen = format!("127.0.0.1:{mport}");
-    let sink = stack.sink(
-        "sink",
-        &["--max-rows", "200000", "--metrics-listen", &listen],
-    );
-    let cpu0 = cpu_seconds(pid_of(&sink));
+    let mports: Vec<u16> = (0..n_sinks).map(|_| free_port()).collect();
+    let sinks: Vec<Proc> = mports
+        .iter()
+        .enumerate()
+        .map(|(i, mport)| {
+            let (name, listen) = (format!("sink-{i}"), format!("127.0.0.1:{mport}"));
+            stack.sink(
+                &name,
+                &[
+                    "--max-rows",
+                    &CHUNK_ROWS.to_string(),
+                    "--metrics-listen",
+                    &listen,
+                    "--kafka-group-instance-id",
+                    &name,
+                ],
+            )
+        })
+        .collect();
+    let sink_cpu = || sinks.iter().map(|p| cpu_seconds(p.pid())).sum::<f64>();
+    let cpu0 = sink_cpu();
     let t0 = Instant::now();
     // The clock starts at the first stored row, so the consumer-group join
     // is not counted as insert time.
@@ -147,30 +165,101 @@ fn main() {
     });
     let sink_s = first.0.elapsed().as_secs_f64();
     let rows = total_flows - first.1;
-    let sink_cpu = cpu_seconds(pid_of(&sink)) - cpu0;
+    let sink_cpu = sink_cpu() - cpu0;
+    let sink_rate = rows as f64 / sink_s.max(0.001);
     println!(
-        "sink: group join + first chunk {:.2} s; then {rows} rows in {sink_s:.2} s = {:.0} rows/s; sink CPU {sink_cpu:.2} s = {:.0} rows per CPU-second (ClickHouse 18.16 shares the 2 cores)",
+        "sink: group join + first chunk {:.2} s; then {rows} rows in {sink_s:.2} s = {sink_rate:.0} rows/s; sink CPU {sink_cpu:.2} s = {:.0} rows per CPU-second (ClickHouse shares the 2 cores)",
         (first.0 - t0).as_secs_f64(),
-        rows as f64 / sink_s.max(0.001),
         total_flows as f64 / sink_cpu.max(0.001)
     );
-    // Where the time went: the sink's ClickHouse inserts (rows, then the
-    // ledger; the rollup views run inside them) against the rest
-    // (consuming from Kafka, checking, decoding, committing).
-    let m = |name: &str| http::metric(mport, name).unwrap_or(0.0);
+    // Where the time went: the sinks' ClickHouse inserts (flows, rollups,
+    // ledger) against the rest (consuming from Kafka, checking, decoding,
+    // aggregating the rollups, committing).
+    let m = |name: &str| -> f64 {
+        mports
+            .iter()
+            .map(|p| http::metric(*p, name).unwrap_or(0.0))
+            .sum()
+    };
     let (ins_s, inserts) = (
         m("tidewatch_sink_clickhouse_insert_seconds_sum"),
         m("tidewatch_sink_clickhouse_insert_seconds_count"),
     );
-    let wall = t0.elapsed().as_secs_f64();
+    let wall = t0.elapsed().as_secs_f64() * n_sinks as f64;
     println!(
-        "sink time: {ins_s:.2} s in {inserts:.0} ClickHouse inserts ({:.0} % of the {wall:.2} s from start), {:.0} batches per chunk; the rest consuming, checking, decoding, committing",
+        "sink time: {ins_s:.2} s in {inserts:.0} ClickHouse inserts ({:.0} % of the sinks' {wall:.2} s from start), {:.0} batches per chunk; the rest consuming, checking, decoding, aggregating, committing",
         100.0 * ins_s / wall,
         batches as f64 / m("tidewatch_sink_offset_commits_total").max(1.0)
     );
     let dedup = stack.query_u64("SELECT count() FROM tidewatch.flows");
     assert_eq!(dedup, total_flows, "exactly-once view disagrees");
     println!("check: tidewatch.flows holds {dedup} flows (= sent)");
+    drop(sinks);
+    drop(ingests);
+
+    let ceiling = clickhouse_alone(&stack, total_flows);
+    println!(
+        "ClickHouse alone: {total_flows} flow rows in chunks of {CHUNK_ROWS} = {ceiling:.0} rows/s; the sink reaches {:.0} % of it",
+        100.0 * sink_rate / ceiling
+    );
+}
+
+/// Rows per sink insert in this benchmark.
+const CHUNK_ROWS: u64 = 200_000;
+
+/// The insert ceiling: the stored flow rows read back as RowBinary, then
+/// inserted into an empty copy of `flows_raw` (of every shard on a
+/// cluster, through a Distributed copy), `CHUNK_ROWS` per insert; rows/s
+/// of the inserts alone.
+fn clickhouse_alone(stack: &Stack, total: u64) -> f64 {
+    let show = |n: Option<usize>, table: &str| -> String {
+        let sql = format!("SHOW CREATE TABLE tidewatch.{table} FORMAT TSVRaw");
+        match n {
+            Some(n) => stack.node_query(n, &sql),
+            None => stack.query(&sql),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    match &stack.cluster {
+        None => {
+            let ddl = show(None, "flows_raw").replace("tidewatch.flows_raw", "tidewatch.ceiling");
+            stack.query(&ddl).unwrap();
+        }
+        Some(c) => {
+            for n in 1..=c.http_ports.len() {
+                let ddl = show(Some(n), "flows_raw_local")
+                    .replace("tidewatch.flows_raw_local", "tidewatch.ceiling_local")
+                    .replace("tidewatch.flows_raw'", "tidewatch.ceiling'");
+                stack.node_query(n, &ddl).unwrap();
+            }
+            let ddl = show(Some(1), "flows_raw")
+                .replace("tidewatch.flows_raw", "tidewatch.ceiling")
+                .replace("flows_raw_local", "ceiling_local");
+            stack.node_query(1, &ddl).unwrap();
+        }
+    }
+    let mut chunks = Vec::new();
+    for k in 0..total.div_ceil(CHUNK_ROWS) {
+        let sql = format!(
+            "SELECT * FROM tidewatch.flows_raw ORDER BY sensor_id, batch_seq, record_idx \
+             LIMIT {CHUNK_ROWS} OFFSET {} FORMAT RowBinary",
+            k * CHUNK_ROWS
+        );
+        chunks.push(http::http_post_bytes(stack.ch_http_port, "/", sql.as_bytes()).unwrap());
+    }
+    let path =
+        "/?query=INSERT%20INTO%20tidewatch.ceiling%20FORMAT%20RowBinary&insert_distributed_sync=1";
+    let t0 = Instant::now();
+    for c in &chunks {
+        http::http_post_bytes(stack.ch_http_port, path, c).unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        stack.query_u64("SELECT count() FROM tidewatch.ceiling"),
+        total,
+        "the copy lost rows"
+    );
+    total as f64 / secs
 }
 
 /// Streams `reqs` keeping at most `window` unacked; returns batches acked.

@@ -176,7 +176,24 @@ app.kubernetes.io/component: {{ .component }}
   value: {{ .Values.clickhouse.database | quote }}
 - name: TIDEWATCH_CLICKHOUSE_USER
   value: {{ .Values.clickhouse.user | quote }}
+{{- with .Values.clickhouse.cluster }}
+- name: TIDEWATCH_CLICKHOUSE_CLUSTER
+  value: {{ . | quote }}
+{{- end }}
 {{- include "tidewatch.clickhouseSecretEnv" . }}
+{{- end }}
+
+{{/*
+Static Kafka group membership for the consumers (sink, detect, deliver):
+each replica is named by its pod, so one whose container crashes and
+restarts takes its partitions back at once, without a rebalance of the
+others; a pod gone for good leaves the group after the session timeout.
+*/}}
+{{- define "tidewatch.groupInstanceEnv" -}}
+- name: TIDEWATCH_KAFKA_GROUP_INSTANCE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 {{- end }}
 
 {{- define "tidewatch.commonEnv" -}}
