@@ -63,22 +63,13 @@ pub enum MaintenanceCmd {
     },
 }
 
-#[derive(Debug, Deserialize, clickhouse::Row)]
-struct Replica {
-    shard_num: u32,
-    host_address: String,
-    port: u16,
-}
-
 /// Where partitions are listed and how they are dropped.
 enum Layout {
     Single,
-    /// The cluster's name and a `remote()` address expression reaching one
-    /// live replica of each shard (`a|b,c|d`).
-    Cluster {
-        name: String,
-        shards: String,
-    },
+    /// The cluster's name: partitions are read from one live replica of
+    /// each shard through `cluster()` (with the credentials of the servers'
+    /// `remote_servers`).
+    Cluster(String),
 }
 
 impl Layout {
@@ -86,38 +77,16 @@ impl Layout {
         let Some(name) = cluster else {
             return Ok(Layout::Single);
         };
-        let replicas: Vec<Replica> = ch
-            .query(
-                "SELECT shard_num, host_address, port FROM system.clusters \
-                 WHERE cluster = ? ORDER BY shard_num, replica_num",
-            )
+        let nodes: u64 = ch
+            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
             .bind(&name)
-            .fetch_all()
+            .fetch_one()
             .await
             .context("listing the cluster's nodes")?;
-        if replicas.is_empty() {
+        if nodes == 0 {
             bail!("cluster {name} is not in this server's remote_servers");
         }
-        let mut shards: Vec<Vec<String>> = Vec::new();
-        let mut last = None;
-        for r in replicas {
-            if last != Some(r.shard_num) {
-                shards.push(Vec::new());
-                last = Some(r.shard_num);
-            }
-            let addr = if r.host_address.contains(':') {
-                format!("[{}]:{}", r.host_address, r.port)
-            } else {
-                format!("{}:{}", r.host_address, r.port)
-            };
-            shards.last_mut().expect("pushed").push(addr);
-        }
-        let shards = shards
-            .iter()
-            .map(|s| s.join("|"))
-            .collect::<Vec<_>>()
-            .join(",");
-        Ok(Layout::Cluster { name, shards })
+        Ok(Layout::Cluster(name))
     }
 
     /// The active partitions of `table` (on every shard of a cluster).
@@ -129,8 +98,8 @@ impl Layout {
     ) -> anyhow::Result<Vec<String>> {
         let (parts, table) = match self {
             Layout::Single => ("system.parts".to_string(), table.to_string()),
-            Layout::Cluster { shards, .. } => (
-                format!("remote('{shards}', system, parts)"),
+            Layout::Cluster(name) => (
+                format!("cluster('{name}', system, parts)"),
                 format!("{table}{}", crate::schema::cluster::LOCAL_SUFFIX),
             ),
         };
@@ -150,7 +119,7 @@ impl Layout {
     fn drop_partition(&self, database: &str, table: &str, id: &str) -> String {
         match self {
             Layout::Single => format!("ALTER TABLE {database}.{table} DROP PARTITION {id}"),
-            Layout::Cluster { name, .. } => format!(
+            Layout::Cluster(name) => format!(
                 "ALTER TABLE {database}.{table}{} ON CLUSTER {name} DROP PARTITION {id}",
                 crate::schema::cluster::LOCAL_SUFFIX
             ),

@@ -234,6 +234,30 @@ fn the_query_pack_answers_on_a_cluster_as_on_one_server_and_retention_drops_on_e
         "only {answered} queries returned rows: {one:?}"
     );
 
+    // A database migrated for the cluster is not migrated as a single
+    // server's (nor the reverse).
+    let out = cluster
+        .stack
+        .collector()
+        .env_remove("TIDEWATCH_CLICKHOUSE_CLUSTER")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was migrated for a cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = single
+        .stack
+        .collector()
+        .args(["migrate", "--cluster", "tidewatch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was migrated for a single server"));
+
     // Retention on the cluster: the fleet's first day of raw flows goes
     // from every shard and replica; the rollups keep it.
     let stack = &cluster.stack;

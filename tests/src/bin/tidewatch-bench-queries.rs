@@ -4,7 +4,8 @@
 //!
 //! Options: `--vessels N` (20), `--days N` (14), `--scale N` (7: about 1500
 //! flows per vessel-hour; 20 x 14 x 7 is about 10 M flows), `--runs N` (3),
-//! `--hold SECS` (keep the loaded stack running afterwards, for exploring).
+//! `--hold SECS` (keep the loaded stack running afterwards, for exploring),
+//! `--cluster` (the local 2 × 2 ClickHouse cluster instead of one server).
 //! Each query runs over the last day against the whole baseline; the figure
 //! is the best of the runs, measured at the ClickHouse HTTP interface (the
 //! SQL is what `tidewatch-collector query NAME --print-sql` prints).
@@ -28,7 +29,12 @@ fn main() {
         ..Spec::default()
     };
     let runs = arg("--runs", 3).max(1);
-    let stack = Stack::start();
+    let cluster = std::env::args().any(|a| a == "--cluster");
+    let stack = if cluster {
+        Stack::start_cluster()
+    } else {
+        Stack::start()
+    };
     stack.migrate();
     let pki = Pki::new(stack.path().join("pki"));
     let port = free_port();
@@ -81,22 +87,28 @@ fn main() {
             println!("  {q:<17} {:>7.3} s  ({rows} rows)", best);
         }
     };
-    let parts = stack.query_u64(
-        "SELECT count() FROM system.parts WHERE database = 'tidewatch' AND table = 'flows_raw' AND active",
+    // On a cluster, the parts of node 1 (shard 1) and merges on every
+    // shard.
+    let (table, on) = if cluster {
+        ("flows_raw_local", " ON CLUSTER tidewatch")
+    } else {
+        ("flows_raw", "")
+    };
+    let parts_sql = format!(
+        "SELECT count() FROM system.parts WHERE database = 'tidewatch' AND table = '{table}' AND active"
     );
-    measure(&format!("as loaded ({parts} active parts of flows_raw)"));
+    let parts = stack.query_u64(&parts_sql);
+    measure(&format!("as loaded ({parts} active parts of {table})"));
     for p in stack
-        .query("SELECT DISTINCT partition FROM system.parts WHERE database = 'tidewatch' AND table = 'flows_raw' AND active")
+        .query(&format!("SELECT DISTINCT partition FROM system.parts WHERE database = 'tidewatch' AND table = '{table}' AND active"))
         .unwrap()
         .lines()
     {
         stack
-            .query(&format!("OPTIMIZE TABLE tidewatch.flows_raw PARTITION {p} FINAL"))
+            .query(&format!("OPTIMIZE TABLE tidewatch.{table}{on} PARTITION {p} FINAL"))
             .unwrap();
     }
-    let parts = stack.query_u64(
-        "SELECT count() FROM system.parts WHERE database = 'tidewatch' AND table = 'flows_raw' AND active",
-    );
+    let parts = stack.query_u64(&parts_sql);
     measure(&format!("after merges ({parts} active parts)"));
     let hold = arg("--hold", 0);
     if hold > 0 {
