@@ -139,34 +139,33 @@ pub struct DestHourlyRow {
 
 /// The hourly rollups of stored flow rows, aggregated per batch here
 /// rather than by materialized views in ClickHouse (which took half of an
-/// insert's time there); each row keyed by its batch and hour, in the order
-/// the flows first name it.
+/// insert's time there); each row keyed by its batch and hour. An ordered
+/// map: its rows come out sorted by batch, hour and destination, nearly the
+/// tables' own order, which ClickHouse stores faster than rows in any order
+/// (measured: a hash map and no sort took twice the insert time, a hash
+/// map and a sort more of the sink's).
 pub fn rollups<'a>(
     flows: impl Iterator<Item = &'a FlowRow>,
 ) -> (Vec<TrafficHourlyRow>, Vec<DestHourlyRow>) {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     /// sensor, batch, hour, server, port, transport, protocol
     type ServiceKey<'a> = (&'a str, u64, u32, &'a str, u16, &'a str, &'a str);
-    let mut traffic: Vec<TrafficHourlyRow> = Vec::new();
-    let mut dest: Vec<DestHourlyRow> = Vec::new();
-    // Key → index of its row: hashing beats ordered maps here, whose every
-    // comparison went through the (equal) sensor name first.
-    let mut services: HashMap<ServiceKey, usize> = HashMap::new();
-    let mut addresses: HashMap<(&str, u64, u32, &str), usize> = HashMap::new();
+    let mut traffic: BTreeMap<ServiceKey, TrafficHourlyRow> = BTreeMap::new();
+    let mut dest: BTreeMap<(&str, u64, u32, &str), DestHourlyRow> = BTreeMap::new();
     for f in flows {
         let secs = f.first_seen_us.div_euclid(1_000_000);
         let hour = (secs - secs.rem_euclid(3600)).clamp(0, u32::MAX as i64) as u32;
-        let key = (
-            f.sensor_id.as_str(),
-            f.batch_seq,
-            hour,
-            f.server_ip.as_str(),
-            f.server_port,
-            &*f.transport,
-            f.app_protocol.as_str(),
-        );
-        let i = *services.entry(key).or_insert_with(|| {
-            traffic.push(TrafficHourlyRow {
+        let t = traffic
+            .entry((
+                &f.sensor_id,
+                f.batch_seq,
+                hour,
+                &f.server_ip,
+                f.server_port,
+                &*f.transport,
+                f.app_protocol.as_str(),
+            ))
+            .or_insert_with(|| TrafficHourlyRow {
                 vessel: f.vessel.clone(),
                 sensor_id: f.sensor_id.clone(),
                 batch_seq: f.batch_seq,
@@ -181,22 +180,14 @@ pub fn rollups<'a>(
                 s2c_bytes: 0,
                 first_flow_us: i64::MAX,
             });
-            traffic.len() - 1
-        });
-        let t = &mut traffic[i];
         t.flows += 1;
         t.packets += f.c2s_packets + f.s2c_packets;
         t.c2s_bytes += f.c2s_bytes;
         t.s2c_bytes += f.s2c_bytes;
         t.first_flow_us = t.first_flow_us.min(f.first_seen_us);
-        let key = (
-            f.sensor_id.as_str(),
-            f.batch_seq,
-            hour,
-            f.server_ip.as_str(),
-        );
-        let i = *addresses.entry(key).or_insert_with(|| {
-            dest.push(DestHourlyRow {
+        let d = dest
+            .entry((&f.sensor_id, f.batch_seq, hour, &f.server_ip))
+            .or_insert_with(|| DestHourlyRow {
                 vessel: f.vessel.clone(),
                 sensor_id: f.sensor_id.clone(),
                 batch_seq: f.batch_seq,
@@ -206,14 +197,14 @@ pub fn rollups<'a>(
                 c2s_bytes: 0,
                 s2c_bytes: 0,
             });
-            dest.len() - 1
-        });
-        let d = &mut dest[i];
         d.flows += 1;
         d.c2s_bytes += f.c2s_bytes;
         d.s2c_bytes += f.s2c_bytes;
     }
-    (traffic, dest)
+    (
+        traffic.into_values().collect(),
+        dest.into_values().collect(),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -286,7 +277,39 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.len() == 0 && self.batches.is_empty()
     }
+
+    /// Puts every table's rows in its sorting-key order (sensor, batch,
+    /// record): ClickHouse stores a block that arrives sorted without
+    /// sorting it again. A chunk holds runs of batches in order, partition
+    /// by partition, so the (stable) sort merges a few runs.
+    pub fn sort_for_insert(&mut self) {
+        fn by_identity<T: Record>(rows: &mut [T]) {
+            rows.sort_by(|a, b| a.identity().cmp(&b.identity()));
+        }
+        by_identity(&mut self.flows);
+        by_identity(&mut self.assets);
+        by_identity(&mut self.statuses);
+        self.batches
+            .sort_by(|a, b| (&a.sensor_id, a.seq).cmp(&(&b.sensor_id, b.seq)));
+    }
 }
+
+/// A row of a record (flow, asset, status): its identity, which is its
+/// table's sorting key.
+trait Record {
+    fn identity(&self) -> (&str, u64, u32);
+}
+
+macro_rules! record_identity {
+    ($($row:ty),*) => {$(
+        impl Record for $row {
+            fn identity(&self) -> (&str, u64, u32) {
+                (&self.sensor_id, self.batch_seq, self.record_idx)
+            }
+        }
+    )*};
+}
+record_identity!(FlowRow, AssetRow, StatusRow);
 
 fn class_name(c: i32) -> &'static str {
     match OperationClass::try_from(c).unwrap_or(OperationClass::Unspecified) {

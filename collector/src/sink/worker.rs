@@ -330,7 +330,8 @@ impl Sink {
 
     /// Dead letters, inserts, ledger, commit. Returns false if interrupted by
     /// shutdown before the offsets were committed.
-    async fn store(&mut self, chunk: Chunk) -> bool {
+    async fn store(&mut self, mut chunk: Chunk) -> bool {
+        chunk.rows.sort_for_insert();
         for d in &chunk.dead {
             if !self.dead_letter(d).await {
                 return false;
