@@ -1001,3 +1001,15 @@ impl Loaded {
         }
     }
 }
+
+/// The retention in days (as `maintenance retention` takes it) that keeps
+/// everything from the UTC day starting at `day_start_s` on, counted back
+/// from today.
+pub fn retention_keeping_from(day_start_s: u64) -> String {
+    let today = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        / 86_400;
+    (today - day_start_s / 86_400).to_string()
+}

@@ -33,6 +33,9 @@ pub mod totals;
 pub use http::{http_get, http_post, metric};
 pub use pki::{Pki, SensorCert};
 pub use process::{bin, free_port, number_arg, pcaps, root, run_ok, wait_until, Proc};
-pub use sensor::{batches_acked, deliver_buffered, read_flows, read_flows_with, SensorRun};
+pub use sensor::{
+    batches_acked, deliver_buffered, paced_capture, read_flows, read_flows_with, SensorRun,
+    PACED_RUN,
+};
 pub use stack::{IngestTls, Shore, ShoreBuilder, Stack};
 pub use totals::{ch_totals, expect_flows, totals, Totals};

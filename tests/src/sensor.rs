@@ -121,3 +121,26 @@ pub fn deliver_buffered(
     assert!(st.success(), "{name} exited {st}:\n{}", s.log_text());
     s
 }
+
+/// A capture of `secs` seconds from `start_s` (Unix seconds): 100
+/// two-packet UDP flows a second, replayed in real time with
+/// [`PACED_RUN`], so that a test can act while it streams.
+pub fn paced_capture(path: &Path, secs: u32, start_s: u32) -> PathBuf {
+    crate::pcapgen::write_udp_flows_spaced(path, secs * 100, 2, start_s, 10_000)
+        .expect("paced capture");
+    path.to_path_buf()
+}
+
+/// `run` options for a [`paced_capture`]: real-time replay, flows closed
+/// half a second after their last packet, small batches sealed twice a
+/// second.
+pub const PACED_RUN: &[&str] = &[
+    "--idle-timeout",
+    "0.5",
+    "--replay-speed",
+    "1",
+    "--batch-flows",
+    "100",
+    "--flush-interval",
+    "0.5",
+];

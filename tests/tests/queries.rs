@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use tidewatch_collector::query::pack::PACK;
-use tidewatch_tests::fleet::{Loaded, Spec, Truth};
+use tidewatch_tests::fleet::{self, Loaded, Spec, Truth};
 use tidewatch_tests::*;
 
 fn s(v: &Value) -> String {
@@ -396,12 +396,7 @@ fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {
         (stack.query_u64("SELECT sum(flows) FROM tidewatch.traffic_hourly") == total).then_some(())
     });
     // Keep raw flows back to 2026-01-02: the fleet's first day goes.
-    let today = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / 86_400;
-    let keep = (today - 1_767_312_000 / 86_400).to_string();
+    let keep = fleet::retention_keeping_from(1_767_312_000);
     let args = |dry: bool| {
         let mut c = stack.collector();
         c.args(["maintenance", "retention", "--flow-retention-days", &keep])
@@ -445,7 +440,7 @@ fn retention_drops_only_partitions_past_it_and_keeps_rollups_longer() {
     // Past the rollup retention as well, every table drops its expired
     // partitions: the fleet's month (January 2026) goes from the rollups,
     // the assets and the sensor status too.
-    let keep_none = (today - 1_769_904_000 / 86_400).to_string(); // since 2026-02-01
+    let keep_none = fleet::retention_keeping_from(1_769_904_000); // since 2026-02-01
     let out = run_ok(stack.collector().args([
         "maintenance",
         "retention",
