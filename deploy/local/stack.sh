@@ -246,7 +246,9 @@ CFG
   for ((i = 0; i < 600; i++)); do
     if ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
       rm -f "$d/pid"
-      if grep -qs "Address already in use" "$d/zookeeper.log"; then
+      # Debian's ZooKeeper logs nowhere (no SLF4J binding): a port taken
+      # is seen on the port itself.
+      if ss -Hltn "sport = :$ZK_PORT" 2>/dev/null | grep -q .; then
         log "ZooKeeper: port $ZK_PORT already in use"
         return "$PORT_TAKEN"
       fi
