@@ -42,8 +42,9 @@ pub struct KafkaArgs {
     /// SASL password (sets sasl.password; prefer the environment variable).
     #[arg(long, env = "TIDEWATCH_KAFKA_PASSWORD", hide_env_values = true)]
     pub kafka_password: Option<String>,
-    /// Static group membership: a name of this replica that stays the same
-    /// across its restarts (the chart uses the pod name). A replica that
+    /// Static group membership of a consumer (sink, detect, deliver; ingest
+    /// ignores it): a name of this replica that stays the same across its
+    /// restarts (the chart uses the pod name). A replica that
     /// crashes and restarts under the same name gets its partitions back at
     /// once, without taking them from the other replicas of its consumer
     /// group; a replica gone for good is dropped by the group after its
