@@ -77,15 +77,7 @@ impl Layout {
         let Some(name) = cluster else {
             return Ok(Layout::Single);
         };
-        let nodes: u64 = ch
-            .query("SELECT count() FROM system.clusters WHERE cluster = ?")
-            .bind(&name)
-            .fetch_one()
-            .await
-            .context("listing the cluster's nodes")?;
-        if nodes == 0 {
-            bail!("cluster {name} is not in this server's remote_servers");
-        }
+        crate::schema::cluster::ensure_known(ch, &name).await?;
         Ok(Layout::Cluster(name))
     }
 

@@ -92,27 +92,18 @@ impl Stack {
 
     /// SIGKILL one ClickHouse node of the cluster (1-based), as a crash.
     pub fn kill_node(&self, n: usize) {
-        self.stack_node_cmd("kill-node", n);
+        self.stack_cmd("kill-node", &[&n.to_string()]);
     }
     /// Starts a node again, same ports and data.
     pub fn start_node(&self, n: usize) {
-        self.stack_node_cmd("start-node", n);
+        self.stack_cmd("start-node", &[&n.to_string()]);
     }
     /// SIGKILL ZooKeeper, as a crash.
     pub fn kill_zookeeper(&self) {
-        self.stack_cmd("kill-zookeeper");
+        self.stack_cmd("kill-zookeeper", &[]);
     }
     pub fn start_zookeeper(&self) {
-        self.stack_cmd("start-zookeeper");
-    }
-
-    fn stack_node_cmd(&self, what: &str, n: usize) {
-        run_ok(
-            Command::new(root().join("deploy/local/stack.sh"))
-                .arg(what)
-                .arg(self.dir.path().join("stack"))
-                .arg(n.to_string()),
-        );
+        self.stack_cmd("start-zookeeper", &[]);
     }
 
     /// A query on node `n` of the cluster (1-based; TabSeparated result).
@@ -133,33 +124,35 @@ impl Stack {
         self.dir.path()
     }
 
-    fn stack_cmd(&self, what: &str) {
+    /// `stack.sh WHAT DIR ARGS...` on this stack.
+    fn stack_cmd(&self, what: &str, args: &[&str]) {
         run_ok(
             Command::new(root().join("deploy/local/stack.sh"))
                 .arg(what)
-                .arg(self.dir.path().join("stack")),
+                .arg(self.dir.path().join("stack"))
+                .args(args),
         );
     }
 
     pub fn stop_clickhouse(&self) {
-        self.stack_cmd("stop-clickhouse");
+        self.stack_cmd("stop-clickhouse", &[]);
     }
     pub fn start_clickhouse(&self) {
-        self.stack_cmd("start-clickhouse");
+        self.stack_cmd("start-clickhouse", &[]);
     }
     pub fn stop_kafka(&self) {
-        self.stack_cmd("stop-kafka");
+        self.stack_cmd("stop-kafka", &[]);
     }
     pub fn start_kafka(&self) {
-        self.stack_cmd("start-kafka");
+        self.stack_cmd("start-kafka", &[]);
     }
     /// SIGKILL, as a crash would.
     pub fn kill_kafka(&self) {
-        self.stack_cmd("kill-kafka");
+        self.stack_cmd("kill-kafka", &[]);
     }
     /// SIGKILL, as a crash would.
     pub fn kill_clickhouse(&self) {
-        self.stack_cmd("kill-clickhouse");
+        self.stack_cmd("kill-clickhouse", &[]);
     }
 
     pub fn clickhouse_url(&self) -> String {

@@ -53,6 +53,22 @@ pub struct Distribute {
 /// The suffix of the per-node table under a Distributed one.
 pub const LOCAL_SUFFIX: &str = "_local";
 
+/// Refuses a cluster the server does not know (not in its
+/// `remote_servers`): what `migrate` and `maintenance` check first.
+pub async fn ensure_known(server: &clickhouse::Client, name: &str) -> Result<(), SchemaError> {
+    let nodes: u64 = server
+        .query("SELECT count() FROM system.clusters WHERE cluster = ?")
+        .bind(name)
+        .fetch_one()
+        .await?;
+    if nodes == 0 {
+        return Err(SchemaError::Topology(format!(
+            "cluster {name} is not in this server's remote_servers"
+        )));
+    }
+    Ok(())
+}
+
 impl Distribute {
     pub fn new(cluster: &str) -> Self {
         Distribute {

@@ -370,19 +370,7 @@ async fn check_topology(server: &Client, opts: &RenderOptions) -> Result<(), Sch
         (None, Some(true)) => Err(SchemaError::Topology(format!(
             "database {db} was migrated for a cluster; migrate it with --cluster"
         ))),
-        (Some(c), _) => {
-            let hosts: u64 = server
-                .query("SELECT count() FROM system.clusters WHERE cluster = ?")
-                .bind(c)
-                .fetch_one()
-                .await?;
-            if hosts == 0 {
-                return Err(SchemaError::Topology(format!(
-                    "cluster {c} is not in this server's remote_servers"
-                )));
-            }
-            Ok(())
-        }
+        (Some(c), _) => cluster::ensure_known(server, c).await,
         (None, _) => Ok(()),
     }
 }
