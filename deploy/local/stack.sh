@@ -216,12 +216,18 @@ start_clickhouse_at() { # dir http_port tcp_port (the dir's config.d is kept)
   die "ClickHouse did not answer within 60 s"
 }
 
-zookeeper_ok() { # port: whether ZooKeeper answers "imok"
+zookeeper_ok() { # port: whether ZooKeeper serves sessions
+  # Not "ruok": ZooKeeper answers it as soon as its port is bound, before
+  # it serves sessions, and a ClickHouse 18.16 whose first connection then
+  # fails crashes (its DDL worker). "srvr" reports a mode only once serving.
   python3 - "$1" <<'PY' 2>/dev/null
 import socket, sys
 with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
-    s.sendall(b"ruok")
-    sys.exit(0 if s.recv(4) == b"imok" else 1)
+    s.sendall(b"srvr")
+    answer = b""
+    while chunk := s.recv(4096):
+        answer += chunk
+    sys.exit(0 if b"Mode: " in answer else 1)
 PY
 }
 
@@ -237,7 +243,7 @@ clientPort=$ZK_PORT
 clientPortAddress=127.0.0.1
 maxClientCnxns=200
 admin.enableServer=false
-4lw.commands.whitelist=ruok,mntr
+4lw.commands.whitelist=srvr,ruok,mntr
 CFG
   (cd "$d" && exec setsid java -Xmx256m -cp /usr/share/java/zookeeper.jar:/etc/zookeeper/conf \
       org.apache.zookeeper.server.ZooKeeperServerMain "$d/zoo.cfg" >"$d/zookeeper.log" 2>&1 </dev/null) &
