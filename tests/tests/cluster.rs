@@ -237,6 +237,28 @@ fn the_query_pack_answers_on_a_cluster_as_on_one_server_and_retention_drops_on_e
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("was migrated for a single server"));
+    // A cluster name that is no name, or one the servers do not know, is
+    // refused before any statement runs.
+    let refused = |args: &[&str], needle: &str| {
+        let out = cluster.stack.collector().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    };
+    refused(
+        &["migrate", "--cluster", "fleet'; DROP"],
+        "use letters, digits and underscores",
+    );
+    refused(
+        &["migrate", "--cluster", "nope"],
+        "cluster nope is not in this server's remote_servers",
+    );
+    refused(
+        &["maintenance", "retention", "--cluster", "x' OR 1"],
+        "is not in this server's remote_servers",
+    );
 
     // Retention on the cluster: the fleet's first day of raw flows goes
     // from every shard and replica; the rollups keep it.
