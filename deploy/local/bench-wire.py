@@ -1,9 +1,18 @@
 #!/usr/bin/env python3
 """Bytes per flow record on the wire: tidewatch's batches (as `run` sends
-them: protobuf + zstd, gRPC framing) against softflowd's IPFIX export of the
-same captures.
+them: batch layout + zstd, gRPC framing) against softflowd's IPFIX export of
+the same captures.
 
-  deploy/local/bench-wire.py [CAPTURE...]      (default: every capture in ../shared/pcaps)
+  deploy/local/bench-wire.py [--packets N] [CAPTURE...]
+
+Without captures it measures two sets apart: a capture of realistic shape
+from deploy/local/gen-traffic.py (N packets, default 2,000,000; Poisson flow
+arrivals, heavy-tailed lengths, varying names, OT polls, VLANs), and every
+capture of ../shared/pcaps (small captures, dominated by per-batch costs).
+For each: bytes per flow in both batch layouts (columns, the default, and
+protobuf, the original), their ratio to IPFIX, what each group of fields
+costs in the columnar layout, the sensor's sealing time per flow and the
+peak RSS of `estimate` (metering and sealing the capture).
 
 softflowd runs with `-r FILE -n 127.0.0.1:PORT -v 10 -b -m 100000` (bidirectional
 flows, IPFIX); its datagrams are collected on a local UDP port and its data
@@ -11,14 +20,17 @@ records counted by parsing the IPFIX templates. tidewatch's side comes from
 `tidewatch-sensor estimate`. Needs softflowd (Debian package) and a build of
 tidewatch-sensor (release or debug).
 """
+import argparse
 import glob
 import json
+import resource
 import os
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
@@ -87,24 +99,69 @@ def softflowd(cap):
     return sum(len(g) for g in grams), ipfix_records(grams)
 
 
-def main():
-    caps = sys.argv[1:] or sorted(glob.glob(os.path.join(ROOT, "..", "shared", "pcaps", "*", "*.pcap*")))
-    sensor = sensor_bin()
-    tw_bytes = tw_flows = sf_bytes = sf_flows = 0
+def estimate(sensor, cap, layout, by_field):
+    """`tidewatch-sensor estimate` of one capture, and its peak RSS (KiB)."""
+    cmd = [sensor, "estimate", "--batch-layout", layout] + (["--by-field"] if by_field else []) + [cap]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = p.communicate()
+    _, _, ru = os.wait4(p.pid, 0) if p.returncode is None else (0, 0, None)
+    if p.returncode != 0:
+        sys.exit(f"estimate {cap} failed: {err.decode()[-2000:]}")
+    return json.loads(out), ru
+
+
+def measure(title, caps, sensor):
+    totals = {}
+    rss = {}
+    fields = {}
+    for layout in ("columns", "protobuf"):
+        t = totals[layout] = {"bytes": 0, "flows": 0, "seal_us": 0.0}
+        rss[layout] = 0
+        for cap in caps:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            e, _ = estimate(sensor, cap, layout, layout == "columns")
+            rss[layout] = max(rss[layout], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+            t["bytes"] += e["bytes"]
+            t["flows"] += e["flows"]
+            t["seal_us"] += e["seal_us_per_flow"] * e["flows"]
+            for k, v in e.get("by_field_bytes_per_flow", {}).items():
+                fields[k] = fields.get(k, 0.0) + v * e["flows"]
+    sf_bytes = sf_flows = 0
     for cap in caps:
-        out = subprocess.run([sensor, "estimate", cap], capture_output=True, text=True, check=True).stdout
-        e = json.loads(out)
         b, n = softflowd(cap)
-        tw_bytes += e["bytes"]
-        tw_flows += e["flows"]
         sf_bytes += b
         sf_flows += n
-    print(f"captures: {len(caps)}")
-    print(f"tidewatch: {tw_flows} flow records, {tw_bytes} bytes = {tw_bytes / max(tw_flows, 1):.1f} bytes/flow "
-          "(protobuf + zstd per batch, gRPC framing; TLS adds ~1.5%)")
-    print(f"softflowd IPFIX: {sf_flows} flow records, {sf_bytes} bytes = {sf_bytes / max(sf_flows, 1):.1f} bytes/flow (UDP payload)")
-    if sf_flows and tw_flows:
-        print(f"ratio: {(tw_bytes / tw_flows) / (sf_bytes / sf_flows):.2f}x IPFIX")
+    ipfix = sf_bytes / max(sf_flows, 1)
+    print(f"== {title}: {len(caps)} capture(s)")
+    print(f"softflowd IPFIX (bidirectional): {sf_flows} flow records, {sf_bytes} bytes = {ipfix:.1f} bytes/flow (UDP payload)")
+    for layout, t in totals.items():
+        per = t["bytes"] / max(t["flows"], 1)
+        print(f"tidewatch {layout:8}: {t['flows']} flow records, {t['bytes']} bytes = {per:.2f} bytes/flow = "
+              f"{per / ipfix:.2f}x IPFIX; sealing {t['seal_us'] / max(t['flows'], 1):.2f} us/flow; "
+              f"estimate peak RSS {rss[layout] // 1024} MiB")
+    flows = max(totals["columns"]["flows"], 1)
+    print("columns, bytes/flow each group of fields costs (left out alone; framing: all left out):")
+    print("  " + ", ".join(f"{k} {v / flows:.2f}" for k, v in fields.items()))
+    print("(gRPC framing counted; TLS adds ~1.5%)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--packets", type=int, default=2_000_000, help="packets of the generated capture")
+    ap.add_argument("captures", nargs="*", help="captures to measure instead of the two default sets")
+    a = ap.parse_args()
+    sensor = sensor_bin()
+    if a.captures:
+        measure("given captures", a.captures, sensor)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        cap = os.path.join(d, "realistic.pcap")
+        subprocess.run([sys.executable, os.path.join(ROOT, "deploy", "local", "gen-traffic.py"), cap,
+                        "--packets", str(a.packets)], check=True, stdout=subprocess.DEVNULL)
+        measure(f"realistic generator ({a.packets} packets, seed 1)", [cap], sensor)
+    print()
+    caps = sorted(glob.glob(os.path.join(ROOT, "..", "shared", "pcaps", "*", "*.pcap*")))
+    measure("reference corpus", caps, sensor)
 
 
 if __name__ == "__main__":

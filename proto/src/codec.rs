@@ -1,7 +1,9 @@
 //! The batch payload codec, shared by the sensor (encodes), ingest (checks
 //! what a sensor sent) and the sink (decodes what Kafka holds): a
-//! `tidewatch.v1.Batch` in protobuf, optionally zstd-compressed, as named by
-//! the `Encoding` beside it. Decoding is bounded: a payload that would
+//! `tidewatch.v1.Batch` as protobuf or in columns ([`crate::columns`]),
+//! optionally zstd-compressed, as named by the `Encoding` beside it. Every
+//! reader accepts every encoding, so sensors of a fleet can move from one
+//! to the other at their own pace. Decoding is bounded: a payload that would
 //! decompress beyond the caller's limit is refused once past it (memory
 //! grows with what is actually decompressed), and one whose records,
 //! nested lists or strings exceed the [`crate::limits`] is refused before
@@ -11,6 +13,7 @@ use std::io::Read;
 
 use prost::Message;
 
+use crate::columns::{self, ColumnsError};
 use crate::limits::{check_shape, ShapeError};
 use crate::v1::{Batch, Encoding, UploadRequest};
 
@@ -36,6 +39,18 @@ pub enum CodecError {
     Protobuf(#[from] prost::DecodeError),
     #[error("payload refused before decoding: {0}")]
     Shape(#[from] ShapeError),
+    #[error("columnar payload is not valid: {0}")]
+    Columns(ColumnsError),
+}
+
+impl From<ColumnsError> for CodecError {
+    fn from(e: ColumnsError) -> Self {
+        match e {
+            ColumnsError::Shape(s) => CodecError::Shape(s),
+            ColumnsError::TooLarge { max } => CodecError::TooLarge { max },
+            e => CodecError::Columns(e),
+        }
+    }
 }
 
 impl CodecError {
@@ -48,6 +63,7 @@ impl CodecError {
             CodecError::Protobuf(_) | CodecError::Shape(ShapeError::Malformed(_)) => "bad_protobuf",
             CodecError::Shape(ShapeError::TooManyRecords { .. }) => "too_many_records",
             CodecError::Shape(_) => "oversized_field",
+            CodecError::Columns(_) => "bad_columns",
         }
     }
 
@@ -61,14 +77,44 @@ impl CodecError {
     }
 }
 
-/// Encodes `batch` as an upload request: zstd at `zstd_level` when given
-/// (plain protobuf should compression fail), plain protobuf otherwise.
-pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> UploadRequest {
-    let raw = batch.encode_to_vec();
-    let (encoding, payload) = match zstd_level.map(|l| zstd::bulk::compress(&raw, l)) {
-        Some(Ok(z)) => (Encoding::ProtobufZstd, z),
-        _ => (Encoding::Protobuf, raw),
+/// How a batch is laid out in its payload, before any compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// The `Batch` message as protobuf (every reader since the first).
+    Protobuf,
+    /// The batch's flows in columns ([`crate::columns`]): fewer bytes.
+    #[default]
+    Columns,
+}
+
+impl Layout {
+    /// The encoding of a payload in this layout, compressed or not.
+    pub fn encoding(self, compressed: bool) -> Encoding {
+        match (self, compressed) {
+            (Layout::Protobuf, false) => Encoding::Protobuf,
+            (Layout::Protobuf, true) => Encoding::ProtobufZstd,
+            (Layout::Columns, false) => Encoding::Columns,
+            (Layout::Columns, true) => Encoding::ColumnsZstd,
+        }
+    }
+}
+
+/// Encodes `batch` as an upload request in `layout`: zstd at `zstd_level`
+/// when given (uncompressed should compression fail), uncompressed
+/// otherwise.
+pub fn encode(batch: &Batch, layout: Layout, zstd_level: Option<i32>) -> UploadRequest {
+    let (compressed, payload) = match layout {
+        // Each column compressed on its own, where that makes it smaller.
+        Layout::Columns => (zstd_level.is_some(), columns::encode(batch, zstd_level)),
+        Layout::Protobuf => {
+            let raw = batch.encode_to_vec();
+            match zstd_level.map(|l| zstd::bulk::compress(&raw, l)) {
+                Some(Ok(z)) => (true, z),
+                _ => (false, raw),
+            }
+        }
     };
+    let encoding = layout.encoding(compressed);
     UploadRequest {
         seq: batch.seq,
         encoding: encoding as i32,
@@ -78,21 +124,32 @@ pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> UploadRequest {
 
 /// Decodes a payload of `encoding` within `limits` (see the module docs).
 pub fn decode(encoding: i32, payload: &[u8], limits: DecodeLimits) -> Result<Batch, CodecError> {
+    let encoding = Encoding::try_from(encoding)
+        .ok()
+        .filter(|e| *e != Encoding::Unspecified)
+        .ok_or(CodecError::UnknownEncoding(encoding))?;
     let raw;
-    let wire = match Encoding::try_from(encoding) {
-        Ok(Encoding::Protobuf) => payload,
-        Ok(Encoding::ProtobufZstd) => {
+    let wire = match encoding {
+        Encoding::Columns | Encoding::ColumnsZstd => {
+            return Ok(columns::decode(
+                payload,
+                encoding == Encoding::ColumnsZstd,
+                limits.max_records,
+                limits.max_decoded_bytes,
+            )?);
+        }
+        Encoding::ProtobufZstd => {
             raw = decompress(payload, limits.max_decoded_bytes)?;
             &raw[..]
         }
-        _ => return Err(CodecError::UnknownEncoding(encoding)),
+        _ => payload,
     };
     check_shape(wire, limits.max_records)?;
     Ok(Batch::decode(wire)?)
 }
 
 /// The zstd frame(s) in `payload`, refused once past `max` bytes.
-fn decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn decompress(payload: &[u8], max: usize) -> Result<Vec<u8>, CodecError> {
     let decoder =
         zstd::stream::read::Decoder::with_buffer(payload).map_err(CodecError::Decompress)?;
     let mut out = Vec::with_capacity(payload.len().saturating_mul(4).min(max));
@@ -126,33 +183,50 @@ mod tests {
         }
     }
 
+    const LAYOUTS: [Layout; 2] = [Layout::Protobuf, Layout::Columns];
+
     #[test]
-    fn round_trips_both_encodings() {
-        for level in [None, Some(3)] {
-            let r = encode(&batch(), level);
-            assert_eq!(r.seq, 9);
-            assert_eq!(
-                decode(r.encoding, &r.payload, limits(1 << 20, 100)).unwrap(),
-                batch()
-            );
+    fn round_trips_every_encoding() {
+        let mut seen = Vec::new();
+        for layout in LAYOUTS {
+            for level in [None, Some(3)] {
+                let r = encode(&batch(), layout, level);
+                assert_eq!(r.seq, 9);
+                assert_eq!(r.encoding, layout.encoding(level.is_some()) as i32);
+                seen.push(r.encoding);
+                assert_eq!(
+                    decode(r.encoding, &r.payload, limits(1 << 20, 100)).unwrap(),
+                    batch()
+                );
+            }
         }
+        seen.sort();
+        assert_eq!(seen, [1, 2, 3, 4]);
     }
 
     #[test]
     fn refuses_what_it_cannot_or_may_not_decode() {
-        let z = encode(&batch(), Some(3));
-        let err = decode(z.encoding, &z.payload, limits(10, 100)).unwrap_err();
-        assert_eq!(err.reason(), "decompressed_too_large");
-        assert!(err.is_size());
-        let err = decode(z.encoding, &z.payload, limits(1 << 20, 99)).unwrap_err();
-        assert_eq!(err.reason(), "too_many_records");
-        assert!(err.is_size());
-        let err = decode(z.encoding, b"not zstd", limits(10, 100)).unwrap_err();
+        for layout in LAYOUTS {
+            let z = encode(&batch(), layout, Some(3));
+            let err = decode(z.encoding, &z.payload, limits(10, 100)).unwrap_err();
+            assert_eq!(err.reason(), "decompressed_too_large");
+            assert!(err.is_size());
+            let err = decode(z.encoding, &z.payload, limits(1 << 20, 99)).unwrap_err();
+            assert_eq!(err.reason(), "too_many_records", "{layout:?}");
+            assert!(err.is_size());
+        }
+        let err = decode(Encoding::Columns as i32, &[9, 0, 0], limits(10, 1)).unwrap_err();
+        assert_eq!(err.reason(), "bad_columns");
+        assert!(!err.is_size());
+        let z = Encoding::ProtobufZstd as i32;
+        let err = decode(z, b"not zstd", limits(10, 100)).unwrap_err();
         assert_eq!(err.reason(), "bad_compression");
-        assert_eq!(
-            decode(99, b"", limits(10, 1)).unwrap_err().reason(),
-            "bad_encoding"
-        );
+        for unknown in [0, 5, 99] {
+            assert_eq!(
+                decode(unknown, b"", limits(10, 1)).unwrap_err().reason(),
+                "bad_encoding"
+            );
+        }
         let err = decode(Encoding::Protobuf as i32, &[0xff, 0xff], limits(10, 1)).unwrap_err();
         assert_eq!(err.reason(), "bad_protobuf");
         assert!(!err.is_size());

@@ -10,6 +10,7 @@ pub mod v1 {
 }
 
 pub mod codec;
+pub mod columns;
 pub mod limits;
 pub mod metrics;
 pub mod state_file;

@@ -190,6 +190,8 @@ pub struct BatchConfig {
     pub max_bytes: usize,
     pub compress: bool,
     pub zstd_level: i32,
+    /// Protobuf or columns (see [`codec::Layout`]).
+    pub layout: codec::Layout,
 }
 
 /// Default of [`BatchConfig::max_bytes`] (and of `--batch-max-bytes`).
@@ -202,6 +204,7 @@ impl Default for BatchConfig {
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             compress: true,
             zstd_level: 3,
+            layout: codec::Layout::default(),
         }
     }
 }
@@ -379,8 +382,12 @@ impl Sealer {
     }
 
     /// `g` as one batch, or as several when it encodes larger than the
-    /// limit (a single record is one batch whatever its size).
-    pub fn seal(&mut self, g: Group) -> Result<Vec<PreparedBatch>, StateError> {
+    /// limit (a single record is one batch whatever its size). Its flows
+    /// go in first-seen order, whatever the layout: the columns then hold
+    /// small time differences, and a batch's records keep the same order
+    /// (and record indexes ashore) in either layout.
+    pub fn seal(&mut self, mut g: Group) -> Result<Vec<PreparedBatch>, StateError> {
+        g.flows.sort_by_key(|f| f.first_seen_us);
         let mut out = Vec::new();
         self.seal_within(g, self.cfg.max_bytes, &mut out)?;
         Ok(out)
@@ -427,7 +434,11 @@ impl Sealer {
             assets: g.assets,
             status: g.status,
         };
-        let request = codec::encode(&batch, self.cfg.compress.then_some(self.cfg.zstd_level));
+        let request = codec::encode(
+            &batch,
+            self.cfg.layout,
+            self.cfg.compress.then_some(self.cfg.zstd_level),
+        );
         if request.payload.len() > max && records > 1 {
             let g = Group {
                 class,
@@ -538,8 +549,7 @@ mod tests {
         assert!(b.flush(None).is_empty());
         let seqs: Vec<u64> = full.iter().chain([&last]).map(|p| p.seq).collect();
         assert_eq!(seqs, vec![seqs[0], seqs[0] + 1, seqs[0] + 2]);
-        let raw = zstd::bulk::decompress(&last.request.payload, 1 << 20).unwrap();
-        let decoded = Batch::decode(&raw[..]).unwrap();
+        let decoded = decode_request(&last.request).unwrap();
         assert_eq!(decoded.seq, seqs[2]);
         assert_eq!(decoded.flows.len(), 1);
     }
@@ -639,6 +649,7 @@ mod tests {
                 flows: big.flows.clone(),
                 ..Batch::default()
             },
+            codec::Layout::Protobuf,
             Some(cfg.zstd_level),
         );
         assert!(unsplit.payload.len() > 1_000_000);

@@ -512,6 +512,30 @@ fn estimate_reports_link_bytes_per_flow() {
     );
     let small = run(&["--batch-flows", "10"]);
     assert!(small["batches"].as_u64().unwrap() >= flows / 10);
+    // Both layouts; the columnar one (the default) is the smaller here,
+    // and --by-field accounts for every group of fields.
+    assert_eq!(z["layout"], "columns");
+    let pb = run(&["--batch-layout", "protobuf", "--by-field"]);
+    assert_eq!(pb["layout"], "protobuf");
+    assert_eq!(pb["flows"], z["flows"]);
+    assert!(
+        z["bytes"].as_u64().unwrap() < pb["bytes"].as_u64().unwrap(),
+        "{z} vs {pb}"
+    );
+    let groups = pb["by_field_bytes_per_flow"].as_object().unwrap();
+    for g in [
+        "addresses",
+        "ports",
+        "times",
+        "counters",
+        "protocol_and_operations",
+        "indicators",
+        "framing",
+    ] {
+        assert!(groups.contains_key(g), "{pb}");
+    }
+    assert!(groups["times"].as_f64().unwrap() > 0.0 && groups["framing"].as_f64().unwrap() > 0.0);
+    assert!(z["seal_us_per_flow"].as_f64().unwrap() > 0.0);
 }
 
 /// A capture cut short (a killed tcpdump) or with a corrupt record header:

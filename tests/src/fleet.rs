@@ -933,7 +933,11 @@ pub fn load(
                 e.packets += c.packets + d.packets;
                 e.bytes += c.ip_bytes + d.ip_bytes;
             }
-            reqs.push(tidewatch_proto::codec::encode(&b, Some(3)));
+            reqs.push(tidewatch_proto::codec::encode(
+                &b,
+                tidewatch_proto::codec::Layout::default(),
+                Some(3),
+            ));
         }
         for chunk in reqs.chunks(200) {
             let acks = crate::grpc::upload(

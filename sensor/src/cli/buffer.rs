@@ -165,16 +165,9 @@ fn find(dir: &Path, seq: u64) -> anyhow::Result<Entry> {
 }
 
 fn retry(state_dir: &Path, args: RetryArgs) -> anyhow::Result<()> {
-    super::check_batch_max_bytes(args.batch_max_bytes)?;
+    let cfg = args.seal.config(BatchConfig::default().max_flows)?;
     let (mut buf, _) = ClassedBuffer::open(args.buffer.config(state_dir)?)?;
-    let mut sealer = Sealer::new(
-        BatchConfig {
-            max_bytes: args.batch_max_bytes,
-            compress: !args.no_compress,
-            ..BatchConfig::default()
-        },
-        SeqStore::open(state_dir)?,
-    );
+    let mut sealer = Sealer::new(cfg, SeqStore::open(state_dir)?);
     let r = buf.retry_set_aside(&mut sealer)?;
     buf.sync()?;
     println!(

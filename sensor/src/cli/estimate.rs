@@ -1,43 +1,97 @@
 //! `tidewatch-sensor estimate`: the link bytes per flow record a capture
-//! would cost, with the batching and compression of `run`.
+//! would cost, with the batching, layout and compression of `run`, and
+//! optionally what each group of fields costs within that.
 
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, Sealer, SeqStore};
+use tidewatch_proto::codec;
+use tidewatch_proto::v1::{Batch, DirectionCounters, FlowRecord};
+use tidewatch_sensor::batch::{decode_request, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::pipeline::{meter_file, Progress};
 
 use super::EstimateArgs;
+
+/// gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
+const FRAMING: u64 = 5 + 16;
+
+/// How to leave a group of fields out of a flow record.
+type Blank = fn(&mut FlowRecord);
+
+/// The groups of fields `--by-field` accounts for.
+const FIELD_GROUPS: [(&str, Blank); 6] = [
+    ("addresses", |f| {
+        f.client_ip.clear();
+        f.server_ip.clear();
+    }),
+    ("ports", |f| {
+        f.client_port = 0;
+        f.server_port = 0;
+    }),
+    ("times", |f| {
+        f.first_seen_us = 0;
+        f.last_seen_us = 0;
+    }),
+    ("counters", |f| {
+        for d in [&mut f.c2s, &mut f.s2c].into_iter().flatten() {
+            *d = DirectionCounters::default();
+        }
+    }),
+    ("protocol_and_operations", |f| {
+        f.ip_protocol = 0;
+        f.app_protocol.clear();
+        f.vlan = 0;
+        f.end = 0;
+        f.operations.clear();
+    }),
+    ("indicators", |f| f.indicators.clear()),
+];
 
 pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     let EstimateArgs {
         file,
         batch_flows,
-        batch_max_bytes,
-        no_compress,
+        seal,
+        by_field,
         meter: meter_args,
     } = args;
     let file = file.as_path();
     if batch_flows == 0 {
         bail!("--batch-flows must be at least 1");
     }
-    super::check_batch_max_bytes(batch_max_bytes)?;
+    let cfg = seal.config(batch_flows)?;
     let mut table = meter_args.table(true)?;
     let scratch = std::env::temp_dir().join(format!("tidewatch-estimate-{}", std::process::id()));
-    let cfg = BatchConfig {
-        max_flows: batch_flows,
-        max_bytes: batch_max_bytes,
-        compress: !no_compress,
-        ..BatchConfig::default()
-    };
     let mut batcher = Batcher::new(cfg.clone());
-    let mut sealer = Sealer::new(cfg, SeqStore::open(&scratch)?);
+    let mut sealer = Sealer::new(cfg.clone(), SeqStore::open(&scratch)?);
     let (mut flows, mut assets, mut batches, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    // Bytes with each field group left out, then with all of them out.
+    let mut without = [0u64; FIELD_GROUPS.len() + 1];
+    let level = cfg.compress.then_some(cfg.zstd_level);
+    // Time spent sealing (encoding and compression), apart from metering
+    // (one thread: time taken is CPU time).
+    let mut sealing = std::time::Duration::ZERO;
     let mut count = |g: Group| -> anyhow::Result<()> {
-        for b in sealer.seal(g)? {
+        let started = std::time::Instant::now();
+        let sealed = sealer.seal(g)?;
+        sealing += started.elapsed();
+        for b in sealed {
             batches += 1;
-            // gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
-            bytes += b.request.payload.len() as u64 + 5 + 16;
+            bytes += b.request.payload.len() as u64 + FRAMING;
+            if !by_field {
+                continue;
+            }
+            let batch = decode_request(&b.request).context("decoding a batch just sealed")?;
+            let size = |blank: &dyn Fn(&mut FlowRecord)| {
+                let mut x: Batch = batch.clone();
+                x.flows.iter_mut().for_each(blank);
+                codec::encode(&x, cfg.layout, level).payload.len() as u64 + FRAMING
+            };
+            for (k, (_, blank)) in FIELD_GROUPS.iter().enumerate() {
+                without[k] += size(blank);
+            }
+            without[FIELD_GROUPS.len()] +=
+                size(&|f: &mut FlowRecord| FIELD_GROUPS.iter().for_each(|(_, blank)| blank(f)));
         }
         Ok(())
     };
@@ -65,18 +119,38 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_dir_all(&scratch);
     last?;
-    let per_flow = if flows > 0 {
-        bytes as f64 / flows as f64
-    } else {
-        0.0
+    let per_flow = |b: u64| {
+        if flows > 0 {
+            (b as f64 / flows as f64 * 100.0).round() / 100.0
+        } else {
+            0.0
+        }
     };
-    println!(
-        "{}",
-        serde_json::json!({
-            "flows": flows, "assets": assets, "batches": batches, "bytes": bytes,
-            "bytes_per_flow": (per_flow * 100.0).round() / 100.0,
-            "compressed": !no_compress,
-        })
-    );
+    let mut out = serde_json::json!({
+        "flows": flows, "assets": assets, "batches": batches, "bytes": bytes,
+        "bytes_per_flow": per_flow(bytes),
+        "compressed": cfg.compress,
+        "layout": format!("{:?}", cfg.layout).to_lowercase(),
+        "seal_us_per_flow": if flows > 0 {
+            (sealing.as_secs_f64() * 1e6 / flows as f64 * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        },
+    });
+    if by_field {
+        let mut groups = serde_json::Map::new();
+        for (k, (name, _)) in FIELD_GROUPS.iter().enumerate() {
+            groups.insert(
+                name.to_string(),
+                per_flow(bytes.saturating_sub(without[k])).into(),
+            );
+        }
+        groups.insert(
+            "framing".into(),
+            per_flow(without[FIELD_GROUPS.len()]).into(),
+        );
+        out["by_field_bytes_per_flow"] = groups.into();
+    }
+    println!("{out}");
     Ok(())
 }

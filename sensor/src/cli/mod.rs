@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
+use tidewatch_proto::codec::Layout;
 use tidewatch_sensor::assets::{AssetTable, Oui};
-use tidewatch_sensor::batch::DEFAULT_BATCH_MAX_BYTES;
+use tidewatch_sensor::batch::{BatchConfig, DEFAULT_BATCH_MAX_BYTES};
 use tidewatch_sensor::buffer::{BufferConfig, Fsync, WhenFull};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tracing::warn;
@@ -158,17 +159,11 @@ pub struct RunArgs {
     /// Maximum flow records per batch.
     #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = 2000)]
     pub batch_flows: usize,
-    /// Maximum bytes of a batch payload (encoded, compressed): records are
-    /// grouped by size too, and a larger batch is split. Keep it well under
-    /// the collector's --max-batch-bytes (1,000,000 by default).
-    #[arg(long, env = "TIDEWATCH_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
-    pub batch_max_bytes: usize,
+    #[command(flatten)]
+    pub seal: SealArgs,
     /// Batches in flight before waiting for acks.
     #[arg(long, env = "TIDEWATCH_WINDOW", default_value_t = 8)]
     pub window: usize,
-    /// Send batches uncompressed (default: zstd).
-    #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
-    pub no_compress: bool,
     /// Seconds to wait for an ack before reconnecting and resending.
     #[arg(long, env = "TIDEWATCH_ACK_TIMEOUT", default_value_t = 30.0)]
     pub ack_timeout: f64,
@@ -255,12 +250,14 @@ pub struct EstimateArgs {
     /// Maximum flow records per batch, as for `run`.
     #[arg(long, default_value_t = 2000)]
     pub batch_flows: usize,
-    /// Maximum bytes of a batch payload, as for `run`.
-    #[arg(long, default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
-    pub batch_max_bytes: usize,
-    /// Estimate without compression.
+    #[command(flatten)]
+    pub seal: SealArgs,
+    /// Also print what each group of fields costs: the bytes saved when
+    /// that group alone is left out of every batch (addresses, ports,
+    /// times, counters, protocol and operations, indicators), and what is
+    /// left with all of them out (framing: batch head, tables, lengths).
     #[arg(long)]
-    pub no_compress: bool,
+    pub by_field: bool,
     #[command(flatten)]
     pub meter: MeterArgs,
 }
@@ -424,12 +421,8 @@ pub enum SetAsideCmd {
 /// Options of `buffer set-aside retry`: how to seal again, and the buffer.
 #[derive(clap::Args)]
 pub struct RetryArgs {
-    /// Maximum bytes of a batch payload, as for `run`.
-    #[arg(long, env = "TIDEWATCH_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
-    pub batch_max_bytes: usize,
-    /// Seal uncompressed, as for `run`.
-    #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
-    pub no_compress: bool,
+    #[command(flatten)]
+    pub seal: SealArgs,
     #[command(flatten)]
     pub buffer: BufferArgs,
 }
@@ -482,15 +475,53 @@ pub enum WhenFullArg {
     DropNewest,
 }
 
+/// How batches are sealed (`run`, `estimate`, `buffer set-aside retry`).
+#[derive(clap::Args, Clone)]
+pub struct SealArgs {
+    /// Maximum bytes of a batch payload (encoded, compressed): records are
+    /// grouped by size too, and a larger batch is split. Keep it well under
+    /// the collector's --max-batch-bytes (1,000,000 by default).
+    #[arg(long, env = "TIDEWATCH_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES, value_name = "BYTES")]
+    pub batch_max_bytes: usize,
+    /// Seal batches uncompressed (default: zstd).
+    #[arg(long, env = "TIDEWATCH_NO_COMPRESS")]
+    pub no_compress: bool,
+    /// How records are laid out in a batch: `columns` (fewer bytes on the
+    /// link; needs a collector that reads the columnar format, as this
+    /// release's does) or `protobuf` (the original layout, which every
+    /// collector reads). Either way the shore stores the same rows.
+    #[arg(long, env = "TIDEWATCH_BATCH_LAYOUT", value_enum, default_value_t = LayoutArg::Columns)]
+    pub batch_layout: LayoutArg,
+}
+
+/// `--batch-layout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    Columns,
+    Protobuf,
+}
+
 /// Smallest `--batch-max-bytes`: a single record must always fit.
 const MIN_BATCH_MAX_BYTES: usize = 16 * 1024;
 
-/// Checks `--batch-max-bytes`.
-fn check_batch_max_bytes(v: usize) -> anyhow::Result<()> {
-    if v < MIN_BATCH_MAX_BYTES {
-        bail!("--batch-max-bytes must be at least {MIN_BATCH_MAX_BYTES} (a single record must fit), got {v}");
+impl SealArgs {
+    /// The batch configuration for at most `max_flows` flows per batch.
+    pub fn config(&self, max_flows: usize) -> anyhow::Result<BatchConfig> {
+        let v = self.batch_max_bytes;
+        if v < MIN_BATCH_MAX_BYTES {
+            bail!("--batch-max-bytes must be at least {MIN_BATCH_MAX_BYTES} (a single record must fit), got {v}");
+        }
+        Ok(BatchConfig {
+            max_flows,
+            max_bytes: v,
+            compress: !self.no_compress,
+            layout: match self.batch_layout {
+                LayoutArg::Columns => Layout::Columns,
+                LayoutArg::Protobuf => Layout::Protobuf,
+            },
+            ..BatchConfig::default()
+        })
     }
-    Ok(())
 }
 
 impl BufferArgs {

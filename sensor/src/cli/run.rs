@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, PreparedBatch, Sealer, SeqStore};
+use tidewatch_sensor::batch::{Batcher, Group, PreparedBatch, Sealer, SeqStore};
 use tidewatch_sensor::budget::BudgetConfig;
 use tidewatch_sensor::forward::{Finished, Forwarder, ForwarderConfig};
 use tidewatch_sensor::identity::Identity;
@@ -30,7 +30,7 @@ impl RunArgs {
         if self.batch_flows == 0 || self.window == 0 {
             bail!("--batch-flows and --window must be at least 1");
         }
-        super::check_batch_max_bytes(self.batch_max_bytes)?;
+        self.seal.config(self.batch_flows)?;
         if !(self.ack_timeout.is_finite() && self.ack_timeout > 0.0) {
             bail!("--ack-timeout must be a positive number of seconds");
         }
@@ -107,12 +107,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     args.validate()?;
     let mut table = args.meter.table(true)?;
     let uplink_cfg = args.uplink_config()?;
-    let batch_cfg = BatchConfig {
-        max_flows: args.batch_flows,
-        max_bytes: args.batch_max_bytes,
-        compress: !args.no_compress,
-        ..BatchConfig::default()
-    };
+    let batch_cfg = args.seal.config(args.batch_flows)?;
     let mut batcher = Batcher::new(batch_cfg.clone());
     let sealer = Sealer::new(batch_cfg, SeqStore::open(&args.state_dir)?);
     let rt = tokio::runtime::Builder::new_multi_thread()

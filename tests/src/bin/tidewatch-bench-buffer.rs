@@ -15,7 +15,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tidewatch_proto::v1::{Batch, Encoding, UploadRequest};
+use tidewatch_proto::codec::Layout;
+use tidewatch_proto::v1::{Batch, UploadRequest};
 use tidewatch_sensor::batch::{PreparedBatch, Priority};
 use tidewatch_sensor::buffer::{BufferConfig, ClassedBuffer, Fsync, WhenFull};
 use tidewatch_tests::synth::bench_flow;
@@ -68,7 +69,7 @@ fn main() {
                 assets: Vec::new(),
                 status: Vec::new(),
             };
-            tidewatch_proto::codec::encode(&batch, Some(3)).payload
+            tidewatch_proto::codec::encode(&batch, Layout::default(), Some(3)).payload
         })
         .collect();
     let avg = payloads.iter().map(Vec::len).sum::<usize>() / payloads.len();
@@ -78,7 +79,7 @@ fn main() {
         class: Priority::Bulk,
         request: UploadRequest {
             seq,
-            encoding: Encoding::ProtobufZstd as i32,
+            encoding: Layout::default().encoding(true) as i32,
             payload: payloads[(seq % 32) as usize].clone(),
         },
         sent: false,

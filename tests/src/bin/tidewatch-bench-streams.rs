@@ -12,8 +12,9 @@
 
 use std::time::{Duration, Instant};
 
+use tidewatch_proto::codec::{self, Layout};
 use tidewatch_proto::v1::uplink_client::UplinkClient;
-use tidewatch_proto::v1::{AckStatus, Batch, Encoding, UploadRequest};
+use tidewatch_proto::v1::{AckStatus, Batch, UploadRequest};
 use tidewatch_tests::grpc::{channel, ClientCert};
 use tidewatch_tests::synth::bench_flow;
 use tidewatch_tests::*;
@@ -87,11 +88,7 @@ fn main() {
                 .collect(),
             ..Batch::default()
         };
-        UploadRequest {
-            seq,
-            encoding: Encoding::ProtobufZstd as i32,
-            payload: tidewatch_proto::codec::encode(&batch, Some(3)).payload,
-        }
+        codec::encode(&batch, Layout::default(), Some(3))
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()

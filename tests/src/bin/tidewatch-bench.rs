@@ -19,8 +19,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tidewatch_proto::codec::{self, Layout};
 use tidewatch_proto::v1::uplink_client::UplinkClient;
-use tidewatch_proto::v1::{AckStatus, Batch, Encoding, UploadRequest};
+use tidewatch_proto::v1::{AckStatus, Batch, UploadRequest};
 use tidewatch_tests::grpc::{channel, ClientCert};
 use tidewatch_tests::synth::bench_flow;
 use tidewatch_tests::*;
@@ -90,13 +91,9 @@ fn main() {
             assets: Vec::new(),
             status: Vec::new(),
         };
-        let payload = tidewatch_proto::codec::encode(&batch, Some(3)).payload;
-        wire_bytes += payload.len();
-        per_stream[b % streams].push(UploadRequest {
-            seq,
-            encoding: Encoding::ProtobufZstd as i32,
-            payload,
-        });
+        let request = codec::encode(&batch, Layout::default(), Some(3));
+        wire_bytes += request.payload.len();
+        per_stream[b % streams].push(request);
     }
     println!(
         "wire: {:.1} bytes/flow (zstd protobuf)",

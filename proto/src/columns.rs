@@ -1,0 +1,1089 @@
+//! The columnar batch format (`ENCODING_COLUMNS`, `ENCODING_COLUMNS_ZSTD`):
+//! the same `Batch` as the protobuf encodings, exactly (decoding gives back
+//! the very message that was encoded, field for field and in order), laid
+//! out so that a compressor finds what flow records have in common.
+//!
+//! Protobuf writes each flow record whole: tags, lengths and full-width
+//! values, record after record, and zstd then compresses that mix with one
+//! model. Here the flows of a batch are cut into columns (all first-seen
+//! times together, all client ports together, ...), each value is written
+//! relative to what the batch already holds, and each column is compressed
+//! on its own:
+//!
+//! - times: first-seen as the difference from the previous flow's (the
+//!   sensor seals flows in first-seen order, so these are small), last-seen
+//!   as the flow's duration;
+//! - addresses and strings (application protocol, operation names,
+//!   indicators) from tables built within the batch: a value already in the
+//!   table is its index, a new one is the next index, its bytes following in
+//!   the table's columns (lengths and bytes apart);
+//! - what most flows share (IP protocol, application protocol, VLAN, end
+//!   reason, which directions have counters) as one "shape" index, from a
+//!   table of the batch's distinct shapes;
+//! - IP bytes as the header bytes beside the payload bytes, written as
+//!   header bytes per packet and a remainder (a UDP flow's are 28 and 0
+//!   whatever its length).
+//!
+//! Integers are LEB128 varints (signed ones zigzag-coded); arithmetic wraps,
+//! so any value of the message, sensible or not, comes back unchanged. The
+//! columns of near-random numbers (times, client ports, payload bytes) are
+//! split in byte planes: a value's first varint byte goes to the column's
+//! first stream, its second byte to the second, any further bytes to the
+//! third, so that each stream holds bytes of one kind for the compressor.
+//! Everything that is not a flow (seq, sensor id, creation time, asset
+//! observations, sensor status) is the `Head` column: a protobuf `Batch`
+//! without flows.
+//!
+//! Layout: [`VERSION`] (1 byte), the packing (1 byte), the number of flows
+//! (varint), then every stream of every column in [`Col`] order, each as a
+//! varint `length << 1 | compressed` and its bytes. Compression, which only
+//! `ENCODING_COLUMNS_ZSTD` allows, is either per stream (a stream is a zstd
+//! frame where that makes it smaller: packing 0) or of all the streams in
+//! one zstd frame (packing 1), whichever is smaller for the batch: large
+//! batches gain from a model per stream, small ones lose more to the
+//! frames' own bytes than they gain.
+//!
+//! Decoding checks everything against [`crate::limits`] before it
+//! allocates in proportion to a count: decompressed streams total at most
+//! the caller's byte limit, a column cannot claim more flows, operations or
+//! indicators than it has bytes for, a table index must exist, a string or
+//! address must fit its limit, and the strings and addresses copied into
+//! the records total at most the byte limit too. Any inconsistency is an
+//! error, never a panic.
+
+use prost::Message;
+
+use crate::codec::{decompress, CodecError};
+use crate::limits::{
+    check_shape, ShapeError, MAX_ADDRESS_LEN, MAX_INDICATORS, MAX_INDICATOR_LEN, MAX_NAME_LEN,
+    MAX_OPERATIONS,
+};
+use crate::v1::{Batch, DirectionCounters, FlowRecord, Operation};
+
+/// Format version, the payload's first byte.
+pub const VERSION: u8 = 1;
+
+/// The columns, in payload order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Col {
+    /// The batch without its flows, as protobuf.
+    Head,
+    /// First-seen minus the previous flow's first-seen (zigzag; planes).
+    FirstSeen,
+    /// Last-seen minus first-seen (zigzag; planes).
+    Duration,
+    /// Index of the flow's shape; a new shape's fields go to `Shapes`.
+    Shape,
+    Shapes,
+    ClientAddr,
+    ServerAddr,
+    /// New addresses: lengths, and bytes.
+    AddressLen,
+    AddressBytes,
+    /// Planes.
+    ClientPort,
+    ServerPort,
+    Packets,
+    /// Planes.
+    PayloadBytes,
+    /// Header bytes per packet, and the remainder.
+    HeaderPerPacket,
+    HeaderRest,
+    TcpFlags,
+    OpCount,
+    OpCode,
+    OpName,
+    OpClass,
+    OpTimes,
+    OpErrors,
+    IndicatorCount,
+    Indicator,
+    /// New strings: lengths, and bytes.
+    StringLen,
+    StringBytes,
+}
+
+const COLUMNS: usize = Col::StringBytes as usize + 1;
+
+/// Streams of a column split in byte planes.
+const PLANES: usize = 3;
+
+const fn planes(c: usize) -> usize {
+    if c == Col::FirstSeen as usize
+        || c == Col::Duration as usize
+        || c == Col::ClientPort as usize
+        || c == Col::PayloadBytes as usize
+    {
+        PLANES
+    } else {
+        1
+    }
+}
+
+/// Each column's first stream, and the number of streams.
+const BASE: [usize; COLUMNS + 1] = {
+    let mut b = [0; COLUMNS + 1];
+    let mut c = 0;
+    while c < COLUMNS {
+        b[c + 1] = b[c] + planes(c);
+        c += 1;
+    }
+    b
+};
+const STREAMS: usize = BASE[COLUMNS];
+
+/// Streams shorter than this are never compressed (a zstd frame's own
+/// bytes would outweigh the gain).
+const MIN_COMPRESSED: usize = 32;
+
+/// Bits of a shape's `present` field: which directions carry counters.
+const C2S: u64 = 1;
+const S2C: u64 = 2;
+
+/// Why a columnar payload is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ColumnsError {
+    #[error("columnar format version {0} is not known")]
+    Version(u8),
+    #[error("columnar payload is malformed: {0}")]
+    Malformed(&'static str),
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    #[error("the batch head is not valid protobuf: {0}")]
+    Head(#[from] prost::DecodeError),
+    #[error("a column cannot be decompressed: {0}")]
+    Decompress(String),
+    #[error("columnar payload expands to more than {max} bytes")]
+    TooLarge { max: usize },
+}
+
+// ---------------------------------------------------------------- encoding
+
+/// The streams being written.
+struct Streams {
+    s: Vec<Vec<u8>>,
+}
+
+impl Streams {
+    fn put(&mut self, c: Col, mut v: u64) {
+        let base = BASE[c as usize];
+        let planed = planes(c as usize) > 1;
+        let mut k = 0;
+        loop {
+            let more = v >= 0x80;
+            let byte = (v & 0x7f) as u8 | if more { 0x80 } else { 0 };
+            let plane = if planed { k.min(PLANES - 1) } else { 0 };
+            self.s[base + plane].push(byte);
+            if !more {
+                return;
+            }
+            v >>= 7;
+            k += 1;
+        }
+    }
+
+    fn put_signed(&mut self, c: Col, v: i64) {
+        self.put(c, zigzag(v));
+    }
+
+    /// A table entry: its length in `len`, its bytes in `bytes`.
+    fn put_bytes(&mut self, len: Col, bytes: Col, b: &[u8]) {
+        self.put(len, b.len() as u64);
+        self.s[BASE[bytes as usize]].extend_from_slice(b);
+    }
+}
+
+/// A table built within the batch: value -> index, in first-use order.
+struct Table<K> {
+    index: std::collections::HashMap<K, u64>,
+}
+
+impl<K: std::hash::Hash + Eq> Table<K> {
+    fn new() -> Self {
+        Table {
+            index: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The value's index, and whether it is new (its bytes must follow).
+    fn intern(&mut self, k: K) -> (u64, bool) {
+        let next = self.index.len() as u64;
+        match self.index.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) => (*e.get(), false),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
+                (next, true)
+            }
+        }
+    }
+}
+
+struct Encoder<'a> {
+    c: Streams,
+    strings: Table<&'a str>,
+    addresses: Table<&'a [u8]>,
+    shapes: Table<(u32, u32, i32, u64, u64)>,
+}
+
+impl<'a> Encoder<'a> {
+    fn string(&mut self, c: Col, s: &'a str) {
+        let (i, new) = self.strings.intern(s);
+        self.c.put(c, i);
+        if new {
+            self.c
+                .put_bytes(Col::StringLen, Col::StringBytes, s.as_bytes());
+        }
+    }
+
+    fn address(&mut self, c: Col, a: &'a [u8]) {
+        let (i, new) = self.addresses.intern(a);
+        self.c.put(c, i);
+        if new {
+            self.c.put_bytes(Col::AddressLen, Col::AddressBytes, a);
+        }
+    }
+
+    fn flow(&mut self, f: &'a FlowRecord, prev_first: &mut i64) {
+        let c = &mut self.c;
+        c.put_signed(Col::FirstSeen, f.first_seen_us.wrapping_sub(*prev_first));
+        *prev_first = f.first_seen_us;
+        c.put_signed(Col::Duration, f.last_seen_us.wrapping_sub(f.first_seen_us));
+        // The shape: what most flows of a batch share.
+        let present = if f.c2s.is_some() { C2S } else { 0 } | if f.s2c.is_some() { S2C } else { 0 };
+        let (app, app_new) = self.strings.intern(&f.app_protocol);
+        let (shape, new) = self
+            .shapes
+            .intern((f.ip_protocol, f.vlan, f.end, app, present));
+        let c = &mut self.c;
+        c.put(Col::Shape, shape);
+        if new {
+            c.put(Col::Shapes, f.ip_protocol.into());
+            c.put(Col::Shapes, f.vlan.into());
+            c.put_signed(Col::Shapes, f.end.into());
+            c.put(Col::Shapes, present);
+            c.put(Col::Shapes, app);
+        }
+        if app_new {
+            c.put_bytes(Col::StringLen, Col::StringBytes, f.app_protocol.as_bytes());
+        }
+        self.address(Col::ClientAddr, &f.client_ip);
+        self.address(Col::ServerAddr, &f.server_ip);
+        let c = &mut self.c;
+        c.put(Col::ClientPort, f.client_port.into());
+        c.put(Col::ServerPort, f.server_port.into());
+        for d in [&f.c2s, &f.s2c].into_iter().flatten() {
+            c.put(Col::Packets, d.packets);
+            c.put(Col::PayloadBytes, d.payload_bytes);
+            let header = d.ip_bytes.wrapping_sub(d.payload_bytes);
+            let per_packet = header.checked_div(d.packets).unwrap_or(0);
+            c.put(Col::HeaderPerPacket, per_packet);
+            c.put(Col::HeaderRest, header - per_packet * d.packets);
+            c.put(Col::TcpFlags, d.tcp_flags.into());
+        }
+        c.put(Col::OpCount, f.operations.len() as u64);
+        for o in &f.operations {
+            self.c.put(Col::OpCode, o.code.into());
+            self.string(Col::OpName, &o.name);
+            self.c.put_signed(Col::OpClass, o.class.into());
+            self.c.put(Col::OpTimes, o.count);
+            self.c.put(Col::OpErrors, o.errors);
+        }
+        self.c.put(Col::IndicatorCount, f.indicators.len() as u64);
+        for i in &f.indicators {
+            self.string(Col::Indicator, i);
+        }
+    }
+}
+
+/// `batch` in the columnar format; each stream zstd-compressed at
+/// `zstd_level` when given and where that makes it smaller.
+pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Vec<u8> {
+    let mut e = Encoder {
+        c: Streams {
+            s: vec![Vec::new(); STREAMS],
+        },
+        strings: Table::new(),
+        addresses: Table::new(),
+        shapes: Table::new(),
+    };
+    e.c.s[BASE[Col::Head as usize]] = Batch {
+        seq: batch.seq,
+        sensor_id: batch.sensor_id.clone(),
+        created_us: batch.created_us,
+        flows: Vec::new(),
+        assets: batch.assets.clone(),
+        status: batch.status.clone(),
+    }
+    .encode_to_vec();
+    let mut prev_first = 0;
+    for f in &batch.flows {
+        e.flow(f, &mut prev_first);
+    }
+    // Each stream compressed where that makes it smaller, or all of them
+    // in one frame: the smaller of the two (one frame wins on small
+    // batches, where a frame per stream costs more than it saves).
+    let mut plain = Vec::with_capacity(e.c.s.iter().map(|c| c.len() + 5).sum());
+    let mut apart = Vec::new();
+    for stream in &e.c.s {
+        put_stream(&mut plain, stream, false);
+        let packed = zstd_level
+            .filter(|_| stream.len() >= MIN_COMPRESSED)
+            .and_then(|l| zstd::bulk::compress(stream, l).ok())
+            .filter(|z| z.len() < stream.len());
+        match packed {
+            Some(z) => put_stream(&mut apart, &z, true),
+            None => put_stream(&mut apart, stream, false),
+        }
+    }
+    let whole = zstd_level.and_then(|l| zstd::bulk::compress(&plain, l).ok());
+    let (packing, body) = match whole {
+        Some(w) if w.len() < apart.len() => (Packing::OneFrame, w),
+        _ if zstd_level.is_some() => (Packing::Streams, apart),
+        _ => (Packing::Streams, plain),
+    };
+    let mut out = Vec::with_capacity(12 + body.len());
+    out.push(VERSION);
+    out.push(packing as u8);
+    put_varint(&mut out, batch.flows.len() as u64);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// How the streams follow the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Packing {
+    /// Each stream as it is, compressed or not.
+    Streams = 0,
+    /// One zstd frame holding every stream, uncompressed.
+    OneFrame = 1,
+}
+
+fn put_stream(out: &mut Vec<u8>, bytes: &[u8], compressed: bool) {
+    put_varint(out, (bytes.len() as u64) << 1 | u64::from(compressed));
+    out.extend_from_slice(bytes);
+}
+
+// ---------------------------------------------------------------- decoding
+
+/// A stream being read.
+#[derive(Clone, Copy)]
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, ColumnsError> {
+        let (&x, rest) = self
+            .b
+            .split_first()
+            .ok_or(ColumnsError::Malformed("a column ends early"))?;
+        self.b = rest;
+        Ok(x)
+    }
+
+    fn varint(&mut self) -> Result<u64, ColumnsError> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let byte = self.byte()?;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(ColumnsError::Malformed("overlong varint"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ColumnsError> {
+        if n > self.b.len() {
+            return Err(ColumnsError::Malformed("length past the end"));
+        }
+        let (x, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(x)
+    }
+}
+
+/// Tables of the batch being decoded, and its streams.
+struct Decoder<'a> {
+    s: [Reader<'a>; STREAMS],
+    strings: Vec<&'a str>,
+    addresses: Vec<&'a [u8]>,
+    shapes: Vec<(u32, u32, i32, u64, usize)>,
+    /// Bytes of strings and addresses the records may still be given (a
+    /// table entry is copied into every record that refers to it).
+    budget: usize,
+    max_bytes: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn varint(&mut self, c: Col) -> Result<u64, ColumnsError> {
+        let base = BASE[c as usize];
+        if planes(c as usize) == 1 {
+            return self.s[base].varint();
+        }
+        let mut v = 0u64;
+        for i in 0..10 {
+            let byte = self.s[base + i.min(PLANES - 1)].byte()?;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(ColumnsError::Malformed("overlong varint"))
+    }
+
+    fn signed(&mut self, c: Col) -> Result<i64, ColumnsError> {
+        self.varint(c).map(unzigzag)
+    }
+
+    fn u32(&mut self, c: Col, what: &'static str) -> Result<u32, ColumnsError> {
+        u32::try_from(self.varint(c)?).map_err(|_| ColumnsError::Malformed(what))
+    }
+
+    fn i32(&mut self, c: Col, what: &'static str) -> Result<i32, ColumnsError> {
+        i32::try_from(self.signed(c)?).map_err(|_| ColumnsError::Malformed(what))
+    }
+
+    /// A table entry of at most `max` bytes: length from `len`, bytes
+    /// from `bytes`.
+    fn entry(
+        &mut self,
+        len: Col,
+        bytes: Col,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a [u8], ColumnsError> {
+        let n = self.varint(len)?;
+        if n > max as u64 {
+            return Err(ShapeError::TooLong {
+                field,
+                len: usize::try_from(n).unwrap_or(usize::MAX),
+                max,
+            }
+            .into());
+        }
+        self.s[BASE[bytes as usize]].take(n as usize)
+    }
+
+    fn spend(&mut self, n: usize) -> Result<(), ColumnsError> {
+        self.budget = self.budget.checked_sub(n).ok_or(ColumnsError::TooLarge {
+            max: self.max_bytes,
+        })?;
+        Ok(())
+    }
+
+    /// A string by the index read from `c` (see [`Self::string_at`]),
+    /// copied into the record.
+    fn string(&mut self, c: Col, field: &'static str, max: usize) -> Result<String, ColumnsError> {
+        let i = self.varint(c)?;
+        let s = self.string_at(i, field, max)?;
+        self.spend(s.len())?;
+        Ok(s.to_owned())
+    }
+
+    /// The string of index `i`; the next index is a new string, read from
+    /// the string columns. Refused past `max` bytes.
+    fn string_at(
+        &mut self,
+        i: u64,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a str, ColumnsError> {
+        let s = if i == self.strings.len() as u64 {
+            let b = self.entry(Col::StringLen, Col::StringBytes, field, max)?;
+            let s =
+                std::str::from_utf8(b).map_err(|_| ColumnsError::Malformed("string not UTF-8"))?;
+            self.strings.push(s);
+            s
+        } else {
+            *self
+                .strings
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .ok_or(ColumnsError::Malformed("string index out of range"))?
+        };
+        if s.len() > max {
+            return Err(ShapeError::TooLong {
+                field,
+                len: s.len(),
+                max,
+            }
+            .into());
+        }
+        Ok(s)
+    }
+
+    fn address(&mut self, c: Col) -> Result<Vec<u8>, ColumnsError> {
+        let i = self.varint(c)?;
+        if i == self.addresses.len() as u64 {
+            let a = self.entry(
+                Col::AddressLen,
+                Col::AddressBytes,
+                "address",
+                MAX_ADDRESS_LEN,
+            )?;
+            self.addresses.push(a);
+        }
+        let a = *self
+            .addresses
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .ok_or(ColumnsError::Malformed("address index out of range"))?;
+        self.spend(a.len())?;
+        Ok(a.to_vec())
+    }
+
+    fn counters(&mut self) -> Result<DirectionCounters, ColumnsError> {
+        let packets = self.varint(Col::Packets)?;
+        let payload_bytes = self.varint(Col::PayloadBytes)?;
+        let per_packet = self.varint(Col::HeaderPerPacket)?;
+        let rest = self.varint(Col::HeaderRest)?;
+        let header = per_packet.wrapping_mul(packets).wrapping_add(rest);
+        Ok(DirectionCounters {
+            packets,
+            ip_bytes: payload_bytes.wrapping_add(header),
+            payload_bytes,
+            tcp_flags: self.u32(Col::TcpFlags, "tcp flags")?,
+        })
+    }
+
+    fn flow(&mut self, prev_first: &mut i64) -> Result<FlowRecord, ColumnsError> {
+        let first_seen_us = prev_first.wrapping_add(self.signed(Col::FirstSeen)?);
+        *prev_first = first_seen_us;
+        let last_seen_us = first_seen_us.wrapping_add(self.signed(Col::Duration)?);
+        let shape = self.varint(Col::Shape)?;
+        if shape == self.shapes.len() as u64 {
+            let ip_protocol = self.u32(Col::Shapes, "ip protocol")?;
+            let vlan = self.u32(Col::Shapes, "vlan")?;
+            let end = self.i32(Col::Shapes, "flow end")?;
+            let present = self.varint(Col::Shapes)?;
+            let app = self.varint(Col::Shapes)?;
+            self.string_at(app, "app_protocol", MAX_NAME_LEN)?;
+            // string_at found or added index `app`.
+            self.shapes
+                .push((ip_protocol, vlan, end, present, app as usize));
+        }
+        let &(ip_protocol, vlan, end, present, app) = self
+            .shapes
+            .get(usize::try_from(shape).unwrap_or(usize::MAX))
+            .ok_or(ColumnsError::Malformed("shape index out of range"))?;
+        let client_ip = self.address(Col::ClientAddr)?;
+        let server_ip = self.address(Col::ServerAddr)?;
+        let client_port = self.u32(Col::ClientPort, "client port")?;
+        let server_port = self.u32(Col::ServerPort, "server port")?;
+        let c2s = if present & C2S != 0 {
+            Some(self.counters()?)
+        } else {
+            None
+        };
+        let s2c = if present & S2C != 0 {
+            Some(self.counters()?)
+        } else {
+            None
+        };
+        let ops = self.count(Col::OpCount, Col::OpCode, "operations", MAX_OPERATIONS)?;
+        let mut operations = Vec::with_capacity(ops);
+        for _ in 0..ops {
+            let code = self.u32(Col::OpCode, "operation code")?;
+            let name = self.string(Col::OpName, "operation name", MAX_NAME_LEN)?;
+            operations.push(Operation {
+                code,
+                name,
+                class: self.i32(Col::OpClass, "operation class")?,
+                count: self.varint(Col::OpTimes)?,
+                errors: self.varint(Col::OpErrors)?,
+            });
+        }
+        let n = self.count(
+            Col::IndicatorCount,
+            Col::Indicator,
+            "indicators",
+            MAX_INDICATORS,
+        )?;
+        let mut indicators = Vec::with_capacity(n);
+        for _ in 0..n {
+            indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
+        }
+        let app_protocol = self.strings[app];
+        self.spend(app_protocol.len())?;
+        Ok(FlowRecord {
+            first_seen_us,
+            last_seen_us,
+            client_ip,
+            server_ip,
+            client_port,
+            server_port,
+            ip_protocol,
+            c2s,
+            s2c,
+            app_protocol: app_protocol.to_owned(),
+            vlan,
+            end,
+            operations,
+            indicators,
+        })
+    }
+
+    /// A per-flow count read from `c`, within `max` and within the bytes
+    /// left in `items` (each item takes at least one byte there).
+    fn count(
+        &mut self,
+        c: Col,
+        items: Col,
+        field: &'static str,
+        max: usize,
+    ) -> Result<usize, ColumnsError> {
+        let n = self.varint(c)?;
+        if n > max as u64 {
+            return Err(ShapeError::TooMany {
+                field,
+                count: usize::try_from(n).unwrap_or(usize::MAX),
+                max,
+            }
+            .into());
+        }
+        if n as usize > self.s[BASE[items as usize]].b.len() {
+            return Err(ColumnsError::Malformed("more entries than bytes"));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Decodes a columnar payload holding at most `max_records` records
+/// (flows, assets and statuses together), whose compressed streams (only
+/// where `compressed` allows them) decompress to at most `max_bytes` in
+/// all, and whose strings and addresses, once copied into every record
+/// that refers to them, total at most `max_bytes` too.
+pub fn decode(
+    raw: &[u8],
+    compressed: bool,
+    max_records: usize,
+    max_bytes: usize,
+) -> Result<Batch, ColumnsError> {
+    let mut r = Reader { b: raw };
+    let version = r.byte()?;
+    if version != VERSION {
+        return Err(ColumnsError::Version(version));
+    }
+    let packing = r.byte()?;
+    let flows = usize::try_from(r.varint()?).unwrap_or(usize::MAX);
+    if flows > max_records {
+        return Err(ShapeError::TooManyRecords {
+            count: flows,
+            max: max_records,
+        }
+        .into());
+    }
+    let too_large = |e| match e {
+        CodecError::TooLarge { .. } => ColumnsError::TooLarge { max: max_bytes },
+        e => ColumnsError::Decompress(e.to_string()),
+    };
+    let mut left = max_bytes;
+    let frame;
+    if packing == Packing::OneFrame as u8 {
+        if !compressed {
+            return Err(ColumnsError::Malformed(
+                "a compressed frame in an uncompressed payload",
+            ));
+        }
+        frame = decompress(r.b, left).map_err(too_large)?;
+        left -= frame.len();
+        r = Reader { b: &frame };
+    } else if packing != Packing::Streams as u8 {
+        return Err(ColumnsError::Malformed("unknown packing"));
+    }
+    let mut packed: Vec<(&[u8], bool)> = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let h = r.varint()?;
+        let len = usize::try_from(h >> 1).unwrap_or(usize::MAX);
+        packed.push((r.take(len)?, h & 1 == 1));
+    }
+    if !r.b.is_empty() {
+        return Err(ColumnsError::Malformed("bytes after the last column"));
+    }
+    let mut unpacked: Vec<Option<Vec<u8>>> = Vec::with_capacity(STREAMS);
+    for &(b, z) in &packed {
+        if !z {
+            unpacked.push(None);
+            continue;
+        }
+        if !compressed || packing == Packing::OneFrame as u8 {
+            return Err(ColumnsError::Malformed(
+                "a compressed column in an uncompressed payload",
+            ));
+        }
+        let out = decompress(b, left).map_err(too_large)?;
+        left -= out.len();
+        unpacked.push(Some(out));
+    }
+    let mut s = [Reader { b: &[] }; STREAMS];
+    for (k, reader) in s.iter_mut().enumerate() {
+        reader.b = unpacked[k].as_deref().unwrap_or(packed[k].0);
+    }
+    let head = s[BASE[Col::Head as usize]].b;
+    s[BASE[Col::Head as usize]].b = &[];
+    check_shape(head, max_records - flows)?;
+    let mut batch = Batch::decode(head)?;
+    if !batch.flows.is_empty() {
+        return Err(ColumnsError::Malformed("flows in the batch head"));
+    }
+    // Every flow takes at least one byte of its first-seen column.
+    if flows > s[BASE[Col::FirstSeen as usize]].b.len() {
+        return Err(ColumnsError::Malformed("more flows than bytes"));
+    }
+    let mut d = Decoder {
+        s,
+        strings: Vec::new(),
+        addresses: Vec::new(),
+        shapes: Vec::new(),
+        budget: max_bytes,
+        max_bytes,
+    };
+    batch.flows.reserve_exact(flows);
+    let mut prev_first = 0;
+    for _ in 0..flows {
+        batch.flows.push(d.flow(&mut prev_first)?);
+    }
+    if d.s.iter().any(|c| !c.b.is_empty()) {
+        return Err(ColumnsError::Malformed("bytes left in a column"));
+    }
+    Ok(batch)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{AssetObservation, SensorStatus};
+
+    fn flow(i: u64) -> FlowRecord {
+        let dir = |k: u64| DirectionCounters {
+            packets: k,
+            ip_bytes: k * 52 + i % 3,
+            payload_bytes: k * 12,
+            tcp_flags: (k % 256) as u32,
+        };
+        FlowRecord {
+            first_seen_us: 1_764_000_000_000_000 + (i * 7919) as i64,
+            last_seen_us: 1_764_000_000_000_000 + (i * 7919 + i * i) as i64,
+            client_ip: vec![10, 0, (i % 7) as u8, 1],
+            server_ip: if i.is_multiple_of(5) {
+                vec![0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+            } else {
+                vec![192, 168, 0, (i % 3) as u8]
+            },
+            client_port: 40_000 + i as u32,
+            server_port: [502, 53, 443][i as usize % 3],
+            ip_protocol: [6, 17][i as usize % 2],
+            c2s: Some(dir(i + 1)),
+            s2c: (!i.is_multiple_of(4)).then(|| dir(i * 3)),
+            app_protocol: ["modbus", "dns", ""][i as usize % 3].into(),
+            vlan: (i % 2 * 10) as u32,
+            end: (i % 6) as i32,
+            operations: (0..i % 3)
+                .map(|k| Operation {
+                    code: k as u32 + 3,
+                    name: format!("op{k}"),
+                    class: k as i32,
+                    count: i * 10 + k,
+                    errors: k,
+                })
+                .collect(),
+            indicators: (0..i % 2)
+                .map(|k| format!("host{}.example", (i + k) % 4))
+                .collect(),
+        }
+    }
+
+    fn batch(flows: u64) -> Batch {
+        Batch {
+            seq: 77,
+            sensor_id: "vessel-1".into(),
+            created_us: 1_764_000_000_123_456,
+            flows: (0..flows).map(flow).collect(),
+            assets: vec![AssetObservation {
+                mac: vec![0, 1, 2, 3, 4, 5],
+                vendor: "Siemens".into(),
+                ..AssetObservation::default()
+            }],
+            status: vec![SensorStatus {
+                capture_packets: 9,
+                ..SensorStatus::default()
+            }],
+        }
+    }
+
+    const BIG: usize = 1 << 24;
+
+    #[test]
+    fn decodes_to_exactly_the_batch_encoded() {
+        for level in [None, Some(3)] {
+            for n in [0, 1, 2, 50, 2000] {
+                let b = batch(n);
+                assert_eq!(
+                    decode(&encode(&b, level), true, usize::MAX, BIG).unwrap(),
+                    b,
+                    "{n} flows"
+                );
+            }
+        }
+        // Values no sensor sends still come back unchanged: extremes,
+        // negative times and durations, IP bytes below the payload's,
+        // counters without packets, unknown enum values.
+        let odd = FlowRecord {
+            first_seen_us: i64::MIN,
+            last_seen_us: i64::MAX,
+            client_ip: Vec::new(),
+            server_ip: vec![1; 16],
+            client_port: u32::MAX,
+            server_port: 70_000,
+            ip_protocol: u32::MAX,
+            c2s: Some(DirectionCounters {
+                packets: 0,
+                ip_bytes: 5,
+                payload_bytes: u64::MAX,
+                tcp_flags: u32::MAX,
+            }),
+            s2c: Some(DirectionCounters {
+                packets: u64::MAX,
+                ip_bytes: 0,
+                payload_bytes: 1,
+                tcp_flags: 0,
+            }),
+            app_protocol: "x".repeat(MAX_NAME_LEN),
+            vlan: u32::MAX,
+            end: -7,
+            operations: vec![Operation {
+                code: u32::MAX,
+                name: String::new(),
+                class: i32::MIN,
+                count: u64::MAX,
+                errors: u64::MAX,
+            }],
+            indicators: vec![String::new(), "é".repeat(MAX_INDICATOR_LEN / 2)],
+        };
+        let mut b = batch(3);
+        b.flows.insert(1, odd);
+        b.flows.push(FlowRecord::default());
+        for level in [None, Some(3)] {
+            assert_eq!(
+                decode(&encode(&b, level), true, usize::MAX, BIG).unwrap(),
+                b
+            );
+        }
+    }
+
+    #[test]
+    fn shared_values_are_written_once() {
+        // 2000 flows with 5 addresses and 6 strings: the address and string
+        // columns hold each once.
+        let raw = encode(&batch(2000), None);
+        let protobuf = batch(2000).encode_to_vec();
+        assert!(
+            raw.len() * 2 < protobuf.len(),
+            "{} vs {}",
+            raw.len(),
+            protobuf.len()
+        );
+        // Compressed columns, and a compressed column where the payload
+        // says none may be.
+        // Small batches compress as one frame, large ones stream by stream;
+        // neither is allowed in a payload that says it is uncompressed.
+        for (n, packing) in [(20, Packing::OneFrame), (2000, Packing::Streams)] {
+            let z = encode(&batch(n), Some(3));
+            assert_eq!(z[1], packing as u8, "{n} flows");
+            assert!(z.len() < encode(&batch(n), None).len(), "{n} flows");
+            assert!(matches!(
+                decode(&z, false, usize::MAX, BIG),
+                Err(ColumnsError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn any_truncation_or_corruption_is_an_error_never_a_panic() {
+        for level in [None, Some(3)] {
+            let raw = encode(&batch(40), level);
+            for cut in 0..raw.len() {
+                assert!(
+                    decode(&raw[..cut], true, usize::MAX, BIG).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        let raw = encode(&batch(40), None);
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut bad = raw.clone();
+            for _ in 0..1 + x % 4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x % bad.len() as u64) as usize;
+                bad[at] = (x >> 32) as u8;
+            }
+            // Either an error or some batch; never a panic, never more
+            // records than allowed.
+            if let Ok(b) = decode(&bad, true, 100, BIG) {
+                assert!(b.flows.len() + b.assets.len() + b.status.len() <= 100);
+            }
+        }
+        assert_eq!(
+            decode(&[2], true, 10, BIG).unwrap_err(),
+            ColumnsError::Version(2)
+        );
+    }
+
+    /// Hand-built payloads: an empty head, then (uncompressed) columns
+    /// given as (column, bytes); a planed column's bytes are all in its
+    /// first stream (single-byte varints).
+    fn payload(flows: u64, cols: &[(Col, Vec<u8>)]) -> Vec<u8> {
+        let mut out = vec![VERSION, Packing::Streams as u8];
+        put_varint(&mut out, flows);
+        for stream in 0..STREAMS {
+            let mut body = Vec::new();
+            for (col, b) in cols {
+                if BASE[*col as usize] == stream {
+                    body.extend_from_slice(b);
+                }
+            }
+            put_varint(&mut out, (body.len() as u64) << 1);
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    /// One flow of shape 0 (TCP, no counters) with client and server
+    /// address 0 (10.0.0.1), given operation and indicator columns.
+    fn one_flow(extra: &[(Col, Vec<u8>)]) -> Vec<u8> {
+        let mut cols = vec![
+            (Col::FirstSeen, vec![0]),
+            (Col::Duration, vec![0]),
+            (Col::Shape, vec![0]),
+            (Col::Shapes, vec![6, 0, 0, 0, 0]),
+            (Col::StringLen, vec![0]),
+            (Col::ClientAddr, vec![0]),
+            (Col::ServerAddr, vec![0]),
+            (Col::AddressLen, vec![4]),
+            (Col::AddressBytes, vec![10, 0, 0, 1]),
+            (Col::ClientPort, vec![1]),
+            (Col::ServerPort, vec![2]),
+        ];
+        cols.extend_from_slice(extra);
+        payload(1, &cols)
+    }
+
+    #[test]
+    fn hand_built_payloads_decode_or_are_refused_for_what_they_are() {
+        let ok = one_flow(&[(Col::OpCount, vec![0]), (Col::IndicatorCount, vec![0])]);
+        let b = decode(&ok, true, 10, BIG).unwrap();
+        assert_eq!(b.flows[0].client_ip, [10, 0, 0, 1]);
+        assert_eq!(b.flows[0].server_ip, [10, 0, 0, 1]);
+        assert_eq!(b.flows[0].ip_protocol, 6);
+        // Too many operations for one flow.
+        let many = one_flow(&[
+            (Col::OpCount, vec![65]),
+            (Col::OpCode, vec![1; 65]),
+            (Col::IndicatorCount, vec![0]),
+        ]);
+        assert!(matches!(
+            decode(&many, true, 10, BIG),
+            Err(ColumnsError::Shape(ShapeError::TooMany {
+                field: "operations",
+                ..
+            }))
+        ));
+        // A count larger than its column: refused before allocating.
+        let claim = one_flow(&[(Col::OpCount, vec![60]), (Col::IndicatorCount, vec![0])]);
+        assert_eq!(
+            decode(&claim, true, 10, BIG).unwrap_err(),
+            ColumnsError::Malformed("more entries than bytes")
+        );
+        // A value no flow reads.
+        let left = one_flow(&[
+            (Col::OpCount, vec![0]),
+            (Col::IndicatorCount, vec![0]),
+            (Col::ServerPort, vec![3]),
+        ]);
+        assert_eq!(
+            decode(&left, true, 10, BIG).unwrap_err(),
+            ColumnsError::Malformed("bytes left in a column")
+        );
+        // An index past the table.
+        let far = one_flow(&[
+            (Col::OpCount, vec![0]),
+            (Col::IndicatorCount, vec![1]),
+            (Col::Indicator, vec![5]),
+        ]);
+        assert_eq!(
+            decode(&far, true, 10, BIG).unwrap_err(),
+            ColumnsError::Malformed("string index out of range")
+        );
+        // An indicator longer than the limit.
+        let long = one_flow(&[
+            (Col::OpCount, vec![0]),
+            (Col::IndicatorCount, vec![1]),
+            (Col::Indicator, vec![1]),
+            (Col::StringLen, vec![129, 1]),
+            (Col::StringBytes, vec![b'a'; 129]),
+        ]);
+        assert!(matches!(
+            decode(&long, true, 10, BIG),
+            Err(ColumnsError::Shape(ShapeError::TooLong {
+                field: "indicator",
+                ..
+            }))
+        ));
+        // More flows than records allowed, or than bytes.
+        assert!(matches!(
+            decode(&payload(11, &[]), true, 10, BIG),
+            Err(ColumnsError::Shape(ShapeError::TooManyRecords { .. }))
+        ));
+        assert_eq!(
+            decode(&payload(5, &[(Col::FirstSeen, vec![0; 4])]), true, 10, BIG).unwrap_err(),
+            ColumnsError::Malformed("more flows than bytes")
+        );
+    }
+
+    #[test]
+    fn a_table_entry_repeated_into_every_record_is_bounded_by_the_byte_limit() {
+        // One 128-byte indicator referred to by 16 indicators in each of
+        // 5,000 flows: 10 MB of strings from under 200 KB of columns.
+        let name = "n".repeat(MAX_INDICATOR_LEN);
+        let f = FlowRecord {
+            indicators: vec![name; MAX_INDICATORS],
+            ..FlowRecord::default()
+        };
+        let b = Batch {
+            flows: vec![f; 5000],
+            ..Batch::default()
+        };
+        let raw = encode(&b, None);
+        assert!(raw.len() < 200_000, "{}", raw.len());
+        assert_eq!(
+            decode(&raw, true, usize::MAX, 1 << 20).unwrap_err(),
+            ColumnsError::TooLarge { max: 1 << 20 }
+        );
+        assert_eq!(decode(&raw, true, usize::MAX, 16 << 20).unwrap(), b);
+        // Compressed, the columns themselves are refused past the limit.
+        let z = encode(&b, Some(19));
+        assert!(z.len() < 2_000, "{}", z.len());
+        assert_eq!(
+            decode(&z, true, usize::MAX, 50_000).unwrap_err(),
+            ColumnsError::TooLarge { max: 50_000 }
+        );
+    }
+}
