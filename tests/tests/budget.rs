@@ -52,7 +52,14 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
     // 1. Meter while the collector is away, then stop: every batch of the
     // capture is on disk, in its class, before the budget decides.
     let mut s = SensorRun::new(&s1, port, &pcap, &state)
-        .args(&["--batch-flows", "5", "--no-compress"])
+        .args(&[
+            "--batch-flows",
+            "5",
+            // Sized on uncompressed protobuf batches.
+            "--no-compress",
+            "--batch-layout",
+            "protobuf",
+        ])
         .spawn("sensor-1", stack.path());
     s.wait_log("capture metered", Duration::from_secs(30));
     s.wait_log("cannot connect to collector", Duration::from_secs(30));
@@ -74,6 +81,9 @@ fn a_tight_budget_sends_status_assets_and_ot_writes_before_bulk_flows() {
     let mut s2 = SensorRun::new(&s1, port, &empty, &state)
         .args(&[
             "--no-compress",
+            // Sized on uncompressed protobuf batches.
+            "--batch-layout",
+            "protobuf",
             "--daily-budget-bytes",
             "2500",
             "--budget-reserve-percent",
@@ -180,6 +190,9 @@ fn resends_are_held_to_the_budget_too() {
             "--batch-flows",
             "5",
             "--no-compress",
+            // Sized on uncompressed protobuf batches.
+            "--batch-layout",
+            "protobuf",
             "--daily-budget-bytes",
             &budget.to_string(),
             "--metrics-listen",

@@ -494,6 +494,9 @@ fn a_full_disk_drops_the_oldest_batches_counts_them_and_metering_goes_on() {
             "--batch-flows",
             "200",
             "--no-compress",
+            // Sized on uncompressed protobuf batches.
+            "--batch-layout",
+            "protobuf",
             "--buffer-max-mib",
             "4",
             "--metrics-listen",

@@ -169,6 +169,9 @@ fn overflow_during_an_outage(policy: &str) -> Vec<bool> {
             "--buffer-max-mib",
             "1",
             "--no-compress",
+            // Sized on uncompressed protobuf batches.
+            "--batch-layout",
+            "protobuf",
             "--batch-flows",
             "500",
             "--when-full",
@@ -420,6 +423,9 @@ fn a_corrupted_buffer_is_detected_skipped_counted_and_the_rest_delivered() {
         "--batch-flows",
         "20",
         "--no-compress",
+        // Sized on uncompressed protobuf batches.
+        "--batch-layout",
+        "protobuf",
         "--buffer-max-mib",
         "1",
         "--fsync",
@@ -547,6 +553,9 @@ fn a_day_long_outage_drains_at_the_throttled_rate_in_bounded_memory() {
             "--replay-speed",
             "2160",
             "--no-compress",
+            // Sized on uncompressed protobuf batches.
+            "--batch-layout",
+            "protobuf",
             "--batch-flows",
             "500",
             "--rate-limit",
