@@ -322,23 +322,26 @@ pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Vec<u8> {
     // Each stream compressed where that makes it smaller, or all of them
     // in one frame: the smaller of the two (one frame wins on small
     // batches, where a frame per stream costs more than it saves).
+    // One compression context for all of them.
+    let mut zstd = zstd_level.and_then(|l| zstd::bulk::Compressor::new(l).ok());
     let mut plain = Vec::with_capacity(e.c.s.iter().map(|c| c.len() + 5).sum());
     let mut apart = Vec::new();
     for stream in &e.c.s {
         put_stream(&mut plain, stream, false);
-        let packed = zstd_level
+        let packed = zstd
+            .as_mut()
             .filter(|_| stream.len() >= MIN_COMPRESSED)
-            .and_then(|l| zstd::bulk::compress(stream, l).ok())
+            .and_then(|z| z.compress(stream).ok())
             .filter(|z| z.len() < stream.len());
         match packed {
             Some(z) => put_stream(&mut apart, &z, true),
             None => put_stream(&mut apart, stream, false),
         }
     }
-    let whole = zstd_level.and_then(|l| zstd::bulk::compress(&plain, l).ok());
+    let whole = zstd.as_mut().and_then(|z| z.compress(&plain).ok());
     let (packing, body) = match whole {
         Some(w) if w.len() < apart.len() => (Packing::OneFrame, w),
-        _ if zstd_level.is_some() => (Packing::Streams, apart),
+        _ if zstd.is_some() => (Packing::Streams, apart),
         _ => (Packing::Streams, plain),
     };
     let mut out = Vec::with_capacity(12 + body.len());

@@ -16,6 +16,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tidewatch_proto::codec;
@@ -249,11 +250,13 @@ impl Group {
     }
 }
 
-/// A group being filled: its records and their encoded size so far.
+/// A group being filled: its records, their encoded size so far, and when
+/// the first of them came.
 #[derive(Default)]
 struct Pending<T> {
     records: Vec<T>,
     bytes: usize,
+    since: Option<Instant>,
 }
 
 impl<T: Message> Pending<T> {
@@ -261,11 +264,18 @@ impl<T: Message> Pending<T> {
         // The record's length and its field tag and length prefix.
         self.bytes += r.encoded_len() + 4;
         self.records.push(r);
+        self.since.get_or_insert_with(Instant::now);
     }
 
     fn take(&mut self) -> Vec<T> {
         self.bytes = 0;
+        self.since = None;
         std::mem::take(&mut self.records)
+    }
+
+    /// How long its oldest record has waited.
+    fn age(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     fn is_full(&self, cfg: &BatchConfig) -> bool {
@@ -334,6 +344,20 @@ impl Batcher {
     /// Everything pending, as groups (one per class with records; the
     /// status, if given, goes into the control group).
     pub fn flush(&mut self, status: Option<SensorStatus>) -> Vec<Group> {
+        self.flush_holding_bulk(status, Duration::ZERO)
+    }
+
+    /// As [`Self::flush`], except that pending bulk flows are kept (to
+    /// grow into a larger batch, which costs fewer bytes per flow) until
+    /// the oldest of them has waited `hold`: for when earlier batches are
+    /// still waiting for the link or the budget, so that sealing now would
+    /// not send them sooner. Status, assets and OT-write flows are never
+    /// held.
+    pub fn flush_holding_bulk(
+        &mut self,
+        status: Option<SensorStatus>,
+        hold: Duration,
+    ) -> Vec<Group> {
         let mut out = Vec::new();
         if !self.assets.records.is_empty() || status.is_some() {
             out.push(Group {
@@ -344,6 +368,9 @@ impl Batcher {
             });
         }
         for class in [Priority::OtWrite, Priority::Bulk] {
+            if class == Priority::Bulk && self.bulk.age() < hold {
+                continue;
+            }
             let flows = self.flows_mut(class).take();
             if !flows.is_empty() {
                 out.push(Group {
@@ -590,6 +617,44 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(Priority::Control, 0, 1, 1), (Priority::OtWrite, 1, 0, 0)]
         );
+    }
+
+    #[test]
+    fn bulk_flows_are_held_until_they_have_waited_long_enough() {
+        use tidewatch_proto::v1::Operation;
+        let mut b = Batcher::new(BatchConfig::default());
+        let write = FlowRecord {
+            operations: vec![Operation {
+                class: OperationClass::Write as i32,
+                ..Operation::default()
+            }],
+            ..FlowRecord::default()
+        };
+        b.push(
+            vec![FlowRecord::default(), write],
+            vec![AssetObservation::default()],
+        );
+        let hold = Duration::from_millis(300);
+        // Held: status, assets and the OT write go, the bulk flow waits.
+        let now = b.flush_holding_bulk(Some(SensorStatus::default()), hold);
+        assert_eq!(
+            now.iter()
+                .map(|g| (g.class, g.flows.len(), g.assets.len(), g.status.len()))
+                .collect::<Vec<_>>(),
+            [(Priority::Control, 0, 1, 1), (Priority::OtWrite, 1, 0, 0)]
+        );
+        assert!(b.flush_holding_bulk(None, hold).is_empty());
+        std::thread::sleep(hold);
+        let later = b.flush_holding_bulk(None, hold);
+        assert_eq!(later.len(), 1);
+        assert_eq!((later[0].class, later[0].flows.len()), (Priority::Bulk, 1));
+        // A full group is sealed whatever its age.
+        let cfg = BatchConfig {
+            max_flows: 2,
+            ..BatchConfig::default()
+        };
+        let mut b = Batcher::new(cfg);
+        assert_eq!(b.push(vec![FlowRecord::default(); 2], Vec::new()).len(), 1);
     }
 
     /// A flow as large as a hostile network can make one: 16 distinct,

@@ -230,6 +230,14 @@ impl Forwarder {
         Ok(batches)
     }
 
+    /// Whether bulk batches sealed earlier are still unacknowledged: the
+    /// link or the daily budget, not metering, sets the pace, and a bulk
+    /// batch sealed now would wait behind them.
+    pub fn bulk_backlogged(&self) -> bool {
+        let d = self.disk.lock().expect("buffer lock");
+        d.class(Priority::Bulk).stats().pending_batches > 0
+    }
+
     /// Flow records pushed so far by this run.
     pub fn flows_pushed(&self) -> u64 {
         self.flows_pushed

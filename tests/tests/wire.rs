@@ -210,3 +210,71 @@ fn protobuf_and_columnar_batches_store_the_same_rows_and_an_old_format_sensor_st
     }
     assert_same_rows(stack, "run-protobuf", "run-columns", expected);
 }
+
+/// Bulk batches (sealed) of `sensor` in ClickHouse.
+fn batches(stack: &Stack, sensor: &str) -> u64 {
+    stack.query_u64(&format!(
+        "SELECT uniqExact(batch_seq) FROM tidewatch.flows_raw WHERE sensor_id = '{sensor}'"
+    ))
+}
+
+#[test]
+fn while_the_link_is_down_bulk_batches_grow_until_they_are_old_enough() {
+    // Two sensors replay 12 s of traffic (100 flows a second) in real
+    // time, sealing every 0.5 s (flows come out of the flow table about
+    // once a second); one has the shore, the other none until its capture
+    // is metered.
+    let shore = Shore::start();
+    let (stack, pki) = (&shore.stack, &shore.pki);
+    let start_s = (tidewatch_proto::util::now_us() / 1_000_000) as u32 - 3600;
+    let pcap = paced_capture(&stack.path().join("paced.pcap"), 12, start_s);
+    let away = free_port();
+    let args = [
+        "--idle-timeout",
+        "0.5",
+        "--replay-speed",
+        "1",
+        "--batch-flows",
+        "5000",
+        "--flush-interval",
+        "0.5",
+        "--max-batch-age",
+        "5",
+    ];
+    let mut up = SensorRun::new(
+        &pki.sensor("up", "mv-a"),
+        shore.port,
+        &pcap,
+        &stack.path().join("up"),
+    )
+    .args(&args)
+    .spawn("up", stack.path());
+    let mut down = SensorRun::new(
+        &pki.sensor("down", "mv-b"),
+        away,
+        &pcap,
+        &stack.path().join("down"),
+    )
+    .args(&args)
+    .spawn("down", stack.path());
+    down.wait_log("capture metered", Duration::from_secs(60));
+    let _ingest = stack.ingest(pki, away, &[]);
+    for (id, s) in [("up", &mut up), ("down", &mut down)] {
+        let st = s.wait(Duration::from_secs(60));
+        assert!(st.success(), "{id}:\n{}", s.log_text());
+    }
+    let flows = read_flows(&pcap).len() as u64;
+    assert_eq!(flows, 1200);
+    wait_until(Duration::from_secs(60), "both sensors' flows", || {
+        let t = ch_totals(stack, "flows_raw");
+        (t.get("up").map(|t| t.flows) == Some(flows)
+            && t.get("down").map(|t| t.flows) == Some(flows))
+        .then_some(())
+    });
+    // With the link up, about a batch a second; with the link down, one
+    // when the backlog starts, then one every 5 s, and the last one.
+    let (many, few) = (batches(stack, "up"), batches(stack, "down"));
+    assert!(many >= 9, "link up: {many} batches");
+    assert!(few <= 5, "link down: {few} batches");
+    println!("12 s of traffic: {many} batches with the link up, {few} with it down");
+}

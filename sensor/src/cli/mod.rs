@@ -219,6 +219,21 @@ pub struct RunArgs {
         value_name = "SECS"
     )]
     pub flush_interval: f64,
+    /// While bulk batches sealed earlier still wait for the link or the
+    /// daily budget (unacknowledged in the disk buffer), pending bulk flows
+    /// are not sealed every --flush-interval but kept, to make larger
+    /// batches that cost fewer bytes per flow, until a batch is full or its
+    /// oldest flow has waited this many seconds. They would not reach the
+    /// shore sooner anyway; until sealed they are in memory only, like the
+    /// flows still open in the flow table. Status, assets and OT-write
+    /// flows are never held.
+    #[arg(
+        long,
+        env = "TIDEWATCH_MAX_BATCH_AGE",
+        default_value_t = 120.0,
+        value_name = "SECS"
+    )]
+    pub max_batch_age: f64,
     /// Send a SensorStatus record (capture and buffer counters, drops)
     /// every this many seconds, and once at the end.
     #[arg(

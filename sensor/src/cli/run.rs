@@ -37,6 +37,7 @@ impl RunArgs {
         for (name, v) in [
             ("--keepalive-secs", self.keepalive_secs),
             ("--flush-interval", self.flush_interval),
+            ("--max-batch-age", self.max_batch_age),
             ("--status-interval", self.status_interval),
             ("--budget-period-secs", self.budget_period_secs),
         ] {
@@ -149,6 +150,7 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
     };
     let flush_every = Duration::from_secs_f64(args.flush_interval);
     let status_every = Duration::from_secs_f64(args.status_interval);
+    let hold_bulk = Duration::from_secs_f64(args.max_batch_age);
     let mut last_flush = Instant::now();
     let mut last_status = Instant::now();
     let m = meter(
@@ -169,7 +171,13 @@ pub fn main(args: RunArgs) -> anyhow::Result<()> {
             let due_status = last_status.elapsed() >= status_every;
             if due_status || last_flush.elapsed() >= flush_every {
                 let st = due_status.then(|| fwd.status(&progress));
-                for g in batcher.flush(st) {
+                // A backlog: bulk flows wait to make a larger batch.
+                let hold = if fwd.bulk_backlogged() {
+                    hold_bulk
+                } else {
+                    Duration::ZERO
+                };
+                for g in batcher.flush_holding_bulk(st, hold) {
                     push(&mut fwd, g)?;
                 }
                 last_flush = Instant::now();
