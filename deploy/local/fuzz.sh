@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Fuzzes the sensor's packet decoder, capture reader and every protocol parser
+# Fuzzes the sensor's packet decoder, capture reader and every protocol
+# parser, and the batch payload decoder ingest runs on what sensors send,
 # with libFuzzer (cargo fuzz), each for a bounded time, with a memory limit.
 #
 #   deploy/local/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Default: 30 s for each of the 3 targets: decode (link/IP/transport
-# headers), capture (pcap/pcapng reader) and protocols (every parser of the
-# protocol registry, the first input byte picking which). cargo fuzz needs nightly
+# Default: 30 s for each of the 4 targets: decode (link/IP/transport
+# headers), capture (pcap/pcapng reader), protocols (every parser of the
+# protocol registry, the first input byte picking which) and payload (batch
+# payloads in every encoding; what decodes must re-encode to the same batch). cargo fuzz needs nightly
 # compiler flags; RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
 # A crash or a leak/OOM stops the run with libFuzzer's report and the input
 # saved under sensor/fuzz/artifacts/.
@@ -17,7 +19,7 @@ shift || true
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode capture protocols)
+  targets=(decode capture protocols payload)
 fi
 # Seed the capture target with the reference corpus.
 seeds=fuzz/corpus/capture
