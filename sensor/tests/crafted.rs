@@ -536,6 +536,13 @@ fn estimate_reports_link_bytes_per_flow() {
     }
     assert!(groups["times"].as_f64().unwrap() > 0.0 && groups["framing"].as_f64().unwrap() > 0.0);
     assert!(z["seal_us_per_flow"].as_f64().unwrap() > 0.0);
+    // Sealed every second of capture time: more, smaller batches.
+    let timed = run(&["--flush-interval", "1"]);
+    assert_eq!(timed["flows"], z["flows"]);
+    assert!(
+        timed["batches"].as_u64().unwrap() > z["batches"].as_u64().unwrap(),
+        "{timed} vs {z}"
+    );
 }
 
 /// A capture cut short (a killed tcpdump) or with a corrupt record header:

@@ -53,12 +53,20 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         batch_flows,
         seal,
         by_field,
+        flush_interval,
         meter: meter_args,
     } = args;
     let file = file.as_path();
     if batch_flows == 0 {
         bail!("--batch-flows must be at least 1");
     }
+    if flush_interval.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+        bail!("--flush-interval must be a positive number of seconds");
+    }
+    let flush_us = flush_interval.map(|s| ((s * 1e6) as i64).max(1));
+    // The interval (capture time / interval) at which the next timed
+    // flush is due.
+    let mut next_flush: Option<i64> = None;
     let cfg = seal.config(batch_flows)?;
     let mut table = meter_args.table(true)?;
     let scratch = std::env::temp_dir().join(format!("tidewatch-estimate-{}", std::process::id()));
@@ -102,10 +110,32 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         None,
         &stop,
         &Progress::default(),
-        |recs, a| {
+        |mut recs, a| {
             flows += recs.len() as u64;
             assets += a.len() as u64;
-            for g in batcher.push(recs, a) {
+            let Some(every) = flush_us else {
+                for g in batcher.push(recs, a) {
+                    count(g)?;
+                }
+                return Ok(());
+            };
+            // Timed flushes by capture time: each record goes in at its
+            // last packet, and what is pending is sealed at every multiple
+            // of the interval.
+            recs.sort_by_key(|r| r.last_seen_us);
+            for r in recs {
+                let at = r.last_seen_us.div_euclid(every);
+                if next_flush.is_some_and(|n| at >= n) {
+                    for g in batcher.flush(None) {
+                        count(g)?;
+                    }
+                }
+                next_flush = Some(at + 1);
+                for g in batcher.push(vec![r], Vec::new()) {
+                    count(g)?;
+                }
+            }
+            for g in batcher.push(Vec::new(), a) {
                 count(g)?;
             }
             Ok(())
@@ -131,6 +161,7 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         "bytes_per_flow": per_flow(bytes),
         "compressed": cfg.compress,
         "layout": format!("{:?}", cfg.layout).to_lowercase(),
+        "flush_interval_secs": flush_interval,
         "seal_us_per_flow": if flows > 0 {
             (sealing.as_secs_f64() * 1e6 / flows as f64 * 1000.0).round() / 1000.0
         } else {

@@ -273,6 +273,12 @@ pub struct EstimateArgs {
     /// left with all of them out (framing: batch head, tables, lengths).
     #[arg(long)]
     pub by_field: bool,
+    /// Also seal what is pending every this many seconds of capture time,
+    /// as `run` does on a link that keeps up (`--flush-interval`); without
+    /// it, batches are sealed full, as when the link or the budget is the
+    /// limit (`--max-batch-age`).
+    #[arg(long, value_name = "SECS")]
+    pub flush_interval: Option<f64>,
     #[command(flatten)]
     pub meter: MeterArgs,
 }
