@@ -511,7 +511,7 @@ pub struct SealArgs {
     /// link; needs a collector that reads the columnar format, as this
     /// release's does) or `protobuf` (the original layout, which every
     /// collector reads). Either way the shore stores the same rows.
-    #[arg(long, env = "TIDEWATCH_BATCH_LAYOUT", value_enum, default_value_t = LayoutArg::Columns)]
+    #[arg(long, env = "TIDEWATCH_BATCH_LAYOUT", value_enum, default_value_t = LayoutArg::Columns, value_name = "LAYOUT")]
     pub batch_layout: LayoutArg,
 }
 
