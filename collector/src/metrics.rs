@@ -49,6 +49,7 @@ pub struct IngestMetrics {
     pub registry: Arc<Registry>,
     pub batches_received: Arc<Counter>,
     pub batches_acked: Arc<Counter>,
+    pub batches_acked_by_encoding: Arc<CounterVec>,
     pub records_acked: Arc<Counter>,
     pub flows_received: Arc<Counter>,
     pub flows_acked: Arc<Counter>,
@@ -90,6 +91,11 @@ impl IngestMetrics {
             batches_acked: r.counter(
                 "tidewatch_ingest_batches_acked",
                 "Batches written to Kafka and acked to the sensor.",
+            ),
+            batches_acked_by_encoding: r.counter_vec(
+                "tidewatch_ingest_batches_acked_by_encoding",
+                "Batches acked, by payload encoding: how far the fleet has moved to the columnar layout.",
+                "encoding",
             ),
             records_acked: r.counter(
                 "tidewatch_ingest_records_acked",
@@ -173,6 +179,9 @@ impl IngestMetrics {
         }
         for result in RENEWAL_RESULTS {
             m.renewals.touch(result);
+        }
+        for (_, encoding) in tidewatch_proto::codec::ENCODINGS {
+            m.batches_acked_by_encoding.touch(encoding);
         }
         Arc::new(m)
     }

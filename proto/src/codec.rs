@@ -77,6 +77,22 @@ impl CodecError {
     }
 }
 
+/// Every payload encoding a reader takes, by its metrics label.
+pub const ENCODINGS: [(Encoding, &str); 4] = [
+    (Encoding::Protobuf, "protobuf"),
+    (Encoding::ProtobufZstd, "protobuf_zstd"),
+    (Encoding::Columns, "columns"),
+    (Encoding::ColumnsZstd, "columns_zstd"),
+];
+
+/// The metrics label of an encoding (`unknown` for one no reader takes).
+pub fn encoding_label(encoding: i32) -> &'static str {
+    ENCODINGS
+        .iter()
+        .find(|(e, _)| *e as i32 == encoding)
+        .map_or("unknown", |(_, l)| l)
+}
+
 /// How a batch is laid out in its payload, before any compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Layout {
@@ -202,6 +218,12 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, [1, 2, 3, 4]);
+        let labels: Vec<&str> = seen.iter().map(|e| encoding_label(*e)).collect();
+        assert_eq!(
+            labels,
+            ["protobuf", "protobuf_zstd", "columns", "columns_zstd"]
+        );
+        assert_eq!(encoding_label(0), "unknown");
     }
 
     #[test]

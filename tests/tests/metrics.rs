@@ -262,6 +262,15 @@ fn metrics_of_sensor_ingest_and_sink_follow_the_traffic() {
     );
     assert_eq!(sum(&s, "tidewatch_ingest_refused_total"), 1.0);
     assert_eq!(must(&s, "tidewatch_ingest_batches_acked_total"), batches);
+    // The sensor seals in the default, columnar layout.
+    let by = |e: &str| {
+        must(
+            &s,
+            &format!("tidewatch_ingest_batches_acked_by_encoding_total{{encoding=\"{e}\"}}"),
+        )
+    };
+    assert_eq!(by("columns_zstd"), batches);
+    assert_eq!(by("protobuf_zstd"), 0.0);
 
     // The sink stores everything and its lag comes back to zero.
     let s = wait_until(Duration::from_secs(60), "sink counters", || {

@@ -405,6 +405,8 @@ impl Inner {
         match sent {
             Ok(delivery) => {
                 m.batches_acked.inc();
+                m.batches_acked_by_encoding
+                    .inc(codec::encoding_label(req.encoding));
                 m.records_acked.add(records as u64);
                 m.flows_acked.add(flows);
                 debug!(sensor = %id.sensor_id, seq = req.seq, records, ?delivery, "batch in Kafka");
