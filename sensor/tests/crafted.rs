@@ -794,3 +794,92 @@ fn a_fragment_flood_is_capped_counted_and_metered() {
         "capped {capped} kB vs uncapped {uncapped} kB: the cap bounds nothing"
     );
 }
+
+#[test]
+fn remote_access_is_named_by_payload_on_any_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let seg = |c: u8, sp: u16, dp: u16, from_client: bool, payload: &[u8]| {
+        let (src, dst, s, d) = if from_client {
+            ([10, 4, 0, c], [10, 4, 1, 1], sp, dp)
+        } else {
+            ([10, 4, 1, 1], [10, 4, 0, c], dp, sp)
+        };
+        let l4 = tcp(s, d, 0x18, payload);
+        eth(
+            &[],
+            0x0800,
+            &ipv4(src, dst, 6, 1, 0, &l4, 20 + payload.len()),
+        )
+    };
+    let tpkt = |code: u8, body: &[u8]| {
+        let len = 11 + body.len();
+        let mut t = vec![3, 0, 0, len as u8, (len - 5) as u8, code, 0, 0, 0, 0, 0];
+        t.extend_from_slice(body);
+        t
+    };
+    // SSH on 443, RDP on 8080, VNC on 80: ports that say something else.
+    p.add(
+        1_000_000,
+        &seg(1, 40001, 443, false, b"SSH-2.0-OpenSSH_8.4p1 Debian-5\r\n"),
+    );
+    p.add(
+        1_000_100,
+        &seg(1, 40001, 443, true, b"SSH-2.0-PuTTY_Release_0.78\r\n"),
+    );
+    let neg = [1, 0, 8, 0, 3, 0, 0, 0];
+    let cr = tpkt(
+        0xe0,
+        &[b"Cookie: mstshash=vendor\r\n".as_slice(), &neg].concat(),
+    );
+    p.add(1_000_200, &seg(2, 40002, 8080, true, &cr));
+    p.add(
+        1_000_300,
+        &seg(
+            2,
+            40002,
+            8080,
+            false,
+            &tpkt(0xd0, &[2, 0, 8, 0, 1, 0, 0, 0]),
+        ),
+    );
+    p.add(1_000_400, &seg(3, 40003, 80, false, b"RFB 003.008\n"));
+    p.add(1_000_500, &seg(3, 40003, 80, true, b"RFB 003.008\n"));
+    // S7comm's connection request on RDP's port is not RDP.
+    let s7 = tpkt(0xe0, &[0xc1, 2, 1, 0, 0xc2, 2, 1, 2, 0xc0, 1, 0x0a]);
+    p.add(1_000_600, &seg(4, 40004, 3389, true, &s7));
+    let path = p.write(dir.path(), "remote.pcap");
+    let flows = read(&path, &[]);
+    let named = |c: &str| {
+        let f = flows
+            .iter()
+            .find(|f| f["client_ip"] == format!("10.4.0.{c}"))
+            .unwrap_or_else(|| panic!("no flow of 10.4.0.{c} in {flows:#?}"));
+        let ops: Vec<String> = f["operations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect();
+        (f["app_protocol"].as_str().unwrap_or("").to_string(), ops)
+    };
+    assert_eq!(
+        named("1"),
+        ("ssh".into(), vec!["version_exchange".to_string()])
+    );
+    assert_eq!(
+        named("2"),
+        (
+            "rdp".into(),
+            vec![
+                "connection_confirm".to_string(),
+                "connection_request".to_string()
+            ]
+        )
+    );
+    assert_eq!(
+        named("3"),
+        ("vnc".into(), vec!["protocol_version".to_string()])
+    );
+    assert_eq!(named("4").0, "");
+}

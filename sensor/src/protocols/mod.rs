@@ -20,9 +20,12 @@ pub mod modbus;
 pub mod mqtt;
 pub mod nmea;
 pub mod opcua;
+pub mod rdp;
 pub mod s7comm;
+pub mod ssh;
 pub mod store;
 pub mod tls;
+pub mod vnc;
 
 use std::borrow::Cow;
 
@@ -103,8 +106,11 @@ pub const PROTOCOLS: &[&Protocol] = &[
     &iec104::PROTOCOL,
     &enip::PROTOCOL,
     &opcua::PROTOCOL,
+    &rdp::PROTOCOL,
     &tls::PROTOCOL,
     &http::PROTOCOL,
+    &ssh::PROTOCOL,
+    &vnc::PROTOCOL,
     &mqtt::PROTOCOL,
     &nmea::PROTOCOL,
     &dns::PROTOCOL,
@@ -480,6 +486,16 @@ pub(crate) fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
 /// Reads a big-endian u16.
 pub(crate) fn be16(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+/// Reads a big-endian u32.
+pub(crate) fn be32(p: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([
+        *p.get(at)?,
+        *p.get(at + 1)?,
+        *p.get(at + 2)?,
+        *p.get(at + 3)?,
+    ]))
 }
 
 /// Reads a little-endian u16.
