@@ -33,7 +33,9 @@ pub enum CodecError {
     UnknownEncoding(i32),
     #[error("zstd payload cannot be decompressed: {0}")]
     Decompress(std::io::Error),
-    #[error("payload expands to more than {max} bytes (decompressed, or strings copied into records)")]
+    #[error(
+        "payload expands to more than {max} bytes (decompressed, or strings copied into records)"
+    )]
     TooLarge { max: usize },
     #[error("payload is not a valid Batch: {0}")]
     Protobuf(#[from] prost::DecodeError),

@@ -639,29 +639,28 @@ fn client_hello(sni: &str) -> Vec<u8> {
     rec
 }
 
+/// A TCP segment (PSH ACK) between client 10.NET.0.C and server 10.NET.1.1,
+/// from the client or from the server.
+fn service_segment(net: u8, c: u8, sp: u16, dp: u16, from_client: bool, payload: &[u8]) -> Vec<u8> {
+    let (src, dst, s, d) = if from_client {
+        ([10, net, 0, c], [10, net, 1, 1], sp, dp)
+    } else {
+        ([10, net, 1, 1], [10, net, 0, c], dp, sp)
+    };
+    let l4 = tcp(s, d, 0x18, payload);
+    eth(
+        &[],
+        0x0800,
+        &ipv4(src, dst, 6, 1, 0, &l4, 20 + payload.len()),
+    )
+}
+
 #[test]
 fn tls_http_and_mqtt_are_named_by_payload_with_their_indicators() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Pcap::new(1);
-    let seg = |c: u8, sp: u16, dp: u16, from_client: bool, payload: &[u8]| {
-        let (src, dst, s, d) = if from_client {
-            ([10, 3, 0, c], [10, 3, 1, 1], sp, dp)
-        } else {
-            ([10, 3, 1, 1], [10, 3, 0, c], dp, sp)
-        };
-        eth(
-            &[],
-            0x0800,
-            &ipv4(
-                src,
-                dst,
-                6,
-                1,
-                0,
-                &tcp(s, d, 0x18, payload),
-                20 + payload.len(),
-            ),
-        )
+    let seg = |c, sp, dp, from_client, payload: &[u8]| {
+        service_segment(3, c, sp, dp, from_client, payload)
     };
     // Every service on a port that says nothing about it.
     p.add(
@@ -799,18 +798,8 @@ fn a_fragment_flood_is_capped_counted_and_metered() {
 fn remote_access_is_named_by_payload_on_any_port() {
     let dir = tempfile::tempdir().unwrap();
     let mut p = Pcap::new(1);
-    let seg = |c: u8, sp: u16, dp: u16, from_client: bool, payload: &[u8]| {
-        let (src, dst, s, d) = if from_client {
-            ([10, 4, 0, c], [10, 4, 1, 1], sp, dp)
-        } else {
-            ([10, 4, 1, 1], [10, 4, 0, c], dp, sp)
-        };
-        let l4 = tcp(s, d, 0x18, payload);
-        eth(
-            &[],
-            0x0800,
-            &ipv4(src, dst, 6, 1, 0, &l4, 20 + payload.len()),
-        )
+    let seg = |c, sp, dp, from_client, payload: &[u8]| {
+        service_segment(4, c, sp, dp, from_client, payload)
     };
     let tpkt = |code: u8, body: &[u8]| {
         let len = 11 + body.len();
