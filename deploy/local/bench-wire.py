@@ -109,15 +109,14 @@ def softflowd(cap):
 
 
 def estimate(sensor, cap, layout, by_field, flush=None):
-    """`tidewatch-sensor estimate` of one capture, and its peak RSS (KiB)."""
+    """`tidewatch-sensor estimate` of one capture (its peak RSS shows in
+    this process's RUSAGE_CHILDREN)."""
     cmd = [sensor, "estimate", "--batch-layout", layout] + (["--by-field"] if by_field else []) \
         + (["--flush-interval", str(flush)] if flush else []) + [cap]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = p.communicate()
-    _, _, ru = os.wait4(p.pid, 0) if p.returncode is None else (0, 0, None)
+    p = subprocess.run(cmd, capture_output=True)
     if p.returncode != 0:
-        sys.exit(f"estimate {cap} failed: {err.decode()[-2000:]}")
-    return json.loads(out), ru
+        sys.exit(f"estimate {cap} failed: {p.stderr.decode()[-2000:]}")
+    return json.loads(p.stdout)
 
 
 def measure(title, caps, sensor, timed=False):
@@ -129,7 +128,7 @@ def measure(title, caps, sensor, timed=False):
         rss[layout] = 0
         for cap in caps:
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            e, _ = estimate(sensor, cap, layout, layout == "columns")
+            e = estimate(sensor, cap, layout, layout == "columns")
             rss[layout] = max(rss[layout], resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
             t["bytes"] += e["bytes"]
             t["flows"] += e["flows"]
@@ -157,7 +156,7 @@ def measure(title, caps, sensor, timed=False):
         for layout in ("columns", "protobuf"):
             b = n = 0
             for cap in caps:
-                e, _ = estimate(sensor, cap, layout, False, flush=10)
+                e = estimate(sensor, cap, layout, False, flush=10)
                 b += e["bytes"]
                 n += e["flows"]
             per = b / max(n, 1)

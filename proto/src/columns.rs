@@ -166,13 +166,12 @@ struct Streams {
 
 impl Streams {
     fn put(&mut self, c: Col, mut v: u64) {
-        let base = BASE[c as usize];
-        let planed = planes(c as usize) > 1;
+        let (base, last) = (BASE[c as usize], planes(c as usize) - 1);
         let mut k = 0;
         loop {
             let more = v >= 0x80;
             let byte = (v & 0x7f) as u8 | if more { 0x80 } else { 0 };
-            let plane = if planed { k.min(PLANES - 1) } else { 0 };
+            let plane = k.min(last);
             self.s[base + plane].push(byte);
             if !more {
                 return;
@@ -385,15 +384,7 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ColumnsError> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let byte = self.byte()?;
-            v |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(ColumnsError::Malformed("overlong varint"))
+        read_varint(|_| self.byte())
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ColumnsError> {
@@ -419,20 +410,12 @@ struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    /// A value of column `c`: its `i`-th varint byte from the column's
+    /// `i`-th stream (the last one for the rest), a single stream unless
+    /// the column is split in planes.
     fn varint(&mut self, c: Col) -> Result<u64, ColumnsError> {
-        let base = BASE[c as usize];
-        if planes(c as usize) == 1 {
-            return self.s[base].varint();
-        }
-        let mut v = 0u64;
-        for i in 0..10 {
-            let byte = self.s[base + i.min(PLANES - 1)].byte()?;
-            v |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(ColumnsError::Malformed("overlong varint"))
+        let (base, last) = (BASE[c as usize], planes(c as usize) - 1);
+        read_varint(|i| self.s[base + i.min(last)].byte())
     }
 
     fn signed(&mut self, c: Col) -> Result<i64, ColumnsError> {
@@ -751,12 +734,23 @@ pub fn decode(
     Ok(batch)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
+/// A LEB128 varint whose `i`-th byte `byte(i)` gives.
+fn read_varint(
+    mut byte: impl FnMut(usize) -> Result<u8, ColumnsError>,
+) -> Result<u64, ColumnsError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = byte(i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
     }
-    out.push(v as u8);
+    Err(ColumnsError::Malformed("overlong varint"))
+}
+
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    prost::encoding::encode_varint(v, out);
 }
 
 fn zigzag(v: i64) -> u64 {
