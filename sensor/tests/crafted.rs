@@ -872,3 +872,53 @@ fn remote_access_is_named_by_payload_on_any_port() {
     );
     assert_eq!(named("4").0, "");
 }
+
+#[test]
+fn bad_values_of_the_batching_flags_are_refused_clearly() {
+    let pcap =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps/bacnet/bacnet_example.pcap");
+    let refused = |args: &[&str], why: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidewatch-sensor"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(why), "{args:?}: {err}");
+    };
+    let p = pcap.to_str().unwrap();
+    refused(
+        &["estimate", "--batch-layout", "csv", p],
+        "invalid value 'csv'",
+    );
+    for v in ["0", "-1", "NaN"] {
+        refused(
+            &["estimate", &format!("--flush-interval={v}"), p],
+            "--flush-interval must be a positive number of seconds",
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    for v in ["0", "inf"] {
+        refused(
+            &[
+                "run",
+                "--pcap",
+                p,
+                "--state-dir",
+                state,
+                "--collector",
+                "https://127.0.0.1:1",
+                "--ca",
+                "x",
+                "--cert",
+                "x",
+                "--key",
+                "x",
+                "--max-batch-age",
+                v,
+            ],
+            "--max-batch-age must be a positive number of seconds",
+        );
+    }
+}
