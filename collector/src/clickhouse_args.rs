@@ -73,9 +73,61 @@ impl ClickHouseArgs {
             .with_setting("distributed_product_mode", "global")
     }
 
+    /// [`Self::server_client`] at another node's HTTP endpoint (same
+    /// credentials and settings).
+    pub fn server_client_at(&self, url: &str) -> Client {
+        self.server_client().with_url(url)
+    }
+
     /// A client whose default database is the tidewatch database.
     pub fn client(&self) -> Client {
         self.server_client()
             .with_database(&self.clickhouse_database)
+    }
+}
+
+/// The cluster a database is migrated for, and where its nodes answer:
+/// `migrate` and `maintenance` run the `ALTER`s of replicated tables on one
+/// node of each shard (see [`crate::schema::cluster::ShardNodes`]).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClusterArgs {
+    /// The ClickHouse cluster (a name in the servers' `remote_servers`,
+    /// with ZooKeeper and the macros `{shard}` and `{replica}` configured)
+    /// the schema is migrated for: replicated tables on every node,
+    /// Distributed tables over them sharded by sensor, views on every node.
+    /// A database is migrated for one topology for good.
+    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_CLUSTER", value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// HTTP endpoint of a node of the cluster (repeat the flag, or separate
+    /// with commas in the environment). ALTERs of replicated tables go to
+    /// one node of each shard, found by its `{shard}` macro. Default: every
+    /// host of the cluster in `system.clusters`, at the scheme and port of
+    /// --clickhouse-url (right when all nodes serve HTTP on one port).
+    /// Unused without --cluster.
+    #[arg(
+        long = "cluster-node",
+        env = "TIDEWATCH_CLICKHOUSE_CLUSTER_NODES",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub cluster_nodes: Vec<String>,
+}
+
+impl ClusterArgs {
+    /// Refuses a cluster name that could not be written into SQL as is.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(c) = &self.cluster {
+            if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                anyhow::bail!("--cluster {c:?}: use letters, digits and underscores");
+            }
+        }
+        for url in &self.cluster_nodes {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!(
+                    "--cluster-node {url:?}: give an HTTP endpoint such as http://host:8123"
+                );
+            }
+        }
+        Ok(())
     }
 }

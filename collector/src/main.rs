@@ -148,12 +148,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Maintenance { clickhouse, cmd } => {
             clickhouse.validate()?;
-            maintenance::run(
-                &clickhouse.server_client(),
-                &clickhouse.clickhouse_database,
-                cmd,
-            )
-            .await
+            maintenance::run(&clickhouse, cmd).await
         }
         Cmd::Registry { clickhouse, cmd } => {
             clickhouse.validate()?;

@@ -11,13 +11,17 @@
 //!
 //! On a cluster (`--cluster`, as given to `migrate`) the partitions are
 //! those of the per-node tables (`flows_raw_local`, ...) on every shard,
-//! read from one live replica of each, and each is dropped `ON CLUSTER`:
-//! ClickHouse drops it on one replica of every shard, and replication
-//! drops it on the others.
+//! read from one live replica of each, and each is dropped on one node of
+//! every shard ([`ShardNodes`], not `ON CLUSTER`: see
+//! [`crate::schema::cluster`] for why); replication drops it on the
+//! others before the statement returns.
 
 use anyhow::{bail, Context};
 use clickhouse::Client;
 use serde::Deserialize;
+
+use crate::clickhouse_args::{ClickHouseArgs, ClusterArgs};
+use crate::schema::cluster::{ShardNodes, LOCAL_SUFFIX};
 use time::{Date, Month, OffsetDateTime};
 
 /// (table, partition granularity, retention class).
@@ -57,28 +61,30 @@ pub enum MaintenanceCmd {
         /// List what would be dropped without dropping it.
         #[arg(long)]
         dry_run: bool,
-        /// The cluster the schema was migrated for (`migrate --cluster`).
-        #[arg(long, env = "TIDEWATCH_CLICKHOUSE_CLUSTER", value_name = "NAME")]
-        cluster: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
-/// Where partitions are listed and how they are dropped.
+/// Where partitions are listed and dropped.
 enum Layout {
     Single,
-    /// The cluster's name: partitions are read from one live replica of
-    /// each shard through `cluster()` (with the credentials of the servers'
-    /// `remote_servers`).
-    Cluster(String),
+    /// The cluster's name and one node of each shard: partitions are read
+    /// from one live replica of each shard through `cluster()` (with the
+    /// credentials of the servers' `remote_servers`).
+    Cluster(String, ShardNodes),
 }
 
 impl Layout {
-    async fn new(ch: &Client, cluster: Option<String>) -> anyhow::Result<Layout> {
-        let Some(name) = cluster else {
+    async fn new(ch: &ClickHouseArgs, cluster: ClusterArgs) -> anyhow::Result<Layout> {
+        cluster.validate()?;
+        let Some(name) = cluster.cluster else {
             return Ok(Layout::Single);
         };
-        crate::schema::cluster::ensure_known(ch, &name).await?;
-        Ok(Layout::Cluster(name))
+        let server = ch.server_client();
+        crate::schema::cluster::ensure_known(&server, &name).await?;
+        let nodes = ShardNodes::find(&server, ch, &name, &cluster.cluster_nodes).await?;
+        Ok(Layout::Cluster(name, nodes))
     }
 
     /// The active partitions of `table` (on every shard of a cluster).
@@ -90,9 +96,9 @@ impl Layout {
     ) -> anyhow::Result<Vec<String>> {
         let (parts, table) = match self {
             Layout::Single => ("system.parts".to_string(), table.to_string()),
-            Layout::Cluster(name) => (
+            Layout::Cluster(name, _) => (
                 format!("cluster('{name}', system, parts)"),
-                format!("{table}{}", crate::schema::cluster::LOCAL_SUFFIX),
+                format!("{table}{LOCAL_SUFFIX}"),
             ),
         };
         let rows: Vec<Part> = ch
@@ -108,14 +114,30 @@ impl Layout {
         Ok(rows.into_iter().map(|p| p.partition).collect())
     }
 
-    fn drop_partition(&self, database: &str, table: &str, id: &str) -> String {
+    async fn drop_partition(
+        &self,
+        ch: &Client,
+        database: &str,
+        table: &str,
+        id: &str,
+    ) -> anyhow::Result<()> {
         match self {
-            Layout::Single => format!("ALTER TABLE {database}.{table} DROP PARTITION {id}"),
-            Layout::Cluster(name) => format!(
-                "ALTER TABLE {database}.{table}{} ON CLUSTER {name} DROP PARTITION {id}",
-                crate::schema::cluster::LOCAL_SUFFIX
-            ),
+            Layout::Single => {
+                ch.query(&format!(
+                    "ALTER TABLE {database}.{table} DROP PARTITION {id}"
+                ))
+                .execute()
+                .await?
+            }
+            Layout::Cluster(_, nodes) => {
+                nodes
+                    .execute(&format!(
+                        "ALTER TABLE {database}.{table}{LOCAL_SUFFIX} DROP PARTITION {id}"
+                    ))
+                    .await?
+            }
         }
+        Ok(())
     }
 }
 
@@ -156,7 +178,9 @@ struct Part {
     partition: String,
 }
 
-pub async fn run(ch: &Client, database: &str, cmd: MaintenanceCmd) -> anyhow::Result<()> {
+pub async fn run(args: &ClickHouseArgs, cmd: MaintenanceCmd) -> anyhow::Result<()> {
+    let ch = &args.server_client();
+    let database = args.clickhouse_database.as_str();
     let MaintenanceCmd::Retention {
         flow_retention_days,
         rollup_retention_days,
@@ -168,7 +192,7 @@ pub async fn run(ch: &Client, database: &str, cmd: MaintenanceCmd) -> anyhow::Re
             "--flow-retention-days must be at least 1 and --rollup-retention-days at least as long"
         );
     }
-    let layout = Layout::new(ch, cluster).await?;
+    let layout = Layout::new(args, cluster).await?;
     let today = OffsetDateTime::now_utc().date();
     let mut dropped = 0;
     for (table, g, keep) in TABLES {
@@ -182,8 +206,8 @@ pub async fn run(ch: &Client, database: &str, cmd: MaintenanceCmd) -> anyhow::Re
                 println!("would drop {database}.{table} partition {id} (older than {days} days)");
                 continue;
             }
-            ch.query(&layout.drop_partition(database, table, &id))
-                .execute()
+            layout
+                .drop_partition(ch, database, table, &id)
                 .await
                 .with_context(|| format!("dropping {database}.{table} partition {id}"))?;
             println!("dropped {database}.{table} partition {id} (older than {days} days)");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use tracing::info;
 
-use crate::clickhouse_args::ClickHouseArgs;
+use crate::clickhouse_args::{ClickHouseArgs, ClusterArgs};
 use crate::registry;
 use crate::schema::{self, Caps, RenderOptions, Renderer, ServerVersion, MIGRATIONS};
 
@@ -29,13 +29,8 @@ pub struct MigrateArgs {
     /// Server version to render for with --print (e.g. 18.16 or 24.8).
     #[arg(long)]
     pub server_version: Option<String>,
-    /// Render for this ClickHouse cluster (a name in the servers'
-    /// `remote_servers`, with ZooKeeper and the macros `{shard}` and
-    /// `{replica}` configured): replicated tables on every node, Distributed
-    /// tables over them sharded by sensor, views on every node, all DDL ON
-    /// CLUSTER. A database is migrated for one topology for good.
-    #[arg(long, env = "TIDEWATCH_CLICKHOUSE_CLUSTER", value_name = "NAME")]
-    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// After migrating, load this fleet registry file (as `registry load`).
     #[arg(long, env = "TIDEWATCH_FLEET_REGISTRY", value_name = "JSON")]
     pub fleet_registry: Option<PathBuf>,
@@ -58,16 +53,12 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             "retention: --flow-retention-days must be at least 1 and --rollup-retention-days at least as long"
         );
     }
-    if let Some(c) = &cluster {
-        if c.is_empty() || !c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-            anyhow::bail!("--cluster {c:?}: use letters, digits and underscores");
-        }
-    }
+    cluster.validate()?;
     let opts = RenderOptions {
         database: clickhouse.clickhouse_database.clone(),
         flow_retention_days,
         rollup_retention_days,
-        cluster,
+        cluster: cluster.cluster,
     };
     if print {
         let v = ServerVersion::parse(server_version.as_deref().unwrap_or_default())?;
@@ -93,7 +84,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let r = schema::migrate(&clickhouse.server_client(), &opts)
+    let r = schema::migrate(&clickhouse, &opts, &cluster.cluster_nodes)
         .await
         .with_context(|| format!("migrating {}", clickhouse.clickhouse_url))?;
     info!(server = %r.caps.version, variant = r.caps.variant(), applied = ?r.applied, already = ?r.already, "schema up to date");

@@ -440,6 +440,8 @@ def cases():
     def ch_cluster(docs, ingest, ic, sink, sc):
         job = find(docs, "Job", "-migrate")["spec"]["template"]["spec"]["containers"][0]
         assert env_names(job)["TIDEWATCH_CLICKHOUSE_CLUSTER"]["value"] == "fleet_ch", job["env"]
+        assert env_names(job)["TIDEWATCH_CLICKHOUSE_CLUSTER_NODES"]["value"] == (
+            "http://ch-0-0.ch:8123,http://ch-1-0.ch:8123"), job["env"]
         assert find(docs, "ConfigMap", "-config")["data"]["TIDEWATCH_CLICKHOUSE_CLUSTER"] == "fleet_ch"
         assert sink["spec"]["replicas"] == 3
 
@@ -522,7 +524,8 @@ def cases():
         "detect": {"enabled": False},
     }, lab
     yield "ClickHouse cluster, three sinks", {
-        "clickhouse": {"url": "http://clickhouse-fleet.clickhouse:8123", "cluster": "fleet_ch"},
+        "clickhouse": {"url": "http://clickhouse-fleet.clickhouse:8123", "cluster": "fleet_ch",
+                       "clusterNodes": ["http://ch-0-0.ch:8123", "http://ch-1-0.ch:8123"]},
         "sink": {"replicas": 3},
     }, ch_cluster
     yield "migration disabled", {"migrate": {"enabled": False}}, no_migrate

@@ -227,7 +227,16 @@ impl Stack {
             .env("TIDEWATCH_ENVELOPE_VERIFY_KEYS", verify)
             .env("RUST_LOG", "info,rdkafka=warn");
         if let Some(cluster) = &self.cluster {
-            c.env("TIDEWATCH_CLICKHOUSE_CLUSTER", &cluster.name);
+            // Every node answers on its own port here, so the collector is
+            // told where (its default, each host at node 1's port, would
+            // find shard 1 only).
+            let nodes: Vec<String> = cluster
+                .http_ports
+                .iter()
+                .map(|p| format!("http://127.0.0.1:{p}"))
+                .collect();
+            c.env("TIDEWATCH_CLICKHOUSE_CLUSTER", &cluster.name)
+                .env("TIDEWATCH_CLICKHOUSE_CLUSTER_NODES", nodes.join(","));
         }
         c
     }

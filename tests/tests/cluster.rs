@@ -257,7 +257,23 @@ fn the_query_pack_answers_on_a_cluster_as_on_one_server_and_retention_drops_on_e
     );
     refused(
         &["maintenance", "retention", "--cluster", "x' OR 1"],
-        "is not in this server's remote_servers",
+        "use letters, digits and underscores",
+    );
+    // ALTERs run on one node of each shard: a node list that misses a
+    // shard is refused before anything is dropped, naming what answered.
+    let out = cluster
+        .stack
+        .collector()
+        .env_remove("TIDEWATCH_CLICKHOUSE_CLUSTER_NODES")
+        .args(["maintenance", "retention"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("cluster tidewatch has 2 shards but nodes of only 1 answered")
+            && err.contains("--cluster-node URL"),
+        "{err}"
     );
 
     // Retention on the cluster: the fleet's first day of raw flows goes

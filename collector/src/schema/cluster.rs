@@ -20,12 +20,19 @@
 //!   from the same expression): a Distributed table that computed them on
 //!   insert would send them on, and the shards refuse them.
 //! - Views, materialized views and the database are created `ON CLUSTER`
-//!   (each node has its own, reading the Distributed tables). `ALTER`s go to
-//!   the local tables `ON CLUSTER`; a column added there is added to the
-//!   Distributed table by creating it again (it holds no data: inserts are
-//!   synchronous, see [`crate::clickhouse_args`]), because ClickHouse runs
-//!   an `ALTER ON CLUSTER` of a non-replicated table on one replica per
-//!   shard only.
+//!   (each node has its own, reading the Distributed tables).
+//! - `ALTER`s of the local tables are sent **without** `ON CLUSTER` to one
+//!   node of each shard ([`ShardNodes`], [`Statement::EachShard`]):
+//!   replication carries them to the shard's other replicas, and the
+//!   server answers once every replica has applied them. Sent `ON
+//!   CLUSTER`, ClickHouse 18.16's DDL worker picks one replica per shard
+//!   with a check-then-lock that races: two replicas can both run the
+//!   `ALTER`, the second then fails to mark the shard done (ZooKeeper
+//!   "node exists") and its DDL worker stops, so the statement and every
+//!   later `ON CLUSTER` one wait out their timeout.
+//! - A column added to a local table is added to the Distributed table by
+//!   creating it again (it holds no data: inserts are synchronous, see
+//!   [`crate::clickhouse_args`]).
 //!
 //! So the rendering follows the tables through the migrations in order
 //! ([`Distribute`] keeps their columns); a statement it does not know how
@@ -33,7 +40,11 @@
 
 use std::collections::BTreeMap;
 
-use super::SchemaError;
+use clickhouse::Client;
+use tracing::{info, warn};
+
+use super::{SchemaError, Statement};
+use crate::clickhouse_args::ClickHouseArgs;
 
 /// A table as the migrations left it.
 #[derive(Debug, Clone)]
@@ -78,7 +89,22 @@ impl Distribute {
     }
 
     /// The cluster statements for one single-node statement of `migration`.
-    pub fn statement(&mut self, migration: u32, stmt: &str) -> Result<Vec<String>, SchemaError> {
+    pub fn statement(&mut self, migration: u32, stmt: &str) -> Result<Vec<Statement>, SchemaError> {
+        if let Some(rest) = stmt.trim().strip_prefix("ALTER TABLE ") {
+            let unsupported = || SchemaError::Cluster(migration, first_line(stmt.trim()));
+            let (name, ops) = split_name(rest).ok_or_else(unsupported)?;
+            return self.alter(migration, name, ops);
+        }
+        Ok(self
+            .on_server(migration, stmt)?
+            .into_iter()
+            .map(Statement::Server)
+            .collect())
+    }
+
+    /// A statement other than an `ALTER`: all run on the server migrate
+    /// connects to.
+    fn on_server(&mut self, migration: u32, stmt: &str) -> Result<Vec<String>, SchemaError> {
         let s = stmt.trim();
         let unsupported = || SchemaError::Cluster(migration, first_line(s));
         let c = &self.cluster;
@@ -113,10 +139,6 @@ impl Distribute {
                 ]);
             }
             return Ok(vec![format!("DROP TABLE IF EXISTS {name} ON CLUSTER {c}")]);
-        }
-        if let Some(rest) = s.strip_prefix("ALTER TABLE ") {
-            let (name, ops) = split_name(rest).ok_or_else(unsupported)?;
-            return self.alter(migration, name, ops);
         }
         if s.starts_with("INSERT INTO ") {
             // Through the Distributed tables, once, like any insert.
@@ -197,7 +219,12 @@ impl Distribute {
         )
     }
 
-    fn alter(&mut self, migration: u32, name: &str, ops: &str) -> Result<Vec<String>, SchemaError> {
+    fn alter(
+        &mut self,
+        migration: u32,
+        name: &str,
+        ops: &str,
+    ) -> Result<Vec<Statement>, SchemaError> {
         let c = self.cluster.clone();
         let Some(mut table) = self.tables.get(name).cloned() else {
             return Err(SchemaError::Cluster(
@@ -205,10 +232,10 @@ impl Distribute {
                 format!("ALTER TABLE {name}: not a table of the schema"),
             ));
         };
-        let mut out = vec![format!(
-            "ALTER TABLE {name}{LOCAL_SUFFIX} ON CLUSTER {c} {}",
+        let mut out = vec![Statement::EachShard(format!(
+            "ALTER TABLE {name}{LOCAL_SUFFIX} {}",
             ops.trim()
-        )];
+        ))];
         let mut added = false;
         for op in split_top(ops) {
             let op = op.trim();
@@ -232,12 +259,138 @@ impl Distribute {
             }
         }
         if added {
-            out.push(format!("DROP TABLE IF EXISTS {name} ON CLUSTER {c}"));
-            out.push(self.distributed(name, &table));
+            out.push(Statement::Server(format!(
+                "DROP TABLE IF EXISTS {name} ON CLUSTER {c}"
+            )));
+            out.push(Statement::Server(self.distributed(name, &table)));
             self.tables.insert(name.to_string(), table);
         }
         Ok(out)
     }
+}
+
+/// One node of each shard of a cluster, where the `ALTER`s of replicated
+/// tables run (see the module docs for why not `ON CLUSTER`). A node's
+/// shard is its `{shard}` macro: the one in the replicated tables'
+/// ZooKeeper paths, so the nodes that share it replicate each other's
+/// `ALTER`s.
+pub struct ShardNodes {
+    /// (shard macro, URL, client), one per shard.
+    nodes: Vec<(String, String, Client)>,
+}
+
+impl ShardNodes {
+    /// Asks each candidate node for its shard and keeps the first that
+    /// answers for each. The candidates are `given`, or else every host of
+    /// the cluster at the scheme and port of `ch`'s URL. Every shard of the
+    /// cluster must be reached.
+    pub async fn find(
+        server: &Client,
+        ch: &ClickHouseArgs,
+        cluster: &str,
+        given: &[String],
+    ) -> Result<ShardNodes, SchemaError> {
+        let shards: u64 = server
+            .query("SELECT uniqExact(shard_num) FROM system.clusters WHERE cluster = ?")
+            .bind(cluster)
+            .fetch_one()
+            .await?;
+        let candidates: Vec<String> = if given.is_empty() {
+            let hosts: Vec<String> = server
+                .query(
+                    "SELECT DISTINCT host_name FROM system.clusters \
+                     WHERE cluster = ? ORDER BY host_name",
+                )
+                .bind(cluster)
+                .fetch_all()
+                .await?;
+            hosts
+                .iter()
+                .filter_map(|h| with_host(&ch.clickhouse_url, h))
+                .collect()
+        } else {
+            given.to_vec()
+        };
+        let mut nodes: Vec<(String, String, Client)> = Vec::new();
+        let mut tried = Vec::new();
+        for url in candidates {
+            let client = ch.server_client_at(&url);
+            let shard = client
+                .query("SELECT substitution FROM system.macros WHERE macro = 'shard'")
+                .fetch_optional::<String>()
+                .await;
+            match shard {
+                Ok(Some(shard)) => {
+                    tried.push(format!("{url}: shard {shard}"));
+                    if !nodes.iter().any(|(s, _, _)| *s == shard) {
+                        nodes.push((shard, url, client));
+                    }
+                }
+                Ok(None) => tried.push(format!("{url}: no {{shard}} macro")),
+                Err(e) => {
+                    warn!(node = %url, error = %e, "cluster node did not answer");
+                    tried.push(format!("{url}: {e}"));
+                }
+            }
+        }
+        if (nodes.len() as u64) < shards {
+            return Err(SchemaError::Topology(format!(
+                "cluster {cluster} has {shards} shards but nodes of only {} answered ({}); \
+                 give a node of every shard with --cluster-node URL",
+                nodes.len(),
+                tried.join("; ")
+            )));
+        }
+        info!(
+            cluster,
+            nodes = ?nodes.iter().map(|(s, u, _)| format!("shard {s}: {u}")).collect::<Vec<_>>(),
+            "one node of each shard"
+        );
+        Ok(ShardNodes { nodes })
+    }
+
+    /// Runs `sql` on the node of each shard in turn. A partition dropped or
+    /// a column added returns once every replica of the shard has it
+    /// (`replication_alter_partitions_sync = 2`; column changes always wait
+    /// on 18.16).
+    pub async fn execute(&self, sql: &str) -> Result<(), SchemaError> {
+        for (shard, url, client) in &self.nodes {
+            client
+                .query(sql)
+                .with_setting("replication_alter_partitions_sync", "2")
+                .execute()
+                .await
+                .map_err(|e| {
+                    SchemaError::Topology(format!("shard {shard} at {url}: {e}\n{sql}"))
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// `url` with its host replaced by `host` (scheme, credentials, port and
+/// path kept), or `None` for a URL without a scheme.
+fn with_host(url: &str, host: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    // The port follows the host's last ':' outside an IPv6 literal.
+    let port = match hostport.rfind(':') {
+        Some(i) if !hostport[i..].contains(']') => &hostport[i..],
+        _ => "",
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    Some(format!("{scheme}://{userinfo}{host}{port}{path}"))
 }
 
 /// A column of the Distributed table: no codec (it stores nothing), and
@@ -327,18 +480,30 @@ fn first_line(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The SQL of rendered statements, checking that only `ALTER`s run on
+    /// each shard.
+    fn sql(out: Result<Vec<Statement>, SchemaError>) -> Vec<String> {
+        out.unwrap()
+            .into_iter()
+            .map(|s| {
+                assert_eq!(
+                    matches!(s, Statement::EachShard(_)),
+                    s.sql().starts_with("ALTER TABLE "),
+                    "{s}"
+                );
+                s.sql().to_string()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_table_becomes_replicated_local_tables_under_a_distributed_one() {
         let mut d = Distribute::new("fleet");
-        let out = d
-            .statement(
-                1,
+        let out = sql(d.statement(1,
                 "CREATE TABLE IF NOT EXISTS tw.flows_raw\n(\n    sensor_id String,\n    batch_seq UInt64,\n    \
                  first_seen_us Int64 CODEC(Delta, ZSTD(1)),\n    first_seen DateTime MATERIALIZED toDateTime(intDiv(first_seen_us, 1000000))\n)\n\
                  ENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMMDD(toDateTime(intDiv(first_seen_us, 1000000)))\n\
-                 ORDER BY (sensor_id, batch_seq)",
-            )
-            .unwrap();
+                 ORDER BY (sensor_id, batch_seq)"));
         assert_eq!(out.len(), 2);
         assert!(
             out[0].starts_with("CREATE TABLE IF NOT EXISTS tw.flows_raw_local ON CLUSTER fleet")
@@ -357,13 +522,11 @@ mod tests {
     #[test]
     fn engine_arguments_and_sharding_keys_are_kept() {
         let mut d = Distribute::new("c");
-        let out = d
-            .statement(
-                7,
-                "CREATE TABLE IF NOT EXISTS tw.alerts_raw (id String, rank UInt64) \
+        let out = sql(d.statement(
+            7,
+            "CREATE TABLE IF NOT EXISTS tw.alerts_raw (id String, rank UInt64) \
                  ENGINE = ReplacingMergeTree(rank) ORDER BY id",
-            )
-            .unwrap();
+        ));
         assert!(out[0].contains("('/clickhouse/tables/{shard}/tw.alerts_raw', '{replica}', rank)"));
         assert!(out[1].contains("cityHash64(id)"));
     }
@@ -376,40 +539,51 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS tw.s (sensor_id String, n UInt64) ENGINE = MergeTree ORDER BY (sensor_id, n)",
         )
         .unwrap();
-        let out = d
-            .statement(
-                5,
-                "ALTER TABLE tw.s\n    ADD COLUMN a UInt64,\n    ADD COLUMN b String",
-            )
-            .unwrap();
+        let out = sql(d.statement(
+            5,
+            "ALTER TABLE tw.s\n    ADD COLUMN a UInt64,\n    ADD COLUMN b String",
+        ));
         assert_eq!(out.len(), 3, "{out:#?}");
-        assert!(out[0].starts_with("ALTER TABLE tw.s_local ON CLUSTER c ADD COLUMN a UInt64"));
+        assert!(out[0].starts_with("ALTER TABLE tw.s_local ADD COLUMN a UInt64"));
         assert_eq!(out[1], "DROP TABLE IF EXISTS tw.s ON CLUSTER c");
         assert!(out[2].contains("a UInt64,\n    b String\n)"), "{}", out[2]);
         // A TTL change touches the local tables only.
-        let out = d
-            .statement(
-                4,
-                "ALTER TABLE tw.s MODIFY TTL toDateTime(n) + INTERVAL 1 DAY",
-            )
-            .unwrap();
+        let out = sql(d.statement(
+            4,
+            "ALTER TABLE tw.s MODIFY TTL toDateTime(n) + INTERVAL 1 DAY",
+        ));
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn node_urls_keep_all_but_the_host() {
+        assert_eq!(
+            with_host("https://u:p@ch-0.ch:8443/x", "ch-3.ch").as_deref(),
+            Some("https://u:p@ch-3.ch:8443/x")
+        );
+        assert_eq!(
+            with_host("http://127.0.0.1", "::1").as_deref(),
+            Some("http://[::1]")
+        );
+        assert_eq!(
+            with_host("http://[::1]:8123", "10.0.0.2").as_deref(),
+            Some("http://10.0.0.2:8123")
+        );
+        assert_eq!(with_host("ch:8123", "x"), None);
     }
 
     #[test]
     fn views_and_drops_go_on_cluster_and_the_unknown_is_refused() {
         let mut d = Distribute::new("c");
-        let out = d
-            .statement(
-                1,
-                "CREATE VIEW IF NOT EXISTS tw.v AS\nSELECT 1 FROM tw.t FINAL",
-            )
-            .unwrap();
+        let out = sql(d.statement(
+            1,
+            "CREATE VIEW IF NOT EXISTS tw.v AS\nSELECT 1 FROM tw.t FINAL",
+        ));
         assert_eq!(
             out,
             ["CREATE VIEW IF NOT EXISTS tw.v ON CLUSTER c AS\nSELECT 1 FROM tw.t FINAL"]
         );
-        let out = d.statement(1, "DROP TABLE IF EXISTS tw.v").unwrap();
+        let out = sql(d.statement(1, "DROP TABLE IF EXISTS tw.v"));
         assert_eq!(out, ["DROP TABLE IF EXISTS tw.v ON CLUSTER c"]);
         assert!(matches!(
             d.statement(3, "OPTIMIZE TABLE tw.t FINAL"),

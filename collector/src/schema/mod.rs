@@ -20,6 +20,38 @@ use std::fmt;
 use clickhouse::Client;
 use tracing::{info, warn};
 
+use crate::clickhouse_args::ClickHouseArgs;
+
+/// A rendered statement and where `migrate` runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Statement {
+    /// On the server `migrate` connects to (the `ON CLUSTER` statements of
+    /// a cluster too: ClickHouse runs them on every node).
+    Server(String),
+    /// Without `ON CLUSTER`, on one node of each shard of the cluster
+    /// ([`cluster::ShardNodes`]): an `ALTER` of a replicated table.
+    EachShard(String),
+}
+
+impl Statement {
+    pub fn sql(&self) -> &str {
+        match self {
+            Statement::Server(s) | Statement::EachShard(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for Statement {
+    /// As `migrate --print` shows it: SQL, after a comment for a statement
+    /// that runs on each shard.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::Server(s) => write!(f, "{s}"),
+            Statement::EachShard(s) => write!(f, "-- on one node of each shard:\n{s}"),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("ClickHouse: {0}")]
@@ -32,7 +64,7 @@ pub enum SchemaError {
         name: &'static str,
         index: usize,
         statement: String,
-        source: clickhouse::error::Error,
+        source: Box<SchemaError>,
     },
     #[error("migration {0}: unbalanced -- @modern/-- @legacy/-- @end markers")]
     Markers(u32),
@@ -138,12 +170,12 @@ impl<'a> Renderer<'a> {
     }
 
     /// The database and the migrations ledger.
-    pub fn bootstrap(&mut self) -> Result<Vec<String>, SchemaError> {
+    pub fn bootstrap(&mut self) -> Result<Vec<Statement>, SchemaError> {
         self.distribute(0, bootstrap_statements(&self.opts.database))
     }
 
     /// The statements of `m`; call for every migration in order.
-    pub fn migration(&mut self, m: &Migration) -> Result<Vec<String>, SchemaError> {
+    pub fn migration(&mut self, m: &Migration) -> Result<Vec<Statement>, SchemaError> {
         let single = render(m, self.caps, self.opts)?;
         self.distribute(m.version, single)
     }
@@ -152,9 +184,9 @@ impl<'a> Renderer<'a> {
         &mut self,
         version: u32,
         single: Vec<String>,
-    ) -> Result<Vec<String>, SchemaError> {
+    ) -> Result<Vec<Statement>, SchemaError> {
         let Some(d) = self.cluster.as_mut() else {
-            return Ok(single);
+            return Ok(single.into_iter().map(Statement::Server).collect());
         };
         let mut out = Vec::with_capacity(single.len() * 2);
         for s in &single {
@@ -375,8 +407,34 @@ async fn check_topology(server: &Client, opts: &RenderOptions) -> Result<(), Sch
     }
 }
 
-/// Applies every pending migration.
-pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateReport, SchemaError> {
+/// Runs rendered statements: on the server, or on one node of each shard.
+struct Runner {
+    server: Client,
+    /// Found before any statement runs, for a cluster.
+    shards: Option<cluster::ShardNodes>,
+}
+
+impl Runner {
+    async fn run(&self, stmt: &Statement) -> Result<(), SchemaError> {
+        match (stmt, &self.shards) {
+            (Statement::Server(sql), _) => Ok(self.server.query(sql).execute().await?),
+            (Statement::EachShard(sql), Some(shards)) => shards.execute(sql).await,
+            (Statement::EachShard(_), None) => Err(SchemaError::Topology(
+                "a statement for each shard outside a cluster".into(),
+            )),
+        }
+    }
+}
+
+/// Applies every pending migration, on the server of `ch` (and, for a
+/// cluster, the ALTERs on one node of each shard: `cluster_nodes`, or the
+/// cluster's hosts, see [`cluster::ShardNodes::find`]).
+pub async fn migrate(
+    ch: &ClickHouseArgs,
+    opts: &RenderOptions,
+    cluster_nodes: &[String],
+) -> Result<MigrateReport, SchemaError> {
+    let server = &ch.server_client();
     let version = server_version(server).await?;
     let caps = Caps::for_version(version);
     let db = &opts.database;
@@ -384,8 +442,16 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
     info!(server = %version, variant = caps.variant(), %topology, database = %db, "migrating schema");
     check_topology(server, opts).await?;
     let mut renderer = Renderer::new(caps, opts);
+    let shards = match &opts.cluster {
+        Some(c) => Some(cluster::ShardNodes::find(server, ch, c, cluster_nodes).await?),
+        None => None,
+    };
+    let runner = Runner {
+        server: server.clone(),
+        shards,
+    };
     for stmt in renderer.bootstrap()? {
-        server.query(&stmt).execute().await?;
+        runner.run(&stmt).await?;
     }
     let done: Vec<Applied> = server
         .query(&format!(
@@ -412,16 +478,15 @@ pub async fn migrate(server: &Client, opts: &RenderOptions) -> Result<MigrateRep
             continue;
         }
         for (i, s) in statements.iter().enumerate() {
-            server
-                .query(s)
-                .execute()
+            runner
+                .run(s)
                 .await
                 .map_err(|source| SchemaError::Statement {
                     version: m.version,
                     name: m.name,
                     index: i + 1,
-                    statement: s.clone(),
-                    source,
+                    statement: s.sql().to_string(),
+                    source: Box::new(source),
                 })?;
         }
         let mut ins = server
@@ -482,11 +547,20 @@ mod tests {
             for m in MIGRATIONS {
                 all.extend(r.migration(m).unwrap());
             }
-            let ddl = all.iter().filter(|s| !s.starts_with("INSERT INTO "));
-            for s in ddl {
-                assert!(s.contains(" ON CLUSTER fleet"), "{s}");
+            for s in &all {
+                match s {
+                    // ALTERs of the replicated tables go to each shard
+                    // without ON CLUSTER (see `cluster`), inserts through
+                    // the Distributed tables, everything else ON CLUSTER.
+                    Statement::EachShard(sql) => {
+                        assert!(sql.starts_with("ALTER TABLE ") && !sql.contains(" ON CLUSTER"))
+                    }
+                    Statement::Server(sql) if sql.starts_with("INSERT INTO ") => {}
+                    Statement::Server(sql) => assert!(sql.contains(" ON CLUSTER fleet"), "{sql}"),
+                }
             }
-            let text = all.join("\n");
+            assert!(all.iter().any(|s| matches!(s, Statement::EachShard(_))));
+            let text = all.iter().map(|s| s.sql()).collect::<Vec<_>>().join("\n");
             assert!(text.contains(
                 "ENGINE = Distributed(fleet, tw, flows_raw_local, cityHash64(sensor_id))"
             ));

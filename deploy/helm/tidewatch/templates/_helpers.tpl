@@ -180,6 +180,10 @@ app.kubernetes.io/component: {{ .component }}
 - name: TIDEWATCH_CLICKHOUSE_CLUSTER
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.clickhouse.clusterNodes }}
+- name: TIDEWATCH_CLICKHOUSE_CLUSTER_NODES
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- include "tidewatch.clickhouseSecretEnv" . }}
 {{- end }}
 
