@@ -26,6 +26,11 @@ pub const MAX_ASSET_IPS: usize = 16;
 pub const MAX_ASSET_NAMES: usize = 32;
 /// Bytes of a name: application protocol, operation, asset protocol or role.
 pub const MAX_NAME_LEN: usize = 64;
+/// Bytes of one field of a device's identity (vendor, product, firmware,
+/// serial) or of one software banner.
+pub const MAX_IDENTITY_LEN: usize = 128;
+/// Software banners of one asset.
+pub const MAX_ASSET_SOFTWARE: usize = 8;
 /// Bytes of a free text: sensor id, vendor, software version, reason.
 pub const MAX_TEXT_LEN: usize = 1024;
 /// Bytes of an IP address (16 for IPv6) or a MAC (6).
@@ -133,7 +138,7 @@ fn flow(b: &[u8]) -> Result<(), ShapeError> {
 }
 
 fn asset(b: &[u8]) -> Result<(), ShapeError> {
-    let (mut ips, mut protocols, mut roles) = (0, 0, 0);
+    let (mut ips, mut protocols, mut roles, mut software) = (0, 0, 0, 0);
     fields(b, |tag, v| {
         let Value::Bytes(b) = v else { return Ok(()) };
         match tag {
@@ -150,6 +155,15 @@ fn asset(b: &[u8]) -> Result<(), ShapeError> {
             7 => {
                 count("asset roles", &mut roles, MAX_ASSET_NAMES)?;
                 text("asset role", b, MAX_NAME_LEN)
+            }
+            8 => text("device_vendor", b, MAX_IDENTITY_LEN),
+            9 => text("product", b, MAX_IDENTITY_LEN),
+            10 => text("firmware", b, MAX_IDENTITY_LEN),
+            11 => text("serial", b, MAX_IDENTITY_LEN),
+            12 => text("identity_protocol", b, MAX_NAME_LEN),
+            13 => {
+                count("asset software", &mut software, MAX_ASSET_SOFTWARE)?;
+                text("asset software", b, MAX_IDENTITY_LEN)
             }
             _ => Ok(()),
         }
@@ -264,6 +278,9 @@ mod tests {
                 vendor: "v".repeat(MAX_TEXT_LEN),
                 protocols: vec!["p".into(); MAX_ASSET_NAMES],
                 roles: vec!["r".into(); MAX_ASSET_NAMES],
+                device_vendor: "d".repeat(MAX_IDENTITY_LEN),
+                firmware: "f".repeat(MAX_IDENTITY_LEN),
+                software: vec!["s".repeat(MAX_IDENTITY_LEN); MAX_ASSET_SOFTWARE],
                 ..AssetObservation::default()
             }],
             status: vec![SensorStatus {
@@ -313,6 +330,15 @@ mod tests {
                 Box::new(|b| b.assets[0].roles.push("r".into())),
             ),
             ("vendor", Box::new(|b| b.assets[0].vendor.push('v'))),
+            (
+                "device_vendor",
+                Box::new(|b| b.assets[0].device_vendor.push('d')),
+            ),
+            ("firmware", Box::new(|b| b.assets[0].firmware.push('f'))),
+            (
+                "asset software",
+                Box::new(|b| b.assets[0].software.push("s".into())),
+            ),
             (
                 "set_aside_reason",
                 Box::new(|b| b.status[0].set_aside_reason.push('r')),

@@ -16,6 +16,13 @@
 //! operations is an `engineering_station`, one that only reads an
 //! `ot_client`; a MAC behind which more than [`MAX_ASSET_IPS`] addresses appear is
 //! a `gateway`.
+//!
+//! Identity: what a device says about itself in its own replies
+//! ([`DeviceIdentity`]: Modbus Read Device Identification, EtherNet/IP
+//! ListIdentity, S7 SZL) is kept on its asset, the latest value of each
+//! field; a field that changes (a firmware update, or a device that claims
+//! to be another) is a change like any other. Banners (SSH, HTTP `Server`)
+//! are kept as its software, at most [`MAX_ASSET_SOFTWARE`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -23,7 +30,8 @@ use std::path::Path;
 
 use tidewatch_proto::v1::{AssetObservation, OperationClass};
 
-use crate::protocols::{AppProto, Roles};
+use crate::protocols::{AppProto, DeviceIdentity, Roles};
+use tidewatch_proto::limits::MAX_ASSET_SOFTWARE;
 use tidewatch_proto::util::ip_bytes;
 
 /// Addresses kept per asset (the wire protocol's limit).
@@ -84,7 +92,22 @@ struct Asset {
     last_us: i64,
     protocols: BTreeSet<&'static str>,
     roles: BTreeSet<&'static str>,
+    /// Boxed: most assets never say who they are.
+    identity: Option<Box<Identity>>,
     changed: bool,
+}
+
+/// What an asset said about itself, the latest of each field.
+#[derive(Debug, Clone, Default)]
+struct Identity {
+    vendor: String,
+    product: String,
+    firmware: String,
+    serial: String,
+    /// The protocol the latest of vendor, product, firmware or serial
+    /// came from.
+    protocol: &'static str,
+    software: BTreeSet<String>,
 }
 
 /// One side of a finished flow, as seen by the inventory.
@@ -127,6 +150,7 @@ impl AssetTable {
             last_us: ts,
             protocols: BTreeSet::new(),
             roles: BTreeSet::new(),
+            identity: None,
             changed: true,
         });
         a.first_us = a.first_us.min(ts);
@@ -199,7 +223,48 @@ impl AssetTable {
         }
     }
 
+    /// What the device behind `mac` said about itself in a payload of
+    /// `protocol`.
+    pub fn on_identity(
+        &mut self,
+        mac: [u8; 6],
+        protocol: &'static str,
+        said: DeviceIdentity,
+        ts: i64,
+    ) {
+        let Some(a) = self.asset(mac, ts) else { return };
+        let id = a.identity.get_or_insert_with(Default::default);
+        let mut changed = false;
+        let mut described = false;
+        for (field, value) in [
+            (&mut id.vendor, said.vendor),
+            (&mut id.product, said.product),
+            (&mut id.firmware, said.firmware),
+            (&mut id.serial, said.serial),
+        ] {
+            if !value.is_empty() {
+                described = true;
+                if *field != value {
+                    *field = value;
+                    changed = true;
+                }
+            }
+        }
+        if described && id.protocol != protocol {
+            id.protocol = protocol;
+            changed = true;
+        }
+        if !said.software.is_empty()
+            && id.software.len() < MAX_ASSET_SOFTWARE
+            && id.software.insert(said.software)
+        {
+            changed = true;
+        }
+        a.changed |= changed;
+    }
+
     fn observation(&self, mac: &[u8; 6], a: &Asset) -> AssetObservation {
+        let id = a.identity.as_deref().cloned().unwrap_or_default();
         AssetObservation {
             mac: mac.to_vec(),
             ips: a.ips.iter().map(|ip| ip_bytes(*ip)).collect(),
@@ -208,6 +273,12 @@ impl AssetTable {
             last_seen_us: a.last_us,
             protocols: a.protocols.iter().map(|s| s.to_string()).collect(),
             roles: a.roles.iter().map(|s| s.to_string()).collect(),
+            device_vendor: id.vendor,
+            product: id.product,
+            firmware: id.firmware,
+            serial: id.serial,
+            identity_protocol: id.protocol.to_string(),
+            software: id.software.into_iter().collect(),
         }
     }
 

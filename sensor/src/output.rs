@@ -197,6 +197,18 @@ pub fn asset_json(a: &AssetObservation) -> Value {
         "last_seen": secs(a.last_seen_us),
         "protocols": a.protocols,
         "roles": a.roles,
+        "identity": if a.identity_protocol.is_empty() {
+            Value::Null
+        } else {
+            json!({
+                "vendor": a.device_vendor,
+                "product": a.product,
+                "firmware": a.firmware,
+                "serial": a.serial,
+                "protocol": a.identity_protocol,
+            })
+        },
+        "software": a.software,
     })
 }
 

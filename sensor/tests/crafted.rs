@@ -433,6 +433,97 @@ fn asset_inventory_from_a_real_capture() {
     );
 }
 
+/// A copy of an Ethernet capture whose source MACs are made from the
+/// source TCP/UDP port (02:00:00:00:hi:lo): loopback captures carry
+/// all-zero MACs, which are no asset.
+fn macs_from_ports(src: &Path, dst: &Path) {
+    let mut r = PcapReader::open(src).unwrap();
+    let mut out: Option<Pcap> = None;
+    while let Some(pkt) = r.next_packet().unwrap() {
+        assert_eq!(pkt.linktype, 1, "Ethernet captures only");
+        let w = out.get_or_insert_with(|| Pcap::new(pkt.linktype));
+        let mut d = pkt.data.to_vec();
+        if let Some((ip, 4)) = ip_start(1, &d) {
+            let l4 = ip + ((d[ip] & 0x0f) as usize) * 4;
+            if d.len() >= l4 + 2 {
+                let (hi, lo) = (d[l4], d[l4 + 1]);
+                d[6..12].copy_from_slice(&[2, 0, 0, 0, hi, lo]);
+            }
+        }
+        w.add((pkt.ts_ns / 1000) as u64, &d);
+    }
+    std::fs::write(dst, &out.unwrap().0).unwrap();
+}
+
+#[test]
+fn devices_identify_themselves_as_tshark_decodes_them() {
+    // Expected values are tshark 4.0's fields on the same packets
+    // (modbus.object_str_value; enip.lir.*; s7comm.szl.0011/001c.*).
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
+    let dir = tempfile::tempdir().unwrap();
+    let identity = |pcap: &Path, ip: &str, mac: Option<&str>| -> Value {
+        let assets = read(pcap, &["--assets"]);
+        let a = assets
+            .iter()
+            .find(|a| {
+                a["ips"].as_array().unwrap().iter().any(|i| i == ip)
+                    && mac.is_none_or(|m| a["mac"] == m)
+            })
+            .unwrap_or_else(|| panic!("no asset {ip} in {assets:#?}"));
+        a["identity"].clone()
+    };
+    // Modbus Read Device Identification (43/14), objects 0-2, from the
+    // server (port 502, so 02:00:00:00:01:f6 once MACs follow ports).
+    let modbus = dir.path().join("modbus.pcap");
+    macs_from_ports(&corpus.join("modbus/modbus_example.pcap"), &modbus);
+    assert_eq!(
+        identity(&modbus, "127.0.0.1", Some("02:00:00:00:01:f6")),
+        serde_json::json!({
+            "vendor": "Zeek Modbus Test",
+            "product": "Protocol Parsing is fun!",
+            "firmware": "1.2.3.6",
+            "serial": "",
+            "protocol": "modbus",
+        })
+    );
+    // EtherNet/IP ListIdentity: vendor 0x0001, revision 1027 (4.3), serial
+    // 0x00524d8e, product name 1756-ENBT/A.
+    assert_eq!(
+        identity(
+            &corpus.join("enip/enip_cip_example.pcap"),
+            "10.1.1.164",
+            None
+        ),
+        serde_json::json!({
+            "vendor": "CIP vendor 1",
+            "product": "1756-ENBT/A",
+            "firmware": "4.3",
+            "serial": "0x00524d8e",
+            "protocol": "enip",
+        })
+    );
+    // S7 Read SZL 0x0011 (MlfB; basic firmware Ausbg 22019 = 'V' 3 2,
+    // Ausbe 519 = 7) and 0x001C (Serialn), from the CPU.
+    assert_eq!(
+        identity(&corpus.join("s7comm/snap7.pcap"), "134.217.61.211", None),
+        serde_json::json!({
+            "vendor": "Siemens",
+            "product": "6ES7 315-2EH14-0AB0",
+            "firmware": "V3.2.7",
+            "serial": "S C-B1U393142011",
+            "protocol": "s7comm",
+        })
+    );
+    let s7ident = dir.path().join("s7ident.pcap");
+    macs_from_ports(&corpus.join("s7comm/s7ident.pcap"), &s7ident);
+    assert_eq!(
+        identity(&s7ident, "172.17.0.2", Some("02:00:00:00:00:66"))["firmware"],
+        "V3.2.6"
+    );
+    // The engineering station that asked says nothing about itself.
+    assert!(identity(&corpus.join("s7comm/snap7.pcap"), "134.217.61.131", None).is_null());
+}
+
 #[test]
 fn arp_feeds_the_inventory() {
     let dir = tempfile::tempdir().unwrap();

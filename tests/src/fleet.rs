@@ -67,6 +67,8 @@ pub struct Truth {
     pub new_assets: Vec<(String, String)>,
     /// (vessel, ip, old vendor, new vendor).
     pub changed_vendors: Vec<(String, String, String, String)>,
+    /// (vessel, ip, old firmware, new firmware).
+    pub changed_firmware: Vec<(String, String, String, String)>,
     /// (destination ip, vessels) first contacted by several vessels within
     /// two hours.
     pub campaigns: Vec<(String, Vec<String>)>,
@@ -186,8 +188,30 @@ fn asset(
         last_seen_us: t_us,
         protocols: protos.iter().map(|s| s.to_string()).collect(),
         roles: roles.iter().map(|s| s.to_string()).collect(),
+        ..AssetObservation::default()
     }
 }
+
+/// The identity a PLC gives of itself (as a sensor reads it from its
+/// device identification replies): vendor, product, firmware, protocol.
+fn identified(
+    mut a: AssetObservation,
+    (vendor, product, firmware, protocol): (&str, &str, &str, &str),
+) -> AssetObservation {
+    a.device_vendor = vendor.into();
+    a.product = product.into();
+    a.firmware = firmware.into();
+    a.serial = format!("SN-{}", tidewatch_proto::util::mac_text(&a.mac));
+    a.identity_protocol = protocol.into();
+    a
+}
+
+/// What the fleet's PLCs say they are: the Siemens CPUs (S7 SZL) and the
+/// Schneider ones (Modbus 43/14).
+const SIEMENS_CPU: (&str, &str, &str, &str) =
+    ("Siemens", "6ES7 315-2EH14-0AB0", "V3.2.7", "s7comm");
+const SCHNEIDER_PLC: (&str, &str, &str, &str) =
+    ("Schneider Electric", "BMX P34 2020", "v2.8", "modbus");
 
 /// Where in the detection window a planted anomaly may happen.
 #[derive(Clone, Copy)]
@@ -199,10 +223,11 @@ struct At {
 }
 
 /// Where its records go: vessel `vb`'s addresses, `us(s)` the time `s`
-/// seconds into the hour.
+/// seconds into the hour; `start_us` the fleet's first hour.
 struct Site<'a> {
     vb: u8,
     us: &'a dyn Fn(i64) -> i64,
+    start_us: i64,
 }
 
 /// One anomaly planted in the detection window, declared once: when it
@@ -543,6 +568,36 @@ const ANOMALIES: &[Anomaly] = &[
         },
         ..Anomaly::NOTHING
     },
+    // A PLC's firmware changes (vessel 1, hour 7): the same device, known
+    // since the fleet's first hour, now reports another version.
+    Anomaly {
+        when: |a| a.vessel == 1 && a.hw == 7,
+        plant: |s, _, assets| {
+            let mut plc = identified(
+                asset(
+                    [0x00, 0x80, 0xf4, 0, s.vb, 13],
+                    ip(10, s.vb, 1, 13),
+                    "Schneider Electric",
+                    s.start_us,
+                    &["modbus"],
+                    &["controller"],
+                ),
+                SCHNEIDER_PLC,
+            );
+            plc.firmware = "v3.1".into();
+            plc.last_seen_us = (s.us)(40);
+            assets.push(plc);
+        },
+        truth: |t, s| {
+            t.changed_firmware.push((
+                vessel(s, 1),
+                addr(1, 1, 13),
+                SCHNEIDER_PLC.2.into(),
+                "v3.1".into(),
+            ))
+        },
+        ..Anomaly::NOTHING
+    },
     // The last sensor goes silent at hour 12.
     Anomaly {
         when: |a| a.vessel == a.vessels - 1 && a.hw >= 12,
@@ -812,14 +867,20 @@ impl Fleet {
                     ([0x00, 0x80, 0xf4, 0, vb, p], "Schneider Electric")
                 };
                 let proto = if p == 14 { "s7comm" } else { "modbus" };
-                assets.push(asset(
+                let plc = asset(
                     mac,
                     ip(10, vb, 1, p),
                     vendor,
                     us(0),
                     &[proto],
                     &["controller"],
-                ));
+                );
+                // Three PLCs of each vessel say who they are.
+                assets.push(match p {
+                    14 => identified(plc, SIEMENS_CPU),
+                    10 | 13 => identified(plc, SCHNEIDER_PLC),
+                    _ => plc,
+                });
             }
             assets.push(asset(
                 [0x00, 0x0c, 0x29, 0, vb, 20],
@@ -847,7 +908,11 @@ impl Fleet {
             ));
         }
 
-        let site = Site { vb, us: &us };
+        let site = Site {
+            vb,
+            us: &us,
+            start_us: spec.start_s * 1_000_000,
+        };
         let mut status = self.status(hour_s);
         for a in &planted {
             (a.plant)(&site, &mut flows, &mut assets);

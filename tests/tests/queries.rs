@@ -160,6 +160,19 @@ fn judge_pack(engine: &str, t: &Truth, vessels: usize, run: &dyn Fn(&str, &[&str
             .iter()
             .map(|(v, ip, _, _)| format!("{v} {ip} vendor_changed")),
     );
+    planted.extend(
+        t.changed_firmware
+            .iter()
+            .map(|(v, ip, _, _)| format!("{v} {ip} firmware_changed")),
+    );
+    for (v, ip, old, new) in &t.changed_firmware {
+        let row = rows
+            .iter()
+            .find(|r| s(&r["vessel"]) == *v && s(&r["ip"]) == *ip)
+            .unwrap();
+        assert_eq!(row["old_firmware"], serde_json::json!([old]), "{row}");
+        assert_eq!(row["new_firmware"], serde_json::json!([new]), "{row}");
+    }
     judge("asset-changes", got, planted, 0);
 
     let rows = run("campaigns", &[]);

@@ -157,6 +157,16 @@ fn two_sensors_every_flow_exactly_once() {
         stack.query_u64("SELECT count() FROM tidewatch.assets WHERE has(roles, 'controller') AND vessel = 'port-of-kiel'") > 0,
         "no controller among the assets of crane-a"
     );
+    // So did what a device said of itself (EtherNet/IP ListIdentity).
+    assert_eq!(
+        stack
+            .query(
+                "SELECT device_vendor, product, firmware, serial, identity_protocol \
+                 FROM tidewatch.assets_latest WHERE vessel = 'port-of-kiel' AND ip = '10.1.1.164'"
+            )
+            .unwrap(),
+        "CIP vendor 1\t1756-ENBT/A\t4.3\t0x00524d8e\tenip\n"
+    );
     // Each sensor sent its status at the end of every run.
     assert_eq!(
         stack.query_u64("SELECT count() FROM tidewatch.sensor_status"),

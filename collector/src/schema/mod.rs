@@ -254,6 +254,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups_by_the_sink",
         sql: include_str!("../../../deploy/clickhouse/migrations/0010_rollups_by_the_sink.sql"),
     },
+    Migration {
+        version: 11,
+        name: "device_identity",
+        sql: include_str!("../../../deploy/clickhouse/migrations/0011_device_identity.sql"),
+    },
 ];
 
 /// Renders a migration into its single-node statements for the given

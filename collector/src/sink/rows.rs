@@ -221,6 +221,12 @@ pub struct AssetRow {
     pub last_seen_us: i64,
     pub protocols: Vec<String>,
     pub roles: Vec<String>,
+    pub device_vendor: String,
+    pub product: String,
+    pub firmware: String,
+    pub serial: String,
+    pub identity_protocol: String,
+    pub software: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
@@ -432,6 +438,12 @@ fn asset_row(env: &IngestedBatch, idx: usize, a: &AssetObservation) -> AssetRow 
         last_seen_us: a.last_seen_us,
         protocols: a.protocols.clone(),
         roles: a.roles.clone(),
+        device_vendor: a.device_vendor.clone(),
+        product: a.product.clone(),
+        firmware: a.firmware.clone(),
+        serial: a.serial.clone(),
+        identity_protocol: a.identity_protocol.clone(),
+        software: a.software.clone(),
     }
 }
 

@@ -32,7 +32,7 @@ use tidewatch_proto::v1::{DirectionCounters, FlowEnd, FlowRecord};
 
 use crate::assets::{AssetTable, FlowSide};
 use crate::decode::PacketInfo;
-use crate::protocols::{AppState, OpStore};
+use crate::protocols::{AppState, OpStore, Payload};
 pub use store::FlowKey;
 use store::FlowStore;
 
@@ -537,6 +537,18 @@ impl FlowTable {
             let from_client = src_is_a == flow.client_is_a();
             flow.app
                 .on_payload(info.ip_protocol, info.payload, from_client, &mut self.ops);
+            if let (Some(proto), Some(mac), Some(assets)) =
+                (flow.app.proto, info.src_mac, self.assets.as_mut())
+            {
+                let payload = Payload {
+                    data: info.payload,
+                    transport: info.ip_protocol,
+                    from_client,
+                };
+                if let Some(said) = proto.protocol().identify.and_then(|id| id(payload)) {
+                    assets.on_identity(mac, proto.name(), said, info.ts_us);
+                }
+            }
         }
         let (dir, dir_flags, fin_bit) = if src_is_a {
             (&mut flow.a2b, &mut flow.a2b_flags, A_FIN)

@@ -18,6 +18,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: Some("bacnet_device"),
         server: Some("bacnet_device"),
     },
+    identify: None,
 };
 
 /// The NPDU of a BVLC datagram, if it has one; `None` if BVLC is invalid.

@@ -15,6 +15,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[20000],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::Controller,
+    identify: None,
 };
 
 /// CRC-16/DNP (polynomial 0x3D65, reflected, final complement).

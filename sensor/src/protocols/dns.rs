@@ -12,6 +12,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[53, 5353],
     observe: Observer::Indicators(|p, ind| observe(p.data, p.transport, ind)),
     roles: Roles::None,
+    identify: None,
 };
 
 /// Parses the first question: (name, offset after qtype/qclass).

@@ -5,7 +5,7 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{le16, le32, Observer, Ops, Protocol, Roles};
+use super::{identity_text, le16, le32, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// EtherNet/IP with CIP: explicit messaging on TCP/UDP 44818, implicit
 /// I/O on UDP 2222; a controller protocol.
@@ -16,6 +16,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[44818, 2222],
     observe: Observer::Operations(|p, ops| observe(p.data, p.transport, ops)),
     roles: Roles::Controller,
+    identify: Some(identify),
 };
 
 const COMMANDS: &[u16] = &[
@@ -185,6 +186,52 @@ pub fn observe(p: &[u8], transport: u8, ops: &mut Ops) {
     } else if transport == 17 && cpf(p).is_some() {
         ops.add(0x00B1, "cyclic_io", C::Read);
     }
+}
+
+/// A ListIdentity reply (command 0x63 with a CIP Identity item, type 0x0C):
+/// vendor id, product name, revision major.minor and serial number, as a
+/// device answers a broadcast or a direct request. The vendor is named by
+/// its ODVA vendor id ("CIP vendor 1").
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    if p.from_client || le16(p.data, 0) != Some(0x0063) {
+        return None;
+    }
+    for unit in units(p.data)? {
+        if le16(unit, 0) != Some(0x0063) || unit.len() <= 24 {
+            continue;
+        }
+        for (kind, d) in cpf(&unit[24..]).unwrap_or_default() {
+            // version (2), socket address (16), vendor, device type,
+            // product code, revision (2), status, serial (4), name.
+            if kind != 0x000C {
+                continue;
+            }
+            let (Some(vendor), Some(code), Some(serial), Some(&n)) =
+                (le16(d, 18), le16(d, 22), le32(d, 28), d.get(32))
+            else {
+                continue;
+            };
+            let (Some(&major), Some(&minor)) = (d.get(24), d.get(25)) else {
+                continue;
+            };
+            let name = d
+                .get(33..33 + n as usize)
+                .map(identity_text)
+                .unwrap_or_default();
+            return Some(DeviceIdentity {
+                vendor: format!("CIP vendor {vendor}"),
+                product: if name.is_empty() {
+                    format!("CIP product code {code}")
+                } else {
+                    name
+                },
+                firmware: format!("{major}.{minor}"),
+                serial: format!("0x{serial:08x}"),
+                software: String::new(),
+            });
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! HTTP/1.x: a request line (known method, target, `HTTP/1.x`) or a status
 //! line. The Host header of requests is an indicator.
 
-use super::{Indicators, Observer, Protocol, Roles};
+use super::{identity_text, DeviceIdentity, Indicators, Observer, Payload, Protocol, Roles};
 
 /// HTTP/1: the request's Host as an indicator.
 pub const PROTOCOL: Protocol = Protocol {
@@ -11,6 +11,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[80],
     observe: Observer::Indicators(|p, ind| observe(p.data, p.from_client, ind)),
     roles: Roles::None,
+    identify: Some(identify),
 };
 
 const METHODS: &[&[u8]] = &[
@@ -45,20 +46,43 @@ pub fn detect(p: &[u8]) -> bool {
         && (line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
 }
 
-pub fn observe(p: &[u8], from_client: bool, ind: &mut Indicators<'_>) {
-    if !from_client || !detect(p) {
-        return;
-    }
+/// The value of the first header `name` (lowercase, with its colon) in
+/// the head of a request or response.
+fn header<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let head = &p[..p.len().min(4096)];
     for line in head.split(|b| *b == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             break;
         }
-        if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"host:") {
-            if let Ok(h) = std::str::from_utf8(&line[5..]) {
-                ind.add(h);
-            }
+        if line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) {
+            return Some(&line[name.len()..]);
         }
     }
+    None
+}
+
+pub fn observe(p: &[u8], from_client: bool, ind: &mut Indicators<'_>) {
+    if !from_client || !detect(p) {
+        return;
+    }
+    if let Some(h) = header(p, b"host:").and_then(|h| std::str::from_utf8(h).ok()) {
+        ind.add(h);
+    }
+}
+
+/// A server's `Server` header (`Server: nginx/1.22.1`), as its banner.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    if p.from_client || !p.data.starts_with(b"HTTP/1.") || !detect(p.data) {
+        return None;
+    }
+    let server = header(p.data, b"server:")?;
+    if identity_text(server).is_empty() {
+        return None;
+    }
+    DeviceIdentity {
+        software: identity_text(&[b"Server: ", server.trim_ascii()].concat()),
+        ..DeviceIdentity::default()
+    }
+    .some()
 }

@@ -14,6 +14,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[2404],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::Controller,
+    identify: None,
 };
 
 fn apdus(p: &[u8]) -> Option<Vec<&[u8]>> {

@@ -3,6 +3,10 @@
 //! protocol's framing on one payload, never trusting the port) and `observe`
 //! (adds the operations it finds to the flow's [`Ops`]).
 //!
+//! A protocol may also `identify` the device that sent a payload: what it
+//! says about itself in its own replies or banners ([`DeviceIdentity`]),
+//! which the asset inventory keeps.
+//!
 //! A flow is identified from its first payload-carrying packets (up to
 //! [`MAX_TRIES`]); after that it stays unknown. Parsing is per packet: PDUs
 //! are expected to start at the beginning of a TCP segment (which is how OT
@@ -38,7 +42,9 @@ pub const MAX_TRIES: u8 = 8;
 /// Distinct operations kept per flow record, distinct indicators (DNS names,
 /// SNI, Host) kept per flow record, longest indicator kept in bytes: the
 /// wire protocol's limits, which ingest enforces.
-pub use tidewatch_proto::limits::{MAX_INDICATORS, MAX_INDICATOR_LEN, MAX_OPERATIONS};
+pub use tidewatch_proto::limits::{
+    MAX_IDENTITY_LEN, MAX_INDICATORS, MAX_INDICATOR_LEN, MAX_OPERATIONS,
+};
 
 /// One protocol, described once: everything the sensor knows of it outside
 /// its parser. [`PROTOCOLS`] lists them all; detection, dispatch, the
@@ -58,6 +64,50 @@ pub struct Protocol {
     pub observe: Observer,
     /// Asset roles the two ends of such a flow get.
     pub roles: Roles,
+    /// Who the sender of one payload of an identified flow says it is, if
+    /// the payload says (a device identification reply, a banner).
+    pub identify: Option<fn(Payload<'_>) -> Option<DeviceIdentity>>,
+}
+
+/// What a device says about itself in one payload: its maker, product,
+/// firmware and serial (a device identification reply) or the software it
+/// runs (a banner). Every field is bounded text ([`identity_text`]); empty
+/// where the payload did not say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    pub vendor: String,
+    pub product: String,
+    pub firmware: String,
+    pub serial: String,
+    /// A software banner: an SSH version line, an HTTP `Server` header.
+    pub software: String,
+}
+
+impl DeviceIdentity {
+    /// `None` when the payload said nothing.
+    fn some(self) -> Option<DeviceIdentity> {
+        (self != DeviceIdentity::default()).then_some(self)
+    }
+}
+
+/// Device text as kept: printable ASCII (anything else becomes `?`),
+/// without the padding devices add (spaces, NULs), at most
+/// [`MAX_IDENTITY_LEN`] bytes.
+pub fn identity_text(b: &[u8]) -> String {
+    let pad = |c: &u8| *c == b' ' || *c == 0 || *c == b'\t';
+    let start = b.iter().position(|c| !pad(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !pad(c)).map_or(start, |e| e + 1);
+    b[start..end]
+        .iter()
+        .take(MAX_IDENTITY_LEN)
+        .map(|c| {
+            if (0x20..0x7f).contains(c) {
+                *c as char
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// One payload of an identified flow, as a parser sees it.
@@ -575,6 +625,45 @@ mod tests {
                 p.name
             );
         }
+    }
+
+    #[test]
+    fn identities_are_bounded_printable_text() {
+        assert_eq!(identity_text(b"  6ES7 315\0\0  "), "6ES7 315");
+        assert_eq!(identity_text(b"a\x1b[2Jb\xff"), "a?[2Jb?");
+        assert_eq!(identity_text(&[b'x'; 500]).len(), MAX_IDENTITY_LEN);
+        assert_eq!(identity_text(b"\0\0"), "");
+        let said = |name: &str, data: &[u8], from_client: bool| {
+            let p = AppProto::by_name(name).unwrap().protocol();
+            (p.identify.unwrap())(Payload {
+                data,
+                transport: TCP,
+                from_client,
+            })
+        };
+        // Banners: the SSH version line of either side, the HTTP server's
+        // Server header (bounded with its prefix); requests say nothing.
+        let ssh = said("ssh", b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", true).unwrap();
+        assert_eq!(ssh.software, "SSH-2.0-OpenSSH_9.2p1 Debian-2");
+        let long = [
+            &b"HTTP/1.1 200 OK\r\nServer: "[..],
+            &[b'n'; 300],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        let http = said("http", &long, false).unwrap();
+        assert!(
+            http.software.starts_with("Server: nnn") && http.software.len() == MAX_IDENTITY_LEN
+        );
+        assert!(said("http", b"GET / HTTP/1.1\r\nServer: x\r\n\r\n", true).is_none());
+        assert!(said("http", b"HTTP/1.1 200 OK\r\nServer: \r\n\r\n", false).is_none());
+        // A Modbus 43/14 response whose object runs past the ADU keeps the
+        // objects before it; a request says nothing.
+        let adu = [
+            0, 1, 0, 0, 0, 16, 1, 0x2B, 0x0E, 1, 1, 0, 0, 2, 0, 3, b'A', b'B', b'C', 1, 200, b'x',
+        ];
+        assert_eq!(said("modbus", &adu, false).unwrap().vendor, "ABC");
+        assert!(said("modbus", &adu, true).is_none());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Observer, Ops, Protocol, Roles};
+use super::{be16, identity_text, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// Modbus/TCP: a controller protocol on 502.
 pub const PROTOCOL: Protocol = Protocol {
@@ -14,6 +14,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[502],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::Controller,
+    identify: Some(identify),
 };
 
 /// Splits a segment into ADUs; `None` if the MBAP framing does not hold.
@@ -85,6 +86,47 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
             ops.add(fc as u32, name, class);
         }
     }
+}
+
+/// A server's Read Device Identification response (function 43, MEI type
+/// 14): objects VendorName (0), ProductCode (1), MajorMinorRevision (2),
+/// ProductName (4), ModelName (5); the product is the most specific of
+/// model, product name and product code.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    // Cheap first: the first ADU's function code.
+    if p.from_client || p.data.get(7) != Some(&0x2B) {
+        return None;
+    }
+    let mut id = DeviceIdentity::default();
+    let mut product: [&[u8]; 3] = [&[]; 3]; // model, product name, code
+    for adu in adus(p.data)? {
+        // unit, 43, 14, read code, conformity, more follows, next id, count
+        if adu.len() < 8 || adu[1] != 0x2B || adu[2] != 0x0E {
+            continue;
+        }
+        let mut at = 8;
+        for _ in 0..adu[7] {
+            let (Some(&object), Some(&len)) = (adu.get(at), adu.get(at + 1)) else {
+                break;
+            };
+            let Some(value) = adu.get(at + 2..at + 2 + len as usize) else {
+                break;
+            };
+            match object {
+                0 => id.vendor = identity_text(value),
+                1 => product[2] = value,
+                2 => id.firmware = identity_text(value),
+                4 => product[1] = value,
+                5 => product[0] = value,
+                _ => {}
+            }
+            at += 2 + len as usize;
+        }
+    }
+    if let Some(v) = product.iter().find(|v| !identity_text(v).is_empty()) {
+        id.product = identity_text(v);
+    }
+    id.some()
 }
 
 #[cfg(test)]

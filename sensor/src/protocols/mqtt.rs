@@ -13,6 +13,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[1883, 8883],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::None,
+    identify: None,
 };
 
 fn remaining_len(p: &[u8]) -> Option<(usize, usize)> {

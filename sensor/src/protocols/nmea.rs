@@ -20,6 +20,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: Some("navigation_device"),
         server: None,
     },
+    identify: None,
 };
 
 /// The parts of `p` between line feeds (as `split` on `\n` would give).

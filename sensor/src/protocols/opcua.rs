@@ -17,6 +17,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: Some("ot_client"),
         server: Some("opcua_server"),
     },
+    identify: None,
 };
 
 const MAX_SIZE: u32 = 16 * 1024 * 1024;

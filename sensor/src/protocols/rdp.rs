@@ -20,6 +20,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: None,
         server: Some("remote_access_server"),
     },
+    identify: None,
 };
 
 /// X.224 TPDU codes.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Observer, Ops, Protocol, Roles};
+use super::{be16, identity_text, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// Classic S7comm (ISO-on-TCP, port 102): a controller protocol.
 pub const CLASSIC: Protocol = Protocol {
@@ -17,6 +17,7 @@ pub const CLASSIC: Protocol = Protocol {
     server_ports: &[102],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::Controller,
+    identify: Some(identify),
 };
 
 /// S7comm-plus (S7-1200/1500 with TIA Portal), same framing and port.
@@ -27,6 +28,7 @@ pub const PLUS: Protocol = Protocol {
     server_ports: &[102],
     observe: Observer::Operations(|p, ops| observe(p.data, ops)),
     roles: Roles::Controller,
+    identify: None,
 };
 
 /// The S7 PDUs (after TPKT + COTP DT) of a segment, at most 65, found as
@@ -181,6 +183,81 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
             _ => {}
         }
     }
+}
+
+/// A CPU's answer to a Read SZL request (userdata, CPU functions, read
+/// SZL): module identification (SZL 0x0011: order number, firmware
+/// version) and component identification (SZL 0x001C: serial number,
+/// module type name). S7 is Siemens' protocol and these lists are its
+/// CPUs' own, so the vendor is Siemens.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    if p.from_client {
+        return None;
+    }
+    let mut id = DeviceIdentity::default();
+    let mut module_type = String::new();
+    for pdu in pdus(p.data) {
+        // Header (10): 0x32, userdata (7), reserved, reference, parameter
+        // and data lengths.
+        if pdu.len() < 10 || pdu[0] != 0x32 || pdu[1] != 7 {
+            continue;
+        }
+        let params = be16(pdu, 6)? as usize;
+        // Parameter head 00 01 12, length, method 0x12 (response), type 8
+        // and group 4 (CPU functions), subfunction 1 (read SZL).
+        let param = pdu.get(10..10 + params)?;
+        if param.len() < 8 || param[4] != 0x12 || param[5] != 0x84 || param[6] != 1 {
+            continue;
+        }
+        // Data: return code 0xFF, transport size, length, SZL id, index,
+        // record length, record count, records.
+        let data = &pdu[10 + params..];
+        if data.first() != Some(&0xFF) {
+            continue;
+        }
+        let (Some(szl), Some(size), Some(count)) = (be16(data, 4), be16(data, 8), be16(data, 10))
+        else {
+            continue;
+        };
+        let size = size as usize;
+        if size < 4 {
+            continue;
+        }
+        let records = data[12..].chunks_exact(size).take(count as usize);
+        for r in records {
+            let index = be16(r, 0).unwrap_or(0);
+            match (szl & 0xFF, index) {
+                // Module identification: order number (20), type (2),
+                // versions (2 + 2).
+                (0x11, 1) => id.product = identity_text(r.get(2..22).unwrap_or_default()),
+                (0x11, 7) => {
+                    if let Some(v) = r.get(24..28) {
+                        if v[0] == b'V' {
+                            id.firmware = format!("V{}.{}.{}", v[1], v[2], v[3]);
+                        }
+                    }
+                }
+                // Component identification: text after the index (the
+                // serial number 24 bytes, the module type name 32).
+                (0x1C, 5) => id.serial = identity_text(text(r, 24)),
+                (0x1C, 7) => module_type = identity_text(text(r, 32)),
+                _ => {}
+            }
+        }
+    }
+    if id == DeviceIdentity::default() && module_type.is_empty() {
+        return None;
+    }
+    if id.product.is_empty() {
+        id.product = module_type;
+    }
+    id.vendor = "Siemens".to_string();
+    Some(id)
+}
+
+/// `len` bytes of text after a record's index, or what there is.
+fn text(r: &[u8], len: usize) -> &[u8] {
+    &r[2.min(r.len())..(2 + len).min(r.len())]
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be32, Observer, Ops, Protocol, Roles};
+use super::{be32, identity_text, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// SSH (TCP 22 by default; any port).
 pub const PROTOCOL: Protocol = Protocol {
@@ -18,6 +18,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: None,
         server: Some("remote_access_server"),
     },
+    identify: Some(identify),
 };
 
 /// The version line: `SSH-` protocol version `-` software, printable ASCII,
@@ -55,6 +56,19 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
         21 => ops.add(21, "newkeys", C::Other),
         _ => {}
     }
+}
+
+/// The software a side announces in its version line
+/// (`SSH-2.0-OpenSSH_9.2p1 Debian-2`), kept whole.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    version_line(p.data)?;
+    let end = p.data.iter().position(|b| *b == b'\n')?;
+    let line = &p.data[..end];
+    DeviceIdentity {
+        software: identity_text(line.strip_suffix(b"\r").unwrap_or(line)),
+        ..DeviceIdentity::default()
+    }
+    .some()
 }
 
 #[cfg(test)]

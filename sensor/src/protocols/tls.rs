@@ -12,6 +12,7 @@ pub const PROTOCOL: Protocol = Protocol {
     server_ports: &[443, 8883],
     observe: Observer::Indicators(|p, ind| observe(p.data, ind)),
     roles: Roles::None,
+    identify: None,
 };
 
 pub fn detect(p: &[u8]) -> bool {

@@ -16,6 +16,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: None,
         server: Some("remote_access_server"),
     },
+    identify: None,
 };
 
 pub fn detect(p: &[u8]) -> bool {
