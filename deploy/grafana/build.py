@@ -30,7 +30,8 @@ PACK = [
     ("ot-writes", "OT writes from non-engineering hosts", {"engineering_hosts": "CAST([] AS Array(String))"}),
     ("segmentation", "Connections into OT zones from outside", {}),
     ("scans", "Scans", {"min_targets": "100"}),
-    ("asset-changes", "New assets and changed vendors", {}),
+    ("remote-access", "Remote-access sessions into OT and navigation zones", {}),
+    ("asset-changes", "New assets, changed vendors and firmware", {}),
     ("campaigns", "Fleet-wide campaigns", {"min_vessels": "3", "spread_s": "7200"}),
     ("sensor-health", "Sensor health", {"silence_s": "7200", "min_backlog": "1000"}),
 ]

@@ -63,6 +63,9 @@ pub struct Truth {
     pub segmentation_breaks: Vec<(String, String, String)>,
     /// (vessel, scanner ip).
     pub scans: Vec<(String, String)>,
+    /// (vessel, client ip, server ip, protocol) remote-access sessions into
+    /// the OT or navigation zone from outside it.
+    pub remote_access: Vec<(String, String, String, String)>,
     /// (vessel, ip) of assets first seen in the window.
     pub new_assets: Vec<(String, String)>,
     /// (vessel, ip, old vendor, new vendor).
@@ -258,6 +261,33 @@ const CAMPAIGN: [u8; 4] = [45, 33, 32, 156];
 const NEW_DEST: [u8; 4] = [192, 0, 2, 66];
 const BEACON: [u8; 4] = [198, 18, 0, 77];
 const SHORE_INTRUDER: [u8; 4] = [203, 0, 113, 200];
+const SHORE_VENDOR: [u8; 4] = [198, 51, 100, 20];
+
+/// A remote-access connection: `app` from `client` to `server:port` at
+/// `t`, lasting `dur_s`, keystrokes one way and screens the other.
+fn remote(
+    t: i64,
+    dur_s: i64,
+    client: Vec<u8>,
+    server: Vec<u8>,
+    port: u32,
+    app: &'static str,
+) -> FlowRecord {
+    Flow {
+        t_us: t,
+        dur_us: dur_s * 1_000_000,
+        client,
+        server,
+        cport: 49_152 + port % 1000,
+        sport: port,
+        proto: 6,
+        c2s: (dur_s as u64 * 4, dur_s as u64 * 400),
+        s2c: (dur_s as u64 * 9, dur_s as u64 * 9_000),
+        app,
+        ops: Vec::new(),
+    }
+    .record()
+}
 
 /// A short TLS connection from `client` to `server:port` at `t`.
 fn tls(t: i64, client: Vec<u8>, server: [u8; 4], port: u32) -> FlowRecord {
@@ -565,6 +595,59 @@ const ANOMALIES: &[Anomaly] = &[
                 "Siemens AG".into(),
                 "Espressif Inc.".into(),
             ))
+        },
+        ..Anomaly::NOTHING
+    },
+    // A vendor's engineer logs into the OT zone from ashore over SSH for 25
+    // minutes (vessel 3, hour 9): remote access, and a segmentation break.
+    Anomaly {
+        when: |a| a.vessel == 3 && a.hw == 9,
+        plant: |s, flows, _| {
+            flows.push(remote(
+                (s.us)(200),
+                1500,
+                SHORE_VENDOR.to_vec(),
+                ip(10, s.vb, 1, 30),
+                22,
+                "ssh",
+            ));
+        },
+        truth: |t, s| {
+            let (v, c, srv) = (vessel(s, 3), text(&SHORE_VENDOR), addr(3, 1, 30));
+            t.remote_access
+                .push((v.clone(), c.clone(), srv.clone(), "ssh".into()));
+            t.segmentation_breaks.push((v, c, format!("{srv}:22")));
+        },
+        ..Anomaly::NOTHING
+    },
+    // VNC from a crew cabin to a PLC's panel on a port of its own (vessel
+    // 1, hour 4); and, the same hour, RDP inside the OT zone, which
+    // crosses nothing and is not listed.
+    Anomaly {
+        when: |a| a.vessel == 1 && a.hw == 4,
+        plant: |s, flows, _| {
+            flows.push(remote(
+                (s.us)(900),
+                300,
+                ip(10, s.vb, 3, 40),
+                ip(10, s.vb, 1, 11),
+                5901,
+                "vnc",
+            ));
+            flows.push(remote(
+                (s.us)(1200),
+                600,
+                ip(10, s.vb, 1, 30),
+                ip(10, s.vb, 1, 10),
+                3389,
+                "rdp",
+            ));
+        },
+        truth: |t, s| {
+            let (v, c, srv) = (vessel(s, 1), addr(1, 3, 40), addr(1, 1, 11));
+            t.remote_access
+                .push((v.clone(), c.clone(), srv.clone(), "vnc".into()));
+            t.segmentation_breaks.push((v, c, format!("{srv}:5901")));
         },
         ..Anomaly::NOTHING
     },

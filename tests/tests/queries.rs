@@ -145,6 +145,43 @@ fn judge_pack(engine: &str, t: &Truth, vessels: usize, run: &dyn Fn(&str, &[&str
         0,
     );
 
+    let rows = run("remote-access", &[]);
+    judge(
+        "remote-access",
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    s(&r["vessel"]),
+                    s(&r["client_ip"]),
+                    s(&r["server_ip"]),
+                    s(&r["app_protocol"])
+                )
+            })
+            .collect(),
+        t.remote_access
+            .iter()
+            .map(|(v, c, srv, p)| format!("{v} {c} {srv} {p}"))
+            .collect(),
+        0,
+    );
+    // Who, from where, when, how long, how many bytes: the SSH session
+    // from ashore as planted.
+    let ssh = rows
+        .iter()
+        .find(|r| s(&r["app_protocol"]) == "ssh")
+        .unwrap();
+    assert_eq!(
+        (
+            s(&ssh["client_zone"]),
+            s(&ssh["server_zone"]),
+            s(&ssh["duration_s"])
+        ),
+        ("outside".into(), "ot".into(), "1500".into()),
+        "{ssh}"
+    );
+    assert_eq!(s(&ssh["bytes_to_client"]), "13500000", "{ssh}");
+
     let rows = run("asset-changes", &[]);
     let got: BTreeSet<String> = rows
         .iter()

@@ -92,7 +92,12 @@ pub enum QueryCmd {
         #[arg(long, default_value_t = 100)]
         min_targets: u32,
     },
-    /// New assets, and known addresses with a new vendor.
+    /// Remote-access sessions (SSH, RDP, VNC, by payload) into OT or navigation zones from outside them.
+    RemoteAccess {
+        #[command(flatten)]
+        common: pack::Common,
+    },
+    /// New assets, known addresses with a new vendor, devices with another firmware.
     AssetChanges {
         #[command(flatten)]
         common: pack::Common,
@@ -378,6 +383,7 @@ impl QueryCmd {
                 common,
                 vec![("min_targets", Lit::Int(min_targets.max(1) as i64))],
             ),
+            QueryCmd::RemoteAccess { common } => ("remote-access", common, vec![]),
             QueryCmd::AssetChanges { common } => ("asset-changes", common, vec![]),
             QueryCmd::Campaigns {
                 common,
