@@ -19,7 +19,8 @@
 //!
 //! Identity: what a device says about itself in its own replies
 //! ([`DeviceIdentity`]: Modbus Read Device Identification, EtherNet/IP
-//! ListIdentity, S7 SZL) is kept on its asset, the latest value of each
+//! ListIdentity, S7 SZL, BACnet) is kept on its asset while the asset has
+//! one address (see [`AssetTable::on_identity`]), the latest value of each
 //! field; a field that changes (a firmware update, or a device that claims
 //! to be another) is a change like any other. Banners (SSH, HTTP `Server`)
 //! are kept as its software, at most [`MAX_ASSET_SOFTWARE`].
@@ -101,6 +102,9 @@ struct Asset {
 #[derive(Debug, Clone, Default)]
 struct Identity {
     vendor: String,
+    /// `vendor` is a number for the maker ([`DeviceIdentity::vendor_id`]),
+    /// which a name replaces.
+    vendor_is_id: bool,
     product: String,
     firmware: String,
     serial: String,
@@ -171,6 +175,11 @@ impl AssetTable {
         if a.ips.len() < MAX_ASSET_IPS {
             a.ips.insert(ip);
             a.changed = true;
+            // A second address: what was said may have come from a device
+            // beyond this MAC (see `on_identity`).
+            if a.ips.len() > 1 {
+                a.identity = None;
+            }
         } else if a.roles.insert("gateway") {
             a.changed = true;
         }
@@ -223,19 +232,36 @@ impl AssetTable {
         }
     }
 
-    /// What the device behind `mac` said about itself in a payload of
-    /// `protocol`.
+    /// What the device behind `mac` said about itself, from `ip`, in a
+    /// payload of `protocol`. Kept only while `ip` is the asset's one
+    /// address (and forgotten when a second appears): behind a MAC with
+    /// several (a router, a gateway) the replies come from the devices
+    /// beyond it, whose identities are not its own.
     pub fn on_identity(
         &mut self,
         mac: [u8; 6],
+        ip: IpAddr,
         protocol: &'static str,
         said: DeviceIdentity,
         ts: i64,
     ) {
         let Some(a) = self.asset(mac, ts) else { return };
+        if a.ips.iter().any(|known| *known != ip) || a.roles.contains("gateway") {
+            return;
+        }
         let id = a.identity.get_or_insert_with(Default::default);
         let mut changed = false;
         let mut described = false;
+        if !said.vendor.is_empty() {
+            id.vendor_is_id = false;
+        } else if !said.vendor_id.is_empty() && (id.vendor.is_empty() || id.vendor_is_id) {
+            id.vendor_is_id = true;
+            if id.vendor != said.vendor_id {
+                id.vendor = said.vendor_id;
+                changed = true;
+            }
+            described = true;
+        }
         for (field, value) in [
             (&mut id.vendor, said.vendor),
             (&mut id.product, said.product),
@@ -345,6 +371,51 @@ mod tests {
         assert_eq!(c[0].last_seen_us, 3);
         t.on_address([0xff; 6], ip, 4);
         assert_eq!(t.all().len(), 1, "broadcast MAC is no asset");
+    }
+
+    #[test]
+    fn identity_is_kept_changes_are_changes_and_a_second_address_forgets_it() {
+        let mut t = AssetTable::new(Oui::default());
+        let (m, ip) = ([0, 0x0e, 0x8c, 1, 2, 3], "10.0.0.5".parse().unwrap());
+        let said = |vendor: &str, vendor_id: &str, firmware: &str, software: &str| DeviceIdentity {
+            vendor: vendor.into(),
+            vendor_id: vendor_id.into(),
+            firmware: firmware.into(),
+            software: software.into(),
+            ..DeviceIdentity::default()
+        };
+        t.on_address(m, ip, 1);
+        t.on_identity(m, ip, "bacnet", said("", "BACnet vendor 42", "", ""), 2);
+        assert_eq!(t.take_changed()[0].device_vendor, "BACnet vendor 42");
+        t.on_identity(m, ip, "bacnet", said("Lithonia", "", "2.62", ""), 3);
+        t.on_identity(m, ip, "bacnet", said("", "BACnet vendor 42", "", ""), 4);
+        let c = t.take_changed();
+        assert_eq!(
+            (c[0].device_vendor.as_str(), c[0].firmware.as_str()),
+            ("Lithonia", "2.62")
+        );
+        t.on_identity(m, ip, "bacnet", said("Lithonia", "", "2.62", ""), 5);
+        assert!(
+            t.take_changed().is_empty(),
+            "the same identity again is no change"
+        );
+        t.on_identity(m, ip, "bacnet", said("", "", "2.70", ""), 6);
+        assert_eq!(t.take_changed()[0].firmware, "2.70");
+        for i in 0..20 {
+            t.on_identity(m, ip, "ssh", said("", "", "", &format!("SSH-2.0-x{i}")), 7);
+        }
+        let c = t.take_changed();
+        assert_eq!(c[0].software.len(), MAX_ASSET_SOFTWARE);
+        assert_eq!(
+            c[0].identity_protocol, "bacnet",
+            "banners do not name the source"
+        );
+        // Another address behind the MAC: nothing it says is the MAC's.
+        let other = "10.0.0.6".parse().unwrap();
+        t.on_identity(m, other, "modbus", said("Other", "", "", ""), 8);
+        assert_eq!(t.all()[0].device_vendor, "Lithonia");
+        t.on_address(m, other, 9);
+        assert!(t.all()[0].device_vendor.is_empty() && t.all()[0].software.is_empty());
     }
 
     #[test]

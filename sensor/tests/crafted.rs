@@ -434,8 +434,9 @@ fn asset_inventory_from_a_real_capture() {
 }
 
 /// A copy of an Ethernet capture whose source MACs are made from the
-/// source TCP/UDP port (02:00:00:00:hi:lo): loopback captures carry
-/// all-zero MACs, which are no asset.
+/// source IPv4 address's last two bytes and the source TCP/UDP port
+/// (02:a:b:0:hi:lo): loopback captures carry all-zero MACs, which are no
+/// asset.
 fn macs_from_ports(src: &Path, dst: &Path) {
     let mut r = PcapReader::open(src).unwrap();
     let mut out: Option<Pcap> = None;
@@ -446,8 +447,9 @@ fn macs_from_ports(src: &Path, dst: &Path) {
         if let Some((ip, 4)) = ip_start(1, &d) {
             let l4 = ip + ((d[ip] & 0x0f) as usize) * 4;
             if d.len() >= l4 + 2 {
+                let (a, b) = (d[ip + 14], d[ip + 15]);
                 let (hi, lo) = (d[l4], d[l4 + 1]);
-                d[6..12].copy_from_slice(&[2, 0, 0, 0, hi, lo]);
+                d[6..12].copy_from_slice(&[2, a, b, 0, hi, lo]);
             }
         }
         w.add((pkt.ts_ns / 1000) as u64, &d);
@@ -473,11 +475,12 @@ fn devices_identify_themselves_as_tshark_decodes_them() {
         a["identity"].clone()
     };
     // Modbus Read Device Identification (43/14), objects 0-2, from the
-    // server (port 502, so 02:00:00:00:01:f6 once MACs follow ports).
+    // server (127.0.0.1 port 502, so 02:00:01:00:01:f6 once MACs follow
+    // addresses and ports).
     let modbus = dir.path().join("modbus.pcap");
     macs_from_ports(&corpus.join("modbus/modbus_example.pcap"), &modbus);
     assert_eq!(
-        identity(&modbus, "127.0.0.1", Some("02:00:00:00:01:f6")),
+        identity(&modbus, "127.0.0.1", Some("02:00:01:00:01:f6")),
         serde_json::json!({
             "vendor": "Zeek Modbus Test",
             "product": "Protocol Parsing is fun!",
@@ -517,8 +520,61 @@ fn devices_identify_themselves_as_tshark_decodes_them() {
     let s7ident = dir.path().join("s7ident.pcap");
     macs_from_ports(&corpus.join("s7comm/s7ident.pcap"), &s7ident);
     assert_eq!(
-        identity(&s7ident, "172.17.0.2", Some("02:00:00:00:00:66"))["firmware"],
+        identity(&s7ident, "172.17.0.2", Some("02:00:02:00:00:66"))["firmware"],
         "V3.2.6"
+    );
+    // BACnet: ReadProperty-ACKs of vendor-name, vendor-identifier (42),
+    // model-name, firmware-revision and application-software-version from
+    // 192.168.0.24; the name wins over the id. An I-Am gives the id alone.
+    let bacnet = corpus.join("bacnet/bacnet_services.pcap");
+    assert_eq!(
+        identity(&bacnet, "192.168.0.24", None),
+        serde_json::json!({
+            "vendor": "Lithonia Lighting, Inc.",
+            "product": "SYSC MLX",
+            "firmware": "2.62",
+            "serial": "",
+            "protocol": "bacnet",
+        })
+    );
+    let assets = read(&bacnet, &["--assets"]);
+    let lighting = assets
+        .iter()
+        .find(|a| a["ips"][0] == "192.168.0.24")
+        .unwrap();
+    assert_eq!(
+        lighting["software"],
+        serde_json::json!(["application-software-version 16-Dec-2004"])
+    );
+    assert_eq!(
+        identity(&bacnet, "192.168.0.50", None)["vendor"],
+        "BACnet vendor 42"
+    );
+    // Behind a router's MAC (bacnet_example.pcap: one MAC, many devices'
+    // I-Ams) nothing is attributed to the router.
+    let routed = read(&corpus.join("bacnet/bacnet_example.pcap"), &["--assets"]);
+    let router = routed
+        .iter()
+        .find(|a| a["mac"] == "d4:6a:6a:56:98:17")
+        .unwrap();
+    assert!(router["identity"].is_null(), "{router}");
+    // OPC UA GetEndpoints response: ApplicationName and ProductUri (every
+    // host of this capture shares one MAC, so MACs follow ports here too).
+    let opcua = dir.path().join("opcua.pcap");
+    macs_from_ports(
+        &corpus.join("opcua/opcua_with-gap_with-handshake.pcap"),
+        &opcua,
+    );
+    let server = "02:e0:66:00:12:e8"; // 192.168.224.102, port 4840
+    assert_eq!(
+        identity(&opcua, "192.168.224.102", Some(server))["product"],
+        "open62541-based OPC UA Application"
+    );
+    let assets = read(&opcua, &["--assets"]);
+    let a = assets.iter().find(|a| a["mac"] == server).unwrap();
+    assert_eq!(
+        a["software"],
+        serde_json::json!(["ProductUri http://open62541.org"])
     );
     // The engineering station that asked says nothing about itself.
     assert!(identity(&corpus.join("s7comm/snap7.pcap"), "134.217.61.131", None).is_null());

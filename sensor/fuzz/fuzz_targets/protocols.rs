@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 from_client: !from_client,
             };
             if let Some(id) = proto.protocol().identify.and_then(|f| f(payload)) {
-                for field in [&id.vendor, &id.product, &id.firmware, &id.serial, &id.software] {
+                for field in [&id.vendor, &id.vendor_id, &id.product, &id.firmware, &id.serial, &id.software] {
                     assert!(field.len() <= MAX_IDENTITY_LEN, "{id:?}");
                     assert!(field.bytes().all(|b| (0x20..0x7f).contains(&b)), "{id:?}");
                 }

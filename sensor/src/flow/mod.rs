@@ -546,7 +546,7 @@ impl FlowTable {
                     from_client,
                 };
                 if let Some(said) = proto.protocol().identify.and_then(|id| id(payload)) {
-                    assets.on_identity(mac, proto.name(), said, info.ts_us);
+                    assets.on_identity(mac, info.src, proto.name(), said, info.ts_us);
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{be16, Observer, Ops, Protocol, Roles};
+use super::{be16, identity_text, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// BACnet/IP (UDP 47808): devices talk to each other, both ends are
 /// `bacnet_device`s.
@@ -18,7 +18,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: Some("bacnet_device"),
         server: Some("bacnet_device"),
     },
-    identify: None,
+    identify: Some(identify),
 };
 
 /// The NPDU of a BVLC datagram, if it has one; `None` if BVLC is invalid.
@@ -160,6 +160,99 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
         7 => ops.error(0x207, "abort", C::Other),
         _ => {}
     }
+}
+
+/// A tagged value at `at`: (tag number, context-specific, value bytes,
+/// where the next begins). Opening and closing tags have no value.
+fn tagged(a: &[u8], at: usize) -> Option<(u8, bool, &[u8], usize)> {
+    let b = *a.get(at)?;
+    let (tag, context, lvt) = (b >> 4, b & 0x08 != 0, b & 0x07);
+    if tag == 0x0F {
+        return None; // extended tag numbers: not in the messages read here
+    }
+    let (len, start) = match lvt {
+        5 => match *a.get(at + 1)? {
+            254 => (be16(a, at + 2)? as usize, at + 4),
+            255 => return None,
+            n => (n as usize, at + 2),
+        },
+        6 | 7 if context => (0, at + 1), // opening / closing tag
+        n => (n as usize, at + 1),
+    };
+    Some((tag, context, a.get(start..start + len)?, start + len))
+}
+
+/// An unsigned integer's value (1 to 4 bytes).
+fn unsigned(v: &[u8]) -> Option<u32> {
+    (1..=4)
+        .contains(&v.len())
+        .then(|| v.iter().fold(0u32, |n, b| n << 8 | *b as u32))
+}
+
+/// A character string's text (after its character-set byte).
+fn text(v: &[u8]) -> String {
+    identity_text(v.get(1..).unwrap_or_default())
+}
+
+/// What a device says of itself: its vendor id in an I-Am, and the
+/// vendor-name (121), vendor-identifier (120), model-name (70),
+/// firmware-revision (44), application-software-version (12, kept as
+/// software) and serial-number (372) properties in a ReadProperty
+/// acknowledgement it sends. A vendor name wins over a vendor id.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    let a = apdu(npdu(p.data)??)?;
+    let mut id = DeviceIdentity::default();
+    match (a[0], a.get(1), a.get(2)) {
+        // Unconfirmed I-Am: object id, max APDU, segmentation, vendor id.
+        (0x10, Some(0), _) => {
+            let (_, _, _, at) = tagged(a, 2)?;
+            let (_, _, _, at) = tagged(a, at)?;
+            let (_, _, _, at) = tagged(a, at)?;
+            let (tag, false, v, _) = tagged(a, at)? else {
+                return None;
+            };
+            id.vendor_id = format!("BACnet vendor {}", unsigned(v).filter(|_| tag == 2)?);
+        }
+        // Complex ACK (not segmented) of ReadProperty: object id [0],
+        // property [1], optional array index [2], value in [3].
+        (0x30, Some(_), Some(12)) => {
+            let (0, true, _, at) = tagged(a, 3)? else {
+                return None;
+            };
+            let (1, true, prop, mut at) = tagged(a, at)? else {
+                return None;
+            };
+            let prop = unsigned(prop)?;
+            if let Some((2, true, _, next)) = tagged(a, at) {
+                at = next;
+            }
+            if a.get(at) != Some(&0x3E) {
+                return None;
+            }
+            let (tag, false, v, _) = tagged(a, at + 1)? else {
+                return None;
+            };
+            match (prop, tag) {
+                (121, 7) => id.vendor = text(v),
+                (120, 2) => id.vendor_id = format!("BACnet vendor {}", unsigned(v)?),
+                (70, 7) => id.product = text(v),
+                (44, 7) => id.firmware = text(v),
+                (372, 7) => id.serial = text(v),
+                (12, 7) => {
+                    id.software = identity_text(
+                        &[
+                            b"application-software-version ",
+                            v.get(1..).unwrap_or_default(),
+                        ]
+                        .concat(),
+                    )
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    }
+    id.some()
 }
 
 #[cfg(test)]

@@ -219,7 +219,8 @@ pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
                 .map(identity_text)
                 .unwrap_or_default();
             return Some(DeviceIdentity {
-                vendor: format!("CIP vendor {vendor}"),
+                vendor: String::new(),
+                vendor_id: format!("CIP vendor {vendor}"),
                 product: if name.is_empty() {
                     format!("CIP product code {code}")
                 } else {

@@ -75,7 +75,11 @@ pub struct Protocol {
 /// where the payload did not say.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceIdentity {
+    /// The maker by name.
     pub vendor: String,
+    /// The maker by a protocol's number for it ("CIP vendor 1"), which a
+    /// name, when the device gives one, replaces.
+    pub vendor_id: String,
     pub product: String,
     pub firmware: String,
     pub serial: String,

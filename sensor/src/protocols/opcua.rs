@@ -4,7 +4,7 @@
 
 use tidewatch_proto::v1::OperationClass as C;
 
-use super::{le16, le32, Observer, Ops, Protocol, Roles};
+use super::{identity_text, le16, le32, DeviceIdentity, Observer, Ops, Payload, Protocol, Roles};
 
 /// OPC UA binary (TCP 4840).
 pub const PROTOCOL: Protocol = Protocol {
@@ -17,7 +17,7 @@ pub const PROTOCOL: Protocol = Protocol {
         client: Some("ot_client"),
         server: Some("opcua_server"),
     },
-    identify: None,
+    identify: Some(identify),
 };
 
 const MAX_SIZE: u32 = 16 * 1024 * 1024;
@@ -120,6 +120,101 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
             _ => {}
         }
     }
+}
+
+/// A reader over the OPC UA binary encoding, refusing what runs past the
+/// payload.
+struct Cursor<'a>(&'a [u8], usize);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let v = self.0.get(self.1..self.1.checked_add(n)?)?;
+        self.1 += n;
+        Some(v)
+    }
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    /// A String (length, -1 for null, then bytes).
+    fn string(&mut self) -> Option<&'a [u8]> {
+        match self.i32()? {
+            -1 => Some(&[]),
+            n if n >= 0 => self.take(n as usize),
+            _ => None,
+        }
+    }
+    /// A NodeId's numeric identifier (two-byte, four-byte or numeric
+    /// encodings; the others are not read here).
+    fn node_id(&mut self) -> Option<u32> {
+        match self.byte()? {
+            0x00 => Some(self.byte()? as u32),
+            0x01 => {
+                self.byte()?;
+                Some(le16(self.take(2)?, 0)? as u32)
+            }
+            0x02 => {
+                self.take(2)?;
+                le32(self.take(4)?, 0)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// GetEndpointsResponse, binary encoding.
+const GET_ENDPOINTS_RESPONSE: u32 = 431;
+
+/// A server's GetEndpoints response (unencrypted): the application name
+/// of its first endpoint's ApplicationDescription as the product, its
+/// ProductUri as software.
+pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
+    if p.from_client || !p.data.starts_with(b"MSGF") {
+        return None;
+    }
+    // Header (8), secure channel (4), token (4), sequence (4), request (4).
+    let mut c = Cursor(p.data, 24);
+    if c.node_id()? != GET_ENDPOINTS_RESPONSE {
+        return None;
+    }
+    // ResponseHeader: timestamp, handle, result, diagnostics (none),
+    // string table, additional header (an ExtensionObject).
+    c.take(16)?;
+    if c.byte()? != 0 {
+        return None;
+    }
+    for _ in 0..c.i32()?.clamp(0, 64) {
+        c.string()?;
+    }
+    c.node_id()?;
+    if c.byte()? & 1 != 0 {
+        c.string()?;
+    }
+    if c.i32()? < 1 {
+        return None;
+    }
+    // EndpointDescription: url, then the server's ApplicationDescription:
+    // ApplicationUri, ProductUri, ApplicationName (a LocalizedText).
+    c.string()?;
+    c.string()?;
+    let product_uri = c.string()?;
+    let mask = c.byte()?;
+    if mask & 1 != 0 {
+        c.string()?;
+    }
+    let name = if mask & 2 != 0 { c.string()? } else { &[] };
+    DeviceIdentity {
+        product: identity_text(name),
+        software: if identity_text(product_uri).is_empty() {
+            String::new()
+        } else {
+            identity_text(&[b"ProductUri ", product_uri].concat())
+        },
+        ..DeviceIdentity::default()
+    }
+    .some()
 }
 
 #[cfg(test)]
