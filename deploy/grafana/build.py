@@ -31,6 +31,7 @@ PACK = [
     ("segmentation", "Connections into OT zones from outside", {}),
     ("scans", "Scans", {"min_targets": "100"}),
     ("remote-access", "Remote-access sessions into OT and navigation zones", {}),
+    ("bridge-450", "IEC 61162-450 bridge network findings", {}),
     ("asset-changes", "New assets, changed vendors and firmware", {}),
     ("campaigns", "Fleet-wide campaigns", {"min_vessels": "3", "spread_s": "7200"}),
     ("sensor-health", "Sensor health", {"silence_s": "7200", "min_backlog": "1000"}),

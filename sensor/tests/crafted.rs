@@ -580,6 +580,124 @@ fn devices_identify_themselves_as_tshark_decodes_them() {
     assert!(identity(&corpus.join("s7comm/snap7.pcap"), "134.217.61.131", None).is_null());
 }
 
+/// A 61162-450 sentence datagram: `UdPbC`, a TAG block (`s:` source,
+/// `n:` line count; its checksum right, or wrong when `bad_tag`) and the
+/// sentence `body` with its checksum, as the reference corpus's
+/// iec450-nmea.pcap carries them.
+fn udpbc(sfi: &str, n: u32, bad_tag: bool, body: &str) -> Vec<u8> {
+    let xor = |s: &str| s.bytes().fold(0u8, |a, b| a ^ b);
+    let fields = format!("s:{sfi},n:{n}");
+    let tag_cs = xor(&fields) ^ if bad_tag { 0x5a } else { 0 };
+    format!(
+        "UdPbC\0\\{fields}*{tag_cs:02X}\\${body}*{:02X}\r\n",
+        xor(body)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_iec_61162_450_framing_of_each_flow_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Pcap::new(1);
+    let navd = [239, 192, 0, 4];
+    let gga = "GPGGA,120658.28,5412.5114,N,01203.8768,E,1,08,1.0,10.0,M,40.0,M,,";
+    let vdm = "AIVDM,1,1,,A,13aEOK?P00PD2wVMdLDRhgvL289?,0";
+    let mut t = 1_700_000_000_000_000u64;
+    let mut id = 0;
+    let mut send = |p: &mut Pcap, src: [u8; 4], dst: [u8; 4], port: u16, payload: &[u8]| {
+        t += 100_000;
+        id += 1;
+        p.add(t, &eth_udp4(src, dst, id, &udp(port, port, payload)));
+    };
+    // The GNSS: three good TAG blocks, two bad.
+    for (n, bad) in [(1, false), (2, true), (3, false), (4, true), (5, false)] {
+        send(
+            &mut p,
+            [172, 16, 0, 10],
+            navd,
+            60004,
+            &udpbc("GP0001", n, bad, gga),
+        );
+    }
+    // Another node with the GNSS's SFI; the AIS into NAVD; a node outside
+    // 172.16.0.0/12.
+    send(
+        &mut p,
+        [172, 16, 0, 99],
+        navd,
+        60004,
+        &udpbc("GP0001", 1, false, gga),
+    );
+    send(
+        &mut p,
+        [172, 16, 0, 20],
+        navd,
+        60004,
+        &udpbc("AI0001", 1, false, vdm),
+    );
+    send(
+        &mut p,
+        [10, 0, 4, 77],
+        navd,
+        60004,
+        &udpbc("II0077", 1, false, gga),
+    );
+    // Not 61162-450, into the reserved range; a binary image transfer.
+    send(
+        &mut p,
+        [172, 16, 0, 50],
+        [239, 192, 0, 9],
+        60009,
+        &[0x42; 200],
+    );
+    let mut image = b"RaUdP\0".to_vec();
+    image.resize(1_000, 7);
+    send(&mut p, [172, 16, 0, 30], [239, 192, 0, 5], 60005, &image);
+    let flows = read(&p.write(dir.path(), "iec450.pcap"), &[]);
+    let ops = |client: &str| -> Vec<(String, u64, u64)> {
+        let f = flows
+            .iter()
+            .find(|f| f["client_ip"] == client)
+            .unwrap_or_else(|| panic!("no flow from {client}: {flows:#?}"));
+        f["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["name"].as_str().unwrap().to_string(),
+                    o["count"].as_u64().unwrap(),
+                    o["errors"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let has = |client: &str, want: (&str, u64, u64)| {
+        let got = ops(client);
+        assert!(
+            got.contains(&(want.0.to_string(), want.1, want.2)),
+            "{client}: {want:?} not in {got:?}"
+        );
+    };
+    has("172.16.0.10", ("udpbc", 5, 0));
+    has("172.16.0.10", ("tag_block", 3, 2));
+    has("172.16.0.10", ("source:GP0001", 5, 0));
+    has("172.16.0.10", ("GPGGA", 5, 0));
+    has("172.16.0.99", ("source:GP0001", 1, 0));
+    has("172.16.0.20", ("AIVDM", 1, 0));
+    has("10.0.4.77", ("udpbc", 1, 0));
+    has("172.16.0.30", ("binary_image_RaUdP", 1, 0));
+    for f in &flows {
+        let expect = if f["client_ip"] == "172.16.0.50" {
+            None
+        } else {
+            Some("nmea0183")
+        };
+        assert_eq!(f["app_protocol"].as_str(), expect, "{f}");
+    }
+    assert!(ops("172.16.0.50").is_empty());
+}
+
 #[test]
 fn arp_feeds_the_inventory() {
     let dir = tempfile::tempdir().unwrap();

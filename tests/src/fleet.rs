@@ -63,6 +63,9 @@ pub struct Truth {
     pub segmentation_breaks: Vec<(String, String, String)>,
     /// (vessel, scanner ip).
     pub scans: Vec<(String, String)>,
+    /// (vessel, finding, client ip, server ip) of the IEC 61162-450 bridge
+    /// network (`bridge-450`).
+    pub bridge_450: Vec<(String, String, String, String)>,
     /// (vessel, client ip, server ip, protocol) remote-access sessions into
     /// the OT or navigation zone from outside it.
     pub remote_access: Vec<(String, String, String, String)>,
@@ -262,6 +265,65 @@ const NEW_DEST: [u8; 4] = [192, 0, 2, 66];
 const BEACON: [u8; 4] = [198, 18, 0, 77];
 const SHORE_INTRUDER: [u8; 4] = [203, 0, 113, 200];
 const SHORE_VENDOR: [u8; 4] = [198, 51, 100, 20];
+/// IEC 61162-450 transmission groups: TGTD, NAVD, VDRD, USR1.
+const TGTD: [u8; 4] = [239, 192, 0, 2];
+const NAVD: [u8; 4] = [239, 192, 0, 4];
+const VDRD: [u8; 4] = [239, 192, 0, 5];
+const USR1: [u8; 4] = [239, 192, 0, 9];
+
+/// An hour of a 61162-450 talker: `n` datagrams of `sentence` from
+/// `client` (SFI `sfi`) to the transmission group `group`, `bad_tags` of
+/// them with a bad TAG block checksum.
+fn talker_450(
+    t: i64,
+    client: Vec<u8>,
+    group: [u8; 4],
+    sfi: &str,
+    sentence: &str,
+    n: u64,
+    bad_tags: u64,
+) -> FlowRecord {
+    let port = 60_000 + group[3] as u32;
+    let mut tag = op(
+        0x8000_0001,
+        "tag_block",
+        OperationClass::Other,
+        n - bad_tags,
+    );
+    tag.errors = bad_tags;
+    Flow {
+        t_us: t,
+        dur_us: 3_599_000_000,
+        client,
+        server: group.to_vec(),
+        cport: port,
+        sport: port,
+        proto: 17,
+        c2s: (n, n * 90),
+        s2c: (0, 0),
+        app: "nmea0183",
+        ops: vec![
+            op(
+                sentence
+                    .bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                    & 0x7fff_ffff,
+                sentence,
+                OperationClass::Other,
+                n,
+            ),
+            op(0x8000_0000, "udpbc", OperationClass::Other, n),
+            tag,
+            op(
+                0x8000_0002,
+                &format!("source:{sfi}"),
+                OperationClass::Other,
+                n,
+            ),
+        ],
+    }
+    .record()
+}
 
 /// A remote-access connection: `app` from `client` to `server:port` at
 /// `t`, lasting `dur_s`, keystrokes one way and screens the other.
@@ -651,6 +713,173 @@ const ANOMALIES: &[Anomaly] = &[
         },
         ..Anomaly::NOTHING
     },
+    // The 61162-450 bridge network of vessel 2 (its talkers, 172.16.2.10
+    // GNSS on NAVD and .20 AIS on TGTD, are the baseline of every vessel).
+    // Hour 3: the GNSS sends TAG blocks with bad checksums.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 3,
+        plant: |s, flows, _| {
+            flows.push(talker_450(
+                (s.us)(5),
+                ip(172, 16, s.vb, 10),
+                NAVD,
+                "GP0001",
+                "GPGGA",
+                40,
+                12,
+            ));
+        },
+        truth: |t, s| {
+            t.bridge_450.push((
+                vessel(s, 2),
+                "bad_tag_checksum".into(),
+                "172.16.2.10".into(),
+                text(&NAVD),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Hour 5: a second node sends as the GNSS (its SFI, GP0001).
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 5,
+        plant: |s, flows, _| {
+            flows.push(talker_450(
+                (s.us)(60),
+                ip(172, 16, s.vb, 99),
+                NAVD,
+                "GP0001",
+                "GPRMC",
+                30,
+                0,
+            ));
+        },
+        truth: |t, s| {
+            for node in ["172.16.2.10", "172.16.2.99"] {
+                t.bridge_450.push((
+                    vessel(s, 2),
+                    "sfi_conflict".into(),
+                    node.into(),
+                    text(&NAVD),
+                ));
+            }
+        },
+        ..Anomaly::NOTHING
+    },
+    // Hour 6: the AIS sends its target sentences to NAVD.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 6,
+        plant: |s, flows, _| {
+            flows.push(talker_450(
+                (s.us)(90),
+                ip(172, 16, s.vb, 20),
+                NAVD,
+                "AI0001",
+                "AIVDM",
+                50,
+                0,
+            ));
+        },
+        truth: |t, s| {
+            t.bridge_450.push((
+                vessel(s, 2),
+                "wrong_group".into(),
+                "172.16.2.20".into(),
+                text(&NAVD),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Hour 8: something that is not 61162-450 multicasts into USR1.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 8,
+        plant: |s, flows, _| {
+            flows.push(
+                Flow {
+                    t_us: (s.us)(120),
+                    dur_us: 60_000_000,
+                    client: ip(172, 16, s.vb, 50),
+                    server: USR1.to_vec(),
+                    cport: 50_000,
+                    sport: 60_009,
+                    proto: 17,
+                    c2s: (300, 300 * 512),
+                    s2c: (0, 0),
+                    app: "",
+                    ops: Vec::new(),
+                }
+                .record(),
+            );
+        },
+        truth: |t, s| {
+            t.bridge_450.push((
+                vessel(s, 2),
+                "non_450_in_reserved".into(),
+                "172.16.2.50".into(),
+                text(&USR1),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Hour 9: a 61162-450 talker in the nav zone, outside 172.16.0.0/12.
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 9,
+        plant: |s, flows, _| {
+            flows.push(talker_450(
+                (s.us)(30),
+                ip(10, s.vb, 4, 77),
+                NAVD,
+                "II0077",
+                "IIHDT",
+                20,
+                0,
+            ));
+        },
+        truth: |t, s| {
+            t.bridge_450.push((
+                vessel(s, 2),
+                "outside_450_network".into(),
+                addr(2, 4, 77),
+                text(&NAVD),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
+    // Hour 10: the radar sends an image to the VDR (binary transfer).
+    Anomaly {
+        when: |a| a.vessel == 2 && a.hw == 10,
+        plant: |s, flows, _| {
+            flows.push(
+                Flow {
+                    t_us: (s.us)(400),
+                    dur_us: 4_000_000,
+                    client: ip(172, 16, s.vb, 30),
+                    server: VDRD.to_vec(),
+                    cport: 60_005,
+                    sport: 60_005,
+                    proto: 17,
+                    c2s: (700, 700 * 1_400),
+                    s2c: (0, 0),
+                    app: "nmea0183",
+                    ops: vec![op(
+                        0x8000_0010,
+                        "binary_image_RaUdP",
+                        OperationClass::Other,
+                        700,
+                    )],
+                }
+                .record(),
+            );
+        },
+        truth: |t, s| {
+            t.bridge_450.push((
+                vessel(s, 2),
+                "binary_transfer".into(),
+                "172.16.2.30".into(),
+                text(&VDRD),
+            ));
+        },
+        ..Anomaly::NOTHING
+    },
     // A PLC's firmware changes (vessel 1, hour 7): the same device, known
     // since the fleet's first hour, now reports another version.
     Anomaly {
@@ -879,6 +1108,25 @@ impl Fleet {
                 .record(),
             );
         }
+        // The 61162-450 bridge network: GNSS on NAVD, AIS on TGTD.
+        flows.push(talker_450(
+            us(1),
+            ip(172, 16, vb, 10),
+            NAVD,
+            "GP0001",
+            "GPGGA",
+            3_600,
+            0,
+        ));
+        flows.push(talker_450(
+            us(1),
+            ip(172, 16, vb, 20),
+            TGTD,
+            "AI0001",
+            "AIVDM",
+            600,
+            0,
+        ));
         // IT: update checks ashore, two an hour per host.
         for host in 10..=19u8 {
             for k in 0..2 {
@@ -1044,6 +1292,7 @@ impl Fleet {
                         "it": [format!("10.{v}.2.0/24")],
                         "crew": [format!("10.{v}.3.0/24")],
                         "nav": [format!("10.{v}.4.0/24")],
+                        "bridge": [format!("172.16.{v}.0/24")],
                     },
                     // What the baseline crosses: IT and crew ashore, crew
                     // to the DNS server in IT.

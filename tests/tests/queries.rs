@@ -182,6 +182,41 @@ fn judge_pack(engine: &str, t: &Truth, vessels: usize, run: &dyn Fn(&str, &[&str
     );
     assert_eq!(s(&ssh["bytes_to_client"]), "13500000", "{ssh}");
 
+    let rows = run("bridge-450", &[]);
+    judge(
+        "bridge-450",
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    s(&r["vessel"]),
+                    s(&r["finding"]),
+                    s(&r["client_ip"]),
+                    s(&r["server_ip"])
+                )
+            })
+            .collect(),
+        t.bridge_450
+            .iter()
+            .map(|(v, f, c, srv)| format!("{v} {f} {c} {srv}"))
+            .collect(),
+        0,
+    );
+    let detail = |finding: &str| {
+        rows.iter()
+            .find(|r| s(&r["finding"]) == finding)
+            .map(|r| s(&r["detail"]))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        detail("bad_tag_checksum"),
+        "12 TAG blocks with a bad or missing checksum"
+    );
+    assert_eq!(detail("sfi_conflict"), "GP0001");
+    assert_eq!(detail("wrong_group"), "target sentences in NAVD");
+    assert_eq!(detail("non_450_in_reserved"), "app protocol unknown");
+    assert_eq!(detail("binary_transfer"), "binary_image_RaUdP");
+
     let rows = run("asset-changes", &[]);
     let got: BTreeSet<String> = rows
         .iter()

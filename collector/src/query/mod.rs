@@ -97,6 +97,12 @@ pub enum QueryCmd {
         #[command(flatten)]
         common: pack::Common,
     },
+    /// IEC 61162-450 bridge network findings: bad TAG checksums, one SFI on two nodes, sentences in the wrong group, non-450 traffic in the reserved range, 450 nodes outside 172.16.0.0/12, binary image transfers.
+    #[command(name = "bridge-450")]
+    Bridge450 {
+        #[command(flatten)]
+        common: pack::Common,
+    },
     /// New assets, known addresses with a new vendor, devices with another firmware.
     AssetChanges {
         #[command(flatten)]
@@ -384,6 +390,7 @@ impl QueryCmd {
                 vec![("min_targets", Lit::Int(min_targets.max(1) as i64))],
             ),
             QueryCmd::RemoteAccess { common } => ("remote-access", common, vec![]),
+            QueryCmd::Bridge450 { common } => ("bridge-450", common, vec![]),
             QueryCmd::AssetChanges { common } => ("asset-changes", common, vec![]),
             QueryCmd::Campaigns {
                 common,

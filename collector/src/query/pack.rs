@@ -51,6 +51,7 @@ pub const PACK: &[PackQuery] = &[
     query!("segmentation", subject: ["client_ip", "client_zone", "server_zone"], at: Some("first_at")),
     query!("scans", subject: ["client_ip"], at: Some("first_at")),
     query!("remote-access", subject: ["client_ip", "server_ip", "app_protocol"], at: Some("first_at")),
+    query!("bridge-450", subject: ["finding", "client_ip", "server_ip"], at: Some("first_at")),
     query!("asset-changes", subject: ["ip", "change"], at: Some("first_at")),
     query!("campaigns", subject: ["server_ip"], at: Some("first_at"), fleet_wide: true),
     query!("sensor-health", subject: ["sensor_id", "problems"], at: None),

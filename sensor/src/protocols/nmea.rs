@@ -1,7 +1,15 @@
 //! NMEA 0183 sentences over UDP (or TCP): plain `$`/`!` sentences with an
 //! address field (talker + sentence type, or a proprietary `P...`), optional
 //! `*hh` checksum and CRLF; optionally behind an IEC 61162-450 `UdPbC\0`
-//! header and `\...\` TAG blocks.
+//! header and `\...\` TAG blocks; and 61162-450 binary image transfer
+//! datagrams (`RaUdP`, `RrUdP`, `RpUdP`).
+//!
+//! What the bridge network's checks need from each flow is counted as
+//! operations beside the sentences (whose names are upper case): `udpbc`
+//! (61162-450 sentence datagrams), `tag_block` (TAG blocks; a bad or missing
+//! checksum is an error), `source:SFI` (each source identifier a TAG block's
+//! `s:` names) and `binary_image_RaUdP` etc. The shore's `bridge-450` query
+//! turns them, with the flows' addresses and ports, into findings.
 
 use tidewatch_proto::v1::OperationClass as C;
 
@@ -22,6 +30,61 @@ pub const PROTOCOL: Protocol = Protocol {
     },
     identify: None,
 };
+
+/// Operation codes of the 61162-450 counts (high bit set: sentence codes,
+/// hashes of their addresses, never have it).
+const UDPBC: u32 = 0x8000_0000;
+const TAG_BLOCK: u32 = 0x8000_0001;
+const SOURCE: u32 = 0x8000_0002;
+const BINARY_IMAGE: u32 = 0x8000_0010;
+
+/// The binary image transfer headers of 61162-450, with their operation
+/// names: the datagrams carry images or files (radar, VDR data) in blocks.
+const BINARY_IMAGES: [(&[u8; 6], &str); 3] = [
+    (b"RaUdP\0", "binary_image_RaUdP"),
+    (b"RrUdP\0", "binary_image_RrUdP"),
+    (b"RpUdP\0", "binary_image_RpUdP"),
+];
+
+/// The longest source identifier (SFI) kept.
+const MAX_SFI: usize = 16;
+
+/// Which binary image transfer header `p` starts with.
+fn binary_image(p: &[u8]) -> Option<usize> {
+    if p.len() < 32 {
+        return None;
+    }
+    BINARY_IMAGES.iter().position(|(h, _)| p.starts_with(*h))
+}
+
+/// The TAG blocks (`\fields*hh\`) leading a line: (fields, checksum valid).
+fn tag_blocks(line: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+    let mut rest = line;
+    std::iter::from_fn(move || {
+        if rest.first() != Some(&b'\\') {
+            return None;
+        }
+        let end = rest[1..].iter().position(|b| *b == b'\\')? + 1;
+        let block = &rest[1..end];
+        rest = &rest[end + 1..];
+        let valid = match block.iter().rposition(|b| *b == b'*') {
+            Some(star) if block.len() == star + 3 => {
+                let cs = block[..star].iter().fold(0u8, |a, b| a ^ b);
+                std::str::from_utf8(&block[star + 1..])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    == Some(cs)
+            }
+            _ => false,
+        };
+        let fields = match block.iter().rposition(|b| *b == b'*') {
+            Some(star) => &block[..star],
+            None => block,
+        };
+        Some((fields, valid))
+    })
+    .take(8)
+}
 
 /// The parts of `p` between line feeds (as `split` on `\n` would give).
 fn lines(p: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -92,8 +155,12 @@ fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     })
 }
 
-/// At least one well-formed sentence and no sentence with a bad checksum.
+/// At least one well-formed sentence and no sentence with a bad checksum,
+/// or a 61162-450 binary image transfer datagram.
 pub fn detect(p: &[u8]) -> bool {
+    if binary_image(p).is_some() {
+        return true;
+    }
     if p.len() < 8 || !(p.starts_with(b"UdPbC\0") || matches!(p[0], b'$' | b'!' | b'\\')) {
         return false;
     }
@@ -108,8 +175,42 @@ pub fn detect(p: &[u8]) -> bool {
 }
 
 /// Counts sentences by talker + type (e.g. "GPGGA", "AIVDM"); a sentence
-/// with a wrong checksum counts as an error of its type.
+/// with a wrong checksum counts as an error of its type. Counts the
+/// 61162-450 framing too (see the module docs).
 pub fn observe(p: &[u8], ops: &mut Ops) {
+    if let Some(i) = binary_image(p) {
+        ops.add(BINARY_IMAGE + i as u32, BINARY_IMAGES[i].1, C::Other);
+        return;
+    }
+    if let Some(body) = p.strip_prefix(b"UdPbC\0") {
+        ops.add(UDPBC, "udpbc", C::Other);
+        for line in lines(body) {
+            for (fields, valid) in tag_blocks(line) {
+                if valid {
+                    ops.add(TAG_BLOCK, "tag_block", C::Other);
+                } else {
+                    ops.error(TAG_BLOCK, "tag_block", C::Other);
+                }
+                for sfi in fields
+                    .split(|b| *b == b',')
+                    .filter_map(|f| f.strip_prefix(b"s:"))
+                {
+                    if sfi.is_empty()
+                        || sfi.len() > MAX_SFI
+                        || !sfi.iter().all(u8::is_ascii_alphanumeric)
+                    {
+                        continue;
+                    }
+                    let mut name = [0u8; 7 + MAX_SFI];
+                    name[..7].copy_from_slice(b"source:");
+                    name[7..7 + sfi.len()].copy_from_slice(sfi);
+                    if let Ok(name) = std::str::from_utf8(&name[..7 + sfi.len()]) {
+                        ops.count_named(SOURCE, name, C::Other, true);
+                    }
+                }
+            }
+        }
+    }
     for (addr, valid) in sentences(p) {
         // Addresses are checked ASCII alphanumerics.
         let Ok(name) = std::str::from_utf8(addr) else {
@@ -149,5 +250,45 @@ mod tests {
             "{names:?}"
         );
         assert!(!detect(b"hello world, not nmea"));
+    }
+
+    #[test]
+    fn iec450_framing_is_counted() {
+        let gga = b"$GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,*76\r\n";
+        let mut ops = Ops::default();
+        // A good TAG block (s:GP0001,n:1*0A... checksum computed), a bad one
+        // and one without a checksum.
+        let fields = b"s:GP0001,n:1";
+        let cs = fields.iter().fold(0u8, |a, b| a ^ b);
+        for tag in [
+            format!("\\s:GP0001,n:1*{cs:02X}\\"),
+            "\\s:GP0002,n:2*00\\".to_string(),
+            "\\s:GP0001,n:3\\".to_string(),
+        ] {
+            let mut d = b"UdPbC\0".to_vec();
+            d.extend_from_slice(tag.as_bytes());
+            d.extend_from_slice(gga);
+            assert!(detect(&d));
+            observe(&d, &mut ops);
+        }
+        let mut image = b"RaUdP\0".to_vec();
+        image.resize(64, 0);
+        assert!(detect(&image));
+        observe(&image, &mut ops);
+        let got: Vec<(String, u64, u64)> = ops
+            .to_proto()
+            .into_iter()
+            .map(|o| (o.name, o.count, o.errors))
+            .collect();
+        for want in [
+            ("udpbc".to_string(), 3, 0),
+            ("tag_block".to_string(), 1, 2),
+            ("source:GP0001".to_string(), 2, 0),
+            ("source:GP0002".to_string(), 1, 0),
+            ("binary_image_RaUdP".to_string(), 1, 0),
+            ("GPGGA".to_string(), 3, 0),
+        ] {
+            assert!(got.contains(&want), "{want:?} not in {got:?}");
+        }
     }
 }
