@@ -26,6 +26,7 @@ pub mod migrate;
 pub mod pki;
 pub mod query;
 pub mod registry;
+pub mod report;
 pub mod schema;
 pub mod signer;
 pub mod sink;

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tidewatch_collector::clickhouse_args::ClickHouseArgs;
 use tidewatch_collector::{
     alerts, deadletter, deliver, detect, envelope, ingest, intel, maintenance, migrate, pki, query,
-    registry, signer, sink,
+    registry, report, signer, sink,
 };
 
 #[derive(Parser)]
@@ -103,6 +103,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: query::QueryCmd,
     },
+    /// Reports for surveyors: `e26`, a vessel's IACS UR E26 evidence as
+    /// HTML and JSON.
+    Report {
+        #[command(flatten)]
+        clickhouse: ClickHouseArgs,
+        #[command(subcommand)]
+        cmd: report::ReportCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -155,6 +163,7 @@ async fn dispatch(cmd: Cmd) -> anyhow::Result<()> {
             registry::run(&clickhouse.client(), cmd).await
         }
         Cmd::Query { clickhouse, cmd } => query::run(clickhouse, cmd).await,
+        Cmd::Report { clickhouse, cmd } => report::run(clickhouse, cmd).await,
         Cmd::Detect(a) => detect::run(a).await,
         Cmd::Deliver(a) => deliver::run(a).await,
         Cmd::Alerts { clickhouse, cmd } => {

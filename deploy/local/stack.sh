@@ -73,6 +73,10 @@ install() {
   # zookeeper (with a Java runtime): coordinates the replicated tables and
   # the ON CLUSTER DDL of the cluster mode.
   [ -f /usr/share/java/zookeeper.jar ] || pkgs+=(zookeeper)
+  # chromium (headless) renders the E26 report to PNG and PDF in the
+  # report test; pdftotext (poppler-utils) reads the PDF back.
+  command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  command -v pdftotext >/dev/null 2>&1 || pkgs+=(poppler-utils)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

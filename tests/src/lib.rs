@@ -17,6 +17,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`); the
 //! README's test command does that.
 
+pub mod chdb;
 pub mod fleet;
 pub mod grpc;
 pub mod http;

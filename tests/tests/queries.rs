@@ -401,56 +401,20 @@ fn every_query_finds_every_planted_anomaly_with_few_false_positives() {
     // The same queries on a modern ClickHouse (chDB), over the same data
     // exported from the 18.16 server, against the same truth.
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for table in [
-        "flows_raw",
-        "traffic_hourly_raw",
-        "dest_hourly_raw",
-        "assets_raw",
-        "sensor_status_raw",
-        "fleet_registry_raw",
-    ] {
-        let rows = stack
-            .query_tidewatch(&format!("SELECT * FROM {table} FORMAT JSONEachRow"))
-            .unwrap();
-        std::fs::write(data.join(format!("{table}.jsonl")), rows).unwrap();
-    }
-    let schema = dir.join("schema.sql");
-    std::fs::write(
-        &schema,
-        run_ok(
-            stack
-                .collector()
-                // The fleet's dates are fixed (early 2026): keep them past the TTLs.
-                .args(["migrate", "--print", "--server-version", "26.9"])
-                .args([
-                    "--flow-retention-days",
-                    "3650",
-                    "--rollup-retention-days",
-                    "3650",
-                ]),
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new("python3");
-    cmd.arg(root().join("tests/chdb/check_pack.py"))
-        .arg(&schema)
-        .arg(&data);
-    for name in queries() {
-        let f = dir.join(format!("{name}.sql"));
-        let sql = run_ok(
-            stack
-                .collector()
-                .args(["query", name, "--print-sql"])
-                .args(["--since", &p.since.to_string()])
-                .args(["--until", &p.until.to_string()]),
-        );
-        std::fs::write(&f, sql).unwrap();
-        cmd.arg(f);
-    }
-    let out: Value = serde_json::from_str(run_ok(&mut cmd).trim()).unwrap();
+    let sqls: Vec<(String, String)> = queries()
+        .into_iter()
+        .map(|name| {
+            let sql = run_ok(
+                stack
+                    .collector()
+                    .args(["query", name, "--print-sql"])
+                    .args(["--since", &p.since.to_string()])
+                    .args(["--until", &p.until.to_string()]),
+            );
+            (name.to_string(), sql)
+        })
+        .collect();
+    let out = tidewatch_tests::chdb::run(stack, tmp.path(), &sqls);
     println!("chDB rows: {}", out["rows"]);
     assert_eq!(
         out["rows"]["flows"].as_u64(),
