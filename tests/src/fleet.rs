@@ -1384,6 +1384,30 @@ impl Loaded {
         Loaded::start_on(crate::Stack::start_cluster(), spec)
     }
 
+    /// Runs the detection service's streaming rules over the fleet (its own
+    /// consumer group, the fleet's rules: new devices in the OT and crew
+    /// zones) until `sql` returns something, stops it, and returns that.
+    pub fn detect_until(&self, what: &str, sql: &str) -> String {
+        let stack = &self.stack;
+        let rules = stack.path().join("fleet-rules.yaml");
+        std::fs::write(
+            &rules,
+            "rules:\n  new-device:\n    zones: [ot, crew]\nscheduled: []\n",
+        )
+        .expect("rules file");
+        let mut cmd = stack.collector();
+        cmd.args(["detect", "--group", "fleet-detect", "--refresh-secs", "1"])
+            .arg("--rules")
+            .arg(&rules);
+        let mut detector = crate::Proc::spawn("fleet-detect", stack.path(), &mut cmd);
+        let found = crate::wait_until(std::time::Duration::from_secs(120), what, || {
+            let out = stack.query(sql).ok()?.trim().to_string();
+            (!out.is_empty()).then_some(out)
+        });
+        detector.kill();
+        found
+    }
+
     fn start_on(stack: crate::Stack, spec: Spec) -> Loaded {
         stack.migrate();
         let pki = crate::Pki::new(stack.path().join("pki"));

@@ -80,9 +80,50 @@ fn the_e26_report_shows_each_planted_item_and_renders_to_png_and_pdf() {
     let dir = tempfile::tempdir().unwrap();
     let vessel = |i: usize| fleet.sensors[i].vessel.clone();
 
-    // Vessel 2: the 61162-450 bridge network's planted faults, exactly.
+    // The detection service raises its streaming alerts over the fleet;
+    // one of vessel 2's is acknowledged, for the record.
     let v2 = vessel(2);
+    let stack = &loaded.stack;
+    let id = loaded.detect_until(
+        "vessel 2's zone-crossing alert",
+        &format!(
+            "SELECT id FROM tidewatch.alerts WHERE vessel = '{v2}' AND rule = 'zone-crossing' \
+             AND subject LIKE '203.0.113.200%'"
+        ),
+    );
+    run_ok(stack.collector().args([
+        "alerts",
+        "ack",
+        &id,
+        "--who",
+        "chief-engineer",
+        "--note",
+        "vendor maintenance window, ticket 88",
+    ]));
+
+    // Vessel 2: the 61162-450 bridge network's planted faults, exactly.
     let r = report(&loaded, &v2, dir.path());
+    let alarms = rows(&r, "alarms");
+    let acked = alarms
+        .iter()
+        .find(|a| s(&a["id"]) == id)
+        .unwrap_or_else(|| panic!("alert {id} not in {alarms:#?}"));
+    assert_eq!(
+        (
+            s(&acked["state"]),
+            s(&acked["state_by"]),
+            s(&acked["state_note"])
+        ),
+        (
+            "acknowledged".into(),
+            "chief-engineer".into(),
+            "vendor maintenance window, ticket 88".into()
+        )
+    );
+    assert!(
+        alarms.iter().all(|a| s(&a["rule"]) != "ot-write"),
+        "vessel 1's write is not vessel 2's"
+    );
     assert_eq!(rows(&r, "sensors").len(), 1);
     let got: std::collections::BTreeSet<String> = rows(&r, "bridge_450")
         .iter()

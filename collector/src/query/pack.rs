@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn every_query_renders_with_every_placeholder_filled() {
-        assert_eq!(PACK.len(), 9);
+        assert_eq!(PACK.len(), 11);
         for q in PACK {
             let sql = render(q, &all_values()).unwrap();
             assert!(

@@ -3,7 +3,8 @@
 //! tests' default: 4 vessels, 3 days) loaded through the real pipeline into
 //! a local ClickHouse 18.16, then `tidewatch-collector report e26` for
 //! vessel mv-02 (the 61162-450 bridge network faults, a vendor change, an
-//! inbound Modbus from ashore) over its last day with a 100 MB per
+//! inbound Modbus from ashore, the detection service's alarms, one of them
+//! acknowledged) over its last day with a 100 MB per
 //! zone-hour threshold, and a PNG of the page
 //! rendered by headless Chromium. Run it with
 //! `deploy/local/example-report.sh`.
@@ -23,6 +24,23 @@ fn main() {
     let loaded = Loaded::start(Spec::default());
     let vessel = loaded.fleet.sensors[2].vessel.clone();
     let since = loaded.fleet.truth.window_start_s;
+    // Alarms, one of them handled.
+    let id = loaded.detect_until(
+        "an alarm of the vessel",
+        &format!(
+            "SELECT id FROM tidewatch.alerts WHERE vessel = '{vessel}' AND rule = 'zone-crossing' \
+             AND subject LIKE '203.0.113.200%'"
+        ),
+    );
+    run_ok(loaded.stack.collector().args([
+        "alerts",
+        "ack",
+        &id,
+        "--who",
+        "chief-engineer",
+        "--note",
+        "vendor maintenance window, ticket 88",
+    ]));
     let printed = run_ok(
         loaded
             .stack
