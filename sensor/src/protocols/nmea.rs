@@ -57,6 +57,22 @@ fn binary_image(p: &[u8]) -> Option<usize> {
     BINARY_IMAGES.iter().position(|(h, _)| p.starts_with(*h))
 }
 
+/// Whether the `*hh` ending `s` is the XOR of everything before it
+/// (`None`: no `*`; a `*` not followed by exactly two hex digits is wrong).
+fn checksum(s: &[u8]) -> Option<bool> {
+    let star = s.iter().rposition(|b| *b == b'*')?;
+    if s.len() != star + 3 {
+        return Some(false);
+    }
+    let cs = s[..star].iter().fold(0u8, |a, b| a ^ b);
+    Some(
+        std::str::from_utf8(&s[star + 1..])
+            .ok()
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            == Some(cs),
+    )
+}
+
 /// The TAG blocks (`\fields*hh\`) leading a line: (fields, checksum valid).
 fn tag_blocks(line: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     let mut rest = line;
@@ -67,16 +83,8 @@ fn tag_blocks(line: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
         let end = rest[1..].iter().position(|b| *b == b'\\')? + 1;
         let block = &rest[1..end];
         rest = &rest[end + 1..];
-        let valid = match block.iter().rposition(|b| *b == b'*') {
-            Some(star) if block.len() == star + 3 => {
-                let cs = block[..star].iter().fold(0u8, |a, b| a ^ b);
-                std::str::from_utf8(&block[star + 1..])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    == Some(cs)
-            }
-            _ => false,
-        };
+        // A TAG block's checksum is required.
+        let valid = checksum(block) == Some(true);
         let fields = match block.iter().rposition(|b| *b == b'*') {
             Some(star) => &block[..star],
             None => block,
@@ -131,26 +139,17 @@ fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
         if !addr_ok || s.len() > 120 {
             return None;
         }
-        // Printable characters only, and the checksum: the XOR of
-        // everything before the last `*`. Both as branch-free folds over the
-        // sentence, which the compiler turns into vector code.
+        // Printable characters only, as a branch-free fold over the
+        // sentence, which the compiler turns into vector code; then the
+        // checksum.
         let unprintable = s
             .iter()
             .fold(false, |bad, &b| bad | !(0x20..0x7f).contains(&b));
         if unprintable {
             return None;
         }
-        let valid = match s.iter().rposition(|b| *b == b'*') {
-            Some(star) if s.len() == star + 3 => {
-                let cs = s[..star].iter().fold(0u8, |a, b| a ^ b);
-                std::str::from_utf8(&s[star + 1..])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    == Some(cs)
-            }
-            Some(_) => false,
-            None => true,
-        };
+        // A sentence's checksum is optional.
+        let valid = checksum(s) != Some(false);
         Some((addr, valid))
     })
 }
