@@ -11,7 +11,7 @@
 //! Roles: the server side of Modbus, S7comm(-plus), DNP3, EtherNet/IP and
 //! IEC-104 is a `controller`, of OPC UA an `opcua_server`; both sides of
 //! BACnet are `bacnet_device`s; the sender of NMEA 0183 sentences is a
-//! `navigation_device`; the server side of SSH, RDP and VNC a
+//! `navigation_device`; the server side of SSH, RDP, VNC and Telnet a
 //! `remote_access_server`; a client issuing write, control or program
 //! operations is an `engineering_station`, one that only reads an
 //! `ot_client`; a MAC behind which more than [`MAX_ASSET_IPS`] addresses appear is

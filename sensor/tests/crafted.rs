@@ -1102,6 +1102,32 @@ fn remote_access_is_named_by_payload_on_any_port() {
     // S7comm's connection request on RDP's port is not RDP.
     let s7 = tpkt(0xe0, &[0xc1, 2, 1, 0, 0xc2, 2, 1, 2, 0xc0, 1, 0x0a]);
     p.add(1_000_600, &seg(4, 40004, 3389, true, &s7));
+    // Telnet's option negotiation on 2323; an FTP server's greeting (on
+    // 21: without a handshake in the capture, its well-known port is what
+    // orients a flow whose server speaks first) and a client storing a file.
+    p.add(
+        1_000_700,
+        &seg(5, 40005, 2323, true, &[0xff, 0xfb, 24, 0xff, 0xfc, 32]),
+    );
+    p.add(
+        1_000_800,
+        &seg(
+            5,
+            40005,
+            2323,
+            false,
+            &[0xff, 0xfd, 24, 0xff, 0xfd, 32, 0xff, 0xfb, 1],
+        ),
+    );
+    p.add(
+        1_000_900,
+        &seg(6, 40006, 21, false, b"220 (vsFTPd 3.0.3)\r\n"),
+    );
+    p.add(1_001_000, &seg(6, 40006, 21, true, b"USER plc\r\n"));
+    p.add(
+        1_001_100,
+        &seg(6, 40006, 21, true, b"STOR firmware.bin\r\n"),
+    );
     let path = p.write(dir.path(), "remote.pcap");
     let flows = read(&path, &[]);
     let named = |c: &str| {
@@ -1136,6 +1162,35 @@ fn remote_access_is_named_by_payload_on_any_port() {
         ("vnc".into(), vec!["protocol_version".to_string()])
     );
     assert_eq!(named("4").0, "");
+    assert_eq!(
+        named("5"),
+        ("telnet".into(), vec!["option_negotiation".to_string()])
+    );
+    assert_eq!(
+        named("6"),
+        ("ftp".into(), vec!["user".to_string(), "stor".to_string()])
+    );
+    // The banners: each side's SSH version line and the FTP greeting, on
+    // assets of their own once MACs follow addresses and ports.
+    let own_macs = dir.path().join("remote-macs.pcap");
+    macs_from_ports(&path, &own_macs);
+    let assets = read(&own_macs, &["--assets"]);
+    let software = |mac: &str| {
+        let a = assets.iter().find(|a| a["mac"] == mac);
+        a.unwrap_or_else(|| panic!("no {mac} in {assets:#?}"))["software"].clone()
+    };
+    assert_eq!(
+        software("02:01:01:00:01:bb"),
+        serde_json::json!(["SSH-2.0-OpenSSH_8.4p1 Debian-5"])
+    );
+    assert_eq!(
+        software("02:00:01:00:9c:41"),
+        serde_json::json!(["SSH-2.0-PuTTY_Release_0.78"])
+    );
+    assert_eq!(
+        software("02:01:01:00:00:15"),
+        serde_json::json!(["220 (vsFTPd 3.0.3)"])
+    );
 }
 
 #[test]

@@ -92,7 +92,7 @@ pub enum QueryCmd {
         #[arg(long, default_value_t = 100)]
         min_targets: u32,
     },
-    /// Remote-access sessions (SSH, RDP, VNC, by payload) into OT or navigation zones from outside them.
+    /// Remote-access sessions (SSH, RDP, VNC, Telnet, by payload) into OT or navigation zones from outside them.
     RemoteAccess {
         #[command(flatten)]
         common: pack::Common,

@@ -94,7 +94,7 @@ const SECTIONS: &[(&str, &str, &str, Source)] = &[
     ("inventory", "Inventory", "Every address observed, with what the device said of itself (E27 §3.1.1: manufacturer, model, firmware, serial); an empty field is unknown.", Source::Own(&INVENTORY)),
     ("inventory_changes", "Inventory changes", "Assets new in the window, addresses answering with another vendor, devices reporting another firmware.", Source::Pack("asset-changes")),
     ("crossings", "Zones and conduits", "Every observed connection between two zones, or between a zone and outside, judged against the conduits of the registry (E26 §4.2.1).", Source::Own(&CROSSINGS)),
-    ("remote_access", "Remote access", "SSH, RDP and VNC sessions into the OT and navigation zones from outside them (E26 §4.2.6).", Source::Pack("remote-access")),
+    ("remote_access", "Remote access", "SSH, RDP, VNC and Telnet sessions into the OT and navigation zones from outside them (E26 §4.2.6).", Source::Pack("remote-access")),
     ("bandwidth", "Bandwidth per zone", "Bytes per zone and hour; hours over the threshold are exceedances.", Source::Own(&BANDWIDTH)),
     ("bridge_450", "IEC 61162-450 bridge network", "Findings on the navigation bridge network: TAG checksums, source identifiers, transmission groups, addresses, binary transfers.", Source::Pack("bridge-450")),
     ("alarms", "Alarms and their handling", "Alarms raised by the detection service for the vessel, and their state (E26 §4.3.1).", Source::Own(&ALARMS)),

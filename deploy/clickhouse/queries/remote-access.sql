@@ -2,7 +2,7 @@
 -- that zone (ashore, or another zone of the vessel): who, from where, to
 -- what, when, for how long and how many bytes (IACS UR E26 §4.2.6 asks that
 -- remote access be recorded). The protocols are the ones the sensor names
--- by payload on any port: SSH, RDP and VNC. A session is one connection
+-- by payload on any port: SSH, RDP, VNC and Telnet. A session is one connection
 -- (the 5-tuple): a connection longer than the sensor's active timeout
 -- arrives as several flow records and is summed here. Zones come from the
 -- fleet registry (IPv4 CIDRs per sensor); an address in no zone is
@@ -34,7 +34,7 @@ FROM
     -- ANY LEFT JOIN, not ANY INNER JOIN (see segmentation.sql).
     WHERE first_seen_us >= {since} * 1000000 AND first_seen_us < {until} * 1000000
       AND ({vessel} = '' OR vessel = {vessel})
-      AND app_protocol IN ('ssh', 'rdp', 'vnc')
+      AND app_protocol IN ('ssh', 'rdp', 'vnc', 'telnet')
       AND notEmpty(zone_names)
 )
 WHERE server_zone IN ('ot', 'nav') AND client_zone != server_zone

@@ -18,6 +18,7 @@ pub mod bacnet;
 pub mod dnp3;
 pub mod dns;
 pub mod enip;
+pub mod ftp;
 pub mod http;
 pub mod iec104;
 pub mod modbus;
@@ -28,6 +29,7 @@ pub mod rdp;
 pub mod s7comm;
 pub mod ssh;
 pub mod store;
+pub mod telnet;
 pub mod tls;
 pub mod vnc;
 
@@ -165,6 +167,8 @@ pub const PROTOCOLS: &[&Protocol] = &[
     &http::PROTOCOL,
     &ssh::PROTOCOL,
     &vnc::PROTOCOL,
+    &telnet::PROTOCOL,
+    &ftp::PROTOCOL,
     &mqtt::PROTOCOL,
     &nmea::PROTOCOL,
     &dns::PROTOCOL,
