@@ -14,7 +14,7 @@
 //! read from one live replica of each, and each is dropped on one node of
 //! every shard ([`ShardNodes`], not `ON CLUSTER`: see
 //! [`crate::schema::cluster`] for why); replication drops it on the
-//! others before the statement returns.
+//! others (at once, or when a replica that was down comes back).
 
 use anyhow::{bail, Context};
 use clickhouse::Client;

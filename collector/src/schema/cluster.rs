@@ -349,20 +349,18 @@ impl ShardNodes {
         Ok(ShardNodes { nodes })
     }
 
-    /// Runs `sql` on the node of each shard in turn. A partition dropped or
-    /// a column added returns once every replica of the shard has it
-    /// (`replication_alter_partitions_sync = 2`; column changes always wait
-    /// on 18.16).
+    /// Runs `sql` on the node of each shard in turn. A column added
+    /// returns once every replica of the shard has it (ClickHouse 18.16
+    /// waits for them all, so `migrate` needs every replica up); a
+    /// partition dropped returns once the node asked has dropped it, and
+    /// the shard's other replicas drop it from the replication log, a
+    /// replica that is down when it comes back (so a dead replica never
+    /// holds retention up).
     pub async fn execute(&self, sql: &str) -> Result<(), SchemaError> {
         for (shard, url, client) in &self.nodes {
-            client
-                .query(sql)
-                .with_setting("replication_alter_partitions_sync", "2")
-                .execute()
-                .await
-                .map_err(|e| {
-                    SchemaError::Topology(format!("shard {shard} at {url}: {e}\n{sql}"))
-                })?;
+            client.query(sql).execute().await.map_err(|e| {
+                SchemaError::Topology(format!("shard {shard} at {url}: {e}\n{sql}"))
+            })?;
         }
         Ok(())
     }
