@@ -19,11 +19,13 @@
 //!
 //! Identity: what a device says about itself in its own replies
 //! ([`DeviceIdentity`]: Modbus Read Device Identification, EtherNet/IP
-//! ListIdentity, S7 SZL, BACnet) is kept on its asset while the asset has
-//! one address (see [`AssetTable::on_identity`]), the latest value of each
-//! field; a field that changes (a firmware update, or a device that claims
-//! to be another) is a change like any other. Banners (SSH, HTTP `Server`)
-//! are kept as its software, at most [`MAX_ASSET_SOFTWARE`].
+//! ListIdentity, S7 SZL, BACnet, OPC UA) is kept on its asset while the
+//! asset has one address (see [`AssetTable::on_identity`]), the latest value
+//! of each field; a field that changes (a firmware update, or a device that
+//! claims to be another) is a change like any other. Banners (SSH version
+//! lines, HTTP `Server` headers, FTP greetings, OPC UA ProductUris, BACnet
+//! application software versions) are kept as its software, at most
+//! [`MAX_ASSET_SOFTWARE`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
