@@ -76,6 +76,8 @@ install() {
   # chromium (headless) renders the E26 report to PNG and PDF in the
   # report test; pdftotext (poppler-utils) reads the PDF back.
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+  # A font for it to draw text with (only recommended by the package).
+  [ -d /usr/share/fonts/truetype/dejavu ] || pkgs+=(fonts-dejavu-core)
   command -v pdftotext >/dev/null 2>&1 || pkgs+=(poppler-utils)
   if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
