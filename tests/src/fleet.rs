@@ -17,6 +17,7 @@ use serde::Serialize;
 use tidewatch_proto::v1::{
     AssetObservation, Batch, DirectionCounters, FlowRecord, Operation, OperationClass, SensorStatus,
 };
+use tidewatch_sensor::protocols::nmea;
 
 /// Size and shape of the fleet.
 #[derive(Debug, Clone)]
@@ -285,7 +286,7 @@ fn talker_450(
 ) -> FlowRecord {
     let port = 60_000 + group[3] as u32;
     let mut tag = op(
-        0x8000_0001,
+        nmea::TAG_BLOCK,
         "tag_block",
         OperationClass::Other,
         n - bad_tags,
@@ -304,18 +305,15 @@ fn talker_450(
         app: "nmea0183",
         ops: vec![
             op(
-                sentence
-                    .bytes()
-                    .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-                    & 0x7fff_ffff,
+                nmea::sentence_code(sentence.as_bytes()),
                 sentence,
                 OperationClass::Other,
                 n,
             ),
-            op(0x8000_0000, "udpbc", OperationClass::Other, n),
+            op(nmea::UDPBC, "udpbc", OperationClass::Other, n),
             tag,
             op(
-                0x8000_0002,
+                nmea::SOURCE,
                 &format!("source:{sfi}"),
                 OperationClass::Other,
                 n,
@@ -861,7 +859,7 @@ const ANOMALIES: &[Anomaly] = &[
                     s2c: (0, 0),
                     app: "nmea0183",
                     ops: vec![op(
-                        0x8000_0010,
+                        nmea::BINARY_IMAGE,
                         "binary_image_RaUdP",
                         OperationClass::Other,
                         700,
@@ -1103,7 +1101,12 @@ impl Fleet {
                     c2s: (1800, 1800 * 110),
                     s2c: (0, 0),
                     app: "nmea0183",
-                    ops: vec![op(68023768, "GPGGA", OperationClass::Other, 1800)],
+                    ops: vec![op(
+                        nmea::sentence_code(b"GPGGA"),
+                        "GPGGA",
+                        OperationClass::Other,
+                        1800,
+                    )],
                 }
                 .record(),
             );

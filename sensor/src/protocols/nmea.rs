@@ -33,10 +33,10 @@ pub const PROTOCOL: Protocol = Protocol {
 
 /// Operation codes of the 61162-450 counts (high bit set: sentence codes,
 /// hashes of their addresses, never have it).
-const UDPBC: u32 = 0x8000_0000;
-const TAG_BLOCK: u32 = 0x8000_0001;
-const SOURCE: u32 = 0x8000_0002;
-const BINARY_IMAGE: u32 = 0x8000_0010;
+pub const UDPBC: u32 = 0x8000_0000;
+pub const TAG_BLOCK: u32 = 0x8000_0001;
+pub const SOURCE: u32 = 0x8000_0002;
+pub const BINARY_IMAGE: u32 = 0x8000_0010;
 
 /// The binary image transfer headers of 61162-450, with their operation
 /// names: the datagrams carry images or files (radar, VDR data) in blocks.
@@ -73,7 +73,8 @@ fn checksum(s: &[u8]) -> Option<bool> {
     )
 }
 
-/// The TAG blocks (`\fields*hh\`) leading a line: (fields, checksum valid).
+/// The TAG blocks (`\fields*hh\`) of a line's tags: (fields, checksum
+/// valid).
 fn tag_blocks(line: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
     let mut rest = line;
     std::iter::from_fn(move || {
@@ -112,46 +113,77 @@ fn lines(p: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Sentences in a payload: (address, checksum valid or absent).
-fn sentences(p: &[u8]) -> impl Iterator<Item = (&[u8], bool)> {
+/// One line of a payload: the TAG blocks leading it (`\\...\\` each) and
+/// its sentence when well formed: (address, checksum valid or absent).
+struct Line<'a> {
+    tags: &'a [u8],
+    sentence: Option<(&'a [u8], bool)>,
+}
+
+/// The lines of a payload (after a 61162-450 `UdPbC` header), each split
+/// once into its TAG blocks and its sentence.
+fn parsed(p: &[u8]) -> impl Iterator<Item = Line<'_>> {
     let body = p.strip_prefix(b"UdPbC\0").unwrap_or(p);
-    lines(body).filter_map(|line| {
+    lines(body).map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // Skip TAG blocks: \...*hh\ before the sentence.
-        let mut s = line;
-        while s.first() == Some(&b'\\') {
-            let end = s[1..].iter().position(|b| *b == b'\\')?;
-            s = &s[end + 2..];
+        let (tags, rest) = split_tags(line);
+        Line {
+            tags,
+            sentence: sentence(rest),
         }
-        if !matches!(s.first(), Some(b'$' | b'!')) {
-            return None;
-        }
-        let s = &s[1..];
-        let comma = s.iter().position(|b| *b == b',')?;
-        let addr = &s[..comma];
-        let addr_ok = (addr.len() == 5
-            && addr
-                .iter()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
-            || (addr.first() == Some(&b'P')
-                && (2..=8).contains(&addr.len())
-                && addr.iter().all(u8::is_ascii_alphanumeric));
-        if !addr_ok || s.len() > 120 {
-            return None;
-        }
-        // Printable characters only, as a branch-free fold over the
-        // sentence, which the compiler turns into vector code; then the
-        // checksum.
-        let unprintable = s
-            .iter()
-            .fold(false, |bad, &b| bad | !(0x20..0x7f).contains(&b));
-        if unprintable {
-            return None;
-        }
-        // A sentence's checksum is optional.
-        let valid = checksum(s) != Some(false);
-        Some((addr, valid))
     })
+}
+
+/// The complete TAG blocks leading a line, and what follows them (an
+/// unterminated block stays in what follows, which is then no sentence).
+fn split_tags(line: &[u8]) -> (&[u8], &[u8]) {
+    let mut at = 0;
+    while line.get(at) == Some(&b'\\') {
+        match line[at + 1..].iter().position(|b| *b == b'\\') {
+            Some(end) => at += end + 2,
+            None => break,
+        }
+    }
+    line.split_at(at)
+}
+
+/// A sentence (`$` or `!`, address, fields, optional `*hh`): its address
+/// and whether its checksum is valid or absent; `None` when malformed.
+fn sentence(s: &[u8]) -> Option<(&[u8], bool)> {
+    if !matches!(s.first(), Some(b'$' | b'!')) {
+        return None;
+    }
+    let s = &s[1..];
+    let comma = s.iter().position(|b| *b == b',')?;
+    let addr = &s[..comma];
+    let addr_ok = (addr.len() == 5
+        && addr
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()))
+        || (addr.first() == Some(&b'P')
+            && (2..=8).contains(&addr.len())
+            && addr.iter().all(u8::is_ascii_alphanumeric));
+    if !addr_ok || s.len() > 120 {
+        return None;
+    }
+    // Printable characters only, as a branch-free fold over the sentence,
+    // which the compiler turns into vector code; then the checksum.
+    let unprintable = s
+        .iter()
+        .fold(false, |bad, &b| bad | !(0x20..0x7f).contains(&b));
+    if unprintable {
+        return None;
+    }
+    // A sentence's checksum is optional.
+    Some((addr, checksum(s) != Some(false)))
+}
+
+/// A sentence's operation code: a hash of its address (high bit clear, so
+/// never one of the 61162-450 codes).
+pub fn sentence_code(addr: &[u8]) -> u32 {
+    addr.iter()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(*b as u32))
+        & 0x7fff_ffff
 }
 
 /// At least one well-formed sentence and no sentence with a bad checksum,
@@ -164,7 +196,7 @@ pub fn detect(p: &[u8]) -> bool {
         return false;
     }
     let mut good = 0;
-    for (_, valid) in sentences(p) {
+    for (_, valid) in parsed(p).filter_map(|l| l.sentence) {
         if !valid {
             return false;
         }
@@ -181,45 +213,46 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
         ops.add(BINARY_IMAGE + i as u32, BINARY_IMAGES[i].1, C::Other);
         return;
     }
-    if let Some(body) = p.strip_prefix(b"UdPbC\0") {
+    let udpbc = p.starts_with(b"UdPbC\0");
+    if udpbc {
         ops.add(UDPBC, "udpbc", C::Other);
-        for line in lines(body) {
-            for (fields, valid) in tag_blocks(line) {
-                if valid {
-                    ops.add(TAG_BLOCK, "tag_block", C::Other);
-                } else {
-                    ops.error(TAG_BLOCK, "tag_block", C::Other);
-                }
-                for sfi in fields
-                    .split(|b| *b == b',')
-                    .filter_map(|f| f.strip_prefix(b"s:"))
-                {
-                    if sfi.is_empty()
-                        || sfi.len() > MAX_SFI
-                        || !sfi.iter().all(u8::is_ascii_alphanumeric)
-                    {
-                        continue;
-                    }
-                    let mut name = [0u8; 7 + MAX_SFI];
-                    name[..7].copy_from_slice(b"source:");
-                    name[7..7 + sfi.len()].copy_from_slice(sfi);
-                    if let Ok(name) = std::str::from_utf8(&name[..7 + sfi.len()]) {
-                        ops.count_named(SOURCE, name, C::Other, true);
-                    }
-                }
+    }
+    for line in parsed(p) {
+        if udpbc {
+            count_tags(line.tags, ops);
+        }
+        // Addresses are checked ASCII alphanumerics.
+        if let Some((addr, valid)) = line.sentence {
+            if let Ok(name) = std::str::from_utf8(addr) {
+                ops.count_named(sentence_code(addr), name, C::Other, valid);
             }
         }
     }
-    for (addr, valid) in sentences(p) {
-        // Addresses are checked ASCII alphanumerics.
-        let Ok(name) = std::str::from_utf8(addr) else {
-            continue;
-        };
-        let code = addr
-            .iter()
-            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(*b as u32))
-            & 0x7fff_ffff;
-        ops.count_named(code, name, C::Other, valid);
+}
+
+/// Counts a line's TAG blocks (a bad or missing checksum as an error) and
+/// the source identifiers (`s:`) they name.
+fn count_tags(tags: &[u8], ops: &mut Ops) {
+    for (fields, valid) in tag_blocks(tags) {
+        if valid {
+            ops.add(TAG_BLOCK, "tag_block", C::Other);
+        } else {
+            ops.error(TAG_BLOCK, "tag_block", C::Other);
+        }
+        for sfi in fields
+            .split(|b| *b == b',')
+            .filter_map(|f| f.strip_prefix(b"s:"))
+        {
+            if sfi.is_empty() || sfi.len() > MAX_SFI || !sfi.iter().all(u8::is_ascii_alphanumeric) {
+                continue;
+            }
+            let mut name = [0u8; 7 + MAX_SFI];
+            name[..7].copy_from_slice(b"source:");
+            name[7..7 + sfi.len()].copy_from_slice(sfi);
+            if let Ok(name) = std::str::from_utf8(&name[..7 + sfi.len()]) {
+                ops.count_named(SOURCE, name, C::Other, true);
+            }
+        }
     }
 }
 
