@@ -138,7 +138,22 @@ pub fn window_values(
     since: i64,
     until: i64,
 ) -> anyhow::Result<BTreeMap<&'static str, Lit>> {
-    let vessel = c.vessel.clone().unwrap_or_default();
+    values(
+        c.vessel.as_deref().unwrap_or_default(),
+        c.baseline_days,
+        since,
+        until,
+    )
+}
+
+/// The values every query understands: the window [since, until), the
+/// baseline of `baseline_days` before it, and the vessel (`""` for all).
+pub fn values(
+    vessel: &str,
+    baseline_days: u32,
+    since: i64,
+    until: i64,
+) -> anyhow::Result<BTreeMap<&'static str, Lit>> {
     if vessel.contains('?') {
         bail!("--vessel must not contain '?'");
     }
@@ -147,9 +162,9 @@ pub fn window_values(
     v.insert("until", Lit::Int(until));
     v.insert(
         "baseline_since",
-        Lit::Int((since - c.baseline_days as i64 * 86_400).max(0)),
+        Lit::Int((since - baseline_days as i64 * 86_400).max(0)),
     );
-    v.insert("vessel", Lit::Str(vessel));
+    v.insert("vessel", Lit::Str(vessel.to_string()));
     Ok(v)
 }
 

@@ -21,7 +21,6 @@
 
 mod html;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -154,17 +153,10 @@ pub async fn run(ch: ClickHouseArgs, cmd: ReportCmd) -> anyhow::Result<()> {
 /// JSON file holds and what the HTML is drawn from).
 pub async fn e26(ch: &ClickHouseArgs, args: &E26Args) -> anyhow::Result<Value> {
     let (since, until) = args.window.resolve()?;
-    if args.vessel.is_empty() || args.vessel.contains('?') {
-        bail!("--vessel must name a vessel (and not contain '?')");
+    if args.vessel.is_empty() {
+        bail!("--vessel must name a vessel");
     }
-    let mut values: BTreeMap<&'static str, Lit> = BTreeMap::new();
-    values.insert("since", Lit::Int(since));
-    values.insert("until", Lit::Int(until));
-    values.insert(
-        "baseline_since",
-        Lit::Int((since - args.baseline_days as i64 * 86_400).max(0)),
-    );
-    values.insert("vessel", Lit::Str(args.vessel.clone()));
+    let mut values = pack::values(&args.vessel, args.baseline_days, since, until)?;
     values.insert("silence_s", Lit::Int(args.silence_s as i64));
     values.insert("zone_hour_bytes", Lit::Int(args.zone_hour_bytes as i64));
 
@@ -250,6 +242,8 @@ fn judge_crossings(sections: &mut Map<String, Value>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
