@@ -1389,8 +1389,10 @@ impl Loaded {
 
     /// Runs the detection service's streaming rules over the fleet (its own
     /// consumer group, the fleet's rules: new devices in the OT and crew
-    /// zones) until `sql` returns something, stops it, and returns that.
-    pub fn detect_until(&self, what: &str, sql: &str) -> String {
+    /// zones) until vessel 2's zone-crossing alert for the inbound Modbus
+    /// from ashore is stored, stops it, and acknowledges that alert for the
+    /// record (by `chief-engineer`, with a note); returns the alert's id.
+    pub fn acknowledged_intrusion_alert(&self) -> String {
         let stack = &self.stack;
         let rules = stack.path().join("fleet-rules.yaml");
         std::fs::write(
@@ -1403,12 +1405,48 @@ impl Loaded {
             .arg("--rules")
             .arg(&rules);
         let mut detector = crate::Proc::spawn("fleet-detect", stack.path(), &mut cmd);
-        let found = crate::wait_until(std::time::Duration::from_secs(120), what, || {
-            let out = stack.query(sql).ok()?.trim().to_string();
-            (!out.is_empty()).then_some(out)
-        });
+        let sql = format!(
+            "SELECT id FROM tidewatch.alerts WHERE vessel = '{}' AND rule = 'zone-crossing' \
+             AND subject LIKE '{}%'",
+            self.fleet.sensors[2].vessel,
+            text(&SHORE_INTRUDER)
+        );
+        let id = crate::wait_until(
+            std::time::Duration::from_secs(120),
+            "vessel 2's zone-crossing alert",
+            || {
+                let out = stack.query(&sql).ok()?.trim().to_string();
+                (!out.is_empty()).then_some(out)
+            },
+        );
         detector.kill();
-        found
+        crate::run_ok(stack.collector().args([
+            "alerts",
+            "ack",
+            &id,
+            "--who",
+            "chief-engineer",
+            "--note",
+            "vendor maintenance window, ticket 88",
+        ]));
+        id
+    }
+
+    /// `tidewatch-collector report e26` of `vessel` over the fleet's
+    /// detection window (its last day), written into `out`, with `extra`
+    /// flags; returns what it printed.
+    pub fn report_e26(&self, vessel: &str, out: &std::path::Path, extra: &[&str]) -> String {
+        let since = self.fleet.truth.window_start_s;
+        crate::run_ok(
+            self.stack
+                .collector()
+                .args(["report", "e26", "--vessel", vessel])
+                .args(["--since", &since.to_string()])
+                .args(["--until", &(since + 86_400).to_string()])
+                .arg("--out-dir")
+                .arg(out)
+                .args(extra),
+        )
     }
 
     fn start_on(stack: crate::Stack, spec: Spec) -> Loaded {

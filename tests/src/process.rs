@@ -224,3 +224,34 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs headless Chromium on `args` (a page to screenshot or print) and
+/// waits for it, bounded: killed by its PID if it takes over 90 s.
+pub fn chromium(args: &[&str]) {
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--no-first-run", "--disable-dev-shm-usage"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium (deploy/local/stack.sh install installs it)");
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("waiting for chromium") {
+            assert!(st.success(), "chromium {args:?}: {st}");
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium {args:?} did not finish in 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

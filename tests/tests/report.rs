@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tidewatch_tests::fleet::{Loaded, Spec};
@@ -14,17 +13,7 @@ use tidewatch_tests::*;
 
 /// The report of `vessel` over the fleet's detection window.
 fn report(loaded: &Loaded, vessel: &str, out: &Path) -> Value {
-    let t = &loaded.fleet.truth;
-    let (since, until) = (t.window_start_s, t.window_start_s + 86_400);
-    let printed = run_ok(
-        loaded
-            .stack
-            .collector()
-            .args(["report", "e26", "--vessel", vessel])
-            .args(["--since", &since.to_string(), "--until", &until.to_string()])
-            .arg("--out-dir")
-            .arg(out),
-    );
+    let printed = loaded.report_e26(vessel, out, &[]);
     assert!(printed.contains("E26 report of"), "{printed}");
     let json = std::fs::read_to_string(out.join(format!("e26-{vessel}.json"))).unwrap();
     serde_json::from_str(&json).unwrap()
@@ -41,37 +30,6 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// Runs headless Chromium on `args` and waits for it (bounded; killed by
-/// its PID if it hangs).
-fn chromium(args: &[&str]) {
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
-        .args(["--no-first-run", "--disable-dev-shm-usage"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium (deploy/local/stack.sh install installs it)");
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            assert!(st.success(), "chromium {args:?}: {st}");
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(90) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium {args:?} did not finish in 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_e26_report_shows_each_planted_item_and_renders_to_png_and_pdf() {
     let loaded = Loaded::start(Spec::default());
@@ -83,23 +41,7 @@ fn the_e26_report_shows_each_planted_item_and_renders_to_png_and_pdf() {
     // The detection service raises its streaming alerts over the fleet;
     // one of vessel 2's is acknowledged, for the record.
     let v2 = vessel(2);
-    let stack = &loaded.stack;
-    let id = loaded.detect_until(
-        "vessel 2's zone-crossing alert",
-        &format!(
-            "SELECT id FROM tidewatch.alerts WHERE vessel = '{v2}' AND rule = 'zone-crossing' \
-             AND subject LIKE '203.0.113.200%'"
-        ),
-    );
-    run_ok(stack.collector().args([
-        "alerts",
-        "ack",
-        &id,
-        "--who",
-        "chief-engineer",
-        "--note",
-        "vendor maintenance window, ticket 88",
-    ]));
+    let id = loaded.acknowledged_intrusion_alert();
 
     // Vessel 2: the 61162-450 bridge network's planted faults, exactly.
     let r = report(&loaded, &v2, dir.path());
@@ -225,19 +167,7 @@ fn the_e26_report_shows_each_planted_item_and_renders_to_png_and_pdf() {
 
     // The same report queries on a modern ClickHouse (chDB) over the same
     // data give the same answers.
-    let t0 = loaded.fleet.truth.window_start_s;
-    let printed = run_ok(
-        loaded
-            .stack
-            .collector()
-            .args(["report", "e26", "--print-sql", "--vessel", &v2])
-            .args([
-                "--since",
-                &t0.to_string(),
-                "--until",
-                &(t0 + 86_400).to_string(),
-            ]),
-    );
+    let printed = loaded.report_e26(&v2, dir.path(), &["--print-sql"]);
     let mut sqls: Vec<(String, String)> = Vec::new();
     for line in printed.lines() {
         match line.strip_prefix("-- Q").and_then(|l| l.split_once(": ")) {
