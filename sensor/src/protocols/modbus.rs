@@ -123,8 +123,12 @@ pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
             at += 2 + len as usize;
         }
     }
-    if let Some(v) = product.iter().find(|v| !identity_text(v).is_empty()) {
-        id.product = identity_text(v);
+    if let Some(text) = product
+        .iter()
+        .map(|v| identity_text(v))
+        .find(|t| !t.is_empty())
+    {
+        id.product = text;
     }
     id.some()
 }

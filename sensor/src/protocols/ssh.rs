@@ -21,15 +21,17 @@ pub const PROTOCOL: Protocol = Protocol {
     identify: Some(identify),
 };
 
-/// The version line: `SSH-` protocol version `-` software, printable ASCII,
-/// at most 255 bytes with its line end (RFC 4253 §4.2).
+/// The version line without its line end: `SSH-` protocol version `-`
+/// software, printable ASCII, at most 255 bytes with its line end (RFC 4253
+/// §4.2).
 fn version_line(p: &[u8]) -> Option<&[u8]> {
     let rest = p
         .strip_prefix(b"SSH-2.0-")
         .or_else(|| p.strip_prefix(b"SSH-1.99-"))?;
     let end = rest.iter().take(255).position(|b| *b == b'\n')?;
-    let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-    (!line.is_empty() && line.iter().all(|b| (0x20..0x7f).contains(b))).then_some(line)
+    let software = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+    let printable = software.iter().all(|b| (0x20..0x7f).contains(b));
+    (!software.is_empty() && printable).then(|| &p[..p.len() - rest.len() + software.len()])
 }
 
 pub fn detect(p: &[u8]) -> bool {
@@ -61,11 +63,8 @@ pub fn observe(p: &[u8], ops: &mut Ops) {
 /// The software a side announces in its version line
 /// (`SSH-2.0-OpenSSH_9.2p1 Debian-2`), kept whole.
 pub fn identify(p: Payload<'_>) -> Option<DeviceIdentity> {
-    version_line(p.data)?;
-    let end = p.data.iter().position(|b| *b == b'\n')?;
-    let line = &p.data[..end];
     DeviceIdentity {
-        software: identity_text(line.strip_suffix(b"\r").unwrap_or(line)),
+        software: identity_text(version_line(p.data)?),
         ..DeviceIdentity::default()
     }
     .some()
