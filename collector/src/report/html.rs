@@ -154,6 +154,11 @@ fn table(out: &mut String, rows: &[Value], special: Special<'_>) {
     out.push_str("</tbody></table>\n");
 }
 
+/// A bandwidth row over the threshold (ClickHouse writes the flag as 0/1).
+fn exceeds(r: &Value) -> bool {
+    r["exceeds"] == 1 || r["exceeds"] == true
+}
+
 fn num(v: &Value) -> f64 {
     match v {
         Value::Number(n) => n.as_f64().unwrap_or(0.0),
@@ -342,7 +347,7 @@ pub fn page(report: &Value) -> String {
             q("bridge_450"),
         ),
         (
-            count("bandwidth", &|r| r["exceeds"] == 1 || r["exceeds"] == true),
+            count("bandwidth", &exceeds),
             "zone-hours over the threshold",
             q("bandwidth"),
         ),
@@ -409,11 +414,7 @@ pub fn page(report: &Value) -> String {
             }),
             "bandwidth" => {
                 bandwidth_chart(&mut out, r, since, until, threshold);
-                let over: Vec<Value> = r
-                    .iter()
-                    .filter(|x| x["exceeds"] == 1 || x["exceeds"] == true)
-                    .cloned()
-                    .collect();
+                let over: Vec<Value> = r.iter().filter(|x| exceeds(x)).cloned().collect();
                 let _ = writeln!(
                     out,
                     "<p>Threshold {} per zone and hour; {} zone-hours measured, {} over it:</p>",
