@@ -15,14 +15,21 @@
 //! already inserted is collapsed by the schema (see `schema`), so query results
 //! count every flow once.
 //!
+//! Steps 1 and 2 run in a task of their own (`collect.rs`), steps 3 and 4
+//! in the sink's main task (`store.rs`): while ClickHouse stores a chunk,
+//! the next one is consumed and decoded. Chunks are stored and committed
+//! in the order they were collected; a batch of the chunk being stored is
+//! skipped by the next chunk as one already stored would be.
+//!
 //! Here: the options and the setup (`run`: consumer, dead-letter producer,
-//! signals, metrics, lag); the loop itself is the worker (`worker.rs`).
+//! signals, metrics, lag, the two tasks).
 
+mod collect;
 pub mod dedup;
 pub mod rows;
-mod worker;
+mod store;
 
-pub use worker::MAX_DAYS_PER_INSERT;
+pub use store::MAX_DAYS_PER_INSERT;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,8 +44,9 @@ use tracing::info;
 use crate::clickhouse_args::ClickHouseArgs;
 use crate::kafka::KafkaArgs;
 use crate::metrics::SinkMetrics;
+use collect::{ChunkLimits, Collector};
 use dedup::SeenBatches;
-use worker::Sink;
+use store::Store;
 
 #[derive(Debug, clap::Args)]
 pub struct SinkArgs {
@@ -116,25 +124,41 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     let lag_task = tokio::spawn(lag_loop(Arc::downgrade(&consumer), metrics.clone()));
     info!(topic = %args.kafka.kafka_topic, group = %args.group, clickhouse = %args.clickhouse.clickhouse_url,
         database = %args.clickhouse.clickhouse_database, "sink started");
-    let mut sink = Sink {
-        args,
-        consumer,
+    let mut store = Store {
+        consumer: consumer.clone(),
         dlq,
+        ch: ch.clone(),
+        metrics: metrics.clone(),
+        stop: Stop(rx.clone()),
+        fault_exit: false,
+        args,
+    };
+    store.wait_for_schema().await;
+    let (chunk_tx, chunk_rx) = tokio::sync::mpsc::channel(1);
+    let (stored_tx, stored_rx) = tokio::sync::mpsc::unbounded_channel();
+    let collector = Collector {
+        consumer,
         ch,
         seen: SeenBatches::new(100_000),
+        storing: Default::default(),
+        stored: stored_rx,
+        spare: Vec::new(),
         verify,
+        limits: ChunkLimits::of(&store.args),
         metrics,
-        shutdown: rx,
-        fault_exit: false,
+        stop: Stop(rx),
     };
-    sink.wait_for_schema().await;
-    sink.run().await;
-    if sink.fault_exit {
+    let collecting = tokio::spawn(collector.run(chunk_tx));
+    store.run(chunk_rx, stored_tx).await;
+    // The chunk being collected is dropped, uncommitted.
+    collecting.abort();
+    let _ = collecting.await;
+    if store.fault_exit {
         // Close the consumer (leaving the group, committing nothing) so the
         // next sink gets the partitions at once, then exit as a crash would.
         lag_task.abort();
-        let consumer = Arc::downgrade(&sink.consumer);
-        drop(sink);
+        let consumer = Arc::downgrade(&store.consumer);
+        drop(store);
         while consumer.strong_count() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -144,8 +168,31 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         t.abort();
     }
-    sink.log("sink stopped");
+    store.log("sink stopped");
     Ok(())
+}
+
+/// The shutdown signal, as both halves of the sink wait on it.
+#[derive(Clone)]
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once stopping.
+    async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|v| *v).await;
+    }
+
+    /// Sleeps for `d`, or less when stopping.
+    async fn pause(&self, d: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wait() => {}
+        }
+    }
 }
 
 /// Refreshes the consumer-lag gauge every 5 s (also while an insert is

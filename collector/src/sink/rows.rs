@@ -2,9 +2,11 @@
 //! names match the `*_raw` tables of the schema (RowBinary is positional).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use tidewatch_proto::limits::{check_flow, RecordError};
-use tidewatch_proto::util::{flow_end_name, ip_text, now_us, transport_name};
+use tidewatch_proto::limits::check_flow;
+use tidewatch_proto::util::{flow_end_name, ip_text, now_us, transport_name, IpText};
 use tidewatch_proto::v1::{
     AssetObservation, Batch, FlowRecord, IngestedBatch, OperationClass, SensorStatus,
 };
@@ -70,17 +72,31 @@ impl Table for BatchRow {
     }
 }
 
+/// Text, shared by every row of a batch (its sensor and vessel): a row
+/// holds a reference, not a copy.
+pub type Shared = Arc<str>;
+
+/// Writes an address as the text the schema's String column holds.
+fn as_text<S: serde::Serializer>(ip: &IpText, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(ip.as_str())
+}
+
+/// A flow's row. Built without an allocation of its own: the sensor and
+/// vessel are shared by the batch's rows, the addresses are inline text,
+/// and the strings and lists are moved out of the decoded record.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct FlowRow {
-    pub sensor_id: String,
-    pub vessel: String,
+    pub sensor_id: Shared,
+    pub vessel: Shared,
     pub batch_seq: u64,
     pub record_idx: u32,
     pub received_at: u32,
     pub first_seen_us: i64,
     pub last_seen_us: i64,
-    pub client_ip: String,
-    pub server_ip: String,
+    #[serde(serialize_with = "as_text")]
+    pub client_ip: IpText,
+    #[serde(serialize_with = "as_text")]
+    pub server_ip: IpText,
     pub client_port: u16,
     pub server_port: u16,
     pub ip_protocol: u8,
@@ -109,11 +125,12 @@ pub struct FlowRow {
 /// batch, so a batch stored twice collapses (ReplacingMergeTree).
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct TrafficHourlyRow {
-    pub vessel: String,
-    pub sensor_id: String,
+    pub vessel: Shared,
+    pub sensor_id: Shared,
     pub batch_seq: u64,
     pub hour: u32,
-    pub server_ip: String,
+    #[serde(serialize_with = "as_text")]
+    pub server_ip: IpText,
     pub server_port: u16,
     pub transport: Cow<'static, str>,
     pub app_protocol: String,
@@ -127,50 +144,130 @@ pub struct TrafficHourlyRow {
 /// The hourly rollup of a batch's flows per destination address.
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct DestHourlyRow {
-    pub vessel: String,
-    pub sensor_id: String,
+    pub vessel: Shared,
+    pub sensor_id: Shared,
     pub batch_seq: u64,
     pub hour: u32,
-    pub server_ip: String,
+    #[serde(serialize_with = "as_text")]
+    pub server_ip: IpText,
     pub flows: u64,
     pub c2s_bytes: u64,
     pub s2c_bytes: u64,
 }
 
+/// Numbers for the distinct values of one kind (`id`, in order of first
+/// sight), and then their ranks in the values' order (`ranks`): each value
+/// is hashed once, and a run of equal values (a batch's vessel and sensor)
+/// not at all.
+struct Ranks<K> {
+    ids: HashMap<K, u32, foldhash::fast::RandomState>,
+    last: Option<(K, u32)>,
+}
+
+impl<K: Copy + Eq + Ord + std::hash::Hash> Ranks<K> {
+    fn new() -> Self {
+        Ranks {
+            ids: HashMap::default(),
+            last: None,
+        }
+    }
+
+    fn id(&mut self, k: K) -> u32 {
+        match self.last {
+            Some((last, id)) if last == k => id,
+            _ => {
+                let next = self.ids.len() as u32;
+                let id = *self.ids.entry(k).or_insert(next);
+                self.last = Some((k, id));
+                id
+            }
+        }
+    }
+
+    /// The rank of each id's value among all values seen, by id.
+    fn ranks(self) -> Vec<u32> {
+        let mut by_value: Vec<(K, u32)> = self.ids.into_iter().collect();
+        by_value.sort_unstable();
+        let mut rank = vec![0; by_value.len()];
+        for (r, (_, id)) in by_value.into_iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        rank
+    }
+}
+
 /// The hourly rollups of stored flow rows, aggregated per batch here
 /// rather than by materialized views in ClickHouse (which took half of an
-/// insert's time there); each row keyed by its batch and hour. An ordered
-/// map: its rows come out sorted by batch, hour and destination, nearly the
-/// tables' own order, which ClickHouse stores faster than rows in any order
-/// (measured: a hash map and no sort took twice the insert time, a hash
-/// map and a sort more of the sink's).
+/// insert's time there); each row keyed by its batch and hour.
+///
+/// The flows are sorted (by index) in the order of the traffic table's
+/// sorting key, which also groups each row's flows together; the
+/// destination rows are the traffic rows of one vessel, hour and address
+/// summed per batch. Both come out in their tables' order, which ClickHouse
+/// stores without sorting again (measured: rows in no order took twice the
+/// insert time).
 pub fn rollups<'a>(
     flows: impl Iterator<Item = &'a FlowRow>,
 ) -> (Vec<TrafficHourlyRow>, Vec<DestHourlyRow>) {
-    use std::collections::BTreeMap;
-    /// sensor, batch, hour, server, port, transport, protocol
-    type ServiceKey<'a> = (&'a str, u64, u32, &'a str, u16, &'a str, &'a str);
-    let mut traffic: BTreeMap<ServiceKey, TrafficHourlyRow> = BTreeMap::new();
-    let mut dest: BTreeMap<(&str, u64, u32, &str), DestHourlyRow> = BTreeMap::new();
-    for f in flows {
+    let flows: Vec<&FlowRow> = flows.collect();
+    let hour = |f: &FlowRow| {
         let secs = f.first_seen_us.div_euclid(1_000_000);
-        let hour = (secs - secs.rem_euclid(3600)).clamp(0, u32::MAX as i64) as u32;
-        let t = traffic
-            .entry((
-                &f.sensor_id,
-                f.batch_seq,
-                hour,
-                &f.server_ip,
+        (secs - secs.rem_euclid(3600)).clamp(0, u32::MAX as i64) as u32
+    };
+    // traffic_hourly_raw's sorting key, with each text replaced by its rank
+    // among the chunk's values: a sort compares integers, not strings
+    // behind pointers (which was a third of the sink's time).
+    let (mut vessels, mut addresses, mut transports, mut apps, mut sensors) = (
+        Ranks::new(),
+        Ranks::new(),
+        Ranks::new(),
+        Ranks::new(),
+        Ranks::new(),
+    );
+    type ServiceKey = (u32, u32, u32, u16, u32, u32, u32, u64);
+    let mut keyed: Vec<(ServiceKey, u32)> = flows
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let key = (
+                vessels.id(&*f.vessel),
+                hour(f),
+                addresses.id(f.server_ip),
                 f.server_port,
-                &*f.transport,
-                f.app_protocol.as_str(),
-            ))
-            .or_insert_with(|| TrafficHourlyRow {
+                transports.id(&*f.transport),
+                apps.id(f.app_protocol.as_str()),
+                sensors.id(&*f.sensor_id),
+                f.batch_seq,
+            );
+            (key, i as u32)
+        })
+        .collect();
+    let (vessels, addresses, transports, apps, sensors) = (
+        vessels.ranks(),
+        addresses.ranks(),
+        transports.ranks(),
+        apps.ranks(),
+        sensors.ranks(),
+    );
+    for (k, _) in &mut keyed {
+        k.0 = vessels[k.0 as usize];
+        k.2 = addresses[k.2 as usize];
+        k.4 = transports[k.4 as usize];
+        k.5 = apps[k.5 as usize];
+        k.6 = sensors[k.6 as usize];
+    }
+    keyed.sort_unstable();
+    let order = keyed.iter().map(|&(k, i)| (k, flows[i as usize]));
+    let mut traffic: Vec<TrafficHourlyRow> = Vec::new();
+    let mut last: Option<ServiceKey> = None;
+    for (k, f) in order {
+        if last != Some(k) {
+            traffic.push(TrafficHourlyRow {
                 vessel: f.vessel.clone(),
                 sensor_id: f.sensor_id.clone(),
                 batch_seq: f.batch_seq,
-                hour,
-                server_ip: f.server_ip.clone(),
+                hour: k.1,
+                server_ip: f.server_ip,
                 server_port: f.server_port,
                 transport: f.transport.clone(),
                 app_protocol: f.app_protocol.clone(),
@@ -180,37 +277,56 @@ pub fn rollups<'a>(
                 s2c_bytes: 0,
                 first_flow_us: i64::MAX,
             });
+            last = Some(k);
+        }
+        let t = traffic.last_mut().expect("pushed");
         t.flows += 1;
         t.packets += f.c2s_packets + f.s2c_packets;
         t.c2s_bytes += f.c2s_bytes;
         t.s2c_bytes += f.s2c_bytes;
         t.first_flow_us = t.first_flow_us.min(f.first_seen_us);
-        let d = dest
-            .entry((&f.sensor_id, f.batch_seq, hour, &f.server_ip))
-            .or_insert_with(|| DestHourlyRow {
-                vessel: f.vessel.clone(),
-                sensor_id: f.sensor_id.clone(),
-                batch_seq: f.batch_seq,
-                hour,
-                server_ip: f.server_ip.clone(),
-                flows: 0,
-                c2s_bytes: 0,
-                s2c_bytes: 0,
-            });
-        d.flows += 1;
-        d.c2s_bytes += f.c2s_bytes;
-        d.s2c_bytes += f.s2c_bytes;
     }
-    (
-        traffic.into_values().collect(),
-        dest.into_values().collect(),
-    )
+    let mut dest: Vec<DestHourlyRow> = Vec::new();
+    let mut rest = &traffic[..];
+    while let Some(first) = rest.first() {
+        // One vessel, hour and address: its services' rows, summed per batch.
+        let same = |t: &TrafficHourlyRow| {
+            (&t.vessel, t.hour, &t.server_ip) == (&first.vessel, first.hour, &first.server_ip)
+        };
+        let n = rest.iter().take_while(|t| same(t)).count();
+        let mut group: Vec<&TrafficHourlyRow> = rest[..n].iter().collect();
+        group.sort_by(|a, b| (&a.sensor_id, a.batch_seq).cmp(&(&b.sensor_id, b.batch_seq)));
+        for t in group {
+            match dest.last_mut() {
+                Some(d)
+                    if (&d.vessel, d.hour, &d.server_ip, &d.sensor_id, d.batch_seq)
+                        == (&t.vessel, t.hour, &t.server_ip, &t.sensor_id, t.batch_seq) =>
+                {
+                    d.flows += t.flows;
+                    d.c2s_bytes += t.c2s_bytes;
+                    d.s2c_bytes += t.s2c_bytes;
+                }
+                _ => dest.push(DestHourlyRow {
+                    vessel: t.vessel.clone(),
+                    sensor_id: t.sensor_id.clone(),
+                    batch_seq: t.batch_seq,
+                    hour: t.hour,
+                    server_ip: t.server_ip,
+                    flows: t.flows,
+                    c2s_bytes: t.c2s_bytes,
+                    s2c_bytes: t.s2c_bytes,
+                }),
+            }
+        }
+        rest = &rest[n..];
+    }
+    (traffic, dest)
 }
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct AssetRow {
-    pub sensor_id: String,
-    pub vessel: String,
+    pub sensor_id: Shared,
+    pub vessel: Shared,
     pub batch_seq: u64,
     pub record_idx: u32,
     pub received_at: u32,
@@ -231,8 +347,8 @@ pub struct AssetRow {
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct StatusRow {
-    pub sensor_id: String,
-    pub vessel: String,
+    pub sensor_id: Shared,
+    pub vessel: Shared,
     pub batch_seq: u64,
     pub record_idx: u32,
     pub received_at: u32,
@@ -253,8 +369,8 @@ pub struct StatusRow {
 
 #[derive(Debug, Clone, PartialEq, clickhouse::Row, serde::Serialize)]
 pub struct BatchRow {
-    pub sensor_id: String,
-    pub vessel: String,
+    pub sensor_id: Shared,
+    pub vessel: Shared,
     pub seq: u64,
     pub received_at: u32,
     pub inserted_at: u32,
@@ -284,20 +400,56 @@ impl Rows {
         self.len() == 0 && self.batches.is_empty()
     }
 
-    /// Puts every table's rows in its sorting-key order (sensor, batch,
-    /// record): ClickHouse stores a block that arrives sorted without
-    /// sorting it again. A chunk holds runs of batches in order, partition
-    /// by partition, so the (stable) sort merges a few runs.
-    pub fn sort_for_insert(&mut self) {
-        fn by_identity<T: Record>(rows: &mut [T]) {
-            rows.sort_by(|a, b| a.identity().cmp(&b.identity()));
-        }
-        by_identity(&mut self.flows);
-        by_identity(&mut self.assets);
-        by_identity(&mut self.statuses);
+    /// Every table's rows in its sorting-key order (sensor, batch,
+    /// record), by reference: ClickHouse stores a block that arrives sorted
+    /// without sorting it again. The ledger rows are sorted in place.
+    pub fn in_insert_order(&mut self) -> InsertOrder<'_> {
         self.batches
             .sort_by(|a, b| (&a.sensor_id, a.seq).cmp(&(&b.sensor_id, b.seq)));
+        InsertOrder {
+            flows: in_batch_order(&self.flows),
+            assets: in_batch_order(&self.assets),
+            statuses: in_batch_order(&self.statuses),
+            batches: self.batches.iter().collect(),
+        }
     }
+
+    /// Empties every table's rows, keeping their memory for the next chunk
+    /// (fresh memory for each chunk's rows, page by page, was a fifth of
+    /// the sink's time).
+    pub fn clear(&mut self) {
+        self.flows.clear();
+        self.assets.clear();
+        self.statuses.clear();
+        self.batches.clear();
+    }
+}
+
+/// A chunk's rows as they are inserted (see [`Rows::in_insert_order`]).
+pub struct InsertOrder<'a> {
+    pub flows: Vec<&'a FlowRow>,
+    pub assets: Vec<&'a AssetRow>,
+    pub statuses: Vec<&'a StatusRow>,
+    pub batches: Vec<&'a BatchRow>,
+}
+
+/// `rows`, made of runs of one batch's rows each in record order (as
+/// appended), in (sensor, batch, record) order: the runs are sorted, not
+/// the rows.
+fn in_batch_order<T: Record>(rows: &[T]) -> Vec<&T> {
+    fn batch<T: Record>(r: &T) -> (&str, u64) {
+        let (sensor, seq, _) = r.identity();
+        (sensor, seq)
+    }
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run) if batch(&rows[run.start]) == batch(r) => run.end = i + 1,
+            _ => runs.push(i..i + 1),
+        }
+    }
+    runs.sort_by(|a, b| batch(&rows[a.start]).cmp(&batch(&rows[b.start])));
+    runs.into_iter().flat_map(|run| &rows[run]).collect()
 }
 
 /// A row of a record (flow, asset, status): its identity, which is its
@@ -384,18 +536,41 @@ impl TimeWindow {
     }
 }
 
-fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, RecordError> {
-    check_flow(f)?;
+/// What every row of one batch shares: made once per batch.
+struct Origin {
+    sensor_id: Shared,
+    vessel: Shared,
+    batch_seq: u64,
+    received_at: u32,
+}
+
+/// A flow's row; its record was checked ([`check_flow`]), and its strings
+/// and lists move into the row.
+fn flow_row(o: &Origin, idx: usize, f: FlowRecord) -> FlowRow {
     let c2s = f.c2s.unwrap_or_default();
     let s2c = f.s2c.unwrap_or_default();
-    let ip = |b: &[u8]| ip_text(b).expect("address length checked");
+    let ip = |b: &[u8]| IpText::of(b).expect("address length checked");
     let port = |p: u32| p as u16; // checked
-    Ok(FlowRow {
-        sensor_id: env.sensor_id.clone(),
-        vessel: env.vessel.clone(),
-        batch_seq: env.seq,
+    let mut op_names = Vec::with_capacity(f.operations.len());
+    let (mut op_codes, mut op_classes, mut op_counts, mut op_errors) = (
+        Vec::with_capacity(f.operations.len()),
+        Vec::with_capacity(f.operations.len()),
+        Vec::with_capacity(f.operations.len()),
+        Vec::with_capacity(f.operations.len()),
+    );
+    for op in f.operations {
+        op_codes.push(op.code);
+        op_classes.push(class_name(op.class));
+        op_counts.push(op.count);
+        op_errors.push(op.errors);
+        op_names.push(op.name);
+    }
+    FlowRow {
+        sensor_id: o.sensor_id.clone(),
+        vessel: o.vessel.clone(),
+        batch_seq: o.batch_seq,
         record_idx: idx as u32,
-        received_at: secs(env.received_us),
+        received_at: o.received_at,
         first_seen_us: f.first_seen_us,
         last_seen_us: f.last_seen_us,
         client_ip: ip(&f.client_ip),
@@ -404,7 +579,7 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         server_port: port(f.server_port),
         ip_protocol: (f.ip_protocol & 0xff) as u8,
         transport: transport_name(f.ip_protocol),
-        app_protocol: f.app_protocol.clone(),
+        app_protocol: f.app_protocol,
         vlan: (f.vlan & 0x0fff) as u16,
         c2s_packets: c2s.packets,
         c2s_bytes: c2s.ip_bytes,
@@ -415,45 +590,45 @@ fn flow_row(env: &IngestedBatch, idx: usize, f: &FlowRecord) -> Result<FlowRow, 
         s2c_payload_bytes: s2c.payload_bytes,
         s2c_tcp_flags: (s2c.tcp_flags & 0xff) as u8,
         end_reason: flow_end_name(f.end),
-        op_codes: f.operations.iter().map(|o| o.code).collect(),
-        op_names: f.operations.iter().map(|o| o.name.clone()).collect(),
-        op_classes: f.operations.iter().map(|o| class_name(o.class)).collect(),
-        op_counts: f.operations.iter().map(|o| o.count).collect(),
-        op_errors: f.operations.iter().map(|o| o.errors).collect(),
-        indicators: f.indicators.clone(),
-    })
-}
-
-fn asset_row(env: &IngestedBatch, idx: usize, a: &AssetObservation) -> AssetRow {
-    AssetRow {
-        sensor_id: env.sensor_id.clone(),
-        vessel: env.vessel.clone(),
-        batch_seq: env.seq,
-        record_idx: idx as u32,
-        received_at: secs(env.received_us),
-        mac: tidewatch_proto::util::mac_text(&a.mac),
-        ips: a.ips.iter().filter_map(|b| ip_text(b)).collect(),
-        vendor: a.vendor.clone(),
-        first_seen_us: a.first_seen_us,
-        last_seen_us: a.last_seen_us,
-        protocols: a.protocols.clone(),
-        roles: a.roles.clone(),
-        device_vendor: a.device_vendor.clone(),
-        product: a.product.clone(),
-        firmware: a.firmware.clone(),
-        serial: a.serial.clone(),
-        identity_protocol: a.identity_protocol.clone(),
-        software: a.software.clone(),
+        op_codes,
+        op_names,
+        op_classes,
+        op_counts,
+        op_errors,
+        indicators: f.indicators,
     }
 }
 
-fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
-    StatusRow {
-        sensor_id: env.sensor_id.clone(),
-        vessel: env.vessel.clone(),
-        batch_seq: env.seq,
+fn asset_row(o: &Origin, idx: usize, a: AssetObservation) -> AssetRow {
+    AssetRow {
+        sensor_id: o.sensor_id.clone(),
+        vessel: o.vessel.clone(),
+        batch_seq: o.batch_seq,
         record_idx: idx as u32,
-        received_at: secs(env.received_us),
+        received_at: o.received_at,
+        mac: tidewatch_proto::util::mac_text(&a.mac),
+        ips: a.ips.iter().filter_map(|b| ip_text(b)).collect(),
+        vendor: a.vendor,
+        first_seen_us: a.first_seen_us,
+        last_seen_us: a.last_seen_us,
+        protocols: a.protocols,
+        roles: a.roles,
+        device_vendor: a.device_vendor,
+        product: a.product,
+        firmware: a.firmware,
+        serial: a.serial,
+        identity_protocol: a.identity_protocol,
+        software: a.software,
+    }
+}
+
+fn status_row(o: &Origin, idx: usize, s: SensorStatus) -> StatusRow {
+    StatusRow {
+        sensor_id: o.sensor_id.clone(),
+        vessel: o.vessel.clone(),
+        batch_seq: o.batch_seq,
+        record_idx: idx as u32,
+        received_at: o.received_at,
         observed_us: s.observed_us,
         capture_packets: s.capture_packets,
         capture_drops: s.capture_drops,
@@ -461,30 +636,32 @@ fn status_row(env: &IngestedBatch, idx: usize, s: &SensorStatus) -> StatusRow {
         buffer_backlog_records: s.buffer_backlog_records,
         records_dropped: s.records_dropped,
         flows_evicted: s.flows_evicted,
-        software_version: s.software_version.clone(),
+        software_version: s.software_version,
         bytes_sent_today: s.bytes_sent_today,
         daily_byte_budget: s.daily_byte_budget,
         batches_set_aside: s.batches_set_aside,
         records_set_aside: s.records_set_aside,
-        set_aside_reason: s.set_aside_reason.clone(),
+        set_aside_reason: s.set_aside_reason,
     }
 }
 
 /// The rows `row` makes of `records` (by index), appended to `out`; a
-/// record it refuses goes to `bad` as a [`BadRecord`] of `kind` with the
-/// reason. Returns how many rows were kept.
+/// record `storable` refuses goes to `bad` as a [`BadRecord`] of `kind`
+/// with the reason. Returns how many rows were kept.
 fn keep_storable<R: prost::Message, T>(
-    records: &[R],
+    records: Vec<R>,
     kind: &'static str,
     out: &mut Vec<T>,
     bad: &mut Vec<BadRecord>,
-    row: impl Fn(usize, &R) -> Result<T, String>,
+    storable: impl Fn(&R) -> Result<(), String>,
+    row: impl Fn(usize, R) -> T,
 ) -> u32 {
     let mut kept = 0;
-    for (idx, r) in records.iter().enumerate() {
-        match row(idx, r) {
-            Ok(t) => {
-                out.push(t);
+    out.reserve(records.len());
+    for (idx, r) in records.into_iter().enumerate() {
+        match storable(&r) {
+            Ok(()) => {
+                out.push(row(idx, r));
                 kept += 1;
             }
             Err(reason) => bad.push(BadRecord {
@@ -504,37 +681,52 @@ fn keep_storable<R: prost::Message, T>(
 /// `window`. Each row keeps its record's index in the batch.
 pub fn append_rows(
     env: &IngestedBatch,
-    batch: &Batch,
+    batch: Batch,
     window: TimeWindow,
     partition: i32,
     offset: i64,
     out: &mut Rows,
 ) -> Vec<BadRecord> {
     let rx = env.received_us;
+    let o = Origin {
+        sensor_id: env.sensor_id.as_str().into(),
+        vessel: env.vessel.as_str().into(),
+        batch_seq: env.seq,
+        received_at: secs(env.received_us),
+    };
     let mut bad = Vec::new();
-    let flows = keep_storable(&batch.flows, "flow", &mut out.flows, &mut bad, |i, f| {
-        window.check("first_seen", f.first_seen_us, rx)?;
-        flow_row(env, i, f).map_err(|e| e.to_string())
-    });
-    let assets = keep_storable(&batch.assets, "asset", &mut out.assets, &mut bad, |i, a| {
-        window.check("last_seen", a.last_seen_us, rx)?;
-        Ok(asset_row(env, i, a))
-    });
+    let flows = keep_storable(
+        batch.flows,
+        "flow",
+        &mut out.flows,
+        &mut bad,
+        |f| {
+            window.check("first_seen", f.first_seen_us, rx)?;
+            check_flow(f).map_err(|e| e.to_string())
+        },
+        |i, f| flow_row(&o, i, f),
+    );
+    let assets = keep_storable(
+        batch.assets,
+        "asset",
+        &mut out.assets,
+        &mut bad,
+        |a| window.check("last_seen", a.last_seen_us, rx),
+        |i, a| asset_row(&o, i, a),
+    );
     let statuses = keep_storable(
-        &batch.status,
+        batch.status,
         "status",
         &mut out.statuses,
         &mut bad,
-        |i, st| {
-            window.check("observed", st.observed_us, rx)?;
-            Ok(status_row(env, i, st))
-        },
+        |st| window.check("observed", st.observed_us, rx),
+        |i, st| status_row(&o, i, st),
     );
     out.batches.push(BatchRow {
-        sensor_id: env.sensor_id.clone(),
-        vessel: env.vessel.clone(),
+        sensor_id: o.sensor_id,
+        vessel: o.vessel,
         seq: env.seq,
-        received_at: secs(env.received_us),
+        received_at: o.received_at,
         inserted_at: secs(now_us()),
         flows,
         assets,
@@ -559,8 +751,8 @@ mod rollup_tests {
             received_at: 0,
             first_seen_us: at_s * 1_000_000,
             last_seen_us: at_s * 1_000_000,
-            client_ip: "10.0.0.1".into(),
-            server_ip: server.into(),
+            client_ip: IpText::of(&[10, 0, 0, 1]).unwrap(),
+            server_ip: IpText::of(&server.parse::<std::net::Ipv4Addr>().unwrap().octets()).unwrap(),
             client_port: 40_000,
             server_port: port,
             ip_protocol: 6,
@@ -583,6 +775,75 @@ mod rollup_tests {
             op_errors: vec![],
             indicators: vec![],
         }
+    }
+
+    #[test]
+    fn rows_are_inserted_in_batch_order_whatever_order_batches_came_in() {
+        // Two partitions' batches, interleaved as a chunk gathers them.
+        let mut rows = Rows::default();
+        for seq in [3u64, 1, 4, 2] {
+            for idx in 0..3 {
+                rows.flows.push(FlowRow {
+                    record_idx: idx,
+                    ..flow(seq, 1_767_225_600, "192.0.2.1", 443, 1)
+                });
+            }
+        }
+        let order: Vec<(u64, u32)> = rows
+            .in_insert_order()
+            .flows
+            .iter()
+            .map(|f| (f.batch_seq, f.record_idx))
+            .collect();
+        let expected: Vec<(u64, u32)> = (1..=4).flat_map(|s| (0..3).map(move |i| (s, i))).collect();
+        assert_eq!(order, expected);
+    }
+
+    #[test]
+    fn rollup_rows_come_in_their_tables_sorting_key_order() {
+        let h = 1_767_225_600;
+        let mut flows = Vec::new();
+        for (i, server) in ["192.0.2.9", "10.0.0.2", "192.0.2.10", "10.0.0.2"]
+            .iter()
+            .enumerate()
+        {
+            for seq in [2u64, 1] {
+                let mut f = flow(
+                    seq,
+                    h + 7200 - 3600 * (i as i64 % 2),
+                    server,
+                    443 - i as u16,
+                    1,
+                );
+                f.vessel = if i == 3 { "a".into() } else { "v".into() };
+                flows.push(f);
+            }
+        }
+        let (traffic, dest) = rollups(flows.iter());
+        let t: Vec<_> = traffic
+            .iter()
+            .map(|r| {
+                (
+                    r.vessel.clone(),
+                    r.hour,
+                    r.server_ip,
+                    r.server_port,
+                    r.batch_seq,
+                )
+            })
+            .collect();
+        let mut sorted = t.clone();
+        sorted.sort();
+        assert_eq!(t, sorted);
+        assert_eq!(t.len(), 8);
+        let d: Vec<_> = dest
+            .iter()
+            .map(|r| (r.vessel.clone(), r.hour, r.server_ip, r.batch_seq))
+            .collect();
+        let mut sorted = d.clone();
+        sorted.sort();
+        assert_eq!(d, sorted);
+        assert_eq!(d.len(), 8);
     }
 
     #[test]

@@ -1,75 +1,45 @@
-//! The sink's worker ([`Sink`]): one chunk at a time, consume → decode →
-//! skip what the ledger holds → insert rows → insert the ledger → commit
-//! offsets (the loop of the module docs of [`super`]).
+//! The sink's storing side ([`Store`]): one chunk at a time, dead letters →
+//! insert rows → insert the ledger → commit offsets (steps 3 and 4 of the
+//! loop in the module docs of [`super`]); the chunks come from the
+//! collector (`collect.rs`).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use prost::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use tidewatch_proto::codec;
 use tidewatch_proto::util::now_us;
-use tidewatch_proto::v1::{DeadLetter, IngestedBatch};
-use tokio::sync::watch;
+use tidewatch_proto::v1::DeadLetter;
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use super::dedup::SeenBatches;
+use super::collect::{Chunk, Stored};
 use super::rows::{
-    append_rows, rollups, AssetRow, BatchRow, DestHourlyRow, FlowRow, Rows, StatusRow, Table,
-    TimeWindow, TrafficHourlyRow,
+    rollups, AssetRow, BatchRow, DestHourlyRow, FlowRow, InsertOrder, StatusRow, Table,
+    TrafficHourlyRow,
 };
-use super::SinkArgs;
-use crate::envelope::{signature_of, VerifyKeys};
+use super::{SinkArgs, Stop};
 use crate::kafka::GroupConsumer;
 use crate::metrics::SinkMetrics;
 
-struct Chunk {
-    rows: Rows,
-    /// Bytes of the Kafka records consumed.
-    bytes: usize,
-    /// Highest offset consumed per (topic, partition).
-    offsets: HashMap<(String, i32), i64>,
-    dead: Vec<DeadLetter>,
-    batches: Vec<(String, u64)>,
-    in_chunk: HashSet<(String, u64)>,
-}
-
-impl Chunk {
-    fn new() -> Self {
-        Chunk {
-            rows: Rows::default(),
-            bytes: 0,
-            offsets: HashMap::new(),
-            dead: Vec::new(),
-            batches: Vec::new(),
-            in_chunk: HashSet::new(),
-        }
-    }
-}
-
-/// One sink process's consumer, producer (dead letters), ClickHouse client
-/// and dedup memory.
-pub(super) struct Sink {
+/// One sink process's ClickHouse client, dead-letter producer and the
+/// consumer it commits offsets through.
+pub(super) struct Store {
     pub args: SinkArgs,
     pub consumer: Arc<GroupConsumer>,
     pub dlq: FutureProducer,
     pub ch: Client,
-    pub seen: SeenBatches,
-    /// Ingest's verify keys (`None`: unsigned envelopes accepted, by choice).
-    pub verify: Option<VerifyKeys>,
     pub metrics: Arc<SinkMetrics>,
-    pub shutdown: watch::Receiver<bool>,
+    pub stop: Stop,
     /// Set when fault injection stopped the sink.
     pub fault_exit: bool,
 }
 
-impl Sink {
+impl Store {
     pub fn log(&self, what: &'static str) {
         let m = &self.metrics;
         info!(
@@ -83,22 +53,43 @@ impl Sink {
         );
     }
 
-    fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    async fn pause(&mut self, d: Duration) {
-        let mut s = self.shutdown.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = s.wait_for(|v| *v) => {}
+    /// Stores the collector's chunks in order, and tells it which batches
+    /// each committed. Returns when stopping, when a chunk could not be
+    /// stored (stopping, or fault injection), or when the collector is gone.
+    pub async fn run(
+        &mut self,
+        mut chunks: mpsc::Receiver<Chunk>,
+        stored: mpsc::UnboundedSender<Stored>,
+    ) {
+        let mut last_log = Instant::now();
+        while !self.stop.stopping() {
+            let stop = self.stop.clone();
+            let chunk = tokio::select! {
+                c = chunks.recv() => c,
+                _ = stop.wait() => None,
+            };
+            let Some(mut chunk) = chunk else {
+                break;
+            };
+            if !self.store(&mut chunk).await {
+                break; // shutting down before the chunk was stored: not committed
+            }
+            chunk.rows.clear();
+            let _ = stored.send(Stored {
+                batches: chunk.batches,
+                rows: chunk.rows,
+            });
+            if last_log.elapsed() > Duration::from_secs(30) {
+                self.log("sink progress");
+                last_log = Instant::now();
+            }
         }
     }
 
     /// Waits until ClickHouse answers and the schema exists.
     pub async fn wait_for_schema(&mut self) {
         let mut logged = false;
-        while !self.stopping() {
+        while !self.stop.stopping() {
             let r: Result<u64, _> = self
                 .ch
                 .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
@@ -120,226 +111,22 @@ impl Sink {
                 }
                 _ => {}
             }
-            self.pause(Duration::from_secs(1)).await;
-        }
-    }
-
-    pub async fn run(&mut self) {
-        let mut last_log = Instant::now();
-        while !self.stopping() {
-            let Some(chunk) = self.collect().await else {
-                break;
-            };
-            if !self.store(chunk).await {
-                break; // shutting down before the chunk was stored: not committed
-            }
-            if last_log.elapsed() > Duration::from_secs(30) {
-                self.log("sink progress");
-                last_log = Instant::now();
-            }
-        }
-    }
-
-    /// Consumes one chunk. `None` when shutting down before anything arrived.
-    async fn collect(&mut self) -> Option<Chunk> {
-        let mut chunk = Chunk::new();
-        let mut shutdown = self.shutdown.clone();
-        // First record: wait as long as it takes.
-        let first = loop {
-            tokio::select! {
-                m = self.consumer.recv() => match m {
-                    Ok(m) => break detach(&m),
-                    Err(e) => {
-                        warn!(error = %e, "Kafka consume error");
-                        self.pause(Duration::from_millis(500)).await;
-                    }
-                },
-                _ = shutdown.wait_for(|v| *v) => return None,
-            }
-        };
-        self.accept(first, &mut chunk).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.args.max_wait_ms);
-        while chunk.rows.len() < self.args.max_rows
-            && chunk.bytes < self.args.max_chunk_bytes
-            && !self.stopping()
-        {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    let d = detach(&m);
-                    self.accept(d, &mut chunk).await;
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "Kafka consume error");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        Some(chunk)
-    }
-
-    /// Decodes one record into the chunk (rows, duplicate, or dead letter).
-    async fn accept(&mut self, m: Detached, chunk: &mut Chunk) {
-        self.metrics.kafka_records.inc();
-        chunk.bytes += m.payload.as_ref().map_or(0, Vec::len);
-        let e = chunk
-            .offsets
-            .entry((m.topic.clone(), m.partition))
-            .or_insert(m.offset);
-        *e = (*e).max(m.offset);
-        let dead = |reason: String| DeadLetter {
-            topic: m.topic.clone(),
-            partition: m.partition,
-            offset: m.offset,
-            reason,
-            key: m.key.clone().unwrap_or_default(),
-            value: m.payload.clone().unwrap_or_default(),
-            failed_us: now_us(),
-            kind: "batch".into(),
-            signature: m.signature.clone().unwrap_or_default(),
-            ..DeadLetter::default()
-        };
-        let Some(payload) = m.payload.as_deref() else {
-            chunk.dead.push(dead("record has no value".into()));
-            return;
-        };
-        // Only what ingest wrote: anything else on the topic (a client
-        // that reached the broker, a record altered there) is refused
-        // before it is even decoded.
-        if let Some(keys) = &self.verify {
-            if let Err(e) = keys.verify(payload, m.signature.as_deref()) {
-                self.metrics.envelopes_refused.inc();
-                let claimed = IngestedBatch::decode(payload).ok();
-                warn!(partition = m.partition, offset = m.offset, reason = %e,
-                    claimed_sensor = claimed.as_ref().map_or("", |e| e.sensor_id.as_str()),
-                    "record refused: not signed by ingest; dead-lettered, never stored");
-                chunk.dead.push(DeadLetter {
-                    sensor_id: claimed
-                        .as_ref()
-                        .map(|e| e.sensor_id.clone())
-                        .unwrap_or_default(),
-                    seq: claimed.map_or(0, |e| e.seq),
-                    ..dead(format!("envelope refused: {e}"))
-                });
-                return;
-            }
-        }
-        let env = match IngestedBatch::decode(payload) {
-            Ok(e) if !e.sensor_id.is_empty() && e.seq > 0 => e,
-            Ok(_) => {
-                chunk
-                    .dead
-                    .push(dead("envelope lacks sensor_id or seq".into()));
-                return;
-            }
-            Err(e) => {
-                chunk.dead.push(dead(format!("not an IngestedBatch: {e}")));
-                return;
-            }
-        };
-        let limits = codec::DecodeLimits {
-            max_decoded_bytes: self.args.max_decoded_bytes,
-            max_records: self.args.max_batch_records,
-        };
-        let batch = match codec::decode(env.encoding, &env.payload, limits) {
-            Ok(b) => b,
-            Err(e) => {
-                chunk.dead.push(DeadLetter {
-                    sensor_id: env.sensor_id.clone(),
-                    seq: env.seq,
-                    ..dead(e.to_string())
-                });
-                return;
-            }
-        };
-        self.ensure_loaded(&env.sensor_id).await;
-        let key = (env.sensor_id.clone(), env.seq);
-        if self.seen.contains(&env.sensor_id, env.seq) || chunk.in_chunk.contains(&key) {
-            self.metrics.duplicates_skipped.inc();
-            debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
-            return;
-        }
-        // A record that cannot be stored is dead-lettered alone (its record
-        // as the value), the rest of the batch is stored.
-        let window = TimeWindow {
-            max_age_us: self.args.max_record_age_days as i64 * 86_400_000_000,
-            max_ahead_us: (self.args.max_clock_ahead_secs * 1_000_000) as i64,
-        };
-        for b in append_rows(&env, &batch, window, m.partition, m.offset, &mut chunk.rows) {
-            warn!(sensor = %env.sensor_id, seq = env.seq, kind = b.kind, record = b.idx, reason = %b.reason,
-                "record cannot be stored; dead-lettered, the rest of its batch is stored");
-            chunk.dead.push(DeadLetter {
-                topic: m.topic.clone(),
-                partition: m.partition,
-                offset: m.offset,
-                reason: format!(
-                    "{} record {} of sensor {} batch {}: {}",
-                    b.kind, b.idx, env.sensor_id, env.seq, b.reason
-                ),
-                key: m.key.clone().unwrap_or_default(),
-                value: b.value,
-                failed_us: now_us(),
-                kind: b.kind.into(),
-                sensor_id: env.sensor_id.clone(),
-                seq: env.seq,
-                signature: Vec::new(),
-            });
-        }
-        chunk.in_chunk.insert(key.clone());
-        chunk.batches.push(key);
-    }
-
-    /// Loads the sensor's stored seqs from the ledger, once per process.
-    async fn ensure_loaded(&mut self, sensor: &str) {
-        if self.seen.knows_sensor(sensor) {
-            return;
-        }
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let r: Result<Vec<u64>, _> = self
-                .ch
-                .query(&format!(
-                    "SELECT seq FROM {} WHERE sensor_id = ? ORDER BY seq DESC LIMIT 100000",
-                    BatchRow::TABLE
-                ))
-                .bind(sensor)
-                .fetch_all()
-                .await;
-            match r {
-                Ok(seqs) => {
-                    if backoff > Duration::from_millis(200) {
-                        info!(sensor, "ClickHouse read succeeded after retries");
-                    }
-                    debug!(sensor, n = seqs.len(), "loaded stored batch seqs");
-                    self.seen.load(sensor, seqs);
-                    return;
-                }
-                Err(e) => {
-                    warn!(sensor, error = %e, retry_in = ?backoff, "ClickHouse read of the batch ledger failed; offsets stay uncommitted");
-                    if self.stopping() {
-                        // Nothing will be committed; dedup falls back to the schema.
-                        self.seen.load(sensor, []);
-                        return;
-                    }
-                    self.pause(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
-            }
+            self.stop.pause(Duration::from_secs(1)).await;
         }
     }
 
     /// Dead letters, inserts, ledger, commit. Returns false if interrupted by
     /// shutdown before the offsets were committed.
-    async fn store(&mut self, mut chunk: Chunk) -> bool {
-        chunk.rows.sort_for_insert();
+    async fn store(&mut self, chunk: &mut Chunk) -> bool {
+        let rows = chunk.rows.in_insert_order();
         for d in &chunk.dead {
             if !self.dead_letter(d).await {
                 return false;
             }
         }
-        let n_rows = chunk.rows.len();
+        let n_rows = rows.flows.len() + rows.assets.len() + rows.statuses.len();
         let started = Instant::now();
-        let Some(refused) = self.insert_chunk_rows(&chunk.rows).await else {
+        let Some(refused) = self.insert_chunk_rows(&rows).await else {
             return false;
         };
         for d in &refused {
@@ -355,7 +142,7 @@ impl Sink {
             self.fault_exit = true;
             return false;
         }
-        if !self.insert_ledger(&chunk.rows.batches).await {
+        if !self.insert_ledger(&rows.batches).await {
             return false;
         }
         let mut tpl = TopicPartitionList::new();
@@ -372,17 +159,15 @@ impl Sink {
                 warn!(error = %e, "offset commit failed; records will be redelivered and de-duplicated")
             }
         }
-        for (sensor, seq) in &chunk.batches {
-            self.seen.insert(sensor, *seq);
-        }
         let m = &self.metrics;
         m.batches_stored.add(chunk.batches.len() as u64);
-        let r = &chunk.rows;
-        m.rows_inserted.add(FlowRow::TABLE, r.flows.len() as u64);
-        m.rows_inserted.add(AssetRow::TABLE, r.assets.len() as u64);
+        m.rows_inserted.add(FlowRow::TABLE, rows.flows.len() as u64);
         m.rows_inserted
-            .add(StatusRow::TABLE, r.statuses.len() as u64);
-        m.rows_inserted.add(BatchRow::TABLE, r.batches.len() as u64);
+            .add(AssetRow::TABLE, rows.assets.len() as u64);
+        m.rows_inserted
+            .add(StatusRow::TABLE, rows.statuses.len() as u64);
+        m.rows_inserted
+            .add(BatchRow::TABLE, rows.batches.len() as u64);
 
         debug!(
             rows = n_rows,
@@ -400,7 +185,7 @@ impl Sink {
     /// narrowed down by halving the rows until the refused ones are found,
     /// and those come back (for the dead-letter topic) while every other row
     /// is stored. `None` if told to stop first.
-    async fn insert_chunk_rows(&mut self, rows: &Rows) -> Option<Vec<DeadLetter>> {
+    async fn insert_chunk_rows(&mut self, rows: &InsertOrder<'_>) -> Option<Vec<DeadLetter>> {
         let mut refused = Vec::new();
         let bad = self.isolate(&rows.flows, &mut refused).await?;
         // The hourly rollups of the flows stored, per batch (a batch stored
@@ -410,10 +195,12 @@ impl Sink {
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| !bad.contains(i))
-                .map(|(_, f)| f),
+                .map(|(_, f)| *f),
         );
-        self.isolate(&traffic, &mut refused).await?;
-        self.isolate(&dest, &mut refused).await?;
+        self.isolate(&traffic.iter().collect::<Vec<_>>(), &mut refused)
+            .await?;
+        self.isolate(&dest.iter().collect::<Vec<_>>(), &mut refused)
+            .await?;
         let m = &self.metrics;
         m.rows_inserted
             .add(TrafficHourlyRow::TABLE, traffic.len() as u64);
@@ -429,7 +216,7 @@ impl Sink {
     /// if told to stop first.
     async fn isolate<T>(
         &mut self,
-        rows: &[T],
+        rows: &[&T],
         refused: &mut Vec<DeadLetter>,
     ) -> Option<std::collections::BTreeSet<usize>>
     where
@@ -458,7 +245,7 @@ impl Sink {
         }
         let indexes = bad.iter().map(|(i, _)| *i).collect();
         for (i, e) in bad {
-            let row = &rows[i];
+            let row = rows[i];
             self.metrics.rows_refused.inc();
             error!(table = T::TABLE, sensor = row.sensor(), seq = row.batch_seq(), error = %e,
                 "ClickHouse refused a row for good; dead-lettered, the rest is stored");
@@ -488,7 +275,7 @@ impl Sink {
     /// told to stop first; `Some(Err)` for an error retrying cannot fix.
     async fn insert_with_retry<T>(
         &mut self,
-        rows: &[T],
+        rows: &[&T],
     ) -> Option<Result<(), clickhouse::error::Error>>
     where
         T: Table + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
@@ -515,11 +302,11 @@ impl Sink {
                     attempt += 1;
                     self.metrics.insert_retries.inc();
                     warn!(table = T::TABLE, attempt, error = %e, retry_in = ?backoff, "ClickHouse insert failed; offsets stay uncommitted");
-                    if self.stopping() {
+                    if self.stop.stopping() {
                         return None;
                     }
-                    self.pause(backoff).await;
-                    if self.stopping() {
+                    self.stop.pause(backoff).await;
+                    if self.stop.stopping() {
                         return None;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -531,15 +318,15 @@ impl Sink {
     /// Inserts the ledger rows until they are in (the ledger is ours: even
     /// an error that looks permanent is retried, slowly). False if told to
     /// stop first.
-    async fn insert_ledger(&mut self, rows: &[BatchRow]) -> bool {
+    async fn insert_ledger(&mut self, rows: &[&BatchRow]) -> bool {
         loop {
             match self.insert_with_retry(rows).await {
                 None => return false,
                 Some(Ok(())) => return true,
                 Some(Err(e)) => {
                     error!(error = %e, "ClickHouse refused the ledger rows; retrying in 5 s");
-                    self.pause(Duration::from_secs(5)).await;
-                    if self.stopping() {
+                    self.stop.pause(Duration::from_secs(5)).await;
+                    if self.stop.stopping() {
                         return false;
                     }
                 }
@@ -562,10 +349,10 @@ impl Sink {
                 }
                 Err((e, _)) => {
                     warn!(error = %e, "dead-letter write failed; retrying");
-                    if self.stopping() {
+                    if self.stop.stopping() {
                         return false;
                     }
-                    self.pause(Duration::from_secs(1)).await;
+                    self.stop.pause(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -632,29 +419,6 @@ row_origin!(
     StatusRow
 );
 
-/// An owned copy of what the sink needs from a Kafka message.
-struct Detached {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-    /// The `tidewatch-signature` header (the last one, if repeated).
-    signature: Option<Vec<u8>>,
-}
-
-fn detach(m: &BorrowedMessage<'_>) -> Detached {
-    let signature = signature_of(m);
-    Detached {
-        topic: m.topic().to_string(),
-        partition: m.partition(),
-        offset: m.offset(),
-        key: m.key().map(<[u8]>::to_vec),
-        payload: m.payload().map(<[u8]>::to_vec),
-        signature,
-    }
-}
-
 /// Days of data (partitions) in one insert at most: modern servers refuse
 /// an insert block that touches more than 100 partitions
 /// (`max_partitions_per_insert_block`), which a replayed archive or a sensor
@@ -666,7 +430,7 @@ pub const MAX_DAYS_PER_INSERT: usize = 50;
 /// day, so of one batch and hour, go in the same insert: the hourly
 /// rollups (one row per batch, hour and destination, from each insert)
 /// stay whole.
-async fn insert_table<T>(ch: &Client, rows: &[T]) -> Result<(), clickhouse::error::Error>
+async fn insert_table<T>(ch: &Client, rows: &[&T]) -> Result<(), clickhouse::error::Error>
 where
     T: Table + clickhouse::Row + clickhouse::RowWrite + serde::Serialize,
     for<'b> T: clickhouse::Row<Value<'b> = T>,
@@ -686,20 +450,20 @@ where
 
 /// `rows` cut into groups of at most `max_days` distinct days each, in
 /// order of day; each row in exactly one group.
-fn by_days<T: Table>(rows: &[T], max_days: usize) -> Vec<Vec<&T>> {
-    let mut days: Vec<i64> = rows.iter().map(Table::day).collect();
+fn by_days<'a, T: Table>(rows: &[&'a T], max_days: usize) -> Vec<Vec<&'a T>> {
+    let mut days: Vec<i64> = rows.iter().map(|r| r.day()).collect();
     days.sort_unstable();
     days.dedup();
     if days.len() <= max_days {
         return if rows.is_empty() {
             Vec::new()
         } else {
-            vec![rows.iter().collect()]
+            vec![rows.to_vec()]
         };
     }
     let group_of = |d: i64| days.binary_search(&d).expect("listed") / max_days;
     let mut groups: Vec<Vec<&T>> = vec![Vec::new(); days.len().div_ceil(max_days)];
-    for r in rows {
+    for &r in rows {
         groups[group_of(r.day())].push(r);
     }
     groups
@@ -740,6 +504,7 @@ mod tests {
         assert!(by_days::<R>(&[], 50).is_empty());
         // 300 days, three rows each, out of order.
         let rows: Vec<R> = (0..900).map(|i| R((i * 7) % 300)).collect();
+        let rows: Vec<&R> = rows.iter().collect();
         let groups = by_days(&rows, 50);
         assert_eq!(groups.len(), 6);
         let mut seen = std::collections::BTreeMap::new();
