@@ -6,10 +6,12 @@
 //!    CPU-second of the ingest processes;
 //! 2. sink: started once everything is in Kafka; measured: rows/s until every
 //!    row is in ClickHouse, and rows per CPU-second of the sink processes;
-//! 3. ClickHouse alone (the ceiling of the sink): the same flow rows, read
-//!    back as RowBinary, inserted again in chunks of the sink's size into an
-//!    empty copy of `flows_raw` over HTTP, as the sink inserts them but with
-//!    nothing else to do (no rollups, no ledger, no Kafka).
+//! 3. ClickHouse alone (the ceiling of the sink): the rows the sink stored
+//!    (flows and both hourly rollups), read back as RowBinary, inserted
+//!    again in chunks of the sink's size into empty copies of their tables
+//!    over HTTP, as the sink inserts them but with nothing else to do (no
+//!    Kafka, no decoding, no ledger); reported for the flows alone and for
+//!    everything the sink writes per flow.
 //!
 //! Run it with `deploy/local/bench.sh` (release build). Options:
 //! `--batches N --flows-per-batch N --streams N --window N`, `--ingests N`
@@ -194,21 +196,47 @@ fn main() {
     drop(sinks);
     drop(ingests);
 
-    let ceiling = clickhouse_alone(&stack, total_flows);
+    let alone = clickhouse_alone(&stack, total_flows);
+    for (table, rows, secs) in &alone {
+        println!(
+            "ClickHouse alone: {table}: {rows} rows in {secs:.2} s = {:.0} rows/s",
+            *rows as f64 / secs
+        );
+    }
+    let flows_only = total_flows as f64 / alone[0].2;
+    let all: f64 = alone.iter().map(|a| a.2).sum();
+    let ceiling = total_flows as f64 / all;
     println!(
-        "ClickHouse alone: {total_flows} flow rows in chunks of {CHUNK_ROWS} = {ceiling:.0} rows/s; the sink reaches {:.0} % of it",
-        100.0 * sink_rate / ceiling
+        "ceiling: flows alone {flows_only:.0} rows/s; everything the sink writes per flow (flows and both rollups) {ceiling:.0} flows/s ({:.2} rollup rows per flow); the sink reaches {:.0} % of that ceiling ({:.0} % of flows alone)",
+        alone[1..].iter().map(|a| a.1).sum::<u64>() as f64 / total_flows as f64,
+        100.0 * sink_rate / ceiling,
+        100.0 * sink_rate / flows_only
     );
 }
 
 /// Rows per sink insert in this benchmark.
 const CHUNK_ROWS: u64 = 200_000;
 
-/// The insert ceiling: the stored flow rows read back as RowBinary, then
-/// inserted into an empty copy of `flows_raw` (of every shard on a
-/// cluster, through a Distributed copy), `CHUNK_ROWS` per insert; rows/s
-/// of the inserts alone.
-fn clickhouse_alone(stack: &Stack, total: u64) -> f64 {
+/// The tables the sink writes per flow, with their sorting keys (the order
+/// the sink inserts their rows in).
+const SINK_TABLES: [(&str, &str); 3] = [
+    ("flows_raw", "sensor_id, batch_seq, record_idx"),
+    (
+        "traffic_hourly_raw",
+        "vessel, hour, server_ip, server_port, transport, app_protocol, sensor_id, batch_seq",
+    ),
+    (
+        "dest_hourly_raw",
+        "vessel, hour, server_ip, sensor_id, batch_seq",
+    ),
+];
+
+/// The insert ceiling: the rows the sink stored in each of [`SINK_TABLES`]
+/// read back as RowBinary, then inserted into an empty copy of the table
+/// (of every shard on a cluster, through a Distributed copy) in as many
+/// inserts as the flows take at `CHUNK_ROWS` each; per table, its rows and
+/// the seconds its inserts took.
+fn clickhouse_alone(stack: &Stack, total: u64) -> Vec<(&'static str, u64, f64)> {
     let show = |n: Option<usize>, table: &str| -> String {
         let sql = format!("SHOW CREATE TABLE tidewatch.{table} FORMAT TSVRaw");
         match n {
@@ -217,46 +245,67 @@ fn clickhouse_alone(stack: &Stack, total: u64) -> f64 {
         }
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
     };
-    match &stack.cluster {
-        None => {
-            let ddl = show(None, "flows_raw").replace("tidewatch.flows_raw", "tidewatch.ceiling");
-            stack.query(&ddl).unwrap();
-        }
-        Some(c) => {
-            for n in 1..=c.http_ports.len() {
-                let ddl = show(Some(n), "flows_raw_local")
-                    .replace("tidewatch.flows_raw_local", "tidewatch.ceiling_local")
-                    .replace("tidewatch.flows_raw'", "tidewatch.ceiling'");
-                stack.node_query(n, &ddl).unwrap();
+    let inserts = total.div_ceil(CHUNK_ROWS);
+    let mut out = Vec::new();
+    for (table, key) in SINK_TABLES {
+        let copy = format!("ceiling_{table}");
+        match &stack.cluster {
+            None => {
+                let ddl = show(None, table).replace(
+                    &format!("tidewatch.{table} "),
+                    &format!("tidewatch.{copy} "),
+                );
+                stack.query(&ddl).unwrap();
             }
-            let ddl = show(Some(1), "flows_raw")
-                .replace("tidewatch.flows_raw", "tidewatch.ceiling")
-                .replace("flows_raw_local", "ceiling_local");
-            stack.node_query(1, &ddl).unwrap();
+            Some(c) => {
+                for n in 1..=c.http_ports.len() {
+                    let ddl = show(Some(n), &format!("{table}_local"))
+                        .replace(
+                            &format!("tidewatch.{table}_local "),
+                            &format!("tidewatch.{copy}_local "),
+                        )
+                        .replace(
+                            &format!("tidewatch.{table}'"),
+                            &format!("tidewatch.{copy}'"),
+                        );
+                    stack.node_query(n, &ddl).unwrap();
+                }
+                let ddl = show(Some(1), table)
+                    .replace(
+                        &format!("tidewatch.{table} "),
+                        &format!("tidewatch.{copy} "),
+                    )
+                    .replace(&format!("'{table}_local'"), &format!("'{copy}_local'"));
+                stack.node_query(1, &ddl).unwrap();
+            }
         }
-    }
-    let mut chunks = Vec::new();
-    for k in 0..total.div_ceil(CHUNK_ROWS) {
-        let sql = format!(
-            "SELECT * FROM tidewatch.flows_raw ORDER BY sensor_id, batch_seq, record_idx \
-             LIMIT {CHUNK_ROWS} OFFSET {} FORMAT RowBinary",
-            k * CHUNK_ROWS
+        let rows = stack.query_u64(&format!("SELECT count() FROM tidewatch.{table}"));
+        let per_insert = rows.div_ceil(inserts).max(1);
+        let mut chunks = Vec::new();
+        for k in 0..rows.div_ceil(per_insert) {
+            let sql = format!(
+                "SELECT * FROM tidewatch.{table} ORDER BY {key} \
+                 LIMIT {per_insert} OFFSET {} FORMAT RowBinary",
+                k * per_insert
+            );
+            chunks.push(http::http_post_bytes(stack.ch_http_port, "/", sql.as_bytes()).unwrap());
+        }
+        let path = format!(
+            "/?query=INSERT%20INTO%20tidewatch.{copy}%20FORMAT%20RowBinary&insert_distributed_sync=1"
         );
-        chunks.push(http::http_post_bytes(stack.ch_http_port, "/", sql.as_bytes()).unwrap());
+        let t0 = Instant::now();
+        for c in &chunks {
+            http::http_post_bytes(stack.ch_http_port, &path, c).unwrap();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!(
+            stack.query_u64(&format!("SELECT count() FROM tidewatch.{copy}")),
+            rows,
+            "the copy of {table} lost rows"
+        );
+        out.push((table, rows, secs));
     }
-    let path =
-        "/?query=INSERT%20INTO%20tidewatch.ceiling%20FORMAT%20RowBinary&insert_distributed_sync=1";
-    let t0 = Instant::now();
-    for c in &chunks {
-        http::http_post_bytes(stack.ch_http_port, path, c).unwrap();
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    assert_eq!(
-        stack.query_u64("SELECT count() FROM tidewatch.ceiling"),
-        total,
-        "the copy lost rows"
-    );
-    total as f64 / secs
+    out
 }
 
 /// Streams `reqs` keeping at most `window` unacked; returns batches acked.
