@@ -86,15 +86,13 @@ impl ChunkLimits {
 
 /// The consumer and the dedup memory.
 ///
-/// A batch is skipped when the ledger holds it (`seen`), when the chunk
-/// being stored holds it (`storing`: handed to the store, not yet
-/// committed), or when this chunk does.
+/// A batch is skipped when the ledger or the chunk being stored holds it
+/// (`seen`), or when this chunk does.
 pub(super) struct Collector {
     pub consumer: Arc<GroupConsumer>,
     /// For loading a sensor's stored batches from the ledger.
     pub ch: Client,
     pub seen: SeenBatches,
-    pub storing: HashSet<(String, u64)>,
     /// What the store committed, chunk by chunk.
     pub stored: mpsc::UnboundedReceiver<Stored>,
     /// Emptied rows of stored chunks, whose memory the next chunks reuse.
@@ -118,19 +116,16 @@ impl Collector {
             let Some(chunk) = self.collect().await else {
                 return;
             };
-            self.storing.extend(chunk.batches.iter().cloned());
+            self.seen.storing(&chunk.batches);
             slot.send(chunk);
         }
     }
 
-    /// Moves the batches of chunks the store committed from `storing` to
-    /// `seen`.
+    /// Takes in what the store committed: its batches as stored, its rows'
+    /// memory for the next chunks.
     fn confirm_stored(&mut self) {
         while let Ok(Stored { batches, rows }) = self.stored.try_recv() {
-            for (sensor, seq) in batches {
-                self.storing.remove(&(sensor.clone(), seq));
-                self.seen.insert(&sensor, seq);
-            }
+            self.seen.stored(batches);
             self.spare.push(rows);
         }
     }
@@ -246,10 +241,7 @@ impl Collector {
         self.ensure_loaded(&env.sensor_id).await;
         self.confirm_stored();
         let key = (env.sensor_id.clone(), env.seq);
-        if self.seen.contains(&env.sensor_id, env.seq)
-            || self.storing.contains(&key)
-            || chunk.in_chunk.contains(&key)
-        {
+        if self.seen.contains(&env.sensor_id, env.seq) || chunk.in_chunk.contains(&key) {
             self.metrics.duplicates_skipped.inc();
             debug!(sensor = %env.sensor_id, seq = env.seq, "duplicate batch skipped");
             return;

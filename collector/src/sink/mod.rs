@@ -140,7 +140,6 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         consumer,
         ch,
         seen: SeenBatches::new(100_000),
-        storing: Default::default(),
         stored: stored_rx,
         spare: Vec::new(),
         verify,
