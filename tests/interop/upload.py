@@ -13,9 +13,11 @@ Modes:
 Prints one JSON object to stdout; exits 0 if the exchange completed.
 """
 import argparse
+import atexit
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -28,6 +30,8 @@ PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
 
 def load_stubs():
     out = tempfile.mkdtemp(prefix="tidewatch-pystubs-")
+    # The stubs are imported once, at start: the directory goes at exit.
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     files = [f"tidewatch/v1/{n}.proto" for n in ("records", "uplink", "kafka")]
     include = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     rc = protoc.main(["protoc", f"-I{PROTO_ROOT}", f"-I{include}",
