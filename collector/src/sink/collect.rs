@@ -131,7 +131,7 @@ impl Collector {
     }
 
     /// Consumes one chunk. `None` when shutting down before anything arrived.
-    pub(super) async fn collect(&mut self) -> Option<Chunk> {
+    async fn collect(&mut self) -> Option<Chunk> {
         self.confirm_stored();
         let mut chunk = Chunk::new(self.spare.pop().unwrap_or_default());
         // First record: wait as long as it takes.

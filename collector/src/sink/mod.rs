@@ -149,9 +149,14 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     };
     let collecting = tokio::spawn(collector.run(chunk_tx));
     store.run(chunk_rx, stored_tx).await;
-    // The chunk being collected is dropped, uncommitted.
+    // The chunk being collected is dropped, uncommitted. A consumer task
+    // that failed ended the store's loop: the sink fails with it.
     collecting.abort();
-    let _ = collecting.await;
+    if let Err(e) = collecting.await {
+        if e.is_panic() {
+            anyhow::bail!("the sink's consuming task failed: {e}");
+        }
+    }
     if store.fault_exit {
         // Close the consumer (leaving the group, committing nothing) so the
         // next sink gets the partitions at once, then exit as a crash would.

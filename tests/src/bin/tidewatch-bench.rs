@@ -161,9 +161,14 @@ fn main() {
     });
     // The end: the ledger row of every batch, which the sink writes after
     // its flows and rollups.
-    wait_until(Duration::from_secs(1800), "sink to store every batch", || {
-        (stack.query_u64("SELECT count() FROM tidewatch.batches") >= batches as u64).then_some(())
-    });
+    wait_until(
+        Duration::from_secs(1800),
+        "sink to store every batch",
+        || {
+            (stack.query_u64("SELECT count() FROM tidewatch.batches") >= batches as u64)
+                .then_some(())
+        },
+    );
     let sink_s = first.0.elapsed().as_secs_f64();
     let rows = total_flows - first.1;
     let sink_cpu = sink_cpu() - cpu0;
@@ -302,7 +307,8 @@ fn clickhouse_alone(stack: &Stack, total: u64) -> Vec<(&'static str, u64, f64)> 
         let secs = t0.elapsed().as_secs_f64();
         // Compared as the views see them: a copy's merges may already have
         // collapsed rows that two sinks stored twice during a rebalance.
-        let distinct = |t: &str| stack.query_u64(&format!("SELECT count() FROM tidewatch.{t} FINAL"));
+        let distinct =
+            |t: &str| stack.query_u64(&format!("SELECT count() FROM tidewatch.{t} FINAL"));
         assert_eq!(
             distinct(&copy),
             distinct(table),
