@@ -33,7 +33,9 @@ pub mod totals;
 
 pub use http::{http_get, http_post, metric};
 pub use pki::{Pki, SensorCert};
-pub use process::{bin, chromium, free_port, number_arg, pcaps, root, run_ok, wait_until, Proc};
+pub use process::{
+    bin, chromium, free_port, number_arg, pcaps, root, run_ok, status_kib, wait_until, Proc,
+};
 pub use sensor::{
     batches_acked, deliver_buffered, paced_capture, read_flows, read_flows_with, SensorRun,
     PACED_RUN,

@@ -66,6 +66,17 @@ pub fn free_port() -> u16 {
     panic!("no free port below {low}");
 }
 
+/// A field of `/proc/PID/status` in KiB (`VmRSS:`, `VmHWM:`, ...; 0 if
+/// unreadable): the benchmarks' memory figures.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The number after `--name` on the command line, or `default` (for the
 /// benchmark binaries).
 pub fn number_arg(name: &str, default: u64) -> u64 {

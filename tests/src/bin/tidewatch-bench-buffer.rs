@@ -19,6 +19,7 @@ use tidewatch_proto::codec::Layout;
 use tidewatch_proto::v1::{Batch, UploadRequest};
 use tidewatch_sensor::batch::{PreparedBatch, Priority};
 use tidewatch_sensor::buffer::{BufferConfig, ClassedBuffer, Fsync, WhenFull};
+use tidewatch_tests::status_kib;
 use tidewatch_tests::synth::bench_flow;
 
 const FLOWS: u64 = 2000;
@@ -31,12 +32,7 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    status_kib(std::process::id(), "VmRSS:") as f64 / 1024.0
 }
 
 fn config(dir: &std::path::Path, max: u64, fsync: Fsync) -> BufferConfig {

@@ -26,15 +26,6 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 /// A line of /proc/PID/status, in KiB.
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn main() {
     let streams = arg("--streams", 10_000);
     let certs = arg("--certs", 200).min(streams);
@@ -77,7 +68,7 @@ fn main() {
         ],
     );
     let pid = ingest.pid();
-    let idle_kib = proc_kib(pid, "VmRSS:");
+    let idle_kib = status_kib(pid, "VmRSS:");
 
     // Pre-encode one batch per (stream, batch) (not part of the measurement).
     let payload = |seq: u64, base: u64| -> UploadRequest {
@@ -126,7 +117,7 @@ fn main() {
         }
         assert_eq!(senders.len(), streams, "not every stream opened");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let open_kib = proc_kib(pid, "VmRSS:");
+        let open_kib = status_kib(pid, "VmRSS:");
 
         // 2. Every stream uploads its batches and waits for the acks.
         let t0 = Instant::now();
@@ -155,7 +146,7 @@ fn main() {
             acked += t.await.unwrap();
         }
         let upload_s = t0.elapsed().as_secs_f64();
-        let peak_kib = proc_kib(pid, "VmHWM:");
+        let peak_kib = status_kib(pid, "VmHWM:");
         drop(channels);
         (open_kib, acked, upload_s, peak_kib)
     });

@@ -197,6 +197,15 @@ fn main() {
         100.0 * ins_s / wall,
         batches as f64 / m("tidewatch_sink_offset_commits_total").max(1.0)
     );
+    println!(
+        "sink peak RSS: {:.0} MiB (two chunks of up to {CHUNK_ROWS} rows in memory)",
+        sinks
+            .iter()
+            .map(|p| status_kib(p.pid(), "VmHWM:"))
+            .max()
+            .unwrap_or(0) as f64
+            / 1024.0
+    );
     let dedup = stack.query_u64("SELECT count() FROM tidewatch.flows");
     assert_eq!(dedup, total_flows, "exactly-once view disagrees");
     println!("check: tidewatch.flows holds {dedup} flows (= sent)");
