@@ -383,15 +383,14 @@ impl SinkMetrics {
     }
 }
 
-/// Serves `registry` on `addr` when given; logs where.
 /// Serves `registry` on `addr` (if given), healthy until `stop` is set.
 pub async fn start_until(
     addr: Option<SocketAddr>,
     registry: Arc<Registry>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: Stop,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let health: Health = Arc::new(move || {
-        if *stop.borrow() {
+        if stop.stopping() {
             Err("shutting down".into())
         } else {
             Ok(())
@@ -401,7 +400,7 @@ pub async fn start_until(
 }
 
 /// A flag set on SIGTERM or SIGINT (logged with `then`, what happens next).
-pub fn stop_on_signal(then: &'static str) -> tokio::sync::watch::Receiver<bool> {
+pub fn stop_on_signal(then: &'static str) -> Stop {
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -412,7 +411,30 @@ pub fn stop_on_signal(then: &'static str) -> tokio::sync::watch::Receiver<bool> 
         }
         let _ = tx.send(true);
     });
-    rx
+    Stop(rx)
+}
+
+/// The stop flag of [`stop_on_signal`], as the services' loops wait on it.
+#[derive(Clone)]
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    pub fn stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Returns once stopping.
+    pub async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|v| *v).await;
+    }
+
+    /// Sleeps for `d`, or less when stopping.
+    pub async fn pause(&self, d: std::time::Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = self.wait() => {}
+        }
+    }
 }
 
 pub async fn start(

@@ -138,7 +138,7 @@ pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
         std::fs::read(p).with_context(|| format!("cannot read {what} {}", p.display()))
     };
     let pki = Pki::new(&args.dir);
-    let mut stop = crate::metrics::stop_on_signal("signer stopping");
+    let stop = crate::metrics::stop_on_signal("signer stopping");
     // A fresh volume: wait (running, so that an operator can exec into the
     // pod) until the CA is created there.
     if !pki.ca_cert_path().exists() {
@@ -146,7 +146,7 @@ pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
         while !pki.ca_cert_path().exists() {
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
-                _ = stop.wait_for(|v| *v) => return Ok(()),
+                _ = stop.wait() => return Ok(()),
             }
         }
     }
@@ -186,7 +186,7 @@ pub async fn run(args: SignerArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {
-                let _ = stop.wait_for(|v| *v).await;
+                stop.wait().await;
             },
         )
         .await

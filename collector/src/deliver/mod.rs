@@ -163,11 +163,10 @@ pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
         crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
             .await?;
     info!(destination = %args.name, to = %target, already_delivered = done.len(), "delivery started");
-    let mut wait_stop = stop.clone();
     'records: loop {
         let m = tokio::select! {
             m = consumer.recv() => m,
-            _ = wait_stop.wait_for(|v| *v) => break,
+            _ = stop.wait() => break,
         };
         let m = match m {
             Ok(m) => m,
@@ -201,7 +200,7 @@ pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
                                 "alert not delivered; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(backoff) => {}
-                                _ = wait_stop.wait_for(|v| *v) => break 'records,
+                                _ = stop.wait() => break 'records,
                             }
                             backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
@@ -224,7 +223,7 @@ pub async fn run(args: DeliverArgs) -> anyhow::Result<()> {
                         Ok(()) => break,
                         Err(e) => {
                             warn!(error = %e, "cannot record a delivery; retrying");
-                            if *stop.borrow() {
+                            if stop.stopping() {
                                 // Not recorded: the alert may be sent once more.
                                 break 'records;
                             }

@@ -355,7 +355,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
     };
     info!(group = %args.group, topic = %args.kafka.kafka_topic, alerts_topic = %args.alerts_topic,
         scheduled = rules.scheduled.len(), "detector started");
-    'rounds: while !*stop.borrow() {
+    'rounds: while !stop.stopping() {
         let mut raised = Raised::new(args.bucket_secs as i64);
         if loaded_at.is_none_or(|t| t.elapsed() >= refresh) {
             match tokio::try_join!(Known::load(&ch), scheduled::hunted(&ch)) {
@@ -454,11 +454,10 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut records = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(args.max_wait_ms);
-        let mut stop_wait = stop.clone();
         while records < args.max_records {
             let m = tokio::select! {
                 m = tokio::time::timeout_at(deadline, consumer.recv()) => m,
-                _ = stop_wait.wait_for(|v| *v) => break,
+                _ = stop.wait() => break,
             };
             let m = match m {
                 Ok(Ok(m)) => m,
@@ -504,7 +503,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
         let mut backoff = Duration::from_millis(200);
         while let Err(e) = crate::alerts::store(&ch, &alerts).await {
             warn!(error = %e, alerts = alerts.len(), "cannot store alerts; retrying");
-            if *stop.borrow() {
+            if stop.stopping() {
                 break 'rounds;
             }
             tokio::time::sleep(backoff).await;
@@ -523,7 +522,7 @@ pub async fn run(args: DetectArgs) -> anyhow::Result<()> {
                     Ok(_) => break,
                     Err((e, _)) => {
                         warn!(error = %e, "cannot publish an alert; retrying");
-                        if *stop.borrow() {
+                        if stop.stopping() {
                             break 'rounds;
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -19,10 +19,11 @@ use tracing::{debug, info, warn};
 
 use super::dedup::SeenBatches;
 use super::rows::{append_rows, BatchRow, Rows, Table, TimeWindow};
-use super::{SinkArgs, Stop};
+use super::SinkArgs;
 use crate::envelope::{signature_of, VerifyKeys};
 use crate::kafka::GroupConsumer;
 use crate::metrics::SinkMetrics;
+use crate::metrics::Stop;
 
 /// Records consumed together and stored together: their rows, dead
 /// letters, batches and offsets.

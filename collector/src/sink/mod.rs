@@ -129,7 +129,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         dlq,
         ch: ch.clone(),
         metrics: metrics.clone(),
-        stop: Stop(rx.clone()),
+        stop: rx.clone(),
         fault_exit: false,
         args,
     };
@@ -145,7 +145,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         verify,
         limits: ChunkLimits::of(&store.args),
         metrics,
-        stop: Stop(rx),
+        stop: rx,
     };
     let collecting = tokio::spawn(collector.run(chunk_tx));
     store.run(chunk_rx, stored_tx).await;
@@ -174,29 +174,6 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     }
     store.log("sink stopped");
     Ok(())
-}
-
-/// The shutdown signal, as both halves of the sink wait on it.
-#[derive(Clone)]
-struct Stop(tokio::sync::watch::Receiver<bool>);
-
-impl Stop {
-    fn stopping(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// Returns once stopping.
-    async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|v| *v).await;
-    }
-
-    /// Sleeps for `d`, or less when stopping.
-    async fn pause(&self, d: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = self.wait() => {}
-        }
-    }
 }
 
 /// Refreshes the consumer-lag gauge every 5 s (also while an insert is

@@ -22,9 +22,10 @@ use super::rows::{
     rollups, AssetRow, BatchRow, DestHourlyRow, FlowRow, InsertOrder, StatusRow, Table,
     TrafficHourlyRow,
 };
-use super::{SinkArgs, Stop};
+use super::SinkArgs;
 use crate::kafka::GroupConsumer;
 use crate::metrics::SinkMetrics;
+use crate::metrics::Stop;
 
 /// One sink process's ClickHouse client, dead-letter producer and the
 /// consumer it commits offsets through.
