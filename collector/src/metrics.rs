@@ -59,6 +59,7 @@ pub struct IngestMetrics {
     pub refused: Arc<CounterVec>,
     pub kafka_produce: Arc<Histogram>,
     pub streams_open: Arc<Gauge>,
+    pub link_table_bytes: Arc<Gauge>,
     pub connections: Arc<Counter>,
     pub connections_open: Arc<Gauge>,
     pub handshakes: Arc<Gauge>,
@@ -134,6 +135,10 @@ impl IngestMetrics {
             streams_open: r.gauge(
                 "tidewatch_ingest_upload_streams",
                 "Upload streams currently open.",
+            ),
+            link_table_bytes: r.gauge(
+                "tidewatch_ingest_link_table_bytes",
+                "Bytes of entries held in the link tables of open upload streams (at most --link-table-bytes each).",
             ),
             connections: r.counter(
                 "tidewatch_ingest_connections_accepted",

@@ -15,6 +15,7 @@ use prost::Message;
 
 use crate::columns::{self, ColumnsError};
 use crate::limits::{check_shape, ShapeError};
+use crate::link::{Kept, LinkEncoder, LinkTable};
 use crate::v1::{Batch, Encoding, UploadRequest};
 
 /// How much a decoded payload may hold.
@@ -43,6 +44,8 @@ pub enum CodecError {
     Shape(#[from] ShapeError),
     #[error("columnar payload is not valid: {0}")]
     Columns(ColumnsError),
+    #[error("a linked payload refers to its upload stream's link table, which only ingest holds")]
+    NeedsLinkTable,
 }
 
 impl From<ColumnsError> for CodecError {
@@ -65,7 +68,7 @@ impl CodecError {
             CodecError::Protobuf(_) | CodecError::Shape(ShapeError::Malformed(_)) => "bad_protobuf",
             CodecError::Shape(ShapeError::TooManyRecords { .. }) => "too_many_records",
             CodecError::Shape(_) => "oversized_field",
-            CodecError::Columns(_) => "bad_columns",
+            CodecError::Columns(_) | CodecError::NeedsLinkTable => "bad_columns",
         }
     }
 
@@ -79,12 +82,15 @@ impl CodecError {
     }
 }
 
-/// Every payload encoding a reader takes, by its metrics label.
-pub const ENCODINGS: [(Encoding, &str); 4] = [
+/// Every payload encoding, by its metrics label. Every reader takes the
+/// first four; the linked one is on the link only, read by ingest with the
+/// upload stream's link table ([`decode_linked`]).
+pub const ENCODINGS: [(Encoding, &str); 5] = [
     (Encoding::Protobuf, "protobuf"),
     (Encoding::ProtobufZstd, "protobuf_zstd"),
     (Encoding::Columns, "columns"),
     (Encoding::ColumnsZstd, "columns_zstd"),
+    (Encoding::ColumnsLinkedZstd, "columns_linked_zstd"),
 ];
 
 /// The metrics label of an encoding (`unknown` for one no reader takes).
@@ -140,6 +146,54 @@ pub fn encode(batch: &Batch, layout: Layout, zstd_level: Option<i32>) -> UploadR
     }
 }
 
+/// `request` (a sealed batch) as the link carries it on a stream with a
+/// link table: a compressed columnar batch linked to `link`, with the
+/// entries it marked to keep. `None` for any other encoding, or if the
+/// sealed payload does not decode: then it goes as it is.
+pub fn encode_linked(
+    request: &UploadRequest,
+    zstd_level: i32,
+    link: &mut LinkEncoder,
+) -> Option<(UploadRequest, Kept)> {
+    // Compressed columns only (`--no-compress` sends batches as sealed).
+    if request.encoding != Encoding::ColumnsZstd as i32 {
+        return None;
+    }
+    // The sensor's own batch: far looser limits than any collector's.
+    let own = DecodeLimits {
+        max_decoded_bytes: 64 << 20,
+        max_records: usize::MAX,
+    };
+    let batch = decode(request.encoding, &request.payload, own).ok()?;
+    let (payload, kept) = columns::encode_linked(&batch, zstd_level, link);
+    let linked = UploadRequest {
+        seq: request.seq,
+        encoding: Encoding::ColumnsLinkedZstd as i32,
+        payload,
+    };
+    Some((linked, kept))
+}
+
+/// Decodes a payload of `encoding` within `limits`, a linked one with its
+/// stream's `link` table; with the entries a linked batch marked to keep
+/// (none for the others).
+pub fn decode_linked(
+    encoding: i32,
+    payload: &[u8],
+    limits: DecodeLimits,
+    link: &LinkTable,
+) -> Result<(Batch, Kept), CodecError> {
+    if encoding != Encoding::ColumnsLinkedZstd as i32 {
+        return decode(encoding, payload, limits).map(|b| (b, Kept::default()));
+    }
+    Ok(columns::decode_linked(
+        payload,
+        limits.max_records,
+        limits.max_decoded_bytes,
+        link,
+    )?)
+}
+
 /// Decodes a payload of `encoding` within `limits` (see the module docs).
 pub fn decode(encoding: i32, payload: &[u8], limits: DecodeLimits) -> Result<Batch, CodecError> {
     let encoding = Encoding::try_from(encoding)
@@ -148,6 +202,7 @@ pub fn decode(encoding: i32, payload: &[u8], limits: DecodeLimits) -> Result<Bat
         .ok_or(CodecError::UnknownEncoding(encoding))?;
     let raw;
     let wire = match encoding {
+        Encoding::ColumnsLinkedZstd => return Err(CodecError::NeedsLinkTable),
         Encoding::Columns | Encoding::ColumnsZstd => {
             return Ok(columns::decode(
                 payload,
@@ -263,7 +318,9 @@ mod tests {
         let z = Encoding::ProtobufZstd as i32;
         let err = decode(z, b"not zstd", limits(10, 100)).unwrap_err();
         assert_eq!(err.reason(), "bad_compression");
-        for unknown in [0, 5, 99] {
+        let err = decode(Encoding::ColumnsLinkedZstd as i32, b"", limits(10, 1)).unwrap_err();
+        assert!(matches!(err, CodecError::NeedsLinkTable), "{err}");
+        for unknown in [0, 6, 99] {
             assert_eq!(
                 decode(unknown, b"", limits(10, 1)).unwrap_err().reason(),
                 "bad_encoding"

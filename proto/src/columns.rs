@@ -43,6 +43,11 @@
 //! batches gain from a model per stream, small ones lose more to the
 //! frames' own bytes than they gain.
 //!
+//! Linked (`ENCODING_COLUMNS_LINKED_ZSTD`, on the link only): a new table
+//! entry's length value is either `length << 2 | keep << 1` (spelled, and
+//! marked to keep or not) or `index << 1 | 1`, a reference to entry `index`
+//! of the upload stream's link table ([`crate::link`]).
+//!
 //! Decoding checks everything against [`crate::limits`] before it
 //! allocates in proportion to a count: decompressed streams total at most
 //! the caller's byte limit, a column cannot claim more flows, operations or
@@ -58,6 +63,7 @@ use crate::limits::{
     check_shape, ShapeError, MAX_ADDRESS_LEN, MAX_INDICATORS, MAX_INDICATOR_LEN, MAX_NAME_LEN,
     MAX_OPERATIONS,
 };
+use crate::link::{Kept, LinkEncoder, LinkTable};
 use crate::v1::{Batch, DirectionCounters, FlowRecord, Operation};
 
 /// Format version, the payload's first byte.
@@ -219,6 +225,9 @@ impl<K: std::hash::Hash + Eq> Table<K> {
 
 struct Encoder<'a> {
     c: Streams,
+    /// The stream's link table, when linked; and the entries kept.
+    link: Option<&'a mut LinkEncoder>,
+    kept: Kept,
     strings: Table<&'a str>,
     addresses: Table<&'a [u8]>,
     shapes: Table<(u32, u32, i32, u64, u64)>,
@@ -229,8 +238,7 @@ impl<'a> Encoder<'a> {
         let (i, new) = self.strings.intern(s);
         self.c.put(c, i);
         if new {
-            self.c
-                .put_bytes(Col::StringLen, Col::StringBytes, s.as_bytes());
+            self.entry(Col::StringLen, Col::StringBytes, s.as_bytes());
         }
     }
 
@@ -238,7 +246,28 @@ impl<'a> Encoder<'a> {
         let (i, new) = self.addresses.intern(a);
         self.c.put(c, i);
         if new {
-            self.c.put_bytes(Col::AddressLen, Col::AddressBytes, a);
+            self.entry(Col::AddressLen, Col::AddressBytes, a);
+        }
+    }
+
+    /// A new table entry: spelled (length in `len`, bytes in `bytes`), or,
+    /// when linked, a reference to the link table or spelled with its
+    /// keep mark.
+    fn entry(&mut self, len: Col, bytes: Col, b: &[u8]) {
+        let Some(link) = self.link.as_deref_mut() else {
+            self.c.put_bytes(len, bytes, b);
+            return;
+        };
+        if let Some(i) = link.find(b) {
+            self.c.put(len, u64::from(i) << 1 | 1);
+            return;
+        }
+        let keep = link.keep(b);
+        self.c
+            .put(len, (b.len() as u64) << 2 | u64::from(keep) << 1);
+        self.c.s[BASE[bytes as usize]].extend_from_slice(b);
+        if keep {
+            self.kept.push(b);
         }
     }
 
@@ -263,7 +292,7 @@ impl<'a> Encoder<'a> {
             c.put(Col::Shapes, app);
         }
         if app_new {
-            c.put_bytes(Col::StringLen, Col::StringBytes, f.app_protocol.as_bytes());
+            self.entry(Col::StringLen, Col::StringBytes, f.app_protocol.as_bytes());
         }
         self.address(Col::ClientAddr, &f.client_ip);
         self.address(Col::ServerAddr, &f.server_ip);
@@ -297,10 +326,27 @@ impl<'a> Encoder<'a> {
 /// `batch` in the columnar format; each stream zstd-compressed at
 /// `zstd_level` when given and where that makes it smaller.
 pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Vec<u8> {
+    encode_with(batch, zstd_level, None).0
+}
+
+/// `batch` linked to a stream's table (see [`crate::link`]), compressed at
+/// `zstd_level`; with the entries it marked to keep, for
+/// [`LinkEncoder::accepted`] once ingest accepts it.
+pub fn encode_linked(batch: &Batch, zstd_level: i32, link: &mut LinkEncoder) -> (Vec<u8>, Kept) {
+    encode_with(batch, Some(zstd_level), Some(link))
+}
+
+fn encode_with(
+    batch: &Batch,
+    zstd_level: Option<i32>,
+    link: Option<&mut LinkEncoder>,
+) -> (Vec<u8>, Kept) {
     let mut e = Encoder {
         c: Streams {
             s: vec![Vec::new(); STREAMS],
         },
+        link,
+        kept: Kept::default(),
         strings: Table::new(),
         addresses: Table::new(),
         shapes: Table::new(),
@@ -348,7 +394,7 @@ pub fn encode(batch: &Batch, zstd_level: Option<i32>) -> Vec<u8> {
     out.push(packing as u8);
     put_varint(&mut out, batch.flows.len() as u64);
     out.extend_from_slice(&body);
-    out
+    (out, e.kept)
 }
 
 /// How the streams follow the header.
@@ -407,6 +453,9 @@ struct Decoder<'a> {
     /// table entry is copied into every record that refers to it).
     budget: usize,
     max_bytes: usize,
+    /// The stream's link table, when linked; and the entries kept.
+    link: Option<&'a LinkTable>,
+    kept: Kept,
 }
 
 impl<'a> Decoder<'a> {
@@ -439,7 +488,27 @@ impl<'a> Decoder<'a> {
         field: &'static str,
         max: usize,
     ) -> Result<&'a [u8], ColumnsError> {
-        let n = self.varint(len)?;
+        let mut n = self.varint(len)?;
+        let mut keep = false;
+        if let Some(link) = self.link {
+            if n & 1 == 1 {
+                let e = usize::try_from(n >> 1)
+                    .ok()
+                    .and_then(|i| link.get(i))
+                    .ok_or(ColumnsError::Malformed("link table index out of range"))?;
+                if e.len() > max {
+                    return Err(ShapeError::TooLong {
+                        field,
+                        len: e.len(),
+                        max,
+                    }
+                    .into());
+                }
+                return Ok(e);
+            }
+            keep = n & 2 != 0;
+            n >>= 2;
+        }
         if n > max as u64 {
             return Err(ShapeError::TooLong {
                 field,
@@ -448,7 +517,11 @@ impl<'a> Decoder<'a> {
             }
             .into());
         }
-        self.s[BASE[bytes as usize]].take(n as usize)
+        let e = self.s[BASE[bytes as usize]].take(n as usize)?;
+        if keep {
+            self.kept.push(e);
+        }
+        Ok(e)
     }
 
     fn spend(&mut self, n: usize) -> Result<(), ColumnsError> {
@@ -644,6 +717,28 @@ pub fn decode(
     max_records: usize,
     max_bytes: usize,
 ) -> Result<Batch, ColumnsError> {
+    decode_with(raw, compressed, max_records, max_bytes, None).map(|(b, _)| b)
+}
+
+/// Decodes a linked payload (compressed) with its stream's table, as
+/// [`decode`] does; with the entries it marked to keep, for
+/// [`LinkTable::append`] once the batch is accepted.
+pub fn decode_linked(
+    raw: &[u8],
+    max_records: usize,
+    max_bytes: usize,
+    link: &LinkTable,
+) -> Result<(Batch, Kept), ColumnsError> {
+    decode_with(raw, true, max_records, max_bytes, Some(link))
+}
+
+fn decode_with(
+    raw: &[u8],
+    compressed: bool,
+    max_records: usize,
+    max_bytes: usize,
+    link: Option<&LinkTable>,
+) -> Result<(Batch, Kept), ColumnsError> {
     let mut r = Reader { b: raw };
     let version = r.byte()?;
     if version != VERSION {
@@ -722,6 +817,8 @@ pub fn decode(
         shapes: Vec::new(),
         budget: max_bytes,
         max_bytes,
+        link,
+        kept: Kept::default(),
     };
     batch.flows.reserve_exact(flows);
     let mut prev_first = 0;
@@ -731,7 +828,7 @@ pub fn decode(
     if d.s.iter().any(|c| !c.b.is_empty()) {
         return Err(ColumnsError::Malformed("bytes left in a column"));
     }
-    Ok(batch)
+    Ok((batch, d.kept))
 }
 
 /// A LEB128 varint whose `i`-th byte `byte(i)` gives.
@@ -824,6 +921,105 @@ mod tests {
     }
 
     const BIG: usize = 1 << 24;
+
+    #[test]
+    fn linked_batches_decode_to_exactly_the_batch_and_shrink_once_entries_are_kept() {
+        let mut sensor = LinkEncoder::new(1 << 20);
+        let mut ingest = LinkTable::new(1 << 20);
+        let plain = encode(&batch(60), Some(3)).len();
+        let mut sizes = Vec::new();
+        for round in 0..4 {
+            let b = batch(60);
+            let (wire, kept) = encode_linked(&b, 3, &mut sensor);
+            let (back, read_kept) = decode_linked(&wire, BIG, BIG, &ingest).unwrap();
+            assert_eq!(back, b, "round {round}");
+            assert_eq!(read_kept, kept);
+            // Accepted: both ends append.
+            ingest.append(&read_kept);
+            sensor.accepted(&kept);
+            assert_eq!(ingest.len(), sensor.table().len());
+            sizes.push(wire.len());
+        }
+        // Spelled, spelled and kept, then referred to.
+        assert!(sizes[0] <= plain + 8, "{sizes:?} vs {plain}");
+        assert!(sizes[2] < sizes[0], "{sizes:?}");
+        assert!(!ingest.is_empty());
+        // A batch refused (not appended) changes nothing: the next one
+        // still decodes against the same table.
+        let (wire, _) = encode_linked(&batch(3), 3, &mut sensor);
+        assert_eq!(decode_linked(&wire, BIG, BIG, &ingest).unwrap().0, batch(3));
+        // Without the table, or against a shorter one, a reference is refused.
+        let err = decode_linked(&wire, BIG, BIG, &LinkTable::new(1 << 20)).unwrap_err();
+        assert_eq!(
+            err,
+            ColumnsError::Malformed("link table index out of range")
+        );
+        assert!(decode(&wire, true, BIG, BIG).is_err());
+    }
+
+    #[test]
+    fn a_link_reference_is_checked_like_a_spelled_entry() {
+        // Entry 0: an address-like entry that is not UTF-8; entry 1: a
+        // string longer than an application protocol may be.
+        let mut t = LinkTable::new(1 << 20);
+        let mut k = Kept::default();
+        k.push(&[0xff, 0xfe]);
+        k.push("x".repeat(MAX_NAME_LEN + 1).as_bytes());
+        t.append(&k);
+        let one = |len: u64| {
+            payload(
+                1,
+                &[
+                    (Col::FirstSeen, vec![0]),
+                    (Col::Duration, vec![0]),
+                    (Col::Shape, vec![0]),
+                    (Col::Shapes, vec![6, 0, 0, 0, 0]),
+                    (Col::StringLen, vec![len as u8]),
+                    (Col::ClientAddr, vec![0]),
+                    (Col::ServerAddr, vec![0]),
+                    (Col::AddressLen, vec![1]), // entry 0 of the link table
+                    (Col::ClientPort, vec![1]),
+                    (Col::ServerPort, vec![2]),
+                    (Col::OpCount, vec![0]),
+                    (Col::IndicatorCount, vec![0]),
+                ],
+            )
+        };
+        let err = |len| decode_linked(&one(len), BIG, BIG, &t).unwrap_err();
+        // References (index << 1 | 1) to entries 0, 1 and 2.
+        assert_eq!(err(1), ColumnsError::Malformed("string not UTF-8"));
+        assert!(matches!(
+            err(3),
+            ColumnsError::Shape(ShapeError::TooLong { .. })
+        ));
+        assert_eq!(
+            err(5),
+            ColumnsError::Malformed("link table index out of range")
+        );
+        // Spelled with a keep mark: "tcp" (3 << 2 | 2), kept for the table.
+        let spelled = payload(
+            1,
+            &[
+                (Col::FirstSeen, vec![0]),
+                (Col::Duration, vec![0]),
+                (Col::Shape, vec![0]),
+                (Col::Shapes, vec![6, 0, 0, 0, 0]),
+                (Col::StringLen, vec![3 << 2 | 2]),
+                (Col::StringBytes, b"tcp".to_vec()),
+                (Col::ClientAddr, vec![0]),
+                (Col::ServerAddr, vec![0]),
+                (Col::AddressLen, vec![1]),
+                (Col::ClientPort, vec![1]),
+                (Col::ServerPort, vec![2]),
+                (Col::OpCount, vec![0]),
+                (Col::IndicatorCount, vec![0]),
+            ],
+        );
+        let (b, kept) = decode_linked(&spelled, BIG, BIG, &t).unwrap();
+        assert_eq!(b.flows[0].app_protocol, "tcp");
+        assert_eq!(b.flows[0].client_ip, [0xff, 0xfe]);
+        assert_eq!(kept.iter().collect::<Vec<_>>(), [b"tcp"]);
+    }
 
     #[test]
     fn decodes_to_exactly_the_batch_encoded() {

@@ -12,6 +12,7 @@ pub mod v1 {
 pub mod codec;
 pub mod columns;
 pub mod limits;
+pub mod link;
 pub mod metrics;
 pub mod state_file;
 pub mod util;

@@ -195,6 +195,9 @@ pub struct BatchConfig {
     pub layout: codec::Layout,
 }
 
+/// zstd level of sealed batches, and of batches linked as they are sent.
+pub const ZSTD_LEVEL: i32 = 3;
+
 /// Default of [`BatchConfig::max_bytes`] (and of `--batch-max-bytes`).
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 512 * 1024;
 
@@ -204,7 +207,7 @@ impl Default for BatchConfig {
             max_flows: 2000,
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             compress: true,
-            zstd_level: 3,
+            zstd_level: ZSTD_LEVEL,
             layout: codec::Layout::default(),
         }
     }

@@ -166,10 +166,11 @@ impl DailyBudget {
         self.reserved += bytes;
     }
 
-    /// A reserved batch went on the link.
-    pub fn commit(&mut self, bytes: u64) {
-        self.reserved = self.reserved.saturating_sub(bytes);
-        self.charge(bytes);
+    /// A batch that reserved `reserved` bytes went on the link as `sent`
+    /// bytes (fewer when linked to the stream's table).
+    pub fn commit(&mut self, reserved: u64, sent: u64) {
+        self.reserved = self.reserved.saturating_sub(reserved);
+        self.charge(sent);
     }
 
     /// Accounts `bytes` as sent (resends, or anything not reserved).
@@ -237,7 +238,7 @@ mod tests {
         assert!(b.allows(Priority::Bulk, 800));
         b.reserve(700);
         assert!(!b.allows(Priority::Control, 301), "reserved bytes count");
-        b.commit(700);
+        b.commit(700, 700);
         assert_eq!(b.used(), 700);
         assert!(!b.allows(Priority::Bulk, 101), "bulk may use 80% only");
         assert!(b.allows(Priority::Bulk, 100));
@@ -246,6 +247,20 @@ mod tests {
         b.charge(300);
         assert!(!b.allows(Priority::Control, 1));
         assert_eq!(b.used(), 1000);
+    }
+
+    #[test]
+    fn a_batch_sent_smaller_than_it_reserved_releases_the_rest() {
+        // Linked to its stream's table, a batch goes out smaller than
+        // sealed: the whole reservation is released, the bytes sent used.
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = DailyBudget::open(dir.path(), cfg(1000, Duration::from_secs(86_400))).unwrap();
+        b.reserve(900);
+        assert!(!b.allows(Priority::Control, 101));
+        b.commit(900, 400);
+        assert_eq!(b.used(), 400);
+        assert!(b.allows(Priority::Control, 600));
+        assert!(!b.allows(Priority::Control, 601));
     }
 
     #[test]

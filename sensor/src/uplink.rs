@@ -17,6 +17,14 @@
 //! a batch above it is refused here once it is the oldest unacked, without
 //! being sent.
 //!
+//! On a stream whose collector offers a link table (response header
+//! `tidewatch-link-table-bytes`, see [`tidewatch_proto::link`]), each
+//! columnar batch is re-encoded as it is sent: names and addresses that
+//! earlier accepted batches of the stream kept are referred to, not spelled
+//! again. The disk buffer keeps the self-contained batch, so a resend on a
+//! new stream (an empty table) is encoded afresh. The budget and the rate
+//! limit are charged for the bytes actually sent.
+//!
 //! Certificate renewal rides on the same connection: once the sensor's
 //! certificate enters its renewal window, the uplink asks for a new one
 //! (`Renew`, a fresh key's CSR; charged to the budget as control traffic),
@@ -33,6 +41,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
+use tidewatch_proto::codec;
+use tidewatch_proto::link::{self, Kept, LinkEncoder};
 use tidewatch_proto::metrics::{Counter, Gauge};
 use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{AckStatus, RenewRequest, RenewResponse, UploadAck, UploadRequest};
@@ -42,7 +52,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Code;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{PreparedBatch, Priority};
+use crate::batch::{PreparedBatch, Priority, ZSTD_LEVEL};
 use crate::budget::DailyBudget;
 use crate::identity::{self, RenewalKey};
 use crate::ratelimit::TokenBucket;
@@ -293,28 +303,41 @@ impl Uplink {
         let window = self.cfg.window.max(1);
         let (tx, rx) = mpsc::channel::<UploadRequest>(window);
         let mut sent = 0usize;
+        // What each batch in flight marked to keep in the link table.
+        let mut kept: VecDeque<Kept> = VecDeque::new();
         self.refuse_oversized_head(unacked);
-        // Queue the resends before opening the stream.
+        // Queue the resends before opening the stream (self-contained: the
+        // stream's link table is not known yet).
         while sent < unacked.len()
             && sent < window
             && self.fits(&unacked[sent])
-            && self.budget_allows(&unacked[sent])
+            && self.budget_allows(&unacked[sent], unacked[sent].request.payload.len())
         {
             if unacked[sent].sent {
                 self.counters.resent.inc();
             }
-            self.account_send(&mut unacked[sent]);
-            let _ = tx.try_send(unacked[sent].request.clone());
+            let request = unacked[sent].request.clone();
+            self.account_send(&mut unacked[sent], request.payload.len());
+            let _ = tx.try_send(request);
+            kept.push_back(Kept::default());
             sent += 1;
         }
         let client = UplinkClient::new(channel);
         let mut renewal: Option<(RenewalKey, RenewCall)> = None;
         let mut renewed = false;
-        let mut acks = match client.clone().upload(ReceiverStream::new(rx)).await {
-            Ok(r) => r.into_inner(),
+        let (mut acks, mut link) = match client.clone().upload(ReceiverStream::new(rx)).await {
+            Ok(r) => {
+                let link = r
+                    .metadata()
+                    .get(link::HEADER)
+                    .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                    .filter(|&bytes| bytes > 0)
+                    .map(LinkEncoder::new);
+                (r.into_inner(), link)
+            }
             Err(status) => return StreamEnd::Retry(format!("open stream: {status}")),
         };
-        info!(endpoint = %self.cfg.endpoint, resending = sent, "upload stream open");
+        info!(endpoint = %self.cfg.endpoint, resending = sent, link_table = link.is_some(), "upload stream open");
         // False once the collector stops reading (it drains on shutdown):
         // send nothing more, but read its acks and its final status first,
         // so that nothing it acked is sent again.
@@ -324,26 +347,30 @@ impl Uplink {
                 self.refuse_oversized_head(unacked);
             }
             // A batch over the learned limit waits until it is the oldest.
-            while request_open
-                && sent < unacked.len()
-                && sent < window
-                && self.fits(&unacked[sent])
-                && self.budget_allows(&unacked[sent])
+            while request_open && sent < unacked.len() && sent < window && self.fits(&unacked[sent])
             {
+                // As the link carries it: linked to the stream's table
+                // where there is one.
+                let (request, keep) = link
+                    .as_mut()
+                    .and_then(|l| codec::encode_linked(&unacked[sent].request, ZSTD_LEVEL, l))
+                    .unwrap_or_else(|| (unacked[sent].request.clone(), Kept::default()));
+                let bytes = request.payload.len();
+                if !self.budget_allows(&unacked[sent], bytes) {
+                    break;
+                }
                 if let Some(b) = self.bucket.as_mut() {
-                    let wait = b.reserve(
-                        unacked[sent].request.payload.len(),
-                        std::time::Instant::now(),
-                    );
+                    let wait = b.reserve(bytes, std::time::Instant::now());
                     if !wait.is_zero() {
                         tokio::time::sleep(wait).await;
                     }
                 }
-                self.account_send(&mut unacked[sent]);
-                if tx.send(unacked[sent].request.clone()).await.is_err() {
+                self.account_send(&mut unacked[sent], bytes);
+                if tx.send(request).await.is_err() {
                     request_open = false;
                     break;
                 }
+                kept.push_back(keep);
                 sent += 1;
             }
             if *source_done && unacked.is_empty() {
@@ -360,7 +387,11 @@ impl Uplink {
                 renewal = self.start_renewal(&client);
             }
             let renew_check = self.until_renewal_check();
-            if sent == 0 && unacked.front().is_some_and(|b| !self.budget_allows(b)) {
+            if sent == 0
+                && unacked
+                    .front()
+                    .is_some_and(|b| !self.budget_allows(b, b.request.payload.len()))
+            {
                 return StreamEnd::Retry("daily byte budget reached; resends wait".into());
             }
             let can_take = request_open && !*source_done && unacked.len() < window;
@@ -372,8 +403,15 @@ impl Uplink {
                 },
                 m = acks.message() => match m {
                     Ok(Some(ack)) => {
-                        if let Err(why) = self.on_ack(ack, unacked, &mut sent) {
-                            return StreamEnd::Retry(why);
+                        match self.on_ack(ack, unacked, &mut sent) {
+                            Ok(accepted) => {
+                                // Both ends append what an accepted batch kept.
+                                let k = kept.pop_front().unwrap_or_default();
+                                if let (true, Some(l)) = (accepted, link.as_mut()) {
+                                    l.accepted(&k);
+                                }
+                            }
+                            Err(why) => return StreamEnd::Retry(why),
                         }
                         *backoff = self.cfg.backoff_initial;
                     }
@@ -519,12 +557,12 @@ impl Uplink {
     /// Whether `b` may go on the link now: a first send was reserved when
     /// it was handed over; a resend costs again, so it must fit in what is
     /// left today (the budget is a hard cap).
-    fn budget_allows(&self, b: &PreparedBatch) -> bool {
+    fn budget_allows(&self, b: &PreparedBatch, bytes: usize) -> bool {
         match &self.budget {
             Some(budget) if b.sent => budget
                 .lock()
                 .expect("budget lock")
-                .allows(b.class, b.request.payload.len() as u64),
+                .allows(b.class, bytes as u64),
             _ => true,
         }
     }
@@ -536,7 +574,7 @@ impl Uplink {
             return;
         };
         let mut logged = false;
-        while !self.budget_allows(head) {
+        while !self.budget_allows(head, head.request.payload.len()) {
             let wait = self
                 .budget
                 .as_ref()
@@ -601,28 +639,31 @@ impl Uplink {
         }
     }
 
-    /// Counts a batch going on the link and charges the budget: a first
-    /// send turns its reservation into use, a resend costs again.
-    fn account_send(&self, b: &mut PreparedBatch) {
-        let bytes = b.request.payload.len() as u64;
+    /// Counts a batch going on the link as `bytes` (linked, or as sealed)
+    /// and charges the budget: a first send turns its reservation (of the
+    /// sealed size) into use, a resend costs again.
+    fn account_send(&self, b: &mut PreparedBatch, bytes: usize) {
+        let bytes = bytes as u64;
         self.counters.bytes_sent.add(bytes);
         if let Some(budget) = &self.budget {
             let mut budget = budget.lock().expect("budget lock");
             if b.sent {
                 budget.charge(bytes);
             } else {
-                budget.commit(bytes);
+                budget.commit(b.request.payload.len() as u64, bytes);
             }
         }
         b.sent = true;
     }
 
+    /// The oldest batch in flight is answered: whether it was accepted,
+    /// or why the stream must be dropped.
     fn on_ack(
         &mut self,
         ack: UploadAck,
         unacked: &mut VecDeque<PreparedBatch>,
         sent: &mut usize,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let Some(front) = unacked.front() else {
             return Err(format!("ack for seq {} with nothing in flight", ack.seq));
         };
@@ -646,7 +687,7 @@ impl Uplink {
                 self.counters.batches_acked.inc();
                 self.counters.flows_acked.add(b.flows as u64);
                 debug!(seq = b.seq, flows = b.flows, "batch acked");
-                Ok(())
+                Ok(true)
             }
             _ if ack.retryable => Err(format!(
                 "collector could not take seq {} now ({}): {}",
@@ -658,7 +699,7 @@ impl Uplink {
                 let b = unacked.pop_front().expect("front checked");
                 *sent -= 1;
                 self.refused(b, status, ack.detail);
-                Ok(())
+                Ok(false)
             }
         }
     }

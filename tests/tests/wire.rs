@@ -1,7 +1,8 @@
 //! The batch layouts on the wire, end to end: a sensor sealing protobuf
-//! batches (the original layout, as sensors not yet upgraded do) and one
-//! sealing columns deliver the same captures through ingest, Kafka and the
-//! sink, and ClickHouse holds the same rows for both, row by row.
+//! batches (the original layout, as sensors not yet upgraded do), one
+//! sealing columns, and one whose columns are linked to its upload stream's
+//! table deliver the same captures through ingest, Kafka and the sink, and
+//! ClickHouse holds the same rows for all of them, row by row.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,9 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use tidewatch_proto::codec::Layout;
-use tidewatch_proto::v1::{AckStatus, UploadRequest};
+use tidewatch_proto::codec::{self, Layout};
+use tidewatch_proto::link::LinkEncoder;
+use tidewatch_proto::v1::{AckStatus, Encoding, UploadRequest};
 use tidewatch_sensor::assets::{AssetTable, Oui};
 use tidewatch_sensor::batch::{BatchConfig, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
@@ -161,9 +163,24 @@ fn assert_same_rows(stack: &Stack, old: &str, new: &str, flows: u64) {
     );
 }
 
+/// Batches ingest acked in `encoding` (its metrics label).
+fn acked(mport: u16, encoding: &str) -> f64 {
+    metric(
+        mport,
+        &format!("tidewatch_ingest_batches_acked_by_encoding_total{{encoding=\"{encoding}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
 #[test]
-fn protobuf_and_columnar_batches_store_the_same_rows_and_an_old_format_sensor_still_delivers() {
-    let shore = Shore::start();
+fn protobuf_columnar_and_linked_batches_store_the_same_rows_and_an_old_format_sensor_still_delivers(
+) {
+    let mport = free_port();
+    let listen = format!("127.0.0.1:{mport}");
+    let shore = Shore::builder()
+        .ingest(&["--metrics-listen", &listen])
+        .sink(&[])
+        .start();
     let (stack, pki, port) = (&shore.stack, &shore.pki, shore.port);
     let realistic = generated(stack.path(), 60_000);
 
@@ -198,9 +215,53 @@ fn protobuf_and_columnar_batches_store_the_same_rows_and_an_old_format_sensor_st
     assert_same_rows(stack, "corpus-protobuf", "corpus-columns", flows);
     println!("corpus and generated capture: {flows} flows, the same rows both ways");
 
-    // The sensor binary, old layout and new, on the generated capture.
+    // A linked batch referring to entries its stream never kept is
+    // refused for what it is, and the stream goes on.
+    let cert = pki.sensor("linked-forger", "mv-layouts");
+    let mut forger = LinkEncoder::new(1 << 20);
+    let (mut reqs, _) = sealed(
+        &captures[..3],
+        Layout::Columns,
+        &stack.path().join("forger"),
+    );
+    reqs.sort_by_key(|r| std::cmp::Reverse(r.payload.len()));
+    let first = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap();
+    forger.accepted(&first.1); // as if an ack had come: it did not
+    let again = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap();
+    forger.accepted(&again.1);
+    assert!(!forger.table().is_empty());
+    let forged = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap().0;
+    assert_eq!(forged.encoding, Encoding::ColumnsLinkedZstd as i32);
+    let client = Some(grpc::ClientCert {
+        cert: &cert.cert,
+        key: &cert.key,
+    });
+    let acks = grpc::upload(port, &cert.ca, client, vec![forged, reqs[1].clone()]).unwrap();
+    assert_eq!(acks[0].status, AckStatus::Malformed as i32, "{:?}", acks[0]);
+    assert!(
+        acks[0].detail.contains("link table index"),
+        "{}",
+        acks[0].detail
+    );
+    assert_eq!(acks[1].status, AckStatus::Accepted as i32, "{:?}", acks[1]);
+
+    // The sensor binary on the generated capture: the old layout; columns
+    // linked to the stream's table (this ingest offers one); columns
+    // self-contained, to an ingest that offers none.
+    let plain_port = free_port();
+    let plain_mport = free_port();
+    let plain_listen = format!("127.0.0.1:{plain_mport}");
+    let _plain_ingest = stack.ingest(
+        pki,
+        plain_port,
+        &["--link-table-bytes", "0", "--metrics-listen", &plain_listen],
+    );
     let expected = read_flows(&realistic).len() as u64;
-    for (id, layout) in [("run-protobuf", "protobuf"), ("run-columns", "columns")] {
+    for (id, layout, port) in [
+        ("run-protobuf", "protobuf", port),
+        ("run-linked", "columns", port),
+        ("run-columns", "columns", plain_port),
+    ] {
         let cert = pki.sensor(id, "mv-layouts");
         let mut s = SensorRun::new(&cert, port, &realistic, &stack.path().join(id))
             .args(&["--batch-layout", layout, "--batch-flows", "500"])
@@ -209,7 +270,26 @@ fn protobuf_and_columnar_batches_store_the_same_rows_and_an_old_format_sensor_st
         assert!(st.success(), "{id} failed:\n{}", s.log_text());
         assert!(s.log_text().contains("upload complete"));
     }
+    let linked = acked(mport, "columns_linked_zstd");
+    assert!(linked >= 10.0, "linked batches acked: {linked}");
+    assert_eq!(acked(plain_mport, "columns_linked_zstd"), 0.0);
+    assert!(acked(plain_mport, "columns_zstd") >= 10.0);
+    // The linked sensor sent fewer bytes for the same flows.
+    let sent = |id: &str| {
+        let text = std::fs::read_to_string(stack.path().join(format!("{id}.log"))).unwrap();
+        text.lines().rev().find_map(|l| {
+            let v = l.split("bytes_sent=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let (linked_bytes, plain_bytes) = (sent("run-linked").unwrap(), sent("run-columns").unwrap());
+    println!("generated capture: {expected} flows; bytes sent linked {linked_bytes}, self-contained {plain_bytes}");
+    assert!(linked_bytes < plain_bytes);
     assert_same_rows(stack, "run-protobuf", "run-columns", expected);
+    assert_same_rows(stack, "run-protobuf", "run-linked", expected);
 }
 
 /// Bulk batches (sealed) of `sensor` in ClickHouse.

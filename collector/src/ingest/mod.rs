@@ -122,6 +122,13 @@ pub struct IngestArgs {
     /// its connections); one beyond it is refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 8)]
     pub max_streams_per_sensor: usize,
+    /// Bytes of strings and addresses ingest keeps per upload stream so
+    /// that later batches of the stream refer to them instead of spelling
+    /// them again (the link table; fewer bytes on the sensors' links). The
+    /// memory it takes is at most this per open stream; 0 turns it off
+    /// (sensors then send self-contained batches).
+    #[arg(long, default_value_t = tidewatch_proto::link::DEFAULT_BYTES, value_name = "BYTES")]
+    pub link_table_bytes: usize,
     /// HTTP/2 streams per connection (any RPC, health checks included).
     #[arg(long, default_value_t = 16)]
     pub max_streams_per_connection: u32,
@@ -253,6 +260,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         max_records: args.max_batch_records,
         max_decoded_bytes: args.max_decoded_bytes,
         max_streams_per_sensor: args.max_streams_per_sensor,
+        link_table_bytes: args.link_table_bytes,
         kafka_timeout: Duration::from_millis(args.kafka_timeout_ms),
         ..Limits::default()
     };

@@ -14,11 +14,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use tidewatch_proto::codec;
 use tidewatch_proto::limits::check_flow;
+use tidewatch_proto::link::{self, Kept, LinkTable};
 use tidewatch_proto::util::now_us;
 use tidewatch_proto::v1::signer_client::SignerClient;
 use tidewatch_proto::v1::uplink_server::Uplink;
 use tidewatch_proto::v1::{
-    AckStatus, IngestedBatch, RenewRequest, RenewResponse, SignRenewalRequest, UploadAck,
+    AckStatus, Encoding, IngestedBatch, RenewRequest, RenewResponse, SignRenewalRequest, UploadAck,
     UploadRequest,
 };
 use tokio::sync::{mpsc, oneshot, watch};
@@ -49,6 +50,8 @@ pub struct Limits {
     pub max_streams_per_sensor: usize,
     /// How long a batch may wait for room in the Kafka producer's queue.
     pub kafka_timeout: std::time::Duration,
+    /// Capacity of each upload stream's link table (0: none).
+    pub link_table_bytes: usize,
 }
 
 impl Default for Limits {
@@ -61,12 +64,18 @@ impl Default for Limits {
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_streams_per_sensor: 8,
             kafka_timeout: std::time::Duration::from_secs(30),
+            link_table_bytes: link::DEFAULT_BYTES,
         }
     }
 }
 
 /// What a valid batch holds.
 struct Checked {
+    /// A linked batch self-contained again (what Kafka gets): its
+    /// encoding and payload.
+    resealed: Option<(i32, Vec<u8>)>,
+    /// The entries a linked batch marked to keep.
+    kept: Kept,
     records: u32,
     flows: u64,
     /// Flows that cannot be stored (see `limits::check_flow`).
@@ -163,6 +172,10 @@ impl IngestService {
 
 /// Sensors whose highest seq a node remembers (a fleet is far smaller).
 const MAX_TRACKED_SENSORS: usize = 100_000;
+
+/// zstd level of a linked batch made self-contained again for Kafka (the
+/// sensors' default).
+const RESEAL_ZSTD_LEVEL: i32 = 3;
 /// A seq this far below the highest seen from its sensor is a regression:
 /// sensors seed seqs from their clock (in microseconds) at every start, so
 /// only a clock set back (or a reinstalled box with a wrong clock) goes
@@ -190,7 +203,12 @@ impl Inner {
     }
 
     /// Checks one request; returns what it holds on success.
-    fn validate(&self, req: &UploadRequest, id: &SensorIdentity) -> Result<Checked, Refusal> {
+    fn validate(
+        &self,
+        req: &UploadRequest,
+        id: &SensorIdentity,
+        link: Option<&StreamLink>,
+    ) -> Result<Checked, Refusal> {
         if req.payload.len() > self.limits.max_batch_bytes {
             return Err(Refusal::new(
                 AckStatus::TooLarge,
@@ -213,14 +231,22 @@ impl Inner {
             max_decoded_bytes: self.limits.max_decoded_bytes,
             max_records: self.limits.max_records,
         };
-        let batch = codec::decode(req.encoding, &req.payload, limits).map_err(|e| {
+        let refusal = |e: codec::CodecError| {
             let status = if e.is_size() {
                 AckStatus::TooLarge
             } else {
                 AckStatus::Malformed
             };
             Refusal::new(status, e.reason(), e.to_string())
-        })?;
+        };
+        let (batch, kept) = match link {
+            Some(l) => {
+                let table = l.table.read().expect("link table lock");
+                codec::decode_linked(req.encoding, &req.payload, limits, &table)
+            }
+            None => codec::decode(req.encoding, &req.payload, limits).map(|b| (b, Kept::default())),
+        }
+        .map_err(refusal)?;
         if batch.seq != req.seq {
             return Err(Refusal::new(
                 AckStatus::Malformed,
@@ -266,7 +292,28 @@ impl Inner {
                 format!("no record can be stored: flow {i}: {e}"),
             ));
         }
+        // Kafka holds batches every reader takes: a linked one is stored
+        // self-contained, within the same size limit as any payload.
+        let resealed = if req.encoding == Encoding::ColumnsLinkedZstd as i32 {
+            let r = codec::encode(&batch, codec::Layout::Columns, Some(RESEAL_ZSTD_LEVEL));
+            if r.payload.len() > self.limits.max_batch_bytes {
+                return Err(Refusal::new(
+                    AckStatus::TooLarge,
+                    "too_large",
+                    format!(
+                        "the batch is {} bytes self-contained, over the limit of {} bytes; send smaller batches",
+                        r.payload.len(),
+                        self.limits.max_batch_bytes
+                    ),
+                ));
+            }
+            Some((r.encoding, r.payload))
+        } else {
+            None
+        };
         Ok(Checked {
+            resealed,
+            kept,
             records: records as u32,
             flows: batch.flows.len() as u64,
             bad_flows: bad_flows as u64,
@@ -279,6 +326,25 @@ impl Inner {
         req: UploadRequest,
         peer: Arc<PeerInfo>,
         turn: Turn,
+        link: Option<Arc<StreamLink>>,
+    ) -> (UploadAck, Kept) {
+        let mut kept = Kept::default();
+        let ack = self.ack(req, peer, turn, link, &mut kept).await;
+        if ack.status != AckStatus::Accepted as i32 {
+            kept = Kept::default();
+        }
+        (ack, kept)
+    }
+
+    /// Checks a batch, writes it to Kafka and answers; what a linked batch
+    /// marked to keep goes to `kept`.
+    async fn ack(
+        self: Arc<Self>,
+        req: UploadRequest,
+        peer: Arc<PeerInfo>,
+        turn: Turn,
+        link: Option<Arc<StreamLink>>,
+        kept: &mut Kept,
     ) -> UploadAck {
         let m = &self.metrics;
         m.batches_received.inc();
@@ -291,7 +357,7 @@ impl Inner {
             let inner = self.clone();
             let peer = peer.clone();
             tokio::task::spawn_blocking(move || {
-                let r = inner.validate(&req, &peer.identity);
+                let r = inner.validate(&req, &peer.identity, link.as_deref());
                 (req, r)
             })
             .await
@@ -304,6 +370,8 @@ impl Inner {
             let _ = prev.await;
         }
         let Checked {
+            resealed,
+            kept: batch_kept,
             records,
             flows,
             bad_flows,
@@ -341,14 +409,16 @@ impl Inner {
                 this sensor sent (its clock was set back, or it was reinstalled with a wrong clock); \
                 batches reusing stored seqs are dropped ashore as duplicates");
         }
+        *kept = batch_kept;
         let received_us = now_us();
+        let (encoding, payload) = resealed.unwrap_or((req.encoding, req.payload));
         let envelope = IngestedBatch {
             sensor_id: id.sensor_id.clone(),
             vessel: id.vessel.clone(),
             seq: req.seq,
             received_us,
-            encoding: req.encoding,
-            payload: req.payload,
+            encoding,
+            payload,
             ingest_node: self.node.clone(),
         }
         .encode_to_vec();
@@ -498,7 +568,48 @@ impl Drop for OpenStream {
     }
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = UploadAck> + Send>>;
+/// A batch's ack, with the entries it marked to keep (appended to the
+/// stream's link table if the ack accepts it).
+type AckFuture = Pin<Box<dyn Future<Output = (UploadAck, Kept)> + Send>>;
+
+/// An upload stream's link table (see [`tidewatch_proto::link`]): read by
+/// the batches being checked, appended to as each one is accepted.
+struct StreamLink {
+    table: std::sync::RwLock<LinkTable>,
+    metrics: Arc<IngestMetrics>,
+}
+
+impl StreamLink {
+    fn new(max_bytes: usize, metrics: Arc<IngestMetrics>) -> Self {
+        StreamLink {
+            table: std::sync::RwLock::new(LinkTable::new(max_bytes)),
+            metrics,
+        }
+    }
+
+    /// Appends what an accepted batch kept, before its ack goes out: the
+    /// sensor refers to these entries only once it has that ack. (A batch
+    /// being checked holds the table for reading for as long as that
+    /// takes: milliseconds.)
+    fn accepted(&self, kept: &Kept) {
+        if kept.is_empty() {
+            return;
+        }
+        let mut t = self.table.write().expect("link table lock");
+        let before = t.bytes();
+        t.append(kept);
+        self.metrics
+            .link_table_bytes
+            .add((t.bytes() - before) as f64);
+    }
+}
+
+impl Drop for StreamLink {
+    fn drop(&mut self) {
+        let held = self.table.get_mut().map_or(0, |t| t.bytes());
+        self.metrics.link_table_bytes.add(-(held as f64));
+    }
+}
 
 /// The status that ends a stream on a connection ingest is ending.
 fn closing_status(c: Closing) -> Result<(), Status> {
@@ -623,6 +734,12 @@ impl Uplink for IngestService {
         let mut closing = peer.closing.clone();
         let max_inflight = inner.limits.max_inflight_per_stream.max(1);
         let (tx, rx) = mpsc::channel(max_inflight + 1);
+        let link = (inner.limits.link_table_bytes > 0).then(|| {
+            Arc::new(StreamLink::new(
+                inner.limits.link_table_bytes,
+                inner.metrics.clone(),
+            ))
+        });
         info!(peer = %peer.remote, sensor = %peer.identity.sensor_id, vessel = %peer.identity.vessel, "upload stream opened");
         tokio::spawn(async move {
             let _open = open;
@@ -636,7 +753,10 @@ impl Uplink for IngestService {
                 }
                 tokio::select! {
                     biased;
-                    Some(ack) = inflight.next(), if !inflight.is_empty() => {
+                    Some((ack, kept)) = inflight.next(), if !inflight.is_empty() => {
+                        if let Some(link) = &link {
+                            link.accepted(&kept);
+                        }
                         if tx.send(Ok(ack)).await.is_err() {
                             // Sensor went away; unacked batches will be resent.
                             return;
@@ -662,7 +782,7 @@ impl Uplink for IngestService {
                         Ok(Some(req)) => {
                             let (mine, next) = oneshot::channel();
                             let turn = Turn { prev: last_turn.replace(next), mine };
-                            inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone(), turn)));
+                            inflight.push_back(Box::pin(inner.clone().handle(req, peer.clone(), turn, link.clone())));
                         }
                         Ok(None) => reading = false,
                         Err(status) => {
@@ -675,12 +795,22 @@ impl Uplink for IngestService {
                     }
                 }
             }
+            // Every batch is answered: the table is given back.
+            drop(link);
             if let Some(s) = final_status {
                 let _ = tx.send(Err(s)).await;
             }
             debug!(peer = %peer.remote, "upload stream closed");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let mut response = Response::new(ReceiverStream::new(rx));
+        if self.inner.limits.link_table_bytes > 0 {
+            let bytes = self.inner.limits.link_table_bytes.to_string();
+            response.metadata_mut().insert(
+                link::HEADER,
+                bytes.parse().expect("digits are a valid header value"),
+            );
+        }
+        Ok(response)
     }
 
     async fn renew(

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use tidewatch_proto::codec;
+use tidewatch_proto::link::{LinkEncoder, DEFAULT_BYTES as DEFAULT_LINK_TABLE_BYTES};
 use tidewatch_proto::v1::{Batch, DirectionCounters, FlowRecord};
 use tidewatch_sensor::batch::{decode_request, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::pipeline::{meter_file, Progress};
@@ -79,6 +80,11 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     // Time spent sealing (encoding and compression), apart from metering
     // (one thread: time taken is CPU time).
     let mut sealing = std::time::Duration::ZERO;
+    // What one upload stream to a collector that keeps a link table
+    // carries (every batch accepted in turn), and the time re-encoding
+    // took.
+    let mut link = LinkEncoder::new(DEFAULT_LINK_TABLE_BYTES);
+    let (mut linked_bytes, mut linking) = (0u64, std::time::Duration::ZERO);
     let mut count = |g: Group| -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let sealed = sealer.seal(g)?;
@@ -86,6 +92,15 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         for b in sealed {
             batches += 1;
             bytes += b.request.payload.len() as u64 + FRAMING;
+            let started = std::time::Instant::now();
+            linked_bytes += match codec::encode_linked(&b.request, cfg.zstd_level, &mut link) {
+                Some((linked, kept)) => {
+                    link.accepted(&kept);
+                    linked.payload.len() as u64
+                }
+                None => b.request.payload.len() as u64,
+            } + FRAMING;
+            linking += started.elapsed();
             if !by_field {
                 continue;
             }
@@ -156,17 +171,22 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
             0.0
         }
     };
+    let us_per_flow = |t: std::time::Duration| {
+        if flows > 0 {
+            (t.as_secs_f64() * 1e6 / flows as f64 * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        }
+    };
     let mut out = serde_json::json!({
         "flows": flows, "assets": assets, "batches": batches, "bytes": bytes,
         "bytes_per_flow": per_flow(bytes),
         "compressed": cfg.compress,
         "layout": format!("{:?}", cfg.layout).to_lowercase(),
         "flush_interval_secs": flush_interval,
-        "seal_us_per_flow": if flows > 0 {
-            (sealing.as_secs_f64() * 1e6 / flows as f64 * 1000.0).round() / 1000.0
-        } else {
-            0.0
-        },
+        "seal_us_per_flow": us_per_flow(sealing),
+        "link_bytes_per_flow": per_flow(linked_bytes),
+        "link_us_per_flow": us_per_flow(linking),
     });
     if by_field {
         let mut groups = serde_json::Map::new();
