@@ -11,7 +11,8 @@ arrivals, heavy-tailed lengths, varying names, OT polls, VLANs), and every
 capture of ../shared/pcaps (small captures, dominated by per-batch costs).
 For each: bytes per flow in both batch layouts (columns, the default, and
 protobuf, the original) with full batches (as when the link or the budget
-is the limit), their ratio to IPFIX, what each group of fields costs in the
+is the limit), and columns linked to one upload stream's table (what `run`
+sends to an ingest that keeps one), their ratio to IPFIX, what each group of fields costs in the
 columnar layout, the sensor's sealing time per flow and the peak RSS of
 `estimate` (metering and sealing the capture); for the generated capture
 also with batches sealed every 10 s of capture time (a link that keeps up).
@@ -124,7 +125,7 @@ def measure(title, caps, sensor, timed=False):
     rss = {}
     fields = {}
     for layout in ("columns", "protobuf"):
-        t = totals[layout] = {"bytes": 0, "flows": 0, "seal_us": 0.0}
+        t = totals[layout] = {"bytes": 0, "flows": 0, "seal_us": 0.0, "link_bytes": 0, "link_us": 0.0}
         rss[layout] = 0
         for cap in caps:
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -133,6 +134,8 @@ def measure(title, caps, sensor, timed=False):
             t["bytes"] += e["bytes"]
             t["flows"] += e["flows"]
             t["seal_us"] += e["seal_us_per_flow"] * e["flows"]
+            t["link_bytes"] += e["link_bytes"]
+            t["link_us"] += e["link_us_per_flow"] * e["flows"]
             for k, v in e.get("by_field_bytes_per_flow", {}).items():
                 fields[k] = fields.get(k, 0.0) + v * e["flows"]
     sf_bytes = sf_flows = 0
@@ -148,19 +151,27 @@ def measure(title, caps, sensor, timed=False):
         print(f"tidewatch {layout:8}: {t['flows']} flow records, {t['bytes']} bytes = {per:.2f} bytes/flow = "
               f"{per / ipfix:.2f}x IPFIX; sealing {t['seal_us'] / max(t['flows'], 1):.2f} us/flow; "
               f"estimate peak RSS {rss[layout] // 1024} MiB")
-    flows = max(totals["columns"]["flows"], 1)
+    t = totals["columns"]
+    flows = max(t["flows"], 1)
+    per = t["link_bytes"] / flows
+    print(f"tidewatch columns linked (one upload stream to an ingest with a link table): {per:.2f} bytes/flow = "
+          f"{per / ipfix:.2f}x IPFIX; linking {t['link_us'] / flows:.2f} us/flow")
     print("columns, bytes/flow each group of fields costs (left out alone; framing: all left out):")
     print("  " + ", ".join(f"{k} {v / flows:.2f}" for k, v in fields.items()))
     if timed:
         # As `run` seals on a link that keeps up: every 10 s of capture time.
         for layout in ("columns", "protobuf"):
-            b = n = 0
+            b = n = linked = 0
             for cap in caps:
                 e = estimate(sensor, cap, layout, False, flush=10)
                 b += e["bytes"]
                 n += e["flows"]
+                linked += e["link_bytes"]
             per = b / max(n, 1)
             print(f"tidewatch {layout:8}, sealed every 10 s (a link that keeps up): {per:.2f} bytes/flow = {per / ipfix:.2f}x IPFIX")
+            if layout == "columns":
+                per = linked / max(n, 1)
+                print(f"tidewatch columns linked, sealed every 10 s: {per:.2f} bytes/flow = {per / ipfix:.2f}x IPFIX")
     print("(gRPC framing counted; TLS adds ~1.5%)")
 
 

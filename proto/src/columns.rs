@@ -818,7 +818,7 @@ fn decode_with(
         budget: max_bytes,
         max_bytes,
         link,
-        kept: Kept::default(),
+        kept: link.map(LinkTable::kept).unwrap_or_default(),
     };
     batch.flows.reserve_exact(flows);
     let mut prev_first = 0;

@@ -15,8 +15,8 @@
 //!   with a mark saying whether to keep it, or a reference to an entry of
 //!   the stream's link table.
 //! - Both ends append the kept entries of a batch to their table when
-//!   ingest **accepts** it (the ack), in the stream's order, and only while
-//!   the table has room ([`MAX_ENTRIES`], the advertised bytes). A sensor
+//!   ingest **accepts** it (the ack), in the stream's order, up to the
+//!   first that does not fit ([`MAX_ENTRIES`], the advertised bytes). A sensor
 //!   refers only to entries of batches whose ack it has received, which
 //!   ingest appended before sending that ack, so both ends agree whatever
 //!   is in flight; a refused batch adds nothing on either side.
@@ -94,33 +94,67 @@ impl LinkTable {
         self.ends.len() >= MAX_ENTRIES || self.bytes.len() + len > self.max_bytes
     }
 
-    /// Appends the kept entries of an accepted batch, in order, while they
-    /// fit (the rule both ends apply); returns the index each was given.
-    pub fn append(&mut self, kept: &Kept) -> Vec<Option<u32>> {
-        kept.iter()
-            .map(|e| {
-                if self.full_for(e.len()) {
-                    return None;
-                }
-                let i = self.ends.len() as u32;
-                self.bytes.extend_from_slice(e);
-                self.ends.push(self.bytes.len() as u32);
-                Some(i)
-            })
-            .collect()
+    /// Appends the kept entries of an accepted batch, in order, up to the
+    /// first that does not fit (the rule both ends apply); returns how many.
+    pub fn append(&mut self, kept: &Kept) -> usize {
+        let mut n = 0;
+        for e in kept.iter() {
+            if self.full_for(e.len()) {
+                break;
+            }
+            self.bytes.extend_from_slice(e);
+            self.ends.push(self.bytes.len() as u32);
+            n += 1;
+        }
+        n
+    }
+
+    /// An empty [`Kept`] for a batch read against this table: it takes
+    /// entries only while they could still be appended now (the room only
+    /// shrinks until the batch's ack), so what a hostile batch marks to
+    /// keep costs at most the table's room.
+    pub fn kept(&self) -> Kept {
+        Kept {
+            room: Some((
+                self.max_bytes.saturating_sub(self.bytes.len()),
+                MAX_ENTRIES.saturating_sub(self.ends.len()),
+            )),
+            ..Kept::default()
+        }
     }
 }
 
 /// The entries a batch spelled and marked to keep, in the order it spelled
 /// them: what both ends append once the batch is accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Kept {
     bytes: Vec<u8>,
     ends: Vec<usize>,
+    /// Bytes and entries it may still take (unbounded if `None`): once one
+    /// does not fit, no later one is taken (only a prefix is ever appended).
+    room: Option<(usize, usize)>,
 }
+
+/// Kept entries are equal when they hold the same entries.
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes && self.ends == other.ends
+    }
+}
+
+impl Eq for Kept {}
 
 impl Kept {
     pub fn push(&mut self, entry: &[u8]) {
+        if let Some((bytes, entries)) = &mut self.room {
+            if entry.len() > *bytes || *entries == 0 {
+                *bytes = 0;
+                *entries = 0;
+                return;
+            }
+            *bytes -= entry.len();
+            *entries -= 1;
+        }
         self.bytes.extend_from_slice(entry);
         self.ends.push(self.bytes.len());
     }
@@ -183,10 +217,10 @@ impl LinkEncoder {
 
     /// The batch that kept `kept` was accepted: append them, as ingest did.
     pub fn accepted(&mut self, kept: &Kept) {
-        for (e, i) in kept.iter().zip(self.table.append(kept)) {
-            if let Some(i) = i {
-                self.index.entry(e.into()).or_insert(i);
-            }
+        let first = self.table.len();
+        let n = self.table.append(kept);
+        for (i, e) in kept.iter().take(n).enumerate() {
+            self.index.entry(e.into()).or_insert((first + i) as u32);
         }
     }
 
@@ -210,25 +244,29 @@ mod tests {
     fn both_ends_append_the_same_entries_and_stop_at_the_capacity() {
         let mut sensor = LinkEncoder::new(10);
         let mut ingest = LinkTable::new(10);
-        let k = kept(&[b"abcd", b"", b"efgh", b"ijk", b"lm"]);
-        // 4 + 0 + 4 bytes fit, "ijk" would make 11, "lm" makes 10.
-        assert_eq!(
-            ingest.append(&k),
-            [Some(0), Some(1), Some(2), None, Some(3)]
-        );
+        let k = kept(&[b"abcd", b"", b"efgh", b"ijk", b"l"]);
+        // 4 + 0 + 4 bytes fit; "ijk" would make 11, and nothing after the
+        // first that does not fit is appended ("l" would have).
+        assert_eq!(ingest.append(&k), 3);
         sensor.accepted(&k);
-        assert_eq!(sensor.table().len(), 4);
+        assert_eq!(sensor.table().len(), 3);
         assert_eq!(ingest.get(2), Some(&b"efgh"[..]));
-        assert_eq!(ingest.get(3), Some(&b"lm"[..]));
-        assert_eq!(ingest.get(4), None);
-        for i in 0..4 {
+        assert_eq!(ingest.get(3), None);
+        for i in 0..3 {
             assert_eq!(sensor.table().get(i), ingest.get(i));
         }
-        assert_eq!(sensor.find(b"lm"), Some(3));
-        assert_eq!(sensor.find(b"ijk"), None);
-        // Full: nothing is marked to keep any more.
-        assert!(!sensor.keep(b"xy"));
-        assert!(!sensor.keep(b"xy"));
+        assert_eq!(sensor.find(b"efgh"), Some(2));
+        assert_eq!(sensor.find(b"l"), None);
+        // What a batch read now may keep is bounded by the room left (2
+        // bytes), as a prefix.
+        let mut room = ingest.kept();
+        for e in [&b"x"[..], b"yz", b"w"] {
+            room.push(e);
+        }
+        assert_eq!(room, kept(&[b"x"]));
+        // Too full for an entry: it is not marked to keep.
+        assert!(!sensor.keep(b"xyz"));
+        assert!(!sensor.keep(b"xyz"));
     }
 
     #[test]
@@ -245,8 +283,10 @@ mod tests {
         let mut t = LinkTable::new(usize::MAX);
         let mut k = Kept::default();
         (0..MAX_ENTRIES + 5).for_each(|_| k.push(b""));
-        let given = t.append(&k);
-        assert_eq!(given.iter().flatten().count(), MAX_ENTRIES);
+        assert_eq!(t.append(&k), MAX_ENTRIES);
         assert_eq!(t.len(), MAX_ENTRIES);
+        let mut room = t.kept();
+        room.push(b"");
+        assert!(room.is_empty());
     }
 }

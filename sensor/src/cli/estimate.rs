@@ -185,6 +185,7 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         "layout": format!("{:?}", cfg.layout).to_lowercase(),
         "flush_interval_secs": flush_interval,
         "seal_us_per_flow": us_per_flow(sealing),
+        "link_bytes": linked_bytes,
         "link_bytes_per_flow": per_flow(linked_bytes),
         "link_us_per_flow": us_per_flow(linking),
     });
