@@ -43,10 +43,20 @@
 //! batches gain from a model per stream, small ones lose more to the
 //! frames' own bytes than they gain.
 //!
-//! Linked (`ENCODING_COLUMNS_LINKED_ZSTD`, on the link only): a new table
-//! entry's length value is either `length << 2 | keep << 1` (spelled, and
-//! marked to keep or not) or `index << 1 | 1`, a reference to entry `index`
-//! of the upload stream's link table ([`crate::link`]).
+//! Linked (`ENCODING_COLUMNS_LINKED_ZSTD`, on the link only): the payload
+//! refers to the upload stream's link table ([`crate::link`]). After the
+//! number of flows comes `L`, the number of link table entries the batch
+//! may refer to. Every value that names a string, an address or counters
+//! is then a link table entry if below `L`, and the batch's own table
+//! index plus `L` otherwise (the next one a new entry, spelled). A spelled
+//! entry's length value is `length << 1 | keep`, the keep mark asking both
+//! ends to add it to the link table once the batch is accepted. Two more
+//! columns follow the others: a flow's counters (packets, bytes, payload
+//! bytes and TCP flags of the directions its shape has) are such a value,
+//! into a table of the batch's distinct counters, since polls, lookups and
+//! handshakes repeat them exactly; a new entry's keep mark (0 or 1) is in
+//! `CounterNew`, its values in the counter columns, and its link table
+//! bytes are [`counter_key`]'s.
 //!
 //! Decoding checks everything against [`crate::limits`] before it
 //! allocates in proportion to a count: decompressed streams total at most
@@ -107,9 +117,16 @@ enum Col {
     /// New strings: lengths, and bytes.
     StringLen,
     StringBytes,
+    // Linked payloads only (the streams below follow the others):
+    /// The flow's counters (the directions its shape has): a link table
+    /// entry, or an index of the batch's table of counters; a new one is
+    /// spelled in the counter columns.
+    CounterIndex,
+    /// The keep mark of each new counters entry.
+    CounterNew,
 }
 
-const COLUMNS: usize = Col::StringBytes as usize + 1;
+const COLUMNS: usize = Col::CounterNew as usize + 1;
 
 /// Streams of a column split in byte planes.
 const PLANES: usize = 3;
@@ -136,7 +153,10 @@ const BASE: [usize; COLUMNS + 1] = {
     }
     b
 };
+/// Streams of a linked payload (every column).
 const STREAMS: usize = BASE[COLUMNS];
+/// Streams of a self-contained payload (those before `CounterIndex`).
+const STREAMS_SELF: usize = BASE[Col::CounterIndex as usize];
 
 /// Streams shorter than this are never compressed (a zstd frame's own
 /// bytes would outweigh the gain).
@@ -191,6 +211,20 @@ impl Streams {
         self.put(c, zigzag(v));
     }
 
+    /// A flow's counters in the counter columns (IP bytes as header bytes
+    /// per packet and a remainder).
+    fn put_counters(&mut self, f: &FlowRecord) {
+        for d in [&f.c2s, &f.s2c].into_iter().flatten() {
+            self.put(Col::Packets, d.packets);
+            self.put(Col::PayloadBytes, d.payload_bytes);
+            let header = d.ip_bytes.wrapping_sub(d.payload_bytes);
+            let per_packet = header.checked_div(d.packets).unwrap_or(0);
+            self.put(Col::HeaderPerPacket, per_packet);
+            self.put(Col::HeaderRest, header - per_packet * d.packets);
+            self.put(Col::TcpFlags, d.tcp_flags.into());
+        }
+    }
+
     /// A table entry: its length in `len`, its bytes in `bytes`.
     fn put_bytes(&mut self, len: Col, bytes: Col, b: &[u8]) {
         self.put(len, b.len() as u64);
@@ -225,50 +259,105 @@ impl<K: std::hash::Hash + Eq> Table<K> {
 
 struct Encoder<'a> {
     c: Streams,
+    /// Linked: the batch's counters by their key (see [`counter_key`]).
+    counters: std::collections::HashMap<Vec<u8>, u64>,
     /// The stream's link table, when linked; and the entries kept.
     link: Option<&'a mut LinkEncoder>,
     kept: Kept,
+    /// Linked: the link table's entries when the batch began, which a
+    /// value below refers to (the batch's own entries follow them).
+    link_len: u64,
     strings: Table<&'a str>,
     addresses: Table<&'a [u8]>,
     shapes: Table<(u32, u32, i32, u64, u64)>,
 }
 
 impl<'a> Encoder<'a> {
+    /// The value that stands for `b`, and whether it is new to the batch
+    /// (then it must be spelled): an entry of the link table (linked), or
+    /// the batch's own table from `link_len` on.
+    fn value<K>(
+        link: Option<&LinkEncoder>,
+        link_len: u64,
+        table: &mut Table<K>,
+        key: K,
+        b: &[u8],
+    ) -> (u64, bool)
+    where
+        K: std::hash::Hash + Eq,
+    {
+        if let Some(i) = link.and_then(|l| l.find(b)) {
+            return (i.into(), false);
+        }
+        let (i, new) = table.intern(key);
+        (link_len + i, new)
+    }
+
+    fn string_value(&mut self, s: &'a str) -> (u64, bool) {
+        let link = self.link.as_deref();
+        Self::value(link, self.link_len, &mut self.strings, s, s.as_bytes())
+    }
+
     fn string(&mut self, c: Col, s: &'a str) {
-        let (i, new) = self.strings.intern(s);
-        self.c.put(c, i);
+        let (v, new) = self.string_value(s);
+        self.c.put(c, v);
         if new {
             self.entry(Col::StringLen, Col::StringBytes, s.as_bytes());
         }
     }
 
     fn address(&mut self, c: Col, a: &'a [u8]) {
-        let (i, new) = self.addresses.intern(a);
-        self.c.put(c, i);
+        let link = self.link.as_deref();
+        let (v, new) = Self::value(link, self.link_len, &mut self.addresses, a, a);
+        self.c.put(c, v);
         if new {
             self.entry(Col::AddressLen, Col::AddressBytes, a);
         }
     }
 
-    /// A new table entry: spelled (length in `len`, bytes in `bytes`), or,
-    /// when linked, a reference to the link table or spelled with its
-    /// keep mark.
+    /// A new table entry spelled: its length in `len` (linked: with its
+    /// keep mark, `length << 1 | keep`), its bytes in `bytes`.
     fn entry(&mut self, len: Col, bytes: Col, b: &[u8]) {
         let Some(link) = self.link.as_deref_mut() else {
             self.c.put_bytes(len, bytes, b);
             return;
         };
-        if let Some(i) = link.find(b) {
-            self.c.put(len, u64::from(i) << 1 | 1);
-            return;
-        }
         let keep = link.keep(b);
-        self.c
-            .put(len, (b.len() as u64) << 2 | u64::from(keep) << 1);
+        self.c.put(len, (b.len() as u64) << 1 | u64::from(keep));
         self.c.s[BASE[bytes as usize]].extend_from_slice(b);
         if keep {
             self.kept.push(b);
         }
+    }
+
+    /// A flow's counters: in the counter columns, or, linked, by their
+    /// index in the batch's table of counters.
+    fn counters(&mut self, f: &FlowRecord, present: u64) {
+        if present == 0 {
+            return;
+        }
+        let Some(link) = self.link.as_deref_mut() else {
+            self.c.put_counters(f);
+            return;
+        };
+        let key = counter_key(present, f.c2s.as_ref(), f.s2c.as_ref());
+        if let Some(i) = link.find(&key) {
+            self.c.put(Col::CounterIndex, i.into());
+            return;
+        }
+        let next = self.counters.len() as u64;
+        if let Some(&i) = self.counters.get(&key) {
+            self.c.put(Col::CounterIndex, self.link_len + i);
+            return;
+        }
+        self.c.put(Col::CounterIndex, self.link_len + next);
+        let keep = link.keep(&key);
+        self.c.put(Col::CounterNew, u64::from(keep));
+        self.c.put_counters(f);
+        if keep {
+            self.kept.push(&key);
+        }
+        self.counters.insert(key, next);
     }
 
     fn flow(&mut self, f: &'a FlowRecord, prev_first: &mut i64) {
@@ -278,7 +367,7 @@ impl<'a> Encoder<'a> {
         c.put_signed(Col::Duration, f.last_seen_us.wrapping_sub(f.first_seen_us));
         // The shape: what most flows of a batch share.
         let present = if f.c2s.is_some() { C2S } else { 0 } | if f.s2c.is_some() { S2C } else { 0 };
-        let (app, app_new) = self.strings.intern(&f.app_protocol);
+        let (app, app_new) = self.string_value(&f.app_protocol);
         let (shape, new) = self
             .shapes
             .intern((f.ip_protocol, f.vlan, f.end, app, present));
@@ -299,15 +388,8 @@ impl<'a> Encoder<'a> {
         let c = &mut self.c;
         c.put(Col::ClientPort, f.client_port.into());
         c.put(Col::ServerPort, f.server_port.into());
-        for d in [&f.c2s, &f.s2c].into_iter().flatten() {
-            c.put(Col::Packets, d.packets);
-            c.put(Col::PayloadBytes, d.payload_bytes);
-            let header = d.ip_bytes.wrapping_sub(d.payload_bytes);
-            let per_packet = header.checked_div(d.packets).unwrap_or(0);
-            c.put(Col::HeaderPerPacket, per_packet);
-            c.put(Col::HeaderRest, header - per_packet * d.packets);
-            c.put(Col::TcpFlags, d.tcp_flags.into());
-        }
+        self.counters(f, present);
+        let c = &mut self.c;
         c.put(Col::OpCount, f.operations.len() as u64);
         for o in &f.operations {
             self.c.put(Col::OpCode, o.code.into());
@@ -345,6 +427,8 @@ fn encode_with(
         c: Streams {
             s: vec![Vec::new(); STREAMS],
         },
+        counters: std::collections::HashMap::new(),
+        link_len: link.as_ref().map_or(0, |l| l.table().len() as u64),
         link,
         kept: Kept::default(),
         strings: Table::new(),
@@ -369,9 +453,14 @@ fn encode_with(
     // batches, where a frame per stream costs more than it saves).
     // One compression context for all of them.
     let mut zstd = zstd_level.and_then(|l| zstd::bulk::Compressor::new(l).ok());
-    let mut plain = Vec::with_capacity(e.c.s.iter().map(|c| c.len() + 5).sum());
+    let streams = if e.link.is_some() {
+        &e.c.s[..]
+    } else {
+        &e.c.s[..STREAMS_SELF]
+    };
+    let mut plain = Vec::with_capacity(streams.iter().map(|c| c.len() + 5).sum());
     let mut apart = Vec::new();
-    for stream in &e.c.s {
+    for stream in streams {
         put_stream(&mut plain, stream, false);
         let packed = zstd
             .as_mut()
@@ -389,10 +478,13 @@ fn encode_with(
         _ if zstd.is_some() => (Packing::Streams, apart),
         _ => (Packing::Streams, plain),
     };
-    let mut out = Vec::with_capacity(12 + body.len());
+    let mut out = Vec::with_capacity(16 + body.len());
     out.push(VERSION);
     out.push(packing as u8);
     put_varint(&mut out, batch.flows.len() as u64);
+    if e.link.is_some() {
+        put_varint(&mut out, e.link_len);
+    }
     out.extend_from_slice(&body);
     (out, e.kept)
 }
@@ -448,7 +540,7 @@ struct Decoder<'a> {
     s: [Reader<'a>; STREAMS],
     strings: Vec<&'a str>,
     addresses: Vec<&'a [u8]>,
-    shapes: Vec<(u32, u32, i32, u64, usize)>,
+    shapes: Vec<(u32, u32, i32, u64, &'a str)>,
     /// Bytes of strings and addresses the records may still be given (a
     /// table entry is copied into every record that refers to it).
     budget: usize,
@@ -456,6 +548,11 @@ struct Decoder<'a> {
     /// The stream's link table, when linked; and the entries kept.
     link: Option<&'a LinkTable>,
     kept: Kept,
+    /// Linked: the link table's entries the batch may refer to (values
+    /// below it); the batch's own entries follow them.
+    link_len: u64,
+    /// Linked: the batch's table of counters.
+    counters: Vec<(Option<DirectionCounters>, Option<DirectionCounters>)>,
 }
 
 impl<'a> Decoder<'a> {
@@ -490,24 +587,9 @@ impl<'a> Decoder<'a> {
     ) -> Result<&'a [u8], ColumnsError> {
         let mut n = self.varint(len)?;
         let mut keep = false;
-        if let Some(link) = self.link {
-            if n & 1 == 1 {
-                let e = usize::try_from(n >> 1)
-                    .ok()
-                    .and_then(|i| link.get(i))
-                    .ok_or(ColumnsError::Malformed("link table index out of range"))?;
-                if e.len() > max {
-                    return Err(ShapeError::TooLong {
-                        field,
-                        len: e.len(),
-                        max,
-                    }
-                    .into());
-                }
-                return Ok(e);
-            }
-            keep = n & 2 != 0;
-            n >>= 2;
+        if self.link.is_some() {
+            keep = n & 1 != 0;
+            n >>= 1;
         }
         if n > max as u64 {
             return Err(ShapeError::TooLong {
@@ -540,9 +622,50 @@ impl<'a> Decoder<'a> {
         Ok(s.to_owned())
     }
 
-    /// The string of index `i`; the next index is a new string, read from
-    /// the string columns. Refused past `max` bytes.
+    /// Linked: the link table entry that value `v` stands for, if below
+    /// `link_len`; otherwise `v` less `link_len`, an index of the batch's
+    /// own table.
+    fn linked(&self, v: u64) -> Result<Result<&'a [u8], u64>, ColumnsError> {
+        match self.link {
+            Some(link) if v < self.link_len => Ok(Ok(link
+                .get(v as usize)
+                .ok_or(ColumnsError::Malformed("link table index out of range"))?)),
+            _ => Ok(Err(v - self.link_len)),
+        }
+    }
+
+    /// The string of value `v` (see [`Self::linked`]); the next index is a
+    /// new string, read from the string columns. Refused past `max` bytes.
     fn string_at(
+        &mut self,
+        v: u64,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a str, ColumnsError> {
+        let s = match self.linked(v)? {
+            Ok(b) => {
+                std::str::from_utf8(b).map_err(|_| ColumnsError::Malformed("string not UTF-8"))?
+            }
+            Err(i) => self.local_string(i, field, max)?,
+        };
+        self.within(s, field, max)
+    }
+
+    /// `s`, refused past `max` bytes.
+    fn within(&self, s: &'a str, field: &'static str, max: usize) -> Result<&'a str, ColumnsError> {
+        if s.len() > max {
+            return Err(ShapeError::TooLong {
+                field,
+                len: s.len(),
+                max,
+            }
+            .into());
+        }
+        Ok(s)
+    }
+
+    /// The string of index `i` of the batch's own table.
+    fn local_string(
         &mut self,
         i: u64,
         field: &'static str,
@@ -560,19 +683,26 @@ impl<'a> Decoder<'a> {
                 .get(usize::try_from(i).unwrap_or(usize::MAX))
                 .ok_or(ColumnsError::Malformed("string index out of range"))?
         };
-        if s.len() > max {
-            return Err(ShapeError::TooLong {
-                field,
-                len: s.len(),
-                max,
-            }
-            .into());
-        }
         Ok(s)
     }
 
     fn address(&mut self, c: Col) -> Result<Vec<u8>, ColumnsError> {
-        let i = self.varint(c)?;
+        let v = self.varint(c)?;
+        let i = match self.linked(v)? {
+            Ok(a) => {
+                if a.len() > MAX_ADDRESS_LEN {
+                    return Err(ShapeError::TooLong {
+                        field: "address",
+                        len: a.len(),
+                        max: MAX_ADDRESS_LEN,
+                    }
+                    .into());
+                }
+                self.spend(a.len())?;
+                return Ok(a.to_vec());
+            }
+            Err(i) => i,
+        };
         if i == self.addresses.len() as u64 {
             let a = self.entry(
                 Col::AddressLen,
@@ -588,6 +718,54 @@ impl<'a> Decoder<'a> {
             .ok_or(ColumnsError::Malformed("address index out of range"))?;
         self.spend(a.len())?;
         Ok(a.to_vec())
+    }
+
+    /// A flow's counters, for the directions `present` names.
+    fn flow_counters(
+        &mut self,
+        present: u64,
+    ) -> Result<(Option<DirectionCounters>, Option<DirectionCounters>), ColumnsError> {
+        if self.link.is_none() || present == 0 {
+            return self.spelled_counters(present);
+        }
+        let v = self.varint(Col::CounterIndex)?;
+        let i = match self.linked(v)? {
+            Ok(key) => return read_counter_key(key, present),
+            Err(i) => i,
+        };
+        if i == self.counters.len() as u64 {
+            let keep = self.varint(Col::CounterNew)?;
+            if keep > 1 {
+                return Err(ColumnsError::Malformed("keep mark other than 0 or 1"));
+            }
+            let entry = self.spelled_counters(present)?;
+            if keep == 1 {
+                self.kept
+                    .push(&counter_key(present, entry.0.as_ref(), entry.1.as_ref()));
+            }
+            self.counters.push(entry);
+        }
+        self.counters
+            .get(usize::try_from(i).unwrap_or(usize::MAX))
+            .cloned()
+            .ok_or(ColumnsError::Malformed("counters index out of range"))
+    }
+
+    fn spelled_counters(
+        &mut self,
+        present: u64,
+    ) -> Result<(Option<DirectionCounters>, Option<DirectionCounters>), ColumnsError> {
+        let c2s = if present & C2S != 0 {
+            Some(self.counters()?)
+        } else {
+            None
+        };
+        let s2c = if present & S2C != 0 {
+            Some(self.counters()?)
+        } else {
+            None
+        };
+        Ok((c2s, s2c))
     }
 
     fn counters(&mut self) -> Result<DirectionCounters, ColumnsError> {
@@ -615,10 +793,8 @@ impl<'a> Decoder<'a> {
             let end = self.i32(Col::Shapes, "flow end")?;
             let present = self.varint(Col::Shapes)?;
             let app = self.varint(Col::Shapes)?;
-            self.string_at(app, "app_protocol", MAX_NAME_LEN)?;
-            // string_at found or added index `app`.
-            self.shapes
-                .push((ip_protocol, vlan, end, present, app as usize));
+            let app = self.string_at(app, "app_protocol", MAX_NAME_LEN)?;
+            self.shapes.push((ip_protocol, vlan, end, present, app));
         }
         let &(ip_protocol, vlan, end, present, app) = self
             .shapes
@@ -628,16 +804,7 @@ impl<'a> Decoder<'a> {
         let server_ip = self.address(Col::ServerAddr)?;
         let client_port = self.u32(Col::ClientPort, "client port")?;
         let server_port = self.u32(Col::ServerPort, "server port")?;
-        let c2s = if present & C2S != 0 {
-            Some(self.counters()?)
-        } else {
-            None
-        };
-        let s2c = if present & S2C != 0 {
-            Some(self.counters()?)
-        } else {
-            None
-        };
+        let (c2s, s2c) = self.flow_counters(present)?;
         let ops = self.count(Col::OpCount, Col::OpCode, "operations", MAX_OPERATIONS)?;
         let mut operations = Vec::with_capacity(ops);
         for _ in 0..ops {
@@ -661,7 +828,7 @@ impl<'a> Decoder<'a> {
         for _ in 0..n {
             indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
         }
-        let app_protocol = self.strings[app];
+        let app_protocol = app;
         self.spend(app_protocol.len())?;
         Ok(FlowRecord {
             first_seen_us,
@@ -753,6 +920,18 @@ fn decode_with(
         }
         .into());
     }
+    let link_len = match link {
+        Some(t) => {
+            let n = r.varint()?;
+            if n > t.len() as u64 {
+                return Err(ColumnsError::Malformed(
+                    "refers to more link table entries than the stream kept",
+                ));
+            }
+            n
+        }
+        None => 0,
+    };
     let too_large = |e| match e {
         CodecError::TooLarge { .. } => ColumnsError::TooLarge { max: max_bytes },
         e => ColumnsError::Decompress(e.to_string()),
@@ -771,8 +950,13 @@ fn decode_with(
     } else if packing != Packing::Streams as u8 {
         return Err(ColumnsError::Malformed("unknown packing"));
     }
-    let mut packed: Vec<(&[u8], bool)> = Vec::with_capacity(STREAMS);
-    for _ in 0..STREAMS {
+    let streams = if link.is_some() {
+        STREAMS
+    } else {
+        STREAMS_SELF
+    };
+    let mut packed: Vec<(&[u8], bool)> = Vec::with_capacity(streams);
+    for _ in 0..streams {
         let h = r.varint()?;
         let len = usize::try_from(h >> 1).unwrap_or(usize::MAX);
         packed.push((r.take(len)?, h & 1 == 1));
@@ -780,7 +964,7 @@ fn decode_with(
     if !r.b.is_empty() {
         return Err(ColumnsError::Malformed("bytes after the last column"));
     }
-    let mut unpacked: Vec<Option<Vec<u8>>> = Vec::with_capacity(STREAMS);
+    let mut unpacked: Vec<Option<Vec<u8>>> = Vec::with_capacity(streams);
     for &(b, z) in &packed {
         if !z {
             unpacked.push(None);
@@ -796,7 +980,7 @@ fn decode_with(
         unpacked.push(Some(out));
     }
     let mut s = [Reader { b: &[] }; STREAMS];
-    for (k, reader) in s.iter_mut().enumerate() {
+    for (k, reader) in s.iter_mut().enumerate().take(streams) {
         reader.b = unpacked[k].as_deref().unwrap_or(packed[k].0);
     }
     let head = s[BASE[Col::Head as usize]].b;
@@ -819,6 +1003,8 @@ fn decode_with(
         max_bytes,
         link,
         kept: link.map(LinkTable::kept).unwrap_or_default(),
+        link_len,
+        counters: Vec::new(),
     };
     batch.flows.reserve_exact(flows);
     let mut prev_first = 0;
@@ -829,6 +1015,57 @@ fn decode_with(
         return Err(ColumnsError::Malformed("bytes left in a column"));
     }
     Ok((batch, d.kept))
+}
+
+/// The bytes a flow's counters are kept by in a link table: the directions
+/// present, then packets, IP bytes, payload bytes and TCP flags of each, as
+/// varints.
+fn counter_key(
+    present: u64,
+    c2s: Option<&DirectionCounters>,
+    s2c: Option<&DirectionCounters>,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    put_varint(&mut key, present);
+    for d in [c2s, s2c].into_iter().flatten() {
+        put_varint(&mut key, d.packets);
+        put_varint(&mut key, d.ip_bytes);
+        put_varint(&mut key, d.payload_bytes);
+        put_varint(&mut key, d.tcp_flags.into());
+    }
+    key
+}
+
+/// The counters a link table entry holds, for a flow whose shape has the
+/// directions `present`.
+fn read_counter_key(
+    key: &[u8],
+    present: u64,
+) -> Result<(Option<DirectionCounters>, Option<DirectionCounters>), ColumnsError> {
+    let mut r = Reader { b: key };
+    if r.varint()? != present {
+        return Err(ColumnsError::Malformed(
+            "counters of other directions than the flow's",
+        ));
+    }
+    let mut one = |on: bool| -> Result<Option<DirectionCounters>, ColumnsError> {
+        if !on {
+            return Ok(None);
+        }
+        Ok(Some(DirectionCounters {
+            packets: r.varint()?,
+            ip_bytes: r.varint()?,
+            payload_bytes: r.varint()?,
+            tcp_flags: u32::try_from(r.varint()?)
+                .map_err(|_| ColumnsError::Malformed("tcp flags"))?,
+        }))
+    };
+    let c2s = one(present & C2S != 0)?;
+    let s2c = one(present & S2C != 0)?;
+    if !r.b.is_empty() {
+        return Err(ColumnsError::Malformed("bytes left in a counters entry"));
+    }
+    Ok((c2s, s2c))
 }
 
 /// A LEB128 varint whose `i`-th byte `byte(i)` gives.
@@ -941,7 +1178,7 @@ mod tests {
             sizes.push(wire.len());
         }
         // Spelled, spelled and kept, then referred to.
-        assert!(sizes[0] <= plain + 8, "{sizes:?} vs {plain}");
+        assert!(sizes[0] <= plain + plain / 10, "{sizes:?} vs {plain}");
         assert!(sizes[2] < sizes[0], "{sizes:?}");
         assert!(!ingest.is_empty());
         // A batch refused (not appended) changes nothing: the next one
@@ -952,7 +1189,7 @@ mod tests {
         let err = decode_linked(&wire, BIG, BIG, &LinkTable::new(1 << 20)).unwrap_err();
         assert_eq!(
             err,
-            ColumnsError::Malformed("link table index out of range")
+            ColumnsError::Malformed("refers to more link table entries than the stream kept")
         );
         assert!(decode(&wire, true, BIG, BIG).is_err());
     }
@@ -966,53 +1203,46 @@ mod tests {
         k.push(&[0xff, 0xfe]);
         k.push("x".repeat(MAX_NAME_LEN + 1).as_bytes());
         t.append(&k);
-        let one = |len: u64| {
-            payload(
-                1,
-                &[
-                    (Col::FirstSeen, vec![0]),
-                    (Col::Duration, vec![0]),
-                    (Col::Shape, vec![0]),
-                    (Col::Shapes, vec![6, 0, 0, 0, 0]),
-                    (Col::StringLen, vec![len as u8]),
-                    (Col::ClientAddr, vec![0]),
-                    (Col::ServerAddr, vec![0]),
-                    (Col::AddressLen, vec![1]), // entry 0 of the link table
-                    (Col::ClientPort, vec![1]),
-                    (Col::ServerPort, vec![2]),
-                    (Col::OpCount, vec![0]),
-                    (Col::IndicatorCount, vec![0]),
-                ],
-            )
-        };
-        let err = |len| decode_linked(&one(len), BIG, BIG, &t).unwrap_err();
-        // References (index << 1 | 1) to entries 0, 1 and 2.
-        assert_eq!(err(1), ColumnsError::Malformed("string not UTF-8"));
-        assert!(matches!(
-            err(3),
-            ColumnsError::Shape(ShapeError::TooLong { .. })
-        ));
-        assert_eq!(
-            err(5),
-            ColumnsError::Malformed("link table index out of range")
-        );
-        // Spelled with a keep mark: "tcp" (3 << 2 | 2), kept for the table.
-        let spelled = payload(
-            1,
-            &[
+        // One flow whose application protocol is value `app` and whose
+        // addresses are entry 0, in a batch that may refer to `link_len`
+        // entries; `more` adds streams.
+        let one = |link_len: u64, app: u8, more: &[(Col, Vec<u8>)]| {
+            let mut cols = vec![
                 (Col::FirstSeen, vec![0]),
                 (Col::Duration, vec![0]),
                 (Col::Shape, vec![0]),
-                (Col::Shapes, vec![6, 0, 0, 0, 0]),
-                (Col::StringLen, vec![3 << 2 | 2]),
-                (Col::StringBytes, b"tcp".to_vec()),
+                (Col::Shapes, vec![6, 0, 0, 0, app]),
                 (Col::ClientAddr, vec![0]),
                 (Col::ServerAddr, vec![0]),
-                (Col::AddressLen, vec![1]),
                 (Col::ClientPort, vec![1]),
                 (Col::ServerPort, vec![2]),
                 (Col::OpCount, vec![0]),
                 (Col::IndicatorCount, vec![0]),
+            ];
+            cols.extend_from_slice(more);
+            payload_of(STREAMS, Some(link_len), 1, &cols)
+        };
+        let err = |p: Vec<u8>| decode_linked(&p, BIG, BIG, &t).unwrap_err();
+        assert_eq!(
+            err(one(2, 0, &[])),
+            ColumnsError::Malformed("string not UTF-8")
+        );
+        assert!(matches!(
+            err(one(2, 1, &[])),
+            ColumnsError::Shape(ShapeError::TooLong { .. })
+        ));
+        assert_eq!(
+            err(one(3, 0, &[])),
+            ColumnsError::Malformed("refers to more link table entries than the stream kept")
+        );
+        // Value 2, past the 2 entries: the batch's first own string,
+        // spelled "tcp" with its keep mark (3 << 1 | 1), kept for the table.
+        let spelled = one(
+            2,
+            2,
+            &[
+                (Col::StringLen, vec![3 << 1 | 1]),
+                (Col::StringBytes, b"tcp".to_vec()),
             ],
         );
         let (b, kept) = decode_linked(&spelled, BIG, BIG, &t).unwrap();
@@ -1143,10 +1373,24 @@ mod tests {
     /// Hand-built payloads: an empty head, then (uncompressed) columns
     /// given as (column, bytes); a planed column's bytes are all in its
     /// first stream (single-byte varints).
+    /// A self-contained payload of these streams.
     fn payload(flows: u64, cols: &[(Col, Vec<u8>)]) -> Vec<u8> {
+        payload_of(STREAMS_SELF, None, flows, cols)
+    }
+
+    /// A payload of `streams` streams; linked if `link_len` is given.
+    fn payload_of(
+        streams: usize,
+        link_len: Option<u64>,
+        flows: u64,
+        cols: &[(Col, Vec<u8>)],
+    ) -> Vec<u8> {
         let mut out = vec![VERSION, Packing::Streams as u8];
         put_varint(&mut out, flows);
-        for stream in 0..STREAMS {
+        if let Some(n) = link_len {
+            put_varint(&mut out, n);
+        }
+        for stream in 0..streams {
             let mut body = Vec::new();
             for (col, b) in cols {
                 if BASE[*col as usize] == stream {

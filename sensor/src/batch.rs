@@ -195,6 +195,13 @@ pub struct BatchConfig {
     pub layout: codec::Layout,
 }
 
+/// Default of [`BatchConfig::max_flows`] (and of `--batch-flows`): high
+/// enough that a batch held while the link is the limit grows to the size
+/// cap ([`DEFAULT_BATCH_MAX_BYTES`], about 5,000 flows of ordinary
+/// traffic) rather than stopping at a count; a batch sealed every flush
+/// interval on a link that keeps up is far below either.
+pub const DEFAULT_BATCH_FLOWS: usize = 10_000;
+
 /// zstd level of sealed batches, and of batches linked as they are sent.
 pub const ZSTD_LEVEL: i32 = 3;
 
@@ -204,7 +211,7 @@ pub const DEFAULT_BATCH_MAX_BYTES: usize = 512 * 1024;
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            max_flows: 2000,
+            max_flows: DEFAULT_BATCH_FLOWS,
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             compress: true,
             zstd_level: ZSTD_LEVEL,

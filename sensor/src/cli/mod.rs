@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::{Parser, Subcommand, ValueEnum};
 use tidewatch_proto::codec::Layout;
 use tidewatch_sensor::assets::{AssetTable, Oui};
-use tidewatch_sensor::batch::{BatchConfig, DEFAULT_BATCH_MAX_BYTES};
+use tidewatch_sensor::batch::{BatchConfig, DEFAULT_BATCH_FLOWS, DEFAULT_BATCH_MAX_BYTES};
 use tidewatch_sensor::buffer::{BufferConfig, Fsync, WhenFull};
 use tidewatch_sensor::flow::{FlowConfig, FlowTable};
 use tracing::warn;
@@ -157,7 +157,7 @@ pub struct RunArgs {
     )]
     pub state_dir: PathBuf,
     /// Maximum flow records per batch.
-    #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = 2000)]
+    #[arg(long, env = "TIDEWATCH_BATCH_FLOWS", default_value_t = DEFAULT_BATCH_FLOWS)]
     pub batch_flows: usize,
     #[command(flatten)]
     pub seal: SealArgs,
@@ -263,7 +263,7 @@ pub struct EstimateArgs {
     /// Capture file (pcap or pcapng).
     pub file: PathBuf,
     /// Maximum flow records per batch, as for `run`.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = DEFAULT_BATCH_FLOWS)]
     pub batch_flows: usize,
     #[command(flatten)]
     pub seal: SealArgs,
