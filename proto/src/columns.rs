@@ -49,9 +49,14 @@
 //! may refer to. Every value that names a string, an address or counters
 //! is then a link table entry if below `L`, and the batch's own table
 //! index plus `L` otherwise (the next one a new entry, spelled). A spelled
-//! entry's length value is `length << 1 | keep`, the keep mark asking both
-//! ends to add it to the link table once the batch is accepted. Two more
-//! columns follow the others: a flow's counters (packets, bytes, payload
+//! address's length value is `length << 1 | keep`, the keep mark asking
+//! both ends to add it to the link table once the batch is accepted. A
+//! spelled string's is `length << 2 | split << 1 | keep`: split, only its
+//! first label is spelled and the rest after the dot is a string value of
+//! its own in `StringRest` (spelled next if new), so names under a common
+//! domain spell only what differs. The server port is part of the shape
+//! (the shape's last field), not a column of its own. More columns follow
+//! the others: a flow's counters (packets, bytes, payload
 //! bytes and TCP flags of the directions its shape has) are such a value,
 //! into a table of the batch's distinct counters, since polls, lookups and
 //! handshakes repeat them exactly; a new entry's keep mark (0 or 1) is in
@@ -124,9 +129,11 @@ enum Col {
     CounterIndex,
     /// The keep mark of each new counters entry.
     CounterNew,
+    /// What follows the first dot of a string spelled in two parts.
+    StringRest,
 }
 
-const COLUMNS: usize = Col::CounterNew as usize + 1;
+const COLUMNS: usize = Col::StringRest as usize + 1;
 
 /// Streams of a column split in byte planes.
 const PLANES: usize = 3;
@@ -269,7 +276,7 @@ struct Encoder<'a> {
     link_len: u64,
     strings: Table<&'a str>,
     addresses: Table<&'a [u8]>,
-    shapes: Table<(u32, u32, i32, u64, u64)>,
+    shapes: Table<(u32, u32, i32, u64, u64, Option<u32>)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -302,7 +309,39 @@ impl<'a> Encoder<'a> {
         let (v, new) = self.string_value(s);
         self.c.put(c, v);
         if new {
-            self.entry(Col::StringLen, Col::StringBytes, s.as_bytes());
+            self.spell_string(s);
+        }
+    }
+
+    /// A new string: spelled whole, or, linked, as its first label spelled
+    /// and the rest after the dot as a string value of its own (itself
+    /// spelled next if new), so that names under a common domain spell
+    /// only what differs.
+    fn spell_string(&mut self, s: &'a str) {
+        let Some(link) = self.link.as_deref_mut() else {
+            self.c
+                .put_bytes(Col::StringLen, Col::StringBytes, s.as_bytes());
+            return;
+        };
+        let keep = link.keep(s.as_bytes());
+        let parts = s.split_once('.').filter(|(_, rest)| !rest.is_empty());
+        let first = parts.map_or(s, |(label, _)| label);
+        let split = u64::from(parts.is_some());
+        self.c.put(
+            Col::StringLen,
+            (first.len() as u64) << 2 | split << 1 | u64::from(keep),
+        );
+        self.c.s[BASE[Col::StringBytes as usize]].extend_from_slice(first.as_bytes());
+        if let Some((_, rest)) = parts {
+            let (v, new) = self.string_value(rest);
+            self.c.put(Col::StringRest, v);
+            if new {
+                self.spell_string(rest);
+            }
+        }
+        // After the rest: the decoder has the whole string only then.
+        if keep {
+            self.kept.push(s.as_bytes());
         }
     }
 
@@ -315,8 +354,8 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    /// A new table entry spelled: its length in `len` (linked: with its
-    /// keep mark, `length << 1 | keep`), its bytes in `bytes`.
+    /// A new address spelled: its length in `len` (linked: with its keep
+    /// mark, `length << 1 | keep`), its bytes in `bytes`.
     fn entry(&mut self, len: Col, bytes: Col, b: &[u8]) {
         let Some(link) = self.link.as_deref_mut() else {
             self.c.put_bytes(len, bytes, b);
@@ -368,9 +407,12 @@ impl<'a> Encoder<'a> {
         // The shape: what most flows of a batch share.
         let present = if f.c2s.is_some() { C2S } else { 0 } | if f.s2c.is_some() { S2C } else { 0 };
         let (app, app_new) = self.string_value(&f.app_protocol);
+        // Linked: the server port is part of the shape (a service's port
+        // follows from the rest of it).
+        let port = self.link.is_some().then_some(f.server_port);
         let (shape, new) = self
             .shapes
-            .intern((f.ip_protocol, f.vlan, f.end, app, present));
+            .intern((f.ip_protocol, f.vlan, f.end, app, present, port));
         let c = &mut self.c;
         c.put(Col::Shape, shape);
         if new {
@@ -379,15 +421,20 @@ impl<'a> Encoder<'a> {
             c.put_signed(Col::Shapes, f.end.into());
             c.put(Col::Shapes, present);
             c.put(Col::Shapes, app);
+            if let Some(port) = port {
+                c.put(Col::Shapes, port.into());
+            }
         }
         if app_new {
-            self.entry(Col::StringLen, Col::StringBytes, f.app_protocol.as_bytes());
+            self.spell_string(&f.app_protocol);
         }
         self.address(Col::ClientAddr, &f.client_ip);
         self.address(Col::ServerAddr, &f.server_ip);
         let c = &mut self.c;
         c.put(Col::ClientPort, f.client_port.into());
-        c.put(Col::ServerPort, f.server_port.into());
+        if port.is_none() {
+            c.put(Col::ServerPort, f.server_port.into());
+        }
         self.counters(f, present);
         let c = &mut self.c;
         c.put(Col::OpCount, f.operations.len() as u64);
@@ -535,12 +582,31 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A string of the batch being decoded: in the payload or the link table,
+/// or (linked) put together from a label and the rest.
+#[derive(Clone)]
+enum Str<'a> {
+    In(&'a str),
+    Joined(std::rc::Rc<str>),
+}
+
+impl Str<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Str::In(s) => s,
+            Str::Joined(s) => s,
+        }
+    }
+}
+
 /// Tables of the batch being decoded, and its streams.
 struct Decoder<'a> {
     s: [Reader<'a>; STREAMS],
-    strings: Vec<&'a str>,
+    strings: Vec<Str<'a>>,
     addresses: Vec<&'a [u8]>,
-    shapes: Vec<(u32, u32, i32, u64, &'a str)>,
+    /// IP protocol, VLAN, end, directions, application protocol and
+    /// (linked) server port.
+    shapes: Vec<(u32, u32, i32, u64, Str<'a>, Option<u32>)>,
     /// Bytes of strings and addresses the records may still be given (a
     /// table entry is copied into every record that refers to it).
     budget: usize,
@@ -618,8 +684,8 @@ impl<'a> Decoder<'a> {
     fn string(&mut self, c: Col, field: &'static str, max: usize) -> Result<String, ColumnsError> {
         let i = self.varint(c)?;
         let s = self.string_at(i, field, max)?;
-        self.spend(s.len())?;
-        Ok(s.to_owned())
+        self.spend(s.as_str().len())?;
+        Ok(s.as_str().to_owned())
     }
 
     /// Linked: the link table entry that value `v` stands for, if below
@@ -641,26 +707,12 @@ impl<'a> Decoder<'a> {
         v: u64,
         field: &'static str,
         max: usize,
-    ) -> Result<&'a str, ColumnsError> {
+    ) -> Result<Str<'a>, ColumnsError> {
         let s = match self.linked(v)? {
-            Ok(b) => {
-                std::str::from_utf8(b).map_err(|_| ColumnsError::Malformed("string not UTF-8"))?
-            }
+            Ok(b) => Str::In(utf8(b)?),
             Err(i) => self.local_string(i, field, max)?,
         };
-        self.within(s, field, max)
-    }
-
-    /// `s`, refused past `max` bytes.
-    fn within(&self, s: &'a str, field: &'static str, max: usize) -> Result<&'a str, ColumnsError> {
-        if s.len() > max {
-            return Err(ShapeError::TooLong {
-                field,
-                len: s.len(),
-                max,
-            }
-            .into());
-        }
+        within(s.as_str().len(), field, max)?;
         Ok(s)
     }
 
@@ -670,24 +722,78 @@ impl<'a> Decoder<'a> {
         i: u64,
         field: &'static str,
         max: usize,
-    ) -> Result<&'a str, ColumnsError> {
-        let s = if i == self.strings.len() as u64 {
-            let b = self.entry(Col::StringLen, Col::StringBytes, field, max)?;
-            let s =
-                std::str::from_utf8(b).map_err(|_| ColumnsError::Malformed("string not UTF-8"))?;
-            self.strings.push(s);
-            s
-        } else {
-            *self
+    ) -> Result<Str<'a>, ColumnsError> {
+        if i != self.strings.len() as u64 {
+            return self
                 .strings
                 .get(usize::try_from(i).unwrap_or(usize::MAX))
-                .ok_or(ColumnsError::Malformed("string index out of range"))?
+                .cloned()
+                .ok_or(ColumnsError::Malformed("string index out of range"));
+        }
+        if self.link.is_none() {
+            let s = Str::In(utf8(self.entry(
+                Col::StringLen,
+                Col::StringBytes,
+                field,
+                max,
+            )?)?);
+            self.strings.push(s.clone());
+            return Ok(s);
+        }
+        // Linked: `length << 2 | split << 1 | keep`; the string's index is
+        // taken before a rest spelled after it.
+        let n = self.varint(Col::StringLen)?;
+        let (len, split, keep) = (n >> 2, n & 2 != 0, n & 1 != 0);
+        within(usize::try_from(len).unwrap_or(usize::MAX), field, max)?;
+        let first = utf8(self.s[BASE[Col::StringBytes as usize]].take(len as usize)?)?;
+        self.strings.push(Str::In(first));
+        let s = if split {
+            // The rest is shorter than the whole by the label and the dot:
+            // a chain of parts ends within `max`.
+            let max = max
+                .checked_sub(first.len() + 1)
+                .ok_or(ShapeError::TooLong {
+                    field,
+                    len: first.len() + 1,
+                    max,
+                })?;
+            let v = self.varint(Col::StringRest)?;
+            let rest = self.string_at(v, field, max)?;
+            let whole = format!("{first}.{}", rest.as_str());
+            self.spend(whole.len())?;
+            Str::Joined(whole.into())
+        } else {
+            Str::In(first)
         };
+        if keep {
+            self.kept.push(s.as_str().as_bytes());
+        }
+        self.strings[i as usize] = s.clone();
         Ok(s)
     }
 
     fn address(&mut self, c: Col) -> Result<Vec<u8>, ColumnsError> {
         let v = self.varint(c)?;
+        self.address_value(v)
+    }
+
+    /// The flow's indicators.
+    fn indicators(&mut self) -> Result<Vec<String>, ColumnsError> {
+        let n = self.count(
+            Col::IndicatorCount,
+            Col::Indicator,
+            "indicators",
+            MAX_INDICATORS,
+        )?;
+        let mut indicators = Vec::with_capacity(n);
+        for _ in 0..n {
+            indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
+        }
+        Ok(indicators)
+    }
+
+    /// The address of value `v`.
+    fn address_value(&mut self, v: u64) -> Result<Vec<u8>, ColumnsError> {
         let i = match self.linked(v)? {
             Ok(a) => {
                 if a.len() > MAX_ADDRESS_LEN {
@@ -794,16 +900,25 @@ impl<'a> Decoder<'a> {
             let present = self.varint(Col::Shapes)?;
             let app = self.varint(Col::Shapes)?;
             let app = self.string_at(app, "app_protocol", MAX_NAME_LEN)?;
-            self.shapes.push((ip_protocol, vlan, end, present, app));
+            let port = match self.link {
+                Some(_) => Some(self.u32(Col::Shapes, "server port")?),
+                None => None,
+            };
+            self.shapes
+                .push((ip_protocol, vlan, end, present, app, port));
         }
-        let &(ip_protocol, vlan, end, present, app) = self
+        let (ip_protocol, vlan, end, present, app, port) = self
             .shapes
             .get(usize::try_from(shape).unwrap_or(usize::MAX))
+            .cloned()
             .ok_or(ColumnsError::Malformed("shape index out of range"))?;
         let client_ip = self.address(Col::ClientAddr)?;
         let server_ip = self.address(Col::ServerAddr)?;
         let client_port = self.u32(Col::ClientPort, "client port")?;
-        let server_port = self.u32(Col::ServerPort, "server port")?;
+        let server_port = match port {
+            Some(p) => p,
+            None => self.u32(Col::ServerPort, "server port")?,
+        };
         let (c2s, s2c) = self.flow_counters(present)?;
         let ops = self.count(Col::OpCount, Col::OpCode, "operations", MAX_OPERATIONS)?;
         let mut operations = Vec::with_capacity(ops);
@@ -818,17 +933,8 @@ impl<'a> Decoder<'a> {
                 errors: self.varint(Col::OpErrors)?,
             });
         }
-        let n = self.count(
-            Col::IndicatorCount,
-            Col::Indicator,
-            "indicators",
-            MAX_INDICATORS,
-        )?;
-        let mut indicators = Vec::with_capacity(n);
-        for _ in 0..n {
-            indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
-        }
-        let app_protocol = app;
+        let indicators = self.indicators()?;
+        let app_protocol = app.as_str().to_owned();
         self.spend(app_protocol.len())?;
         Ok(FlowRecord {
             first_seen_us,
@@ -1015,6 +1121,18 @@ fn decode_with(
         return Err(ColumnsError::Malformed("bytes left in a column"));
     }
     Ok((batch, d.kept))
+}
+
+fn utf8(b: &[u8]) -> Result<&str, ColumnsError> {
+    std::str::from_utf8(b).map_err(|_| ColumnsError::Malformed("string not UTF-8"))
+}
+
+/// Refuses a `field` of `len` bytes past `max`.
+fn within(len: usize, field: &'static str, max: usize) -> Result<(), ColumnsError> {
+    if len > max {
+        return Err(ShapeError::TooLong { field, len, max }.into());
+    }
+    Ok(())
 }
 
 /// The bytes a flow's counters are kept by in a link table: the directions
@@ -1211,11 +1329,10 @@ mod tests {
                 (Col::FirstSeen, vec![0]),
                 (Col::Duration, vec![0]),
                 (Col::Shape, vec![0]),
-                (Col::Shapes, vec![6, 0, 0, 0, app]),
+                (Col::Shapes, vec![6, 0, 0, 0, app, 2]),
                 (Col::ClientAddr, vec![0]),
                 (Col::ServerAddr, vec![0]),
                 (Col::ClientPort, vec![1]),
-                (Col::ServerPort, vec![2]),
                 (Col::OpCount, vec![0]),
                 (Col::IndicatorCount, vec![0]),
             ];
@@ -1236,12 +1353,12 @@ mod tests {
             ColumnsError::Malformed("refers to more link table entries than the stream kept")
         );
         // Value 2, past the 2 entries: the batch's first own string,
-        // spelled "tcp" with its keep mark (3 << 1 | 1), kept for the table.
+        // spelled "tcp" with its keep mark (3 << 2 | 1), kept for the table.
         let spelled = one(
             2,
             2,
             &[
-                (Col::StringLen, vec![3 << 1 | 1]),
+                (Col::StringLen, vec![3 << 2 | 1]),
                 (Col::StringBytes, b"tcp".to_vec()),
             ],
         );
@@ -1249,6 +1366,33 @@ mod tests {
         assert_eq!(b.flows[0].app_protocol, "tcp");
         assert_eq!(b.flows[0].client_ip, [0xff, 0xfe]);
         assert_eq!(kept.iter().collect::<Vec<_>>(), [b"tcp"]);
+        // In two parts: "www" (3 << 2 | split 2 | keep 1), then the rest,
+        // value 3 (the batch's next string), spelled "example" (7 << 2).
+        let two = one(
+            2,
+            2,
+            &[
+                (Col::StringLen, vec![3 << 2 | 3, 7 << 2]),
+                (Col::StringBytes, b"wwwexample".to_vec()),
+                (Col::StringRest, vec![3]),
+            ],
+        );
+        let (b, kept) = decode_linked(&two, BIG, BIG, &t).unwrap();
+        assert_eq!(b.flows[0].app_protocol, "www.example");
+        assert_eq!(kept.iter().collect::<Vec<_>>(), [b"www.example"]);
+        // A chain of empty labels, each rest the next new string: refused
+        // once the parts cannot fit the field, never a deep recursion.
+        let mut rest = Vec::new();
+        (3..100_000u64).for_each(|v| put_varint(&mut rest, v));
+        let chain = one(
+            2,
+            2,
+            &[(Col::StringLen, vec![2; 100_000]), (Col::StringRest, rest)],
+        );
+        assert!(matches!(
+            decode_linked(&chain, BIG, BIG, &t).unwrap_err(),
+            ColumnsError::Shape(ShapeError::TooLong { .. })
+        ));
     }
 
     #[test]
