@@ -138,11 +138,20 @@ const COLUMNS: usize = Col::StringRest as usize + 1;
 /// Streams of a column split in byte planes.
 const PLANES: usize = 3;
 
-const fn planes(c: usize) -> usize {
+/// Streams of column `c`: the near-random numbers in planes and, linked,
+/// the values that name table entries too (link table indices run into
+/// the thousands).
+const fn planes(c: usize, linked: bool) -> usize {
+    let named = c == Col::Indicator as usize
+        || c == Col::ClientAddr as usize
+        || c == Col::ServerAddr as usize
+        || c == Col::CounterIndex as usize
+        || c == Col::StringRest as usize;
     if c == Col::FirstSeen as usize
         || c == Col::Duration as usize
         || c == Col::ClientPort as usize
         || c == Col::PayloadBytes as usize
+        || (linked && named)
     {
         PLANES
     } else {
@@ -150,24 +159,49 @@ const fn planes(c: usize) -> usize {
     }
 }
 
-/// Each column's first stream, and the number of streams.
-const BASE: [usize; COLUMNS + 1] = {
-    let mut b = [0; COLUMNS + 1];
+/// Where each column's streams are in a payload.
+struct Plan {
+    /// Each column's first stream, and the number of streams.
+    base: [usize; COLUMNS + 1],
+    /// Each column's last plane (0 unless split).
+    last: [usize; COLUMNS],
+}
+
+const fn plan(linked: bool) -> Plan {
+    let mut base = [0; COLUMNS + 1];
+    let mut last = [0; COLUMNS];
     let mut c = 0;
     while c < COLUMNS {
-        b[c + 1] = b[c] + planes(c);
+        base[c + 1] = base[c] + planes(c, linked);
+        last[c] = planes(c, linked) - 1;
         c += 1;
     }
-    b
-};
+    Plan { base, last }
+}
+
+/// A self-contained payload's columns and a linked one's.
+const SELF: Plan = plan(false);
+const LINKED: Plan = plan(true);
 /// Streams of a linked payload (every column).
-const STREAMS: usize = BASE[COLUMNS];
+const STREAMS: usize = LINKED.base[COLUMNS];
 /// Streams of a self-contained payload (those before `CounterIndex`).
-const STREAMS_SELF: usize = BASE[Col::CounterIndex as usize];
+const STREAMS_SELF: usize = SELF.base[Col::CounterIndex as usize];
 
 /// Streams shorter than this are never compressed (a zstd frame's own
 /// bytes would outweigh the gain).
 const MIN_COMPRESSED: usize = 32;
+
+/// Linked: what a shape says beyond the common fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Service {
+    port: u32,
+    operations: u64,
+    indicators: u64,
+}
+
+/// Linked: client ports at most this much above the client's last one are
+/// written as the difference (see `Encoder::client_port`).
+const SEQUENTIAL: u64 = 8;
 
 /// Bits of a shape's `present` field: which directions carry counters.
 const C2S: u64 = 1;
@@ -195,11 +229,17 @@ pub enum ColumnsError {
 /// The streams being written.
 struct Streams {
     s: Vec<Vec<u8>>,
+    plan: &'static Plan,
 }
 
 impl Streams {
+    /// Column `c`'s first stream.
+    fn of(&mut self, c: Col) -> &mut Vec<u8> {
+        &mut self.s[self.plan.base[c as usize]]
+    }
+
     fn put(&mut self, c: Col, mut v: u64) {
-        let (base, last) = (BASE[c as usize], planes(c as usize) - 1);
+        let (base, last) = (self.plan.base[c as usize], self.plan.last[c as usize]);
         let mut k = 0;
         loop {
             let more = v >= 0x80;
@@ -235,7 +275,7 @@ impl Streams {
     /// A table entry: its length in `len`, its bytes in `bytes`.
     fn put_bytes(&mut self, len: Col, bytes: Col, b: &[u8]) {
         self.put(len, b.len() as u64);
-        self.s[BASE[bytes as usize]].extend_from_slice(b);
+        self.of(bytes).extend_from_slice(b);
     }
 }
 
@@ -268,6 +308,8 @@ struct Encoder<'a> {
     c: Streams,
     /// Linked: the batch's counters by their key (see [`counter_key`]).
     counters: std::collections::HashMap<Vec<u8>, u64>,
+    /// Linked: each client address value's last port.
+    ports: std::collections::HashMap<u64, u32>,
     /// The stream's link table, when linked; and the entries kept.
     link: Option<&'a mut LinkEncoder>,
     kept: Kept,
@@ -276,7 +318,7 @@ struct Encoder<'a> {
     link_len: u64,
     strings: Table<&'a str>,
     addresses: Table<&'a [u8]>,
-    shapes: Table<(u32, u32, i32, u64, u64, Option<u32>)>,
+    shapes: Table<(u32, u32, i32, u64, u64, Option<Service>)>,
 }
 
 impl<'a> Encoder<'a> {
@@ -331,7 +373,9 @@ impl<'a> Encoder<'a> {
             Col::StringLen,
             (first.len() as u64) << 2 | split << 1 | u64::from(keep),
         );
-        self.c.s[BASE[Col::StringBytes as usize]].extend_from_slice(first.as_bytes());
+        self.c
+            .of(Col::StringBytes)
+            .extend_from_slice(first.as_bytes());
         if let Some((_, rest)) = parts {
             let (v, new) = self.string_value(rest);
             self.c.put(Col::StringRest, v);
@@ -345,13 +389,30 @@ impl<'a> Encoder<'a> {
         }
     }
 
-    fn address(&mut self, c: Col, a: &'a [u8]) {
+    /// An address; its value.
+    fn address(&mut self, c: Col, a: &'a [u8]) -> u64 {
         let link = self.link.as_deref();
         let (v, new) = Self::value(link, self.link_len, &mut self.addresses, a, a);
         self.c.put(c, v);
         if new {
             self.entry(Col::AddressLen, Col::AddressBytes, a);
         }
+        v
+    }
+
+    /// The client port; linked, as `0..SEQUENTIAL` when it is that much
+    /// more than one above the client's last port in the batch (hosts that
+    /// hand out ports in order), `SEQUENTIAL` more than itself otherwise.
+    fn client_port(&mut self, client: u64, port: u32) {
+        if self.link.is_none() {
+            self.c.put(Col::ClientPort, port.into());
+            return;
+        }
+        let v = match self.ports.insert(client, port) {
+            Some(last) if port > last && port - last <= SEQUENTIAL as u32 => port - last - 1,
+            _ => port + SEQUENTIAL as u32,
+        };
+        self.c.put(Col::ClientPort, v.into());
     }
 
     /// A new address spelled: its length in `len` (linked: with its keep
@@ -363,7 +424,7 @@ impl<'a> Encoder<'a> {
         };
         let keep = link.keep(b);
         self.c.put(len, (b.len() as u64) << 1 | u64::from(keep));
-        self.c.s[BASE[bytes as usize]].extend_from_slice(b);
+        self.c.of(bytes).extend_from_slice(b);
         if keep {
             self.kept.push(b);
         }
@@ -407,12 +468,17 @@ impl<'a> Encoder<'a> {
         // The shape: what most flows of a batch share.
         let present = if f.c2s.is_some() { C2S } else { 0 } | if f.s2c.is_some() { S2C } else { 0 };
         let (app, app_new) = self.string_value(&f.app_protocol);
-        // Linked: the server port is part of the shape (a service's port
-        // follows from the rest of it).
-        let port = self.link.is_some().then_some(f.server_port);
-        let (shape, new) = self
-            .shapes
-            .intern((f.ip_protocol, f.vlan, f.end, app, present, port));
+        // Linked: the server port and how many operations and indicators
+        // the flow has are part of the shape (they follow from the rest of
+        // it).
+        let service = self.link.is_some().then_some(Service {
+            port: f.server_port,
+            operations: f.operations.len() as u64,
+            indicators: f.indicators.len() as u64,
+        });
+        let (shape, new) =
+            self.shapes
+                .intern((f.ip_protocol, f.vlan, f.end, app, present, service));
         let c = &mut self.c;
         c.put(Col::Shape, shape);
         if new {
@@ -421,23 +487,27 @@ impl<'a> Encoder<'a> {
             c.put_signed(Col::Shapes, f.end.into());
             c.put(Col::Shapes, present);
             c.put(Col::Shapes, app);
-            if let Some(port) = port {
-                c.put(Col::Shapes, port.into());
+            if let Some(s) = service {
+                c.put(Col::Shapes, s.port.into());
+                c.put(Col::Shapes, s.operations);
+                c.put(Col::Shapes, s.indicators);
             }
         }
         if app_new {
             self.spell_string(&f.app_protocol);
         }
-        self.address(Col::ClientAddr, &f.client_ip);
+        let client = self.address(Col::ClientAddr, &f.client_ip);
         self.address(Col::ServerAddr, &f.server_ip);
+        self.client_port(client, f.client_port);
         let c = &mut self.c;
-        c.put(Col::ClientPort, f.client_port.into());
-        if port.is_none() {
+        if service.is_none() {
             c.put(Col::ServerPort, f.server_port.into());
         }
         self.counters(f, present);
         let c = &mut self.c;
-        c.put(Col::OpCount, f.operations.len() as u64);
+        if service.is_none() {
+            c.put(Col::OpCount, f.operations.len() as u64);
+        }
         for o in &f.operations {
             self.c.put(Col::OpCode, o.code.into());
             self.string(Col::OpName, &o.name);
@@ -445,7 +515,9 @@ impl<'a> Encoder<'a> {
             self.c.put(Col::OpTimes, o.count);
             self.c.put(Col::OpErrors, o.errors);
         }
-        self.c.put(Col::IndicatorCount, f.indicators.len() as u64);
+        if service.is_none() {
+            self.c.put(Col::IndicatorCount, f.indicators.len() as u64);
+        }
         for i in &f.indicators {
             self.string(Col::Indicator, i);
         }
@@ -473,8 +545,10 @@ fn encode_with(
     let mut e = Encoder {
         c: Streams {
             s: vec![Vec::new(); STREAMS],
+            plan: if link.is_some() { &LINKED } else { &SELF },
         },
         counters: std::collections::HashMap::new(),
+        ports: std::collections::HashMap::new(),
         link_len: link.as_ref().map_or(0, |l| l.table().len() as u64),
         link,
         kept: Kept::default(),
@@ -482,7 +556,7 @@ fn encode_with(
         addresses: Table::new(),
         shapes: Table::new(),
     };
-    e.c.s[BASE[Col::Head as usize]] = Batch {
+    *e.c.of(Col::Head) = Batch {
         seq: batch.seq,
         sensor_id: batch.sensor_id.clone(),
         created_us: batch.created_us,
@@ -602,11 +676,12 @@ impl Str<'_> {
 /// Tables of the batch being decoded, and its streams.
 struct Decoder<'a> {
     s: [Reader<'a>; STREAMS],
+    plan: &'static Plan,
     strings: Vec<Str<'a>>,
     addresses: Vec<&'a [u8]>,
     /// IP protocol, VLAN, end, directions, application protocol and
-    /// (linked) server port.
-    shapes: Vec<(u32, u32, i32, u64, Str<'a>, Option<u32>)>,
+    /// (linked) server port and counts.
+    shapes: Vec<(u32, u32, i32, u64, Str<'a>, Option<Service>)>,
     /// Bytes of strings and addresses the records may still be given (a
     /// table entry is copied into every record that refers to it).
     budget: usize,
@@ -619,6 +694,8 @@ struct Decoder<'a> {
     link_len: u64,
     /// Linked: the batch's table of counters.
     counters: Vec<(Option<DirectionCounters>, Option<DirectionCounters>)>,
+    /// Linked: each client address value's last port.
+    ports: std::collections::HashMap<u64, u32>,
 }
 
 impl<'a> Decoder<'a> {
@@ -626,7 +703,7 @@ impl<'a> Decoder<'a> {
     /// `i`-th stream (the last one for the rest), a single stream unless
     /// the column is split in planes.
     fn varint(&mut self, c: Col) -> Result<u64, ColumnsError> {
-        let (base, last) = (BASE[c as usize], planes(c as usize) - 1);
+        let (base, last) = (self.plan.base[c as usize], self.plan.last[c as usize]);
         read_varint(|i| self.s[base + i.min(last)].byte())
     }
 
@@ -665,7 +742,7 @@ impl<'a> Decoder<'a> {
             }
             .into());
         }
-        let e = self.s[BASE[bytes as usize]].take(n as usize)?;
+        let e = self.s[self.plan.base[bytes as usize]].take(n as usize)?;
         if keep {
             self.kept.push(e);
         }
@@ -745,7 +822,8 @@ impl<'a> Decoder<'a> {
         let n = self.varint(Col::StringLen)?;
         let (len, split, keep) = (n >> 2, n & 2 != 0, n & 1 != 0);
         within(usize::try_from(len).unwrap_or(usize::MAX), field, max)?;
-        let first = utf8(self.s[BASE[Col::StringBytes as usize]].take(len as usize)?)?;
+        let at = self.plan.base[Col::StringBytes as usize];
+        let first = utf8(self.s[at].take(len as usize)?)?;
         self.strings.push(Str::In(first));
         let s = if split {
             // The rest is shorter than the whole by the label and the dot:
@@ -777,9 +855,10 @@ impl<'a> Decoder<'a> {
         self.address_value(v)
     }
 
-    /// The flow's indicators.
-    fn indicators(&mut self) -> Result<Vec<String>, ColumnsError> {
+    /// The flow's indicators (as many as `given`, or as read).
+    fn indicators(&mut self, given: Option<u64>) -> Result<Vec<String>, ColumnsError> {
         let n = self.count(
+            given,
             Col::IndicatorCount,
             Col::Indicator,
             "indicators",
@@ -790,6 +869,27 @@ impl<'a> Decoder<'a> {
             indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
         }
         Ok(indicators)
+    }
+
+    /// The client port of a flow from client address value `client` (see
+    /// `Encoder::client_port`).
+    fn client_port(&mut self, client: u64) -> Result<u32, ColumnsError> {
+        let v = self.varint(Col::ClientPort)?;
+        if self.link.is_none() {
+            return u32::try_from(v).map_err(|_| ColumnsError::Malformed("client port"));
+        }
+        let port = if v < SEQUENTIAL {
+            let last = self
+                .ports
+                .get(&client)
+                .ok_or(ColumnsError::Malformed("no earlier port of the client"))?;
+            u64::from(*last) + 1 + v
+        } else {
+            v - SEQUENTIAL
+        };
+        let port = u32::try_from(port).map_err(|_| ColumnsError::Malformed("client port"))?;
+        self.ports.insert(client, port);
+        Ok(port)
     }
 
     /// The address of value `v`.
@@ -900,27 +1000,39 @@ impl<'a> Decoder<'a> {
             let present = self.varint(Col::Shapes)?;
             let app = self.varint(Col::Shapes)?;
             let app = self.string_at(app, "app_protocol", MAX_NAME_LEN)?;
-            let port = match self.link {
-                Some(_) => Some(self.u32(Col::Shapes, "server port")?),
+            let service = match self.link {
+                Some(_) => Some(Service {
+                    port: self.u32(Col::Shapes, "server port")?,
+                    operations: self.varint(Col::Shapes)?,
+                    indicators: self.varint(Col::Shapes)?,
+                }),
                 None => None,
             };
             self.shapes
-                .push((ip_protocol, vlan, end, present, app, port));
+                .push((ip_protocol, vlan, end, present, app, service));
         }
-        let (ip_protocol, vlan, end, present, app, port) = self
+        let (ip_protocol, vlan, end, present, app, service) = self
             .shapes
             .get(usize::try_from(shape).unwrap_or(usize::MAX))
             .cloned()
             .ok_or(ColumnsError::Malformed("shape index out of range"))?;
-        let client_ip = self.address(Col::ClientAddr)?;
+        let client = self.varint(Col::ClientAddr)?;
+        let client_ip = self.address_value(client)?;
         let server_ip = self.address(Col::ServerAddr)?;
-        let client_port = self.u32(Col::ClientPort, "client port")?;
-        let server_port = match port {
-            Some(p) => p,
+        let client_port = self.client_port(client)?;
+        let server_port = match service {
+            Some(s) => s.port,
             None => self.u32(Col::ServerPort, "server port")?,
         };
         let (c2s, s2c) = self.flow_counters(present)?;
-        let ops = self.count(Col::OpCount, Col::OpCode, "operations", MAX_OPERATIONS)?;
+        let given = service.map(|s| s.operations);
+        let ops = self.count(
+            given,
+            Col::OpCount,
+            Col::OpCode,
+            "operations",
+            MAX_OPERATIONS,
+        )?;
         let mut operations = Vec::with_capacity(ops);
         for _ in 0..ops {
             let code = self.u32(Col::OpCode, "operation code")?;
@@ -933,7 +1045,7 @@ impl<'a> Decoder<'a> {
                 errors: self.varint(Col::OpErrors)?,
             });
         }
-        let indicators = self.indicators()?;
+        let indicators = self.indicators(service.map(|s| s.indicators))?;
         let app_protocol = app.as_str().to_owned();
         self.spend(app_protocol.len())?;
         Ok(FlowRecord {
@@ -954,16 +1066,21 @@ impl<'a> Decoder<'a> {
         })
     }
 
-    /// A per-flow count read from `c`, within `max` and within the bytes
-    /// left in `items` (each item takes at least one byte there).
+    /// A per-flow count (`given` by the shape, or read from `c`), within
+    /// `max` and within the bytes left in `items` (each item takes at
+    /// least one byte there).
     fn count(
         &mut self,
+        given: Option<u64>,
         c: Col,
         items: Col,
         field: &'static str,
         max: usize,
     ) -> Result<usize, ColumnsError> {
-        let n = self.varint(c)?;
+        let n = match given {
+            Some(n) => n,
+            None => self.varint(c)?,
+        };
         if n > max as u64 {
             return Err(ShapeError::TooMany {
                 field,
@@ -972,7 +1089,7 @@ impl<'a> Decoder<'a> {
             }
             .into());
         }
-        if n as usize > self.s[BASE[items as usize]].b.len() {
+        if n as usize > self.s[self.plan.base[items as usize]].b.len() {
             return Err(ColumnsError::Malformed("more entries than bytes"));
         }
         Ok(n as usize)
@@ -1056,10 +1173,9 @@ fn decode_with(
     } else if packing != Packing::Streams as u8 {
         return Err(ColumnsError::Malformed("unknown packing"));
     }
-    let streams = if link.is_some() {
-        STREAMS
-    } else {
-        STREAMS_SELF
+    let (plan, streams) = match link {
+        Some(_) => (&LINKED, STREAMS),
+        None => (&SELF, STREAMS_SELF),
     };
     let mut packed: Vec<(&[u8], bool)> = Vec::with_capacity(streams);
     for _ in 0..streams {
@@ -1089,19 +1205,20 @@ fn decode_with(
     for (k, reader) in s.iter_mut().enumerate().take(streams) {
         reader.b = unpacked[k].as_deref().unwrap_or(packed[k].0);
     }
-    let head = s[BASE[Col::Head as usize]].b;
-    s[BASE[Col::Head as usize]].b = &[];
+    let head = s[plan.base[Col::Head as usize]].b;
+    s[plan.base[Col::Head as usize]].b = &[];
     check_shape(head, max_records - flows)?;
     let mut batch = Batch::decode(head)?;
     if !batch.flows.is_empty() {
         return Err(ColumnsError::Malformed("flows in the batch head"));
     }
     // Every flow takes at least one byte of its first-seen column.
-    if flows > s[BASE[Col::FirstSeen as usize]].b.len() {
+    if flows > s[plan.base[Col::FirstSeen as usize]].b.len() {
         return Err(ColumnsError::Malformed("more flows than bytes"));
     }
     let mut d = Decoder {
         s,
+        plan,
         strings: Vec::new(),
         addresses: Vec::new(),
         shapes: Vec::new(),
@@ -1111,6 +1228,7 @@ fn decode_with(
         kept: link.map(LinkTable::kept).unwrap_or_default(),
         link_len,
         counters: Vec::new(),
+        ports: std::collections::HashMap::new(),
     };
     batch.flows.reserve_exact(flows);
     let mut prev_first = 0;
@@ -1324,21 +1442,22 @@ mod tests {
         // One flow whose application protocol is value `app` and whose
         // addresses are entry 0, in a batch that may refer to `link_len`
         // entries; `more` adds streams.
-        let one = |link_len: u64, app: u8, more: &[(Col, Vec<u8>)]| {
+        let one_at = |link_len: u64, app: u8, port: u8, more: &[(Col, Vec<u8>)]| {
             let mut cols = vec![
                 (Col::FirstSeen, vec![0]),
                 (Col::Duration, vec![0]),
                 (Col::Shape, vec![0]),
-                (Col::Shapes, vec![6, 0, 0, 0, app, 2]),
+                (Col::Shapes, vec![6, 0, 0, 0, app, 2, 0, 0]),
                 (Col::ClientAddr, vec![0]),
                 (Col::ServerAddr, vec![0]),
-                (Col::ClientPort, vec![1]),
-                (Col::OpCount, vec![0]),
-                (Col::IndicatorCount, vec![0]),
+                (Col::ClientPort, vec![port]),
             ];
             cols.extend_from_slice(more);
             payload_of(STREAMS, Some(link_len), 1, &cols)
         };
+        // Client port 9: port 1 (not 0..8, one after an earlier port of
+        // the client, which this batch has none of).
+        let one = |link_len: u64, app: u8, more: &[(Col, Vec<u8>)]| one_at(link_len, app, 9, more);
         let err = |p: Vec<u8>| decode_linked(&p, BIG, BIG, &t).unwrap_err();
         assert_eq!(
             err(one(2, 0, &[])),
@@ -1348,6 +1467,21 @@ mod tests {
             err(one(2, 1, &[])),
             ColumnsError::Shape(ShapeError::TooLong { .. })
         ));
+        // Client port 9: port 1, not one written after an earlier port of
+        // the client (0..8), which this batch does not have.
+        let early = one_at(
+            2,
+            2,
+            1,
+            &[
+                (Col::StringLen, vec![3 << 2]),
+                (Col::StringBytes, b"tcp".to_vec()),
+            ],
+        );
+        assert_eq!(
+            err(early),
+            ColumnsError::Malformed("no earlier port of the client")
+        );
         assert_eq!(
             err(one(3, 0, &[])),
             ColumnsError::Malformed("refers to more link table entries than the stream kept")
@@ -1537,7 +1671,8 @@ mod tests {
         for stream in 0..streams {
             let mut body = Vec::new();
             for (col, b) in cols {
-                if BASE[*col as usize] == stream {
+                let plan = if link_len.is_some() { &LINKED } else { &SELF };
+                if plan.base[*col as usize] == stream {
                     body.extend_from_slice(b);
                 }
             }
