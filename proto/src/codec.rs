@@ -152,7 +152,6 @@ pub fn encode(batch: &Batch, layout: Layout, zstd_level: Option<i32>) -> UploadR
 /// sealed payload does not decode: then it goes as it is.
 pub fn encode_linked(
     request: &UploadRequest,
-    zstd_level: i32,
     link: &mut LinkEncoder,
 ) -> Option<(UploadRequest, Kept)> {
     // Compressed columns only (`--no-compress` sends batches as sealed).
@@ -165,7 +164,7 @@ pub fn encode_linked(
         max_records: usize::MAX,
     };
     let batch = decode(request.encoding, &request.payload, own).ok()?;
-    let (payload, kept) = columns::encode_linked(&batch, zstd_level, link);
+    let (payload, kept) = columns::encode_linked(&batch, crate::link::ZSTD_LEVEL, link);
     let linked = UploadRequest {
         seq: request.seq,
         encoding: Encoding::ColumnsLinkedZstd as i32,

@@ -202,9 +202,6 @@ pub struct BatchConfig {
 /// interval on a link that keeps up is far below either.
 pub const DEFAULT_BATCH_FLOWS: usize = 10_000;
 
-/// zstd level of sealed batches, and of batches linked as they are sent.
-pub const ZSTD_LEVEL: i32 = 3;
-
 /// Default of [`BatchConfig::max_bytes`] (and of `--batch-max-bytes`).
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 512 * 1024;
 
@@ -214,7 +211,7 @@ impl Default for BatchConfig {
             max_flows: DEFAULT_BATCH_FLOWS,
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             compress: true,
-            zstd_level: ZSTD_LEVEL,
+            zstd_level: 3,
             layout: codec::Layout::default(),
         }
     }

@@ -52,7 +52,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::Code;
 use tracing::{debug, error, info, warn};
 
-use crate::batch::{PreparedBatch, Priority, ZSTD_LEVEL};
+use crate::batch::{PreparedBatch, Priority};
 use crate::budget::DailyBudget;
 use crate::identity::{self, RenewalKey};
 use crate::ratelimit::TokenBucket;
@@ -353,7 +353,7 @@ impl Uplink {
                 // where there is one.
                 let (request, keep) = link
                     .as_mut()
-                    .and_then(|l| codec::encode_linked(&unacked[sent].request, ZSTD_LEVEL, l))
+                    .and_then(|l| codec::encode_linked(&unacked[sent].request, l))
                     .unwrap_or_else(|| (unacked[sent].request.clone(), Kept::default()));
                 let bytes = request.payload.len();
                 if !self.budget_allows(&unacked[sent], bytes) {

@@ -225,12 +225,12 @@ fn protobuf_columnar_and_linked_batches_store_the_same_rows_and_an_old_format_se
         &stack.path().join("forger"),
     );
     reqs.sort_by_key(|r| std::cmp::Reverse(r.payload.len()));
-    let first = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap();
+    let first = codec::encode_linked(&reqs[0], &mut forger).unwrap();
     forger.accepted(&first.1); // as if an ack had come: it did not
-    let again = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap();
+    let again = codec::encode_linked(&reqs[0], &mut forger).unwrap();
     forger.accepted(&again.1);
     assert!(!forger.table().is_empty());
-    let forged = codec::encode_linked(&reqs[0], 3, &mut forger).unwrap().0;
+    let forged = codec::encode_linked(&reqs[0], &mut forger).unwrap().0;
     assert_eq!(forged.encoding, Encoding::ColumnsLinkedZstd as i32);
     let client = Some(grpc::ClientCert {
         cert: &cert.cert,

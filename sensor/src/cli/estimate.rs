@@ -93,7 +93,7 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
             batches += 1;
             bytes += b.request.payload.len() as u64 + FRAMING;
             let started = std::time::Instant::now();
-            linked_bytes += match codec::encode_linked(&b.request, cfg.zstd_level, &mut link) {
+            linked_bytes += match codec::encode_linked(&b.request, &mut link) {
                 Some((linked, kept)) => {
                     link.accepted(&kept);
                     linked.payload.len() as u64
