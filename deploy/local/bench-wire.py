@@ -136,6 +136,7 @@ def measure(title, caps, sensor, timed=False):
             t["seal_us"] += e["seal_us_per_flow"] * e["flows"]
             t["link_bytes"] += e["link_bytes"]
             t["link_us"] += e["link_us_per_flow"] * e["flows"]
+            t["ingest_us"] = t.get("ingest_us", 0.0) + e["ingest_link_us_per_flow"] * e["flows"]
             for k, v in e.get("by_field_bytes_per_flow", {}).items():
                 fields[k] = fields.get(k, 0.0) + v * e["flows"]
     sf_bytes = sf_flows = 0
@@ -155,7 +156,8 @@ def measure(title, caps, sensor, timed=False):
     flows = max(t["flows"], 1)
     per = t["link_bytes"] / flows
     print(f"tidewatch columns linked (one upload stream to an ingest with a link table): {per:.2f} bytes/flow = "
-          f"{per / ipfix:.2f}x IPFIX; linking {t['link_us'] / flows:.2f} us/flow")
+          f"{per / ipfix:.3f}x IPFIX; linking {t['link_us'] / flows:.2f} us/flow on the sensor, "
+          f"{t['ingest_us'] / flows:.2f} us/flow at ingest (read and stored self-contained)")
     print("columns, bytes/flow each group of fields costs (left out alone; framing: all left out):")
     print("  " + ", ".join(f"{k} {v / flows:.2f}" for k, v in fields.items()))
     if timed:

@@ -7,7 +7,7 @@ use std::time::Duration;
 use prost::Message;
 use tidewatch_proto::v1::uplink_client::UplinkClient;
 use tidewatch_proto::v1::{
-    Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest,
+    AckStatus, Batch, DirectionCounters, Encoding, FlowRecord, UploadAck, UploadRequest,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -151,5 +151,64 @@ pub fn upload(
                 Ok(Err(s)) => return Err(format!("status: {s} (after {} acks)", acks.len())),
             }
         }
+    })
+}
+
+/// Opens one upload stream and sends `reqs` one at a time, each linked to
+/// the stream's link table as the sensor links them (entries kept by the
+/// batches accepted before it), waiting for its ack; returns the acks and
+/// how many batches went linked. Fails if ingest offers no link table.
+pub fn upload_linked(
+    port: u16,
+    ca: &Path,
+    client: Option<ClientCert<'_>>,
+    reqs: Vec<UploadRequest>,
+) -> Result<(Vec<UploadAck>, usize), String> {
+    use tidewatch_proto::codec;
+    use tidewatch_proto::link::{self, LinkEncoder};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let ch = channel(port, ca, client).await?;
+        let mut client = UplinkClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(1);
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| "timeout opening stream".to_string())?
+        .map_err(|s| format!("status: {s}"))?;
+        let bytes = resp
+            .metadata()
+            .get(link::HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .ok_or("ingest offers no link table")?;
+        let mut link = LinkEncoder::new(bytes);
+        let mut inbound = resp.into_inner();
+        let (mut acks, mut linked) = (Vec::new(), 0);
+        for r in reqs {
+            let (req, kept) = match codec::encode_linked(&r, &mut link) {
+                Some((l, kept)) => {
+                    linked += 1;
+                    (l, Some(kept))
+                }
+                None => (r, None),
+            };
+            tx.send(req)
+                .await
+                .map_err(|_| "stream closed".to_string())?;
+            let ack = match tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
+                Ok(Ok(Some(a))) => a,
+                other => return Err(format!("after {} acks: {other:?}", acks.len())),
+            };
+            if let (true, Some(kept)) = (ack.status == AckStatus::Accepted as i32, kept) {
+                link.accepted(&kept);
+            }
+            acks.push(ack);
+        }
+        Ok((acks, linked))
     })
 }

@@ -213,7 +213,25 @@ fn protobuf_columnar_and_linked_batches_store_the_same_rows_and_an_old_format_se
         );
     }
     assert_same_rows(stack, "corpus-protobuf", "corpus-columns", flows);
-    println!("corpus and generated capture: {flows} flows, the same rows both ways");
+    // The columnar batches again, each linked to the stream's table as the
+    // sensor links them: a third sensor, the same rows.
+    let cert = pki.sensor("corpus-linked", "mv-layouts");
+    let (reqs, _) = sealed(
+        &captures,
+        Layout::Columns,
+        &stack.path().join("corpus-linked"),
+    );
+    let count = reqs.len();
+    let client = Some(grpc::ClientCert::of(&cert));
+    let (acks, linked) = grpc::upload_linked(port, &cert.ca, client, reqs).unwrap();
+    assert_eq!((acks.len(), linked), (count, count));
+    assert!(
+        acks.iter().all(|a| a.status == AckStatus::Accepted as i32),
+        "{:?}",
+        acks.iter().find(|a| a.status != AckStatus::Accepted as i32)
+    );
+    assert_same_rows(stack, "corpus-protobuf", "corpus-linked", flows);
+    println!("corpus and generated capture: {flows} flows, the same rows all three ways");
 
     // A linked batch referring to entries its stream never kept is
     // refused for what it is, and the stream goes on.

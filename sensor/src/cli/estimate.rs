@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use tidewatch_proto::codec;
-use tidewatch_proto::link::{LinkEncoder, DEFAULT_BYTES as DEFAULT_LINK_TABLE_BYTES};
+use tidewatch_proto::link::{LinkEncoder, LinkTable, DEFAULT_BYTES as DEFAULT_LINK_TABLE_BYTES};
 use tidewatch_proto::v1::{Batch, DirectionCounters, FlowRecord};
 use tidewatch_sensor::batch::{decode_request, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::pipeline::{meter_file, Progress};
@@ -15,6 +15,12 @@ use super::EstimateArgs;
 
 /// gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
 const FRAMING: u64 = 5 + 16;
+
+/// Ingest's default limits.
+const INGEST: codec::DecodeLimits = codec::DecodeLimits {
+    max_decoded_bytes: 16 * 1024 * 1024,
+    max_records: 50_000,
+};
 
 /// How to leave a group of fields out of a flow record.
 type Blank = fn(&mut FlowRecord);
@@ -85,6 +91,10 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     // took.
     let mut link = LinkEncoder::new(DEFAULT_LINK_TABLE_BYTES);
     let (mut linked_bytes, mut linking) = (0u64, std::time::Duration::ZERO);
+    // Ingest's side of the same stream: its table, and the time it takes
+    // to read each linked batch and store it self-contained again.
+    let mut ingest_table = LinkTable::new(DEFAULT_LINK_TABLE_BYTES);
+    let mut resealing = std::time::Duration::ZERO;
     let mut count = |g: Group| -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let sealed = sealer.seal(g)?;
@@ -93,14 +103,30 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
             batches += 1;
             bytes += b.request.payload.len() as u64 + FRAMING;
             let started = std::time::Instant::now();
-            linked_bytes += match codec::encode_linked(&b.request, &mut link) {
+            match codec::encode_linked(&b.request, &mut link) {
                 Some((linked, kept)) => {
                     link.accepted(&kept);
-                    linked.payload.len() as u64
+                    linking += started.elapsed();
+                    linked_bytes += linked.payload.len() as u64 + FRAMING;
+                    // As ingest: read it with the stream's table, store it
+                    // self-contained; it must be the batch sealed.
+                    let started = std::time::Instant::now();
+                    let (batch, read_kept) = codec::decode_linked(
+                        linked.encoding,
+                        &linked.payload,
+                        INGEST,
+                        &ingest_table,
+                    )
+                    .context("reading a linked batch as ingest does")?;
+                    ingest_table.append(&read_kept);
+                    std::hint::black_box(codec::encode(&batch, codec::Layout::Columns, Some(3)));
+                    resealing += started.elapsed();
+                    if Some(&batch) != decode_request(&b.request).as_ref() || read_kept != kept {
+                        bail!("batch {} linked does not read back as sealed", b.seq);
+                    }
                 }
-                None => b.request.payload.len() as u64,
-            } + FRAMING;
-            linking += started.elapsed();
+                None => linked_bytes += b.request.payload.len() as u64 + FRAMING,
+            }
             if !by_field {
                 continue;
             }
@@ -188,6 +214,7 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         "link_bytes": linked_bytes,
         "link_bytes_per_flow": per_flow(linked_bytes),
         "link_us_per_flow": us_per_flow(linking),
+        "ingest_link_us_per_flow": us_per_flow(resealing),
     });
     if by_field {
         let mut groups = serde_json::Map::new();

@@ -50,7 +50,9 @@ pub enum Cmd {
     Run(Box<RunArgs>),
     /// Estimate what a capture costs on the link: meter it, build the batches
     /// `run` would send (same encoding and compression) and print the bytes
-    /// per flow record as JSON; nothing is uploaded.
+    /// per flow record as JSON (`bytes_per_flow` self-contained,
+    /// `link_bytes_per_flow` linked on one upload stream to an ingest that
+    /// keeps a link table, as `run` sends by default); nothing is uploaded.
     Estimate(EstimateArgs),
     /// Inspect or repair the disk buffer (STATE_DIR/buffer) while the sensor is stopped.
     Buffer(BufferCmdArgs),
