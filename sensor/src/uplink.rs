@@ -311,7 +311,7 @@ impl Uplink {
         while sent < unacked.len()
             && sent < window
             && self.fits(&unacked[sent])
-            && self.budget_allows(&unacked[sent], unacked[sent].request.payload.len())
+            && self.budget_allows(&unacked[sent])
         {
             if unacked[sent].sent {
                 self.counters.resent.inc();
@@ -347,7 +347,13 @@ impl Uplink {
                 self.refuse_oversized_head(unacked);
             }
             // A batch over the learned limit waits until it is the oldest.
-            while request_open && sent < unacked.len() && sent < window && self.fits(&unacked[sent])
+            // A resend must fit in what is left today at its sealed size
+            // (linked, it goes smaller).
+            while request_open
+                && sent < unacked.len()
+                && sent < window
+                && self.fits(&unacked[sent])
+                && self.budget_allows(&unacked[sent])
             {
                 // As the link carries it: linked to the stream's table
                 // where there is one.
@@ -356,9 +362,6 @@ impl Uplink {
                     .and_then(|l| codec::encode_linked(&unacked[sent].request, l))
                     .unwrap_or_else(|| (unacked[sent].request.clone(), Kept::default()));
                 let bytes = request.payload.len();
-                if !self.budget_allows(&unacked[sent], bytes) {
-                    break;
-                }
                 if let Some(b) = self.bucket.as_mut() {
                     let wait = b.reserve(bytes, std::time::Instant::now());
                     if !wait.is_zero() {
@@ -387,11 +390,7 @@ impl Uplink {
                 renewal = self.start_renewal(&client);
             }
             let renew_check = self.until_renewal_check();
-            if sent == 0
-                && unacked
-                    .front()
-                    .is_some_and(|b| !self.budget_allows(b, b.request.payload.len()))
-            {
+            if sent == 0 && unacked.front().is_some_and(|b| !self.budget_allows(b)) {
                 return StreamEnd::Retry("daily byte budget reached; resends wait".into());
             }
             let can_take = request_open && !*source_done && unacked.len() < window;
@@ -557,12 +556,12 @@ impl Uplink {
     /// Whether `b` may go on the link now: a first send was reserved when
     /// it was handed over; a resend costs again, so it must fit in what is
     /// left today (the budget is a hard cap).
-    fn budget_allows(&self, b: &PreparedBatch, bytes: usize) -> bool {
+    fn budget_allows(&self, b: &PreparedBatch) -> bool {
         match &self.budget {
             Some(budget) if b.sent => budget
                 .lock()
                 .expect("budget lock")
-                .allows(b.class, bytes as u64),
+                .allows(b.class, b.request.payload.len() as u64),
             _ => true,
         }
     }
@@ -574,7 +573,7 @@ impl Uplink {
             return;
         };
         let mut logged = false;
-        while !self.budget_allows(head, head.request.payload.len()) {
+        while !self.budget_allows(head) {
             let wait = self
                 .budget
                 .as_ref()
