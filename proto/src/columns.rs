@@ -855,22 +855,6 @@ impl<'a> Decoder<'a> {
         self.address_value(v)
     }
 
-    /// The flow's indicators (as many as `given`, or as read).
-    fn indicators(&mut self, given: Option<u64>) -> Result<Vec<String>, ColumnsError> {
-        let n = self.count(
-            given,
-            Col::IndicatorCount,
-            Col::Indicator,
-            "indicators",
-            MAX_INDICATORS,
-        )?;
-        let mut indicators = Vec::with_capacity(n);
-        for _ in 0..n {
-            indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
-        }
-        Ok(indicators)
-    }
-
     /// The client port of a flow from client address value `client` (see
     /// `Encoder::client_port`).
     fn client_port(&mut self, client: u64) -> Result<u32, ColumnsError> {
@@ -1045,7 +1029,17 @@ impl<'a> Decoder<'a> {
                 errors: self.varint(Col::OpErrors)?,
             });
         }
-        let indicators = self.indicators(service.map(|s| s.indicators))?;
+        let n = self.count(
+            service.map(|s| s.indicators),
+            Col::IndicatorCount,
+            Col::Indicator,
+            "indicators",
+            MAX_INDICATORS,
+        )?;
+        let mut indicators = Vec::with_capacity(n);
+        for _ in 0..n {
+            indicators.push(self.string(Col::Indicator, "indicator", MAX_INDICATOR_LEN)?);
+        }
         let app_protocol = app.as_str().to_owned();
         self.spend(app_protocol.len())?;
         Ok(FlowRecord {

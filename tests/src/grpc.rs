@@ -120,6 +120,14 @@ pub async fn channel(
         .map_err(|e| format!("connect: {e:?}"))
 }
 
+/// A one-thread runtime for a blocking helper.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Opens one upload stream, sends `reqs`, and collects the acks until the
 /// server ends the stream. Any transport or gRPC error is returned as text.
 pub fn upload(
@@ -128,13 +136,8 @@ pub fn upload(
     client: Option<ClientCert<'_>>,
     reqs: Vec<UploadRequest>,
 ) -> Result<Vec<UploadAck>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let ch = channel(port, ca, client).await?;
-        let mut client = UplinkClient::new(ch);
+    runtime().block_on(async move {
+        let mut client = UplinkClient::new(channel(port, ca, client).await?);
         let n = reqs.len();
         let stream = tokio_stream::iter(reqs);
         let resp = tokio::time::timeout(Duration::from_secs(30), client.upload(stream))
@@ -166,13 +169,8 @@ pub fn upload_linked(
 ) -> Result<(Vec<UploadAck>, usize), String> {
     use tidewatch_proto::codec;
     use tidewatch_proto::link::{self, LinkEncoder};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
-        let ch = channel(port, ca, client).await?;
-        let mut client = UplinkClient::new(ch);
+    runtime().block_on(async move {
+        let mut client = UplinkClient::new(channel(port, ca, client).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<UploadRequest>(1);
         let resp = tokio::time::timeout(
             Duration::from_secs(30),
