@@ -409,10 +409,12 @@ impl<'a> Encoder<'a> {
             return;
         }
         let v = match self.ports.insert(client, port) {
-            Some(last) if port > last && port - last <= SEQUENTIAL as u32 => port - last - 1,
-            _ => port + SEQUENTIAL as u32,
+            Some(last) if port > last && u64::from(port - last) <= SEQUENTIAL => {
+                u64::from(port - last - 1)
+            }
+            _ => u64::from(port) + SEQUENTIAL,
         };
-        self.c.put(Col::ClientPort, v.into());
+        self.c.put(Col::ClientPort, v);
     }
 
     /// A new address spelled: its length in `len` (linked: with its keep
@@ -1571,14 +1573,31 @@ mod tests {
             indicators: vec![String::new(), "é".repeat(MAX_INDICATOR_LEN / 2)],
         };
         let mut b = batch(3);
-        b.flows.insert(1, odd);
+        b.flows.insert(1, odd.clone());
         b.flows.push(FlowRecord::default());
+        // The same client again, one port down and at the top.
+        b.flows.push(FlowRecord {
+            client_port: u32::MAX - 1,
+            ..odd.clone()
+        });
+        b.flows.push(odd);
         for level in [None, Some(3)] {
             assert_eq!(
                 decode(&encode(&b, level), true, usize::MAX, BIG).unwrap(),
                 b
             );
         }
+        // Linked, twice over the same stream (the second time by
+        // reference to what the first kept, and the third).
+        let (mut sensor, mut ingest) = (LinkEncoder::new(1 << 20), LinkTable::new(1 << 20));
+        for _ in 0..3 {
+            let (wire, kept) = encode_linked(&b, 3, &mut sensor);
+            let (back, read) = decode_linked(&wire, usize::MAX, BIG, &ingest).unwrap();
+            assert_eq!(back, b);
+            ingest.append(&read);
+            sensor.accepted(&kept);
+        }
+        assert!(!ingest.is_empty());
     }
 
     #[test]
