@@ -377,13 +377,13 @@ impl Uplink {
                 sent += 1;
             }
             if *source_done && unacked.is_empty() {
-                drop(tx);
+                close(tx, &mut acks).await;
                 return StreamEnd::Done;
             }
             if renewed && sent == 0 {
                 // Everything sent on this stream is acked: close it (the
                 // collector ends it once its acks are out) and reconnect.
-                drop(tx);
+                close(tx, &mut acks).await;
                 return StreamEnd::Renewed;
             }
             if renewal.is_none() && !renewed {
@@ -703,6 +703,23 @@ impl Uplink {
         }
     }
 }
+
+/// Ends a stream with nothing in flight: the end of the requests, then the
+/// collector's end of the acks (it ends its side once it has read ours), so
+/// that the connection is not dropped under a stream the collector is still
+/// reading (which it would count as broken). Bounded: a dead link is given
+/// up after `CLOSE_WAIT`.
+async fn close(tx: mpsc::Sender<UploadRequest>, acks: &mut tonic::Streaming<UploadAck>) {
+    drop(tx);
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Ok(Some(_)) = acks.message().await {}
+    })
+    .await;
+}
+
+/// How long a stream with nothing in flight waits for the collector to end
+/// it (see [`close`]).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The collector endpoint, presenting `id`.
 fn endpoint(cfg: &UplinkConfig, id: &identity::Identity) -> Result<Endpoint, UplinkError> {
