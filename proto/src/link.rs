@@ -1,6 +1,6 @@
-//! The link table: strings and addresses that one upload stream has already
-//! carried, so that later batches of the stream refer to them instead of
-//! spelling them again (`ENCODING_COLUMNS_LINKED_ZSTD`).
+//! The link table: strings, addresses and flow counters that one upload
+//! stream has already carried, so that later batches of the stream refer to
+//! them instead of spelling them again (`ENCODING_COLUMNS_LINKED_ZSTD`).
 //!
 //! A columnar batch is self-contained: every name it uses (DNS names, TLS
 //! server names, operation names, addresses) is spelled once in its tables.
@@ -53,13 +53,39 @@ pub const MAX_ENTRIES: usize = 65_536;
 /// full.
 const SEEN_MAX: usize = 65_536;
 
-/// A stream's entries, in the order both ends appended them: one byte
-/// arena and the end of each entry (4 bytes of overhead per entry, so the
+/// Byte strings one after another: one arena and the end of each (4 bytes
+/// of overhead an entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entries {
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Entries {
+    fn push(&mut self, entry: &[u8]) {
+        self.bytes.extend_from_slice(entry);
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)? as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        Some(&self.bytes[start..end])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(s, &e)| &self.bytes[s as usize..e as usize])
+    }
+}
+
+/// A stream's entries, in the order both ends appended them (so the
 /// memory ingest gives a stream is its advertised bytes and little more).
 #[derive(Debug, Clone, Default)]
 pub struct LinkTable {
-    bytes: Vec<u8>,
-    ends: Vec<u32>,
+    entries: Entries,
     max_bytes: usize,
 }
 
@@ -67,36 +93,33 @@ impl LinkTable {
     /// An empty table of at most `max_bytes` bytes of entries.
     pub fn new(max_bytes: usize) -> Self {
         LinkTable {
-            bytes: Vec::new(),
-            ends: Vec::new(),
+            entries: Entries::default(),
             max_bytes: max_bytes.min(u32::MAX as usize),
         }
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.entries.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.entries.ends.is_empty()
     }
 
     /// Bytes of entries held.
     pub fn bytes(&self) -> usize {
-        self.bytes.len()
+        self.entries.bytes.len()
     }
 
     /// Entry `i`.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(i)? as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        Some(&self.bytes[start..end])
+        self.entries.get(i)
     }
 
     /// Whether no entry of `len` bytes fits any more.
     fn full_for(&self, len: usize) -> bool {
-        self.ends.len() >= MAX_ENTRIES || self.bytes.len() + len > self.max_bytes
+        self.len() >= MAX_ENTRIES || self.bytes() + len > self.max_bytes
     }
 
     /// Appends the kept entries of an accepted batch, in order, up to the
@@ -107,8 +130,7 @@ impl LinkTable {
             if self.full_for(e.len()) {
                 break;
             }
-            self.bytes.extend_from_slice(e);
-            self.ends.push(self.bytes.len() as u32);
+            self.entries.push(e);
             n += 1;
         }
         n
@@ -121,8 +143,8 @@ impl LinkTable {
     pub fn kept(&self) -> Kept {
         Kept {
             room: Some((
-                self.max_bytes.saturating_sub(self.bytes.len()),
-                MAX_ENTRIES.saturating_sub(self.ends.len()),
+                self.max_bytes.saturating_sub(self.bytes()),
+                MAX_ENTRIES.saturating_sub(self.len()),
             )),
             ..Kept::default()
         }
@@ -133,8 +155,7 @@ impl LinkTable {
 /// them: what both ends append once the batch is accepted.
 #[derive(Debug, Clone, Default)]
 pub struct Kept {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
+    entries: Entries,
     /// Bytes and entries it may still take (unbounded if `None`): once one
     /// does not fit, no later one is taken (only a prefix is ever appended).
     room: Option<(usize, usize)>,
@@ -143,7 +164,7 @@ pub struct Kept {
 /// Kept entries are equal when they hold the same entries.
 impl PartialEq for Kept {
     fn eq(&self, other: &Self) -> bool {
-        self.bytes == other.bytes && self.ends == other.ends
+        self.entries == other.entries
     }
 }
 
@@ -160,21 +181,19 @@ impl Kept {
             *bytes -= entry.len();
             *entries -= 1;
         }
-        self.bytes.extend_from_slice(entry);
-        self.ends.push(self.bytes.len());
+        self.entries.push(entry);
     }
 
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.entries.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.entries.ends.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(&self.ends).map(|(s, &e)| &self.bytes[s..e])
+        self.entries.iter()
     }
 }
 
