@@ -125,7 +125,8 @@ def measure(title, caps, sensor, timed=False):
     rss = {}
     fields = {}
     for layout in ("columns", "protobuf"):
-        t = totals[layout] = {"bytes": 0, "flows": 0, "seal_us": 0.0, "link_bytes": 0, "link_us": 0.0}
+        t = totals[layout] = {"bytes": 0, "flows": 0, "seal_us": 0.0, "link_bytes": 0, "link_us": 0.0,
+                              "ingest_us": 0.0}
         rss[layout] = 0
         for cap in caps:
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -136,7 +137,7 @@ def measure(title, caps, sensor, timed=False):
             t["seal_us"] += e["seal_us_per_flow"] * e["flows"]
             t["link_bytes"] += e["link_bytes"]
             t["link_us"] += e["link_us_per_flow"] * e["flows"]
-            t["ingest_us"] = t.get("ingest_us", 0.0) + e["ingest_link_us_per_flow"] * e["flows"]
+            t["ingest_us"] += e["ingest_link_us_per_flow"] * e["flows"]
             for k, v in e.get("by_field_bytes_per_flow", {}).items():
                 fields[k] = fields.get(k, 0.0) + v * e["flows"]
     sf_bytes = sf_flows = 0

@@ -27,6 +27,14 @@ pub struct DecodeLimits {
     pub max_records: usize,
 }
 
+impl DecodeLimits {
+    /// Ingest's defaults (`--max-decoded-bytes`, `--max-batch-records`).
+    pub const INGEST: DecodeLimits = DecodeLimits {
+        max_decoded_bytes: 16 * 1024 * 1024,
+        max_records: 50_000,
+    };
+}
+
 /// Why a payload could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {

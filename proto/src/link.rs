@@ -42,6 +42,10 @@ pub const HEADER: &str = "tidewatch-link-table-bytes";
 /// `tidewatch-sensor estimate`: 0.7 % fewer bytes).
 pub const ZSTD_LEVEL: i32 = 6;
 
+/// zstd level at which ingest stores a linked batch self-contained (the
+/// sensors' sealing level).
+pub const STORED_ZSTD_LEVEL: i32 = 3;
+
 /// Ingest's default capacity of a stream's table (`--link-table-bytes`).
 pub const DEFAULT_BYTES: usize = 256 * 1024;
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::producer::Producer;
+use tidewatch_proto::codec::DecodeLimits;
 use tidewatch_proto::v1::uplink_server::UplinkServer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -91,10 +92,10 @@ pub struct IngestArgs {
     /// Largest number of records in one batch (flows, assets, statuses).
     /// Nested lists and strings in a record are capped at the sensor's own
     /// limits; a batch over any of them is refused before it is decoded.
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(long, default_value_t = DecodeLimits::INGEST.max_records)]
     pub max_batch_records: usize,
     /// Largest batch payload after decompression, in bytes.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = DecodeLimits::INGEST.max_decoded_bytes)]
     pub max_decoded_bytes: usize,
     /// Milliseconds a batch may wait for Kafka before the sensor is told to retry.
     #[arg(long, default_value_t = 30_000)]

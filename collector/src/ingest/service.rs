@@ -58,8 +58,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_batch_bytes: 1_000_000,
-            max_decoded_bytes: 16 * 1024 * 1024,
-            max_records: 50_000,
+            max_decoded_bytes: codec::DecodeLimits::INGEST.max_decoded_bytes,
+            max_records: codec::DecodeLimits::INGEST.max_records,
             max_inflight_per_stream: 32,
             decode_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_streams_per_sensor: 8,
@@ -173,9 +173,6 @@ impl IngestService {
 /// Sensors whose highest seq a node remembers (a fleet is far smaller).
 const MAX_TRACKED_SENSORS: usize = 100_000;
 
-/// zstd level of a linked batch made self-contained again for Kafka (the
-/// sensors' default).
-const RESEAL_ZSTD_LEVEL: i32 = 3;
 /// A seq this far below the highest seen from its sensor is a regression:
 /// sensors seed seqs from their clock (in microseconds) at every start, so
 /// only a clock set back (or a reinstalled box with a wrong clock) goes
@@ -295,7 +292,11 @@ impl Inner {
         // Kafka holds batches every reader takes: a linked one is stored
         // self-contained, within the same size limit as any payload.
         let resealed = if req.encoding == Encoding::ColumnsLinkedZstd as i32 {
-            let r = codec::encode(&batch, codec::Layout::Columns, Some(RESEAL_ZSTD_LEVEL));
+            let r = codec::encode(
+                &batch,
+                codec::Layout::Columns,
+                Some(link::STORED_ZSTD_LEVEL),
+            );
             if r.payload.len() > self.limits.max_batch_bytes {
                 return Err(Refusal::new(
                     AckStatus::TooLarge,

@@ -10,10 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use tidewatch_proto::codec::{decode, decode_linked, encode, DecodeLimits, Layout};
 use tidewatch_proto::link::{Kept, LinkTable};
 
-const LIMITS: DecodeLimits = DecodeLimits {
-    max_decoded_bytes: 16 << 20,
-    max_records: 50_000,
-};
+const LIMITS: DecodeLimits = DecodeLimits::INGEST;
 
 fn table() -> &'static LinkTable {
     static TABLE: OnceLock<LinkTable> = OnceLock::new();

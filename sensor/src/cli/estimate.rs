@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use tidewatch_proto::codec;
-use tidewatch_proto::link::{LinkEncoder, LinkTable, DEFAULT_BYTES as DEFAULT_LINK_TABLE_BYTES};
+use tidewatch_proto::link::{self, LinkEncoder, LinkTable};
 use tidewatch_proto::v1::{Batch, DirectionCounters, FlowRecord};
 use tidewatch_sensor::batch::{decode_request, Batcher, Group, Sealer, SeqStore};
 use tidewatch_sensor::pipeline::{meter_file, Progress};
@@ -15,12 +15,6 @@ use super::EstimateArgs;
 
 /// gRPC frame (5) + UploadRequest fields (seq, encoding, payload tag+len).
 const FRAMING: u64 = 5 + 16;
-
-/// Ingest's default limits.
-const INGEST: codec::DecodeLimits = codec::DecodeLimits {
-    max_decoded_bytes: 16 * 1024 * 1024,
-    max_records: 50_000,
-};
 
 /// How to leave a group of fields out of a flow record.
 type Blank = fn(&mut FlowRecord);
@@ -89,11 +83,11 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
     // What one upload stream to a collector that keeps a link table
     // carries (every batch accepted in turn), and the time re-encoding
     // took.
-    let mut link = LinkEncoder::new(DEFAULT_LINK_TABLE_BYTES);
+    let mut link = LinkEncoder::new(link::DEFAULT_BYTES);
     let (mut linked_bytes, mut linking) = (0u64, std::time::Duration::ZERO);
     // Ingest's side of the same stream: its table, and the time it takes
     // to read each linked batch and store it self-contained again.
-    let mut ingest_table = LinkTable::new(DEFAULT_LINK_TABLE_BYTES);
+    let mut ingest_table = LinkTable::new(link::DEFAULT_BYTES);
     let mut resealing = std::time::Duration::ZERO;
     let mut count = |g: Group| -> anyhow::Result<()> {
         let started = std::time::Instant::now();
@@ -102,6 +96,9 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
         for b in sealed {
             batches += 1;
             bytes += b.request.payload.len() as u64 + FRAMING;
+            // The batch sealed: what linking must give back, and what the
+            // field groups are left out of.
+            let batch = decode_request(&b.request).context("decoding a batch just sealed")?;
             let started = std::time::Instant::now();
             match codec::encode_linked(&b.request, &mut link) {
                 Some((linked, kept)) => {
@@ -111,17 +108,21 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
                     // As ingest: read it with the stream's table, store it
                     // self-contained; it must be the batch sealed.
                     let started = std::time::Instant::now();
-                    let (batch, read_kept) = codec::decode_linked(
+                    let (read, read_kept) = codec::decode_linked(
                         linked.encoding,
                         &linked.payload,
-                        INGEST,
+                        codec::DecodeLimits::INGEST,
                         &ingest_table,
                     )
                     .context("reading a linked batch as ingest does")?;
                     ingest_table.append(&read_kept);
-                    std::hint::black_box(codec::encode(&batch, codec::Layout::Columns, Some(3)));
+                    std::hint::black_box(codec::encode(
+                        &read,
+                        codec::Layout::Columns,
+                        Some(link::STORED_ZSTD_LEVEL),
+                    ));
                     resealing += started.elapsed();
-                    if Some(&batch) != decode_request(&b.request).as_ref() || read_kept != kept {
+                    if read != batch || read_kept != kept {
                         bail!("batch {} linked does not read back as sealed", b.seq);
                     }
                 }
@@ -130,7 +131,6 @@ pub fn main(args: EstimateArgs) -> anyhow::Result<()> {
             if !by_field {
                 continue;
             }
-            let batch = decode_request(&b.request).context("decoding a batch just sealed")?;
             let size = |blank: &dyn Fn(&mut FlowRecord)| {
                 let mut x: Batch = batch.clone();
                 x.flows.iter_mut().for_each(blank);
