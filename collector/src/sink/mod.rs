@@ -112,12 +112,12 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
     consumer
         .subscribe(&[&args.kafka.kafka_topic])
         .with_context(|| format!("subscribing to {}", args.kafka.kafka_topic))?;
-    let rx = crate::metrics::stop_on_signal("finishing the current chunk");
+    let stop = crate::metrics::stop_on_signal("finishing the current chunk");
     let ch = args.clickhouse.client();
     let metrics = SinkMetrics::new();
     let consumer = Arc::new(consumer);
     let metrics_task =
-        crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), rx.clone())
+        crate::metrics::start_until(args.metrics_listen, metrics.registry.clone(), stop.clone())
             .await?;
     // The lag task holds only a weak reference: dropping the sink closes the
     // consumer (leaving the group) at once.
@@ -129,7 +129,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         dlq,
         ch: ch.clone(),
         metrics: metrics.clone(),
-        stop: rx.clone(),
+        stop: stop.clone(),
         fault_exit: false,
         args,
     };
@@ -145,7 +145,7 @@ pub async fn run(args: SinkArgs) -> anyhow::Result<()> {
         verify,
         limits: ChunkLimits::of(&store.args),
         metrics,
-        stop: rx,
+        stop,
     };
     let collecting = tokio::spawn(collector.run(chunk_tx));
     store.run(chunk_rx, stored_tx).await;
